@@ -1,0 +1,1 @@
+"""dataex exchange: the platform every part stands on, and the listing service."""

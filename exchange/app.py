@@ -1,0 +1,122 @@
+"""The composition root of the HTTP API: one factory assembles every part's routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Litestar, Router
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.routes import HTTPRoute
+
+from exchange.audit.api import AuditController
+from exchange.health import HealthController
+from exchange.identity.api import OrganisationController, TokenController
+from exchange.platform.auth import PUBLIC, access_guard, route_access
+from exchange.platform.bus import connect_nats
+from exchange.platform.clock import Clock, SystemClock
+from exchange.platform.context import Platform
+from exchange.platform.db import create_pool
+from exchange.platform.deps import DEPENDENCIES
+from exchange.platform.heartbeat import forget, run_heartbeat
+from exchange.platform.http import (
+    EXCEPTION_HANDLERS,
+    RequestContextMiddleware,
+    add_request_id_header,
+)
+from exchange.platform.logging import configure_logging, get_logger
+from exchange.platform.settings import Settings
+
+log = get_logger(__name__)
+OPENAPI_PATH = "/schema"
+
+ROUTE_HANDLERS: list[Any] = [
+    HealthController,
+    OrganisationController,
+    TokenController,
+    AuditController,
+]
+
+
+class RouteWithoutAccessPolicy(RuntimeError):
+    """A route declares neither PUBLIC nor requires(...): refuse to start rather than guess."""
+
+
+def check_access_policies(app: Litestar) -> None:
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            if route_access(handler) is None:
+                raise RouteWithoutAccessPolicy(
+                    f"route {sorted(handler.http_methods)} {route.path} ({handler.handler_name})"
+                    " declares no access policy: add opt=PUBLIC or opt=requires(...)"
+                )
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> Litestar:
+    """Build the API. Connections open in the lifespan, so building is cheap and pure."""
+    settings = settings or Settings.from_env()
+    clock = clock or SystemClock()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if not settings.database_url or not settings.nats_url:
+            raise RuntimeError(
+                "the API needs DATAEX_DATABASE_URL and DATAEX_NATS_URL"
+                " (`dataex up` sets both when it starts embedded servers)"
+            )
+        pool = await create_pool(settings.database_url)
+        try:
+            nats = await connect_nats(settings.nats_url, name="dataex-api")
+        except Exception:
+            await pool.close()
+            raise
+        app.state.platform = Platform(settings=settings, clock=clock, pool=pool, nats=nats)
+        heartbeat = asyncio.create_task(run_heartbeat(pool, "api"))
+        try:
+            yield
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            with contextlib.suppress(Exception):
+                await forget(pool, "api")
+            await nats.drain()
+            await pool.close()
+
+    openapi_router = Router(OPENAPI_PATH, route_handlers=[], include_in_schema=False, opt=PUBLIC)
+    app = Litestar(
+        route_handlers=ROUTE_HANDLERS,
+        guards=[access_guard],
+        dependencies=DEPENDENCIES,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[RequestContextMiddleware],
+        before_send=[add_request_id_header],
+        lifespan=[lifespan],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="dataex",
+            version="0.1.0",
+            description=(
+                "A data exchange: listings, compliance review, standard contracts, settlement."
+                " Errors are RFC 9457 problem details (application/problem+json)."
+            ),
+            path=OPENAPI_PATH,
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin()],
+            openapi_router=openapi_router,
+        ),
+        debug=False,
+    )
+    check_access_policies(app)
+    return app
+
+
+def create_app_from_env() -> Litestar:
+    """Factory for granian: settings from the environment, logging configured."""
+    settings = Settings.from_env()
+    configure_logging(settings.log_format, settings.log_level)
+    return create_app(settings)

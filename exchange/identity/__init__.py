@@ -1,0 +1,1 @@
+"""Organisations, their unified social credit codes, and API tokens."""

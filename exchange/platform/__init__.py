@@ -1,0 +1,1 @@
+"""Platform modules: settings, logging, errors, database, NATS, clock. They import nothing else of ours."""

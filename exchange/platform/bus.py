@@ -1,0 +1,80 @@
+"""NATS and JetStream: the connection and the stream every dataex event lives in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from exchange.platform.logging import get_logger
+from exchange.platform.settings import Settings
+
+log = get_logger(__name__)
+
+# The publish dedup window: a re-published event id inside it is dropped by the server.
+DUPLICATE_WINDOW_SECONDS = 120.0
+
+
+async def connect_nats(url: str, *, name: str, connect_timeout: float = 5.0) -> NATS:
+    """Connect with bounded retries at start and unlimited reconnects afterwards."""
+
+    async def on_error(error: Exception) -> None:
+        log.warning("nats_error", error=str(error))
+
+    async def on_disconnect() -> None:
+        log.warning("nats_disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats_reconnected")
+
+    client: NATS = await nats.connect(
+        url,
+        name=name,
+        connect_timeout=connect_timeout,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+    )
+    return client
+
+
+def stream_config(settings: Settings) -> StreamConfig:
+    """The one stream: every ``<prefix>.<aggregate>.<event>`` subject, on disk, kept by limits."""
+    return StreamConfig(
+        name=settings.stream_name,
+        description="dataex domain events (CloudEvents 1.0 JSON)",
+        subjects=[f"{settings.subject_prefix}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        num_replicas=1,
+    )
+
+
+async def ensure_stream(client: NATS, settings: Settings) -> str:
+    """Create the stream, or bring an existing one to the wanted configuration. Idempotent."""
+    js = client.jetstream()
+    wanted = stream_config(settings)
+    try:
+        info = await js.stream_info(settings.stream_name)
+    except NotFoundError:
+        await js.add_stream(wanted)
+        log.info("stream_created", stream=settings.stream_name)
+        return "created"
+    current: Any = info.config
+    if (
+        sorted(current.subjects or []) != sorted(wanted.subjects or [])
+        or current.duplicate_window != wanted.duplicate_window
+    ):
+        wanted.num_replicas = current.num_replicas  # replicas are an operator's decision
+        await js.update_stream(wanted)
+        log.info("stream_updated", stream=settings.stream_name)
+        return "updated"
+    return "unchanged"

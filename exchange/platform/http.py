@@ -1,0 +1,227 @@
+"""HTTP platform: request ids, RFC 9457 problem details for every error, and the access log."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from structlog.contextvars import bound_contextvars
+
+from exchange.platform.errors import DataexError, FieldError
+from exchange.platform.logging import get_logger
+
+log = get_logger("dataex.http")
+
+PROBLEM_JSON = "application/problem+json"
+REQUEST_ID_HEADER = "x-request-id"
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+_MSGSPEC_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+
+
+def problem_type(code: str) -> str:
+    return f"urn:dataex:problem:{code}"
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    """RFC 9457 problem detail with dataex's stable ``code`` and the request id."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    instance: str | None = None
+    request_id: str | None = None
+    errors: list[FieldError] | None = None
+
+
+def request_id_of(scope: Scope) -> str:
+    """The request id: the client's ``X-Request-ID`` if well-formed, else a new one. Stable per request."""
+    state = scope.setdefault("state", {})  # type: ignore[typeddict-item]
+    rid = state.get("request_id")
+    if rid is None:
+        supplied = None
+        for name, value in scope.get("headers", []):
+            if name == b"x-request-id":
+                supplied = value.decode("latin-1")
+                break
+        rid = supplied if supplied and _CLIENT_REQUEST_ID.match(supplied) else uuid.uuid4().hex
+        state["request_id"] = rid
+    return str(rid)
+
+
+class RequestContextMiddleware:
+    """Binds the request id and route to every log line and writes one access-log line."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = request_id_of(scope)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        route = scope.get("path_template") or scope["path"]  # type: ignore[typeddict-item]
+        with bound_contextvars(request_id=rid, method=scope["method"], route=route):
+            try:
+                await self.app(scope, receive, send_with_status)
+            finally:
+                log.info(
+                    "request",
+                    status=status,
+                    path=scope["path"],
+                    ms=round((time.perf_counter() - started) * 1000, 2),
+                )
+
+
+async def add_request_id_header(message: Message, scope: Scope) -> None:
+    """``before_send`` hook: every response, matched route or not, carries its request id."""
+    if message["type"] == "http.response.start":
+        headers = list(message.get("headers", []))
+        headers.append((b"x-request-id", request_id_of(scope).encode()))
+        message["headers"] = headers  # type: ignore[typeddict-unknown-key]
+
+
+def problem_response(
+    request: Request[Any, Any, Any],
+    *,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    errors: list[FieldError] | None = None,
+    extensions: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[Any]:
+    problem = Problem(
+        type=problem_type(code),
+        title=title,
+        status=status,
+        detail=detail,
+        code=code,
+        instance=request.url.path,
+        request_id=request_id_of(request.scope),
+        errors=errors or None,
+    )
+    body: dict[str, Any] = msgspec.to_builtins(problem)
+    for key, value in (extensions or {}).items():
+        body.setdefault(key, value)
+    return Response(content=body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def handle_dataex_error(request: Request[Any, Any, Any], error: DataexError) -> Response[Any]:
+    if error.status >= 500:
+        log.error("request_failed", code=error.code, detail=error.detail)
+    return problem_response(
+        request,
+        status=error.status,
+        code=error.code,
+        title=error.title,
+        detail=error.detail,
+        errors=error.errors,
+        extensions=error.extensions,
+        headers={"WWW-Authenticate": 'Bearer realm="dataex"'} if error.status == 401 else None,
+    )
+
+
+def _field_errors(extra: Any) -> list[FieldError]:
+    errors: list[FieldError] = []
+    for item in extra if isinstance(extra, list) else []:
+        if not isinstance(item, dict):
+            continue
+        message = str(item.get("message", "invalid value"))
+        path = str(item.get("key") or "")
+        match = _MSGSPEC_PATH.search(message)
+        if match:
+            message = message[: match.start()]
+            path = ".".join(p for p in (path, match["path"]) if p)
+        source = item.get("source")
+        errors.append(FieldError(path=path or "$", message=message, source=str(source) if source else None))
+    return errors
+
+
+def handle_validation_error(
+    request: Request[Any, Any, Any], error: ValidationException
+) -> Response[Any]:
+    errors = _field_errors(error.extra)
+    if not errors:
+        detail = str(error.detail)
+        match = _MSGSPEC_PATH.search(detail)
+        if match:
+            errors = [FieldError(path=match["path"] or "$", message=detail[: match.start()], source="body")]
+        else:
+            errors = [FieldError(path="$", message=detail, source="body")]
+    return problem_response(
+        request,
+        status=400,
+        code="validation_failed",
+        title="The request does not match the expected shape",
+        detail="; ".join(f"{e.path}: {e.message}" for e in errors),
+        errors=errors,
+    )
+
+
+_HTTP_CODES = {
+    400: ("malformed_request", "The request could not be read"),
+    401: ("unauthenticated", "Authentication required"),
+    403: ("forbidden", "Not allowed"),
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    413: ("payload_too_large", "The request body is too large"),
+    415: ("unsupported_media_type", "Unsupported media type"),
+    429: ("too_many_requests", "Too many requests"),
+}
+
+
+def handle_http_exception(request: Request[Any, Any, Any], error: HTTPException) -> Response[Any]:
+    status = error.status_code
+    if status >= 500:
+        log.error("request_failed", status=status, detail=str(error.detail))
+        code, title = "internal_error", "Internal error"
+        detail = f"the server failed; quote request id {request_id_of(request.scope)}"
+    else:
+        code, title = _HTTP_CODES.get(status, ("http_error", "Request failed"))
+        detail = str(error.detail)
+        if status == 404 and detail == "Not Found":
+            detail = f"no route {request.method} {request.url.path}"
+    headers = dict(error.headers or {})
+    if status == 400 and "JSON" in detail.upper():
+        code = "malformed_json"
+    return problem_response(
+        request, status=status, code=code, title=title, detail=detail, headers=headers or None
+    )
+
+
+def handle_unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
+    log.exception("unhandled_error", error_type=type(error).__name__)
+    return problem_response(
+        request,
+        status=500,
+        code="internal_error",
+        title="Internal error",
+        detail=f"the server failed unexpectedly; the cause is logged under request id"
+        f" {request_id_of(request.scope)}",
+    )
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    DataexError: handle_dataex_error,
+    ValidationException: handle_validation_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}

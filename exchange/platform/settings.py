@@ -1,0 +1,162 @@
+"""One settings object, read once from ``DATAEX_*`` environment variables and validated at start."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+LogFormat = Literal["auto", "console", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+_EXCHANGE_CODE = re.compile(r"^[A-Z][A-Z0-9]{1,7}$")
+_STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SUBJECT_TOKEN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+class SettingsError(ValueError):
+    """Raised with one line per bad variable, each naming the variable and what it must be."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything configurable. Defaults run the whole exchange on one machine."""
+
+    database_url: str | None = None
+    nats_url: str | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    api_workers: int = 1
+    state_dir: Path = field(default_factory=lambda: Path(".dataex"))
+    log_format: LogFormat = "auto"
+    log_level: LogLevel = "info"
+    exchange_code: str = "DX"
+    exchange_name: str = "dataex 数据交易所"
+    stream_name: str = "DATAEX"
+    subject_prefix: str = "dx"
+    max_body_bytes: int = 1_048_576
+
+    @property
+    def public_url(self) -> str:
+        host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::") else self.http_host  # noqa: S104
+        return f"http://{host}:{self.http_port}"
+
+    def subject(self, aggregate: str, event: str) -> str:
+        return f"{self.subject_prefix}.{aggregate}.{event}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every ``DATAEX_*`` variable; raise `SettingsError` listing all bad ones."""
+        env = os.environ if env is None else env
+        problems: list[str] = []
+        values: dict[str, object] = {}
+
+        def text(name: str) -> str | None:
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                return None
+            return raw.strip()
+
+        def url(name: str, schemes: tuple[str, ...]) -> str | None:
+            raw = text(name)
+            if raw is None:
+                return None
+            parts = urlsplit(raw)
+            if parts.scheme not in schemes:
+                problems.append(f"{name}: scheme must be one of {', '.join(schemes)}, got {raw!r}")
+            elif not parts.netloc and "host=" not in parts.query:
+                problems.append(f"{name}: no host in {raw!r}")
+            return raw
+
+        def integer(name: str, low: int, high: int) -> int | None:
+            raw = text(name)
+            if raw is None:
+                return None
+            try:
+                number = int(raw)
+            except ValueError:
+                problems.append(f"{name}: must be an integer, got {raw!r}")
+                return None
+            if not low <= number <= high:
+                problems.append(f"{name}: must be between {low} and {high}, got {number}")
+                return None
+            return number
+
+        def choice(name: str, allowed: tuple[str, ...]) -> str | None:
+            raw = text(name)
+            if raw is None:
+                return None
+            if raw.lower() not in allowed:
+                problems.append(f"{name}: must be one of {', '.join(allowed)}, got {raw!r}")
+                return None
+            return raw.lower()
+
+        def pattern(name: str, regex: re.Pattern[str], what: str) -> str | None:
+            raw = text(name)
+            if raw is None:
+                return None
+            if not regex.match(raw):
+                problems.append(f"{name}: must be {what}, got {raw!r}")
+                return None
+            return raw
+
+        values["database_url"] = url("DATAEX_DATABASE_URL", ("postgresql", "postgres"))
+        values["nats_url"] = url("DATAEX_NATS_URL", ("nats", "tls"))
+        values["http_host"] = text("DATAEX_HTTP_HOST")
+        values["http_port"] = integer("DATAEX_HTTP_PORT", 1, 65535)
+        values["api_workers"] = integer("DATAEX_API_WORKERS", 1, 64)
+        state = text("DATAEX_STATE_DIR")
+        values["state_dir"] = Path(state) if state else None
+        values["log_format"] = choice("DATAEX_LOG_FORMAT", ("auto", "console", "json"))
+        values["log_level"] = choice("DATAEX_LOG_LEVEL", ("debug", "info", "warning", "error"))
+        values["exchange_code"] = pattern(
+            "DATAEX_EXCHANGE_CODE", _EXCHANGE_CODE, "2-8 upper-case letters or digits, starting with a letter"
+        )
+        name = text("DATAEX_EXCHANGE_NAME")
+        if name is not None and len(name) > 200:
+            problems.append("DATAEX_EXCHANGE_NAME: must be at most 200 characters")
+        values["exchange_name"] = name
+        values["stream_name"] = pattern(
+            "DATAEX_STREAM_NAME", _STREAM_NAME, "1-64 letters, digits, '_' or '-'"
+        )
+        values["subject_prefix"] = pattern(
+            "DATAEX_SUBJECT_PREFIX", _SUBJECT_TOKEN, "a lower-case NATS subject token such as 'dx'"
+        )
+        values["max_body_bytes"] = integer("DATAEX_MAX_BODY_BYTES", 1024, 100_000_000)
+
+        if problems:
+            raise SettingsError(problems)
+        return cls(**{key: value for key, value in values.items() if value is not None})  # type: ignore[arg-type]
+
+    def with_servers(self, database_url: str, nats_url: str) -> Settings:
+        """A copy pointing at concrete servers (used once embedded servers are up)."""
+        return replace(self, database_url=database_url, nats_url=nats_url)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        env = {
+            "DATAEX_HTTP_HOST": self.http_host,
+            "DATAEX_HTTP_PORT": str(self.http_port),
+            "DATAEX_API_WORKERS": str(self.api_workers),
+            "DATAEX_STATE_DIR": str(self.state_dir),
+            "DATAEX_LOG_FORMAT": self.log_format,
+            "DATAEX_LOG_LEVEL": self.log_level,
+            "DATAEX_EXCHANGE_CODE": self.exchange_code,
+            "DATAEX_EXCHANGE_NAME": self.exchange_name,
+            "DATAEX_STREAM_NAME": self.stream_name,
+            "DATAEX_SUBJECT_PREFIX": self.subject_prefix,
+            "DATAEX_MAX_BODY_BYTES": str(self.max_body_bytes),
+        }
+        if self.database_url:
+            env["DATAEX_DATABASE_URL"] = self.database_url
+        if self.nats_url:
+            env["DATAEX_NATS_URL"] = self.nats_url
+        return env

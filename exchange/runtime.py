@@ -1,0 +1,298 @@
+"""Composition root for processes: `dataex up`, `dataex serve <part>`, migrate, bootstrap."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from exchange.audit import Actor
+from exchange.platform.bus import connect_nats, ensure_stream
+from exchange.platform.clock import SystemClock
+from exchange.platform.db import connect, create_pool, migrate
+from exchange.platform.embedded import EmbeddedNats, EmbeddedPostgres
+from exchange.platform.logging import get_logger
+from exchange.platform.settings import Settings
+
+log = get_logger("dataex.runtime")
+
+PARTS = ("api", "relay", "settlement")
+STOP_BUDGET_SECONDS = 2.5  # for the parts; the embedded servers get the rest of the 5 s
+
+
+class StartupError(RuntimeError):
+    """Something stops start-up; the message says what to do."""
+
+
+@dataclass
+class Servers:
+    settings: Settings
+    postgres: EmbeddedPostgres | None
+    nats: EmbeddedNats | None
+
+    def stop(self) -> None:
+        if self.nats is not None:
+            self.nats.stop(grace=1.0)
+        if self.postgres is not None:
+            self.postgres.stop(grace=1.5)
+
+
+async def _ensure_database(postgres: EmbeddedPostgres) -> None:
+    conn = await connect(postgres.url("postgres"))
+    try:
+        exists = await conn.fetchval(
+            "SELECT 1 FROM pg_database WHERE datname = $1", postgres.database
+        )
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{postgres.database}"')
+    finally:
+        await conn.close()
+
+
+def start_servers(settings: Settings) -> Servers:
+    """Start embedded PostgreSQL / NATS for whichever URL is not configured."""
+    state = settings.state_dir.resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    postgres = nats = None
+    try:
+        database_url = settings.database_url
+        if database_url is None:
+            postgres = EmbeddedPostgres(state)
+            postgres.start()
+            asyncio.run(_ensure_database(postgres))
+            database_url = postgres.url()
+        nats_url = settings.nats_url
+        if nats_url is None:
+            nats = EmbeddedNats(state)
+            nats_url = nats.start()
+    except BaseException:
+        Servers(settings, postgres, nats).stop()
+        raise
+    return Servers(settings.with_servers(database_url, nats_url), postgres, nats)
+
+
+@contextlib.contextmanager
+def servers(settings: Settings) -> Iterator[Settings]:
+    running = start_servers(settings)
+    try:
+        yield running.settings
+    finally:
+        running.stop()
+
+
+async def prepare(settings: Settings, *, bootstrap: str) -> str | None:
+    """Migrate, provision the stream, and bootstrap an admin token.
+
+    ``bootstrap``: "first" issues a token only when no operator exists yet; "always" always does;
+    "never" does not. Returns the token, if one was issued.
+    """
+    assert settings.database_url and settings.nats_url
+    conn = await connect(settings.database_url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    client = await connect_nats(settings.nats_url, name="dataex-migrate")
+    try:
+        await ensure_stream(client, settings)
+    finally:
+        await client.close()
+    if bootstrap == "never":
+        return None
+    from exchange.identity.service import IdentityService
+
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    try:
+        identity = IdentityService(pool, SystemClock())
+        if bootstrap == "first" and await identity.operator_exists():
+            return None
+        issued, _created = await identity.bootstrap(Actor.cli("bootstrap"), settings.exchange_name)
+        return issued.token
+    finally:
+        await pool.close()
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise StartupError(
+                    f"port {port} on {host} is in use: stop what holds it or set DATAEX_HTTP_PORT"
+                ) from error
+            raise StartupError(f"cannot listen on {host}:{port}: {error}") from error
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if the supervising process dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def spawn_part(part: str, settings: Settings) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **settings.to_env()}
+    return subprocess.Popen(
+        [sys.executable, "-m", "exchange.cli", "serve", part],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # we decide when it stops, not the terminal's Ctrl-C
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl, no locks taken
+    )
+
+
+def stop_parts(children: dict[str, subprocess.Popen[bytes]], budget: float) -> None:
+    for child in children.values():
+        if child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGTERM)
+    deadline = time.monotonic() + budget
+    for child in children.values():
+        remaining = max(0.0, deadline - time.monotonic())
+        try:
+            child.wait(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            pass
+        # Kill the whole group either way: granian's workers live in it too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=0.5)
+
+
+def wait_ready(url: str, timeout: float, children: dict[str, subprocess.Popen[bytes]]) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(child.poll() is not None for child in children.values()):
+            return False
+        with contextlib.suppress(urllib.error.URLError, OSError):
+            with urllib.request.urlopen(f"{url}/health/ready", timeout=1) as response:  # noqa: S310
+                if response.status == 200:
+                    return True
+        time.sleep(0.1)
+    return False
+
+
+def up(settings: Settings) -> int:
+    """Run the whole exchange on this machine until SIGINT/SIGTERM."""
+    stop_requested: list[int] = []
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop_requested.append(signum)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    _check_port_free(settings.http_host, settings.http_port)
+    started = time.monotonic()
+    running = start_servers(settings)
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    exit_code = 0
+    try:
+        token = asyncio.run(prepare(running.settings, bootstrap="first"))
+        if stop_requested:
+            return 0
+        for part in PARTS:
+            children[part] = spawn_part(part, running.settings)
+        if not wait_ready(running.settings.public_url, 15.0, children):
+            failed = [part for part, child in children.items() if child.poll() is not None]
+            raise StartupError(
+                f"the exchange did not become ready (exited: {', '.join(failed) or 'none'});"
+                " see the log lines above"
+            )
+        _print_banner(running, token, time.monotonic() - started)
+        while not stop_requested:
+            for part, child in children.items():
+                if child.poll() is not None:
+                    log.error("part_exited", part=part, returncode=child.returncode)
+                    exit_code = 1
+                    stop_requested.append(0)
+                    break
+            time.sleep(0.1)
+    finally:
+        stopping = time.monotonic()
+        stop_parts(children, STOP_BUDGET_SECONDS)
+        running.stop()
+        log.info("stopped", seconds=round(time.monotonic() - stopping, 2))
+    return exit_code
+
+
+def _print_banner(running: Servers, token: str | None, seconds: float) -> None:
+    settings = running.settings
+    url = settings.public_url
+    lines = [
+        f"dataex is up ({seconds:.1f}s)",
+        f"  API          {url}",
+        f"  API docs     {url}/schema  (Swagger UI: {url}/schema/swagger)",
+        f"  OpenAPI      {url}/schema/openapi.json",
+        f"  health       {url}/health/ready",
+        f"  state folder {Path(settings.state_dir).resolve()}",
+        "  PostgreSQL   "
+        + ("embedded, " if running.postgres else "external, ")
+        + _without_password(settings.database_url or ""),
+        "  NATS         " + ("embedded, " if running.nats else "external, ") + (settings.nats_url or ""),
+    ]
+    if token:
+        lines += [
+            "",
+            "  Bootstrap admin token (shown once; only its hash is stored):",
+            f"  {token}",
+            "  Lost it? `dataex admin bootstrap` issues another.",
+        ]
+    lines.append("  Ctrl-C stops everything.")
+    print("\n".join(lines), flush=True)  # noqa: T201
+
+
+def _without_password(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def serve(part: str, settings: Settings) -> int:
+    """Run one part in this process (for deployments; `dataex up` runs these as children)."""
+    if part == "api":
+        from granian.constants import Interfaces
+        from granian.server import Server
+
+        Server(
+            "exchange.app:create_app_from_env",
+            address=settings.http_host,
+            port=settings.http_port,
+            interface=Interfaces.ASGI,
+            workers=settings.api_workers,
+            factory=True,
+            log_access=False,
+            workers_kill_timeout=2,
+        ).serve()
+        return 0
+    from exchange.platform.worker import run_part
+
+    if part == "relay":
+        from contracts.outbox import relay_loop
+
+        asyncio.run(run_part(settings, "relay", relay_loop))
+    elif part == "settlement":
+        from settlement.worker import settlement_loop
+
+        asyncio.run(run_part(settings, "settlement", settlement_loop))
+    else:
+        raise StartupError(f"unknown part {part!r}: one of {', '.join(PARTS)}")
+    return 0
