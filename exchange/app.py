@@ -85,7 +85,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                 await heartbeat
             with contextlib.suppress(Exception):
                 await forget(pool, "api")
-            await nats.drain()
+            if not nats.is_closed:
+                await nats.drain()
             await pool.close()
 
     openapi_router = Router(OPENAPI_PATH, route_handlers=[], include_in_schema=False, opt=PUBLIC)

@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
     except SettingsError as error:
-        print(f"dataex: {error}", file=sys.stderr)  # noqa: T201
+        print(f"dataex: {error}", file=sys.stderr)
         return 2
     from exchange.platform.logging import configure_logging
 
@@ -71,21 +71,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "migrate":
             with runtime.servers(settings) as live:
                 asyncio.run(runtime.prepare(live, bootstrap="never"))
-            print("migrations applied; streams provisioned")  # noqa: T201
+            print("migrations applied; streams provisioned")
             return 0
         if args.command == "admin" and args.admin_command == "bootstrap":
             with runtime.servers(settings) as live:
                 token = asyncio.run(runtime.prepare(live, bootstrap="always"))
-            print(f"admin token (shown once; only its hash is stored):\n{token}")  # noqa: T201
+            print(f"admin token (shown once; only its hash is stored):\n{token}")
             return 0
     except (runtime.StartupError, OSError) as error:
-        print(f"dataex: {error}", file=sys.stderr)  # noqa: T201
+        print(f"dataex: {error}", file=sys.stderr)
         return 1
     except Exception as error:
         from exchange.platform.db import MigrationError
 
         if isinstance(error, MigrationError):
-            print(f"dataex: migration error: {error}", file=sys.stderr)  # noqa: T201
+            print(f"dataex: migration error: {error}", file=sys.stderr)
             return 1
         raise
     return 2

@@ -1,4 +1,7 @@
-"""``/health/live`` and ``/health/ready``: ready only when PostgreSQL, migrations and JetStream are."""
+"""``/health/live`` and ``/health/ready``.
+
+Ready only when PostgreSQL, the migrations, NATS and JetStream are all good.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Response, get
+from litestar.di import NamedDependency
 
 from exchange.platform.auth import PUBLIC
 from exchange.platform.context import Platform
@@ -57,8 +61,10 @@ async def readiness(platform: Platform) -> Readiness:
 
     async def nats() -> Check:
         connected = platform.nats.is_connected
-        return Check(ok=connected, detail=platform.nats.connected_url.netloc if connected else
-                     "not connected")
+        return Check(
+            ok=connected,
+            detail=platform.nats.connected_url.netloc if connected else "not connected",
+        )
 
     async def jetstream() -> str:
         info = await platform.nats.jetstream().stream_info(platform.settings.stream_name)
@@ -74,14 +80,22 @@ async def readiness(platform: Platform) -> Readiness:
     )
     parts: list[PartHeartbeat] = []
     if results["postgres"].ok:
-        rows = await platform.pool.fetch(
-            "SELECT part, instance, pid, extract(epoch FROM now() - seen_at)::float8 AS ago"
-            " FROM process_heartbeats WHERE seen_at > now() - interval '1 minute'"
-            " ORDER BY part, instance"
-        ) if results["migrations"].ok else []
+        rows = (
+            await platform.pool.fetch(
+                "SELECT part, instance, pid, extract(epoch FROM now() - seen_at)::float8 AS ago"
+                " FROM process_heartbeats WHERE seen_at > now() - interval '1 minute'"
+                " ORDER BY part, instance"
+            )
+            if results["migrations"].ok
+            else []
+        )
         parts = [
-            PartHeartbeat(part=r["part"], instance=r["instance"], pid=r["pid"],
-                          seen_seconds_ago=round(r["ago"], 1))
+            PartHeartbeat(
+                part=r["part"],
+                instance=r["instance"],
+                pid=r["pid"],
+                seen_seconds_ago=round(r["ago"], 1),
+            )
             for r in rows
         ]
     ready = all(check.ok for check in results.values())
@@ -99,7 +113,7 @@ class HealthController(Controller):
         return {"status": "live"}
 
     @get("/ready", operation_id="ready", opt=PUBLIC)
-    async def ready(self, platform: Platform) -> Response[Readiness]:
-        """200 when PostgreSQL, migrations, NATS and JetStream are all good; else 503 saying which."""
+    async def ready(self, platform: NamedDependency[Platform]) -> Response[Readiness]:
+        """200 when PostgreSQL, migrations, NATS and JetStream are good; else 503 saying which."""
         result = await readiness(platform)
         return Response(result, status_code=200 if result.status == "ready" else 503)

@@ -163,10 +163,8 @@ def stop_parts(children: dict[str, subprocess.Popen[bytes]], budget: float) -> N
     deadline = time.monotonic() + budget
     for child in children.values():
         remaining = max(0.0, deadline - time.monotonic())
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             child.wait(timeout=remaining)
-        except subprocess.TimeoutExpired:
-            pass
         # Kill the whole group either way: granian's workers live in it too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.pid, signal.SIGKILL)
@@ -179,10 +177,12 @@ def wait_ready(url: str, timeout: float, children: dict[str, subprocess.Popen[by
     while time.monotonic() < deadline:
         if any(child.poll() is not None for child in children.values()):
             return False
-        with contextlib.suppress(urllib.error.URLError, OSError):
-            with urllib.request.urlopen(f"{url}/health/ready", timeout=1) as response:  # noqa: S310
-                if response.status == 200:
-                    return True
+        with (
+            contextlib.suppress(urllib.error.URLError, OSError),
+            urllib.request.urlopen(f"{url}/health/ready", timeout=1) as response,  # noqa: S310
+        ):
+            if response.status == 200:
+                return True
         time.sleep(0.1)
     return False
 
@@ -243,7 +243,9 @@ def _print_banner(running: Servers, token: str | None, seconds: float) -> None:
         "  PostgreSQL   "
         + ("embedded, " if running.postgres else "external, ")
         + _without_password(settings.database_url or ""),
-        "  NATS         " + ("embedded, " if running.nats else "external, ") + (settings.nats_url or ""),
+        "  NATS         "
+        + ("embedded, " if running.nats else "external, ")
+        + (settings.nats_url or ""),
     ]
     if token:
         lines += [
@@ -253,7 +255,7 @@ def _print_banner(running: Servers, token: str | None, seconds: float) -> None:
             "  Lost it? `dataex admin bootstrap` issues another.",
         ]
     lines.append("  Ctrl-C stops everything.")
-    print("\n".join(lines), flush=True)  # noqa: T201
+    print("\n".join(lines), flush=True)
 
 
 def _without_password(url: str) -> str:

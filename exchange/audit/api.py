@@ -7,7 +7,8 @@ from datetime import datetime
 from typing import Annotated
 
 from litestar import Controller, get
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromQuery, QueryParameter
 
 from exchange.audit.repository import list_entries
 from exchange.audit.schemas import AuditPage
@@ -23,15 +24,17 @@ class AuditController(Controller):
     @get("/", operation_id="listAudit", opt=requires("admin"))
     async def list_audit(
         self,
-        platform: Platform,
-        limit: Annotated[int, Parameter(ge=1, le=200)] = DEFAULT_PAGE,
-        cursor: str | None = None,
-        action: str | None = None,
-        subject_type: str | None = None,
-        subject_id: str | None = None,
-        actor_org_id: uuid.UUID | None = None,
-        since: Annotated[datetime | None, Parameter(description="at or after (RFC 3339)")] = None,
-        until: Annotated[datetime | None, Parameter(description="before (RFC 3339)")] = None,
+        platform: NamedDependency[Platform],
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = DEFAULT_PAGE,
+        cursor: FromQuery[str | None] = None,
+        action: FromQuery[str | None] = None,
+        subject_type: FromQuery[str | None] = None,
+        subject_id: FromQuery[str | None] = None,
+        actor_org_id: FromQuery[uuid.UUID | None] = None,
+        since: Annotated[
+            datetime | None, QueryParameter(description="at or after (RFC 3339)")
+        ] = None,
+        until: Annotated[datetime | None, QueryParameter(description="before (RFC 3339)")] = None,
     ) -> AuditPage:
         """Newest first. ``next_cursor`` continues the same filtered listing."""
         (before_id,) = decode_cursor(cursor, (int,)) if cursor else (None,)

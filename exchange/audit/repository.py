@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import asyncpg
-
 from exchange.audit.schemas import AuditEntry
 from exchange.platform.auth import Principal
 from exchange.platform.canonical import sha256_digest
+from exchange.platform.db import Connection, Executor
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +37,7 @@ class Actor:
 
 
 async def record(
-    conn: asyncpg.Connection,
+    conn: Connection,
     actor: Actor,
     *,
     at: datetime,
@@ -71,7 +70,7 @@ async def record(
 
 
 async def list_entries(
-    conn: asyncpg.Connection | asyncpg.Pool,
+    conn: Executor,
     *,
     limit: int,
     before_id: int | None = None,

@@ -7,8 +7,8 @@ from datetime import datetime
 from typing import Annotated
 
 from litestar import Controller, get, patch, post
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from exchange.audit.repository import Actor
 from exchange.identity import repository as repo
@@ -28,11 +28,15 @@ from exchange.platform.auth import Principal, requires
 from exchange.platform.context import Platform
 from exchange.platform.paging import DEFAULT_PAGE, check_limit, decode_cursor, encode_cursor
 
-Limit = Annotated[int, Parameter(ge=1, le=200, description="page size")]
-Cursor = Annotated[str | None, Parameter(description="next_cursor of the previous page")]
+Limit = Annotated[int, QueryParameter(ge=1, le=200, description="page size")]
+Cursor = Annotated[str | None, QueryParameter(description="next_cursor of the previous page")]
+Identity = NamedDependency[IdentityService]
+ActorDep = NamedDependency[Actor]
+PrincipalDep = NamedDependency[Principal]
+PlatformDep = NamedDependency[Platform]
 
 
-def provide_identity(platform: Platform) -> IdentityService:
+def provide_identity(platform: PlatformDep) -> IdentityService:
     return IdentityService(platform.pool, platform.clock)
 
 
@@ -43,7 +47,7 @@ class OrganisationController(Controller):
 
     @post("/", operation_id="registerOrganisation", opt=requires("admin"))
     async def register(
-        self, data: OrganisationCreate, identity: IdentityService, actor: Actor
+        self, data: JSONBody[OrganisationCreate], identity: Identity, actor: ActorDep
     ) -> Organisation:
         """Register a seller, buyer or staff organisation. Duplicate USCC is 409."""
         return await identity.register(actor, data)
@@ -51,14 +55,19 @@ class OrganisationController(Controller):
     @get("/", operation_id="listOrganisations", opt=requires("admin"))
     async def list_organisations(
         self,
-        platform: Platform,
+        platform: PlatformDep,
         limit: Limit = DEFAULT_PAGE,
         cursor: Cursor = None,
-        role: Annotated[str | None, Parameter(description="only organisations holding it")] = None,
+        role: Annotated[
+            str | None, QueryParameter(description="only organisations holding it")
+        ] = None,
     ) -> OrganisationPage:
         after = decode_cursor(cursor, (datetime, uuid.UUID)) if cursor else None
         items = await repo.list_organisations(
-            platform.pool, limit=check_limit(limit), after=after, role=role  # type: ignore[arg-type]
+            platform.pool,
+            limit=check_limit(limit),
+            after=after,
+            role=role,
         )
         next_cursor = (
             encode_cursor(items[-1].created_at, items[-1].id) if len(items) == limit else None
@@ -67,7 +76,7 @@ class OrganisationController(Controller):
 
     @get("/{org_id:uuid}", operation_id="getOrganisation", opt=requires())
     async def get_organisation(
-        self, org_id: uuid.UUID, identity: IdentityService, principal: Principal
+        self, org_id: FromPath[uuid.UUID], identity: Identity, principal: PrincipalDep
     ) -> Organisation:
         """Members read their own organisation; admins read any."""
         return await identity.get_visible(principal, org_id)
@@ -75,21 +84,21 @@ class OrganisationController(Controller):
     @patch("/{org_id:uuid}", operation_id="updateOrganisation", opt=requires("admin"))
     async def update_organisation(
         self,
-        org_id: uuid.UUID,
-        data: OrganisationUpdate,
-        identity: IdentityService,
-        actor: Actor,
+        org_id: FromPath[uuid.UUID],
+        data: JSONBody[OrganisationUpdate],
+        identity: Identity,
+        actor: ActorDep,
     ) -> Organisation:
         return await identity.update(actor, org_id, data)
 
     @post("/{org_id:uuid}/tokens", operation_id="issueToken", opt=requires("admin"))
     async def issue_token(
         self,
-        org_id: uuid.UUID,
-        data: TokenCreate,
-        identity: IdentityService,
-        actor: Actor,
-        principal: Principal,
+        org_id: FromPath[uuid.UUID],
+        data: JSONBody[TokenCreate],
+        identity: Identity,
+        actor: ActorDep,
+        principal: PrincipalDep,
     ) -> TokenIssued:
         """Issue a token to any organisation. The secret is in this response only."""
         return await identity.issue_token(
@@ -99,8 +108,8 @@ class OrganisationController(Controller):
     @get("/{org_id:uuid}/tokens", operation_id="listOrganisationTokens", opt=requires("admin"))
     async def list_org_tokens(
         self,
-        org_id: uuid.UUID,
-        platform: Platform,
+        org_id: FromPath[uuid.UUID],
+        platform: PlatformDep,
         limit: Limit = DEFAULT_PAGE,
         cursor: Cursor = None,
     ) -> TokenPage:
@@ -112,7 +121,11 @@ async def _token_page(
 ) -> TokenPage:
     after = decode_cursor(cursor, (datetime, uuid.UUID)) if cursor else None
     items = await repo.list_tokens(
-        platform.pool, org_id, platform.clock.now(), limit=check_limit(limit), after=after  # type: ignore[arg-type]
+        platform.pool,
+        org_id,
+        platform.clock.now(),
+        limit=check_limit(limit),
+        after=after,
     )
     next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if len(items) == limit else None
     return TokenPage(items=items, next_cursor=next_cursor)
@@ -126,7 +139,7 @@ class TokenController(Controller):
     dependencies = {"identity": Provide(provide_identity, sync_to_thread=False)}
 
     @get("/me", operation_id="whoAmI", opt=requires())
-    async def me(self, principal: Principal, identity: IdentityService) -> Me:
+    async def me(self, principal: PrincipalDep, identity: Identity) -> Me:
         organisation = await identity.get_visible(principal, principal.org_id)
         return Me(
             organisation=organisation, token_id=principal.token_id, roles=sorted(principal.roles)
@@ -135,8 +148,8 @@ class TokenController(Controller):
     @get("/tokens", operation_id="listTokens", opt=requires())
     async def list_tokens(
         self,
-        platform: Platform,
-        principal: Principal,
+        platform: PlatformDep,
+        principal: PrincipalDep,
         limit: Limit = DEFAULT_PAGE,
         cursor: Cursor = None,
     ) -> TokenPage:
@@ -144,7 +157,11 @@ class TokenController(Controller):
 
     @post("/tokens", operation_id="createToken", opt=requires())
     async def create_token(
-        self, data: TokenCreate, identity: IdentityService, actor: Actor, principal: Principal
+        self,
+        data: JSONBody[TokenCreate],
+        identity: Identity,
+        actor: ActorDep,
+        principal: PrincipalDep,
     ) -> TokenIssued:
         """A new token for the caller's organisation, with at most the calling token's roles."""
         return await identity.issue_token(
@@ -157,14 +174,22 @@ class TokenController(Controller):
 
     @get("/tokens/{token_id:uuid}", operation_id="getToken", opt=requires())
     async def get_token(
-        self, token_id: uuid.UUID, identity: IdentityService, principal: Principal
+        self, token_id: FromPath[uuid.UUID], identity: Identity, principal: PrincipalDep
     ) -> Token:
         return await identity.get_token_visible(principal, token_id)
 
-    @post("/tokens/{token_id:uuid}/revoke", operation_id="revokeToken", opt=requires(),
-          status_code=200)
+    @post(
+        "/tokens/{token_id:uuid}/revoke",
+        operation_id="revokeToken",
+        opt=requires(),
+        status_code=200,
+    )
     async def revoke_token(
-        self, token_id: uuid.UUID, identity: IdentityService, actor: Actor, principal: Principal
+        self,
+        token_id: FromPath[uuid.UUID],
+        identity: Identity,
+        actor: ActorDep,
+        principal: PrincipalDep,
     ) -> Token:
         """Revoke at once; revoking an already revoked token changes nothing."""
         return await identity.revoke_token(actor, principal, token_id)

@@ -10,8 +10,7 @@ import asyncpg
 import msgspec
 
 from exchange.identity.schemas import Contact, Organisation, Token, TokenStatus
-
-Executor = asyncpg.Connection | asyncpg.Pool
+from exchange.platform.db import Executor
 
 
 def _organisation(row: asyncpg.Record) -> Organisation:
@@ -188,8 +187,7 @@ async def list_tokens(
 ) -> list[Token]:
     if after is None:
         rows = await conn.fetch(
-            "SELECT * FROM api_tokens WHERE org_id = $1"
-            " ORDER BY created_at DESC, id DESC LIMIT $2",
+            "SELECT * FROM api_tokens WHERE org_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
             org_id,
             limit,
         )

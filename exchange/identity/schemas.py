@@ -6,7 +6,6 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from exchange.platform.auth import Role
@@ -14,7 +13,8 @@ from exchange.platform.auth import Role
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 TokenName = Annotated[str, Meta(min_length=1, max_length=100)]
 RegionCode = Annotated[
-    str, Meta(pattern=r"^[0-9]{6}$", description="six-digit administrative division code (GB/T 2260)")
+    str,
+    Meta(pattern=r"^[0-9]{6}$", description="six-digit administrative division code (GB/T 2260)"),
 ]
 Roles = Annotated[list[Role], Meta(min_length=1, max_length=4)]
 

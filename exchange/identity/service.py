@@ -22,6 +22,7 @@ from exchange.identity.schemas import (
 from exchange.identity.uscc import UsccError, normalise_uscc
 from exchange.platform.auth import MARKET_ROLES, STAFF_ROLES, Principal, new_token
 from exchange.platform.clock import Clock
+from exchange.platform.db import Connection
 from exchange.platform.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound
 
 BOOTSTRAP_TOKEN_DAYS = 30
@@ -34,7 +35,9 @@ def _check_roles(roles: list[str]) -> list[str]:
         raise InvalidInput(
             "roles: an organisation is either exchange staff (reviewer, admin) or a market"
             " participant (seller, buyer), never both",
-            errors=[FieldError(path="roles", message="staff and market roles mixed", source="body")],
+            errors=[
+                FieldError(path="roles", message="staff and market roles mixed", source="body")
+            ],
         )
     return unique
 
@@ -149,20 +152,18 @@ class IdentityService:
         created_by: uuid.UUID | None,
     ) -> TokenIssued:
         """Issue a token carrying a subset of the organisation's roles (and of ``ceiling``)."""
-        roles = sorted(set(data.roles))
+        roles: list[str] = sorted(set(data.roles))
         if ceiling is not None and not set(roles) <= ceiling:
             raise Forbidden(
                 "a token cannot grant roles the calling token lacks:"
                 f" {', '.join(sorted(set(roles) - ceiling))}"
             )
         async with self.pool.acquire() as conn, conn.transaction():
-            return await self._issue(
-                conn, actor, org_id, data, roles=roles, created_by=created_by
-            )
+            return await self._issue(conn, actor, org_id, data, roles=roles, created_by=created_by)
 
     async def _issue(
         self,
-        conn: asyncpg.Connection,
+        conn: Connection,
         actor: Actor,
         org_id: uuid.UUID,
         data: TokenCreate,
@@ -180,7 +181,7 @@ class IdentityService:
                 f"roles: the organisation does not hold {', '.join(missing)}",
                 errors=[
                     FieldError(
-                        path=f"roles[{list(data.roles).index(role)}]",
+                        path=f"roles[{[str(r) for r in data.roles].index(role)}]",
                         message=f"organisation lacks role {role}",
                         source="body",
                     )
@@ -262,8 +263,9 @@ class IdentityService:
                     uscc=None,
                     roles=["admin", "reviewer"],
                     region=OPERATOR_REGION,
-                    contact=Contact(name="operator", email="operator@localhost.invalid",
-                                    phone="+0000000"),
+                    contact=Contact(
+                        name="operator", email="operator@localhost.invalid", phone="+0000000"
+                    ),
                     is_operator=True,
                     now=now,
                 )
@@ -282,8 +284,11 @@ class IdentityService:
                 conn,
                 actor,
                 operator.id,
-                TokenCreate(name="bootstrap admin", roles=["admin", "reviewer"],
-                            expires_in_days=BOOTSTRAP_TOKEN_DAYS),
+                TokenCreate(
+                    name="bootstrap admin",
+                    roles=["admin", "reviewer"],
+                    expires_in_days=BOOTSTRAP_TOKEN_DAYS,
+                ),
                 roles=["admin", "reviewer"],
                 created_by=None,
             )

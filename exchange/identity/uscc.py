@@ -32,6 +32,12 @@ def normalise_uscc(raw: str) -> str:
         raise UsccError("length", f"must be 18 characters, got {len(code)}")
     for position, char in enumerate(code, start=1):
         if char not in _VALUE:
+            if position == 18 and all(c in _VALUE for c in code[:17]) and code[2:8].isdigit():
+                raise UsccError(
+                    "check",
+                    f"check character: expected {check_character(code[:17])}, got {char}"
+                    " (which is not even in the code alphabet)",
+                )
             raise UsccError(
                 "alphabet",
                 f"character {char!r} at position {position} is not allowed"
@@ -40,7 +46,8 @@ def normalise_uscc(raw: str) -> str:
     division = code[2:8]
     if not division.isdigit():
         raise UsccError(
-            "division", f"positions 3-8 (administrative division code) must be digits, got {division!r}"
+            "division",
+            f"positions 3-8 (administrative division code) must be digits, got {division!r}",
         )
     expected = check_character(code[:17])
     if code[17] != expected:

@@ -1,1 +1,4 @@
-"""Platform modules: settings, logging, errors, database, NATS, clock. They import nothing else of ours."""
+"""Platform modules: settings, logging, errors, database, NATS, clock.
+
+They import nothing else of ours.
+"""

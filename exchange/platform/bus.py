@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import nats
-from nats.aio.client import Client as NATS
+from nats.aio.client import Client as NatsClient
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
@@ -18,19 +18,23 @@ log = get_logger(__name__)
 DUPLICATE_WINDOW_SECONDS = 120.0
 
 
-async def connect_nats(url: str, *, name: str, connect_timeout: float = 5.0) -> NATS:
+async def connect_nats(url: str, *, name: str, connect_timeout: float = 5.0) -> NatsClient:
     """Connect with bounded retries at start and unlimited reconnects afterwards."""
 
     async def on_error(error: Exception) -> None:
         log.warning("nats_error", error=str(error))
 
+    closing: list[NatsClient] = []
+
     async def on_disconnect() -> None:
-        log.warning("nats_disconnected")
+        # A disconnect during our own close() is expected; anything else is worth a warning.
+        if not (closing and closing[0].is_closed):
+            log.warning("nats_disconnected")
 
     async def on_reconnect() -> None:
         log.info("nats_reconnected")
 
-    client: NATS = await nats.connect(
+    client: NatsClient = await nats.connect(
         url,
         name=name,
         connect_timeout=connect_timeout,
@@ -41,6 +45,7 @@ async def connect_nats(url: str, *, name: str, connect_timeout: float = 5.0) -> 
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
     )
+    closing.append(client)
     return client
 
 
@@ -58,7 +63,7 @@ def stream_config(settings: Settings) -> StreamConfig:
     )
 
 
-async def ensure_stream(client: NATS, settings: Settings) -> str:
+async def ensure_stream(client: NatsClient, settings: Settings) -> str:
     """Create the stream, or bring an existing one to the wanted configuration. Idempotent."""
     js = client.jetstream()
     wanted = stream_config(settings)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
@@ -30,3 +30,16 @@ class FixedClock:
 
     def advance_to(self, at: datetime) -> None:
         self._at = at
+
+
+class OffsetClock:
+    """Wall-clock time shifted by an offset that tests can move forward (tokens expiring, …)."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, delta: timedelta) -> None:
+        self.offset += delta

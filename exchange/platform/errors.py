@@ -1,4 +1,7 @@
-"""The one error hierarchy. Each error maps to an RFC 9457 problem detail in one place (`exchange.http`)."""
+"""The one error hierarchy.
+
+Each error maps to an RFC 9457 problem detail in one place (`exchange.platform.http`).
+"""
 
 from __future__ import annotations
 

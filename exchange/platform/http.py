@@ -9,12 +9,14 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from structlog.contextvars import bound_contextvars
 
 from exchange.platform.errors import DataexError, FieldError
 from exchange.platform.logging import get_logger
+from exchange.platform.validation import collect_errors
 
 log = get_logger("dataex.http")
 
@@ -42,8 +44,8 @@ class Problem(msgspec.Struct, omit_defaults=True):
 
 
 def request_id_of(scope: Scope) -> str:
-    """The request id: the client's ``X-Request-ID`` if well-formed, else a new one. Stable per request."""
-    state = scope.setdefault("state", {})  # type: ignore[typeddict-item]
+    """The client's ``X-Request-ID`` if well-formed, else a new one; stable per request."""
+    state = scope.setdefault("state", {})
     rid = state.get("request_id")
     if rid is None:
         supplied = None
@@ -63,7 +65,7 @@ class RequestContextMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         rid = request_id_of(scope)
@@ -76,8 +78,7 @@ class RequestContextMiddleware:
                 status = message["status"]
             await send(message)
 
-        route = scope.get("path_template") or scope["path"]  # type: ignore[typeddict-item]
-        with bound_contextvars(request_id=rid, method=scope["method"], route=route):
+        with bound_contextvars(request_id=rid, method=scope.get("method"), route=scope["path"]):
             try:
                 await self.app(scope, receive, send_with_status)
             finally:
@@ -94,7 +95,7 @@ async def add_request_id_header(message: Message, scope: Scope) -> None:
     if message["type"] == "http.response.start":
         headers = list(message.get("headers", []))
         headers.append((b"x-request-id", request_id_of(scope).encode()))
-        message["headers"] = headers  # type: ignore[typeddict-unknown-key]
+        message["headers"] = headers
 
 
 def problem_response(
@@ -151,19 +152,41 @@ def _field_errors(extra: Any) -> list[FieldError]:
             message = message[: match.start()]
             path = ".".join(p for p in (path, match["path"]) if p)
         source = item.get("source")
-        errors.append(FieldError(path=path or "$", message=message, source=str(source) if source else None))
+        errors.append(
+            FieldError(path=path or "$", message=message, source=str(source) if source else None)
+        )
     return errors
+
+
+def _body_errors(request: Request[Any, Any, Any]) -> list[FieldError]:
+    """Re-check the cached body against the handler's ``data`` type to report every bad field."""
+    handler = request.scope.get("route_handler")
+    signature = getattr(handler, "parsed_fn_signature", None)
+    data = signature.parameters.get("data") if signature is not None else None
+    body = request._connection_state.body
+    if data is None or not isinstance(body, bytes) or not body:
+        return []
+    try:
+        value = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return []
+    return collect_errors(data.annotation, value)
 
 
 def handle_validation_error(
     request: Request[Any, Any, Any], error: ValidationException
 ) -> Response[Any]:
-    errors = _field_errors(error.extra)
+    errors = _body_errors(request) if _is_body_error(error.extra) else []
+    errors = errors or _field_errors(error.extra)
     if not errors:
         detail = str(error.detail)
         match = _MSGSPEC_PATH.search(detail)
         if match:
-            errors = [FieldError(path=match["path"] or "$", message=detail[: match.start()], source="body")]
+            errors = [
+                FieldError(
+                    path=match["path"] or "$", message=detail[: match.start()], source="body"
+                )
+            ]
         else:
             errors = [FieldError(path="$", message=detail, source="body")]
     return problem_response(
@@ -174,6 +197,11 @@ def handle_validation_error(
         detail="; ".join(f"{e.path}: {e.message}" for e in errors),
         errors=errors,
     )
+
+
+def _is_body_error(extra: Any) -> bool:
+    items = extra if isinstance(extra, list) else []
+    return not items or any(isinstance(i, dict) and i.get("source") == "body" for i in items)
 
 
 _HTTP_CODES = {
@@ -199,16 +227,32 @@ def handle_http_exception(request: Request[Any, Any, Any], error: HTTPException)
         detail = str(error.detail)
         if status == 404 and detail == "Not Found":
             detail = f"no route {request.method} {request.url.path}"
+        elif status == 405:
+            allowed = (error.headers or {}).get("allow", "")
+            detail = f"{request.url.path} does not accept {request.method}" + (
+                f"; allowed: {allowed}" if allowed else ""
+            )
     headers = dict(error.headers or {})
-    if status == 400 and "JSON" in detail.upper():
-        code = "malformed_json"
+    if status == 400 and (reason := _json_error(request)) is not None:
+        code, detail = "malformed_json", f"the body is not valid JSON: {reason}"
     return problem_response(
         request, status=status, code=code, title=title, detail=detail, headers=headers or None
     )
 
 
+def _json_error(request: Request[Any, Any, Any]) -> str | None:
+    body = request._connection_state.body
+    if not isinstance(body, bytes) or not body:
+        return None
+    try:
+        msgspec.json.decode(body)
+    except msgspec.DecodeError as error:
+        return str(error)
+    return None
+
+
 def handle_unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
-    log.exception("unhandled_error", error_type=type(error).__name__)
+    log.error("unhandled_error", error_type=type(error).__name__, exc_info=error)
     return problem_response(
         request,
         status=500,

@@ -1,4 +1,4 @@
-"""structlog set-up: readable in a terminal, JSON lines otherwise; secrets never reach a log line."""
+"""structlog set-up: readable in a terminal, JSON lines otherwise; no secret in a log line."""
 
 from __future__ import annotations
 

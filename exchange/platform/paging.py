@@ -19,7 +19,7 @@ def encode_cursor(*key: Any) -> str:
 
 
 def decode_cursor(cursor: str, types: tuple[type, ...]) -> tuple[Any, ...]:
-    """Decode a cursor made by `encode_cursor`; a tampered or foreign one is a 422 naming ``cursor``."""
+    """Decode a cursor made by `encode_cursor`; a forged one is a 422 naming ``cursor``."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         values = msgspec.json.decode(raw, type=tuple[*types])  # type: ignore[valid-type]

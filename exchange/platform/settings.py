@@ -54,7 +54,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read and validate every ``DATAEX_*`` variable; raise `SettingsError` listing all bad ones."""
+        """Read and validate every ``DATAEX_*`` variable; `SettingsError` lists all bad ones."""
         env = os.environ if env is None else env
         problems: list[str] = []
         values: dict[str, object] = {}
@@ -118,7 +118,9 @@ class Settings:
         values["log_format"] = choice("DATAEX_LOG_FORMAT", ("auto", "console", "json"))
         values["log_level"] = choice("DATAEX_LOG_LEVEL", ("debug", "info", "warning", "error"))
         values["exchange_code"] = pattern(
-            "DATAEX_EXCHANGE_CODE", _EXCHANGE_CODE, "2-8 upper-case letters or digits, starting with a letter"
+            "DATAEX_EXCHANGE_CODE",
+            _EXCHANGE_CODE,
+            "2-8 upper-case letters or digits, starting with a letter",
         )
         name = text("DATAEX_EXCHANGE_NAME")
         if name is not None and len(name) > 200:

@@ -43,6 +43,7 @@ async def run_part(settings: Settings, part: str, loop_body: PartLoop) -> None:
             await heartbeat
         with contextlib.suppress(Exception):
             await forget(pool, part)
-        await nats.drain()
+        if not nats.is_closed:
+            await nats.drain()
         await pool.close()
         log.info("part_stopped", part=part)

@@ -1,0 +1,189 @@
+"""Access control generated from the route table: a new route without a policy fails here.
+
+For every non-public route: no token, a malformed header, an unknown, a revoked and an expired
+token are 401; a token without the needed role is 403. Routes that take the id of an
+organisation's private resource must answer 404 to any other organisation.
+"""
+
+import re
+import uuid
+from datetime import timedelta
+
+import pytest
+from litestar import Litestar, get
+from litestar.routes import HTTPRoute
+
+from exchange.app import RouteWithoutAccessPolicy, check_access_policies, create_app
+from exchange.platform.auth import PUBLIC, route_access
+from exchange.platform.settings import Settings
+from tests.helpers import bearer, issue_token, make_uscc, register_org
+
+_PARAM = re.compile(r"\{[^}]+\}")
+
+
+def guarded_routes() -> list[tuple[str, str, object]]:
+    app = create_app(Settings())
+    table = []
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            access = route_access(handler)
+            assert access is not None, f"{route.path} has no access policy"
+            if access == "public":
+                continue
+            table.extend((method, route.path, access) for method in sorted(handler.http_methods))
+    return sorted(table)
+
+
+GUARDED = guarded_routes()
+# Routes whose path names a resource owned by one organisation: (method, path) -> resource kind.
+OWNED = {
+    ("GET", "/v1/organisations/{org_id:uuid}"): "organisation",
+    ("GET", "/v1/tokens/{token_id:uuid}"): "token",
+    ("POST", "/v1/tokens/{token_id:uuid}/revoke"): "token",
+}
+
+
+def concrete(path: str) -> str:
+    return _PARAM.sub(str(uuid.uuid4()), path)
+
+
+def test_every_route_declares_an_access_policy_or_the_app_refuses_to_start():
+    @get("/v1/forgotten")
+    async def forgotten() -> None:
+        return None
+
+    with pytest.raises(RouteWithoutAccessPolicy, match="/v1/forgotten"):
+        check_access_policies(Litestar(route_handlers=[forgotten], openapi_config=None))
+
+    @get("/v1/fine", opt=PUBLIC)
+    async def fine() -> None:
+        return None
+
+    check_access_policies(Litestar(route_handlers=[fine], openapi_config=None))
+
+
+def test_the_route_table_is_not_empty_and_covers_admin_routes():
+    assert len(GUARDED) >= 10
+    assert any(access == ("admin",) for _, _, access in GUARDED)
+
+
+def test_every_route_with_a_path_id_says_whose_resource_it_is():
+    for method, path, access in GUARDED:
+        if "{" in path and access != ("admin",):
+            assert (method, path) in OWNED, (
+                f"{method} {path} takes an id: add it to OWNED with a 404 test for other organisations"
+            )
+
+
+@pytest.fixture
+async def tokens(client, admin_token, clock):
+    market = await register_org(client, admin_token, make_uscc(1))
+    other = await register_org(client, admin_token, make_uscc(2))
+    me = (await client.get("/v1/me", headers=bearer(admin_token))).json()
+    operator_id = me["organisation"]["id"]
+    result = {
+        "seller+buyer": await issue_token(client, admin_token, market["id"], ["seller", "buyer"]),
+        "seller": await issue_token(client, admin_token, market["id"], ["seller"]),
+        "buyer": await issue_token(client, admin_token, market["id"], ["buyer"]),
+        "reviewer": await issue_token(client, admin_token, operator_id, ["reviewer"]),
+        "other": await issue_token(client, admin_token, other["id"], ["seller", "buyer"]),
+        "admin": admin_token,
+        "market_id": market["id"],
+        "other_id": other["id"],
+    }
+    revoked = await issue_token(
+        client,
+        admin_token,
+        market["id"],
+        [
+            "seller",
+            "buyer",
+        ],
+    )
+    token_id = (await client.get("/v1/me", headers=bearer(revoked))).json()["token_id"]
+    response = await client.post(f"/v1/tokens/{token_id}/revoke", headers=bearer(admin_token))
+    assert response.status_code == 200
+    result["revoked"] = revoked
+    result["short"] = await issue_token(
+        client, admin_token, market["id"], ["seller", "buyer"], days=1
+    )
+    return result
+
+
+async def call(client, method, path, token=None, raw_header=None):
+    headers = bearer(token) if token else {}
+    if raw_header is not None:
+        headers = {"Authorization": raw_header}
+    return await client.request(
+        method, path, headers=headers, json={} if method in ("POST", "PATCH") else None
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "access"), GUARDED, ids=[f"{m} {p}" for m, p, _ in GUARDED]
+)
+async def test_401_without_a_valid_token(client, tokens, clock, method, path, access):
+    target = concrete(path)
+    for header in (None, "Basic abc", "Bearer ", "Bearer dxt_00_unknown"):
+        response = await call(client, method, target, raw_header=header)
+        assert response.status_code == 401, (header, response.text)
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["code"] == "unauthenticated"
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    response = await call(client, method, target, token=tokens["revoked"])
+    assert response.status_code == 401 and "revoked" in response.json()["detail"]
+    clock.advance(timedelta(days=2))
+    response = await call(client, method, target, token=tokens["short"])
+    assert response.status_code == 401 and "expired" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "access"),
+    [r for r in GUARDED if isinstance(r[2], tuple)],
+    ids=[f"{m} {p}" for m, p, a in GUARDED if isinstance(a, tuple)],
+)
+async def test_403_with_a_token_lacking_the_role(client, tokens, method, path, access):
+    candidates = {
+        "seller+buyer": {"seller", "buyer"},
+        "seller": {"seller"},
+        "buyer": {"buyer"},
+        "reviewer": {"reviewer"},
+    }
+    lacking = [name for name, roles in candidates.items() if not roles & set(access)]
+    assert lacking, f"no test token lacks {access}"
+    for name in lacking:
+        response = await call(client, method, concrete(path), token=tokens[name])
+        assert response.status_code == 403, (name, response.text)
+        assert response.json()["code"] == "forbidden"
+        assert response.json()["required_roles"] == list(access)
+
+
+async def _resource_of(client, tokens, kind, owner_token, owner_org):
+    if kind == "organisation":
+        return owner_org
+    response = await client.post(
+        "/v1/tokens", json={"name": "x", "roles": ["buyer"]}, headers=bearer(owner_token)
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["details"]["id"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), sorted(OWNED), ids=[f"{m} {p}" for m, p in sorted(OWNED)]
+)
+async def test_another_organisations_resource_is_404(client, tokens, method, path):
+    kind = OWNED[(method, path)]
+    theirs = await _resource_of(client, tokens, kind, tokens["other"], tokens["other_id"])
+    mine = await _resource_of(client, tokens, kind, tokens["seller+buyer"], tokens["market_id"])
+    target = _PARAM.sub(theirs, path)
+    response = await call(client, method, target, token=tokens["seller+buyer"])
+    assert response.status_code == 404, response.text
+    assert response.json()["code"] == "not_found"
+    # The same route for one's own resource works, so the 404 above is about ownership.
+    response = await call(client, method, _PARAM.sub(mine, path), token=tokens["seller+buyer"])
+    assert response.status_code == 200, response.text
+    # An unknown id gives the very same answer as another organisation's.
+    response = await call(client, method, concrete(path), token=tokens["seller+buyer"])
+    assert response.status_code == 404

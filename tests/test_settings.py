@@ -1,0 +1,69 @@
+"""Settings: every DATAEX_* variable validated, each bad one named with what it must be."""
+
+from pathlib import Path
+
+import pytest
+
+from exchange.platform.settings import Settings, SettingsError
+
+
+def test_defaults_run_embedded_on_localhost():
+    settings = Settings.from_env({})
+    assert settings.database_url is None
+    assert settings.nats_url is None
+    assert settings.state_dir == Path(".dataex")
+    assert settings.public_url == "http://127.0.0.1:8000"
+
+
+def test_values_are_read():
+    settings = Settings.from_env(
+        {
+            "DATAEX_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/postgres",
+            "DATAEX_NATS_URL": "nats://127.0.0.1:4222",
+            "DATAEX_HTTP_PORT": "9001",
+            "DATAEX_LOG_FORMAT": "JSON",
+            "DATAEX_EXCHANGE_CODE": "SZDX",
+            "DATAEX_STATE_DIR": "/tmp/x",
+        }
+    )
+    assert settings.http_port == 9001
+    assert settings.log_format == "json"
+    assert settings.exchange_code == "SZDX"
+    assert settings.state_dir == Path("/tmp/x")
+    assert settings.subject("listing", "published") == "dx.listing.published"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("DATAEX_DATABASE_URL", "mysql://x/y", "scheme must be one of postgresql, postgres"),
+        ("DATAEX_NATS_URL", "http://127.0.0.1:4222", "scheme must be one of nats, tls"),
+        ("DATAEX_HTTP_PORT", "eighty", "must be an integer"),
+        ("DATAEX_HTTP_PORT", "70000", "between 1 and 65535"),
+        ("DATAEX_API_WORKERS", "0", "between 1 and 64"),
+        ("DATAEX_LOG_FORMAT", "xml", "one of auto, console, json"),
+        ("DATAEX_LOG_LEVEL", "loud", "one of debug, info, warning, error"),
+        ("DATAEX_EXCHANGE_CODE", "sz", "2-8 upper-case letters"),
+        ("DATAEX_SUBJECT_PREFIX", "DX.>", "lower-case NATS subject token"),
+    ],
+)
+def test_each_bad_value_is_named(name, value, says):
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({name: value})
+    assert len(caught.value.problems) == 1
+    assert caught.value.problems[0].startswith(f"{name}: ")
+    assert says in caught.value.problems[0]
+
+
+def test_all_bad_values_are_reported_together():
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"DATAEX_HTTP_PORT": "x", "DATAEX_LOG_LEVEL": "y"})
+    assert len(caught.value.problems) == 2
+
+
+def test_cli_exits_2_with_the_message(monkeypatch, capsys):
+    from exchange.cli import main
+
+    monkeypatch.setenv("DATAEX_HTTP_PORT", "nope")
+    assert main(["migrate"]) == 2
+    assert "DATAEX_HTTP_PORT: must be an integer" in capsys.readouterr().err
