@@ -199,3 +199,37 @@ def test_help_explains_each_command():
     )
     for command in ("up", "serve", "migrate", "admin"):
         assert re.search(rf"^\s+{command}\s+\S", result.stdout, re.M), result.stdout
+
+
+def test_migrate_and_admin_bootstrap_commands_work_on_configured_servers(tmp_path, servers):
+    settings = servers.settings
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAEX_")} | {
+        "DATAEX_STATE_DIR": str(tmp_path),
+        "DATAEX_DATABASE_URL": settings.database_url,
+        "DATAEX_NATS_URL": settings.nats_url,
+        "DATAEX_STREAM_NAME": settings.stream_name,
+        "DATAEX_SUBJECT_PREFIX": settings.subject_prefix,
+    }
+    migrate = subprocess.run(
+        [sys.executable, "-m", "exchange.cli", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert migrate.returncode == 0, migrate.stderr
+    assert "migrations applied" in migrate.stdout
+    tokens = []
+    for _ in range(2):
+        result = subprocess.run(
+            [sys.executable, "-m", "exchange.cli", "admin", "bootstrap"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        tokens.append(re.search(r"dxt_\S+", result.stdout)[0])
+    assert tokens[0] != tokens[1]  # each call issues a new token for the same operator
