@@ -1,0 +1,1 @@
+"""Policy engine, orders, matching, standard contracts, and the transactional outbox."""
