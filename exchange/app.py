@@ -12,6 +12,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.routes import HTTPRoute
 
+from contracts.policy.api import PolicyController
 from exchange.audit.api import AuditController
 from exchange.health import HealthController
 from exchange.identity.api import OrganisationController, TokenController
@@ -38,6 +39,7 @@ ROUTE_HANDLERS: list[Any] = [
     OrganisationController,
     TokenController,
     AuditController,
+    PolicyController,
 ]
 
 

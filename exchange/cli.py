@@ -40,6 +40,38 @@ def _parser() -> argparse.ArgumentParser:
         help="apply database migrations and provision JetStream streams, then exit",
         description="Idempotent; safe to run from several processes at once (advisory lock).",
     )
+    policy = commands.add_parser(
+        "policy",
+        help="the negative and cautious lists: evaluate, check, publish, replay",
+        description="Evaluate and check need no server; publish and replay use the database.",
+    )
+    policy_commands = policy.add_subparsers(dest="policy_command", metavar="TASK", required=True)
+    evaluate = policy_commands.add_parser(
+        "evaluate",
+        help="print the decision for an evaluation document (exit 0 whatever it is, 2 if invalid)",
+    )
+    evaluate.add_argument("file", help="a JSON evaluation document, or - for standard input")
+    evaluate.add_argument("--list", dest="list_file", help="a list file (default: newest bundled)")
+    check = policy_commands.add_parser("check", help="validate a list file (exit 2 if invalid)")
+    check.add_argument("file")
+    publish = policy_commands.add_parser(
+        "publish", help="publish a list version; it takes effect now or at --effective-from"
+    )
+    publish.add_argument("file")
+    publish.add_argument("--effective-from", help="ISO 8601 instant with time zone")
+    replay = policy_commands.add_parser(
+        "replay",
+        help="report which stored decisions of open listings and orders a list would change",
+    )
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("--version", help="a published version, or one under schemas/policy")
+    which.add_argument("--file", help="a candidate list file, not yet published")
+    bench = commands.add_parser("bench", help="benchmarks (figures, not tests)")
+    bench_commands = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
+    bench_policy = bench_commands.add_parser(
+        "policy", help="policy evaluations per second on one core for a typical order"
+    )
+    bench_policy.add_argument("--seconds", type=float, default=3.0)
     admin = commands.add_parser("admin", help="operator tasks")
     admin_commands = admin.add_subparsers(dest="admin_command", metavar="TASK", required=True)
     admin_commands.add_parser(
@@ -53,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    offline = _offline(args)
+    if offline is not None:
+        return offline
     try:
         settings = Settings.from_env()
     except SettingsError as error:
@@ -73,6 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 asyncio.run(runtime.prepare(live, bootstrap="never"))
             print("migrations applied; streams provisioned")
             return 0
+        if args.command == "policy":
+            with runtime.servers(settings) as live:
+                return asyncio.run(runtime.policy_task(live, args))
         if args.command == "admin" and args.admin_command == "bootstrap":
             with runtime.servers(settings) as live:
                 token = asyncio.run(runtime.prepare(live, bootstrap="always"))
@@ -89,6 +127,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         raise
     return 2
+
+
+def _offline(args: argparse.Namespace) -> int | None:
+    """Commands that need no settings and no server."""
+    from contracts.policy import cli as policy_cli
+
+    if args.command == "policy" and args.policy_command == "evaluate":
+        return policy_cli.evaluate_command(args.file, args.list_file, sys.stdout, sys.stderr)
+    if args.command == "policy" and args.policy_command == "check":
+        return policy_cli.check_command(args.file, sys.stdout, sys.stderr)
+    if args.command == "bench" and args.bench_command == "policy":
+        return policy_cli.bench_command(args.seconds, sys.stdout)
+    return None
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from exchange.audit import Actor
 from exchange.platform.bus import connect_nats, ensure_stream
@@ -109,12 +110,18 @@ async def prepare(settings: Settings, *, bootstrap: str) -> str | None:
         await ensure_stream(client, settings)
     finally:
         await client.close()
-    if bootstrap == "never":
-        return None
+    from contracts.policy.service import PolicyService
     from exchange.identity.service import IdentityService
 
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
     try:
+        published = await PolicyService(pool, SystemClock()).ensure_initial_list(
+            Actor.cli("migrate")
+        )
+        if published:
+            log.info("policy_list_published", version=published)
+        if bootstrap == "never":
+            return None
         identity = IdentityService(pool, SystemClock())
         if bootstrap == "first" and await identity.operator_exists():
             return None
@@ -122,6 +129,49 @@ async def prepare(settings: Settings, *, bootstrap: str) -> str | None:
         return issued.token
     finally:
         await pool.close()
+
+
+async def policy_task(settings: Settings, args: Any) -> int:
+    """``dataex policy publish|replay`` against the database (migrated first)."""
+    import msgspec
+
+    from contracts.policy.cli import INVALID, parse_instant
+    from contracts.policy.service import PolicyService
+    from exchange.platform.errors import DataexError
+
+    file = Path(args.file) if args.file else None
+    source = await asyncio.to_thread(file.read_text, encoding="utf-8") if file else None
+    await prepare(settings, bootstrap="never")
+    assert settings.database_url
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    service = PolicyService(pool, SystemClock())
+    try:
+        if args.policy_command == "publish":
+            assert source is not None and file is not None
+            when = parse_instant(args.effective_from) if args.effective_from else None
+            detail, created = await service.publish(
+                Actor.cli("policy publish"), source, when, file=file.name
+            )
+            verb = "published" if created else "already published (identical)"
+            output = (
+                f"list {detail.info.version} {verb}: digest {detail.info.digest},"
+                f" effective from {detail.info.effective_from.isoformat()}"
+            )
+        else:
+            report = await service.replay(await service.candidate(args.version, source))
+            output = msgspec.json.format(msgspec.json.encode(report), indent=2).decode()
+    except DataexError as error:
+        lines = [f"dataex policy {args.policy_command}: {error.detail}"]
+        lines += [f"  {e.path}: {e.message}" for e in error.errors]
+        print("\n".join(lines), file=sys.stderr)
+        return INVALID
+    except ValueError as error:
+        print(f"dataex policy {args.policy_command}: {error}", file=sys.stderr)
+        return INVALID
+    finally:
+        await pool.close()
+    print(output)
+    return 0
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -66,23 +66,20 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def _hit(
-    rule: Rule,
-    facts: tuple[tuple[str, Any], ...],
-    flat: dict[str, Any],
-    cross_border: CrossBorder | None,
-) -> Hit:
+def _hit(rule: Rule, flat: dict[str, Any], cross_border: CrossBorder | None) -> Hit:
     unique: dict[str, Any] = {}
-    for path, value in facts:
+    for path, value in rule.when.explain(flat):
         unique.setdefault(path, value)
     because = "; ".join(f"{path} = {_show(value)}" for path, value in unique.items())
     if "cross_border.route" in unique and cross_border is not None:
         because += f" [route rule {cross_border.basis}]"  # the counts behind a derived route
-    four_eyes = rule.four_eyes or (rule.four_eyes_when is not None and rule.four_eyes_when(flat)[0])
+    four_eyes = rule.four_eyes or (
+        rule.four_eyes_when is not None and rule.four_eyes_when.test(flat)
+    )
     evidence = [
         EvidenceItem(code=item.code, zh=item.zh, en=item.en)
         for item in rule.evidence
-        if item.when is None or item.when(flat)[0]
+        if item.when is None or item.when.test(flat)
     ]
     return Hit(
         rule=rule.id,
@@ -111,11 +108,7 @@ def evaluate(document: EvaluationDocument, policy: PolicyList) -> Decision:
     cross_border = cross_border_route(document)
     flat = flatten(document, cross_border)
     rules = policy.rules if is_order else policy.product_rules
-    hits: list[Hit] = []
-    for rule in rules:
-        holds, facts = rule.when(flat)
-        if holds:
-            hits.append(_hit(rule, facts, flat, cross_border))
+    hits = [_hit(rule, flat, cross_border) for rule in rules if rule.when.test(flat)]
     outcome: Outcome
     if any(hit.list == "negative" for hit in hits):
         outcome = "reject"

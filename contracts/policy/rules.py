@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from contracts.policy.conditions import Compiled, ConditionError, compile_condition
+from contracts.policy.conditions import Condition, ConditionError, compile_condition
 from exchange.platform.canonical import sha256_digest
 from exchange.platform.db import SCHEMAS_DIR
 
@@ -54,7 +54,7 @@ class Evidence:
     code: str
     zh: str
     en: str
-    when: Compiled | None = None
+    when: Condition | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +64,14 @@ class Rule:
     scope: Literal["product", "order"]
     title_zh: str
     title_en: str
-    when: Compiled
+    when: Condition
     explanation_zh: str
     explanation_en: str
     remedy_zh: str
     remedy_en: str
     basis: str
     four_eyes: bool
-    four_eyes_when: Compiled | None
+    four_eyes_when: Condition | None
     evidence: tuple[Evidence, ...]
 
 
@@ -174,7 +174,7 @@ def _rule(
     texts = {key: check.text(raw, key, rule_id, required=True) for key in _REQUIRED_TEXT}
     errors: list[ConditionError] = []
 
-    def condition(node: Any, location: str) -> Compiled:
+    def condition(node: Any, location: str) -> Condition:
         return compile_condition(
             node, location=location, definitions=definitions, scope=scope, errors=errors
         )

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import builtins
-from typing import Any, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from msgspec import Struct
+from msgspec import Meta, Struct
 
 Outcome = Literal["allow", "review", "reject"]
 Route = Literal["none", "exempt", "standard_contract_or_certification", "security_assessment"]
@@ -53,3 +54,67 @@ class Decision(Struct, frozen=True):
     hits: list[Hit]
     four_eyes: bool
     cross_border: CrossBorder | None
+
+
+# --- API shapes -----------------------------------------------------------------------------
+
+
+class RuleSummary(Struct, frozen=True):
+    id: str
+    list: Literal["negative", "cautious"]
+    scope: Literal["product", "order"]
+    title_zh: str
+    title_en: str
+    basis: str
+    four_eyes: bool
+
+
+class PolicyListInfo(Struct, frozen=True):
+    version: str
+    digest: str
+    title: str
+    effective_from: datetime
+    published_at: datetime
+    published_by: str
+    current: bool
+
+
+class PolicyListDetail(Struct, frozen=True):
+    info: PolicyListInfo
+    rules: builtins.list[RuleSummary]
+    source: str
+
+
+class PolicyListPublish(Struct, forbid_unknown_fields=True):
+    source: Annotated[str, Meta(min_length=1, max_length=1_000_000, description="the TOML file")]
+    effective_from: datetime | None = None
+
+
+class ReplayRequest(Struct, forbid_unknown_fields=True):
+    """Either a published or bundled ``version``, or the ``source`` of a candidate list."""
+
+    version: str | None = None
+    source: str | None = None
+
+
+class DecisionSnapshot(Struct, frozen=True):
+    decision: Outcome
+    list_version: str
+    rules: builtins.list[str]
+
+
+class DecisionChange(Struct, frozen=True):
+    subject_type: str
+    subject_id: str
+    before: DecisionSnapshot
+    after: DecisionSnapshot
+    rules_added: builtins.list[str]
+    rules_removed: builtins.list[str]
+
+
+class ReplayReport(Struct, frozen=True):
+    list_version: str
+    list_digest: str
+    subjects: int
+    unchanged: int
+    changed: builtins.list[DecisionChange]

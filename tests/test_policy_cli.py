@@ -1,0 +1,117 @@
+"""`dataex policy …` as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ROW = re.compile(r"^\| `(schemas/policy/examples/[^`]+)` \| (\w+) \| ([^|]+) \| ([^|]+) \|$", re.M)
+
+
+def dataex(*args: str, stdin: str | None = None, env: dict[str, str] | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "exchange.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+
+
+def readme_examples():
+    rows = ROW.findall((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert len(rows) >= 4
+    return rows
+
+
+@pytest.mark.parametrize(("path", "decision", "rules", "route"), readme_examples())
+def test_evaluate_reproduces_the_readme_examples(path, decision, rules, route):
+    result = dataex("policy", "evaluate", path)
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert output["decision"] == decision
+    expected_rules = [] if rules.strip() == "—" else [r.strip() for r in rules.split(",")]
+    assert [hit["rule"] for hit in output["hits"]] == expected_rules
+    actual_route = (output["cross_border"] or {}).get("route", "—")
+    assert actual_route == route.strip()
+
+
+def test_evaluate_reads_standard_input_and_exits_2_naming_the_bad_path():
+    good = (ROOT / "schemas/policy/examples/listing-core-data.json").read_text()
+    assert dataex("policy", "evaluate", "-", stdin=good).returncode == 0
+    bad = json.loads(good)
+    bad["product"]["source"]["kind"] = "stolen"
+    result = dataex("policy", "evaluate", "-", stdin=json.dumps(bad))
+    assert result.returncode == 2
+    assert "$.product.source.kind" in result.stderr
+    missing = dataex("policy", "evaluate", "no-such-file.json")
+    assert missing.returncode == 2 and "cannot read no-such-file.json" in missing.stderr
+
+
+def test_check_accepts_the_bundled_list_and_lists_every_problem_of_a_bad_one(tmp_path):
+    ok = dataex("policy", "check", "schemas/policy/2026.1.toml")
+    assert ok.returncode == 0, ok.stderr
+    assert "8 negative and 9 cautious rules" in ok.stdout
+    source = (ROOT / "schemas/policy/2026.1.toml").read_text(encoding="utf-8")
+    broken = tmp_path / "2026.9.toml"
+    broken.write_text(
+        source.replace('id = "NEG-02"', 'id = "NEG-01"').replace(
+            'field = "product.legal_prohibition"', 'field = "product.legal_prohibited"'
+        )
+    )
+    result = dataex("policy", "check", str(broken))
+    assert result.returncode == 2
+    assert "2026.9.toml: rule NEG-01: id: duplicate id" in result.stderr
+    assert (
+        "2026.9.toml: rule NEG-08: when.field: unknown attribute 'product.legal_prohibited'"
+        in result.stderr
+    )
+
+
+def test_publish_and_replay_on_the_database(tmp_path, settings):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAEX_")} | {
+        "DATAEX_STATE_DIR": str(tmp_path),
+        "DATAEX_DATABASE_URL": settings.database_url,
+        "DATAEX_NATS_URL": settings.nats_url,
+        "DATAEX_STREAM_NAME": settings.stream_name,
+        "DATAEX_SUBJECT_PREFIX": settings.subject_prefix,
+    }
+    source = (ROOT / "schemas/policy/2026.1.toml").read_text(encoding="utf-8")
+    candidate = tmp_path / "2026.2.toml"
+    candidate.write_text(source.replace('version = "2026.1"', 'version = "2026.2"'))
+    replay = dataex("policy", "replay", "--file", str(candidate), env=env)
+    assert replay.returncode == 0, replay.stderr
+    assert json.loads(replay.stdout)["list_version"] == "2026.2"
+    first = dataex(
+        "policy",
+        "publish",
+        str(candidate),
+        "--effective-from",
+        "2999-01-01T00:00:00+08:00",
+        env=env,
+    )
+    assert first.returncode == 0, first.stderr
+    assert "list 2026.2 published" in first.stdout
+    again = dataex(
+        "policy",
+        "publish",
+        str(candidate),
+        "--effective-from",
+        "2999-01-01T00:00:00+08:00",
+        env=env,
+    )
+    assert "already published (identical)" in again.stdout
+    candidate.write_text(candidate.read_text().replace("核心数据实行", "核心数据一律实行"))
+    conflict = dataex("policy", "publish", str(candidate), env=env)
+    assert conflict.returncode == 2
+    assert "immutable" in conflict.stderr
