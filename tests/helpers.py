@@ -57,3 +57,40 @@ async def issue_token(
     )
     assert response.status_code == 201, response.text
     return response.json()["token"]  # type: ignore[no-any-return]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any DATAEX_* variable, plus ``extra``."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("DATAEX_")} | extra
+
+
+def server_env(settings: Any, state_dir: Any) -> dict[str, str]:
+    """Environment for a `dataex` subprocess using the test run's own database and stream."""
+    return clean_env(
+        DATAEX_STATE_DIR=str(state_dir),
+        DATAEX_DATABASE_URL=settings.database_url,
+        DATAEX_NATS_URL=settings.nats_url,
+        DATAEX_STREAM_NAME=settings.stream_name,
+        DATAEX_SUBJECT_PREFIX=settings.subject_prefix,
+    )
+
+
+def run_dataex(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 120
+) -> Any:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    return subprocess.run(
+        [sys.executable, "-m", "exchange.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=timeout,
+        check=False,
+        env=env,
+    )

@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import run_dataex, server_env
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW = re.compile(r"^\| `(schemas/policy/examples/[^`]+)` \| (\w+) \| ([^|]+) \| ([^|]+) \|$", re.M)
 
 
 def dataex(*args: str, stdin: str | None = None, env: dict[str, str] | None = None):
-    return subprocess.run(
-        [sys.executable, "-m", "exchange.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-        env=env,
-    )
+    return run_dataex(*args, stdin=stdin, env=env)
 
 
 def readme_examples():
@@ -79,13 +69,7 @@ def test_check_accepts_the_bundled_list_and_lists_every_problem_of_a_bad_one(tmp
 
 
 def test_publish_and_replay_on_the_database(tmp_path, settings):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAEX_")} | {
-        "DATAEX_STATE_DIR": str(tmp_path),
-        "DATAEX_DATABASE_URL": settings.database_url,
-        "DATAEX_NATS_URL": settings.nats_url,
-        "DATAEX_STREAM_NAME": settings.stream_name,
-        "DATAEX_SUBJECT_PREFIX": settings.subject_prefix,
-    }
+    env = server_env(settings, tmp_path)
     source = (ROOT / "schemas/policy/2026.1.toml").read_text(encoding="utf-8")
     candidate = tmp_path / "2026.2.toml"
     candidate.write_text(source.replace('version = "2026.1"', 'version = "2026.2"'))

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import clean_env, run_dataex, server_env
+
 pytestmark = pytest.mark.system
 
 READY_WITHIN = 15.0
@@ -69,7 +71,7 @@ def processes_mentioning(text: str) -> list[int]:
 
 class Up:
     def __init__(self, state: Path, port: int, extra_env: dict[str, str] | None = None) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DATAEX_")}
+        env = clean_env()
         env |= {
             "DATAEX_STATE_DIR": str(state),
             "DATAEX_HTTP_PORT": str(port),
@@ -153,16 +155,7 @@ def test_up_runs_embedded_servers_stops_cleanly_and_keeps_its_data(tmp_path):
 def test_up_with_urls_set_starts_no_embedded_server(tmp_path, servers):
     settings = servers.settings
     state = tmp_path / "state"
-    up = Up(
-        state,
-        free_port(),
-        {
-            "DATAEX_DATABASE_URL": settings.database_url,
-            "DATAEX_NATS_URL": settings.nats_url,
-            "DATAEX_STREAM_NAME": settings.stream_name,
-            "DATAEX_SUBJECT_PREFIX": settings.subject_prefix,
-        },
-    )
+    up = Up(state, free_port(), server_env(settings, state))
     try:
         up.wait_ready()
         banner = up.banner()
@@ -179,16 +172,8 @@ def test_a_port_in_use_is_refused_with_a_clear_message(tmp_path):
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DATAEX_")}
-        env |= {"DATAEX_STATE_DIR": str(tmp_path), "DATAEX_HTTP_PORT": str(port)}
-        result = subprocess.run(
-            [sys.executable, "-m", "exchange.cli", "up"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        env = clean_env(DATAEX_STATE_DIR=str(tmp_path), DATAEX_HTTP_PORT=str(port))
+        result = run_dataex("up", env=env, timeout=30)
     assert result.returncode == 1
     assert f"port {port} on 127.0.0.1 is in use" in result.stderr
 
@@ -202,34 +187,13 @@ def test_help_explains_each_command():
 
 
 def test_migrate_and_admin_bootstrap_commands_work_on_configured_servers(tmp_path, servers):
-    settings = servers.settings
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAEX_")} | {
-        "DATAEX_STATE_DIR": str(tmp_path),
-        "DATAEX_DATABASE_URL": settings.database_url,
-        "DATAEX_NATS_URL": settings.nats_url,
-        "DATAEX_STREAM_NAME": settings.stream_name,
-        "DATAEX_SUBJECT_PREFIX": settings.subject_prefix,
-    }
-    migrate = subprocess.run(
-        [sys.executable, "-m", "exchange.cli", "migrate"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    env = server_env(servers.settings, tmp_path)
+    migrate = run_dataex("migrate", env=env)
     assert migrate.returncode == 0, migrate.stderr
     assert "migrations applied" in migrate.stdout
     tokens = []
     for _ in range(2):
-        result = subprocess.run(
-            [sys.executable, "-m", "exchange.cli", "admin", "bootstrap"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_dataex("admin", "bootstrap", env=env)
         assert result.returncode == 0, result.stderr
         tokens.append(re.search(r"dxt_\S+", result.stdout)[0])
     assert tokens[0] != tokens[1]  # each call issues a new token for the same operator
