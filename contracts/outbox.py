@@ -1,17 +1,141 @@
-"""The transactional outbox relay.
+"""The transactional outbox: events are written with the state change, then relayed to JetStream.
 
-The process, its connections and its heartbeat are real; the relay loop itself (claiming outbox
-rows with FOR UPDATE SKIP LOCKED and publishing them to JetStream) arrives with the first
-events, in the listings issue. Until then there is nothing to relay and the loop waits to stop.
+A service calls `enqueue` inside its transaction. The relay claims unpublished rows with
+``FOR UPDATE SKIP LOCKED`` (so several relays share the work and none publishes a row another
+holds), publishes each with ``Nats-Msg-Id`` = event id (JetStream drops a re-publish inside the
+duplicate window; consumers are idempotent beyond it), and marks the rows in the same
+transaction. Rows are never read by ``id > last_seen``: transactions commit out of order.
+LISTEN/NOTIFY only wakes the relay early; it polls every second regardless.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
+from datetime import datetime
+from typing import Any
+
+import msgspec
 
 from exchange.platform.context import Platform
+from exchange.platform.db import Connection
+from exchange.platform.logging import get_logger
+
+log = get_logger(__name__)
+
+CHANNEL = "dataex_outbox"
+BATCH = 256
+POLL_SECONDS = 1.0
+
+
+class CloudEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """CloudEvents 1.0 JSON envelope (structured mode)."""
+
+    specversion: str = "1.0"
+    id: str
+    source: str
+    type: str
+    subject: str | None = None
+    time: datetime
+    datacontenttype: str = "application/json"
+    dataschema: str | None = None
+    dxrequestid: str | None = None  # extension attribute: the request that caused the event
+    data: Any
+
+
+async def enqueue(
+    conn: Connection,
+    *,
+    subject: str,
+    event_type: str,
+    source: str,
+    data: Any,
+    at: datetime,
+    event_subject: str | None = None,
+    request_id: str | None = None,
+) -> str:
+    """Write an event in the caller's transaction; returns the event id."""
+    event_id = str(uuid.uuid4())
+    event = CloudEvent(
+        id=event_id,
+        source=source,
+        type=event_type,
+        subject=event_subject,
+        time=at,
+        dataschema=f"urn:dataex:schema:{event_type}",
+        dxrequestid=request_id,
+        data=data,
+    )
+    await conn.execute(
+        "INSERT INTO outbox (id, subject, payload, request_id, created_at)"
+        " VALUES ($1, $2, $3, $4, $5)",
+        uuid.UUID(event_id),
+        subject,
+        msgspec.json.encode(event),
+        request_id,
+        at,
+    )
+    return event_id
+
+
+async def relay_batch(platform: Platform, limit: int = BATCH) -> int:
+    """Publish up to ``limit`` pending events; returns how many were published."""
+    js = platform.nats.jetstream()
+    async with platform.pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            "SELECT id, subject, payload, request_id FROM outbox WHERE published_at IS NULL"
+            " ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            limit,
+        )
+        if not rows:
+            return 0
+
+        async def publish(row: Any) -> None:
+            headers = {"Nats-Msg-Id": str(row["id"])}
+            if row["request_id"]:
+                headers["X-Request-ID"] = row["request_id"]
+            await js.publish(
+                row["subject"],
+                bytes(row["payload"]),
+                headers=headers,
+                stream=platform.settings.stream_name,
+            )
+
+        await asyncio.gather(*(publish(row) for row in rows))
+        await conn.execute(
+            "UPDATE outbox SET published_at = now() WHERE id = ANY($1::uuid[])",
+            [row["id"] for row in rows],
+        )
+    return len(rows)
 
 
 async def relay_loop(platform: Platform, stop: asyncio.Event) -> None:
-    del platform
-    await stop.wait()
+    """Relay until ``stop`` is set: woken by NOTIFY, polling every second as the fallback."""
+    wake = asyncio.Event()
+
+    def on_notify(*_args: object) -> None:
+        wake.set()
+
+    listener = await platform.pool.acquire()
+    await listener.add_listener(CHANNEL, on_notify)
+    try:
+        while not stop.is_set():
+            try:
+                published = await relay_batch(platform)
+            except Exception as error:  # noqa: BLE001 - keep relaying; the rows stay pending
+                log.warning("relay_failed", error=f"{type(error).__name__}: {error}")
+                published = 0
+            if published == BATCH:
+                continue
+            wake.clear()
+            waiters = {asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())}
+            _done, pending = await asyncio.wait(
+                waiters, timeout=POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in pending:
+                task.cancel()
+    finally:
+        with contextlib.suppress(Exception):
+            await listener.remove_listener(CHANNEL, on_notify)
+        await platform.pool.release(listener)

@@ -16,6 +16,7 @@ from contracts.policy.api import PolicyController
 from exchange.audit.api import AuditController
 from exchange.health import HealthController
 from exchange.identity.api import OrganisationController, TokenController
+from exchange.listings.api import ProductController, WellKnownController
 from exchange.platform.auth import PUBLIC, access_guard, route_access
 from exchange.platform.bus import connect_nats
 from exchange.platform.clock import Clock, SystemClock
@@ -30,6 +31,8 @@ from exchange.platform.http import (
 )
 from exchange.platform.logging import configure_logging, get_logger
 from exchange.platform.settings import Settings
+from exchange.platform.signing import KeyRing, load_master_key
+from exchange.review.api import ReviewController
 
 log = get_logger(__name__)
 OPENAPI_PATH = "/schema"
@@ -40,6 +43,9 @@ ROUTE_HANDLERS: list[Any] = [
     TokenController,
     AuditController,
     PolicyController,
+    ProductController,
+    ReviewController,
+    WellKnownController,
 ]
 
 
@@ -77,7 +83,13 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         except Exception:
             await pool.close()
             raise
-        app.state.platform = Platform(settings=settings, clock=clock, pool=pool, nats=nats)
+        app.state.platform = Platform(
+            settings=settings,
+            clock=clock,
+            pool=pool,
+            nats=nats,
+            keyring=KeyRing(load_master_key(settings.state_dir)),
+        )
         heartbeat = asyncio.create_task(run_heartbeat(pool, "api"))
         try:
             yield

@@ -72,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
         "policy", help="policy evaluations per second on one core for a typical order"
     )
     bench_policy.add_argument("--seconds", type=float, default=3.0)
+    keys = commands.add_parser("keys", help="the exchange's signing keys")
+    key_commands = keys.add_subparsers(dest="keys_command", metavar="TASK", required=True)
+    key_commands.add_parser(
+        "rotate",
+        help="add a new current signing key; earlier keys stay in the JWKS so old signatures"
+        " still verify",
+    )
     admin = commands.add_parser("admin", help="operator tasks")
     admin_commands = admin.add_subparsers(dest="admin_command", metavar="TASK", required=True)
     admin_commands.add_parser(
@@ -107,6 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             with runtime.servers(settings) as live:
                 asyncio.run(runtime.prepare(live, bootstrap="never"))
             print("migrations applied; streams provisioned")
+            return 0
+        if args.command == "keys":
+            with runtime.servers(settings) as live:
+                kid = asyncio.run(runtime.rotate_key(live))
+            print(f"new current signing key {kid}")
             return 0
         if args.command == "policy":
             with runtime.servers(settings) as live:

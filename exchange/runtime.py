@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exchange.audit import Actor
+from exchange.audit import Actor, record
 from exchange.platform.bus import connect_nats, ensure_stream
 from exchange.platform.clock import SystemClock
 from exchange.platform.db import connect, create_pool, migrate
@@ -120,6 +120,7 @@ async def prepare(settings: Settings, *, bootstrap: str) -> str | None:
         )
         if published:
             log.info("policy_list_published", version=published)
+        await ensure_signing_key(pool, settings)
         if bootstrap == "never":
             return None
         identity = IdentityService(pool, SystemClock())
@@ -172,6 +173,48 @@ async def policy_task(settings: Settings, args: Any) -> int:
         await pool.close()
     print(output)
     return 0
+
+
+async def ensure_signing_key(pool: Any, settings: Settings) -> None:
+    from exchange.platform.signing import KeyRing, load_master_key
+
+    ring = KeyRing(load_master_key(settings.state_dir.resolve()))
+    async with pool.acquire() as conn, conn.transaction():
+        kid = await ring.ensure_key(conn, SystemClock().now())
+        if kid:
+            await record(
+                conn,
+                Actor.cli("migrate"),
+                at=SystemClock().now(),
+                action="key.created",
+                subject_type="signing_key",
+                subject_id=kid,
+            )
+            log.info("signing_key_created", kid=kid)
+
+
+async def rotate_key(settings: Settings) -> str:
+    from exchange.platform.signing import KeyRing, load_master_key
+
+    await prepare(settings, bootstrap="never")
+    assert settings.database_url
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    try:
+        ring = KeyRing(load_master_key(settings.state_dir.resolve()))
+        async with pool.acquire() as conn, conn.transaction():
+            now = SystemClock().now()
+            kid = await ring.rotate(conn, now)
+            await record(
+                conn,
+                Actor.cli("keys rotate"),
+                at=now,
+                action="key.rotated",
+                subject_type="signing_key",
+                subject_id=kid,
+            )
+        return kid
+    finally:
+        await pool.close()
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -9,6 +9,7 @@ import asyncpg
 
 from exchange.platform.clock import Clock
 from exchange.platform.settings import Settings
+from exchange.platform.signing import KeyRing
 
 
 @dataclass(slots=True)
@@ -17,3 +18,4 @@ class Platform:
     clock: Clock
     pool: asyncpg.Pool
     nats: Any  # nats.aio.client.Client (untyped library)
+    keyring: KeyRing

@@ -17,6 +17,7 @@ from exchange.platform.db import create_pool
 from exchange.platform.heartbeat import forget, run_heartbeat
 from exchange.platform.logging import get_logger
 from exchange.platform.settings import Settings
+from exchange.platform.signing import KeyRing, load_master_key
 
 log = get_logger(__name__)
 
@@ -32,7 +33,13 @@ async def run_part(settings: Settings, part: str, loop_body: PartLoop) -> None:
         loop.add_signal_handler(signum, stop.set)
     pool = await create_pool(settings.database_url, min_size=1, max_size=4)
     nats = await connect_nats(settings.nats_url, name=f"dataex-{part}")
-    platform = Platform(settings=settings, clock=SystemClock(), pool=pool, nats=nats)
+    platform = Platform(
+        settings=settings,
+        clock=SystemClock(),
+        pool=pool,
+        nats=nats,
+        keyring=KeyRing(load_master_key(settings.state_dir)),
+    )
     heartbeat = asyncio.create_task(run_heartbeat(pool, part))
     log.info("part_started", part=part)
     try:

@@ -1,0 +1,1 @@
+"""Listings: products, revisions, submission, certificates."""

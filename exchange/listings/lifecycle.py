@@ -1,0 +1,130 @@
+"""Pure rules of a listing: its state machine, what counts as a material change, product codes."""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+import msgspec
+
+from contracts.policy.attributes import EvaluationDocument
+from contracts.policy.attributes import Product as PolicyProduct
+from contracts.policy.attributes import Source as PolicySource
+from exchange.listings.schemas import ProductMetadata, ProductState
+from exchange.platform.errors import Conflict
+
+Action = Literal[
+    "edit", "submit", "approve", "request_changes", "reject", "suspend", "reinstate", "delist",
+    "revise",
+]  # fmt: skip
+
+# state -> action -> next state
+TRANSITIONS: Final[dict[str, dict[str, str]]] = {
+    "draft": {"edit": "draft", "submit": "in_review"},
+    "changes_requested": {"edit": "changes_requested", "submit": "in_review"},
+    "in_review": {
+        "approve": "listed",
+        "request_changes": "changes_requested",
+        "reject": "rejected",
+    },
+    "listed": {"suspend": "suspended", "delist": "delisted", "revise": "listed"},
+    "suspended": {"reinstate": "listed", "delist": "delisted"},
+    "rejected": {},
+    "delisted": {},
+}
+
+
+def next_state(state: ProductState, action: Action) -> ProductState:
+    """The state after ``action``, or a 409 naming the current state and the allowed actions."""
+    allowed = TRANSITIONS[state]
+    if action not in allowed:
+        raise Conflict(
+            f"cannot {action.replace('_', ' ')} a product that is {state}; allowed:"
+            f" {', '.join(sorted(allowed)) or 'nothing (final state)'}",
+            extensions={"state": state, "allowed_actions": sorted(allowed)},
+        )
+    return allowed[action]  # type: ignore[return-value]
+
+
+# A change to any of these needs review before it goes live; the others are cosmetic.
+COSMETIC_FIELDS: Final = frozenset({"summary", "tags", "name_en"})
+COSMETIC_MANUAL_FIELDS: Final = frozenset({"sample"})
+
+
+def changed_fields(old: ProductMetadata, new: ProductMetadata) -> list[str]:
+    """Dotted names of the top-level (and manual) fields that differ."""
+    a, b = msgspec.to_builtins(old), msgspec.to_builtins(new)
+    changed: list[str] = []
+    for key in sorted(set(a) | set(b)):
+        if key == "manual" and key in a and key in b:
+            changed += [
+                f"manual.{k}"
+                for k in sorted(set(a[key]) | set(b[key]))
+                if a[key].get(k) != b[key].get(k)
+            ]
+        elif a.get(key) != b.get(key):
+            changed.append(key)
+    return changed
+
+
+def is_material(changed: list[str]) -> bool:
+    for name in changed:
+        top, _, sub = name.partition(".")
+        if top == "manual" and sub in COSMETIC_MANUAL_FIELDS:
+            continue
+        if top not in COSMETIC_FIELDS:
+            return True
+    return False
+
+
+def evaluation_document(
+    metadata: ProductMetadata, *, legal_prohibition: bool
+) -> EvaluationDocument:
+    """What the policy engine evaluates for a listing."""
+    c, s = metadata.classification, metadata.source
+    return EvaluationDocument(
+        product=PolicyProduct(
+            data_level=c.data_level,
+            general_grade=c.general_grade,
+            personal_info=c.personal_info,
+            content_flags=list(c.content_flags),
+            source=PolicySource(
+                kind=s.kind,
+                legality_proof=s.legality_proof,
+                upstream_forbids_resale=s.upstream_forbids_resale,
+            ),
+            third_party_rights=c.third_party_rights,
+            public_data=c.public_data,
+            regulated_domains=list(c.regulated_domains),
+            legal_prohibition=legal_prohibition,
+        )
+    )
+
+
+# --- product codes: <exchange>-<year>-<sequence><check>, ISO/IEC 7064 MOD 37,36 ----------------
+
+_ALPHANUMERIC: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def code_check_character(body: str) -> str:
+    """ISO/IEC 7064 MOD 37,36 (hybrid) check character over the letters and digits of ``body``."""
+    modulus = 36
+    product = modulus
+    for char in body:
+        if char == "-":
+            continue
+        total = (product + _ALPHANUMERIC.index(char)) % modulus or modulus
+        product = (total * 2) % (modulus + 1)
+    return _ALPHANUMERIC[(modulus + 1 - product) % modulus]
+
+
+def product_code(exchange: str, year: int, sequence: int) -> str:
+    body = f"{exchange}-{year}-{sequence:06d}"
+    return f"{body}{code_check_character(body)}"
+
+
+def product_code_is_valid(code: str) -> bool:
+    return (
+        len(code) > 1
+        and all(c in _ALPHANUMERIC or c == "-" for c in code)
+        and code_check_character(code[:-1]) == code[-1]
+    )

@@ -1,0 +1,213 @@
+"""A data product's metadata (listing-and-contracts.md) and the API shapes around it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from contracts.policy.attributes import (
+    ContentFlag,
+    Country,
+    DataLevel,
+    PersonalInfo,
+    PublicData,
+    RegulatedDomain,
+    SourceKind,
+    ThirdPartyRights,
+)
+from exchange.identity.schemas import Contact
+
+ProductType = Literal[
+    "dataset", "report", "api", "index", "model", "visualisation", "service", "tool"
+]
+Sector = Literal[
+    "MFG", "AGRI", "TRADE", "TRANSPORT", "FINANCE", "SCI_TECH", "CULTURE_TOURISM", "HEALTH",
+    "EMERGENCY", "METEOROLOGY", "URBAN_GOV", "GREEN_LOWCARBON", "OTHER",
+]  # fmt: skip
+DeliveryMode = Literal["file", "api", "sandbox"]
+Pricing = Literal["one_off", "subscription", "metered"]
+UpdateFrequency = Literal[
+    "realtime", "hourly", "daily", "weekly", "monthly", "quarterly", "yearly", "once"
+]
+Text = Annotated[str, Meta(min_length=1, max_length=200)]
+LongText = Annotated[str, Meta(min_length=1, max_length=5000)]
+Sha256 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the file")]
+Tag = Annotated[str, Meta(min_length=1, max_length=32)]
+MAX_SAMPLE_ROWS = 20
+
+
+class EvidenceRef(Struct, forbid_unknown_fields=True, frozen=True):
+    """A document the seller holds, identified by a reference and the SHA-256 of its bytes."""
+
+    name: Text
+    uri: Annotated[str, Meta(min_length=1, max_length=500)]
+    sha256: Sha256
+
+
+class FieldSpec(Struct, forbid_unknown_fields=True, frozen=True):
+    name: Annotated[str, Meta(min_length=1, max_length=100)]
+    type: Annotated[str, Meta(min_length=1, max_length=50)]
+    meaning: Annotated[str, Meta(min_length=1, max_length=500)]
+
+
+class Scale(Struct, forbid_unknown_fields=True, frozen=True):
+    rows: Annotated[int, Meta(ge=0)] | None = None
+    size_bytes: Annotated[int, Meta(ge=0)] | None = None
+    calls_per_day: Annotated[int, Meta(ge=0)] | None = None
+
+
+class TimeCoverage(Struct, forbid_unknown_fields=True, frozen=True):
+    start: date
+    end: date | None = None
+
+
+class Sample(Struct, forbid_unknown_fields=True, frozen=True):
+    rows: Annotated[list[dict[str, Any]], Meta(max_length=MAX_SAMPLE_ROWS)] = []
+    file: EvidenceRef | None = None
+
+
+class Manual(Struct, forbid_unknown_fields=True, frozen=True):
+    """The product manual (数据说明书)."""
+
+    fields: Annotated[list[FieldSpec], Meta(min_length=1, max_length=500)]
+    scale: Scale
+    time_coverage: TimeCoverage
+    update_frequency: UpdateFrequency
+    format: Annotated[str, Meta(min_length=1, max_length=50)]
+    sample: Sample
+
+
+class SourceInfo(Struct, forbid_unknown_fields=True, frozen=True):
+    kind: SourceKind
+    lawful_statement: LongText
+    legality_proof: bool
+    upstream_forbids_resale: bool
+    evidence: Annotated[list[EvidenceRef], Meta(max_length=50)] = []
+    upstream_licence: Annotated[str, Meta(max_length=2000)] | None = None
+
+
+class Classification(Struct, forbid_unknown_fields=True, frozen=True):
+    data_level: DataLevel
+    personal_info: PersonalInfo
+    third_party_rights: ThirdPartyRights
+    public_data: PublicData
+    content_flags: list[ContentFlag] = []
+    regulated_domains: list[RegulatedDomain] = []
+    general_grade: Annotated[int, Meta(ge=1, le=4)] | None = None
+
+
+class Rights(Struct, forbid_unknown_fields=True, frozen=True):
+    """The separable rights the buyer gets (持有权, 加工使用权, 经营权)."""
+
+    holding: bool
+    use: bool
+    operating: bool
+
+
+class Plan(Struct, forbid_unknown_fields=True, frozen=True):
+    id: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+    name: Text
+    pricing: Pricing
+    price_fen: Annotated[int, Meta(ge=0, le=10**13)]
+    free: bool
+    purposes: Annotated[
+        list[Annotated[str, Meta(min_length=1, max_length=100)]], Meta(min_length=1)
+    ]
+    territory: Annotated[list[Country], Meta(min_length=1)]
+    max_term_days: Annotated[int, Meta(ge=1, le=36500)]
+    redistribution: bool
+    acceptance_days: Annotated[int, Meta(ge=0, le=90)]
+
+
+class ProductMetadata(Struct, forbid_unknown_fields=True, frozen=True):
+    """A complete, submittable product. Its digest is over its RFC 8785 canonical JSON."""
+
+    name_zh: Text
+    summary: LongText
+    product_type: ProductType
+    sector: Sector
+    manual: Manual
+    contact: Contact
+    source: SourceInfo
+    classification: Classification
+    rights: Rights
+    delivery: Annotated[list[DeliveryMode], Meta(min_length=1, max_length=3)]
+    plans: Annotated[list[Plan], Meta(min_length=1, max_length=20)]
+    name_en: Text | None = None
+    tags: Annotated[list[Tag], Meta(max_length=20)] = []
+    registration_code: Annotated[str, Meta(max_length=64)] | None = None
+
+
+class ProductDraft(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Any subset of the metadata: a draft may be incomplete, never ill-typed."""
+
+    name_zh: Text | UnsetType = UNSET
+    summary: LongText | UnsetType = UNSET
+    product_type: ProductType | UnsetType = UNSET
+    sector: Sector | UnsetType = UNSET
+    manual: Manual | UnsetType = UNSET
+    contact: Contact | UnsetType = UNSET
+    source: SourceInfo | UnsetType = UNSET
+    classification: Classification | UnsetType = UNSET
+    rights: Rights | UnsetType = UNSET
+    delivery: Annotated[list[DeliveryMode], Meta(min_length=1, max_length=3)] | UnsetType = UNSET
+    plans: Annotated[list[Plan], Meta(min_length=1, max_length=20)] | UnsetType = UNSET
+    name_en: Text | UnsetType | None = UNSET
+    tags: Annotated[list[Tag], Meta(max_length=20)] | UnsetType = UNSET
+    registration_code: Annotated[str, Meta(max_length=64)] | UnsetType | None = UNSET
+
+
+ProductState = Literal[
+    "draft", "in_review", "changes_requested", "rejected", "listed", "suspended", "delisted"
+]
+
+
+class RevisionInfo(Struct, frozen=True):
+    number: int
+    digest: str
+    change: Literal["initial", "material", "cosmetic"]
+    created_at: datetime
+    metadata: ProductMetadata
+
+
+class ReviewSummary(Struct, frozen=True):
+    case_id: uuid.UUID
+    state: str
+    revision: int
+    hits: list[str]
+    decisions: list[dict[str, Any]]
+
+
+class Product(Struct, frozen=True):
+    id: uuid.UUID
+    seller_org_id: uuid.UUID
+    state: ProductState
+    product_code: str | None
+    draft: dict[str, Any] | None
+    live: RevisionInfo | None
+    pending: RevisionInfo | None
+    suspended_reason: str | None
+    review: ReviewSummary | None
+    policy: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ProductPage(Struct):
+    items: list[Product]
+    next_cursor: str | None
+
+
+class Reason(Struct, forbid_unknown_fields=True):
+    reason: Annotated[str, Meta(min_length=1, max_length=2000)]
+
+
+class Certificate(Struct, frozen=True):
+    product_code: str
+    revision: int
+    revision_digest: str
+    jws: str
+    kid: str

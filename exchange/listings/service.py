@@ -1,0 +1,626 @@
+"""Products from draft to listed: submission under the policy lists, review, certificates, events.
+
+Every state change, its audit row and its outbox event commit in one transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from contracts.outbox import enqueue
+from contracts.policy.evaluator import evaluate
+from contracts.policy.service import PolicyService
+from exchange.audit import Actor, record
+from exchange.identity import repository as identity_repo
+from exchange.listings.lifecycle import (
+    changed_fields,
+    evaluation_document,
+    is_material,
+    next_state,
+    product_code,
+)
+from exchange.listings.schemas import (
+    Certificate,
+    Product,
+    ProductDraft,
+    ProductMetadata,
+    ReviewSummary,
+    RevisionInfo,
+)
+from exchange.platform.auth import Principal
+from exchange.platform.canonical import sha256_digest
+from exchange.platform.clock import Clock
+from exchange.platform.db import Connection, Executor
+from exchange.platform.errors import Conflict, InvalidInput, NotFound
+from exchange.platform.settings import Settings
+from exchange.platform.signing import KeyRing, b64url_decode
+from exchange.platform.validation import collect_errors
+from exchange.review.schemas import ReviewCase
+from exchange.review.service import latest_case_for, open_case
+
+CERTIFICATE_TYPE = "dataex-listing-certificate+jws"
+STAFF = ("reviewer", "admin")
+
+
+def _revision(row: Any) -> RevisionInfo:
+    return RevisionInfo(
+        number=row["number"],
+        digest=row["digest"],
+        change=row["change"],
+        created_at=row["created_at"],
+        metadata=msgspec.convert(row["metadata"], ProductMetadata),
+    )
+
+
+class ListingService:
+    def __init__(
+        self, pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing
+    ) -> None:
+        self.pool = pool
+        self.clock = clock
+        self.settings = settings
+        self.keyring = keyring
+        self.policy = PolicyService(pool, clock)
+
+    # --- reading ------------------------------------------------------------------------
+
+    async def _row(self, conn: Executor, product_id: uuid.UUID, *, lock: bool = False) -> Any:
+        suffix = " FOR UPDATE" if lock else ""
+        return await conn.fetchrow(f"SELECT * FROM products WHERE id = $1{suffix}", product_id)
+
+    async def _visible_row(
+        self,
+        conn: Executor,
+        principal: Principal,
+        product_id: uuid.UUID,
+        *,
+        lock: bool = False,
+        staff_may: bool = True,
+    ) -> Any:
+        """The product if the caller's organisation sells it (or is staff); otherwise 404."""
+        row = await self._row(conn, product_id, lock=lock)
+        if row is None or (
+            row["seller_org_id"] != principal.org_id and not (staff_may and principal.has(*STAFF))
+        ):
+            raise NotFound(f"no product {product_id}")
+        return row
+
+    async def _view(self, conn: Executor, row: Any, *, with_draft: bool = True) -> Product:
+        revisions = {
+            r["number"]: _revision(r)
+            for r in await conn.fetch(
+                "SELECT * FROM product_revisions WHERE product_id = $1 AND number = ANY($2::int[])",
+                row["id"],
+                [n for n in (row["live_revision"], row["pending_revision"]) if n is not None],
+            )
+        }
+        case = await latest_case_for(conn, row["id"])
+        policy = await conn.fetchval(
+            "SELECT decision FROM policy_decisions WHERE subject_type = 'listing'"
+            " AND subject_id = $1 ORDER BY id DESC LIMIT 1",
+            str(row["id"]),
+        )
+        return Product(
+            id=row["id"],
+            seller_org_id=row["seller_org_id"],
+            state=row["state"],
+            product_code=row["product_code"],
+            draft=row["draft"] if with_draft else None,
+            live=revisions.get(row["live_revision"]),
+            pending=revisions.get(row["pending_revision"]),
+            suspended_reason=row["suspended_reason"],
+            review=None if case is None else _summary(case),
+            policy=policy,
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
+
+    async def get(self, principal: Principal, product_id: uuid.UUID) -> Product:
+        row = await self._visible_row(self.pool, principal, product_id)
+        return await self._view(self.pool, row)
+
+    async def list_own(
+        self, principal: Principal, *, after: tuple[datetime, uuid.UUID] | None, limit: int
+    ) -> list[Product]:
+        args: list[object] = [principal.org_id]
+        keyset = ""
+        if after is not None:
+            args += list(after)
+            keyset = " AND (created_at, id) < ($2, $3)"
+        args.append(limit)
+        rows = await self.pool.fetch(
+            f"SELECT * FROM products WHERE seller_org_id = $1{keyset}"
+            f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}",
+            *args,
+        )
+        return [await self._view(self.pool, row) for row in rows]
+
+    async def list_listed(
+        self, *, after: tuple[datetime, uuid.UUID] | None, limit: int
+    ) -> list[Product]:
+        args: list[object] = []
+        keyset = ""
+        if after is not None:
+            args += list(after)
+            keyset = " AND (created_at, id) < ($1, $2)"
+        args.append(limit)
+        rows = await self.pool.fetch(
+            f"SELECT * FROM products WHERE state = 'listed'{keyset}"
+            f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}",
+            *args,
+        )
+        return [await self._view(self.pool, row, with_draft=False) for row in rows]
+
+    # --- the seller's drafts ------------------------------------------------------------
+
+    async def create(self, actor: Actor, principal: Principal, draft: ProductDraft) -> Product:
+        now = self.clock.now()
+        product_id = uuid.uuid4()
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO products (id, seller_org_id, state, draft, created_at, updated_at)"
+                " VALUES ($1, $2, 'draft', $3, $4, $4)",
+                product_id,
+                principal.org_id,
+                msgspec.to_builtins(draft),
+                now,
+            )
+            await record(
+                conn,
+                actor,
+                at=now,
+                action="product.created",
+                subject_type="product",
+                subject_id=product_id,
+                after=draft,
+            )
+            return await self._view(conn, await self._row(conn, product_id))
+
+    async def edit(
+        self, actor: Actor, principal: Principal, product_id: uuid.UUID, patch: ProductDraft
+    ) -> Product:
+        """Merge ``patch`` into the draft (fields given replace fields held)."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await self._visible_row(conn, principal, product_id, lock=True, staff_may=False)
+            next_state(row["state"], "edit")
+            before = row["draft"] or {}
+            after = before | msgspec.to_builtins(patch)
+            await conn.execute(
+                "UPDATE products SET draft = $2, updated_at = $3 WHERE id = $1",
+                product_id, after, now,
+            )  # fmt: skip
+            await record(
+                conn,
+                actor,
+                at=now,
+                action="product.edited",
+                subject_type="product",
+                subject_id=product_id,
+                before=before,
+                after=after,
+                detail={"fields": sorted(msgspec.to_builtins(patch))},
+            )
+            return await self._view(conn, await self._row(conn, product_id))
+
+    # --- submission and review ----------------------------------------------------------
+
+    @staticmethod
+    def complete(draft: dict[str, Any] | None) -> ProductMetadata:
+        """The draft as complete metadata, or a 422 listing every missing or bad item."""
+        errors = collect_errors(ProductMetadata, draft or {})
+        if errors:
+            raise InvalidInput(
+                f"the product is incomplete: {len(errors)} item(s) to fix before submitting",
+                errors=errors,
+            )
+        return msgspec.convert(draft, ProductMetadata)
+
+    async def submit(self, actor: Actor, principal: Principal, product_id: uuid.UUID) -> Product:
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await self._visible_row(conn, principal, product_id, lock=True, staff_may=False)
+            next_state(row["state"], "submit")
+            metadata = self.complete(row["draft"])
+            document = evaluation_document(metadata, legal_prohibition=row["legal_prohibition"])
+            decision = evaluate(document, await self.policy.current())
+            decision_id = await self.policy.record(
+                conn, subject_type="listing", subject_id=str(product_id), document=document,
+                decision=decision,
+            )  # fmt: skip
+            if decision.decision == "reject":
+                await conn.execute(
+                    "UPDATE products SET state = 'rejected', updated_at = $2 WHERE id = $1",
+                    product_id, now,
+                )  # fmt: skip
+                await conn.execute(
+                    "UPDATE policy_subjects SET open = false WHERE subject_type = 'listing'"
+                    " AND subject_id = $1",
+                    str(product_id),
+                )
+                await record(
+                    conn,
+                    actor,
+                    at=now,
+                    action="product.rejected_by_policy",
+                    subject_type="product",
+                    subject_id=product_id,
+                    detail={
+                        "rules": [h.rule for h in decision.hits],
+                        "list_version": decision.list_version,
+                    },
+                )
+                return await self._view(conn, await self._row(conn, product_id))
+            number = await self._add_revision(conn, product_id, metadata, "initial", now)
+            await conn.execute(
+                "UPDATE products SET state = 'in_review', pending_revision = $2, updated_at = $3"
+                " WHERE id = $1",
+                product_id, number, now,
+            )  # fmt: skip
+            case_id = await open_case(
+                conn, kind="listing", subject_id=product_id, subject_org_id=row["seller_org_id"],
+                revision=number, decision=decision, policy_decision_id=decision_id, at=now,
+            )  # fmt: skip
+            await record(
+                conn,
+                actor,
+                at=now,
+                action="product.submitted",
+                subject_type="product",
+                subject_id=product_id,
+                after=metadata,
+                detail={
+                    "revision": number,
+                    "case_id": str(case_id),
+                    "rules": [h.rule for h in decision.hits],
+                    "four_eyes": decision.four_eyes,
+                },
+            )
+            return await self._view(conn, await self._row(conn, product_id))
+
+    async def _add_revision(
+        self,
+        conn: Connection,
+        product_id: uuid.UUID,
+        metadata: ProductMetadata,
+        change: str,
+        now: datetime,
+    ) -> int:
+        number: int = await conn.fetchval(
+            "SELECT coalesce(max(number), 0) + 1 FROM product_revisions WHERE product_id = $1",
+            product_id,
+        )
+        await conn.execute(
+            "INSERT INTO product_revisions (product_id, number, metadata, digest, change,"
+            " created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            product_id, number, msgspec.to_builtins(metadata), sha256_digest(metadata), change,
+            now,
+        )  # fmt: skip
+        return number
+
+    async def revise(
+        self, actor: Actor, principal: Principal, product_id: uuid.UUID, metadata: ProductMetadata
+    ) -> Product:
+        """A change to a listed product: cosmetic goes live now; material goes to review while
+        the listed revision stays live."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await self._visible_row(conn, principal, product_id, lock=True, staff_may=False)
+            next_state(row["state"], "revise")
+            if row["pending_revision"] is not None:
+                raise Conflict(
+                    f"revision {row['pending_revision']} is already under review; wait for its"
+                    " decision before another change",
+                )
+            live = _revision(await conn.fetchrow(
+                "SELECT * FROM product_revisions WHERE product_id = $1 AND number = $2",
+                product_id, row["live_revision"],
+            ))  # fmt: skip
+            changed = changed_fields(live.metadata, metadata)
+            if not changed:
+                raise Conflict("nothing changed: the revision equals the listed one")
+            if not is_material(changed):
+                number = await self._add_revision(conn, product_id, metadata, "cosmetic", now)
+                await self._go_live(conn, actor, row, number, now, event="published")
+                await record(
+                    conn,
+                    actor,
+                    at=now,
+                    action="product.revised",
+                    subject_type="product",
+                    subject_id=product_id,
+                    before=live.metadata,
+                    after=metadata,
+                    detail={"revision": number, "change": "cosmetic", "fields": changed},
+                )
+                return await self._view(conn, await self._row(conn, product_id))
+            document = evaluation_document(metadata, legal_prohibition=row["legal_prohibition"])
+            decision = evaluate(document, await self.policy.current())
+            if decision.decision == "reject":
+                raise InvalidInput(
+                    "the change is refused by the negative list; the listed revision stays live",
+                    extensions={"policy": msgspec.to_builtins(decision)},
+                )
+            decision_id = await self.policy.record(
+                conn, subject_type="listing", subject_id=str(product_id), document=document,
+                decision=decision,
+            )  # fmt: skip
+            number = await self._add_revision(conn, product_id, metadata, "material", now)
+            await conn.execute(
+                "UPDATE products SET pending_revision = $2, updated_at = $3 WHERE id = $1",
+                product_id, number, now,
+            )  # fmt: skip
+            case_id = await open_case(
+                conn, kind="listing", subject_id=product_id, subject_org_id=row["seller_org_id"],
+                revision=number, decision=decision, policy_decision_id=decision_id, at=now,
+            )  # fmt: skip
+            await record(
+                conn,
+                actor,
+                at=now,
+                action="product.revised",
+                subject_type="product",
+                subject_id=product_id,
+                before=live.metadata,
+                after=metadata,
+                detail={
+                    "revision": number,
+                    "change": "material",
+                    "fields": changed,
+                    "case_id": str(case_id),
+                },
+            )
+            return await self._view(conn, await self._row(conn, product_id))
+
+    async def on_case_decided(
+        self, conn: Connection, case: ReviewCase, verdict: str, actor: Actor, at: datetime
+    ) -> None:
+        """Called by the review queue when a listing case closes."""
+        row = await self._row(conn, case.subject_id, lock=True)
+        assert row is not None and case.revision == row["pending_revision"]
+        if row["state"] == "in_review":  # a first listing
+            state = next_state(row["state"], verdict)  # type: ignore[arg-type]
+            if state == "listed":
+                await self._go_live(conn, actor, row, case.revision, at, event="published")
+            else:
+                await conn.execute(
+                    "UPDATE products SET state = $2, pending_revision = NULL, updated_at = $3"
+                    " WHERE id = $1",
+                    row["id"], state, at,
+                )  # fmt: skip
+                if state == "rejected":
+                    await self._close_subject(conn, row["id"])
+            await record(
+                conn,
+                actor,
+                at=at,
+                action=f"product.{state}",
+                subject_type="product",
+                subject_id=row["id"],
+                detail={"case_id": str(case.id), "revision": case.revision},
+            )
+            return
+        # A change to a product already listed (or since suspended).
+        if verdict == "approve":
+            await self._go_live(conn, actor, row, case.revision, at, event="published")
+        else:
+            await conn.execute(
+                "UPDATE products SET pending_revision = NULL, updated_at = $2 WHERE id = $1",
+                row["id"], at,
+            )  # fmt: skip
+        await record(
+            conn,
+            actor,
+            at=at,
+            action=f"product.change_{verdict}",
+            subject_type="product",
+            subject_id=row["id"],
+            detail={"case_id": str(case.id), "revision": case.revision},
+        )
+
+    async def _close_subject(self, conn: Connection, product_id: uuid.UUID) -> None:
+        await conn.execute(
+            "UPDATE policy_subjects SET open = false WHERE subject_type = 'listing'"
+            " AND subject_id = $1",
+            str(product_id),
+        )
+
+    # --- listing, certificates, events --------------------------------------------------
+
+    async def _assign_code(self, conn: Connection, at: datetime) -> str:
+        year = at.year
+        sequence: int = await conn.fetchval(
+            "INSERT INTO product_code_sequences (year, last) VALUES ($1, 1)"
+            " ON CONFLICT (year) DO UPDATE SET last = product_code_sequences.last + 1"
+            " RETURNING last",
+            year,
+        )
+        return product_code(self.settings.exchange_code, year, sequence)
+
+    async def _go_live(
+        self,
+        conn: Connection,
+        actor: Actor,
+        row: Any,
+        number: int | None,
+        at: datetime,
+        *,
+        event: str,
+    ) -> None:
+        assert number is not None
+        code = row["product_code"] or await self._assign_code(conn, at)
+        revision = _revision(await conn.fetchrow(
+            "SELECT * FROM product_revisions WHERE product_id = $1 AND number = $2",
+            row["id"], number,
+        ))  # fmt: skip
+        seller = await identity_repo.get_organisation(conn, row["seller_org_id"])
+        assert seller is not None
+        claims = self.certificate_claims(code, revision, seller.name, seller.uscc, at)
+        key = await self.keyring.current(conn)
+        jws = key.sign_compact(claims, typ=CERTIFICATE_TYPE)
+        state = "listed" if row["state"] in ("in_review", "listed") else row["state"]
+        await conn.execute(
+            "UPDATE products SET state = $2, live_revision = $3, pending_revision = NULL,"
+            " product_code = $4, certificate = $5, updated_at = $6 WHERE id = $1",
+            row["id"], state, number, code, jws, at,
+        )  # fmt: skip
+        if state == "listed":
+            await self._event(
+                conn,
+                actor,
+                "published",
+                code,
+                row["id"],
+                revision,
+                at,
+                seller_name=seller.name,
+                seller_uscc=seller.uscc,
+            )
+
+    def certificate_claims(
+        self,
+        code: str,
+        revision: RevisionInfo,
+        seller_name: str,
+        seller_uscc: str | None,
+        at: datetime,
+    ) -> dict[str, Any]:
+        m = revision.metadata
+        pi = m.classification.personal_info
+        return {
+            "iss": self.settings.exchange_code,
+            "iss_name": self.settings.exchange_name,
+            "sub": code,
+            "jti": str(uuid.uuid4()),
+            "iat": int(at.timestamp()),
+            "revision": revision.number,
+            "revision_digest": revision.digest,
+            "product": {
+                "name_zh": m.name_zh,
+                "name_en": m.name_en,
+                "type": m.product_type,
+                "sector": m.sector,
+                "delivery": list(m.delivery),
+            },
+            "seller": {"name": seller_name, "uscc": seller_uscc},
+            "classification": {
+                "data_level": m.classification.data_level,
+                "general_grade": m.classification.general_grade,
+                "personal_info": {
+                    "present": pi.present,
+                    "state": pi.state,
+                    "sensitive": pi.sensitive,
+                },
+            },
+            "rights": msgspec.to_builtins(m.rights),
+            "status_url": f"{self.settings.public_url}/v1/certificates/{code}/status",
+        }
+
+    async def _event(
+        self,
+        conn: Connection,
+        actor: Actor,
+        event: str,
+        code: str,
+        product_id: uuid.UUID,
+        revision: RevisionInfo | None,
+        at: datetime,
+        **extra: Any,
+    ) -> None:
+        data = {
+            "product_id": str(product_id),
+            "product_code": code,
+            "exchange": self.settings.exchange_code,
+            "revision": revision.number if revision else None,
+            "revision_digest": revision.digest if revision else None,
+            **extra,
+        }
+        await enqueue(
+            conn,
+            subject=self.settings.subject("listing", event),
+            event_type=f"dx.listing.{event}",
+            source=f"urn:dataex:exchange:{self.settings.exchange_code}",
+            event_subject=code,
+            data=data,
+            at=at,
+            request_id=actor.request_id,
+        )
+
+    async def certificate(self, product_id: uuid.UUID) -> Certificate:
+        row = await self._row(self.pool, product_id)
+        if row is None or row["certificate"] is None or row["state"] != "listed":
+            raise NotFound(f"no listed product {product_id}")
+        digest = await self.pool.fetchval(
+            "SELECT digest FROM product_revisions WHERE product_id = $1 AND number = $2",
+            product_id, row["live_revision"],
+        )  # fmt: skip
+        header = msgspec.json.decode(b64url_decode(row["certificate"].split(".")[0]))
+        return Certificate(
+            product_code=row["product_code"], revision=row["live_revision"],
+            revision_digest=digest, jws=row["certificate"], kid=header["kid"],
+        )  # fmt: skip
+
+    # --- staff and seller actions on listed products -------------------------------------
+
+    async def transition(
+        self,
+        actor: Actor,
+        principal: Principal,
+        product_id: uuid.UUID,
+        action: str,
+        reason: str | None,
+    ) -> Product:
+        """suspend / reinstate (staff) and delist (the seller or staff)."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await self._visible_row(
+                conn, principal, product_id, lock=True, staff_may=principal.has(*STAFF)
+            )
+            if action != "delist" and not principal.has(*STAFF):
+                raise NotFound(f"no product {product_id}")
+            state = next_state(row["state"], action)  # type: ignore[arg-type]
+            await conn.execute(
+                "UPDATE products SET state = $2, suspended_reason = $3, updated_at = $4"
+                " WHERE id = $1",
+                product_id, state, reason if state == "suspended" else None, now,
+            )  # fmt: skip
+            if state == "delisted":
+                await self._close_subject(conn, product_id)
+            await record(
+                conn,
+                actor,
+                at=now,
+                action=f"product.{action}",
+                subject_type="product",
+                subject_id=product_id,
+                detail={"reason": reason, "from": row["state"]},
+            )
+            event = {"suspend": "suspended", "delist": "delisted", "reinstate": "published"}[action]
+            revision = None
+            if row["live_revision"] is not None:
+                revision = _revision(await conn.fetchrow(
+                    "SELECT * FROM product_revisions WHERE product_id = $1 AND number = $2",
+                    product_id, row["live_revision"],
+                ))  # fmt: skip
+            await self._event(
+                conn, actor, event, row["product_code"], product_id, revision, now, reason=reason
+            )
+            return await self._view(conn, await self._row(conn, product_id))
+
+
+def _summary(case: ReviewCase) -> ReviewSummary:
+    return ReviewSummary(
+        case_id=case.id,
+        state=case.state,
+        revision=case.revision or 0,
+        hits=case.rules,
+        decisions=[
+            {"verdict": d.verdict, "reason": d.reason, "decided_at": d.decided_at.isoformat()}
+            for d in case.decisions
+        ],
+    )

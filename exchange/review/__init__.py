@@ -1,0 +1,1 @@
+"""The review queue staff work from: listing cases now, order cases later."""

@@ -1,0 +1,105 @@
+"""HTTP routes of the review queue (role ``reviewer``)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from litestar import Controller, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody, QueryParameter
+
+from exchange.audit import Actor
+from exchange.listings.api import provide_listings
+from exchange.listings.service import ListingService
+from exchange.platform.auth import Principal, requires
+from exchange.platform.paging import DEFAULT_PAGE, check_limit, decode_cursor, encode_cursor
+from exchange.review.schemas import DecisionCreate, ReviewCase, ReviewCasePage
+from exchange.review.service import ReviewService
+
+Reviews = NamedDependency[ReviewService]
+
+
+def provide_reviews(listings: NamedDependency[ListingService]) -> ReviewService:
+    return ReviewService(listings.pool, listings.clock, {"listing": listings.on_case_decided})
+
+
+class ReviewController(Controller):
+    path = "/v1/reviews"
+    tags = ["reviews"]
+    opt = requires("reviewer")
+    dependencies = {
+        "listings": Provide(provide_listings, sync_to_thread=False),
+        "reviews": Provide(provide_reviews, sync_to_thread=False),
+    }
+
+    @get("/", operation_id="listReviewCases", opt=requires("reviewer"))
+    async def queue(
+        self,
+        reviews: Reviews,
+        kind: Annotated[str | None, QueryParameter(description="listing or order")] = None,
+        case_state: Annotated[
+            str | None, QueryParameter(name="state", description="open (default), approved, …")
+        ] = "open",
+        rule: Annotated[str | None, QueryParameter(description="cases with this hit")] = None,
+        older_than_hours: Annotated[int | None, QueryParameter(ge=0)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = DEFAULT_PAGE,
+        cursor: Annotated[str | None, QueryParameter()] = None,
+    ) -> ReviewCasePage:
+        """Oldest first."""
+        after = decode_cursor(cursor, (datetime, uuid.UUID)) if cursor else None
+        before = (
+            reviews.clock.now() - timedelta(hours=older_than_hours)
+            if older_than_hours is not None
+            else None
+        )
+        items = await reviews.queue(
+            kind=kind,
+            state=case_state,
+            rule=rule,
+            opened_before=before,
+            after=after,
+            limit=check_limit(limit),
+        )
+        cursor_out = (
+            encode_cursor(items[-1].opened_at, items[-1].id) if len(items) == limit else None
+        )
+        return ReviewCasePage(items=items, next_cursor=cursor_out)
+
+    @get("/{case_id:uuid}", operation_id="getReviewCase", opt=requires("reviewer"))
+    async def get_case(self, case_id: FromPath[uuid.UUID], reviews: Reviews) -> ReviewCase:
+        return await reviews.get(case_id)
+
+    @post(
+        "/{case_id:uuid}/claim",
+        operation_id="claimReviewCase",
+        opt=requires("reviewer"),
+        status_code=200,
+    )
+    async def claim(
+        self,
+        case_id: FromPath[uuid.UUID],
+        reviews: Reviews,
+        actor: NamedDependency[Actor],
+        principal: NamedDependency[Principal],
+    ) -> ReviewCase:
+        return await reviews.claim(actor, principal, case_id)
+
+    @post(
+        "/{case_id:uuid}/decisions",
+        operation_id="decideReviewCase",
+        opt=requires("reviewer"),
+        status_code=200,
+    )
+    async def decide(
+        self,
+        case_id: FromPath[uuid.UUID],
+        data: JSONBody[DecisionCreate],
+        reviews: Reviews,
+        actor: NamedDependency[Actor],
+        principal: NamedDependency[Principal],
+    ) -> ReviewCase:
+        """approve (with evidence for every cautious hit), request_changes or reject, with a
+        reason. Final and audited."""
+        return await reviews.decide(actor, principal, case_id, data)

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from msgspec import Meta, Struct
+
+Verdict = Literal["approve", "request_changes", "reject"]
+CaseState = Literal["open", "approved", "changes_requested", "rejected"]
+
+
+class EvidenceGiven(Struct, forbid_unknown_fields=True, frozen=True):
+    """The evidence that satisfies one cautious hit."""
+
+    rule: Annotated[str, Meta(pattern=r"^[A-Z]{3}-\d{2,3}$")]
+    reference: Annotated[str, Meta(min_length=1, max_length=500)]
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+
+class DecisionCreate(Struct, forbid_unknown_fields=True):
+    verdict: Verdict
+    reason: Annotated[str, Meta(min_length=1, max_length=4000)]
+    evidence: list[EvidenceGiven] = []
+
+
+class ReviewDecision(Struct, frozen=True):
+    reviewer: uuid.UUID
+    verdict: Verdict
+    reason: str
+    evidence: list[EvidenceGiven]
+    decided_at: datetime
+
+
+class ReviewCase(Struct, frozen=True):
+    id: uuid.UUID
+    kind: Literal["listing", "order"]
+    subject_id: uuid.UUID
+    subject_org_id: uuid.UUID
+    revision: int | None
+    state: CaseState
+    rules: list[str]
+    hits: list[dict[str, Any]]
+    four_eyes: bool
+    approvals_needed: int
+    claimed_by: uuid.UUID | None
+    opened_at: datetime
+    closed_at: datetime | None
+    decisions: list[ReviewDecision]
+
+
+class ReviewCasePage(Struct):
+    items: list[ReviewCase]
+    next_cursor: str | None
