@@ -16,6 +16,7 @@ from joserfc.jwk import KeySet
 from contracts.outbox import relay_batch
 from contracts.policy.service import PolicyService
 from exchange.audit import Actor
+from exchange.listings.events import ListingEvent
 from exchange.listings.lifecycle import product_code_is_valid
 from exchange.platform.clock import SystemClock
 from exchange.platform.context import Platform
@@ -138,6 +139,7 @@ async def test_deidentified_product_is_reviewed_listed_certified_and_announced(
         subject = settings.subject("listing", "published")
         sub = await client_nats.jetstream().pull_subscribe(subject, stream=settings.stream_name)
         (message,) = await sub.fetch(1, timeout=5)
+        msgspec.json.decode(message.data, type=ListingEvent)  # matches the checked-in schema's type
         event = msgspec.json.decode(message.data)
         assert event["specversion"] == "1.0"
         assert event["type"] == "dx.listing.published"

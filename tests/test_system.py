@@ -197,3 +197,14 @@ def test_migrate_and_admin_bootstrap_commands_work_on_configured_servers(tmp_pat
         assert result.returncode == 0, result.stderr
         tokens.append(re.search(r"dxt_\S+", result.stdout)[0])
     assert tokens[0] != tokens[1]  # each call issues a new token for the same operator
+
+
+def test_keys_rotate_adds_a_key_and_keeps_the_old_one_published(tmp_path, servers):
+    env = server_env(servers.settings, tmp_path)
+    kids = []
+    for _ in range(2):
+        result = run_dataex("keys", "rotate", env=env)
+        assert result.returncode == 0, result.stderr
+        kids.append(re.search(r"new current signing key (\S+)", result.stdout)[1])
+    assert kids[0] != kids[1]
+    assert oct((tmp_path / "master.key").stat().st_mode & 0o777) == "0o600"

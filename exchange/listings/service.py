@@ -17,6 +17,7 @@ from contracts.policy.evaluator import evaluate
 from contracts.policy.service import PolicyService
 from exchange.audit import Actor, record
 from exchange.identity import repository as identity_repo
+from exchange.listings.events import ListingEventData
 from exchange.listings.lifecycle import (
     changed_fields,
     evaluation_document,
@@ -532,14 +533,14 @@ class ListingService:
         at: datetime,
         **extra: Any,
     ) -> None:
-        data = {
-            "product_id": str(product_id),
-            "product_code": code,
-            "exchange": self.settings.exchange_code,
-            "revision": revision.number if revision else None,
-            "revision_digest": revision.digest if revision else None,
+        data = ListingEventData(
+            product_id=str(product_id),
+            product_code=code,
+            exchange=self.settings.exchange_code,
+            revision=revision.number if revision else None,
+            revision_digest=revision.digest if revision else None,
             **extra,
-        }
+        )
         await enqueue(
             conn,
             subject=self.settings.subject("listing", event),

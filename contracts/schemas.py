@@ -1,0 +1,40 @@
+"""Write the JSON Schemas of every event type under ``schemas/events`` (checked in, tested).
+
+uv run python -m contracts.schemas
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from exchange.platform.db import SCHEMAS_DIR
+
+EVENTS_DIR = SCHEMAS_DIR / "events"
+
+
+def generators() -> dict[str, Callable[[], dict[str, object]]]:
+    from exchange.listings.events import json_schema as listing
+
+    return {"dx.listing.schema.json": listing}
+
+
+def render(schema: dict[str, object]) -> str:
+    return msgspec.json.format(msgspec.json.encode(schema), indent=2).decode() + "\n"
+
+
+def write(directory: Path = EVENTS_DIR) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, generate in generators().items():
+        path = directory / name
+        path.write_text(render(generate()), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for path in write():
+        print(path)
