@@ -113,3 +113,43 @@ def test_any_single_character_change_of_a_code_is_detected(sequence, position, r
     if code[position] in "-" or code[position] == replacement:
         return
     assert not product_code_is_valid(code[:position] + replacement + code[position + 1 :])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "path"),
+    [
+        ({"manual__scale": {}}, "manual.scale"),
+        (
+            {"manual__time_coverage": {"start": "2024-01-01", "end": "2023-01-01"}},
+            "manual.time_coverage.end",
+        ),
+        ({"manual__sample": {"rows": []}}, "manual.sample"),
+        ({"rights": {"holding": False, "use": False, "operating": False}}, "rights"),
+        ({"delivery": ["file", "file"]}, "delivery"),
+        ({"classification__general_grade": None}, "classification.general_grade"),
+    ],
+)
+def test_cross_field_rules(overrides, path):
+    from exchange.listings.lifecycle import metadata_problems
+
+    assert [p.path for p in metadata_problems(meta(**overrides))] == [path]
+    assert metadata_problems(meta()) == []
+
+
+def test_prices_are_positive_fen_or_explicitly_free():
+    from exchange.listings.lifecycle import metadata_problems
+
+    plans = metadata()["plans"]
+    free_but_priced = [plans[0] | {"free": True}]
+    paid_but_zero = [plans[0] | {"price_fen": 0}]
+    free = [plans[0] | {"free": True, "price_fen": 0}]
+    redistributable = [plans[0] | {"redistribution": True}]
+    assert [p.message for p in metadata_problems(meta(plans=free_but_priced))] == [
+        "a free plan has price 0"
+    ]
+    assert [p.path for p in metadata_problems(meta(plans=paid_but_zero))] == ["plans[0].price_fen"]
+    assert metadata_problems(meta(plans=free)) == []
+    assert [p.path for p in metadata_problems(meta(plans=redistributable))] == [
+        "plans[0].redistribution"
+    ]
+    assert [p.path for p in metadata_problems(meta(plans=plans * 2))] == ["plans[1].id"]

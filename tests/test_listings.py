@@ -152,7 +152,9 @@ async def test_deidentified_product_is_reviewed_listed_certified_and_announced(
 
 async def test_important_data_needs_two_different_reviewers(client, market):
     product = await submit(
-        client, market["seller"], metadata(classification__data_level="important")
+        client,
+        market["seller"],
+        metadata(classification__data_level="important", classification__general_grade=None),
     )
     case_id = product["review"]["case_id"]
     first = await claim_and_decide(
@@ -174,7 +176,11 @@ async def test_important_data_needs_two_different_reviewers(client, market):
 
 
 async def test_core_data_is_rejected_at_submission_and_never_queued(client, market):
-    product = await submit(client, market["seller"], metadata(classification__data_level="core"))
+    product = await submit(
+        client,
+        market["seller"],
+        metadata(classification__data_level="core", classification__general_grade=None),
+    )
     assert product["state"] == "rejected"
     assert [hit["rule"] for hit in product["policy"]["hits"]] == ["NEG-06"]
     assert product["review"] is None

@@ -10,7 +10,7 @@ from contracts.policy.attributes import EvaluationDocument
 from contracts.policy.attributes import Product as PolicyProduct
 from contracts.policy.attributes import Source as PolicySource
 from exchange.listings.schemas import ProductMetadata, ProductState
-from exchange.platform.errors import Conflict
+from exchange.platform.errors import Conflict, FieldError
 
 Action = Literal[
     "edit", "submit", "approve", "request_changes", "reject", "suspend", "reinstate", "delist",
@@ -74,6 +74,62 @@ def is_material(changed: list[str]) -> bool:
         if top not in COSMETIC_FIELDS:
             return True
     return False
+
+
+def metadata_problems(m: ProductMetadata) -> list[FieldError]:
+    """Rules across fields that types alone cannot say."""
+    problems: list[FieldError] = []
+
+    def bad(path: str, message: str) -> None:
+        problems.append(FieldError(path=path, message=message, source="body"))
+
+    scale = m.manual.scale
+    if scale.rows is None and scale.size_bytes is None and scale.calls_per_day is None:
+        bad("manual.scale", "give at least one of rows, size_bytes, calls_per_day")
+    coverage = m.manual.time_coverage
+    if coverage.end is not None and coverage.end < coverage.start:
+        bad("manual.time_coverage.end", "ends before it starts")
+    if not m.manual.sample.rows and m.manual.sample.file is None:
+        bad("manual.sample", "give a few sample rows or a sample file")
+    if not (m.rights.holding or m.rights.use or m.rights.operating):
+        bad("rights", "grant at least one of holding, use, operating")
+    if len(set(m.delivery)) != len(m.delivery):
+        bad("delivery", "each delivery mode once")
+    problems += _plan_problems(m)
+    pi = m.classification.personal_info
+    if m.classification.data_level == "general" and m.classification.general_grade is None:
+        bad("classification.general_grade", "general data needs its grade (1-4)")
+    if m.classification.data_level != "general" and m.classification.general_grade is not None:
+        bad("classification.general_grade", "only general data has a grade")
+    if pi.present and pi.subject_count == 0:
+        bad(
+            "classification.personal_info.subject_count",
+            "personal information is present: how many individuals?",
+        )
+    return problems
+
+
+def _plan_problems(m: ProductMetadata) -> list[FieldError]:
+    problems: list[FieldError] = []
+
+    def bad(path: str, message: str) -> None:
+        problems.append(FieldError(path=path, message=message, source="body"))
+
+    seen: set[str] = set()
+    for i, plan in enumerate(m.plans):
+        if plan.id in seen:
+            bad(f"plans[{i}].id", f"duplicate plan id {plan.id!r}")
+        seen.add(plan.id)
+        if plan.free and plan.price_fen != 0:
+            bad(f"plans[{i}].price_fen", "a free plan has price 0")
+        if not plan.free and plan.price_fen <= 0:
+            bad(f"plans[{i}].price_fen", "a paid plan costs more than 0 fen (or set free: true)")
+        if plan.redistribution and not m.rights.operating:
+            bad(
+                f"plans[{i}].redistribution",
+                "redistribution needs the operating right (rights.operating)",
+            )
+    return problems
 
 
 def evaluation_document(

@@ -22,6 +22,7 @@ from exchange.listings.lifecycle import (
     changed_fields,
     evaluation_document,
     is_material,
+    metadata_problems,
     next_state,
     product_code,
 )
@@ -220,7 +221,9 @@ class ListingService:
                 f"the product is incomplete: {len(errors)} item(s) to fix before submitting",
                 errors=errors,
             )
-        return msgspec.convert(draft, ProductMetadata)
+        metadata = msgspec.convert(draft, ProductMetadata)
+        check_metadata(metadata)
+        return metadata
 
     async def submit(self, actor: Actor, principal: Principal, product_id: uuid.UUID) -> Product:
         now = self.clock.now()
@@ -318,6 +321,7 @@ class ListingService:
                     f"revision {row['pending_revision']} is already under review; wait for its"
                     " decision before another change",
                 )
+            check_metadata(metadata)
             live = _revision(await conn.fetchrow(
                 "SELECT * FROM product_revisions WHERE product_id = $1 AND number = $2",
                 product_id, row["live_revision"],
@@ -612,6 +616,12 @@ class ListingService:
                 conn, actor, event, row["product_code"], product_id, revision, now, reason=reason
             )
             return await self._view(conn, await self._row(conn, product_id))
+
+
+def check_metadata(metadata: ProductMetadata) -> None:
+    problems = metadata_problems(metadata)
+    if problems:
+        raise InvalidInput("; ".join(f"{p.path}: {p.message}" for p in problems), errors=problems)
 
 
 def _summary(case: ReviewCase) -> ReviewSummary:
