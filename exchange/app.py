@@ -16,7 +16,7 @@ from contracts.policy.api import PolicyController
 from exchange.audit.api import AuditController
 from exchange.health import HealthController
 from exchange.identity.api import OrganisationController, TokenController
-from exchange.listings.api import ProductController, WellKnownController
+from exchange.listings.api import CertificateController, ProductController, WellKnownController
 from exchange.platform.auth import PUBLIC, access_guard, route_access
 from exchange.platform.bus import connect_nats
 from exchange.platform.clock import Clock, SystemClock
@@ -44,6 +44,7 @@ ROUTE_HANDLERS: list[Any] = [
     AuditController,
     PolicyController,
     ProductController,
+    CertificateController,
     ReviewController,
     WellKnownController,
 ]

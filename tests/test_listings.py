@@ -76,6 +76,11 @@ async def claim_and_decide(
     )
 
 
+def claims_of(token):
+    payload = token.split(".")[1]
+    return msgspec.json.decode(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
 def evidence_for(*rules):
     return [
         {"rule": rule, "reference": EVIDENCE["uri"], "sha256": EVIDENCE["sha256"]} for rule in rules

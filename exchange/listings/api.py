@@ -13,6 +13,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from exchange.audit import Actor
 from exchange.listings.schemas import (
     Certificate,
+    CertificateStatus,
     Product,
     ProductDraft,
     ProductMetadata,
@@ -189,6 +190,17 @@ class ProductController(Controller):
     async def certificate(self, product_id: FromPath[uuid.UUID], listings: Listings) -> Certificate:
         """The listing certificate (compact JWS, EdDSA); verify it with /.well-known/jwks.json."""
         return await listings.certificate(product_id)
+
+
+class CertificateController(Controller):
+    path = "/v1/certificates"
+    tags = ["products"]
+    dependencies = {"listings": Provide(provide_listings, sync_to_thread=False)}
+
+    @get("/{product_code:str}/status", operation_id="certificateStatus", opt=PUBLIC)
+    async def status(self, product_code: FromPath[str], listings: Listings) -> CertificateStatus:
+        """Anyone may check a certificate: the product's state and live revision now, signed."""
+        return await listings.certificate_status(product_code)
 
 
 class WellKnownController(Controller):

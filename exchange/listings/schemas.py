@@ -211,3 +211,14 @@ class Certificate(Struct, frozen=True):
     revision_digest: str
     jws: str
     kid: str
+
+
+class CertificateStatus(Struct, frozen=True):
+    """Whether a product code's certificate stands, signed so it can be relayed and kept."""
+
+    product_code: str
+    state: ProductState
+    revision: int | None
+    revision_digest: str | None
+    checked_at: datetime
+    jws: str

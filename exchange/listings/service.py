@@ -28,6 +28,7 @@ from exchange.listings.lifecycle import (
 )
 from exchange.listings.schemas import (
     Certificate,
+    CertificateStatus,
     Product,
     ProductDraft,
     ProductMetadata,
@@ -568,6 +569,30 @@ class ListingService:
         return Certificate(
             product_code=row["product_code"], revision=row["live_revision"],
             revision_digest=digest, jws=row["certificate"], kid=header["kid"],
+        )  # fmt: skip
+
+    async def certificate_status(self, code: str) -> CertificateStatus:
+        row = await self.pool.fetchrow("SELECT * FROM products WHERE product_code = $1", code)
+        if row is None:
+            raise NotFound(f"no product code {code}")
+        digest = await self.pool.fetchval(
+            "SELECT digest FROM product_revisions WHERE product_id = $1 AND number = $2",
+            row["id"], row["live_revision"],
+        )  # fmt: skip
+        now = self.clock.now()
+        claims = {
+            "iss": self.settings.exchange_code,
+            "sub": code,
+            "state": row["state"],
+            "revision": row["live_revision"],
+            "revision_digest": digest,
+            "iat": int(now.timestamp()),
+        }
+        key = await self.keyring.current(self.pool)
+        return CertificateStatus(
+            product_code=code, state=row["state"], revision=row["live_revision"],
+            revision_digest=digest, checked_at=now,
+            jws=key.sign_compact(claims, typ="dataex-certificate-status+jws"),
         )  # fmt: skip
 
     # --- staff and seller actions on listed products -------------------------------------
