@@ -394,3 +394,22 @@ async def test_a_tampered_certificate_does_not_verify(client, market):
     jws.deserialize_compact(certificate["jws"], keys, algorithms=["EdDSA"])  # the original verifies
     with pytest.raises(BadSignatureError):
         jws.deserialize_compact(f"{header}.{forged}.{signature}", keys, algorithms=["EdDSA"])
+
+
+async def test_delisting_closes_a_change_still_under_review(client, market):
+    listed = await listed_product(client, market)
+    changed = metadata(classification__personal_info=DEIDENTIFIED_PI)
+    pending = (
+        await client.post(
+            f"/v1/products/{listed['id']}/revisions", json=changed, headers=bearer(market["seller"])
+        )
+    ).json()
+    case_id = pending["review"]["case_id"]
+    gone = await client.post(
+        f"/v1/products/{listed['id']}/delist",
+        json={"reason": "停止"},
+        headers=bearer(market["seller"]),
+    )
+    assert gone.json()["state"] == "delisted" and gone.json()["pending"] is None
+    late = await claim_and_decide(client, market["alice"], case_id, evidence=evidence_for("CAU-02"))
+    assert late.status_code == 409

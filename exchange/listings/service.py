@@ -621,6 +621,16 @@ class ListingService:
             )  # fmt: skip
             if state == "delisted":
                 await self._close_subject(conn, product_id)
+                # A change still under review dies with the listing.
+                closed = await conn.fetch(
+                    "UPDATE review_cases SET state = 'rejected', closed_at = $2"
+                    " WHERE subject_id = $1 AND state = 'open' RETURNING id",
+                    product_id, now,
+                )  # fmt: skip
+                if closed:
+                    await conn.execute(
+                        "UPDATE products SET pending_revision = NULL WHERE id = $1", product_id
+                    )
             await record(
                 conn,
                 actor,
