@@ -12,6 +12,12 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.routes import HTTPRoute
 
+from contracts.orders.api import (
+    ContractController,
+    KeyController,
+    OfferController,
+    OrderController,
+)
 from contracts.policy.api import PolicyController
 from exchange.audit.api import AuditController
 from exchange.health import HealthController
@@ -47,6 +53,10 @@ ROUTE_HANDLERS: list[Any] = [
     CertificateController,
     ReviewController,
     WellKnownController,
+    OrderController,
+    ContractController,
+    KeyController,
+    OfferController,
 ]
 
 

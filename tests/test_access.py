@@ -49,6 +49,33 @@ OWNED = {
     ("POST", "/v1/products/{product_id:uuid}/revisions"): "product",
     ("POST", "/v1/products/{product_id:uuid}/delist"): "product",
 }
+# Routes whose other-organisation 404 needs a whole trade to set up: proven in their own module.
+OWNED_ELSEWHERE = {
+    (
+        "GET",
+        "/v1/orders/{order_id:uuid}",
+    ): "test_orders.py::test_orders_and_contracts_are_for_the_parties_only",
+    (
+        "POST",
+        "/v1/orders/{order_id:uuid}/cancel",
+    ): "test_orders.py::test_orders_and_contracts_are_for_the_parties_only",
+    (
+        "GET",
+        "/v1/contracts/{contract_id:uuid}",
+    ): "test_orders.py::test_orders_and_contracts_are_for_the_parties_only",
+    (
+        "POST",
+        "/v1/contracts/{contract_id:uuid}/signatures",
+    ): "test_orders.py::test_orders_and_contracts_are_for_the_parties_only",
+    (
+        "GET",
+        "/v1/products/{product_id:uuid}/plans/{plan_id:str}/offer",
+    ): "test_orders.py::test_offers_are_the_sellers_own",
+    (
+        "POST",
+        "/v1/products/{product_id:uuid}/standing-offers",
+    ): "test_orders.py::test_offers_are_the_sellers_own",
+}
 # A body each route accepts, so that only ownership decides the answer.
 BODIES = {
     "/v1/products/{product_id:uuid}/revisions": metadata(),
@@ -84,7 +111,7 @@ def test_the_route_table_is_not_empty_and_covers_admin_routes():
 def test_every_route_with_a_path_id_says_whose_resource_it_is():
     for method, path, access in GUARDED:
         if "{" in path and not (isinstance(access, tuple) and set(access) <= STAFF_ONLY):
-            assert (method, path) in OWNED, (
+            assert (method, path) in OWNED or (method, path) in OWNED_ELSEWHERE, (
                 f"{method} {path} takes an id: add it to OWNED with a 404 test for other organisations"
             )
 

@@ -100,6 +100,12 @@ class SigningKey:
         signature = self.private.sign(signing_input.encode())
         return f"{signing_input}.{b64url(signature)}"
 
+    def sign_detached(self, payload: bytes, *, typ: str) -> str:
+        """Detached compact JWS (RFC 7515 Appendix F): ``header..signature``."""
+        header = b64url(canonical_json({"alg": "EdDSA", "kid": self.kid, "typ": typ}))
+        signature = self.private.sign(f"{header}.{b64url(payload)}".encode())
+        return f"{header}..{b64url(signature)}"
+
 
 class KeyRing:
     """The exchange's keys in PostgreSQL (``signing_keys``), decrypted with the master key."""

@@ -22,7 +22,14 @@ Reviews = NamedDependency[ReviewService]
 
 
 def provide_reviews(listings: NamedDependency[ListingService]) -> ReviewService:
-    return ReviewService(listings.pool, listings.clock, {"listing": listings.on_case_decided})
+    from contracts.orders.service import OrderService
+
+    orders = OrderService(listings.pool, listings.clock, listings.settings, listings.keyring)
+    return ReviewService(
+        listings.pool,
+        listings.clock,
+        {"listing": listings.on_case_decided, "order": orders.on_case_decided},
+    )
 
 
 class ReviewController(Controller):

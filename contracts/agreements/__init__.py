@@ -1,0 +1,1 @@
+"""Standard contracts: templates, rendering, signatures."""

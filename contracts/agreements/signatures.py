@@ -1,0 +1,128 @@
+"""Organisations' Ed25519 keys and detached JWS signatures over contract digests and offers.
+
+A party signs with its own key: a detached compact JWS (RFC 7515 Appendix F), ``alg`` EdDSA,
+``kid`` = the RFC 7638 thumbprint of the public key it registered. The payload is never sent:
+for a contract it is the ASCII contract digest (``sha256:…``), for a standing offer the RFC 8785
+canonical JSON of the offer's terms. The server rebuilds the payload and verifies.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from exchange.platform.db import Connection, Executor
+from exchange.platform.errors import DataexError, FieldError, InvalidInput
+from exchange.platform.signing import b64url, b64url_decode, public_jwk
+
+
+class InvalidSignatureError(DataexError):
+    status = 422
+    code = "invalid_signature"
+    title = "The signature does not verify"
+
+
+class PublicKeyIn(msgspec.Struct, forbid_unknown_fields=False):
+    kty: str
+    crv: str
+    x: str
+    d: str | None = None
+
+
+class OrgKey(msgspec.Struct, frozen=True):
+    kid: str
+    org_id: uuid.UUID
+    jwk: dict[str, str]
+    created_at: datetime
+
+
+def thumbprint_kid(x: str) -> str:
+    import hashlib
+
+    member = '{"crv":"Ed25519","kty":"OKP","x":"' + x + '"}'
+    return b64url(hashlib.sha256(member.encode()).digest())
+
+
+async def register_key(
+    conn: Connection, org_id: uuid.UUID, key: PublicKeyIn, now: datetime
+) -> OrgKey:
+    if key.d is not None:
+        raise InvalidInput(
+            "this is a private key: send only the public JWK (never share 'd')",
+            errors=[FieldError(path="d", message="private key material", source="body")],
+        )
+    if key.kty != "OKP" or key.crv != "Ed25519":
+        raise InvalidInput(
+            "only Ed25519 keys (kty OKP, crv Ed25519) are accepted",
+            errors=[FieldError(path="crv", message=f"{key.kty}/{key.crv}", source="body")],
+        )
+    try:
+        raw = b64url_decode(key.x)
+        Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError as error:
+        raise InvalidInput(
+            "x is not a base64url Ed25519 public key",
+            errors=[FieldError(path="x", message="not 32 base64url bytes", source="body")],
+        ) from error
+    kid = thumbprint_kid(key.x)
+    jwk = public_jwk(Ed25519PublicKey.from_public_bytes(raw), kid)
+    await conn.execute(
+        "INSERT INTO org_keys (kid, org_id, jwk, created_at) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (kid) DO NOTHING",
+        kid, org_id, jwk, now,
+    )  # fmt: skip
+    owner = await conn.fetchval("SELECT org_id FROM org_keys WHERE kid = $1", kid)
+    if owner != org_id:
+        raise InvalidInput("this public key is registered to another organisation")
+    return OrgKey(kid=kid, org_id=org_id, jwk=jwk, created_at=now)
+
+
+async def list_keys(conn: Executor, org_id: uuid.UUID) -> list[OrgKey]:
+    rows = await conn.fetch(
+        "SELECT * FROM org_keys WHERE org_id = $1 AND revoked_at IS NULL ORDER BY created_at",
+        org_id,
+    )
+    return [
+        OrgKey(kid=r["kid"], org_id=r["org_id"], jwk=r["jwk"], created_at=r["created_at"])
+        for r in rows
+    ]
+
+
+def _parts(token: str) -> tuple[str, dict[str, Any], bytes]:
+    try:
+        header_b64, payload_b64, signature_b64 = token.split(".")
+        header = msgspec.json.decode(b64url_decode(header_b64))
+        signature = b64url_decode(signature_b64)
+    except (ValueError, msgspec.DecodeError) as error:
+        raise InvalidSignatureError("not a compact JWS (header..signature)") from error
+    if payload_b64:
+        raise InvalidSignatureError("send a detached JWS: the payload part must be empty")
+    if header.get("alg") != "EdDSA":
+        raise InvalidSignatureError(f"alg must be EdDSA, got {header.get('alg')!r}")
+    return header_b64, header, signature
+
+
+async def verify_detached(conn: Executor, org_id: uuid.UUID, token: str, payload: bytes) -> str:
+    """Verify ``token`` over ``payload`` with one of the organisation's keys; returns the kid."""
+    header_b64, header, signature = _parts(token)
+    kid = header.get("kid")
+    row = await conn.fetchrow(
+        "SELECT jwk FROM org_keys WHERE kid = $1 AND org_id = $2 AND revoked_at IS NULL",
+        kid, org_id,
+    )  # fmt: skip
+    if row is None:
+        raise InvalidSignatureError(f"kid {kid!r} is not a registered key of the signing party")
+    public = Ed25519PublicKey.from_public_bytes(b64url_decode(row["jwk"]["x"]))
+    try:
+        public.verify(signature, f"{header_b64}.{b64url(payload)}".encode())
+    except InvalidSignature as error:
+        raise InvalidSignatureError(
+            "the signature does not verify over the expected payload (for a contract: its"
+            " digest as ASCII; for an offer: the canonical JSON of its terms)"
+        ) from error
+    return str(kid)

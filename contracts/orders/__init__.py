@@ -1,0 +1,1 @@
+"""Orders: idempotent placement, matching against the seller's offer, policy at order time."""

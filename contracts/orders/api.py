@@ -1,0 +1,219 @@
+"""HTTP routes: orders, contracts and their signatures, organisations' keys, standing offers."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+
+from contracts.agreements.signatures import OrgKey, PublicKeyIn, list_keys, register_key
+from contracts.orders import idempotency
+from contracts.orders.schemas import CancelRequest, Order, OrderCreate, OrderPage
+from contracts.orders.service import OrderService
+from exchange.audit import Actor, record
+from exchange.platform.auth import Principal, requires
+from exchange.platform.context import Platform
+from exchange.platform.db import Connection
+from exchange.platform.paging import DEFAULT_PAGE, check_limit, decode_cursor, encode_cursor
+
+Orders = NamedDependency[OrderService]
+ActorDep = NamedDependency[Actor]
+PrincipalDep = NamedDependency[Principal]
+PlatformDep = NamedDependency[Platform]
+
+
+def provide_orders(platform: PlatformDep) -> OrderService:
+    return OrderService(platform.pool, platform.clock, platform.settings, platform.keyring)
+
+
+class SignatureIn(msgspec.Struct, forbid_unknown_fields=True):
+    jws: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=10, max_length=4000, description="detached compact JWS (header..signature)"
+        ),
+    ]
+
+
+class StandingOfferIn(msgspec.Struct, forbid_unknown_fields=True):
+    plan_id: str
+    jws: Annotated[str, msgspec.Meta(min_length=10, max_length=4000)]
+
+
+class OrderController(Controller):
+    path = "/v1/orders"
+    tags = ["orders"]
+    dependencies = {"orders": Provide(provide_orders, sync_to_thread=False)}
+
+    @post("/", operation_id="placeOrder", opt=requires("buyer"), status_code=201)
+    async def place(
+        self,
+        data: JSONBody[OrderCreate],
+        orders: Orders,
+        actor: ActorDep,
+        principal: PrincipalDep,
+        idempotency_key: Annotated[
+            str | None, HeaderParameter(name="Idempotency-Key", required=False)
+        ] = None,
+    ) -> Response[Any]:
+        """Place an order. Requires ``Idempotency-Key``: the same key and body replay the first
+        result; another body with the key is 422; while the first runs, 409. Keys are per
+        organisation and kept 24 hours."""
+        key = idempotency.check_key(idempotency_key)
+        digest = idempotency.request_hash(data)
+        replay = await idempotency.claim(
+            orders.pool, principal.org_id, key, "POST /v1/orders", digest, orders.clock.now()
+        )
+        if replay is not None:
+            return Response(
+                content=replay.body, status_code=replay.status, media_type="application/json",
+                headers={"Idempotent-Replayed": "true"},
+            )  # fmt: skip
+
+        async def finalize(conn: Connection, order: Order) -> None:
+            await idempotency.complete(conn, principal.org_id, key, 201, msgspec.json.encode(order))
+
+        try:
+            order = await orders.place(actor, principal, data, finalize)
+        except BaseException:
+            await idempotency.release(orders.pool, principal.org_id, key)
+            raise
+        return Response(content=order, status_code=201)
+
+    @get("/", operation_id="listOrders", opt=requires("buyer", "seller"))
+    async def list_orders(
+        self,
+        orders: Orders,
+        principal: PrincipalDep,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = DEFAULT_PAGE,
+        cursor: Annotated[str | None, QueryParameter()] = None,
+    ) -> OrderPage:
+        """Orders the caller's organisation placed or received, newest first."""
+        after = decode_cursor(cursor, (datetime, uuid.UUID)) if cursor else None
+        items = await orders.list_for(principal, after=after, limit=check_limit(limit))
+        next_cursor = (
+            encode_cursor(items[-1].created_at, items[-1].id) if len(items) == limit else None
+        )
+        return OrderPage(items=items, next_cursor=next_cursor)
+
+    @get("/{order_id:uuid}", operation_id="getOrder", opt=requires())
+    async def get_order(
+        self, order_id: FromPath[uuid.UUID], orders: Orders, principal: PrincipalDep
+    ) -> Order:
+        return await orders.get(principal, order_id)
+
+    @post(
+        "/{order_id:uuid}/cancel",
+        operation_id="cancelOrder",
+        opt=requires("buyer"),
+        status_code=200,
+    )
+    async def cancel(
+        self,
+        order_id: FromPath[uuid.UUID],
+        data: JSONBody[CancelRequest],
+        orders: Orders,
+        actor: ActorDep,
+        principal: PrincipalDep,
+    ) -> Order:
+        return await orders.cancel(actor, principal, order_id, data.reason)
+
+
+class ContractController(Controller):
+    path = "/v1/contracts"
+    tags = ["contracts"]
+    dependencies = {"orders": Provide(provide_orders, sync_to_thread=False)}
+
+    @get("/{contract_id:uuid}", operation_id="getContract", opt=requires())
+    async def get_contract(
+        self, contract_id: FromPath[uuid.UUID], orders: Orders, principal: PrincipalDep
+    ) -> dict[str, Any]:
+        """The canonical document, its digest, the Chinese text and the signatures (parties
+        only)."""
+        return await orders.contract(principal, contract_id)
+
+    @post(
+        "/{contract_id:uuid}/signatures",
+        operation_id="signContract",
+        opt=requires("buyer", "seller"),
+        status_code=200,
+    )
+    async def sign(
+        self,
+        contract_id: FromPath[uuid.UUID],
+        data: JSONBody[SignatureIn],
+        orders: Orders,
+        actor: ActorDep,
+        principal: PrincipalDep,
+    ) -> dict[str, Any]:
+        """A detached JWS over the contract digest (ASCII) with a registered key; when both
+        parties have signed the exchange countersigns and the trade is executed."""
+        return await orders.sign(actor, principal, contract_id, data.jws)
+
+
+class KeyController(Controller):
+    path = "/v1/keys"
+    tags = ["keys"]
+
+    @post("/", operation_id="registerKey", opt=requires("buyer", "seller"))
+    async def register(
+        self,
+        data: JSONBody[PublicKeyIn],
+        platform: PlatformDep,
+        actor: ActorDep,
+        principal: PrincipalDep,
+    ) -> OrgKey:
+        """Register an Ed25519 public key (JWK) the organisation signs contracts with."""
+        now = platform.clock.now()
+        async with platform.pool.acquire() as conn, conn.transaction():
+            key = await register_key(conn, principal.org_id, data, now)
+            await record(
+                conn,
+                actor,
+                at=now,
+                action="key.registered",
+                subject_type="org_key",
+                subject_id=key.kid,
+                detail={"org_id": str(principal.org_id)},
+            )
+        return key
+
+    @get("/", operation_id="listKeys", opt=requires("buyer", "seller"))
+    async def list_org_keys(self, platform: PlatformDep, principal: PrincipalDep) -> list[OrgKey]:
+        return await list_keys(platform.pool, principal.org_id)
+
+
+class OfferController(Controller):
+    path = "/v1/products/{product_id:uuid}"
+    tags = ["products"]
+    dependencies = {"orders": Provide(provide_orders, sync_to_thread=False)}
+
+    @get("/plans/{plan_id:str}/offer", operation_id="getOfferTerms", opt=requires("seller"))
+    async def terms(
+        self,
+        product_id: FromPath[uuid.UUID],
+        plan_id: FromPath[str],
+        orders: Orders,
+        principal: PrincipalDep,
+    ) -> dict[str, Any]:
+        """The terms a seller signs to accept every matching order automatically, and their
+        canonical JSON (the detached JWS payload)."""
+        return await orders.offer(principal, product_id, plan_id)
+
+    @post("/standing-offers", operation_id="makeStandingOffer", opt=requires("seller"))
+    async def standing_offer(
+        self,
+        product_id: FromPath[uuid.UUID],
+        data: JSONBody[StandingOfferIn],
+        orders: Orders,
+        actor: ActorDep,
+        principal: PrincipalDep,
+    ) -> dict[str, Any]:
+        return await orders.make_standing_offer(
+            actor, principal, product_id, data.plan_id, data.jws
+        )

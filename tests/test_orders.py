@@ -1,0 +1,392 @@
+"""Orders to executed contracts, over HTTP on real PostgreSQL and JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+
+import msgspec
+import nats
+import pytest
+import rfc8785
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from joserfc import jws
+from joserfc.jwk import KeySet, OKPKey
+
+from contracts.outbox import relay_batch
+from exchange.platform.clock import SystemClock
+from exchange.platform.context import Platform
+from exchange.platform.signing import KeyRing, b64url, load_master_key
+from tests.helpers import bearer, issue_token, make_uscc, register_org
+from tests.listing_docs import metadata
+from tests.test_listings import DEIDENTIFIED_PI, claim_and_decide, evidence_for, market, submit
+
+__all__ = ["market"]  # the fixture, reused
+
+
+class Signer:
+    """An organisation's own Ed25519 key, used through joserfc (an independent JOSE library)."""
+
+    def __init__(self) -> None:
+        private = Ed25519PrivateKey.generate()
+        self.key = OKPKey.import_key(private)
+        self.public = self.key.as_dict(private=False)
+
+    def detached(self, kid: str, payload: bytes) -> str:
+        token = jws.serialize_compact(
+            {"alg": "EdDSA", "kid": kid}, payload, self.key, algorithms=["EdDSA"]
+        )
+        header, _, signature = token.split(".")
+        return f"{header}..{signature}"
+
+
+@pytest.fixture
+async def trade(client, admin_token, market):
+    buyer_org = await register_org(client, admin_token, make_uscc(3), ["buyer"])
+    buyer = await issue_token(client, admin_token, buyer_org["id"], ["buyer"])
+    signers = {}
+    for name, token in (("seller", market["seller"]), ("buyer", buyer)):
+        signer = Signer()
+        response = await client.post("/v1/keys", json=signer.public, headers=bearer(token))
+        assert response.status_code == 201, response.text
+        signer.kid = response.json()["kid"]
+        signers[name] = signer
+    return market | {"buyer": buyer, "buyer_org": buyer_org, "signers": signers}
+
+
+async def list_product(client, trade, document=None, evidence=()):
+    product = await submit(client, trade["seller"], document or metadata())
+    decided = await claim_and_decide(
+        client, trade["alice"], product["review"]["case_id"], evidence=evidence_for(*evidence)
+    )
+    assert decided.status_code == 200, decided.text
+    return product["id"]
+
+
+async def standing_offer(client, trade, product_id, plan_id="std"):
+    terms = (
+        await client.get(
+            f"/v1/products/{product_id}/plans/{plan_id}/offer", headers=bearer(trade["seller"])
+        )
+    ).json()
+    signer = trade["signers"]["seller"]
+    response = await client.post(
+        f"/v1/products/{product_id}/standing-offers",
+        json={"plan_id": plan_id, "jws": signer.detached(signer.kid, terms["canonical"].encode())},
+        headers=bearer(trade["seller"]),
+    )
+    assert response.status_code == 201, response.text
+    return terms
+
+
+def order_body(product_id, **overrides):
+    return {
+        "product_id": product_id,
+        "plan_id": "std",
+        "purpose": "research",
+        "territory": ["CN"],
+        "buyer_country": "CN",
+        "delivery_country": "CN",
+        "term_days": 180,
+        "redistribution": False,
+        "quantity": 2,
+    } | overrides
+
+
+async def place(client, trade, body, key=None):
+    return await client.post(
+        "/v1/orders",
+        json=body,
+        headers={**bearer(trade["buyer"]), "Idempotency-Key": key or str(uuid.uuid4())},
+    )
+
+
+async def test_auto_accept_order_executes_and_announces_the_trade(client, trade, settings, pool):
+    product_id = await list_product(client, trade)
+    terms = await standing_offer(client, trade, product_id)
+    response = await place(client, trade, order_body(product_id))
+    assert response.status_code == 201, response.text
+    order = response.json()
+    assert order["state"] == "awaiting_signatures"
+    assert order["price_fen"] == 2_000_000 and order["fee_fen"] == 20_000  # 2 periods; 1% fee
+
+    contract = (
+        await client.get(f"/v1/contracts/{order['contract_id']}", headers=bearer(trade["buyer"]))
+    ).json()
+    document = contract["document"]
+    assert contract["digest"] == "sha256:" + hashlib.sha256(rfc8785.dumps(document)).hexdigest()
+    assert document["parties"]["recipient"]["uscc"] == make_uscc(3)
+    assert document["seller_acceptance"]["standing_offer_digest"] == terms["digest"]
+    assert "第6条 费用" in contract["text_zh"] and "20000" in contract["text_zh"]
+    assert [s["party"] for s in contract["signatures"]] == ["seller"]
+
+    buyer = trade["signers"]["buyer"]
+    signed = await client.post(
+        f"/v1/contracts/{order['contract_id']}/signatures",
+        json={"jws": buyer.detached(buyer.kid, contract["digest"].encode())},
+        headers=bearer(trade["buyer"]),
+    )
+    assert signed.status_code == 200, signed.text
+    executed = signed.json()
+    assert executed["state"] == "executed"
+    by_party = {s["party"]: s for s in executed["signatures"]}
+    assert set(by_party) == {"seller", "buyer", "exchange"}
+
+    # Every signature verifies with joserfc: the parties' with their registered keys, the
+    # exchange's countersignature with the published JWKS, the seller's over its offer terms.
+    def verify(detached, payload, keys):
+        header, _, signature = detached.split(".")
+        token = f"{header}.{b64url(payload)}.{signature}"
+        return jws.deserialize_compact(token, keys, algorithms=["EdDSA"])
+
+    digest = contract["digest"].encode()
+    verify(
+        by_party["buyer"]["jws"],
+        digest,
+        KeySet.import_key_set({"keys": [buyer.public | {"kid": buyer.kid}]}),
+    )
+    seller = trade["signers"]["seller"]
+    verify(
+        by_party["seller"]["jws"],
+        terms["canonical"].encode(),
+        KeySet.import_key_set({"keys": [seller.public | {"kid": seller.kid}]}),
+    )
+    exchange_keys = KeySet.import_key_set((await client.get("/.well-known/jwks.json")).json())
+    verify(by_party["exchange"]["jws"], digest, exchange_keys)
+    assert (
+        hashlib.sha256(rfc8785.dumps(executed["standing_offer"])).hexdigest() == terms["digest"][7:]
+    )
+
+    client_nats = await nats.connect(settings.nats_url)
+    try:
+        platform = Platform(
+            settings=settings,
+            clock=SystemClock(),
+            pool=pool,
+            nats=client_nats,
+            keyring=KeyRing(load_master_key(settings.state_dir)),
+        )
+        while await relay_batch(platform):
+            pass
+        sub = await client_nats.jetstream().pull_subscribe(
+            settings.subject("trade", "executed"), stream=settings.stream_name
+        )
+        (message,) = await sub.fetch(1, timeout=5)
+        event = msgspec.json.decode(message.data)
+        assert event["type"] == "dx.trade.executed"
+        assert event["data"]["contract_digest"] == contract["digest"]
+        assert event["data"]["price_fen"] == 2_000_000 and event["data"]["fee_fen"] == 20_000
+        assert event["data"]["trade_id"] == order["contract_id"]
+    finally:
+        await client_nats.close()
+    final = (await client.get(f"/v1/orders/{order['id']}", headers=bearer(trade["buyer"]))).json()
+    assert final["state"] == "executed"
+
+
+@pytest.mark.parametrize(
+    ("subjects", "state", "route"),
+    [
+        (99_999, "awaiting_signatures", "exempt"),
+        (100_000, "in_review", "standard_contract_or_certification"),
+    ],
+)
+async def test_cross_border_threshold_sends_the_order_to_review(
+    client, trade, subjects, state, route
+):
+    product_id = await list_product(
+        client, trade, metadata(classification__personal_info=DEIDENTIFIED_PI), evidence=("CAU-02",)
+    )
+    body = order_body(
+        product_id, buyer_country="SG", delivery_country="SG", pi_subject_count=subjects
+    )
+    order = (await place(client, trade, body)).json()
+    assert order["state"] == state
+    assert order["policy"]["cross_border"]["route"] == route
+    assert order["cleared"] == ["CAU-02"]  # the listing review cleared it for this revision
+    hits = [h["rule"] for h in order["policy"]["hits"]]
+    if state == "in_review":
+        assert hits == ["CAU-02", "CAU-05"]
+        case = (
+            await client.get(
+                f"/v1/reviews/{order['review_case_id']}", headers=bearer(trade["alice"])
+            )
+        ).json()
+        assert case["kind"] == "order" and case["rules"] == ["CAU-05"]
+    else:
+        assert hits == ["CAU-02"] and order["review_case_id"] is None
+
+
+async def test_this_years_executed_exports_count_towards_the_threshold(client, trade):
+    product_id = await list_product(
+        client, trade, metadata(classification__personal_info=DEIDENTIFIED_PI), evidence=("CAU-02",)
+    )
+    await standing_offer(client, trade, product_id)
+    first = (
+        await place(
+            client, trade, order_body(product_id, buyer_country="SG", pi_subject_count=60_000)
+        )
+    ).json()
+    contract = (
+        await client.get(f"/v1/contracts/{first['contract_id']}", headers=bearer(trade["buyer"]))
+    ).json()
+    buyer = trade["signers"]["buyer"]
+    await client.post(
+        f"/v1/contracts/{first['contract_id']}/signatures",
+        json={"jws": buyer.detached(buyer.kid, contract["digest"].encode())},
+        headers=bearer(trade["buyer"]),
+    )
+    below = (
+        await place(
+            client, trade, order_body(product_id, buyer_country="SG", pi_subject_count=39_999)
+        )
+    ).json()
+    assert below["policy"]["cross_border"]["route"] == "exempt"
+    at = (
+        await place(
+            client, trade, order_body(product_id, buyer_country="SG", pi_subject_count=40_000)
+        )
+    ).json()
+    assert at["policy"]["cross_border"]["route"] == "standard_contract_or_certification"
+    assert at["state"] == "in_review"
+
+
+async def test_every_mismatching_term_is_named(client, trade):
+    product_id = await list_product(client, trade)
+    body = order_body(
+        product_id, purpose="marketing", territory=["CN", "US"], term_days=400, redistribution=True
+    )
+    response = await place(client, trade, body)
+    assert response.status_code == 422
+    mismatches = {m["term"]: m for m in response.json()["mismatches"]}
+    assert set(mismatches) == {"purpose", "territory", "term_days", "redistribution"}
+    assert mismatches["term_days"] == {"term": "term_days", "asked": 400, "offered": 365}
+    assert mismatches["purpose"]["offered"] == ["research", "insurance_pricing"]
+
+
+async def test_a_seller_cannot_buy_its_own_product(client, trade, admin_token):
+    product_id = await list_product(client, trade)
+    both = await issue_token(client, admin_token, trade["seller_org"]["id"], ["buyer"])
+    response = await client.post(
+        "/v1/orders",
+        json=order_body(product_id),
+        headers={**bearer(both), "Idempotency-Key": "own"},
+    )
+    assert response.status_code == 422
+    assert [m["term"] for m in response.json()["mismatches"]] == ["buyer"]
+
+
+async def test_idempotency_key_statuses(client, trade, pool):
+    product_id = await list_product(client, trade)
+    body = order_body(product_id)
+    missing = await client.post("/v1/orders", json=body, headers=bearer(trade["buyer"]))
+    assert missing.status_code == 400 and missing.json()["code"] == "idempotency_key_missing"
+    first = await place(client, trade, body, key="k-1")
+    again = await place(client, trade, body, key="k-1")
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    other = await place(client, trade, body | {"quantity": 3}, key="k-1")
+    assert other.status_code == 422
+    # A first request still in flight:
+    org_id = trade["buyer_org"]["id"]
+    await pool.execute(
+        "INSERT INTO idempotency_keys (org_id, key, route, request_hash, created_at)"
+        " VALUES ($1, 'k-2', 'POST /v1/orders', $2, now())",
+        uuid.UUID(org_id),
+        hashlib.sha256(
+            rfc8785.dumps(body | {"pi_subject_count": 0, "template": "data-provision"})
+        ).hexdigest(),
+    )
+    busy = await place(client, trade, body, key="k-2")
+    assert busy.status_code == 409, busy.text
+    assert await pool.fetchval("SELECT count(*) FROM orders") == 1
+
+
+async def test_fifty_concurrent_identical_requests_create_one_order(client, trade, pool):
+    product_id = await list_product(client, trade)
+    body = order_body(product_id)
+    responses = await asyncio.gather(*(place(client, trade, body, key="same") for _ in range(50)))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {201, 409}
+    assert 201 in statuses
+    assert len({r.json()["id"] for r in responses if r.status_code == 201}) == 1
+    assert await pool.fetchval("SELECT count(*) FROM orders") == 1
+
+
+async def test_cancel_before_execution_and_not_after(client, trade, pool):
+    product_id = await list_product(client, trade)
+    order = (await place(client, trade, order_body(product_id))).json()
+    cancelled = await client.post(
+        f"/v1/orders/{order['id']}/cancel",
+        json={"reason": "不需要了"},
+        headers=bearer(trade["buyer"]),
+    )
+    assert cancelled.json()["state"] == "cancelled"
+    again = await client.post(
+        f"/v1/orders/{order['id']}/cancel", json={"reason": "x"}, headers=bearer(trade["buyer"])
+    )
+    assert again.status_code == 409
+    subjects = await pool.fetch("SELECT subject FROM outbox ORDER BY created_at")
+    assert subjects[-1]["subject"].endswith(".order.cancelled")
+
+
+async def test_a_signature_by_an_unregistered_key_is_refused(client, trade):
+    product_id = await list_product(client, trade)
+    order = (await place(client, trade, order_body(product_id))).json()
+    contract = (
+        await client.get(f"/v1/contracts/{order['contract_id']}", headers=bearer(trade["buyer"]))
+    ).json()
+    stranger = Signer()
+    response = await client.post(
+        f"/v1/contracts/{order['contract_id']}/signatures",
+        json={"jws": stranger.detached("not-registered", contract["digest"].encode())},
+        headers=bearer(trade["buyer"]),
+    )
+    assert response.status_code == 422 and response.json()["code"] == "invalid_signature"
+    buyer = trade["signers"]["buyer"]
+    wrong_payload = await client.post(
+        f"/v1/contracts/{order['contract_id']}/signatures",
+        json={"jws": buyer.detached(buyer.kid, b"sha256:something-else")},
+        headers=bearer(trade["buyer"]),
+    )
+    assert wrong_payload.status_code == 422
+
+
+async def test_orders_and_contracts_are_for_the_parties_only(client, trade, admin_token):
+    product_id = await list_product(client, trade)
+    order = (await place(client, trade, order_body(product_id))).json()
+    stranger_org = await register_org(client, admin_token, make_uscc(9), ["buyer", "seller"])
+    stranger = await issue_token(client, admin_token, stranger_org["id"], ["buyer", "seller"])
+    unknown = str(uuid.uuid4())
+    for token, expected in ((stranger, 404), (trade["buyer"], 200), (trade["seller"], 200)):
+        assert (
+            await client.get(f"/v1/orders/{order['id']}", headers=bearer(token))
+        ).status_code == expected
+        assert (
+            await client.get(f"/v1/contracts/{order['contract_id']}", headers=bearer(token))
+        ).status_code == expected
+    signature = {"jws": "eyJhbGciOiJFZERTQSJ9..c2lnbmF0dXJl"}
+    for path, body in (
+        ("/v1/orders/{}/cancel", {"reason": "x"}),
+        ("/v1/contracts/{}/signatures", signature),
+    ):
+        theirs = path.format(order["id"] if "orders" in path else order["contract_id"])
+        response = await client.post(theirs, json=body, headers=bearer(stranger))
+        assert response.status_code == 404, response.text
+        assert (
+            await client.post(path.format(unknown), json=body, headers=bearer(stranger))
+        ).status_code == 404
+
+
+async def test_offers_are_the_sellers_own(client, trade):
+    product_id = await list_product(client, trade)
+    path = f"/v1/products/{product_id}/plans/std/offer"
+    assert (await client.get(path, headers=bearer(trade["seller"]))).status_code == 200
+    assert (await client.get(path, headers=bearer(trade["other"]))).status_code == 404
+    response = await client.post(
+        f"/v1/products/{product_id}/standing-offers",
+        json={"plan_id": "std", "jws": "eyJhbGciOiJFZERTQSJ9..c2ln"},
+        headers=bearer(trade["other"]),
+    )
+    assert response.status_code == 404
