@@ -16,9 +16,14 @@ EVENTS_DIR = SCHEMAS_DIR / "events"
 
 
 def generators() -> dict[str, Callable[[], dict[str, object]]]:
+    from contracts.orders.events import order_schema, trade_schema
     from exchange.listings.events import json_schema as listing
 
-    return {"dx.listing.schema.json": listing}
+    return {
+        "dx.listing.schema.json": listing,
+        "dx.trade.executed.schema.json": trade_schema,
+        "dx.order.schema.json": order_schema,
+    }
 
 
 def render(schema: dict[str, object]) -> str:

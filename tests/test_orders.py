@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc import jws
 from joserfc.jwk import KeySet, OKPKey
 
+from contracts.orders.events import TradeExecuted
 from contracts.outbox import relay_batch
 from exchange.platform.clock import SystemClock
 from exchange.platform.context import Platform
@@ -173,6 +174,7 @@ async def test_auto_accept_order_executes_and_announces_the_trade(client, trade,
             settings.subject("trade", "executed"), stream=settings.stream_name
         )
         (message,) = await sub.fetch(1, timeout=5)
+        msgspec.json.decode(message.data, type=TradeExecuted)  # the checked-in schema's type
         event = msgspec.json.decode(message.data)
         assert event["type"] == "dx.trade.executed"
         assert event["data"]["contract_digest"] == contract["digest"]

@@ -14,6 +14,7 @@ import msgspec
 
 from contracts.agreements.signatures import verify_detached
 from contracts.agreements.templates import render_text, templates
+from contracts.orders.events import OrderEventData, TradeExecutedData, TradeParty
 from contracts.orders.matching import fee_fen, match, price_fen
 from contracts.orders.schemas import Order, OrderCreate
 from contracts.outbox import enqueue
@@ -327,7 +328,7 @@ class OrderService:
         await enqueue(
             conn, subject=self.settings.subject("order", event), event_type=f"dx.order.{event}",
             source=f"urn:dataex:exchange:{self.settings.exchange_code}",
-            event_subject=str(order_id), data={"order_id": str(order_id), **data}, at=at,
+            event_subject=str(order_id), data=OrderEventData(order_id=str(order_id), **data), at=at,
             request_id=actor.request_id,
         )  # fmt: skip
 
@@ -567,15 +568,15 @@ class OrderService:
             event_type="dx.trade.executed",
             source=f"urn:dataex:exchange:{self.settings.exchange_code}",
             event_subject=str(contract["id"]),
-            data={
-                "trade_id": str(contract["id"]), "order_id": str(order["id"]),
-                "contract_digest": contract["digest"],
-                "buyer": document["parties"]["recipient"],
-                "seller": document["parties"]["provider"],
-                "product_code": document["subject_data"]["product_code"],
-                "price_fen": order["price_fen"], "fee_fen": order["fee_fen"],
-                "acceptance_days": document["acceptance_days"], "executed_at": at.isoformat(),
-            },
+            data=TradeExecutedData(
+                trade_id=str(contract["id"]), order_id=str(order["id"]),
+                contract_digest=contract["digest"],
+                buyer=msgspec.convert(document["parties"]["recipient"], TradeParty),
+                seller=msgspec.convert(document["parties"]["provider"], TradeParty),
+                product_code=document["subject_data"]["product_code"],
+                price_fen=order["price_fen"], fee_fen=order["fee_fen"],
+                acceptance_days=document["acceptance_days"], executed_at=at.isoformat(),
+            ),
             at=at, request_id=actor.request_id,
         )  # fmt: skip
         await record(
