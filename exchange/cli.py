@@ -72,6 +72,15 @@ def _parser() -> argparse.ArgumentParser:
         "policy", help="policy evaluations per second on one core for a typical order"
     )
     bench_policy.add_argument("--seconds", type=float, default=3.0)
+    bench_orders = bench_commands.add_parser(
+        "orders",
+        help="orders per second from HTTP request to executed contract (auto-accept), against a"
+        " running exchange",
+    )
+    bench_orders.add_argument("--url", default="http://127.0.0.1:8000")
+    bench_orders.add_argument("--admin-token", required=True)
+    bench_orders.add_argument("--duration", type=float, default=20.0)
+    bench_orders.add_argument("--concurrency", type=int, default=16)
     keys = commands.add_parser("keys", help="the exchange's signing keys")
     key_commands = keys.add_subparsers(dest="keys_command", metavar="TASK", required=True)
     key_commands.add_parser(
@@ -151,6 +160,12 @@ def _offline(args: argparse.Namespace) -> int | None:
         return policy_cli.check_command(args.file, sys.stdout, sys.stderr)
     if args.command == "bench" and args.bench_command == "policy":
         return policy_cli.bench_command(args.seconds, sys.stdout)
+    if args.command == "bench" and args.bench_command == "orders":
+        from contracts.orders.bench import bench_orders
+
+        return asyncio.run(
+            bench_orders(args.url, args.admin_token, args.duration, args.concurrency, sys.stdout)
+        )
     return None
 
 

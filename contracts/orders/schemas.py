@@ -46,6 +46,7 @@ class Order(Struct, frozen=True):
     policy: dict[str, Any]
     cleared: list[str]
     contract_id: uuid.UUID | None
+    contract_digest: str | None
     review_case_id: uuid.UUID | None
     reason: str | None
     created_at: datetime

@@ -75,8 +75,8 @@ class OrderService:
     # --- reading ------------------------------------------------------------------------
 
     async def _view(self, conn: Executor, row: Any) -> Order:
-        contract_id = await conn.fetchval(
-            "SELECT id FROM trade_contracts WHERE order_id = $1", row["id"]
+        contract = await conn.fetchrow(
+            "SELECT id, digest FROM trade_contracts WHERE order_id = $1", row["id"]
         )
         case_id = await conn.fetchval(
             "SELECT id FROM review_cases WHERE kind = 'order' AND subject_id = $1"
@@ -96,7 +96,8 @@ class OrderService:
             fee_fen=row["fee_fen"],
             policy=decision["policy"],
             cleared=decision["cleared"],
-            contract_id=contract_id,
+            contract_id=contract["id"] if contract else None,
+            contract_digest=contract["digest"] if contract else None,
             review_case_id=case_id,
             reason=row["reason"],
             created_at=row["created_at"],
