@@ -293,12 +293,8 @@ class OrderService:
         )  # fmt: skip
         if material_since:
             return []
-        then = await conn.fetchval(
-            "SELECT document FROM policy_lists WHERE version = $1", case["list_version"]
-        )
-        now = await conn.fetchval(
-            "SELECT document FROM policy_lists WHERE version = $1", decision.list_version
-        )
+        then = (await self.policy.get(case["list_version"])).document
+        now = (await self.policy.get(decision.list_version)).document
         rules_then = {r["id"]: r for r in then["rules"]}
         rules_now = {r["id"]: r for r in now["rules"]}
         return [

@@ -87,6 +87,14 @@ class PolicyService:
         return await self.get(version)
 
     async def get(self, version: str) -> PolicyList:
+        # A published version never changes (the table refuses UPDATE): look up only its
+        # digest, and serve the compiled list from memory when it is known.
+        digest = await self.pool.fetchval(
+            "SELECT digest FROM policy_lists WHERE version = $1", version
+        )
+        cached = _COMPILED.get((version, digest)) if digest else None
+        if cached is not None:
+            return cached
         row = await store.get_row(self.pool, version)
         if row is None:
             raise NotFound(f"no published policy list {version}")
