@@ -392,3 +392,44 @@ async def test_offers_are_the_sellers_own(client, trade):
         headers=bearer(trade["other"]),
     )
     assert response.status_code == 404
+
+
+async def test_placing_an_order_uses_one_connection_from_the_pool(client, trade, settings, clock):
+    # The whole order runs on one pooled connection: with a pool of one, any second acquire
+    # inside the transaction would wait forever (as concurrent orders did on a full pool).
+    from contracts.orders.schemas import OrderCreate
+    from contracts.orders.service import OrderService
+    from exchange.audit import Actor
+    from exchange.platform.auth import Principal
+    from exchange.platform.db import create_pool
+
+    product_id = await list_product(client, trade)
+    me = (await client.get("/v1/me", headers=bearer(trade["buyer"]))).json()
+    principal = Principal(
+        org_id=uuid.UUID(me["organisation"]["id"]),
+        org_name="b",
+        token_id=uuid.UUID(me["token_id"]),
+        roles=frozenset({"buyer"}),
+        is_operator=False,
+    )
+    single = await create_pool(settings.database_url, min_size=1, max_size=1)
+    try:
+        service = OrderService(
+            single, clock, settings, KeyRing(load_master_key(settings.state_dir))
+        )
+
+        async def finalize(_conn, _order):
+            return None
+
+        order = await asyncio.wait_for(
+            service.place(
+                Actor.of(principal, None),
+                principal,
+                msgspec.convert(order_body(product_id), OrderCreate),
+                finalize,
+            ),
+            20,
+        )
+        assert order.state == "awaiting_signatures"
+    finally:
+        await single.close()

@@ -196,7 +196,7 @@ class OrderService:
                 exporter=Exporter(ciio=False, ytd_pi_subjects=n, ytd_sensitive_pi_subjects=s,
                                   exemption=None, ftz_exempt=False),
             )  # fmt: skip
-            policy = await self.policy.current()
+            policy = await self.policy.current(conn)
             decision = evaluate(document, policy)
             await self.policy.record(
                 conn,
@@ -293,8 +293,8 @@ class OrderService:
         )  # fmt: skip
         if material_since:
             return []
-        then = (await self.policy.get(case["list_version"])).document
-        now = (await self.policy.get(decision.list_version)).document
+        then = (await self.policy.get(case["list_version"], conn)).document
+        now = (await self.policy.get(decision.list_version, conn)).document
         rules_then = {r["id"]: r for r in then["rules"]}
         rules_now = {r["id"]: r for r in now["rules"]}
         return [

@@ -29,7 +29,7 @@ from contracts.policy.schemas import (
 )
 from exchange.audit import Actor, record
 from exchange.platform.clock import Clock
-from exchange.platform.db import Connection
+from exchange.platform.db import Connection, Executor
 from exchange.platform.errors import Conflict, FieldError, InvalidInput, NotFound, Unavailable
 
 _REPLAY_PAGE = 500
@@ -78,24 +78,28 @@ class PolicyService:
             _COMPILED[key] = policy
         return policy
 
-    async def current(self) -> PolicyList:
-        version = await store.current_version(self.pool, self.clock.now())
+    async def current(self, conn: Executor | None = None) -> PolicyList:
+        """The list in effect now. Inside a transaction pass its connection: never take a
+        second pooled connection while holding one (a full pool would then wait forever)."""
+        executor = conn or self.pool
+        version = await store.current_version(executor, self.clock.now())
         if version is None:
             raise Unavailable(
                 "no policy list is in effect yet: publish one (dataex policy publish)"
             )
-        return await self.get(version)
+        return await self.get(version, executor)
 
-    async def get(self, version: str) -> PolicyList:
+    async def get(self, version: str, conn: Executor | None = None) -> PolicyList:
         # A published version never changes (the table refuses UPDATE): look up only its
         # digest, and serve the compiled list from memory when it is known.
-        digest = await self.pool.fetchval(
+        executor = conn or self.pool
+        digest = await executor.fetchval(
             "SELECT digest FROM policy_lists WHERE version = $1", version
         )
         cached = _COMPILED.get((version, digest)) if digest else None
         if cached is not None:
             return cached
-        row = await store.get_row(self.pool, version)
+        row = await store.get_row(executor, version)
         if row is None:
             raise NotFound(f"no published policy list {version}")
         return await self._compiled_from_row(row)

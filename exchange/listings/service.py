@@ -233,7 +233,7 @@ class ListingService:
             next_state(row["state"], "submit")
             metadata = self.complete(row["draft"])
             document = evaluation_document(metadata, legal_prohibition=row["legal_prohibition"])
-            decision = evaluate(document, await self.policy.current())
+            decision = evaluate(document, await self.policy.current(conn))
             decision_id = await self.policy.record(
                 conn, subject_type="listing", subject_id=str(product_id), document=document,
                 decision=decision,
@@ -346,7 +346,7 @@ class ListingService:
                 )
                 return await self._view(conn, await self._row(conn, product_id))
             document = evaluation_document(metadata, legal_prohibition=row["legal_prohibition"])
-            decision = evaluate(document, await self.policy.current())
+            decision = evaluate(document, await self.policy.current(conn))
             if decision.decision == "reject":
                 raise InvalidInput(
                     "the change is refused by the negative list; the listed revision stays live",
