@@ -381,9 +381,13 @@ def serve(part: str, settings: Settings) -> int:
     from exchange.platform.worker import run_part
 
     if part == "relay":
+        from contracts.orders.expiry import expiry_loop
         from contracts.outbox import relay_loop
 
-        asyncio.run(run_part(settings, "relay", relay_loop))
+        async def relay_and_housekeeping(platform: Any, stop: asyncio.Event) -> None:
+            await asyncio.gather(relay_loop(platform, stop), expiry_loop(platform, stop))
+
+        asyncio.run(run_part(settings, "relay", relay_and_housekeeping))
     elif part == "settlement":
         from settlement.worker import settlement_loop
 

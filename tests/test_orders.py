@@ -433,3 +433,87 @@ async def test_placing_an_order_uses_one_connection_from_the_pool(client, trade,
         assert order.state == "awaiting_signatures"
     finally:
         await single.close()
+
+
+async def test_a_custodial_buyer_signs_by_ordering_so_auto_accept_executes_in_one_request(
+    client, trade
+):
+    product_id = await list_product(client, trade)
+    await standing_offer(client, trade, product_id)
+    key = await client.post("/v1/keys/custodial", headers=bearer(trade["buyer"]))
+    assert key.status_code == 201 and key.json()["custodial"] is True
+    order = (await place(client, trade, order_body(product_id))).json()
+    assert order["state"] == "executed"
+    contract = (
+        await client.get(f"/v1/contracts/{order['contract_id']}", headers=bearer(trade["buyer"]))
+    ).json()
+    kinds = {s["party"]: s["kind"] for s in contract["signatures"]}
+    assert kinds == {
+        "seller": "standing_offer",
+        "buyer": "custodial",
+        "exchange": "countersignature",
+    }
+    # The custodial signature verifies with the public key the buyer's organisation publishes.
+    buyer_sig = next(s for s in contract["signatures"] if s["party"] == "buyer")
+    header, _, signature = buyer_sig["jws"].split(".")
+    keys = KeySet.import_key_set({"keys": [key.json()["jwk"]]})
+    jws.deserialize_compact(
+        f"{header}.{b64url(contract['digest'].encode())}.{signature}", keys, algorithms=["EdDSA"]
+    )
+
+
+async def test_a_custodial_seller_signs_on_request(client, trade):
+    product_id = await list_product(client, trade)
+    await client.post("/v1/keys/custodial", headers=bearer(trade["seller"]))
+    order = (await place(client, trade, order_body(product_id))).json()
+    assert order["state"] == "awaiting_signatures"
+    seller_signed = await client.post(
+        f"/v1/contracts/{order['contract_id']}/signatures",
+        json={"custodial": True},
+        headers=bearer(trade["seller"]),
+    )
+    assert seller_signed.status_code == 200, seller_signed.text
+    assert seller_signed.json()["state"] == "awaiting_signatures"
+    neither = await client.post(
+        f"/v1/contracts/{order['contract_id']}/signatures", json={}, headers=bearer(trade["buyer"])
+    )
+    assert neither.status_code == 422
+    no_key = await client.post(
+        f"/v1/contracts/{order['contract_id']}/signatures",
+        json={"custodial": True},
+        headers=bearer(trade["buyer"]),
+    )
+    assert no_key.status_code == 422 and "custodial key" in no_key.json()["detail"]
+    buyer = trade["signers"]["buyer"]
+    done = await client.post(
+        f"/v1/contracts/{order['contract_id']}/signatures",
+        json={"jws": buyer.detached(buyer.kid, order["contract_digest"].encode())},
+        headers=bearer(trade["buyer"]),
+    )
+    assert done.json()["state"] == "executed"
+
+
+async def test_unsigned_contracts_expire(client, trade, pool, clock, settings):
+    from contracts.orders.service import OrderService
+    from exchange.audit import Actor
+
+    product_id = await list_product(client, trade)
+    order = (await place(client, trade, order_body(product_id))).json()
+    service = OrderService(pool, clock, settings, KeyRing(load_master_key(settings.state_dir)))
+    assert await service.expire_due(Actor.cli("test")) == 0
+    clock.advance(__import__("datetime").timedelta(hours=settings.contract_ttl_hours, seconds=1))
+    assert await service.expire_due(Actor.cli("test")) == 1
+    assert await service.expire_due(Actor.cli("test")) == 0
+    seen = (await client.get(f"/v1/orders/{order['id']}", headers=bearer(trade["buyer"]))).json()
+    assert seen["state"] == "expired"
+    buyer = trade["signers"]["buyer"]
+    late = await client.post(
+        f"/v1/contracts/{order['contract_id']}/signatures",
+        json={"jws": buyer.detached(buyer.kid, order["contract_digest"].encode())},
+        headers=bearer(trade["buyer"]),
+    )
+    assert late.status_code == 409 and late.json()["state"] == "expired"
+    subjects = [
+        r["subject"] for r in await pool.fetch("SELECT subject FROM outbox ORDER BY created_at")
+    ]
+    assert subjects[-1].endswith(".order.expired")

@@ -14,11 +14,12 @@ from typing import Any
 
 import msgspec
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from exchange.platform.db import Connection, Executor
 from exchange.platform.errors import DataexError, FieldError, InvalidInput
-from exchange.platform.signing import b64url, b64url_decode, public_jwk
+from exchange.platform.signing import KeyRing, SigningKey, b64url, b64url_decode, public_jwk
 
 
 class InvalidSignatureError(DataexError):
@@ -39,6 +40,7 @@ class OrgKey(msgspec.Struct, frozen=True):
     org_id: uuid.UUID
     jwk: dict[str, str]
     created_at: datetime
+    custodial: bool = False
 
 
 def thumbprint_kid(x: str) -> str:
@@ -80,6 +82,45 @@ async def register_key(
     if owner != org_id:
         raise InvalidInput("this public key is registered to another organisation")
     return OrgKey(kid=kid, org_id=org_id, jwk=jwk, created_at=now)
+
+
+async def create_custodial_key(
+    conn: Connection, org_id: uuid.UUID, keyring: KeyRing, now: datetime
+) -> OrgKey:
+    """A key the exchange holds for the organisation (sealed under the master key) and signs
+    with when that organisation asks it to. One per organisation."""
+    existing = await conn.fetchrow(
+        "SELECT * FROM org_keys WHERE org_id = $1 AND sealed_private IS NOT NULL"
+        " AND revoked_at IS NULL",
+        org_id,
+    )
+    if existing is not None:
+        return OrgKey(
+            kid=existing["kid"],
+            org_id=org_id,
+            jwk=existing["jwk"],
+            created_at=existing["created_at"],
+            custodial=True,
+        )
+    private = Ed25519PrivateKey.generate()
+    x = b64url(private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    kid = thumbprint_kid(x)
+    jwk = public_jwk(private.public_key(), kid)
+    await conn.execute(
+        "INSERT INTO org_keys (kid, org_id, jwk, created_at, sealed_private)"
+        " VALUES ($1, $2, $3, $4, $5)",
+        kid, org_id, jwk, now, keyring.seal(kid, private),
+    )  # fmt: skip
+    return OrgKey(kid=kid, org_id=org_id, jwk=jwk, created_at=now, custodial=True)
+
+
+async def custodial_key(conn: Executor, org_id: uuid.UUID, keyring: KeyRing) -> SigningKey | None:
+    row = await conn.fetchrow(
+        "SELECT kid, sealed_private FROM org_keys WHERE org_id = $1"
+        " AND sealed_private IS NOT NULL AND revoked_at IS NULL",
+        org_id,
+    )
+    return None if row is None else keyring.open(row["kid"], bytes(row["sealed_private"]))
 
 
 async def list_keys(conn: Executor, org_id: uuid.UUID) -> list[OrgKey]:

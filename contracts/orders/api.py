@@ -11,7 +11,13 @@ from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
-from contracts.agreements.signatures import OrgKey, PublicKeyIn, list_keys, register_key
+from contracts.agreements.signatures import (
+    OrgKey,
+    PublicKeyIn,
+    create_custodial_key,
+    list_keys,
+    register_key,
+)
 from contracts.orders import idempotency
 from contracts.orders.schemas import CancelRequest, Order, OrderCreate, OrderPage
 from contracts.orders.service import OrderService
@@ -19,6 +25,7 @@ from exchange.audit import Actor, record
 from exchange.platform.auth import Principal, requires
 from exchange.platform.context import Platform
 from exchange.platform.db import Connection
+from exchange.platform.errors import FieldError, InvalidInput
 from exchange.platform.paging import DEFAULT_PAGE, check_limit, decode_cursor, encode_cursor
 
 Orders = NamedDependency[OrderService]
@@ -32,12 +39,10 @@ def provide_orders(platform: PlatformDep) -> OrderService:
 
 
 class SignatureIn(msgspec.Struct, forbid_unknown_fields=True):
-    jws: Annotated[
-        str,
-        msgspec.Meta(
-            min_length=10, max_length=4000, description="detached compact JWS (header..signature)"
-        ),
-    ]
+    """Either ``jws`` (a detached compact JWS, header..signature) or ``custodial: true``."""
+
+    jws: Annotated[str, msgspec.Meta(min_length=10, max_length=4000)] | None = None
+    custodial: bool = False
 
 
 class StandingOfferIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -153,7 +158,14 @@ class ContractController(Controller):
     ) -> dict[str, Any]:
         """A detached JWS over the contract digest (ASCII) with a registered key; when both
         parties have signed the exchange countersigns and the trade is executed."""
-        return await orders.sign(actor, principal, contract_id, data.jws)
+        if (data.jws is None) == (not data.custodial):
+            raise InvalidInput(
+                "give either jws or custodial: true",
+                errors=[
+                    FieldError(path="jws", message="exactly one of jws, custodial", source="body")
+                ],
+            )
+        return await orders.sign(actor, principal, contract_id, data.jws, custodial=data.custodial)
 
 
 class KeyController(Controller):
@@ -177,6 +189,26 @@ class KeyController(Controller):
                 actor,
                 at=now,
                 action="key.registered",
+                subject_type="org_key",
+                subject_id=key.kid,
+                detail={"org_id": str(principal.org_id)},
+            )
+        return key
+
+    @post("/custodial", operation_id="createCustodialKey", opt=requires("buyer", "seller"))
+    async def custodial(
+        self, platform: PlatformDep, actor: ActorDep, principal: PrincipalDep
+    ) -> OrgKey:
+        """Opt in to custodial signing: the exchange creates a key for the organisation, keeps
+        it encrypted, and signs with it when asked (a custodial buyer signs by ordering)."""
+        now = platform.clock.now()
+        async with platform.pool.acquire() as conn, conn.transaction():
+            key = await create_custodial_key(conn, principal.org_id, platform.keyring, now)
+            await record(
+                conn,
+                actor,
+                at=now,
+                action="key.custodial",
                 subject_type="org_key",
                 subject_id=key.kid,
                 detail={"org_id": str(principal.org_id)},

@@ -43,9 +43,9 @@ class OrderEventData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class OrderEvent(CloudEvent, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``dx.order.rejected`` / ``dx.order.cancelled``."""
+    """``dx.order.rejected`` / ``dx.order.cancelled`` / ``dx.order.expired``."""
 
-    type: Literal["dx.order.rejected", "dx.order.cancelled"]
+    type: Literal["dx.order.rejected", "dx.order.cancelled", "dx.order.expired"]
     data: OrderEventData
 
 

@@ -6,13 +6,13 @@ Every state change, its audit row and its outbox event commit in one transaction
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 import msgspec
 
-from contracts.agreements.signatures import verify_detached
+from contracts.agreements.signatures import custodial_key, verify_detached
 from contracts.agreements.templates import render_text, templates
 from contracts.orders.events import OrderEventData, TradeExecutedData, TradeParty
 from contracts.orders.matching import fee_fen, match, price_fen
@@ -39,6 +39,10 @@ from exchange.review.schemas import ReviewCase
 from exchange.review.service import open_case
 
 SIGNATURE_TYPE = "dataex-contract-signature+jws"
+_CONTRACT_SQL = (
+    "SELECT c.*, o.buyer_org_id, o.seller_org_id FROM trade_contracts c"
+    " JOIN orders o ON o.id = c.order_id WHERE c.id = $1"
+)
 STAFF = ("reviewer", "admin")
 
 
@@ -443,8 +447,10 @@ class OrderService:
         text = render_text(template, document | {"digest": digest})
         await conn.execute(
             "INSERT INTO trade_contracts (id, order_id, template, document, digest, text_zh, state,"
-            " created_at) VALUES ($1, $2, $3, $4, $5, $6, 'awaiting_signatures', $7)",
+            " created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, 'awaiting_signatures', $7,"
+            " $8)",
             contract_id, order_id, template.id, document, digest, text, at,
+            at + timedelta(hours=self.settings.contract_ttl_hours),
         )  # fmt: skip
         if offer is not None:
             await conn.execute(
@@ -462,6 +468,14 @@ class OrderService:
             after=document,
             detail={"digest": digest},
         )
+        # A buyer that chose custodial signing signs by placing the order.
+        buyer_key = await custodial_key(conn, row["buyer_org_id"], self.keyring)
+        if buyer_key is not None:
+            contract = await _one(conn, _CONTRACT_SQL, contract_id)
+            token = buyer_key.sign_detached(digest.encode(), typ=SIGNATURE_TYPE)
+            await self._add_signature(
+                conn, actor, contract, "buyer", "custodial", buyer_key.kid, token, at
+            )
         return contract_id
 
     async def contract(self, principal: Principal, contract_id: uuid.UUID) -> dict[str, Any]:
@@ -495,51 +509,127 @@ class OrderService:
         }
 
     async def sign(
-        self, actor: Actor, principal: Principal, contract_id: uuid.UUID, token: str
+        self,
+        actor: Actor,
+        principal: Principal,
+        contract_id: uuid.UUID,
+        token: str | None,
+        *,
+        custodial: bool = False,
     ) -> dict[str, Any]:
-        """A party's detached JWS over the contract digest; the last one executes the trade."""
+        """A party's detached JWS over the contract digest (or, with ``custodial``, the
+        exchange signs with the key it holds for the party); the last one executes the trade."""
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT c.*, o.buyer_org_id, o.seller_org_id FROM trade_contracts c"
-                " JOIN orders o ON o.id = c.order_id WHERE c.id = $1 FOR UPDATE OF c, o",
-                contract_id,
-            )
+            row = await conn.fetchrow(_CONTRACT_SQL + " FOR UPDATE OF c, o", contract_id)
             if row is None or principal.org_id not in (row["buyer_org_id"], row["seller_org_id"]):
                 raise NotFound(f"no contract {contract_id}")
+            if row["state"] == "awaiting_signatures" and row["expires_at"] <= now:
+                await self._expire(conn, actor, row, now)
+                row = await _one(conn, _CONTRACT_SQL, contract_id)
             if row["state"] != "awaiting_signatures":
-                raise Conflict(f"the contract is {row['state']}; nothing to sign")
-            party = "buyer" if principal.org_id == row["buyer_org_id"] else "seller"
-            if party == "buyer" and not principal.has("buyer"):
-                raise Forbidden("signing as the buyer needs the buyer role")
-            if party == "seller" and not principal.has("seller"):
-                raise Forbidden("signing as the seller needs the seller role")
-            kid = await verify_detached(conn, principal.org_id, token, row["digest"].encode())
-            inserted = await conn.fetchval(
-                "INSERT INTO contract_signatures (contract_id, party, kind, kid, jws, signed_at)"
-                " VALUES ($1, $2, 'signature', $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true",
-                contract_id, party, kid, token, now,
-            )  # fmt: skip
-            if not inserted:
-                raise Conflict(f"the {party} has already signed this contract")
-            await record(
-                conn,
-                actor,
-                at=now,
-                action="contract.signed",
-                subject_type="contract",
-                subject_id=contract_id,
-                detail={"party": party, "kid": kid},
-            )
-            parties = {
-                r["party"]
-                for r in await conn.fetch(
-                    "SELECT party FROM contract_signatures WHERE contract_id = $1", contract_id
+                raise Conflict(
+                    f"the contract is {row['state']}; nothing to sign",
+                    extensions={"state": row["state"]},
                 )
-            }
-            if {"buyer", "seller"} <= parties:
-                await self._execute(conn, actor, row, now)
+            party = "buyer" if principal.org_id == row["buyer_org_id"] else "seller"
+            if not principal.has(party):
+                raise Forbidden(f"signing as the {party} needs the {party} role")
+            if custodial:
+                key = await custodial_key(conn, principal.org_id, self.keyring)
+                if key is None:
+                    raise InvalidInput(
+                        "the organisation has no custodial key (POST /v1/keys/custodial to opt in)"
+                    )
+                token, kid, kind = (
+                    key.sign_detached(row["digest"].encode(), typ=SIGNATURE_TYPE),
+                    key.kid,
+                    "custodial",
+                )
+            else:
+                assert token is not None
+                kid = await verify_detached(conn, principal.org_id, token, row["digest"].encode())
+                kind = "signature"
+            await self._add_signature(conn, actor, row, party, kind, kid, token, now)
         return await self.contract(principal, contract_id)
+
+    async def _add_signature(
+        self,
+        conn: Connection,
+        actor: Actor,
+        contract: Any,
+        party: str,
+        kind: str,
+        kid: str,
+        token: str,
+        at: datetime,
+    ) -> None:
+        inserted = await conn.fetchval(
+            "INSERT INTO contract_signatures (contract_id, party, kind, kid, jws, signed_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING true",
+            contract["id"], party, kind, kid, token, at,
+        )  # fmt: skip
+        if not inserted:
+            raise Conflict(f"the {party} has already signed this contract")
+        await record(
+            conn,
+            actor,
+            at=at,
+            action="contract.signed",
+            subject_type="contract",
+            subject_id=contract["id"],
+            detail={"party": party, "kid": kid, "kind": kind},
+        )
+        parties = {
+            r["party"]
+            for r in await conn.fetch(
+                "SELECT party FROM contract_signatures WHERE contract_id = $1", contract["id"]
+            )
+        }
+        if {"buyer", "seller"} <= parties:
+            await self._execute(conn, actor, contract, at)
+
+    async def _expire(self, conn: Connection, actor: Actor, contract: Any, at: datetime) -> None:
+        await conn.execute(
+            "UPDATE trade_contracts SET state = 'expired' WHERE id = $1", contract["id"]
+        )
+        await conn.execute(
+            "UPDATE orders SET state = 'expired', updated_at = $2 WHERE id = $1",
+            contract["order_id"], at,
+        )  # fmt: skip
+        await self._close(conn, contract["order_id"])
+        await self._order_event(
+            conn,
+            actor,
+            "expired",
+            contract["order_id"],
+            at,
+            {"reason": "contract not signed in time"},
+        )
+        await record(
+            conn,
+            actor,
+            at=at,
+            action="contract.expired",
+            subject_type="contract",
+            subject_id=contract["id"],
+            detail={"expires_at": contract["expires_at"].isoformat()},
+        )
+
+    async def expire_due(self, actor: Actor, limit: int = 500) -> int:
+        """Expire contracts left unsigned past their deadline; returns how many."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT c.*, o.buyer_org_id, o.seller_org_id FROM trade_contracts c"
+                " JOIN orders o ON o.id = c.order_id WHERE c.state = 'awaiting_signatures'"
+                " AND c.expires_at <= $1 ORDER BY c.expires_at LIMIT $2"
+                " FOR UPDATE OF c, o SKIP LOCKED",
+                now, limit,
+            )  # fmt: skip
+            for row in rows:
+                await self._expire(conn, actor, row, now)
+        return len(rows)
 
     async def _execute(self, conn: Connection, actor: Actor, contract: Any, at: datetime) -> None:
         key = await self.keyring.current(conn)

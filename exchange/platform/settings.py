@@ -43,6 +43,7 @@ class Settings:
     stream_name: str = "DATAEX"
     subject_prefix: str = "dx"
     max_body_bytes: int = 1_048_576
+    contract_ttl_hours: int = 72
 
     @property
     def public_url(self) -> str:
@@ -133,6 +134,7 @@ class Settings:
             "DATAEX_SUBJECT_PREFIX", _SUBJECT_TOKEN, "a lower-case NATS subject token such as 'dx'"
         )
         values["max_body_bytes"] = integer("DATAEX_MAX_BODY_BYTES", 1024, 100_000_000)
+        values["contract_ttl_hours"] = integer("DATAEX_CONTRACT_TTL_HOURS", 1, 24 * 365)
 
         if problems:
             raise SettingsError(problems)
@@ -156,6 +158,7 @@ class Settings:
             "DATAEX_STREAM_NAME": self.stream_name,
             "DATAEX_SUBJECT_PREFIX": self.subject_prefix,
             "DATAEX_MAX_BODY_BYTES": str(self.max_body_bytes),
+            "DATAEX_CONTRACT_TTL_HOURS": str(self.contract_ttl_hours),
         }
         if self.database_url:
             env["DATAEX_DATABASE_URL"] = self.database_url

@@ -113,6 +113,13 @@ class KeyRing:
     def __init__(self, master_key: bytes) -> None:
         self._aead = AESGCM(master_key)
 
+    def seal(self, kid: str, private: Ed25519PrivateKey) -> bytes:
+        """Encrypt a private key under the master key (the kid is bound in as AAD)."""
+        return self._seal(kid, private)
+
+    def open(self, kid: str, sealed: bytes) -> SigningKey:
+        return SigningKey(kid, self._open(kid, sealed))
+
     def _seal(self, kid: str, private: Ed25519PrivateKey) -> bytes:
         from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
 
