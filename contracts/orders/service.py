@@ -28,6 +28,7 @@ from exchange.audit import Actor, record
 from exchange.identity import repository as identity_repo
 from exchange.listings.lifecycle import evaluation_document
 from exchange.listings.schemas import ProductMetadata
+from exchange.listings.service import fetch_revision
 from exchange.platform.auth import Principal
 from exchange.platform.canonical import canonical_json, sha256_digest
 from exchange.platform.clock import Clock
@@ -160,11 +161,8 @@ class OrderService:
             )
             if product is None or product["live_revision"] is None:
                 raise NotFound(f"no listed product {data.product_id}")
-            revision = await _one(conn,
-                "SELECT * FROM product_revisions WHERE product_id = $1 AND number = $2",
-                product["id"], product["live_revision"],
-            )  # fmt: skip
-            metadata = msgspec.convert(revision["metadata"], ProductMetadata)
+            revision = await fetch_revision(conn, product["id"], product["live_revision"])
+            metadata = revision.metadata
             plan = next((p for p in metadata.plans if p.id == data.plan_id), None)
             mismatches = match(
                 data, metadata, plan, product_state=product["state"],
@@ -370,11 +368,8 @@ class OrderService:
     ) -> uuid.UUID:
         row = await _one(conn, "SELECT * FROM orders WHERE id = $1", order_id)
         product = await _one(conn, "SELECT * FROM products WHERE id = $1", row["product_id"])
-        revision = await _one(conn,
-            "SELECT * FROM product_revisions WHERE product_id = $1 AND number = $2",
-            row["product_id"], row["revision"],
-        )  # fmt: skip
-        metadata = msgspec.convert(revision["metadata"], ProductMetadata)
+        revision = await fetch_revision(conn, row["product_id"], row["revision"])
+        metadata = revision.metadata
         plan = next(p for p in metadata.plans if p.id == row["plan_id"])
         terms = msgspec.convert(row["terms"], OrderCreate)
         seller = await identity_repo.get_organisation(conn, row["seller_org_id"])
@@ -399,7 +394,7 @@ class OrderService:
         ]
         values = {
             "product_name": metadata.name_zh, "product_code": product["product_code"],
-            "revision": str(row["revision"]), "revision_digest": revision["digest"],
+            "revision": str(row["revision"]), "revision_digest": revision.digest,
             "scale": ", ".join(f"{k}={v}" for k, v in msgspec.to_builtins(metadata.manual.scale)
                                .items() if v is not None),
             "source": metadata.source.kind, "rights": "、".join(granted),
@@ -425,7 +420,7 @@ class OrderService:
                 "recipient": {"org_id": str(buyer.id), "name": buyer.name, "uscc": buyer.uscc},
             },
             "subject_data": {"product_code": product["product_code"], "name_zh": metadata.name_zh,
-                             "revision": row["revision"], "revision_digest": revision["digest"]},
+                             "revision": row["revision"], "revision_digest": revision.digest},
             "rights": msgspec.to_builtins(rights),
             "usage": {"purpose": terms.purpose, "territory": list(terms.territory),
                       "term_days": terms.term_days, "redistribution": terms.redistribution},
@@ -732,25 +727,22 @@ class OrderService:
             raise NotFound(f"no product {product_id}")
         if product["state"] != "listed":
             raise Conflict(f"the product is {product['state']}; offers are made on listed products")
-        revision = await _one(conn,
-            "SELECT * FROM product_revisions WHERE product_id = $1 AND number = $2",
-            product_id, product["live_revision"],
-        )  # fmt: skip
-        metadata = msgspec.convert(revision["metadata"], ProductMetadata)
+        revision = await fetch_revision(conn, product_id, product["live_revision"])
+        metadata = revision.metadata
         if plan_id not in {p.id for p in metadata.plans}:
             raise NotFound(f"no plan {plan_id!r} in the live revision")
         seller = await identity_repo.get_organisation(conn, principal.org_id)
         assert seller is not None
         terms = offer_terms(
             product["product_code"],
-            revision["number"],
-            revision["digest"],
+            revision.number,
+            revision.digest,
             metadata,
             plan_id,
             seller.uscc,
         )
         return {
-            "revision": revision["number"],
+            "revision": revision.number,
             "terms": terms,
             "canonical": canonical_json(terms).decode(),
             "digest": sha256_digest(terms),

@@ -60,6 +60,18 @@ def _revision(row: Any) -> RevisionInfo:
     )
 
 
+async def fetch_revision(conn: Executor, product_id: uuid.UUID, number: int) -> RevisionInfo:
+    """One revision of a product; it must exist (its number comes from the product row)."""
+    row = await conn.fetchrow(
+        "SELECT * FROM product_revisions WHERE product_id = $1 AND number = $2",
+        product_id,
+        number,
+    )
+    if row is None:
+        raise NotFound(f"product {product_id} has no revision {number}")
+    return _revision(row)
+
+
 class ListingService:
     def __init__(
         self, pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing
@@ -323,10 +335,7 @@ class ListingService:
                     " decision before another change",
                 )
             check_metadata(metadata)
-            live = _revision(await conn.fetchrow(
-                "SELECT * FROM product_revisions WHERE product_id = $1 AND number = $2",
-                product_id, row["live_revision"],
-            ))  # fmt: skip
+            live = await fetch_revision(conn, product_id, row["live_revision"])
             changed = changed_fields(live.metadata, metadata)
             if not changed:
                 raise Conflict("nothing changed: the revision equals the listed one")
@@ -460,10 +469,7 @@ class ListingService:
     ) -> None:
         assert number is not None
         code = row["product_code"] or await self._assign_code(conn, at)
-        revision = _revision(await conn.fetchrow(
-            "SELECT * FROM product_revisions WHERE product_id = $1 AND number = $2",
-            row["id"], number,
-        ))  # fmt: skip
+        revision = await fetch_revision(conn, row["id"], number)
         seller = await identity_repo.get_organisation(conn, row["seller_org_id"])
         assert seller is not None
         claims = self.certificate_claims(code, revision, seller.name, seller.uscc, at)
@@ -561,10 +567,7 @@ class ListingService:
         row = await self._row(self.pool, product_id)
         if row is None or row["certificate"] is None or row["state"] != "listed":
             raise NotFound(f"no listed product {product_id}")
-        digest = await self.pool.fetchval(
-            "SELECT digest FROM product_revisions WHERE product_id = $1 AND number = $2",
-            product_id, row["live_revision"],
-        )  # fmt: skip
+        digest = (await fetch_revision(self.pool, product_id, row["live_revision"])).digest
         header = msgspec.json.decode(b64url_decode(row["certificate"].split(".")[0]))
         return Certificate(
             product_code=row["product_code"], revision=row["live_revision"],
@@ -575,10 +578,7 @@ class ListingService:
         row = await self.pool.fetchrow("SELECT * FROM products WHERE product_code = $1", code)
         if row is None:
             raise NotFound(f"no product code {code}")
-        digest = await self.pool.fetchval(
-            "SELECT digest FROM product_revisions WHERE product_id = $1 AND number = $2",
-            row["id"], row["live_revision"],
-        )  # fmt: skip
+        digest = (await fetch_revision(self.pool, row["id"], row["live_revision"])).digest
         now = self.clock.now()
         claims = {
             "iss": self.settings.exchange_code,
@@ -643,10 +643,7 @@ class ListingService:
             event = {"suspend": "suspended", "delist": "delisted", "reinstate": "published"}[action]
             revision = None
             if row["live_revision"] is not None:
-                revision = _revision(await conn.fetchrow(
-                    "SELECT * FROM product_revisions WHERE product_id = $1 AND number = $2",
-                    product_id, row["live_revision"],
-                ))  # fmt: skip
+                revision = await fetch_revision(conn, product_id, row["live_revision"])
             await self._event(
                 conn, actor, event, row["product_code"], product_id, revision, now, reason=reason
             )
