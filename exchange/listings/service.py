@@ -14,6 +14,7 @@ import msgspec
 
 from contracts.outbox import enqueue
 from contracts.policy.evaluator import evaluate
+from contracts.policy.schemas import Decision
 from contracts.policy.service import PolicyService
 from exchange.audit import Actor, record
 from exchange.identity import repository as identity_repo
@@ -273,16 +274,9 @@ class ListingService:
                     },
                 )
                 return await self._view(conn, await self._row(conn, product_id))
-            number = await self._add_revision(conn, product_id, metadata, "initial", now)
-            await conn.execute(
-                "UPDATE products SET state = 'in_review', pending_revision = $2, updated_at = $3"
-                " WHERE id = $1",
-                product_id, number, now,
-            )  # fmt: skip
-            case_id = await open_case(
-                conn, kind="listing", subject_id=product_id, subject_org_id=row["seller_org_id"],
-                revision=number, decision=decision, policy_decision_id=decision_id, at=now,
-            )  # fmt: skip
+            number, case_id = await self._open_review(
+                conn, row, metadata, "initial", decision, decision_id, now
+            )
             await record(
                 conn,
                 actor,
@@ -299,6 +293,30 @@ class ListingService:
                 },
             )
             return await self._view(conn, await self._row(conn, product_id))
+
+    async def _open_review(
+        self,
+        conn: Connection,
+        row: Any,
+        metadata: ProductMetadata,
+        change: str,
+        decision: Decision,
+        decision_id: int,
+        now: datetime,
+    ) -> tuple[int, uuid.UUID]:
+        """Store the revision as pending and open its review case; a first listing goes
+        in_review, a listed product stays listed meanwhile."""
+        number = await self._add_revision(conn, row["id"], metadata, change, now)
+        await conn.execute(
+            "UPDATE products SET pending_revision = $2, updated_at = $3,"
+            " state = CASE WHEN $4 THEN 'in_review' ELSE state END WHERE id = $1",
+            row["id"], number, now, change == "initial",
+        )  # fmt: skip
+        case_id = await open_case(
+            conn, kind="listing", subject_id=row["id"], subject_org_id=row["seller_org_id"],
+            revision=number, decision=decision, policy_decision_id=decision_id, at=now,
+        )  # fmt: skip
+        return number, case_id
 
     async def _add_revision(
         self,
@@ -365,15 +383,9 @@ class ListingService:
                 conn, subject_type="listing", subject_id=str(product_id), document=document,
                 decision=decision,
             )  # fmt: skip
-            number = await self._add_revision(conn, product_id, metadata, "material", now)
-            await conn.execute(
-                "UPDATE products SET pending_revision = $2, updated_at = $3 WHERE id = $1",
-                product_id, number, now,
-            )  # fmt: skip
-            case_id = await open_case(
-                conn, kind="listing", subject_id=product_id, subject_org_id=row["seller_org_id"],
-                revision=number, decision=decision, policy_decision_id=decision_id, at=now,
-            )  # fmt: skip
+            number, case_id = await self._open_review(
+                conn, row, metadata, "material", decision, decision_id, now
+            )
             await record(
                 conn,
                 actor,
