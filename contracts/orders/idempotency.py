@@ -59,23 +59,28 @@ def check_key(key: str | None) -> str:
 async def claim(
     pool: asyncpg.Pool, org_id: uuid.UUID, key: str, route: str, digest: str, now: datetime
 ) -> Replay | None:
-    """Claim ``key`` for this request, or return the stored result of the first one."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "DELETE FROM idempotency_keys WHERE org_id = $1 AND key = $2"
-            " AND (created_at < $3 OR (status IS NULL AND created_at < $4))",
-            org_id, key, now - KEPT_FOR, now - ABANDONED_AFTER,
-        )  # fmt: skip
-        inserted = await conn.fetchval(
-            "INSERT INTO idempotency_keys (org_id, key, route, request_hash, created_at)"
-            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true",
-            org_id, key, route, digest, now,
-        )  # fmt: skip
-        if inserted:
-            return None
-        row = await conn.fetchrow(
-            "SELECT * FROM idempotency_keys WHERE org_id = $1 AND key = $2", org_id, key
-        )
+    """Claim ``key`` for this request, or return the stored result of the first one.
+
+    One statement: insert the claim, or take over a row that has expired (older than
+    `KEPT_FOR`) or was abandoned in flight; otherwise return the row that stands.
+    """
+    row = await pool.fetchrow(
+        """
+        INSERT INTO idempotency_keys AS k (org_id, key, route, request_hash, created_at)
+        VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (org_id, key) DO UPDATE
+            SET route = EXCLUDED.route, request_hash = EXCLUDED.request_hash,
+                status = NULL, response = NULL, created_at = EXCLUDED.created_at
+            WHERE k.created_at < $6 OR (k.status IS NULL AND k.created_at < $7)
+        RETURNING true AS claimed
+        """,
+        org_id, key, route, digest, now, now - KEPT_FOR, now - ABANDONED_AFTER,
+    )  # fmt: skip
+    if row is not None:
+        return None
+    row = await pool.fetchrow(
+        "SELECT * FROM idempotency_keys WHERE org_id = $1 AND key = $2", org_id, key
+    )
     assert row is not None
     if row["request_hash"] != digest or row["route"] != route:
         raise InvalidInput(

@@ -112,13 +112,19 @@ class KeyRing:
 
     def __init__(self, master_key: bytes) -> None:
         self._aead = AESGCM(master_key)
+        # Keys never change once stored (the table refuses UPDATE), so a decrypted key is kept
+        # in memory by kid; which key is current is still read from the database each time.
+        self._opened: dict[str, SigningKey] = {}
 
     def seal(self, kid: str, private: Ed25519PrivateKey) -> bytes:
         """Encrypt a private key under the master key (the kid is bound in as AAD)."""
         return self._seal(kid, private)
 
     def open(self, kid: str, sealed: bytes) -> SigningKey:
-        return SigningKey(kid, self._open(kid, sealed))
+        key = self._opened.get(kid)
+        if key is None:
+            key = self._opened[kid] = SigningKey(kid, self._open(kid, sealed))
+        return key
 
     def _seal(self, kid: str, private: Ed25519PrivateKey) -> bytes:
         from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
@@ -164,7 +170,7 @@ class KeyRing:
         )
         if row is None:
             raise Unavailable("the exchange has no signing key yet (dataex keys rotate)")
-        return SigningKey(row["kid"], self._open(row["kid"], bytes(row["sealed_private"])))
+        return self.open(row["kid"], bytes(row["sealed_private"]))
 
 
 async def jwks(conn: Executor) -> dict[str, list[dict[str, str]]]:
