@@ -524,11 +524,14 @@ async def test_an_abandoned_claim_is_taken_over_and_an_expired_key_is_reusable(c
     org_id = uuid.UUID(trade["buyer_org"]["id"])
     await pool.execute(
         "INSERT INTO idempotency_keys (org_id, key, route, request_hash, created_at)"
-        " VALUES ($1, 'k-dead', 'POST /v1/orders', 'x', now() - interval '2 minutes')", org_id)
+        " VALUES ($1, 'k-dead', 'POST /v1/orders', 'x', now() - interval '2 minutes')",
+        org_id,
+    )
     revived = await place(client, trade, order_body(product_id), key="k-dead")
     assert revived.status_code == 201  # its first request died in flight: the key is free again
     first = await place(client, trade, order_body(product_id), key="k-old")
-    await pool.execute("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'"
-                       " WHERE key = 'k-old'")
+    await pool.execute(
+        "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = 'k-old'"
+    )
     second = await place(client, trade, order_body(product_id), key="k-old")
     assert second.status_code == 201 and second.json()["id"] != first.json()["id"]

@@ -82,12 +82,17 @@ class PolicyService:
         """The list in effect now. Inside a transaction pass its connection: never take a
         second pooled connection while holding one (a full pool would then wait forever)."""
         executor = conn or self.pool
-        version = await store.current_version(executor, self.clock.now())
-        if version is None:
+        current = await executor.fetchrow(
+            "SELECT version, digest FROM policy_lists WHERE effective_from <= $1"
+            " ORDER BY effective_from DESC LIMIT 1",
+            self.clock.now(),
+        )
+        if current is None:
             raise Unavailable(
                 "no policy list is in effect yet: publish one (dataex policy publish)"
             )
-        return await self.get(version, executor)
+        cached = _COMPILED.get((current["version"], current["digest"]))
+        return cached or await self.get(current["version"], executor)
 
     async def get(self, version: str, conn: Executor | None = None) -> PolicyList:
         # A published version never changes (the table refuses UPDATE): look up only its
