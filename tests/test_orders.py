@@ -535,3 +535,17 @@ async def test_an_abandoned_claim_is_taken_over_and_an_expired_key_is_reusable(c
     )
     second = await place(client, trade, order_body(product_id), key="k-old")
     assert second.status_code == 201 and second.json()["id"] != first.json()["id"]
+
+
+async def test_the_audit_trail_records_the_contract_and_its_signatures(client, trade, pool):
+    product_id = await list_product(client, trade)
+    await standing_offer(client, trade, product_id)
+    await client.post("/v1/keys/custodial", headers=bearer(trade["buyer"]))
+    order = (await place(client, trade, order_body(product_id))).json()
+    rows = await pool.fetch(
+        "SELECT action, after_digest, detail FROM audit_log WHERE subject_id = $1 ORDER BY id",
+        str(order["contract_id"]),
+    )
+    assert [r["action"] for r in rows] == ["contract.drafted", "contract.signed", "contract.executed"]
+    assert rows[0]["after_digest"] == order["contract_digest"]
+    assert rows[1]["detail"]["kind"] == "custodial"

@@ -22,6 +22,7 @@ from contracts.policy.attributes import EvaluationDocument, Exporter
 from contracts.policy.attributes import Order as PolicyOrder
 from contracts.policy.evaluator import evaluate
 from contracts.policy.routing import counting_year_start
+from contracts.policy.rules import PolicyList
 from contracts.policy.schemas import Decision
 from contracts.policy.service import PolicyService
 from exchange.audit import Actor, record
@@ -207,7 +208,7 @@ class OrderService:
                 document=document,
                 decision=decision,
             )
-            cleared = await self._cleared(conn, product, decision)
+            cleared = await self._cleared(conn, product, decision, policy)
             held = [h for h in decision.hits if h.list == "cautious" and h.rule not in cleared]
             state = (
                 "rejected" if decision.decision == "reject"
@@ -276,7 +277,9 @@ class OrderService:
             await finalize(conn, order)
             return order
 
-    async def _cleared(self, conn: Connection, product: Any, decision: Decision) -> list[str]:
+    async def _cleared(
+        self, conn: Connection, product: Any, decision: Decision, policy: PolicyList
+    ) -> list[str]:
         """Product hits the listing review already cleared for the revision now live (or for
         one that only cosmetic revisions followed), under a rule that has not changed since."""
         case = await conn.fetchrow(
@@ -295,8 +298,12 @@ class OrderService:
         )  # fmt: skip
         if material_since:
             return []
-        then = (await self.policy.get(case["list_version"], conn)).document
-        now = (await self.policy.get(decision.list_version, conn)).document
+        now = policy.document  # the list the decision was made under
+        then = (
+            now
+            if case["list_version"] == policy.version
+            else (await self.policy.get(case["list_version"], conn)).document
+        )
         rules_then = {r["id"]: r for r in then["rules"]}
         rules_now = {r["id"]: r for r in now["rules"]}
         return [
@@ -460,7 +467,7 @@ class OrderService:
             action="contract.drafted",
             subject_type="contract",
             subject_id=contract_id,
-            after=document,
+            after_digest=digest,
             detail={"digest": digest},
         )
         # A buyer that chose custodial signing signs by placing the order.

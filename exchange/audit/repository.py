@@ -47,8 +47,11 @@ async def record(
     before: Any = None,
     after: Any = None,
     detail: dict[str, Any] | None = None,
+    after_digest: str | None = None,
 ) -> None:
-    """Append one audit row. Call inside the transaction that makes the change."""
+    """Append one audit row. Call inside the transaction that makes the change.
+
+    ``after_digest`` stands for ``after`` when the caller has the digest already."""
     await conn.execute(
         """
         INSERT INTO audit_log (at, actor, actor_org_id, actor_token_id, action, subject_type,
@@ -64,7 +67,7 @@ async def record(
         str(subject_id),
         actor.request_id,
         None if before is None else sha256_digest(before),
-        None if after is None else sha256_digest(after),
+        after_digest if after is None else sha256_digest(after),
         detail or {},
     )
 
