@@ -546,6 +546,10 @@ async def test_the_audit_trail_records_the_contract_and_its_signatures(client, t
         "SELECT action, after_digest, detail FROM audit_log WHERE subject_id = $1 ORDER BY id",
         str(order["contract_id"]),
     )
-    assert [r["action"] for r in rows] == ["contract.drafted", "contract.signed", "contract.executed"]
+    assert [r["action"] for r in rows] == [
+        "contract.drafted",
+        "contract.signed",
+        "contract.executed",
+    ]
     assert rows[0]["after_digest"] == order["contract_digest"]
     assert rows[1]["detail"]["kind"] == "custodial"
