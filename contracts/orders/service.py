@@ -207,7 +207,11 @@ class OrderService:
                     extensions={"mismatches": msgspec.to_builtins(mismatches)},
                 )
             assert plan is not None
-            n, s = await self.exporter_counts(conn, product["seller_org_id"])
+            domestic = data.buyer_country == data.delivery_country == "CN"
+            # The counts only route exports; a domestic order's route is "none" whatever they are.
+            n, s = (
+                (0, 0) if domestic else await self.exporter_counts(conn, product["seller_org_id"])
+            )
             listing_doc = evaluation_document(
                 metadata, legal_prohibition=product["legal_prohibition"]
             )

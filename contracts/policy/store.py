@@ -92,12 +92,21 @@ async def insert_decision(
     at: datetime,
     open_subject: bool = True,
 ) -> int:
+    # One statement: the decision and the subject's pointer to it.
     decision_id: int = await conn.fetchval(
         """
-        INSERT INTO policy_decisions (subject_type, subject_id, list_version, list_digest,
-                                      outcome, document, decision, decided_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-        RETURNING id
+        WITH decided AS (
+            INSERT INTO policy_decisions (subject_type, subject_id, list_version, list_digest,
+                                          outcome, document, decision, decided_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            RETURNING id
+        ), subject AS (
+            INSERT INTO policy_subjects (subject_type, subject_id, open, latest_decision)
+            SELECT $1, $2, $9, id FROM decided
+            ON CONFLICT (subject_type, subject_id)
+            DO UPDATE SET latest_decision = EXCLUDED.latest_decision, open = EXCLUDED.open
+        )
+        SELECT id FROM decided
         """,
         subject_type,
         subject_id,
@@ -107,18 +116,7 @@ async def insert_decision(
         msgspec.to_builtins(document),
         msgspec.to_builtins(decision),
         at,
-    )
-    await conn.execute(
-        """
-        INSERT INTO policy_subjects (subject_type, subject_id, open, latest_decision)
-        VALUES ($1, $2, $3, $4)
-        ON CONFLICT (subject_type, subject_id)
-        DO UPDATE SET latest_decision = EXCLUDED.latest_decision, open = EXCLUDED.open
-        """,
-        subject_type,
-        subject_id,
         open_subject,
-        decision_id,
     )
     return decision_id
 
