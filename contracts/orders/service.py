@@ -37,7 +37,7 @@ from exchange.platform.clock import Clock
 from exchange.platform.db import Connection, Executor
 from exchange.platform.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound
 from exchange.platform.settings import Settings
-from exchange.platform.signing import KeyRing
+from exchange.platform.signing import KeyRing, jws_header
 from exchange.review.schemas import ReviewCase
 from exchange.review.service import open_case
 
@@ -483,7 +483,7 @@ class OrderService:
             await conn.execute(
                 "INSERT INTO contract_signatures (contract_id, party, kind, kid, jws, signed_at)"
                 " VALUES ($1, 'seller', 'standing_offer', $2, $3, $4)",
-                contract_id, _kid_of(offer["jws"]), offer["jws"], at,
+                contract_id, jws_header(offer["jws"])["kid"], offer["jws"], at,
             )  # fmt: skip
         await record(
             conn,
@@ -804,13 +804,6 @@ class OrderService:
                 detail={"plan_id": plan_id, "digest": offer["digest"]},
             )
         return offer | {"jws": token}
-
-
-def _kid_of(token: str) -> str:
-    from exchange.platform.signing import b64url_decode
-
-    header = msgspec.json.decode(b64url_decode(token.split(".", 1)[0]))
-    return str(header["kid"])
 
 
 async def _one(conn: Executor, query: str, *args: object) -> asyncpg.Record:

@@ -42,7 +42,7 @@ from exchange.platform.clock import Clock
 from exchange.platform.db import Connection, Executor
 from exchange.platform.errors import Conflict, InvalidInput, NotFound
 from exchange.platform.settings import Settings
-from exchange.platform.signing import KeyRing, b64url_decode
+from exchange.platform.signing import KeyRing, jws_header
 from exchange.platform.validation import collect_errors
 from exchange.review.schemas import ReviewCase
 from exchange.review.service import latest_case_for, open_case
@@ -357,35 +357,29 @@ class ListingService:
             changed = changed_fields(live.metadata, metadata)
             if not changed:
                 raise Conflict("nothing changed: the revision equals the listed one")
+            extra: dict[str, str] = {}
             if not is_material(changed):
-                number = await self._add_revision(conn, product_id, metadata, "cosmetic", now)
+                change = "cosmetic"
+                number = await self._add_revision(conn, product_id, metadata, change, now)
                 await self._go_live(conn, actor, row, number, now, event="published")
-                await record(
-                    conn,
-                    actor,
-                    at=now,
-                    action="product.revised",
-                    subject_type="product",
-                    subject_id=product_id,
-                    before=live.metadata,
-                    after=metadata,
-                    detail={"revision": number, "change": "cosmetic", "fields": changed},
+            else:
+                change = "material"
+                document = evaluation_document(metadata, legal_prohibition=row["legal_prohibition"])
+                decision = evaluate(document, await self.policy.current(conn))
+                if decision.decision == "reject":
+                    raise InvalidInput(
+                        "the change is refused by the negative list; the listed revision stays"
+                        " live",
+                        extensions={"policy": msgspec.to_builtins(decision)},
+                    )
+                decision_id = await self.policy.record(
+                    conn, subject_type="listing", subject_id=str(product_id), document=document,
+                    decision=decision,
+                )  # fmt: skip
+                number, case_id = await self._open_review(
+                    conn, row, metadata, change, decision, decision_id, now
                 )
-                return await self._view(conn, await self._row(conn, product_id))
-            document = evaluation_document(metadata, legal_prohibition=row["legal_prohibition"])
-            decision = evaluate(document, await self.policy.current(conn))
-            if decision.decision == "reject":
-                raise InvalidInput(
-                    "the change is refused by the negative list; the listed revision stays live",
-                    extensions={"policy": msgspec.to_builtins(decision)},
-                )
-            decision_id = await self.policy.record(
-                conn, subject_type="listing", subject_id=str(product_id), document=document,
-                decision=decision,
-            )  # fmt: skip
-            number, case_id = await self._open_review(
-                conn, row, metadata, "material", decision, decision_id, now
-            )
+                extra = {"case_id": str(case_id)}
             await record(
                 conn,
                 actor,
@@ -395,12 +389,7 @@ class ListingService:
                 subject_id=product_id,
                 before=live.metadata,
                 after=metadata,
-                detail={
-                    "revision": number,
-                    "change": "material",
-                    "fields": changed,
-                    "case_id": str(case_id),
-                },
+                detail={"revision": number, "change": change, "fields": changed, **extra},
             )
             return await self._view(conn, await self._row(conn, product_id))
 
@@ -580,7 +569,7 @@ class ListingService:
         if row is None or row["certificate"] is None or row["state"] != "listed":
             raise NotFound(f"no listed product {product_id}")
         digest = (await fetch_revision(self.pool, product_id, row["live_revision"])).digest
-        header = msgspec.json.decode(b64url_decode(row["certificate"].split(".")[0]))
+        header = jws_header(row["certificate"])
         return Certificate(
             product_code=row["product_code"], revision=row["live_revision"],
             revision_digest=digest, jws=row["certificate"], kid=header["kid"],

@@ -46,6 +46,12 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def jws_header(token: str) -> dict[str, Any]:
+    """The protected header of a compact JWS, unverified (to read its ``kid``)."""
+    header: dict[str, Any] = msgspec.json.decode(b64url_decode(token.split(".", 1)[0]))
+    return header
+
+
 def load_master_key(state_dir: Path, env: str | None = None) -> bytes:
     """The master key from ``DATAEX_MASTER_KEY`` or the state folder's key file (created once)."""
     raw = env if env is not None else os.environ.get("DATAEX_MASTER_KEY")
