@@ -79,6 +79,36 @@ async def enqueue(
     return event_id
 
 
+async def enqueue_many(
+    conn: Connection,
+    events: list[tuple[str, str, str | None, Any]],
+    *,
+    source: str,
+    at: datetime,
+    request_id: str | None = None,
+) -> list[str]:
+    """`enqueue` for many events in one statement: (subject, type, event subject, data) each."""
+    if not events:
+        return []
+    ids = [uuid.uuid4() for _ in events]
+    payloads = [
+        msgspec.json.encode(
+            CloudEvent(
+                id=str(event_id), source=source, type=event_type, subject=event_subject,
+                time=at, dataschema=f"urn:dataex:schema:{event_type}",
+                dxrequestid=request_id, data=data,
+            )
+        )
+        for event_id, (_subject, event_type, event_subject, data) in zip(ids, events, strict=True)
+    ]  # fmt: skip
+    await conn.execute(
+        "INSERT INTO outbox (id, subject, payload, request_id, created_at)"
+        " SELECT i, s, p, $4, $5 FROM unnest($1::uuid[], $2::text[], $3::bytea[]) AS x(i, s, p)",
+        ids, [e[0] for e in events], payloads, request_id, at,
+    )  # fmt: skip
+    return [str(i) for i in ids]
+
+
 async def relay_batch(platform: Platform, limit: int = BATCH) -> int:
     """Publish up to ``limit`` pending events; returns how many were published."""
     js = platform.nats.jetstream()

@@ -18,11 +18,13 @@ EVENTS_DIR = SCHEMAS_DIR / "events"
 def generators() -> dict[str, Callable[[], dict[str, object]]]:
     from contracts.orders.events import order_schema, trade_schema
     from exchange.listings.events import json_schema as listing
+    from settlement.events import settlement_schema
 
     return {
         "dx.listing.schema.json": listing,
         "dx.trade.executed.schema.json": trade_schema,
         "dx.order.schema.json": order_schema,
+        "dx.trade.settlement.schema.json": settlement_schema,
     }
 
 

@@ -39,6 +39,12 @@ from exchange.platform.logging import configure_logging, get_logger
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing, load_master_key
 from exchange.review.api import ReviewController
+from settlement.api import (
+    AccountController,
+    LedgerController,
+    SettlementFailureController,
+    TradeController,
+)
 
 log = get_logger(__name__)
 OPENAPI_PATH = "/schema"
@@ -57,6 +63,10 @@ ROUTE_HANDLERS: list[Any] = [
     ContractController,
     KeyController,
     OfferController,
+    TradeController,
+    AccountController,
+    LedgerController,
+    SettlementFailureController,
 ]
 
 

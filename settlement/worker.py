@@ -1,16 +1,16 @@
-"""The settlement worker.
-
-The process, its connections and its heartbeat are real; consuming ``dx.trade.executed`` and
-settling arrives with the settlement issue. Until then the loop waits to stop.
-"""
+"""The settlement worker: consume executed trades, post due ones, sign tree heads."""
 
 from __future__ import annotations
 
 import asyncio
 
 from exchange.platform.context import Platform
+from settlement.consumer import consume_loop, housekeeping_loop
+from settlement.service import SettlementService
 
 
 async def settlement_loop(platform: Platform, stop: asyncio.Event) -> None:
-    del platform
-    await stop.wait()
+    service = SettlementService(platform.pool, platform.clock, platform.settings, platform.keyring)
+    await asyncio.gather(
+        consume_loop(platform, stop, service), housekeeping_loop(platform, stop, service)
+    )

@@ -1,0 +1,332 @@
+"""HTTP routes: trades and their receipts, accounts, deposits and withdrawals, the public ledger."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody, QueryParameter
+
+from exchange.audit import Actor
+from exchange.platform.auth import PUBLIC, Principal, requires
+from exchange.platform.context import Platform
+from exchange.platform.errors import FieldError, InvalidInput, NotFound
+from exchange.platform.paging import DEFAULT_PAGE, check_limit, decode_cursor, encode_cursor
+from settlement import ledger
+from settlement.service import Accounts, MovementView, SettlementService, TradeView
+
+Settlement = NamedDependency[SettlementService]
+ActorDep = NamedDependency[Actor]
+PrincipalDep = NamedDependency[Principal]
+PlatformDep = NamedDependency[Platform]
+
+Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
+
+
+def provide_settlement(platform: PlatformDep) -> SettlementService:
+    return SettlementService(platform.pool, platform.clock, platform.settings, platform.keyring)
+
+
+class ReasonIn(msgspec.Struct, forbid_unknown_fields=True):
+    reason: Reason
+
+
+class ResolutionIn(msgspec.Struct, forbid_unknown_fields=True):
+    """``buyer``: the objection is upheld, escrow goes back; ``seller``: dismissed, posted."""
+
+    outcome: Literal["buyer", "seller"]
+    note: Reason
+
+
+class ResolutionOut(msgspec.Struct, frozen=True):
+    trade_id: uuid.UUID
+    state: str
+
+
+class ExternalMovementIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Money from or to the organisation's bank account. ``external_ref`` (the bank's
+    reference) makes the request idempotent."""
+
+    amount_fen: Annotated[int, msgspec.Meta(gt=0, le=10**15)]
+    external_ref: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class TradePage(msgspec.Struct, frozen=True):
+    items: list[TradeView]
+    next_cursor: str | None
+
+
+class TreeHeadPage(msgspec.Struct, frozen=True):
+    items: list[ledger.TreeHead]
+    next_after: int | None
+
+
+class ConsistencyProof(msgspec.Struct, frozen=True):
+    first: int
+    second: int
+    proof: list[str]
+
+
+class EntryOut(msgspec.Struct, frozen=True):
+    seq: int
+    entry: ledger.LedgerEntry
+    leaf_hash: str
+
+
+class EntryPage(msgspec.Struct, frozen=True):
+    items: list[EntryOut]
+    next_after: int | None
+
+
+class FailureOut(msgspec.Struct, frozen=True):
+    id: int
+    subject: str
+    event_id: str | None
+    trade_id: uuid.UUID | None
+    deliveries: int
+    error: str
+    failed_at: datetime
+
+
+class TradeController(Controller):
+    path = "/v1/trades"
+    tags = ["trades"]
+    dependencies = {"settlement": Provide(provide_settlement, sync_to_thread=False)}
+
+    @get("/", operation_id="listTrades", opt=requires("buyer", "seller"))
+    async def list_trades(
+        self,
+        settlement: Settlement,
+        principal: PrincipalDep,
+        trade_state: Annotated[
+            Literal["pending", "reserved", "disputed", "failed", "settled", "voided"] | None,
+            QueryParameter(name="state"),
+        ] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = DEFAULT_PAGE,
+        cursor: Annotated[str | None, QueryParameter()] = None,
+    ) -> TradePage:
+        """Trades the caller's organisation bought or sold, newest first."""
+        after = decode_cursor(cursor, (datetime, uuid.UUID)) if cursor else None
+        items = await settlement.list_for(principal, trade_state, after, check_limit(limit))  # type: ignore[arg-type]
+        next_cursor = (
+            encode_cursor(items[-1].executed_at, items[-1].trade_id)
+            if len(items) == limit
+            else None
+        )
+        return TradePage(items=items, next_cursor=next_cursor)
+
+    @get("/{trade_id:uuid}", operation_id="getTrade", opt=requires())
+    async def get_trade(
+        self, trade_id: FromPath[uuid.UUID], settlement: Settlement, principal: PrincipalDep
+    ) -> TradeView:
+        """State, postings and ledger entries of a trade (its parties only)."""
+        return await settlement.get(principal, trade_id)
+
+    @post("/{trade_id:uuid}/accept", operation_id="acceptTrade", opt=requires("buyer"),
+          status_code=200)  # fmt: skip
+    async def accept(
+        self,
+        trade_id: FromPath[uuid.UUID],
+        settlement: Settlement,
+        actor: ActorDep,
+        principal: PrincipalDep,
+    ) -> TradeView:
+        """The buyer accepts delivery: price to the seller, fee to the exchange."""
+        return await settlement.accept(actor, principal, trade_id)
+
+    @post("/{trade_id:uuid}/objections", operation_id="objectToTrade", opt=requires("buyer"),
+          status_code=200)  # fmt: skip
+    async def object_to(
+        self,
+        trade_id: FromPath[uuid.UUID],
+        data: JSONBody[ReasonIn],
+        settlement: Settlement,
+        actor: ActorDep,
+        principal: PrincipalDep,
+    ) -> TradeView:
+        """Object within the acceptance period: the money stays in escrow until staff decide."""
+        return await settlement.object(actor, principal, trade_id, data.reason)
+
+    @post("/{trade_id:uuid}/cancel", operation_id="cancelTrade", opt=requires("buyer", "seller"),
+          status_code=200)  # fmt: skip
+    async def cancel(
+        self,
+        trade_id: FromPath[uuid.UUID],
+        data: JSONBody[ReasonIn],
+        settlement: Settlement,
+        actor: ActorDep,
+        principal: PrincipalDep,
+    ) -> TradeView:
+        """Ask to cancel; once both parties have, escrow goes back to the buyer."""
+        return await settlement.cancel(actor, principal, trade_id, data.reason)
+
+    @post("/{trade_id:uuid}/objection/resolution", operation_id="resolveObjection",
+          opt=requires("reviewer"), status_code=200)  # fmt: skip
+    async def resolve(
+        self,
+        trade_id: FromPath[uuid.UUID],
+        data: JSONBody[ResolutionIn],
+        settlement: Settlement,
+        actor: ActorDep,
+    ) -> ResolutionOut:
+        """Staff decide an objection: for the buyer voids the trade, for the seller posts it."""
+        state = await settlement.resolve(actor, trade_id, data.outcome, data.note)
+        return ResolutionOut(trade_id=trade_id, state=state)
+
+    @get("/{trade_id:uuid}/receipt", operation_id="getTradeReceipt", opt=requires())
+    async def receipt(
+        self, trade_id: FromPath[uuid.UUID], settlement: Settlement, principal: PrincipalDep
+    ) -> Response[bytes]:
+        """The trade's ledger entries with RFC 6962 inclusion proofs against a signed tree
+        head, as canonical JSON: save it as it is and check it with `dataex ledger
+        verify-receipt FILE --jwks JWKS` (only the exchange's JWKS needed)."""
+        body = await settlement.receipt(principal, trade_id)
+        return Response(content=body, media_type="application/json")
+
+
+class AccountController(Controller):
+    path = "/v1/accounts"
+    tags = ["accounts"]
+    dependencies = {"settlement": Provide(provide_settlement, sync_to_thread=False)}
+
+    @get("/me", operation_id="getMyAccounts", opt=requires())
+    async def mine(self, settlement: Settlement, principal: PrincipalDep) -> Accounts:
+        """The caller's organisation's available and escrow balances, in fen."""
+        return await settlement.accounts(principal.org_id)
+
+    @get("/{org_id:uuid}", operation_id="getAccounts", opt=requires("admin"))
+    async def of_org(self, org_id: FromPath[uuid.UUID], settlement: Settlement) -> Accounts:
+        return await settlement.accounts(org_id)
+
+    @post("/{org_id:uuid}/deposits", operation_id="deposit", opt=requires("admin"))
+    async def deposit(
+        self,
+        org_id: FromPath[uuid.UUID],
+        data: JSONBody[ExternalMovementIn],
+        settlement: Settlement,
+        actor: ActorDep,
+    ) -> Response[MovementView]:
+        """Money arrived from the organisation's bank (201); the same ``external_ref`` again
+        returns the first deposit (200); the reference with another amount is 409."""
+        view, created = await settlement.move_external(
+            actor, "deposit", org_id, data.amount_fen, data.external_ref
+        )
+        return Response(content=view, status_code=201 if created else 200)
+
+    @post("/{org_id:uuid}/withdrawals", operation_id="withdraw", opt=requires("admin"))
+    async def withdraw(
+        self,
+        org_id: FromPath[uuid.UUID],
+        data: JSONBody[ExternalMovementIn],
+        settlement: Settlement,
+        actor: ActorDep,
+    ) -> Response[MovementView]:
+        """Money paid out to the organisation's bank from its available balance (422 when it
+        does not cover it); idempotent by ``external_ref`` like deposits."""
+        view, created = await settlement.move_external(
+            actor, "withdrawal", org_id, data.amount_fen, data.external_ref
+        )
+        return Response(content=view, status_code=201 if created else 200)
+
+
+class LedgerController(Controller):
+    path = "/v1/ledger"
+    tags = ["ledger"]
+
+    @get("/tree-heads/latest", operation_id="getLatestTreeHead", opt=PUBLIC)
+    async def latest(self, platform: PlatformDep) -> ledger.TreeHead:
+        """The newest signed tree head (size, root, time; JWS by the exchange's key)."""
+        async with platform.pool.acquire() as conn:
+            head = await ledger.latest_tree_head(conn)
+        if head is None:
+            raise NotFound("no tree head has been signed yet")
+        return head
+
+    @get("/tree-heads", operation_id="listTreeHeads", opt=PUBLIC)
+    async def heads(
+        self,
+        platform: PlatformDep,
+        after_size: Annotated[int, QueryParameter(ge=0)] = 0,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = DEFAULT_PAGE,
+    ) -> TreeHeadPage:
+        """Every signed tree head, oldest first, after ``after_size``."""
+        async with platform.pool.acquire() as conn:
+            items = await ledger.tree_heads(conn, after_size, check_limit(limit))
+        return TreeHeadPage(
+            items=items, next_after=items[-1].tree_size if len(items) == limit else None
+        )
+
+    @get("/consistency", operation_id="getConsistencyProof", opt=PUBLIC)
+    async def consistency(
+        self,
+        platform: PlatformDep,
+        first: Annotated[int, QueryParameter(ge=1)],
+        second: Annotated[int, QueryParameter(ge=1)],
+    ) -> ConsistencyProof:
+        """RFC 6962 consistency proof between two signed tree heads (by their sizes)."""
+        if first > second:
+            raise InvalidInput(
+                "first must not be larger than second",
+                errors=[FieldError(path="first", message="must be <= second", source="query")],
+            )
+        async with platform.pool.acquire() as conn:
+            for size in (first, second):
+                if await ledger.tree_head(conn, size) is None:
+                    raise NotFound(f"no signed tree head of size {size}")
+            tree = await ledger.tree_for(platform.settings.database_url).sync(conn)
+        proof = tree.consistency_proof(first, second)
+        return ConsistencyProof(first=first, second=second, proof=[p.hex() for p in proof])
+
+    @get("/entries", operation_id="listLedgerEntries", opt=requires("reviewer", "admin"))
+    async def entries(
+        self,
+        platform: PlatformDep,
+        after: Annotated[int, QueryParameter(ge=-1)] = -1,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = DEFAULT_PAGE,
+    ) -> EntryPage:
+        """Entries with seq greater than ``after``, in order (staff: entries name the parties
+        and amounts of every trade)."""
+        async with platform.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT seq, entry, leaf_hash FROM ledger_entries WHERE seq > $1"
+                " ORDER BY seq LIMIT $2",
+                after, check_limit(limit),
+            )  # fmt: skip
+        items = [
+            EntryOut(
+                seq=row["seq"],
+                entry=msgspec.json.decode(bytes(row["entry"]), type=ledger.LedgerEntry),
+                leaf_hash=bytes(row["leaf_hash"]).hex(),
+            )
+            for row in rows
+        ]
+        return EntryPage(items=items, next_after=items[-1].seq if len(items) == limit else None)
+
+
+class SettlementFailureController(Controller):
+    path = "/v1/settlement/failures"
+    tags = ["settlement"]
+
+    @get("/", operation_id="listSettlementFailures", opt=requires("reviewer", "admin"))
+    async def failures(
+        self,
+        platform: PlatformDep,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = DEFAULT_PAGE,
+    ) -> list[FailureOut]:
+        """Executed-trade events the worker gave up on, newest first, with why."""
+        async with platform.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM settlement_failures ORDER BY failed_at DESC, id DESC LIMIT $1",
+                check_limit(limit),
+            )
+        return [
+            FailureOut(
+                id=r["id"], subject=r["subject"], event_id=r["event_id"], trade_id=r["trade_id"],
+                deliveries=r["deliveries"], error=r["error"], failed_at=r["failed_at"],
+            )
+            for r in rows
+        ]  # fmt: skip

@@ -1,0 +1,214 @@
+"""Double-entry bookkeeping: accounts, movements whose postings sum to zero, balances.
+
+The arithmetic is pure (`legs_*`, `Book.plan`); `Book.write` is the one place movements,
+postings and balances reach PostgreSQL, in the caller's transaction. A posting's amount is
+signed fen: positive credits the account (raises its balance), negative debits it. The
+database refuses at commit any movement whose postings do not sum to zero, refuses any change
+to a movement or posting once written, and refuses a balance below zero on every account but
+the external clearing account.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from exchange.platform.db import Connection
+
+AccountKind = Literal["available", "escrow", "fee_revenue", "clearing"]
+MovementKind = Literal["deposit", "withdrawal", "reserve", "post", "void"]
+Owner = uuid.UUID | None  # None: the exchange
+AccountKey = tuple[Owner, AccountKind]
+
+EXCHANGE_KINDS: frozenset[str] = frozenset({"fee_revenue", "clearing"})
+_MOVEMENT_IDS = uuid.UUID("6f1d4c0e-5d1b-4c59-9f1e-2b7f0e1d5a10")
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    owner: Owner
+    kind: AccountKind
+    amount: int  # signed fen
+
+
+@dataclass(frozen=True, slots=True)
+class Movement:
+    id: uuid.UUID
+    kind: MovementKind
+    legs: tuple[Leg, ...]
+    trade_id: uuid.UUID | None = None
+    external_ref: str | None = None
+    org_id: uuid.UUID | None = None
+
+    @property
+    def amount(self) -> int:
+        return sum(leg.amount for leg in self.legs if leg.amount > 0)
+
+
+def trade_movement_id(trade_id: uuid.UUID, kind: MovementKind) -> uuid.UUID:
+    """Deterministic: a retried step carries the same id (and the database refuses a second)."""
+    return uuid.uuid5(_MOVEMENT_IDS, f"{trade_id}:{kind}")
+
+
+def _legs(*legs: Leg) -> tuple[Leg, ...]:
+    kept = tuple(leg for leg in legs if leg.amount != 0)
+    assert sum(leg.amount for leg in kept) == 0, "a movement must sum to zero"
+    return kept
+
+
+def deposit(org: uuid.UUID, amount: int, ref: str) -> Movement:
+    return Movement(
+        uuid.uuid4(), "deposit",
+        _legs(Leg(None, "clearing", -amount), Leg(org, "available", amount)),
+        external_ref=ref, org_id=org,
+    )  # fmt: skip
+
+
+def withdrawal(org: uuid.UUID, amount: int, ref: str) -> Movement:
+    return Movement(
+        uuid.uuid4(), "withdrawal",
+        _legs(Leg(org, "available", -amount), Leg(None, "clearing", amount)),
+        external_ref=ref, org_id=org,
+    )  # fmt: skip
+
+
+def reserve(trade: uuid.UUID, buyer: uuid.UUID, price: int, fee: int) -> Movement:
+    total = price + fee
+    return Movement(
+        trade_movement_id(trade, "reserve"), "reserve",
+        _legs(Leg(buyer, "available", -total), Leg(buyer, "escrow", total)),
+        trade_id=trade, org_id=buyer,
+    )  # fmt: skip
+
+
+def post(trade: uuid.UUID, buyer: uuid.UUID, seller: uuid.UUID, price: int, fee: int) -> Movement:
+    return Movement(
+        trade_movement_id(trade, "post"), "post",
+        _legs(Leg(buyer, "escrow", -(price + fee)), Leg(seller, "available", price),
+              Leg(None, "fee_revenue", fee)),
+        trade_id=trade, org_id=buyer,
+    )  # fmt: skip
+
+
+def void(trade: uuid.UUID, buyer: uuid.UUID, price: int, fee: int) -> Movement:
+    total = price + fee
+    return Movement(
+        trade_movement_id(trade, "void"), "void",
+        _legs(Leg(buyer, "escrow", -total), Leg(buyer, "available", total)),
+        trade_id=trade, org_id=buyer,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Shortfall:
+    """Why a movement could not be made: the account it would have overdrawn."""
+
+    movement: Movement
+    kind: AccountKind
+    balance: int
+    needed: int
+
+    @property
+    def reason(self) -> str:
+        return (
+            f"insufficient funds: {self.kind} balance {self.balance} fen, {self.needed} fen needed"
+        )
+
+
+class Book:
+    """Balances of the accounts a set of movements touches, locked for the transaction."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.ids: dict[AccountKey, int] = {}
+        self.balances: dict[AccountKey, int] = {}
+
+    async def lock(self, movements: Sequence[Movement]) -> None:
+        """Create missing accounts and lock every touched one, in id order (no deadlocks)."""
+        keys = sorted(
+            {(leg.owner, leg.kind) for m in movements for leg in m.legs} - set(self.ids),
+            key=lambda k: (str(k[0]), k[1]),
+        )
+        if not keys:
+            return
+        owners = [k[0] for k in keys]
+        kinds = [k[1] for k in keys]
+        await self.conn.execute(
+            "INSERT INTO accounts (org_id, kind) SELECT * FROM unnest($1::uuid[], $2::text[])"
+            " ON CONFLICT DO NOTHING",
+            owners, kinds,
+        )  # fmt: skip
+        org_ids = sorted({o for o in owners if o is not None})
+        exchange_kinds = sorted({k for o, k in keys if o is None})
+        rows = await self.conn.fetch(
+            "SELECT id, org_id, kind, balance FROM accounts"
+            " WHERE (org_id = ANY($1::uuid[]) AND kind = ANY($2::text[]))"
+            " OR (org_id IS NULL AND kind = ANY($3::text[]))"
+            " ORDER BY id FOR UPDATE",
+            org_ids, sorted({k for o, k in keys if o is not None}), exchange_kinds,
+        )  # fmt: skip
+        for row in rows:
+            key = (row["org_id"], row["kind"])
+            self.ids[key] = row["id"]
+            self.balances[key] = row["balance"]
+
+    def plan(self, movements: Sequence[Movement]) -> tuple[list[Movement], list[Shortfall]]:
+        """Apply movements in order to the locked balances; one that would overdraw an account
+        (any but clearing) is left out and reported. Call `lock` first."""
+        made: list[Movement] = []
+        short: list[Shortfall] = []
+        for movement in movements:
+            shortfall = None
+            for leg in movement.legs:
+                key = (leg.owner, leg.kind)
+                balance = self.balances[key]
+                if leg.kind != "clearing" and balance + leg.amount < 0:
+                    shortfall = Shortfall(movement, leg.kind, balance, -leg.amount)
+                    break
+            if shortfall is not None:
+                short.append(shortfall)
+                continue
+            for leg in movement.legs:
+                self.balances[(leg.owner, leg.kind)] += leg.amount
+            made.append(movement)
+        return made, short
+
+    async def write(
+        self, movements: Sequence[Movement], at: datetime, request_id: str | None = None
+    ) -> None:
+        """Insert the planned movements and postings and move the balances (three statements)."""
+        if not movements:
+            return
+        await self.conn.execute(
+            "INSERT INTO movements (id, kind, trade_id, external_ref, org_id, amount_fen,"
+            " request_id, created_at)"
+            " SELECT i, k, t, r, o, a, $7, $8 FROM unnest($1::uuid[], $2::text[], $3::uuid[],"
+            " $4::text[], $5::uuid[], $6::bigint[]) AS x(i, k, t, r, o, a)",
+            [m.id for m in movements], [m.kind for m in movements],
+            [m.trade_id for m in movements], [m.external_ref for m in movements],
+            [m.org_id for m in movements], [m.amount for m in movements], request_id, at,
+        )  # fmt: skip
+        posting_movements, posting_accounts, posting_amounts = [], [], []
+        deltas: dict[int, int] = {}
+        for m in movements:
+            for leg in m.legs:
+                account = self.ids[(leg.owner, leg.kind)]
+                posting_movements.append(m.id)
+                posting_accounts.append(account)
+                posting_amounts.append(leg.amount)
+                deltas[account] = deltas.get(account, 0) + leg.amount
+        await self.conn.execute(
+            "INSERT INTO postings (movement_id, account_id, amount_fen)"
+            " SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[])",
+            posting_movements, posting_accounts, posting_amounts,
+        )  # fmt: skip
+        changed = sorted(a for a, d in deltas.items() if d)
+        if changed:
+            await self.conn.execute(
+                "UPDATE accounts SET balance = accounts.balance + d.delta"
+                " FROM unnest($1::bigint[], $2::bigint[]) AS d(id, delta) WHERE accounts.id = d.id",
+                changed, [deltas[a] for a in changed],
+            )  # fmt: skip

@@ -1,0 +1,192 @@
+"""The settlement worker's JetStream side: a durable pull consumer with explicit acks.
+
+Several workers bind the same durable consumer, so JetStream hands each message to one of them.
+A fetched batch is settled in one PostgreSQL transaction and acknowledged only after it commits;
+if the batch fails, its messages are retried one by one so one bad event cannot hold up the rest.
+A message that keeps failing is redelivered at most ``MAX_DELIVER`` times; then it goes to the
+dead-letter subject and into ``settlement_failures`` (staff see it at
+``GET /v1/settlement/failures``), and is terminated. An event that cannot be decoded, or that
+does not match the executed contract it names, is dead-lettered at once: retrying cannot help.
+Idempotency lives in PostgreSQL (the trade's primary key, each movement's unique step), so a
+redelivery or a duplicate publish past JetStream's dedup window changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from contracts.orders.events import TradeExecuted
+from exchange.platform.context import Platform
+from exchange.platform.logging import get_logger
+from exchange.platform.settings import Settings
+from settlement.service import SettlementService
+
+log = get_logger(__name__)
+
+DURABLE = "settlement"
+MAX_DELIVER = 5
+ACK_WAIT_SECONDS = 30.0
+BATCH = 500
+RETRY_DELAY_SECONDS = 1.0
+
+
+def dead_letter_subject(settings: Settings) -> str:
+    return settings.subject("settlement", "dead")
+
+
+def consumer_config(settings: Settings) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=DURABLE,
+        name=DURABLE,
+        filter_subject=settings.subject("trade", "executed"),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        max_deliver=MAX_DELIVER,
+        ack_wait=ACK_WAIT_SECONDS,
+        max_ack_pending=50_000,
+        max_waiting=64,
+    )
+
+
+async def subscribe(platform: Platform) -> Any:
+    settings = platform.settings
+    js = platform.nats.jetstream()
+    return await js.pull_subscribe(
+        settings.subject("trade", "executed"),
+        durable=DURABLE,
+        stream=settings.stream_name,
+        config=consumer_config(settings),
+    )
+
+
+class Consumer:
+    def __init__(self, platform: Platform, service: SettlementService) -> None:
+        self.platform = platform
+        self.service = service
+        self.settled = 0
+
+    async def poll(self, sub: Any, batch: int = BATCH, timeout: float = 1.0) -> int:
+        """Fetch and handle one batch; returns how many messages it held (0 on timeout)."""
+        try:
+            messages = await sub.fetch(batch, timeout=timeout)
+        except (TimeoutError, NatsTimeout):
+            return 0
+        await self.handle(messages)
+        return len(messages)
+
+    async def handle(self, messages: Sequence[Any]) -> None:
+        decoded: list[tuple[Any, TradeExecuted]] = []
+        for message in messages:
+            try:
+                event = msgspec.json.decode(message.data, type=TradeExecuted)
+            except (msgspec.DecodeError, msgspec.ValidationError) as error:
+                await self.dead_letter(message, None, f"undecodable event: {error}")
+                continue
+            decoded.append((message, event))
+        if not decoded:
+            return
+        try:
+            await self._settle(decoded)
+        except Exception as error:  # noqa: BLE001 - isolate the message that fails
+            log.warning("settlement_batch_failed", size=len(decoded),
+                        error=f"{type(error).__name__}: {error}")  # fmt: skip
+            for item in decoded:
+                try:
+                    await self._settle([item])
+                except Exception as single:  # noqa: BLE001 - retried, then dead-lettered
+                    await self.retry_or_give_up(item[0], item[1], single)
+
+    async def _settle(self, items: Sequence[tuple[Any, TradeExecuted]]) -> None:
+        request_id = items[0][1].dxrequestid if len(items) == 1 else None
+        result = await self.service.settle_executed([e.data for _, e in items], request_id)
+        self.settled += result.reserved + result.failed
+        for message, event in items:
+            why = result.invalid.get(event.data.trade_id)
+            if why is not None:
+                await self.dead_letter(message, event, why)
+            else:
+                await message.ack()
+
+    async def retry_or_give_up(self, message: Any, event: TradeExecuted, error: Exception) -> None:
+        deliveries = message.metadata.num_delivered
+        reason = f"{type(error).__name__}: {error}"
+        if deliveries >= MAX_DELIVER:
+            await self.dead_letter(message, event, f"failed {deliveries} times; last: {reason}")
+        else:
+            log.warning("settlement_retry", trade_id=event.data.trade_id,
+                        deliveries=deliveries, error=reason)  # fmt: skip
+            await message.nak(delay=RETRY_DELAY_SECONDS * deliveries)
+
+    async def dead_letter(self, message: Any, event: TradeExecuted | None, why: str) -> None:
+        settings = self.platform.settings
+        trade_id = None
+        if event is not None:
+            with contextlib.suppress(ValueError):
+                trade_id = uuid.UUID(event.data.trade_id)
+        meta = message.metadata
+        log.error("settlement_dead_letter", subject=message.subject, trade_id=str(trade_id),
+                  deliveries=meta.num_delivered, error=why)  # fmt: skip
+        async with self.platform.pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO settlement_failures (stream_seq, subject, event_id, trade_id,"
+                " deliveries, error, payload, failed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                meta.sequence.stream, message.subject, event.id if event else None, trade_id,
+                meta.num_delivered, why, bytes(message.data), self.platform.clock.now(),
+            )  # fmt: skip
+        await self.platform.nats.jetstream().publish(
+            dead_letter_subject(settings),
+            bytes(message.data),
+            headers={
+                "Dataex-Original-Subject": message.subject,
+                "Dataex-Error": why[:1000],
+                "Nats-Msg-Id": f"dead-{meta.sequence.stream}",
+            },
+            stream=settings.stream_name,
+        )
+        await message.term()
+
+
+async def consume_loop(platform: Platform, stop: asyncio.Event, service: SettlementService) -> None:
+    consumer = Consumer(platform, service)
+    sub = None
+    while not stop.is_set():
+        try:
+            if sub is None:
+                sub = await subscribe(platform)
+            handled = await consumer.poll(sub)
+            if handled:
+                await service.sign_tree_head(min_new=TREE_HEAD_EVERY)
+        except Exception as error:  # noqa: BLE001 - reconnects, server restarts: keep consuming
+            log.warning("settlement_consume_failed", error=f"{type(error).__name__}: {error}")
+            sub = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+
+
+TREE_HEAD_EVERY = 1000
+TREE_HEAD_SECONDS = 5.0
+DUE_SWEEP_SECONDS = 5.0
+
+
+async def housekeeping_loop(
+    platform: Platform, stop: asyncio.Event, service: SettlementService
+) -> None:
+    """Post trades whose acceptance period passed, and sign a tree head at least every
+    ``TREE_HEAD_SECONDS`` while new entries arrive."""
+    while not stop.is_set():
+        try:
+            while await service.settle_due() > 0:
+                pass
+            await service.sign_tree_head(min_new=TREE_HEAD_EVERY, max_age_seconds=TREE_HEAD_SECONDS)
+        except Exception as error:  # noqa: BLE001 - try again next round
+            log.warning("settlement_housekeeping_failed", error=f"{type(error).__name__}: {error}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=min(DUE_SWEEP_SECONDS, TREE_HEAD_SECONDS))

@@ -1,0 +1,644 @@
+"""Settlement: executed trades into escrow, then to the seller and the exchange, or back.
+
+Two phases, each exactly once (TigerBeetle's pending transfers):
+
+- ``dx.trade.executed`` reserves price + fee from the buyer's available account into its escrow;
+  a buyer without the funds fails the trade (``dx.trade.failed``; the contract is unfunded).
+- Acceptance (the buyer's, or the acceptance period passing with no objection) posts: price to
+  the seller, fee to the exchange (``dx.trade.settled``). An objection upheld for the buyer, or
+  cancellation by both parties, voids: escrow back to the buyer (``dx.trade.voided``).
+
+Each step is one transaction holding the trade's row, the accounts it moves (locked in id
+order) and the ledger's append lock, in that order everywhere, so steps never deadlock and a
+redelivered or retried step finds the trade already past it and changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import asyncpg
+import msgspec
+
+from contracts.orders.events import TradeExecutedData
+from exchange.audit import Actor, record
+from exchange.platform.auth import Principal
+from exchange.platform.clock import Clock
+from exchange.platform.db import Connection, Executor
+from exchange.platform.errors import Conflict, DataexError, NotFound
+from exchange.platform.settings import Settings
+from exchange.platform.signing import KeyRing
+from settlement import book, ledger
+from settlement.events import TradeSettlementData
+
+FinalStep = Literal["settled", "voided"]
+
+
+class InsufficientFunds(DataexError):
+    status = 422
+    code = "insufficient_funds"
+    title = "Not enough money in the account"
+
+
+@dataclass
+class BatchResult:
+    reserved: int = 0
+    failed: int = 0
+    duplicates: int = 0
+    invalid: dict[str, str] = field(default_factory=dict)  # trade id -> why
+
+
+class Balance(msgspec.Struct, frozen=True):
+    kind: str
+    balance_fen: int
+
+
+class Accounts(msgspec.Struct, frozen=True):
+    org_id: uuid.UUID
+    available_fen: int
+    escrow_fen: int
+
+
+class PostingView(msgspec.Struct, frozen=True):
+    movement: str
+    step: str
+    account: str  # buyer.available, seller.available, exchange.fee_revenue, ...
+    amount_fen: int
+    at: datetime
+
+
+class TradeView(msgspec.Struct, frozen=True):
+    trade_id: uuid.UUID
+    order_id: uuid.UUID
+    role: str  # the caller's side: buyer or seller (staff: none)
+    state: str
+    reason: str | None
+    contract_digest: str
+    product_code: str
+    price_fen: int
+    fee_fen: int
+    executed_at: datetime
+    acceptance_due: datetime
+    objection: str | None
+    cancellation_requested_by: list[str]
+    postings: list[PostingView]
+    ledger_seqs: list[int]
+    receipt: str
+
+
+class MovementView(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    kind: str
+    org_id: uuid.UUID
+    amount_fen: int
+    external_ref: str
+    created_at: datetime
+    available_fen: int
+
+
+_TRADE_COLUMNS = "*"
+
+
+class SettlementService:
+    def __init__(
+        self, pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing
+    ) -> None:
+        self.pool = pool
+        self.clock = clock
+        self.settings = settings
+        self.keyring = keyring
+        self.tree = ledger.tree_for(settings.database_url)
+
+    # --- phase one: executed trades, in batches from the consumer ---------------------------
+
+    async def settle_executed(
+        self, events: Sequence[TradeExecutedData], request_id: str | None = None
+    ) -> BatchResult:
+        """Reserve (or fail) each executed trade not seen before, in one transaction."""
+        result = BatchResult()
+        unique: dict[uuid.UUID, TradeExecutedData] = {}
+        for event in events:
+            try:
+                unique.setdefault(uuid.UUID(event.trade_id), event)
+            except ValueError:
+                result.invalid[event.trade_id] = "trade_id is not a UUID"
+        result.duplicates += len(events) - len(unique) - len(result.invalid)
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            contracts = {
+                row["id"]: row
+                for row in await conn.fetch(
+                    "SELECT c.id, c.digest, c.state, o.id AS order_id, o.price_fen, o.fee_fen,"
+                    " o.buyer_org_id, o.seller_org_id FROM trade_contracts c"
+                    " JOIN orders o ON o.id = c.order_id WHERE c.id = ANY($1::uuid[])",
+                    list(unique),
+                )
+            }
+            valid: dict[uuid.UUID, TradeExecutedData] = {}
+            for trade_id, event in unique.items():
+                why = _mismatch(event, contracts.get(trade_id))
+                if why:
+                    result.invalid[str(trade_id)] = why
+                else:
+                    valid[trade_id] = event
+            if not valid:
+                return result
+            ids = list(valid)
+            inserted = await conn.fetch(
+                "INSERT INTO settlement_trades (trade_id, order_id, buyer_org_id, seller_org_id,"
+                " buyer_uscc, seller_uscc, contract_digest, product_code, price_fen, fee_fen,"
+                " state, executed_at, acceptance_due, updated_at)"
+                " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[],"
+                " $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[],"
+                " $11::text[], $12::timestamptz[], $13::timestamptz[], $14::timestamptz[])"
+                " ON CONFLICT (trade_id) DO NOTHING RETURNING trade_id",
+                ids,
+                [uuid.UUID(valid[t].order_id) for t in ids],
+                [uuid.UUID(valid[t].buyer.org_id) for t in ids],
+                [uuid.UUID(valid[t].seller.org_id) for t in ids],
+                [valid[t].buyer.uscc for t in ids],
+                [valid[t].seller.uscc for t in ids],
+                [valid[t].contract_digest for t in ids],
+                [valid[t].product_code for t in ids],
+                [valid[t].price_fen for t in ids],
+                [valid[t].fee_fen for t in ids],
+                ["pending"] * len(ids),
+                [datetime.fromisoformat(valid[t].executed_at) for t in ids],
+                [
+                    datetime.fromisoformat(valid[t].executed_at)
+                    + timedelta(days=valid[t].acceptance_days)
+                    for t in ids
+                ],
+                [now] * len(ids),
+            )
+            new = [row["trade_id"] for row in inserted]
+            result.duplicates += len(valid) - len(new)
+            if not new:
+                return result
+            movements = {
+                t: book.reserve(
+                    t, uuid.UUID(valid[t].buyer.org_id), valid[t].price_fen, valid[t].fee_fen
+                )
+                for t in new
+                if valid[t].price_fen + valid[t].fee_fen > 0
+            }
+            accounts = book.Book(conn)
+            await accounts.lock(list(movements.values()))
+            made, short = accounts.plan(list(movements.values()))
+            await accounts.write(made, now, request_id)
+            reasons = {s.movement.trade_id: s.reason for s in short}
+            states = ["failed" if t in reasons else "reserved" for t in new]
+            await conn.execute(
+                "UPDATE settlement_trades s SET state = x.state, reason = x.reason"
+                " FROM unnest($1::uuid[], $2::text[], $3::text[]) AS x(id, state, reason)"
+                " WHERE s.trade_id = x.id",
+                new, states, [reasons.get(t) for t in new],
+            )  # fmt: skip
+            drafts = [
+                _draft(valid[t], "failed" if t in reasons else "reserved",
+                       movements[t].id if t in movements and t not in reasons else None)
+                for t in new
+            ]  # fmt: skip
+            seqs = await ledger.append(conn, self.settings.exchange_code, drafts, now)
+            if reasons:
+                failed = list(reasons)
+                await conn.execute(
+                    "UPDATE trade_contracts SET state = 'unfunded' WHERE id = ANY($1::uuid[])",
+                    failed,
+                )
+                by_id = dict(zip(new, seqs, strict=True))
+                await self._announce(
+                    conn,
+                    [_outcome(valid[t], "failed", reasons[t], by_id[t]) for t in failed],
+                    now,
+                    request_id,
+                )
+            result.reserved = len(new) - len(reasons)
+            result.failed = len(reasons)
+        return result
+
+    # --- phase two: post or void -------------------------------------------------------------
+
+    async def _finish(
+        self,
+        conn: Connection,
+        trades: Sequence[Any],
+        step: FinalStep,
+        at: datetime,
+        request_id: str | None,
+    ) -> list[int]:
+        """Post (settled) or void locked trades in the caller's transaction."""
+        if not trades:
+            return []
+        movements: dict[uuid.UUID, book.Movement] = {}
+        for t in trades:
+            if t["price_fen"] + t["fee_fen"] == 0:
+                continue
+            movements[t["trade_id"]] = (
+                book.post(t["trade_id"], t["buyer_org_id"], t["seller_org_id"],
+                          t["price_fen"], t["fee_fen"])
+                if step == "settled"
+                else book.void(t["trade_id"], t["buyer_org_id"], t["price_fen"], t["fee_fen"])
+            )  # fmt: skip
+        accounts = book.Book(conn)
+        await accounts.lock(list(movements.values()))
+        made, short = accounts.plan(list(movements.values()))
+        if short:  # escrow always holds the reserved amount; anything else is a broken book
+            raise RuntimeError(f"escrow does not cover trade {short[0].movement.trade_id}")
+        await accounts.write(made, at, request_id)
+        ids = [t["trade_id"] for t in trades]
+        await conn.execute(
+            "UPDATE settlement_trades SET state = $2, updated_at = $3"
+            " WHERE trade_id = ANY($1::uuid[])",
+            ids, step, at,
+        )  # fmt: skip
+        drafts = [
+            _draft_row(t, step, movements[t["trade_id"]].id if t["trade_id"] in movements else None)
+            for t in trades
+        ]
+        seqs = await ledger.append(conn, self.settings.exchange_code, drafts, at)
+        await self._announce(
+            conn,
+            [_outcome_row(t, step, seq) for t, seq in zip(trades, seqs, strict=True)],
+            at,
+            request_id,
+        )
+        return seqs
+
+    async def _announce(
+        self,
+        conn: Connection,
+        outcomes: Sequence[TradeSettlementData],
+        at: datetime,
+        request_id: str | None,
+    ) -> None:
+        from contracts.outbox import enqueue_many
+
+        await enqueue_many(
+            conn,
+            [
+                (self.settings.subject("trade", o.state), f"dx.trade.{o.state}", o.trade_id, o)
+                for o in outcomes
+            ],
+            source=f"urn:dataex:exchange:{self.settings.exchange_code}",
+            at=at,
+            request_id=request_id,
+        )
+
+    async def settle_due(self, limit: int = 500) -> int:
+        """Post every reserved trade whose acceptance period has passed without objection."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            trades = await conn.fetch(
+                "SELECT * FROM settlement_trades WHERE state = 'reserved' AND acceptance_due <= $1"
+                " ORDER BY acceptance_due, trade_id LIMIT $2 FOR UPDATE SKIP LOCKED",
+                now, limit,
+            )  # fmt: skip
+            await self._finish(conn, trades, "settled", now, None)
+        return len(trades)
+
+    async def _party_trade(
+        self, conn: Executor, principal: Principal, trade_id: uuid.UUID, *, lock: bool = False
+    ) -> Any:
+        row = await conn.fetchrow(
+            "SELECT * FROM settlement_trades WHERE trade_id = $1" + (" FOR UPDATE" if lock else ""),
+            trade_id,
+        )
+        if row is None or principal.org_id not in (row["buyer_org_id"], row["seller_org_id"]):
+            raise NotFound(f"no trade {trade_id}")
+        return row
+
+    def _expect(self, row: Any, *states: str, action: str) -> None:
+        if row["state"] not in states:
+            raise Conflict(
+                f"cannot {action} a trade that is {row['state']};"
+                f" allowed while {' or '.join(states)}",
+                extensions={"state": row["state"]},
+            )
+
+    async def accept(self, actor: Actor, principal: Principal, trade_id: uuid.UUID) -> TradeView:
+        """The buyer accepts delivery: money to the seller and the exchange."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await self._party_trade(conn, principal, trade_id, lock=True)
+            if row["buyer_org_id"] != principal.org_id:
+                raise NotFound(f"no trade {trade_id}")  # the seller cannot accept for the buyer
+            self._expect(row, "reserved", action="accept")
+            await self._finish(conn, [row], "settled", now, actor.request_id)
+            await record(conn, actor, at=now, action="trade.accepted",
+                         subject_type="trade", subject_id=trade_id)  # fmt: skip
+            return await self._view(conn, principal, trade_id)
+
+    async def object(
+        self, actor: Actor, principal: Principal, trade_id: uuid.UUID, reason: str
+    ) -> TradeView:
+        """The buyer objects within the acceptance period: the money stays in escrow until
+        staff resolve the objection."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await self._party_trade(conn, principal, trade_id, lock=True)
+            if row["buyer_org_id"] != principal.org_id:
+                raise NotFound(f"no trade {trade_id}")
+            self._expect(row, "reserved", action="object to")
+            if row["acceptance_due"] <= now:
+                raise Conflict(
+                    "the acceptance period ended at"
+                    f" {row['acceptance_due'].isoformat()}; an objection is too late",
+                    extensions={"acceptance_due": row["acceptance_due"].isoformat()},
+                )
+            await conn.execute(
+                "UPDATE settlement_trades SET state = 'disputed', objection = $2,"
+                " objected_at = $3, updated_at = $3 WHERE trade_id = $1",
+                trade_id, reason, now,
+            )  # fmt: skip
+            await record(conn, actor, at=now, action="trade.objected", subject_type="trade",
+                         subject_id=trade_id, detail={"reason": reason})  # fmt: skip
+            return await self._view(conn, principal, trade_id)
+
+    async def resolve(
+        self, actor: Actor, trade_id: uuid.UUID, outcome: Literal["buyer", "seller"], note: str
+    ) -> str:
+        """Staff resolve an objection: for the buyer voids, for the seller posts."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT * FROM settlement_trades WHERE trade_id = $1 FOR UPDATE", trade_id
+            )
+            if row is None:
+                raise NotFound(f"no trade {trade_id}")
+            self._expect(row, "disputed", action="resolve an objection on")
+            step: FinalStep = "voided" if outcome == "buyer" else "settled"
+            await self._finish(conn, [row], step, now, actor.request_id)
+            await record(conn, actor, at=now, action="trade.objection_resolved",
+                         subject_type="trade", subject_id=trade_id,
+                         detail={"outcome": outcome, "note": note, "step": step})  # fmt: skip
+            return step
+
+    async def cancel(
+        self, actor: Actor, principal: Principal, trade_id: uuid.UUID, reason: str
+    ) -> TradeView:
+        """A party asks to cancel; when both have, the trade is voided."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await self._party_trade(conn, principal, trade_id, lock=True)
+            self._expect(row, "reserved", "disputed", action="cancel")
+            party = "buyer" if row["buyer_org_id"] == principal.org_id else "seller"
+            await conn.execute(
+                "INSERT INTO trade_cancellations (trade_id, party, reason, requested_at)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                trade_id, party, reason, now,
+            )  # fmt: skip
+            await record(conn, actor, at=now, action="trade.cancellation_requested",
+                         subject_type="trade", subject_id=trade_id,
+                         detail={"party": party, "reason": reason})  # fmt: skip
+            parties = await conn.fetchval(
+                "SELECT count(*) FROM trade_cancellations WHERE trade_id = $1", trade_id
+            )
+            if parties == 2:
+                await self._finish(conn, [row], "voided", now, actor.request_id)
+            return await self._view(conn, principal, trade_id)
+
+    # --- deposits and withdrawals (the bank side, through the admin API) ---------------------
+
+    async def move_external(
+        self,
+        actor: Actor,
+        kind: Literal["deposit", "withdrawal"],
+        org_id: uuid.UUID,
+        amount: int,
+        external_ref: str,
+    ) -> tuple[MovementView, bool]:
+        """Idempotent by ``external_ref``: the same reference returns the first movement
+        (``False``: not created again); the reference with other values is a conflict."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT 1 FROM organisations WHERE id = $1", org_id):
+                raise NotFound(f"no organisation {org_id}")
+            # Serialise on the reference so a concurrent retry waits and then replays.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('dataex.movement:' || $1 || ':' || $2))",
+                kind, external_ref,
+            )  # fmt: skip
+            existing = await conn.fetchrow(
+                "SELECT * FROM movements WHERE kind = $1 AND external_ref = $2",
+                kind, external_ref,
+            )  # fmt: skip
+            if existing is not None:
+                if existing["org_id"] != org_id or existing["amount_fen"] != amount:
+                    raise Conflict(
+                        f"external_ref {external_ref!r} was already used for a {kind} of"
+                        f" {existing['amount_fen']} fen to organisation {existing['org_id']}",
+                        extensions={"movement_id": str(existing["id"])},
+                    )
+                return await self._movement_view(conn, existing), False
+            movement = (book.deposit if kind == "deposit" else book.withdrawal)(
+                org_id, amount, external_ref
+            )
+            accounts = book.Book(conn)
+            await accounts.lock([movement])
+            made, short = accounts.plan([movement])
+            if short:
+                raise InsufficientFunds(
+                    f"cannot withdraw {amount} fen: {short[0].reason}",
+                    extensions={"available_fen": short[0].balance, "requested_fen": amount},
+                )
+            await accounts.write(made, now, actor.request_id)
+            await record(conn, actor, at=now, action=f"account.{kind}", subject_type="organisation",
+                         subject_id=org_id,
+                         detail={"amount_fen": amount, "external_ref": external_ref,
+                                 "movement_id": str(movement.id)})  # fmt: skip
+            row = await conn.fetchrow("SELECT * FROM movements WHERE id = $1", movement.id)
+            return await self._movement_view(conn, row), True
+
+    async def _movement_view(self, conn: Executor, row: Any) -> MovementView:
+        available = await conn.fetchval(
+            "SELECT balance FROM accounts WHERE org_id = $1 AND kind = 'available'", row["org_id"]
+        )
+        return MovementView(
+            id=row["id"], kind=row["kind"], org_id=row["org_id"], amount_fen=row["amount_fen"],
+            external_ref=row["external_ref"], created_at=row["created_at"],
+            available_fen=available or 0,
+        )  # fmt: skip
+
+    async def accounts(self, org_id: uuid.UUID) -> Accounts:
+        async with self.pool.acquire() as conn:
+            if not await conn.fetchval("SELECT 1 FROM organisations WHERE id = $1", org_id):
+                raise NotFound(f"no organisation {org_id}")
+            rows = await conn.fetch("SELECT kind, balance FROM accounts WHERE org_id = $1", org_id)
+        balances = {row["kind"]: row["balance"] for row in rows}
+        return Accounts(
+            org_id=org_id,
+            available_fen=balances.get("available", 0),
+            escrow_fen=balances.get("escrow", 0),
+        )
+
+    # --- reading trades -----------------------------------------------------------------------
+
+    async def get(self, principal: Principal, trade_id: uuid.UUID) -> TradeView:
+        async with self.pool.acquire() as conn:
+            await self._party_trade(conn, principal, trade_id)
+            return await self._view(conn, principal, trade_id)
+
+    async def _view(self, conn: Executor, principal: Principal, trade_id: uuid.UUID) -> TradeView:
+        row = await conn.fetchrow("SELECT * FROM settlement_trades WHERE trade_id = $1", trade_id)
+        postings = await conn.fetch(
+            "SELECT m.id, m.kind AS step, m.created_at, p.amount_fen, a.org_id, a.kind"
+            " FROM movements m JOIN postings p ON p.movement_id = m.id"
+            " JOIN accounts a ON a.id = p.account_id WHERE m.trade_id = $1"
+            " ORDER BY m.created_at, m.kind, a.id",
+            trade_id,
+        )
+        seqs = await conn.fetch(
+            "SELECT seq FROM ledger_entries WHERE trade_id = $1 ORDER BY seq", trade_id
+        )
+        cancels = await conn.fetch(
+            "SELECT party FROM trade_cancellations WHERE trade_id = $1 ORDER BY party", trade_id
+        )
+
+        def owner(org: uuid.UUID | None) -> str:
+            if org is None:
+                return "exchange"
+            return "buyer" if org == row["buyer_org_id"] else "seller"
+
+        return TradeView(
+            trade_id=trade_id,
+            order_id=row["order_id"],
+            role=owner(principal.org_id) if principal.org_id in (
+                row["buyer_org_id"], row["seller_org_id"]) else "staff",
+            state=row["state"],
+            reason=row["reason"],
+            contract_digest=row["contract_digest"],
+            product_code=row["product_code"],
+            price_fen=row["price_fen"],
+            fee_fen=row["fee_fen"],
+            executed_at=row["executed_at"],
+            acceptance_due=row["acceptance_due"],
+            objection=row["objection"],
+            cancellation_requested_by=[c["party"] for c in cancels],
+            postings=[
+                PostingView(movement=str(p["id"]), step=p["step"],
+                            account=f"{owner(p['org_id'])}.{p['kind']}",
+                            amount_fen=p["amount_fen"], at=p["created_at"])
+                for p in postings
+            ],
+            ledger_seqs=[s["seq"] for s in seqs],
+            receipt=f"/v1/trades/{trade_id}/receipt",
+        )  # fmt: skip
+
+    async def list_for(
+        self,
+        principal: Principal,
+        state: str | None,
+        after: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> list[TradeView]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT trade_id FROM settlement_trades"
+                " WHERE (buyer_org_id = $1 OR seller_org_id = $1)"
+                " AND ($2::text IS NULL OR state = $2)"
+                " AND ($3::timestamptz IS NULL OR (executed_at, trade_id) < ($3, $4::uuid))"
+                " ORDER BY executed_at DESC, trade_id DESC LIMIT $5",
+                principal.org_id, state, after[0] if after else None,
+                after[1] if after else None, limit,
+            )  # fmt: skip
+            return [await self._view(conn, principal, row["trade_id"]) for row in rows]
+
+    async def receipt(self, principal: Principal, trade_id: uuid.UUID) -> bytes:
+        """The trade's entries with inclusion proofs against a signed tree head that covers
+        them (one is signed now if the latest does not yet)."""
+        async with self.pool.acquire() as conn:
+            await self._party_trade(conn, principal, trade_id)
+            rows = await conn.fetch(
+                "SELECT seq, entry FROM ledger_entries WHERE trade_id = $1 ORDER BY seq", trade_id
+            )
+            if not rows:
+                raise NotFound(f"trade {trade_id} has no ledger entries yet")
+            head = await ledger.latest_tree_head(conn)
+            if head is None or head.tree_size <= rows[-1]["seq"]:
+                async with conn.transaction():
+                    await ledger.sign_tree_head(
+                        conn, self.tree, self.keyring, self.settings.exchange_code,
+                        self.clock.now(),
+                    )  # fmt: skip
+                head = await ledger.latest_tree_head(conn)
+            assert head is not None
+            tree = await self.tree.sync(conn)
+            return ledger.build_receipt(
+                self.settings.exchange_code, str(trade_id),
+                [bytes(r["entry"]) for r in rows], tree, head,
+            )  # fmt: skip
+
+    async def sign_tree_head(
+        self, *, min_new: int = 1, max_age_seconds: float | None = None
+    ) -> ledger.TreeHead | None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await ledger.sign_tree_head(
+                conn, self.tree, self.keyring, self.settings.exchange_code, self.clock.now(),
+                min_new=min_new, max_age_seconds=max_age_seconds,
+            )  # fmt: skip
+
+
+def _mismatch(event: TradeExecutedData, row: Any) -> str | None:
+    """Why an executed-trade event does not match the executed contract it names, if it does not."""
+    if row is None:
+        return "no such contract"
+    if row["state"] not in ("executed", "unfunded"):
+        return f"the contract is {row['state']}, not executed"
+    checks = (
+        ("contract_digest", event.contract_digest, row["digest"]),
+        ("order_id", event.order_id, str(row["order_id"])),
+        ("price_fen", event.price_fen, row["price_fen"]),
+        ("fee_fen", event.fee_fen, row["fee_fen"]),
+        ("buyer", event.buyer.org_id, str(row["buyer_org_id"])),
+        ("seller", event.seller.org_id, str(row["seller_org_id"])),
+    )
+    for name, said, recorded in checks:
+        if said != recorded:
+            return f"{name} {said!r} differs from the contract's {recorded!r}"
+    return None
+
+
+def _draft(
+    event: TradeExecutedData, step: ledger.Step, movement: uuid.UUID | None
+) -> ledger.EntryDraft:
+    return ledger.EntryDraft(
+        trade_id=uuid.UUID(event.trade_id), step=step, contract_digest=event.contract_digest,
+        product_code=event.product_code,
+        buyer=ledger.EntryParty(event.buyer.org_id, event.buyer.uscc),
+        seller=ledger.EntryParty(event.seller.org_id, event.seller.uscc),
+        price_fen=event.price_fen, fee_fen=event.fee_fen, movement_id=movement,
+    )  # fmt: skip
+
+
+def _draft_row(row: Any, step: ledger.Step, movement: uuid.UUID | None) -> ledger.EntryDraft:
+    return ledger.EntryDraft(
+        trade_id=row["trade_id"], step=step, contract_digest=row["contract_digest"],
+        product_code=row["product_code"],
+        buyer=ledger.EntryParty(str(row["buyer_org_id"]), row["buyer_uscc"]),
+        seller=ledger.EntryParty(str(row["seller_org_id"]), row["seller_uscc"]),
+        price_fen=row["price_fen"], fee_fen=row["fee_fen"], movement_id=movement,
+    )  # fmt: skip
+
+
+def _outcome(
+    event: TradeExecutedData, state: Literal["failed"], reason: str, seq: int
+) -> TradeSettlementData:
+    return TradeSettlementData(
+        trade_id=event.trade_id, order_id=event.order_id, buyer_org_id=event.buyer.org_id,
+        seller_org_id=event.seller.org_id, price_fen=event.price_fen, fee_fen=event.fee_fen,
+        state=state, reason=reason, ledger_seq=seq,
+    )  # fmt: skip
+
+
+def _outcome_row(row: Any, state: FinalStep, seq: int) -> TradeSettlementData:
+    return TradeSettlementData(
+        trade_id=str(row["trade_id"]), order_id=str(row["order_id"]),
+        buyer_org_id=str(row["buyer_org_id"]), seller_org_id=str(row["seller_org_id"]),
+        price_fen=row["price_fen"], fee_fen=row["fee_fen"], state=state, reason=None,
+        ledger_seq=seq,
+    )  # fmt: skip
