@@ -73,10 +73,10 @@ class Consumer:
         self.service = service
         self.settled = 0
 
-    async def poll(self, sub: Any, batch: int = BATCH, timeout: float = 1.0) -> int:
+    async def poll(self, sub: Any, batch: int = BATCH, wait: float = 1.0) -> int:
         """Fetch and handle one batch; returns how many messages it held (0 on timeout)."""
         try:
-            messages = await sub.fetch(batch, timeout=timeout)
+            messages = await sub.fetch(batch, timeout=wait)
         except (TimeoutError, NatsTimeout):
             return 0
         await self.handle(messages)

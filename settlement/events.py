@@ -1,4 +1,4 @@
-"""Events the settlement worker emits: ``dx.trade.settled``, ``dx.trade.failed``, ``dx.trade.voided``."""
+"""Events the settlement worker emits: ``dx.trade.settled``, ``.failed`` and ``.voided``."""
 
 from __future__ import annotations
 

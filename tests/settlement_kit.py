@@ -32,11 +32,11 @@ class Worker:
             total += published
         return total
 
-    async def drain(self, timeout: float = 0.5) -> int:
+    async def drain(self, wait: float = 0.5) -> int:
         """Relay pending events, then settle until the consumer has nothing more."""
         await self.relay()
         handled = 0
-        while n := await self.consumer.poll(self.sub, timeout=timeout):
+        while n := await self.consumer.poll(self.sub, wait=wait):
             handled += n
         return handled
 

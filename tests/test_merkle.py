@@ -79,7 +79,7 @@ def test_every_inclusion_proof_verifies_and_a_wrong_one_does_not():
                     not verify_inclusion(all_leaves[index], (index + 1) % size, size, proof, root)
                     or all_leaves[index] == all_leaves[(index + 1) % size]
                 )
-                bad = [bytes(32)] + proof[1:] if proof else [bytes(32)]
+                bad = [bytes(32), *proof[1:]] if proof else [bytes(32)]
                 assert not verify_inclusion(all_leaves[index], index, size, bad, root)
 
 
@@ -92,7 +92,7 @@ def test_every_consistency_proof_verifies_and_a_wrong_one_does_not():
             assert verify_consistency(first, second, r1, r2, proof), (first, second)
             if first < second:
                 assert not verify_consistency(first, second, r2, r1, proof)
-                tampered = [bytes(32)] + proof[1:]
+                tampered = [bytes(32), *proof[1:]]
                 assert not verify_consistency(first, second, r1, r2, tampered)
                 assert not verify_consistency(first, second, r1, r2, [])
 

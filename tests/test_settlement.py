@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.helpers import bearer
 from tests.settlement_kit import auto_accept_product, buy, deposit, worker
-from tests.test_orders import market, trade  # noqa: F401 - fixtures
+from tests.test_orders import market, trade
+
+__all__ = ["market", "trade"]  # the fixtures, reused
 
 PRICE = 1_000_000  # the 'std' plan, one period
 FEE = 10_000  # 1 %
