@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from exchange.platform.settings import Settings, SettingsError
 
@@ -81,6 +82,42 @@ def _parser() -> argparse.ArgumentParser:
     bench_orders.add_argument("--admin-token", required=True)
     bench_orders.add_argument("--duration", type=float, default=20.0)
     bench_orders.add_argument("--concurrency", type=int, default=16)
+    bench_settlement = bench_commands.add_parser(
+        "settlement",
+        help="settled trades per second with N executed trades waiting in JetStream, for one"
+        " and more settlement worker processes, and pgbench TPC-B tps in the same run",
+    )
+    bench_settlement.add_argument("--trades", type=int, default=100_000)
+    bench_settlement.add_argument(
+        "--workers", type=int, nargs="+", default=[1, 2], help="worker counts to measure"
+    )
+    bench_settlement.add_argument("--buyers", type=int, default=1000)
+    bench_settlement.add_argument("--pgbench-seconds", type=int, default=20)
+    bench_ledger = bench_commands.add_parser(
+        "ledger", help="append N synthetic entries (and tree heads) and time `ledger verify`"
+    )
+    bench_ledger.add_argument("--entries", type=int, default=1_000_000)
+    ledger_cmd = commands.add_parser(
+        "ledger",
+        help="the registration ledger: verify it, export it, verify a trade's receipt",
+        description="verify: recompute every leaf, the hash chain, each signed tree head and"
+        " their consistency (and the books, from the database). Exit 0 verified, 1 a problem"
+        " (named by sequence number), 2 unreadable input.",
+    )
+    ledger_commands = ledger_cmd.add_subparsers(
+        dest="ledger_command", metavar="TASK", required=True
+    )
+    verify = ledger_commands.add_parser("verify", help="verify the database's ledger or an export")
+    verify.add_argument("--export", dest="export_file", help="verify this export file instead")
+    export = ledger_commands.add_parser("export", help="write the ledger as JSON lines")
+    export.add_argument("file")
+    receipt = ledger_commands.add_parser(
+        "verify-receipt", help="check a receipt with only the exchange's JWKS"
+    )
+    receipt.add_argument("file")
+    receipt.add_argument(
+        "--jwks", required=True, help="a JWKS file, or the exchange's /.well-known/jwks.json URL"
+    )
     keys = commands.add_parser("keys", help="the exchange's signing keys")
     key_commands = keys.add_subparsers(dest="keys_command", metavar="TASK", required=True)
     key_commands.add_parser(
@@ -132,6 +169,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "policy":
             with runtime.servers(settings) as live:
                 return asyncio.run(runtime.policy_task(live, args))
+        if args.command == "ledger":
+            from settlement import cli as ledger_cli
+
+            with runtime.servers(settings) as live:
+                assert live.database_url
+                if args.ledger_command == "export":
+                    return asyncio.run(
+                        ledger_cli.export(live.database_url, Path(args.file), sys.stdout)
+                    )
+                return asyncio.run(ledger_cli.verify_database(live.database_url, sys.stdout))
+        if args.command == "bench" and args.bench_command in ("settlement", "ledger"):
+            from settlement import bench as settlement_bench
+
+            with runtime.servers(settings) as live:
+                if args.bench_command == "ledger":
+                    return asyncio.run(
+                        settlement_bench.bench_ledger(live, args.entries, sys.stdout)
+                    )
+                return asyncio.run(settlement_bench.bench_settlement(live, args, sys.stdout))
         if args.command == "admin" and args.admin_command == "bootstrap":
             with runtime.servers(settings) as live:
                 token = asyncio.run(runtime.prepare(live, bootstrap="always"))
@@ -160,6 +216,14 @@ def _offline(args: argparse.Namespace) -> int | None:
         return policy_cli.check_command(args.file, sys.stdout, sys.stderr)
     if args.command == "bench" and args.bench_command == "policy":
         return policy_cli.bench_command(args.seconds, sys.stdout)
+    if args.command == "ledger" and args.ledger_command == "verify-receipt":
+        from settlement.cli import verify_receipt_file
+
+        return verify_receipt_file(Path(args.file), args.jwks, sys.stdout)
+    if args.command == "ledger" and args.ledger_command == "verify" and args.export_file:
+        from settlement.cli import verify_export
+
+        return verify_export(Path(args.export_file), sys.stdout)
     if args.command == "bench" and args.bench_command == "orders":
         from contracts.orders.bench import bench_orders
 

@@ -62,19 +62,26 @@ async def _ensure_database(postgres: EmbeddedPostgres) -> None:
         await conn.close()
 
 
-def start_servers(settings: Settings) -> Servers:
-    """Start embedded PostgreSQL / NATS for whichever URL is not configured."""
+def start_servers(settings: Settings, *, attach: bool = False) -> Servers:
+    """Start embedded PostgreSQL / NATS for whichever URL is not configured.
+
+    ``attach``: use the embedded servers of a running `dataex up` on the same state folder
+    instead of starting (which would first stop them as stale); for one-off commands."""
     state = settings.state_dir.resolve()
     state.mkdir(parents=True, exist_ok=True)
     postgres = nats = None
     try:
         database_url = settings.database_url
+        if database_url is None and attach:
+            database_url = EmbeddedPostgres(state).live_url()
         if database_url is None:
             postgres = EmbeddedPostgres(state)
             postgres.start()
             asyncio.run(_ensure_database(postgres))
             database_url = postgres.url()
         nats_url = settings.nats_url
+        if nats_url is None and attach:
+            nats_url = EmbeddedNats(state).live_url()
         if nats_url is None:
             nats = EmbeddedNats(state)
             nats_url = nats.start()
@@ -86,7 +93,9 @@ def start_servers(settings: Settings) -> Servers:
 
 @contextlib.contextmanager
 def servers(settings: Settings) -> Iterator[Settings]:
-    running = start_servers(settings)
+    """The servers a one-off command needs: configured, those of a running `dataex up`, or
+    embedded ones started for the command and stopped after it."""
+    running = start_servers(settings, attach=True)
     try:
         yield running.settings
     finally:

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
+
+import asyncpg
+import msgspec
+import pytest
+
+from settlement.events import TradeSettlementEvent
 from tests.helpers import bearer
 from tests.settlement_kit import auto_accept_product, buy, deposit, worker
 from tests.test_orders import market, trade
@@ -45,3 +53,186 @@ async def test_executed_trade_is_reserved_then_accepted_and_posted(
     assert again.status_code == 409
     receipt = await client.get(f"/v1/trades/{trade_id}/receipt", headers=bearer(trade["seller"]))
     assert receipt.status_code == 200, receipt.text
+
+
+async def org_balance_rows(pool):
+    """Every account's balance next to the sum of its postings."""
+    return await pool.fetch(
+        "SELECT a.id, a.org_id, a.kind, a.balance,"
+        " coalesce((SELECT sum(p.amount_fen) FROM postings p WHERE p.account_id = a.id), 0) AS s"
+        " FROM accounts a ORDER BY a.id"
+    )
+
+
+async def assert_books_balance(pool):
+    for row in await org_balance_rows(pool):
+        assert row["balance"] == row["s"], dict(row)
+        assert row["kind"] == "clearing" or row["balance"] >= 0
+    total = await pool.fetchval("SELECT coalesce(sum(amount_fen), 0) FROM postings")
+    assert total == 0
+
+
+async def test_a_trade_without_funds_fails_and_the_buyer_sees_why(
+    client, trade, admin_token, settings, pool, clock
+):
+    product_id = await auto_accept_product(client, trade)
+    await deposit(client, admin_token, trade["buyer_org"]["id"], PRICE, "bank-short")
+    trade_id = await buy(client, trade, product_id)  # needs PRICE + FEE
+    async with worker(settings, pool, clock) as w:
+        await w.drain()
+        view = (await client.get(f"/v1/trades/{trade_id}", headers=bearer(trade["buyer"]))).json()
+        assert view["state"] == "failed"
+        assert view["reason"] == (
+            f"insufficient funds: available balance {PRICE} fen, {PRICE + FEE} fen needed"
+        )
+        assert view["postings"] == [] and len(view["ledger_seqs"]) == 1
+        contract = await client.get(f"/v1/contracts/{trade_id}", headers=bearer(trade["buyer"]))
+        assert contract.json()["state"] == "unfunded"
+        assert await balances(client, trade["buyer"]) == (PRICE, 0)
+        await w.relay()
+        js = w.platform.nats.jetstream()
+        sub = await js.pull_subscribe(
+            settings.subject("trade", "failed"), stream=settings.stream_name
+        )
+        (message,) = await sub.fetch(1, timeout=5)
+        event = msgspec.json.decode(message.data, type=TradeSettlementEvent)
+        assert event.type == "dx.trade.failed" and event.data.trade_id == trade_id
+        assert event.data.reason.startswith("insufficient funds")
+    await assert_books_balance(pool)
+
+
+async def test_the_acceptance_period_passing_posts_the_trade(
+    client, trade, admin_token, settings, pool, clock
+):
+    product_id = await auto_accept_product(client, trade)
+    await deposit(client, admin_token, trade["buyer_org"]["id"], 3 * (PRICE + FEE), "bank-2")
+    first = await buy(client, trade, product_id)
+    second = await buy(client, trade, product_id)
+    async with worker(settings, pool, clock) as w:
+        await w.drain()
+        assert await w.service.settle_due() == 0  # 7 days to accept
+        objected = await client.post(f"/v1/trades/{second}/objections",
+                                     json={"reason": "数据字段缺失"}, headers=bearer(trade["buyer"]))  # fmt: skip
+        assert objected.status_code == 200 and objected.json()["state"] == "disputed"
+        clock.advance(timedelta(days=7, seconds=1))
+        assert await w.service.settle_due() == 1  # the disputed one waits for staff
+    states = {
+        t: (await client.get(f"/v1/trades/{t}", headers=bearer(trade["buyer"]))).json()["state"]
+        for t in (first, second)
+    }
+    assert states == {first: "settled", second: "disputed"}
+    assert await balances(client, trade["seller"]) == (PRICE, 0)
+    late = await client.post(f"/v1/trades/{first}/objections", json={"reason": "late"},
+                             headers=bearer(trade["buyer"]))  # fmt: skip
+    assert late.status_code == 409
+    await assert_books_balance(pool)
+
+
+@pytest.mark.parametrize(("outcome", "state"), [("buyer", "voided"), ("seller", "settled")])
+async def test_staff_resolve_an_objection(
+    client, trade, admin_token, settings, pool, clock, outcome, state
+):
+    product_id = await auto_accept_product(client, trade)
+    await deposit(client, admin_token, trade["buyer_org"]["id"], PRICE + FEE, "bank-3")
+    trade_id = await buy(client, trade, product_id)
+    async with worker(settings, pool, clock) as w:
+        await w.drain()
+    await client.post(f"/v1/trades/{trade_id}/objections", json={"reason": "样本与交付不符"},
+                      headers=bearer(trade["buyer"]))  # fmt: skip
+    seller_try = await client.post(f"/v1/trades/{trade_id}/objection/resolution",
+                                   json={"outcome": "seller", "note": "x"},
+                                   headers=bearer(trade["seller"]))  # fmt: skip
+    assert seller_try.status_code == 403
+    resolved = await client.post(f"/v1/trades/{trade_id}/objection/resolution",
+                                 json={"outcome": outcome, "note": "核对交付记录"},
+                                 headers=bearer(trade["alice"]))  # fmt: skip
+    assert resolved.status_code == 200, resolved.text
+    assert resolved.json()["state"] == state
+    buyer_money = await balances(client, trade["buyer"])
+    seller_money = await balances(client, trade["seller"])
+    if state == "voided":
+        assert buyer_money == (PRICE + FEE, 0) and seller_money == (0, 0)
+    else:
+        assert buyer_money == (0, 0) and seller_money == (PRICE, 0)
+    again = await client.post(f"/v1/trades/{trade_id}/objection/resolution",
+                              json={"outcome": outcome, "note": "again"},
+                              headers=bearer(trade["bob"]))  # fmt: skip
+    assert again.status_code == 409
+    await assert_books_balance(pool)
+
+
+async def test_cancellation_needs_both_parties(client, trade, admin_token, settings, pool, clock):
+    product_id = await auto_accept_product(client, trade)
+    await deposit(client, admin_token, trade["buyer_org"]["id"], PRICE + FEE, "bank-4")
+    trade_id = await buy(client, trade, product_id)
+    async with worker(settings, pool, clock) as w:
+        await w.drain()
+    body = {"reason": "双方协商解除"}
+    one = await client.post(f"/v1/trades/{trade_id}/cancel", json=body,
+                            headers=bearer(trade["buyer"]))  # fmt: skip
+    assert one.json()["state"] == "reserved"
+    assert one.json()["cancellation_requested_by"] == ["buyer"]
+    both = await client.post(f"/v1/trades/{trade_id}/cancel", json=body,
+                             headers=bearer(trade["seller"]))  # fmt: skip
+    assert both.json()["state"] == "voided"
+    assert await balances(client, trade["buyer"]) == (PRICE + FEE, 0)
+    await assert_books_balance(pool)
+
+
+async def test_deposits_and_withdrawals_are_idempotent_by_reference(
+    client, trade, admin_token, pool
+):
+    org = trade["buyer_org"]["id"]
+    first = await deposit(client, admin_token, org, 500, "ref-1")
+    assert first.status_code == 201 and first.json()["available_fen"] == 500
+    replay = await deposit(client, admin_token, org, 500, "ref-1")
+    assert replay.status_code == 200 and replay.json()["id"] == first.json()["id"]
+    other = await deposit(client, admin_token, org, 600, "ref-1")
+    assert other.status_code == 409 and other.json()["movement_id"] == first.json()["id"]
+    too_much = await client.post(f"/v1/accounts/{org}/withdrawals",
+                                 json={"amount_fen": 501, "external_ref": "out-1"},
+                                 headers=bearer(admin_token))  # fmt: skip
+    assert too_much.status_code == 422
+    assert too_much.json()["code"] == "insufficient_funds"
+    assert too_much.json()["available_fen"] == 500
+    out = await client.post(f"/v1/accounts/{org}/withdrawals",
+                            json={"amount_fen": 200, "external_ref": "out-1"},
+                            headers=bearer(admin_token))  # fmt: skip
+    assert out.status_code == 201 and out.json()["available_fen"] == 300
+    bad = await client.post(f"/v1/accounts/{org}/deposits", json={"amount_fen": -5},
+                            headers=bearer(admin_token))  # fmt: skip
+    assert bad.status_code in (400, 422)
+    assert {e["path"] for e in bad.json()["errors"]} >= {"amount_fen", "external_ref"}
+    assert await balances(client, trade["buyer"]) == (300, 0)
+    await assert_books_balance(pool)
+
+
+async def test_the_database_refuses_unbalanced_or_changed_postings(
+    client, trade, admin_token, pool
+):
+    org = uuid.UUID(trade["buyer_org"]["id"])
+    await deposit(client, admin_token, str(org), 1_000, "ref-db")
+    account = await pool.fetchval(
+        "SELECT id FROM accounts WHERE org_id = $1 AND kind = 'available'", org
+    )
+    clearing = await pool.fetchval("SELECT id FROM accounts WHERE kind = 'clearing'")
+    async with pool.acquire() as conn:
+        with pytest.raises(asyncpg.CheckViolationError, match="does not balance"):
+            async with conn.transaction():
+                movement = uuid.uuid4()
+                await conn.execute(
+                    "INSERT INTO movements (id, kind, external_ref, org_id, amount_fen, created_at)"
+                    " VALUES ($1, 'deposit', 'sneaky', $2, 100, now())", movement, org,
+                )  # fmt: skip
+                await conn.execute(
+                    "INSERT INTO postings VALUES ($1, $2, 100), ($1, $3, -99)",
+                    movement, account, clearing,
+                )  # fmt: skip
+        for statement in ("UPDATE postings SET amount_fen = amount_fen + 1",
+                          "DELETE FROM postings", "UPDATE movements SET amount_fen = 1",
+                          "TRUNCATE postings CASCADE"):  # fmt: skip
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+                await conn.execute(statement)
+        with pytest.raises(asyncpg.CheckViolationError, match="accounts_not_negative"):
+            await conn.execute("UPDATE accounts SET balance = -1 WHERE id = $1", account)
+    await assert_books_balance(pool)

@@ -65,6 +65,15 @@ def _stop_process(process: subprocess.Popen[bytes], first: signal.Signals, grace
         process.wait(timeout=2)
 
 
+def _alive(pid_file: Path, name: str) -> bool:
+    """Whether the pid in ``pid_file`` is a running ``name`` process."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        return name.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def _kill_stale(pid: int, name: str, grace: float = 3.0) -> None:
     """Stop a server left behind by a run that was killed, so the data folder is free again."""
     try:
@@ -105,6 +114,17 @@ class EmbeddedPostgres:
 
     def url(self, database: str | None = None) -> str:
         return f"postgresql://postgres@/{database or self.database}?host={self.socket_dir}"
+
+    def live_url(self) -> str | None:
+        """The URL of a server already running on this data folder (`dataex up`), if ready."""
+        pid_file = self.pgdata / "postmaster.pid"
+        if not _alive(pid_file, "postgres"):
+            return None
+        with contextlib.suppress(OSError):
+            lines = pid_file.read_text().splitlines()
+            if len(lines) >= 8 and lines[7].strip() == "ready":
+                return self.url()
+        return None
 
     def _prepare_permissions(self) -> None:
         if self._user is None:
@@ -235,6 +255,16 @@ class EmbeddedNats:
             ]
         )
         self.config_path.write_text(config)
+
+    def live_url(self) -> str | None:
+        """The client URL of a server already running for this state folder, if any."""
+        if not _alive(self.pid_path, "nats-server"):
+            return None
+        pid = self.pid_path.read_text().strip()
+        with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+            ports = json.loads((self.root / f"{_nats_bin().name}_{pid}.ports").read_text())
+            return str(ports["nats"][0])
+        return None
 
     def start(self, timeout: float = 10.0) -> str:
         self.store_dir.mkdir(parents=True, exist_ok=True)
