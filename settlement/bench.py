@@ -94,7 +94,10 @@ async def _drop(live: Settings, settings: Settings) -> None:
         await client.close()
 
 
-async def _seed_parties(conn: asyncpg.Connection, buyers: int) -> tuple[Any, list[Any], Any]:
+async def seed_parties(
+    conn: asyncpg.Connection, buyers: int, deposit: int = 10**12
+) -> tuple[Any, list[Any], Any]:
+    """A seller with one listed product and buyers with ``deposit`` fen each (0: none)."""
     now = datetime.now(UTC)
     contact = {"name": "基准", "email": "bench@example.cn", "phone": "+86 21 0000 0000"}
     seller = (uuid.uuid4(), _uscc(1))
@@ -115,7 +118,7 @@ async def _seed_parties(conn: asyncpg.Connection, buyers: int) -> tuple[Any, lis
     )  # fmt: skip
     # Money in: one deposit per buyer, enough for every trade it will make.
     accounts = book.Book(conn)
-    deposits = [book.deposit(org, 10**12, f"bench-{org}") for org, _ in buyer_rows]
+    deposits = [book.deposit(org, deposit, f"bench-{org}") for org, _ in buyer_rows if deposit]
     async with conn.transaction():
         await accounts.lock(deposits)
         made, _ = accounts.plan(deposits)
@@ -123,9 +126,11 @@ async def _seed_parties(conn: asyncpg.Connection, buyers: int) -> tuple[Any, lis
     return seller, buyer_rows, product
 
 
-async def _seed_trades(
+async def seed_trades(
     conn: asyncpg.Connection, n: int, seller: Any, buyers: list[Any], product: uuid.UUID
 ) -> list[TradeExecutedData]:
+    """``n`` executed orders and contracts (price PRICE, fee FEE), buyers in turn; returns the
+    ``dx.trade.executed`` data the contracts service would have emitted for them."""
     now = datetime.now(UTC)
     orders, contracts, events = [], [], []
     decision = '{"outcome": "allow", "hits": [], "list_version": "bench"}'
@@ -179,7 +184,7 @@ async def _seed_trades(
     return events
 
 
-async def _publish(settings: Settings, events: list[TradeExecutedData]) -> float:
+async def publish_executed(settings: Settings, events: list[TradeExecutedData]) -> float:
     assert settings.nats_url
     client = await connect_nats(settings.nats_url, name="dataex-bench")
     js = client.jetstream()
@@ -216,8 +221,8 @@ def _stop(children: list[subprocess.Popen[bytes]]) -> None:
     stop_parts({str(i): child for i, child in enumerate(children)}, 3.0)
 
 
-async def _await_settled(conn: asyncpg.Connection, target: int, timeout: float) -> float:
-    deadline = time.monotonic() + timeout
+async def _await_settled(conn: asyncpg.Connection, target: int, limit: float) -> float:
+    deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         done = await conn.fetchval(
             "SELECT count(*) FROM settlement_trades WHERE state <> 'pending'"
@@ -225,7 +230,7 @@ async def _await_settled(conn: asyncpg.Connection, target: int, timeout: float) 
         if done >= target:
             return time.monotonic()
         await asyncio.sleep(0.2)
-    raise TimeoutError(f"only {done} of {target} trades settled in {timeout:.0f}s")
+    raise TimeoutError(f"only {done} of {target} trades settled in {limit:.0f}s")
 
 
 def pgbench(database_url: str, seconds: int, out: IO[str]) -> float:
@@ -255,12 +260,12 @@ async def bench_settlement(live: Settings, args: Any, out: IO[str]) -> int:
     results = []
     try:
         out.write(f"seeding {args.buyers} buyers with deposits ...\n")
-        seller, buyers, product = await _seed_parties(conn, args.buyers)
+        seller, buyers, product = await seed_parties(conn, args.buyers)
         for workers in args.workers:
             already = await conn.fetchval("SELECT count(*) FROM settlement_trades")
             out.write(f"[{workers} worker(s)] writing {args.trades} executed trades ...\n")
-            events = await _seed_trades(conn, args.trades, seller, buyers, product)
-            seconds = await _publish(settings, events)
+            events = await seed_trades(conn, args.trades, seller, buyers, product)
+            seconds = await publish_executed(settings, events)
             out.write(f"[{workers} worker(s)] published {len(events)} events in {seconds:.1f}s;"
                       " starting workers\n")  # fmt: skip
             started = time.monotonic()

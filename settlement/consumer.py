@@ -68,9 +68,15 @@ async def subscribe(platform: Platform) -> Any:
 
 
 class Consumer:
-    def __init__(self, platform: Platform, service: SettlementService) -> None:
+    def __init__(
+        self,
+        platform: Platform,
+        service: SettlementService,
+        retry_delay: float = RETRY_DELAY_SECONDS,
+    ) -> None:
         self.platform = platform
         self.service = service
+        self.retry_delay = retry_delay
         self.settled = 0
 
     async def poll(self, sub: Any, batch: int = BATCH, wait: float = 1.0) -> int:
@@ -113,7 +119,7 @@ class Consumer:
             if why is not None:
                 await self.dead_letter(message, event, why)
             else:
-                await message.ack()
+                await _ack(message)
 
     async def retry_or_give_up(self, message: Any, event: TradeExecuted, error: Exception) -> None:
         deliveries = message.metadata.num_delivered
@@ -123,7 +129,7 @@ class Consumer:
         else:
             log.warning("settlement_retry", trade_id=event.data.trade_id,
                         deliveries=deliveries, error=reason)  # fmt: skip
-            await message.nak(delay=RETRY_DELAY_SECONDS * deliveries)
+            await message.nak(delay=self.retry_delay * deliveries)
 
     async def dead_letter(self, message: Any, event: TradeExecuted | None, why: str) -> None:
         settings = self.platform.settings
@@ -152,6 +158,14 @@ class Consumer:
             stream=settings.stream_name,
         )
         await message.term()
+
+
+async def _ack(message: Any) -> None:
+    """Acknowledge after commit. A lost ack only means a redelivery, which changes nothing."""
+    try:
+        await message.ack()
+    except Exception as error:  # noqa: BLE001 - see above
+        log.warning("settlement_ack_failed", error=f"{type(error).__name__}: {error}")
 
 
 async def consume_loop(platform: Platform, stop: asyncio.Event, service: SettlementService) -> None:
