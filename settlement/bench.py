@@ -100,8 +100,9 @@ async def seed_parties(
     """A seller with one listed product and buyers with ``deposit`` fen each (0: none)."""
     now = datetime.now(UTC)
     contact = {"name": "基准", "email": "bench@example.cn", "phone": "+86 21 0000 0000"}
-    seller = (uuid.uuid4(), _uscc(1))
-    buyer_rows = [(uuid.uuid4(), _uscc(1000 + i)) for i in range(buyers)]
+    base = uuid.uuid4().int % 31**8  # distinct codes on every call
+    seller = (uuid.uuid4(), _uscc(base))
+    buyer_rows = [(uuid.uuid4(), _uscc(base + 1 + i)) for i in range(buyers)]
     everyone = [seller, *buyer_rows]
     await conn.execute(
         "INSERT INTO organisations (id, name, uscc, roles, region, contact, created_at, updated_at)"
@@ -113,8 +114,8 @@ async def seed_parties(
     product = uuid.uuid4()
     await conn.execute(
         "INSERT INTO products (id, seller_org_id, state, live_revision, product_code,"
-        " created_at, updated_at) VALUES ($1, $2, 'listed', 1, 'DX-BENCH-0001', $3, $3)",
-        product, seller[0], now,
+        " created_at, updated_at) VALUES ($1, $2, 'listed', 1, $3, $4, $4)",
+        product, seller[0], f"DX-BENCH-{base}", now,
     )  # fmt: skip
     # Money in: one deposit per buyer, enough for every trade it will make.
     accounts = book.Book(conn)
