@@ -75,6 +75,18 @@ OWNED_ELSEWHERE = {
         "POST",
         "/v1/products/{product_id:uuid}/standing-offers",
     ): "test_orders.py::test_offers_are_the_sellers_own",
+    **{
+        (method, f"/v1/trades/{{trade_id:uuid}}{suffix}"): (
+            "test_settlement.py::test_trades_are_for_the_parties_only"
+        )
+        for method, suffix in (
+            ("GET", ""),
+            ("GET", "/receipt"),
+            ("POST", "/accept"),
+            ("POST", "/objections"),
+            ("POST", "/cancel"),
+        )
+    },
 }
 # A body each route accepts, so that only ownership decides the answer.
 BODIES = {

@@ -156,15 +156,19 @@ async def test_verify_names_the_entry_that_was_tampered_with(
     assert verify_export(tmp_path / "ledger.jsonl", io.StringIO()) == 0
 
 
-async def test_an_export_verifies_offline_and_a_changed_line_is_named(settings, pool, clock, tmp_path):
+async def test_an_export_verifies_offline_and_a_changed_line_is_named(
+    settings, pool, clock, tmp_path
+):
     await settled_trades(settings, pool, clock)
     path = tmp_path / "ledger.jsonl"
     await export(settings.database_url, path, io.StringIO())
     ok = run_dataex("ledger", "verify", "--export", str(path))
     assert ok.returncode == 0 and "ledger verified: 18 entries" in ok.stdout, ok.stdout
     lines = path.read_bytes().splitlines(keepends=True)
-    lines[1 + 7] = lines[1 + 7].replace(b'"step":"reserved"', b'"step":"settled"').replace(
-        b'"step":"settled"', b'"step":"voided"'
+    lines[1 + 7] = (
+        lines[1 + 7]
+        .replace(b'"step":"reserved"', b'"step":"settled"')
+        .replace(b'"step":"settled"', b'"step":"voided"')
     )
     path.write_bytes(b"".join(lines))
     report = io.StringIO()

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from settlement.events import TradeSettlementEvent
-from tests.helpers import bearer
+from tests.helpers import bearer, issue_token, make_uscc, register_org
 from tests.settlement_kit import auto_accept_product, buy, deposit, worker
 from tests.test_orders import market, trade
 
@@ -236,3 +236,36 @@ async def test_the_database_refuses_unbalanced_or_changed_postings(
         with pytest.raises(asyncpg.CheckViolationError, match="accounts_not_negative"):
             await conn.execute("UPDATE accounts SET balance = -1 WHERE id = $1", account)
     await assert_books_balance(pool)
+
+
+async def test_trades_are_for_the_parties_only(client, trade, admin_token, settings, pool, clock):
+    product_id = await auto_accept_product(client, trade)
+    await deposit(client, admin_token, trade["buyer_org"]["id"], PRICE + FEE, "bank-5")
+    trade_id = await buy(client, trade, product_id)
+    async with worker(settings, pool, clock) as w:
+        await w.drain()
+    outsider_org = await register_org(client, admin_token, make_uscc(9), ["buyer", "seller"])
+    outsider = await issue_token(client, admin_token, outsider_org["id"], ["buyer", "seller"])
+    body = {"reason": "x"}
+    for token in (outsider,):
+        for method, path, json in (
+            ("GET", "", None), ("GET", "/receipt", None), ("POST", "/accept", None),
+            ("POST", "/objections", body), ("POST", "/cancel", body),
+        ):  # fmt: skip
+            response = await client.request(method, f"/v1/trades/{trade_id}{path}", json=json,
+                                            headers=bearer(token))  # fmt: skip
+            assert response.status_code == 404, (method, path, response.text)
+            unknown = await client.request(method, f"/v1/trades/{uuid.uuid4()}{path}",
+                                           json=json, headers=bearer(token))  # fmt: skip
+            assert unknown.status_code == 404
+            assert response.json()["detail"] == unknown.json()["detail"].replace(
+                unknown.json()["detail"].split()[-1], trade_id
+            )
+    listed = (await client.get("/v1/trades", headers=bearer(outsider))).json()
+    assert listed["items"] == []
+    mine = (await client.get("/v1/trades", headers=bearer(trade["seller"]))).json()
+    assert [t["trade_id"] for t in mine["items"]] == [trade_id]
+    assert mine["items"][0]["role"] == "seller"
+    assert (await client.get("/v1/accounts/me", headers=bearer(outsider))).json()[
+        "available_fen"
+    ] == 0

@@ -124,7 +124,10 @@ async def test_two_workers_share_the_stream_without_settling_anything_twice(sett
 
         await asyncio.gather(run(0, first), run(1, second))
     assert sum(counts) == 400 and min(counts) > 0, counts
-    assert await pool.fetchval("SELECT count(*) FROM settlement_trades WHERE state = 'reserved'") == 400
+    assert (
+        await pool.fetchval("SELECT count(*) FROM settlement_trades WHERE state = 'reserved'")
+        == 400
+    )
     assert await pool.fetchval("SELECT count(*) FROM movements WHERE kind = 'reserve'") == 400
     escrow = await pool.fetchval("SELECT sum(balance) FROM accounts WHERE kind = 'escrow'")
     assert escrow == 400 * (PRICE + FEE)
