@@ -14,6 +14,7 @@ from litestar.routes import HTTPRoute
 
 from contracts.orders.api import (
     ContractController,
+    FeeScheduleController,
     KeyController,
     OfferController,
     OrderController,
@@ -63,6 +64,7 @@ ROUTE_HANDLERS: list[Any] = [
     ContractController,
     KeyController,
     OfferController,
+    FeeScheduleController,
     TradeController,
     AccountController,
     LedgerController,

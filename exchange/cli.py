@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from exchange.platform.settings import Settings, SettingsError
 
@@ -82,6 +83,26 @@ def _parser() -> argparse.ArgumentParser:
     bench_orders.add_argument("--admin-token", required=True)
     bench_orders.add_argument("--duration", type=float, default=20.0)
     bench_orders.add_argument("--concurrency", type=int, default=16)
+    _settlement_commands(commands, bench_commands)
+    keys = commands.add_parser("keys", help="the exchange's signing keys")
+    key_commands = keys.add_subparsers(dest="keys_command", metavar="TASK", required=True)
+    key_commands.add_parser(
+        "rotate",
+        help="add a new current signing key; earlier keys stay in the JWKS so old signatures"
+        " still verify",
+    )
+    admin = commands.add_parser("admin", help="operator tasks")
+    admin_commands = admin.add_subparsers(dest="admin_command", metavar="TASK", required=True)
+    admin_commands.add_parser(
+        "bootstrap",
+        help="issue a new admin token for the exchange operator (creating it if needed)",
+        description="Prints the token once; only its hash is stored. Needs database access,"
+        " which is what makes it the operator's recovery path.",
+    )
+    return parser
+
+
+def _settlement_commands(commands: Any, bench_commands: Any) -> None:
     bench_settlement = bench_commands.add_parser(
         "settlement",
         help="settled trades per second with N executed trades waiting in JetStream, for one"
@@ -118,22 +139,6 @@ def _parser() -> argparse.ArgumentParser:
     receipt.add_argument(
         "--jwks", required=True, help="a JWKS file, or the exchange's /.well-known/jwks.json URL"
     )
-    keys = commands.add_parser("keys", help="the exchange's signing keys")
-    key_commands = keys.add_subparsers(dest="keys_command", metavar="TASK", required=True)
-    key_commands.add_parser(
-        "rotate",
-        help="add a new current signing key; earlier keys stay in the JWKS so old signatures"
-        " still verify",
-    )
-    admin = commands.add_parser("admin", help="operator tasks")
-    admin_commands = admin.add_subparsers(dest="admin_command", metavar="TASK", required=True)
-    admin_commands.add_parser(
-        "bootstrap",
-        help="issue a new admin token for the exchange operator (creating it if needed)",
-        description="Prints the token once; only its hash is stored. Needs database access,"
-        " which is what makes it the operator's recovery path.",
-    )
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -169,25 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "policy":
             with runtime.servers(settings) as live:
                 return asyncio.run(runtime.policy_task(live, args))
-        if args.command == "ledger":
-            from settlement import cli as ledger_cli
-
-            with runtime.servers(settings) as live:
-                assert live.database_url
-                if args.ledger_command == "export":
-                    return asyncio.run(
-                        ledger_cli.export(live.database_url, Path(args.file), sys.stdout)
-                    )
-                return asyncio.run(ledger_cli.verify_database(live.database_url, sys.stdout))
-        if args.command == "bench" and args.bench_command in ("settlement", "ledger"):
-            from settlement import bench as settlement_bench
-
-            with runtime.servers(settings) as live:
-                if args.bench_command == "ledger":
-                    return asyncio.run(
-                        settlement_bench.bench_ledger(live, args.entries, sys.stdout)
-                    )
-                return asyncio.run(settlement_bench.bench_settlement(live, args, sys.stdout))
+        if args.command == "ledger" or (
+            args.command == "bench" and args.bench_command in ("settlement", "ledger")
+        ):
+            return _settlement_task(args, settings)
         if args.command == "admin" and args.admin_command == "bootstrap":
             with runtime.servers(settings) as live:
                 token = asyncio.run(runtime.prepare(live, bootstrap="always"))
@@ -206,6 +196,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+def _settlement_task(args: argparse.Namespace, settings: Settings) -> int:
+    """``ledger verify|export|verify-receipt`` and ``bench settlement|ledger``; verifying a
+    receipt or an export needs no server, the rest runs on the configured servers, those of a
+    running `dataex up`, or embedded ones started for the command."""
+    from exchange import runtime
+    from settlement import bench as settlement_bench
+    from settlement import cli as ledger_cli
+
+    if args.command == "ledger" and args.ledger_command == "verify-receipt":
+        return ledger_cli.verify_receipt_file(Path(args.file), args.jwks, sys.stdout)
+    if args.command == "ledger" and args.ledger_command == "verify" and args.export_file:
+        return ledger_cli.verify_export(Path(args.export_file), sys.stdout)
+    with runtime.servers(settings) as live:
+        assert live.database_url
+        if args.command == "ledger" and args.ledger_command == "export":
+            return asyncio.run(ledger_cli.export(live.database_url, Path(args.file), sys.stdout))
+        if args.command == "ledger":
+            return asyncio.run(ledger_cli.verify_database(live.database_url, sys.stdout))
+        if args.bench_command == "ledger":
+            return asyncio.run(settlement_bench.bench_ledger(live, args.entries, sys.stdout))
+        return asyncio.run(settlement_bench.bench_settlement(live, args, sys.stdout))
+
+
 def _offline(args: argparse.Namespace) -> int | None:
     """Commands that need no settings and no server."""
     from contracts.policy import cli as policy_cli
@@ -216,14 +229,11 @@ def _offline(args: argparse.Namespace) -> int | None:
         return policy_cli.check_command(args.file, sys.stdout, sys.stderr)
     if args.command == "bench" and args.bench_command == "policy":
         return policy_cli.bench_command(args.seconds, sys.stdout)
-    if args.command == "ledger" and args.ledger_command == "verify-receipt":
-        from settlement.cli import verify_receipt_file
-
-        return verify_receipt_file(Path(args.file), args.jwks, sys.stdout)
-    if args.command == "ledger" and args.ledger_command == "verify" and args.export_file:
-        from settlement.cli import verify_export
-
-        return verify_export(Path(args.export_file), sys.stdout)
+    if args.command == "ledger" and (
+        args.ledger_command == "verify-receipt"
+        or (args.ledger_command == "verify" and args.export_file)
+    ):
+        return _settlement_task(args, Settings())
     if args.command == "bench" and args.bench_command == "orders":
         from contracts.orders.bench import bench_orders
 

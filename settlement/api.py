@@ -111,7 +111,7 @@ class TradeController(Controller):
     ) -> TradePage:
         """Trades the caller's organisation bought or sold, newest first."""
         after = decode_cursor(cursor, (datetime, uuid.UUID)) if cursor else None
-        items = await settlement.list_for(principal, trade_state, after, check_limit(limit))  # type: ignore[arg-type]
+        items = await settlement.list_for(principal, trade_state, after, check_limit(limit))
         next_cursor = (
             encode_cursor(items[-1].executed_at, items[-1].trade_id)
             if len(items) == limit

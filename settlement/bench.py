@@ -140,8 +140,8 @@ async def seed_trades(
         buyer = buyers[i % len(buyers)]
         order_id, trade_id = uuid.uuid4(), uuid.uuid4()
         digest = "sha256:" + hashlib.sha256(trade_id.bytes).hexdigest()
-        orders.append((order_id, buyer[0], seller[0], product, 1, "auto", marker,
-                       "executed", False, False, 0, PRICE, FEE, decision, now, now, now))  # fmt: skip
+        orders.append((order_id, buyer[0], seller[0], product, 1, "auto", marker, "executed",
+                       False, False, 0, PRICE, FEE, decision, now, now, now))  # fmt: skip
         contracts.append((trade_id, order_id, "data-provision", marker, digest, "基准",
                           "executed", now, now, now))  # fmt: skip
         events.append(
@@ -275,12 +275,13 @@ async def bench_settlement(live: Settings, args: Any, out: IO[str]) -> int:
                 finished = await _await_settled(conn, already + args.trades, 900)
             finally:
                 _stop(children)
-            first, last = await conn.fetchrow(
+            span_row = await conn.fetchrow(
                 "SELECT min(updated_at), max(updated_at) FROM settlement_trades"
                 " WHERE trade_id = ANY($1::uuid[])",
                 [uuid.UUID(e.trade_id) for e in events],
             )
-            span = max((last - first).total_seconds(), 1e-6)
+            assert span_row is not None
+            span = max((span_row[1] - span_row[0]).total_seconds(), 1e-6)
             results.append((workers, args.trades / span, finished - started))
             out.write(f"[{workers} worker(s)] {args.trades / span:,.0f} settled/s"
                       f" (first to last settled, {span:.1f}s); {finished - started:.1f}s"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,7 +56,7 @@ async def _entries(conn: Any) -> Any:
         after = rows[-1]["seq"]
 
 
-BOOK_CHECKS = (
+BOOK_CHECKS: tuple[tuple[str, Callable[[Any], str]], ...] = (
     (
         "SELECT a.id, a.kind, a.org_id, a.balance, coalesce(s.total, 0) AS total FROM accounts a"
         " LEFT JOIN (SELECT account_id, sum(amount_fen) AS total FROM postings GROUP BY 1) s"

@@ -190,7 +190,7 @@ class SettlementService:
             await accounts.lock(list(movements.values()))
             made, short = accounts.plan(list(movements.values()))
             await accounts.write(made, now, request_id)
-            reasons = {s.movement.trade_id: s.reason for s in short}
+            reasons = {s.movement.trade_id: s.reason for s in short if s.movement.trade_id}
             states = ["failed" if t in reasons else "reserved" for t in new]
             await conn.execute(
                 "UPDATE settlement_trades s SET state = x.state, reason = x.reason"
@@ -485,6 +485,8 @@ class SettlementService:
 
     async def _view(self, conn: Executor, principal: Principal, trade_id: uuid.UUID) -> TradeView:
         row = await conn.fetchrow("SELECT * FROM settlement_trades WHERE trade_id = $1", trade_id)
+        if row is None:
+            raise NotFound(f"no trade {trade_id}")
         postings = await conn.fetch(
             "SELECT m.id, m.kind AS step, m.created_at, p.amount_fen, a.org_id, a.kind"
             " FROM movements m JOIN postings p ON p.movement_id = m.id"

@@ -9,6 +9,7 @@ import asyncpg
 import msgspec
 import pytest
 
+from contracts.orders.fees import FeeRule, fee_fen
 from settlement.events import TradeSettlementEvent
 from tests.helpers import bearer, issue_token, make_uscc, register_org
 from tests.settlement_kit import auto_accept_product, buy, deposit, worker
@@ -269,3 +270,47 @@ async def test_trades_are_for_the_parties_only(client, trade, admin_token, setti
     assert (await client.get("/v1/accounts/me", headers=bearer(outsider))).json()[
         "available_fen"
     ] == 0
+
+
+async def test_the_fee_schedule_is_fixed_into_each_contract(client, trade, admin_token, clock):
+    product_id = await auto_accept_product(client, trade)
+    rules = (await client.get("/v1/fee-schedules")).json()
+    assert rules == [{"bps": 100, "min_fen": 100, "scope": "built-in", "effective_from": None}]
+    before = await buy(client, trade, product_id)  # 1 % of 1,000,000
+    default = await client.post("/v1/fee-schedules", json={"bps": 250, "min_fen": 50_000},
+                                headers=bearer(admin_token))  # fmt: skip
+    assert default.status_code == 201, default.text
+    plan_rule = await client.post(
+        "/v1/fee-schedules",
+        json={"bps": 5, "min_fen": 1_000, "product_id": product_id, "plan_id": "std"},
+        headers=bearer(admin_token),
+    )
+    assert plan_rule.json()["scope"] == f"{product_id}/std"
+    later = (clock.now() + timedelta(days=1)).isoformat()
+    await client.post("/v1/fee-schedules", json={"bps": 1, "min_fen": 0, "effective_from": later,
+                                                 "product_id": product_id, "plan_id": "std"},
+                      headers=bearer(admin_token))  # fmt: skip
+    after = await buy(client, trade, product_id)  # 5 bps of 1,000,000 = 500, minimum 1,000
+
+    async def fee_of(contract_id):
+        contract = await client.get(f"/v1/contracts/{contract_id}", headers=bearer(trade["buyer"]))
+        return contract.json()["document"]["fees"]["fee_fen"]
+
+    assert (await fee_of(before), await fee_of(after)) == (10_000, 1_000)
+    scopes = [r["scope"] for r in (await client.get("/v1/fee-schedules")).json()]
+    assert scopes == [f"{product_id}/std", "default", f"{product_id}/std"]
+    half = await client.post("/v1/fee-schedules", json={"bps": 5, "min_fen": 0, "plan_id": "std"},
+                             headers=bearer(admin_token))  # fmt: skip
+    assert half.status_code == 422 and half.json()["errors"][0]["path"] == "product_id"
+    seller = await client.post("/v1/fee-schedules", json={"bps": 0, "min_fen": 0},
+                               headers=bearer(trade["seller"]))  # fmt: skip
+    assert seller.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("price", "bps", "minimum", "fee"),
+    [(0, 100, 100, 0), (1, 100, 0, 0), (50, 100, 0, 1), (149, 100, 0, 1), (150, 100, 0, 2),
+     (1_000_000, 100, 100, 10_000), (1_000, 100, 100, 100), (10**12, 10_000, 0, 10**12)],
+)  # fmt: skip
+def test_fee_rounding_is_half_up_with_a_minimum(price, bps, minimum, fee):
+    assert fee_fen(price, FeeRule(bps, minimum, "test")) == fee

@@ -63,8 +63,8 @@ class Settlement(RuleBasedStateMachine):
             self.events = await seed_trades(conn, TRADES, seller, buyers, product)
         self.seller = seller[0]
         self.buyers = [b[0] for b in buyers]
-        self.available = {org: 0 for org in [self.seller, *self.buyers]}
-        self.escrow = {org: 0 for org in self.buyers}
+        self.available = dict.fromkeys([self.seller, *self.buyers], 0)
+        self.escrow = dict.fromkeys(self.buyers, 0)
         self.fees = 0
         self.clearing = 0
         self.state: dict[str, str] = {}
@@ -80,7 +80,7 @@ class Settlement(RuleBasedStateMachine):
     @initialize(funds=st.lists(st.integers(0, 4), min_size=2, max_size=2))
     def opening_deposits(self, funds):
         """Each buyer starts with enough for 0-4 trades, so trades settle as well as fail."""
-        for n, (org, trades) in enumerate(zip(self.buyers, funds, strict=True)):
+        for n, trades in enumerate(funds):
             if trades:
                 self.move(n, trades * TOTAL, f"open-{n}", "deposit")
 

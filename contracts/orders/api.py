@@ -18,14 +18,15 @@ from contracts.agreements.signatures import (
     list_keys,
     register_key,
 )
-from contracts.orders import idempotency
+from contracts.orders import fees, idempotency
+from contracts.orders.fees import FeeRule
 from contracts.orders.schemas import CancelRequest, Order, OrderCreate, OrderPage
 from contracts.orders.service import OrderService
 from exchange.audit import Actor, record
-from exchange.platform.auth import Principal, requires
+from exchange.platform.auth import PUBLIC, Principal, requires
 from exchange.platform.context import Platform
 from exchange.platform.db import Connection
-from exchange.platform.errors import FieldError, InvalidInput
+from exchange.platform.errors import FieldError, InvalidInput, NotFound
 from exchange.platform.paging import DEFAULT_PAGE, check_limit, decode_cursor, encode_cursor
 
 Orders = NamedDependency[OrderService]
@@ -249,3 +250,40 @@ class OfferController(Controller):
         return await orders.make_standing_offer(
             actor, principal, product_id, data.plan_id, data.jws
         )
+
+
+class FeeScheduleController(Controller):
+    path = "/v1/fee-schedules"
+    tags = ["fees"]
+
+    @get("/", operation_id="listFeeSchedules", opt=PUBLIC)
+    async def list_rules(self, platform: PlatformDep) -> list[FeeRule]:
+        """The fee rules in effect (the default and each plan's own) and any scheduled later.
+        Fee = price * bps / 10,000 rounded half up to the fen, at least min_fen; free trades pay
+        none. The rule in effect when an order is placed is fixed in its contract."""
+        async with platform.pool.acquire() as conn:
+            return await fees.rules(conn, platform.clock.now())
+
+    @post("/", operation_id="addFeeSchedule", opt=requires("admin"))
+    async def add(
+        self, data: JSONBody[fees.FeeScheduleIn], platform: PlatformDep, actor: ActorDep
+    ) -> FeeRule:
+        """Add a rule (never changes an earlier one); with product_id and plan_id it applies to
+        that plan only, without both it is the default."""
+        if (data.product_id is None) != (data.plan_id is None):
+            raise InvalidInput(
+                "give both product_id and plan_id for a plan's rule, or neither for the default",
+                errors=[FieldError(path="plan_id" if data.plan_id is None else "product_id",
+                                   message="needed together", source="body")],
+            )  # fmt: skip
+        now = platform.clock.now()
+        async with platform.pool.acquire() as conn, conn.transaction():
+            if data.product_id is not None and not await conn.fetchval(
+                "SELECT 1 FROM products WHERE id = $1", data.product_id
+            ):
+                raise NotFound(f"no product {data.product_id}")
+            rule = await fees.add_rule(conn, data, now, actor.label)
+            await record(conn, actor, at=now, action="fees.rule_added",
+                         subject_type="fee_schedule", subject_id=rule.scope,
+                         detail=msgspec.to_builtins(rule))  # fmt: skip
+        return rule

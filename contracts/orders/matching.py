@@ -7,10 +7,6 @@ import uuid
 from contracts.orders.schemas import OrderCreate, TermMismatch
 from exchange.listings.schemas import Plan, ProductMetadata
 
-# Fees: basis points of the price with a minimum, rounded half up to whole fen.
-FEE_BPS = 100
-FEE_MIN_FEN = 100
-
 
 def match(
     order: OrderCreate,
@@ -47,10 +43,3 @@ def match(
 
 def price_fen(plan: Plan, quantity: int) -> int:
     return 0 if plan.free else plan.price_fen * quantity
-
-
-def fee_fen(price: int) -> int:
-    """FEE_BPS of the price, at least FEE_MIN_FEN (nothing on a free trade), half up."""
-    if price == 0:
-        return 0
-    return max(FEE_MIN_FEN, (price * FEE_BPS + 5_000) // 10_000)

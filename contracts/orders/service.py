@@ -16,7 +16,8 @@ import msgspec
 from contracts.agreements.signatures import custodial_key, verify_detached
 from contracts.agreements.templates import render_text, templates
 from contracts.orders.events import OrderEventData, TradeExecutedData, TradeParty
-from contracts.orders.matching import fee_fen, match, price_fen
+from contracts.orders.fees import fee_fen, rule_for
+from contracts.orders.matching import match, price_fen
 from contracts.orders.schemas import Order, OrderCreate
 from contracts.outbox import enqueue
 from contracts.policy.attributes import EvaluationDocument, Exporter
@@ -241,6 +242,7 @@ class OrderService:
                 else "awaiting_signatures"
             )  # fmt: skip
             price = price_fen(plan, data.quantity)
+            fee = fee_fen(price, await rule_for(conn, product["id"], plan.id, now)) if price else 0
             pi = metadata.classification.personal_info
             await conn.execute(
                 """
@@ -253,7 +255,7 @@ class OrderService:
                 product["live_revision"], plan.id, msgspec.to_builtins(data), state,
                 decision.cross_border is not None and decision.cross_border.route != "none",
                 pi.present and pi.sensitive and pi.state != "anonymised",
-                data.pi_subject_count, price, fee_fen(price),
+                data.pi_subject_count, price, fee,
                 {"policy": msgspec.to_builtins(decision), "cleared": cleared}, now,
             )  # fmt: skip
             await record(
