@@ -41,7 +41,8 @@ class ExportTreeHead(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tree_head: str
 
 
-async def _entries(conn: Any) -> Any:
+async def _chunks(conn: Any) -> Any:
+    """(seq, entry, leaf hash) rows in order, a chunk at a time."""
     after = -1
     while True:
         rows = await conn.fetch(
@@ -51,9 +52,8 @@ async def _entries(conn: Any) -> Any:
         )
         if not rows:
             return
-        for row in rows:
-            yield row["seq"], bytes(row["entry"]), bytes(row["leaf_hash"])
-        after = rows[-1]["seq"]
+        yield [(row[0], bytes(row[1]), bytes(row[2])) for row in rows]
+        after = rows[-1][0]
 
 
 BOOK_CHECKS: tuple[tuple[str, Callable[[Any], str]], ...] = (
@@ -80,8 +80,8 @@ async def verify_database(database_url: str, out: IO[str]) -> int:
     try:
         verifier = Verifier()
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            async for seq, body, leaf in _entries(conn):
-                verifier.entry(seq, body, leaf)
+            async for rows in _chunks(conn):
+                verifier.feed(rows)
             keys = {"keys": [r["public_jwk"] for r in await conn.fetch(
                 "SELECT public_jwk FROM signing_keys")]}  # fmt: skip
             heads = await conn.fetch(
@@ -120,6 +120,7 @@ def verify_export(path: Path, out: IO[str]) -> int:
     verifier = Verifier()
     heads: list[tuple[int, bytes | None, str]] = []
     entry_decoder = msgspec.json.Decoder(ExportEntry)
+    batch: list[tuple[int, bytes, bytes | None]] = []
     for number, line in enumerate(lines, start=2):
         if line.startswith(b'{"seq"'):
             try:
@@ -127,7 +128,10 @@ def verify_export(path: Path, out: IO[str]) -> int:
             except (msgspec.DecodeError, msgspec.ValidationError) as error:
                 verifier.problems.append(Problem(None, f"line {number}: {error}"))
                 continue
-            verifier.entry(item.seq, bytes(item.entry), None)
+            batch.append((item.seq, bytes(item.entry), None))
+            if len(batch) == CHUNK:
+                verifier.feed(batch)
+                batch = []
         else:
             try:
                 head = msgspec.json.decode(line, type=ExportTreeHead)
@@ -136,6 +140,7 @@ def verify_export(path: Path, out: IO[str]) -> int:
                 continue
             claims = json.loads(b64url_decode(head.tree_head.split(".")[1]))
             heads.append((int(claims.get("tree_size", 0)), None, head.tree_head))
+    verifier.feed(batch)
     checked = verifier.tree_heads(sorted(heads, key=lambda h: h[0]), header.jwks)
     return _report(verifier, checked, time.perf_counter() - started, out, books=False)
 
@@ -163,9 +168,10 @@ async def export(database_url: str, path: Path, out: IO[str]) -> int:
                 "SELECT public_jwk FROM signing_keys ORDER BY created_at DESC, kid")]}  # fmt: skip
             with path.open("wb") as handle:
                 handle.write(msgspec.json.encode(ExportHeader(EXPORT_TYPE, keys)) + b"\n")
-                async for seq, body, _leaf in _entries(conn):
-                    handle.write(b'{"seq":%d,"entry":%b}\n' % (seq, body))
-                    count += 1
+                async for rows in _chunks(conn):
+                    handle.writelines(b'{"seq":%d,"entry":%b}\n' % (seq, body)
+                                      for seq, body, _leaf in rows)  # fmt: skip
+                    count += len(rows)
                 for head in await conn.fetch(
                     "SELECT jws FROM ledger_tree_heads ORDER BY tree_size"
                 ):

@@ -53,6 +53,26 @@ class MerkleTree:
             levels[level + 1].append(node_hash(row[-2], row[-1]))
             level += 1
 
+    def extend(self, leaves: Sequence[bytes]) -> None:
+        """`append` for many leaves: each level's new nodes in one pass."""
+        if not leaves:
+            return
+        levels = self.levels
+        levels[0].extend(leaves)
+        level = 0
+        while len(levels[level]) >= 2:
+            row = levels[level]
+            if level + 1 == len(levels):
+                levels.append([])
+            parents = levels[level + 1]
+            start = 2 * len(parents)
+            sha256 = hashlib.sha256
+            parents.extend(
+                sha256(b"\x01" + row[i] + row[i + 1]).digest()
+                for i in range(start, len(row) - 1, 2)
+            )
+            level += 1
+
     def subtree(self, start: int, end: int) -> bytes:
         """MTH(D[start:end]) for the ranges the RFC recursion produces (start aligned)."""
         n = end - start

@@ -111,3 +111,16 @@ def test_proofs_for_random_trees(entries, data):
     assert verify_consistency(
         first, size, tree.root(first), tree.root(size), tree.consistency_proof(first, size)
     )
+
+
+@given(st.lists(st.integers(0, 9), max_size=12))
+def test_extending_in_chunks_equals_appending_one_by_one(chunks):
+    one_by_one, chunked = MerkleTree(), MerkleTree()
+    counter = 0
+    for size in chunks:
+        batch = leaves(counter + size)[counter:]
+        counter += size
+        for leaf in batch:
+            one_by_one.append(leaf)
+        chunked.extend(batch)
+        assert chunked.levels == one_by_one.levels
