@@ -44,6 +44,10 @@ class InsufficientFunds(DataexError):
     title = "Not enough money in the account"
 
 
+class ConcurrentSettlement(RuntimeError):
+    """Another worker settled a trade of this batch at the same moment: retry the batch."""
+
+
 @dataclass
 class BatchResult:
     reserved: int = 0
@@ -133,8 +137,10 @@ class SettlementService:
                 row["id"]: row
                 for row in await conn.fetch(
                     "SELECT c.id, c.digest, c.state, o.id AS order_id, o.price_fen, o.fee_fen,"
-                    " o.buyer_org_id, o.seller_org_id FROM trade_contracts c"
-                    " JOIN orders o ON o.id = c.order_id WHERE c.id = ANY($1::uuid[])",
+                    " o.buyer_org_id, o.seller_org_id, s.trade_id IS NOT NULL AS known"
+                    " FROM trade_contracts c JOIN orders o ON o.id = c.order_id"
+                    " LEFT JOIN settlement_trades s ON s.trade_id = c.id"
+                    " WHERE c.id = ANY($1::uuid[])",
                     list(unique),
                 )
             }
@@ -148,35 +154,9 @@ class SettlementService:
             if not valid:
                 return result
             ids = list(valid)
-            inserted = await conn.fetch(
-                "INSERT INTO settlement_trades (trade_id, order_id, buyer_org_id, seller_org_id,"
-                " buyer_uscc, seller_uscc, contract_digest, product_code, price_fen, fee_fen,"
-                " state, executed_at, acceptance_due, updated_at)"
-                " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[],"
-                " $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[],"
-                " $11::text[], $12::timestamptz[], $13::timestamptz[], $14::timestamptz[])"
-                " ON CONFLICT (trade_id) DO NOTHING RETURNING trade_id",
-                ids,
-                [uuid.UUID(valid[t].order_id) for t in ids],
-                [uuid.UUID(valid[t].buyer.org_id) for t in ids],
-                [uuid.UUID(valid[t].seller.org_id) for t in ids],
-                [valid[t].buyer.uscc for t in ids],
-                [valid[t].seller.uscc for t in ids],
-                [valid[t].contract_digest for t in ids],
-                [valid[t].product_code for t in ids],
-                [valid[t].price_fen for t in ids],
-                [valid[t].fee_fen for t in ids],
-                ["pending"] * len(ids),
-                [datetime.fromisoformat(valid[t].executed_at) for t in ids],
-                [
-                    datetime.fromisoformat(valid[t].executed_at)
-                    + timedelta(days=valid[t].acceptance_days)
-                    for t in ids
-                ],
-                [now] * len(ids),
-            )
-            new = [row["trade_id"] for row in inserted]
-            result.duplicates += len(valid) - len(new)
+            known = {t for t in ids if contracts[t]["known"]}
+            new = [t for t in ids if t not in known]
+            result.duplicates += len(known)
             if not new:
                 return result
             movements = {
@@ -189,15 +169,43 @@ class SettlementService:
             accounts = book.Book(conn)
             await accounts.lock(list(movements.values()))
             made, short = accounts.plan(list(movements.values()))
+            # Deterministic movement ids: a worker settling the same trade at the same moment
+            # collides here on the primary key, and its batch is retried (then a duplicate).
             await accounts.write(made, now, request_id)
             reasons = {s.movement.trade_id: s.reason for s in short if s.movement.trade_id}
-            states = ["failed" if t in reasons else "reserved" for t in new]
-            await conn.execute(
-                "UPDATE settlement_trades s SET state = x.state, reason = x.reason"
-                " FROM unnest($1::uuid[], $2::text[], $3::text[]) AS x(id, state, reason)"
-                " WHERE s.trade_id = x.id",
-                new, states, [reasons.get(t) for t in new],
-            )  # fmt: skip
+            inserted = await conn.fetchval(
+                "WITH i AS (INSERT INTO settlement_trades (trade_id, order_id, buyer_org_id,"
+                " seller_org_id, buyer_uscc, seller_uscc, contract_digest, product_code,"
+                " price_fen, fee_fen, state, reason, executed_at, acceptance_due, updated_at)"
+                " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[],"
+                " $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[],"
+                " $11::text[], $12::text[], $13::timestamptz[], $14::timestamptz[],"
+                " $15::timestamptz[]) ON CONFLICT (trade_id) DO NOTHING RETURNING 1)"
+                " SELECT count(*) FROM i",
+                new,
+                [uuid.UUID(valid[t].order_id) for t in new],
+                [uuid.UUID(valid[t].buyer.org_id) for t in new],
+                [uuid.UUID(valid[t].seller.org_id) for t in new],
+                [valid[t].buyer.uscc for t in new],
+                [valid[t].seller.uscc for t in new],
+                [valid[t].contract_digest for t in new],
+                [valid[t].product_code for t in new],
+                [valid[t].price_fen for t in new],
+                [valid[t].fee_fen for t in new],
+                ["failed" if t in reasons else "reserved" for t in new],
+                [reasons.get(t) for t in new],
+                [datetime.fromisoformat(valid[t].executed_at) for t in new],
+                [
+                    datetime.fromisoformat(valid[t].executed_at)
+                    + timedelta(days=valid[t].acceptance_days)
+                    for t in new
+                ],
+                [now] * len(new),
+            )
+            if inserted != len(new):
+                raise ConcurrentSettlement(
+                    f"{len(new) - inserted} trade(s) of this batch were settled concurrently"
+                )
             drafts = [
                 _draft(valid[t], "failed" if t in reasons else "reserved",
                        movements[t].id if t in movements and t not in reasons else None)

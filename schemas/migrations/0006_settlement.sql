@@ -22,7 +22,7 @@ CREATE TABLE movements (
     kind         text NOT NULL CHECK (kind IN ('deposit', 'withdrawal', 'reserve', 'post', 'void')),
     trade_id     uuid,
     external_ref text,
-    org_id       uuid REFERENCES organisations (id),
+    org_id       uuid,                      -- whose step (postings name the accounts)
     amount_fen   bigint NOT NULL CHECK (amount_fen > 0),
     request_id   text,
     created_at   timestamptz NOT NULL,
@@ -42,8 +42,7 @@ CREATE TABLE postings (
 CREATE INDEX postings_account ON postings (account_id);
 
 -- Zero-sum, enforced by the database at commit: a movement's postings sum to zero, there are
--- at least two, and the credits equal the movement's amount. Checked for every movement and
--- every posting inserted, so postings added to an old movement are refused as well.
+-- at least two, and the credits equal the movement's amount (a deferred check per movement).
 CREATE FUNCTION check_movement_balanced(movement uuid) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     total numeric;
@@ -70,16 +69,34 @@ BEGIN
     RETURN NULL;
 END
 $$;
-CREATE FUNCTION posting_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Postings added later to a movement, or a statement leaving one unbalanced, are refused at
+-- once: one set-based check per INSERT statement over the movements it touched.
+CREATE FUNCTION postings_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    bad record;
 BEGIN
-    PERFORM check_movement_balanced(NEW.movement_id);
+    SELECT m.id, s.n, s.total, s.credits, m.amount_fen INTO bad
+      FROM movements m
+      JOIN (SELECT DISTINCT movement_id FROM new_postings) t ON t.movement_id = m.id
+      CROSS JOIN LATERAL (
+          SELECT count(*) AS n, sum(p.amount_fen) AS total,
+                 coalesce(sum(p.amount_fen) FILTER (WHERE p.amount_fen > 0), 0) AS credits
+            FROM postings p WHERE p.movement_id = m.id) s
+     WHERE s.n < 2 OR s.total <> 0 OR s.credits <> m.amount_fen
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'movement % does not balance: % postings, sum % fen, credits % of % fen',
+            bad.id, bad.n, bad.total, bad.credits, bad.amount_fen
+            USING ERRCODE = 'check_violation';
+    END IF;
     RETURN NULL;
 END
 $$;
 CREATE CONSTRAINT TRIGGER movements_balanced AFTER INSERT ON movements
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION movement_balanced();
-CREATE CONSTRAINT TRIGGER postings_balanced AFTER INSERT ON postings
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION posting_balanced();
+CREATE TRIGGER postings_balanced AFTER INSERT ON postings
+    REFERENCING NEW TABLE AS new_postings
+    FOR EACH STATEMENT EXECUTE FUNCTION postings_balanced();
 
 CREATE TRIGGER movements_append_only BEFORE UPDATE OR DELETE ON movements
     FOR EACH ROW EXECUTE FUNCTION refuse_change();
@@ -90,12 +107,13 @@ CREATE TRIGGER postings_append_only BEFORE UPDATE OR DELETE ON postings
 CREATE TRIGGER postings_no_truncate BEFORE TRUNCATE ON postings
     FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
 
--- The settlement state of each executed trade (trade id = contract id).
+-- The settlement state of each executed trade (trade id = contract id). The order and parties
+-- are copied from the contract, which the worker checks them against in the same transaction.
 CREATE TABLE settlement_trades (
     trade_id        uuid PRIMARY KEY REFERENCES trade_contracts (id),
-    order_id        uuid NOT NULL REFERENCES orders (id),
-    buyer_org_id    uuid NOT NULL REFERENCES organisations (id),
-    seller_org_id   uuid NOT NULL REFERENCES organisations (id),
+    order_id        uuid NOT NULL,
+    buyer_org_id    uuid NOT NULL,
+    seller_org_id   uuid NOT NULL,
     buyer_uscc      text,
     seller_uscc     text,
     contract_digest text NOT NULL,
