@@ -52,6 +52,12 @@ async def test_executed_trade_is_reserved_then_accepted_and_posted(
     assert await balances(client, trade["seller"]) == (PRICE, 0)
     again = await client.post(f"/v1/trades/{trade_id}/accept", headers=bearer(trade["buyer"]))
     assert again.status_code == 409
+    settled = await pool.fetch(
+        "SELECT payload FROM outbox WHERE subject = $1", settings.subject("trade", "settled")
+    )
+    assert len(settled) == 1
+    event = msgspec.json.decode(settled[0]["payload"], type=TradeSettlementEvent)
+    assert event.data.trade_id == trade_id and event.data.price_fen == PRICE
     receipt = await client.get(f"/v1/trades/{trade_id}/receipt", headers=bearer(trade["seller"]))
     assert receipt.status_code == 200, receipt.text
 
@@ -155,6 +161,8 @@ async def test_staff_resolve_an_objection(
         assert buyer_money == (PRICE + FEE, 0) and seller_money == (0, 0)
     else:
         assert buyer_money == (0, 0) and seller_money == (PRICE, 0)
+    subjects = [r["subject"] for r in await pool.fetch("SELECT subject FROM outbox")]
+    assert subjects.count(settings.subject("trade", state)) == 1
     again = await client.post(f"/v1/trades/{trade_id}/objection/resolution",
                               json={"outcome": outcome, "note": "again"},
                               headers=bearer(trade["bob"]))  # fmt: skip
