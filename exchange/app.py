@@ -21,6 +21,7 @@ from contracts.orders.api import (
 )
 from contracts.policy.api import PolicyController
 from exchange.audit.api import AuditController
+from exchange.catalog.api import CatalogController
 from exchange.health import HealthController
 from exchange.identity.api import OrganisationController, TokenController
 from exchange.listings.api import CertificateController, ProductController, WellKnownController
@@ -58,6 +59,7 @@ ROUTE_HANDLERS: list[Any] = [
     PolicyController,
     ProductController,
     CertificateController,
+    CatalogController,
     ReviewController,
     WellKnownController,
     OrderController,

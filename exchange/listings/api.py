@@ -11,6 +11,18 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from exchange.audit import Actor
+from exchange.catalog.api import (
+    DeliveryQ,
+    LevelQ,
+    PriceQ,
+    SearchParams,
+    SearchQ,
+    SectorQ,
+    SortQ,
+    TypeQ,
+    search_catalog,
+)
+from exchange.catalog.service import CatalogPage
 from exchange.listings.schemas import (
     Certificate,
     CertificateStatus,
@@ -24,7 +36,7 @@ from exchange.listings.service import ListingService
 from exchange.platform.auth import PUBLIC, Principal, authenticate, requires
 from exchange.platform.context import Platform
 from exchange.platform.errors import Forbidden
-from exchange.platform.paging import DEFAULT_PAGE, check_limit, decode_cursor, encode_cursor
+from exchange.platform.paging import check_limit, decode_cursor, encode_cursor
 from exchange.platform.signing import jwks
 
 Listings = NamedDependency[ListingService]
@@ -62,25 +74,47 @@ class ProductController(Controller):
         self,
         request: Request[Any, Any, Any],
         listings: Listings,
+        platform: NamedDependency[Platform],
+        q: SearchQ = None,
+        sector: SectorQ = None,
+        product_type: TypeQ = None,
+        delivery: DeliveryQ = None,
+        data_level: LevelQ = None,
+        price_min_fen: PriceQ = None,
+        price_max_fen: PriceQ = None,
+        seller: Annotated[uuid.UUID | None, QueryParameter(description="seller org id")] = None,
+        recognised_from: Annotated[
+            str | None, QueryParameter(description="origin exchange code", max_length=8)
+        ] = None,
+        sort: SortQ = None,
+        facets: Annotated[bool, QueryParameter(description="facet counts")] = True,
         mine: Annotated[
             bool, QueryParameter(description="the caller's own products, drafts too")
         ] = False,
-        limit: Annotated[int, QueryParameter(ge=1, le=200)] = DEFAULT_PAGE,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 20,
         cursor: Annotated[str | None, QueryParameter()] = None,
-    ) -> ProductPage:
-        """Listed products, newest first (public). With ``mine=true`` and a seller token: the
-        caller's own products in every state."""
+    ) -> ProductPage | CatalogPage:
+        """Search the listed products (public; only public fields): keywords in Chinese or
+        English, filters, sort by relevance / newest / price, facet counts per sector and
+        product type, keyset pages (``next_cursor``). With ``mine=true`` and a seller token: the
+        caller's own products in every state (drafts too), newest first."""
+        if not mine:
+            return await search_catalog(
+                platform,
+                SearchParams(q=q, sector=sector, product_type=product_type, delivery=delivery,
+                             data_level=data_level, price_min_fen=price_min_fen,
+                             price_max_fen=price_max_fen, seller=seller,
+                             recognised_from=recognised_from, sort=sort, limit=limit,
+                             cursor=cursor, with_facets=facets),
+            )  # fmt: skip
         after = decode_cursor(cursor, (datetime, uuid.UUID)) if cursor else None
-        if mine:
-            principal = await authenticate(request)
-            if not principal.has("seller"):
-                raise Forbidden(
-                    "mine=true needs a token with the seller role",
-                    extensions={"required_roles": ["seller"]},
-                )
-            items = await listings.list_own(principal, after=after, limit=check_limit(limit))
-        else:
-            items = await listings.list_listed(after=after, limit=check_limit(limit))
+        principal = await authenticate(request)
+        if not principal.has("seller"):
+            raise Forbidden(
+                "mine=true needs a token with the seller role",
+                extensions={"required_roles": ["seller"]},
+            )
+        items = await listings.list_own(principal, after=after, limit=check_limit(limit))
         return _page(items, limit)
 
     @get("/{product_id:uuid}", operation_id="getProduct", opt=requires())

@@ -17,6 +17,7 @@ from contracts.policy.evaluator import evaluate
 from contracts.policy.schemas import Decision
 from contracts.policy.service import PolicyService
 from exchange.audit import Actor, record
+from exchange.catalog import service as catalog
 from exchange.identity import repository as identity_repo
 from exchange.listings.events import ListingEventData
 from exchange.listings.lifecycle import (
@@ -482,6 +483,7 @@ class ListingService:
             " product_code = $4, certificate = $5, updated_at = $6 WHERE id = $1",
             row["id"], state, number, code, jws, at,
         )  # fmt: skip
+        await catalog.sync(conn, row["id"], at)
         if state == "listed":
             await self._event(
                 conn,
@@ -620,6 +622,7 @@ class ListingService:
                 " WHERE id = $1",
                 product_id, state, reason if state == "suspended" else None, now,
             )  # fmt: skip
+            await catalog.sync(conn, product_id, now)
             if state == "delisted":
                 await self._close_subject(conn, product_id)
                 # A change still under review dies with the listing.

@@ -1,0 +1,1 @@
+"""The catalog: search over listed products and the published resource list (DCAT)."""

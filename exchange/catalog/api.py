@@ -1,0 +1,194 @@
+"""HTTP: catalog search (used by ``GET /v1/products``) and the published resource list."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Annotated, Any, ClassVar
+
+import msgspec
+from litestar import Controller, Request, Response, get
+from litestar.di import NamedDependency
+from litestar.params import QueryParameter
+
+from contracts.policy.attributes import DataLevel
+from exchange.catalog import dcat
+from exchange.catalog.service import (
+    CURSOR_TYPES,
+    CatalogItem,
+    CatalogPage,
+    Query,
+    Sort,
+    cursor_key,
+    facets,
+    search,
+)
+from exchange.catalog.tokens import tokens
+from exchange.listings.schemas import DeliveryMode, ProductMetadata, ProductType, Sector
+from exchange.platform.auth import PUBLIC
+from exchange.platform.context import Platform
+from exchange.platform.errors import DataexError, FieldError, InvalidInput
+from exchange.platform.paging import decode_cursor, encode_cursor
+
+
+class BadParameter(DataexError):
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "invalid_parameter"
+    title: ClassVar[str] = "A query parameter is not valid"
+
+
+def bad(name: str, message: str) -> BadParameter:
+    return BadParameter(
+        f"{name}: {message}", errors=[FieldError(path=name, message=message, source="query")]
+    )
+
+
+class SearchParams(msgspec.Struct, frozen=True, kw_only=True):
+    q: str | None = None
+    sector: Sequence[str] | None = None
+    product_type: Sequence[str] | None = None
+    delivery: Sequence[str] | None = None
+    data_level: Sequence[str] | None = None
+    price_min_fen: int | None = None
+    price_max_fen: int | None = None
+    seller: uuid.UUID | None = None
+    recognised_from: str | None = None
+    sort: Sort | None = None
+    limit: int = 20
+    cursor: str | None = None
+    with_facets: bool = True
+
+
+def build_query(params: SearchParams) -> Query:
+    """Validate the search parameters into a `Query`; each bad one is a 400 naming it."""
+    words: list[str] = []
+    if params.q is not None:
+        if not params.q.strip() or len(params.q) > 200:
+            raise bad("q", "give 1 to 200 characters")
+        words = tokens(params.q)
+        if not words:
+            raise bad("q", "no searchable word in it (letters, digits or Chinese characters)")
+        if len(words) > 32:
+            raise bad("q", "too many words (at most 32 search tokens)")
+    if (
+        params.price_min_fen is not None
+        and params.price_max_fen is not None
+        and params.price_min_fen > params.price_max_fen
+    ):
+        raise bad("price_min_fen", "must not be above price_max_fen")
+    sort: Sort = params.sort or ("relevance" if words else "newest")
+    if sort == "relevance" and not words:
+        raise bad("sort", "relevance needs a keyword (q)")
+    after = None
+    if params.cursor:
+        decoded = None
+        for issued in (sort, *(s for s in CURSOR_TYPES if s != sort)):
+            try:
+                decoded = decode_cursor(params.cursor, (str, *CURSOR_TYPES[issued]))
+                break
+            except InvalidInput:
+                continue
+        if decoded is None or decoded[0] not in CURSOR_TYPES:
+            raise bad("cursor", "not a cursor this API issued")
+        if decoded[0] != sort:
+            raise bad("cursor", f"issued for sort={decoded[0]}, not sort={sort}")
+        after = tuple(decoded[1:])
+    return Query(
+        q=words,
+        sector=list(params.sector or []),
+        product_type=list(params.product_type or []),
+        delivery=list(params.delivery or []),
+        data_level=list(params.data_level or []),
+        price_min=params.price_min_fen,
+        price_max=params.price_max_fen,
+        seller=params.seller,
+        recognised_from=params.recognised_from,
+        sort=sort,
+        after=after,
+        limit=params.limit,
+    )
+
+
+async def search_catalog(platform: Platform, params: SearchParams) -> CatalogPage:
+    query = build_query(params)
+    async with platform.pool.acquire() as conn:
+        rows = await search(conn, query)
+        counts = await facets(conn, query) if params.with_facets else None
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    next_cursor = (
+        encode_cursor(query.sort, *cursor_key(query.sort, rows[-1])) if more and rows else None
+    )
+    items = [CatalogItem(**{f: row[f] for f in CatalogItem.__struct_fields__}) for row in rows]
+    return CatalogPage(items=items, next_cursor=next_cursor, facets=counts, sort=query.sort)
+
+
+SearchQ = Annotated[
+    str | None,
+    QueryParameter(description="keywords, Chinese or English (name, summary, tags, field names)"),
+]
+SectorQ = Annotated[list[Sector] | None, QueryParameter(description="one or more sectors")]
+TypeQ = Annotated[list[ProductType] | None, QueryParameter(description="product types")]
+DeliveryQ = Annotated[list[DeliveryMode] | None, QueryParameter(description="delivery modes")]
+LevelQ = Annotated[list[DataLevel] | None, QueryParameter(description="data levels")]
+PriceQ = Annotated[int | None, QueryParameter(ge=0, le=10**13)]
+SortQ = Annotated[
+    Sort | None, QueryParameter(description="relevance (default with q), newest, price_asc/desc")
+]
+
+
+class CatalogController(Controller):
+    path = "/v1/catalog"
+    tags = ["catalog"]
+
+    @get("/", operation_id="getCatalog", opt=PUBLIC)
+    async def published(
+        self,
+        request: Request[Any, Any, Any],
+        platform: NamedDependency[Platform],
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        cursor: Annotated[str | None, QueryParameter()] = None,
+    ) -> Response[Any]:
+        """The resource list as DCAT-AP 3 JSON-LD (`application/ld+json`, the default) or
+        Turtle (`Accept: text/turtle`), newest first, paged: `hydra:view` / `hydra:next` give the
+        next page."""
+        after = None
+        if cursor:
+            try:
+                after = decode_cursor(cursor, (datetime, uuid.UUID))
+            except InvalidInput as error:
+                raise bad("cursor", "not a cursor this API issued") from error
+        document = await catalog_document(platform, str(request.base_url).rstrip("/"), after,
+                                          limit)  # fmt: skip
+        accept = request.headers.get("accept", "")
+        if "text/turtle" in accept:
+            return Response(content=dcat.to_turtle(document), media_type="text/turtle")
+        return Response(content=msgspec.json.encode(document), media_type="application/ld+json")
+
+
+async def catalog_document(
+    platform: Platform, base: str, after: tuple[Any, ...] | None, limit: int
+) -> dict[str, Any]:
+    """One page of the resource list (datasets newest first), with its `hydra:next` link."""
+    async with platform.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT c.*, r.metadata, o.uscc FROM catalog_entries c"
+            " JOIN product_revisions r ON r.product_id = c.product_id AND r.number = c.revision"
+            " JOIN organisations o ON o.id = c.seller_org_id"
+            " WHERE ($1::timestamptz IS NULL OR (c.listed_at, c.product_id) < ($1, $2::uuid))"
+            " ORDER BY c.listed_at DESC, c.product_id DESC LIMIT $3",
+            after[0] if after else None, after[1] if after else None, limit + 1,
+        )  # fmt: skip
+    more = len(rows) > limit
+    rows = rows[:limit]
+    datasets = [
+        dcat.dataset(base, row, msgspec.convert(row["metadata"], ProductMetadata), row["uscc"])
+        for row in rows
+    ]
+    next_url = None
+    if more:
+        token = encode_cursor(rows[-1]["listed_at"], rows[-1]["product_id"])
+        next_url = f"{base}/v1/catalog?limit={limit}&cursor={token}"
+    settings = platform.settings
+    return dcat.catalog(base, settings.exchange_name, settings.exchange_code, datasets, next_url)

@@ -1,0 +1,272 @@
+"""Catalog rows kept in step with listings, and the search over them.
+
+`sync` runs in the listing service's transaction whenever a product's state or live revision
+changes: a listed product gets (or updates) its row, any other state removes it. `search` is one
+SQL statement for the page and one for the facets; every filter is a parameter, and the page is
+cut by a keyset on the sort's columns (never OFFSET), so a page is stable while new products
+are listed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+from exchange.catalog.tokens import document_tokens, tokens
+from exchange.listings.schemas import ProductMetadata
+from exchange.platform.db import Connection, Executor
+
+Sort = Literal["relevance", "newest", "price_asc", "price_desc"]
+
+
+def entry_values(
+    metadata: ProductMetadata,
+) -> dict[str, Any]:
+    """The catalog columns a product's metadata gives (pure)."""
+    prices = [0 if plan.free else plan.price_fen for plan in metadata.plans]
+    texts = [metadata.name_zh, metadata.name_en or "", metadata.summary, *metadata.tags,
+             *(f.name for f in metadata.manual.fields)]  # fmt: skip
+    return {
+        "name_zh": metadata.name_zh,
+        "name_en": metadata.name_en,
+        "summary": metadata.summary,
+        "tags": list(metadata.tags),
+        "sector": metadata.sector,
+        "product_type": metadata.product_type,
+        "delivery": list(metadata.delivery),
+        "data_level": metadata.classification.data_level,
+        "price_min_fen": min(prices),
+        "price_max_fen": max(prices),
+        "tokens": document_tokens(texts),
+        "name_tokens": document_tokens([metadata.name_zh, metadata.name_en or ""]),
+    }
+
+
+async def sync(conn: Connection, product_id: uuid.UUID, at: datetime) -> None:
+    """Bring the product's catalog row in line with its state (call in its transaction)."""
+    row = await conn.fetchrow(
+        "SELECT p.state, p.product_code, p.live_revision, p.seller_org_id, o.name AS seller_name,"
+        " p.certificate, r.metadata FROM products p JOIN organisations o ON o.id = p.seller_org_id"
+        " LEFT JOIN product_revisions r ON r.product_id = p.id AND r.number = p.live_revision"
+        " WHERE p.id = $1",
+        product_id,
+    )
+    if row is None or row["state"] != "listed" or row["metadata"] is None:
+        await conn.execute("DELETE FROM catalog_entries WHERE product_id = $1", product_id)
+        return
+    values = entry_values(msgspec.convert(row["metadata"], ProductMetadata))
+    await conn.execute(
+        """
+        INSERT INTO catalog_entries (product_id, product_code, revision, seller_org_id,
+            seller_name, name_zh, name_en, summary, tags, sector, product_type, delivery,
+            data_level, price_min_fen, price_max_fen, listed_at, updated_at, tokens, name_tokens,
+            certificate)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16, $17,
+                $18, $19)
+        ON CONFLICT (product_id) DO UPDATE SET revision = excluded.revision,
+            certificate = excluded.certificate,
+            seller_name = excluded.seller_name, name_zh = excluded.name_zh,
+            name_en = excluded.name_en, summary = excluded.summary, tags = excluded.tags,
+            sector = excluded.sector, product_type = excluded.product_type,
+            delivery = excluded.delivery, data_level = excluded.data_level,
+            price_min_fen = excluded.price_min_fen, price_max_fen = excluded.price_max_fen,
+            updated_at = excluded.updated_at, tokens = excluded.tokens,
+            name_tokens = excluded.name_tokens
+        """,
+        product_id, row["product_code"], row["live_revision"], row["seller_org_id"],
+        row["seller_name"], values["name_zh"], values["name_en"], values["summary"],
+        values["tags"], values["sector"], values["product_type"], values["delivery"],
+        values["data_level"], values["price_min_fen"], values["price_max_fen"], at,
+        values["tokens"], values["name_tokens"], row["certificate"],
+    )  # fmt: skip
+
+
+class CatalogItem(msgspec.Struct, frozen=True):
+    """A listed product's public fields."""
+
+    product_id: uuid.UUID
+    product_code: str
+    name_zh: str
+    name_en: str | None
+    summary: str
+    tags: list[str]
+    sector: str
+    product_type: str
+    delivery: list[str]
+    data_level: str
+    price_min_fen: int
+    price_max_fen: int
+    seller_org_id: uuid.UUID
+    seller_name: str
+    recognised_from: str | None
+    listed_at: datetime
+    certificate: str
+
+
+class Facets(msgspec.Struct, frozen=True):
+    sector: dict[str, int]
+    product_type: dict[str, int]
+
+
+class CatalogPage(msgspec.Struct, frozen=True):
+    items: list[CatalogItem]
+    next_cursor: str | None
+    facets: Facets | None
+    sort: str
+
+
+@dataclass
+class Query:
+    """A validated search: see `exchange.catalog.api` for the parameters."""
+
+    q: list[str] = field(default_factory=list)  # tokens
+    sector: list[str] = field(default_factory=list)
+    product_type: list[str] = field(default_factory=list)
+    delivery: list[str] = field(default_factory=list)
+    data_level: list[str] = field(default_factory=list)
+    price_min: int | None = None
+    price_max: int | None = None
+    seller: uuid.UUID | None = None
+    recognised_from: str | None = None
+    sort: Sort = "newest"
+    after: tuple[Any, ...] | None = None
+    limit: int = 20
+
+
+_COLUMNS = (
+    "product_id, product_code, name_zh, name_en, summary, tags, sector, product_type, delivery,"
+    " data_level, price_min_fen, price_max_fen, seller_org_id, seller_name, recognised_from,"
+    " listed_at, certificate"
+)
+
+
+def _filters(query: Query, args: list[Any]) -> list[str]:
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    where = []
+    if query.q:
+        where.append(f"tokens @> {arg(query.q)}::text[]")
+    if query.sector:
+        where.append(f"sector = ANY({arg(query.sector)}::text[])")
+    if query.product_type:
+        where.append(f"product_type = ANY({arg(query.product_type)}::text[])")
+    if query.delivery:
+        where.append(f"delivery && {arg(query.delivery)}::text[]")
+    if query.data_level:
+        where.append(f"data_level = ANY({arg(query.data_level)}::text[])")
+    if query.price_min is not None:
+        where.append(f"price_min_fen >= {arg(query.price_min)}")
+    if query.price_max is not None:
+        where.append(f"price_min_fen <= {arg(query.price_max)}")
+    if query.seller is not None:
+        where.append(f"seller_org_id = {arg(query.seller)}")
+    if query.recognised_from is not None:
+        where.append(f"recognised_from = {arg(query.recognised_from)}")
+    return where
+
+
+# sort -> (rank expression or None, ORDER BY, keyset comparison, cursor types)
+def _order(query: Query, args: list[Any]) -> tuple[str, str, str | None]:
+    """The rank column, the ORDER BY and the keyset condition for the query's sort."""
+    if query.sort == "relevance":
+        args.append(query.q)
+        rank = f"(name_tokens @> ${len(args)}::text[])::int"
+        order = "rank DESC, listed_at DESC, product_id DESC"
+        keyset = None
+        if query.after is not None:
+            args.extend(query.after)
+            n = len(args)
+            keyset = f"({rank}, listed_at, product_id) < (${n - 2}, ${n - 1}, ${n})"
+        return rank, order, keyset
+    if query.sort == "newest":
+        keyset = None
+        if query.after is not None:
+            args.extend(query.after)
+            keyset = f"(listed_at, product_id) < (${len(args) - 1}, ${len(args)})"
+        return "0", "listed_at DESC, product_id DESC", keyset
+    direction = "ASC" if query.sort == "price_asc" else "DESC"
+    keyset = None
+    if query.after is not None:
+        args.extend(query.after)
+        op = ">" if direction == "ASC" else "<"
+        keyset = f"(price_min_fen, product_id) {op} (${len(args) - 1}, ${len(args)})"
+    return "0", f"price_min_fen {direction}, product_id {direction}", keyset
+
+
+def cursor_key(sort: Sort, row: Any) -> tuple[Any, ...]:
+    if sort == "relevance":
+        return (row["rank"], row["listed_at"], row["product_id"])
+    if sort == "newest":
+        return (row["listed_at"], row["product_id"])
+    return (row["price_min_fen"], row["product_id"])
+
+
+CURSOR_TYPES: dict[str, tuple[type, ...]] = {
+    "relevance": (int, datetime, uuid.UUID),
+    "newest": (datetime, uuid.UUID),
+    "price_asc": (int, uuid.UUID),
+    "price_desc": (int, uuid.UUID),
+}
+
+
+async def search(conn: Executor, query: Query) -> list[Any]:
+    """One page (limit + 1 rows, to know whether another follows) of the query."""
+    args: list[Any] = []
+    where = _filters(query, args)
+    rank, order, keyset = _order(query, args)
+    if keyset:
+        where.append(keyset)
+    args.append(query.limit + 1)
+    sql = (
+        f"SELECT {_COLUMNS}, {rank} AS rank FROM catalog_entries"
+        f" {'WHERE ' + ' AND '.join(where) if where else ''}"
+        f" ORDER BY {order} LIMIT ${len(args)}"
+    )
+    return list(await conn.fetch(sql, *args))
+
+
+async def facets(conn: Executor, query: Query) -> Facets:
+    """Counts per sector and product type under the query's keyword and filters."""
+    args: list[Any] = []
+    where = _filters(query, args)
+    only_cube = not (
+        query.q or query.delivery or query.data_level or query.price_min is not None
+        or query.price_max is not None or query.seller or query.recognised_from
+    )  # fmt: skip
+    if only_cube:  # sector / product type filters only: the kept counts answer exactly
+        rows = await conn.fetch(
+            "SELECT sector, product_type, n FROM catalog_counts WHERE n > 0"
+            " AND ($1::text[] IS NULL OR sector = ANY($1))"
+            " AND ($2::text[] IS NULL OR product_type = ANY($2))",
+            query.sector or None, query.product_type or None,
+        )  # fmt: skip
+        sectors: dict[str, int] = {}
+        types: dict[str, int] = {}
+        for row in rows:
+            sectors[row["sector"]] = sectors.get(row["sector"], 0) + row["n"]
+            types[row["product_type"]] = types.get(row["product_type"], 0) + row["n"]
+        return Facets(
+            sector=dict(sorted(sectors.items())), product_type=dict(sorted(types.items()))
+        )
+    rows = await conn.fetch(
+        "SELECT sector, product_type, count(*) AS n FROM catalog_entries"
+        f" {'WHERE ' + ' AND '.join(where) if where else ''}"
+        " GROUP BY GROUPING SETS ((sector), (product_type))",
+        *args,
+    )
+    return Facets(
+        sector=dict(sorted((r["sector"], r["n"]) for r in rows if r["sector"] is not None)),
+        product_type=dict(
+            sorted((r["product_type"], r["n"]) for r in rows if r["product_type"] is not None)
+        ),
+    )
+
+
+def query_tokens(text: str) -> list[str]:
+    return tokens(text)
