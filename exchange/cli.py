@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     bench_orders.add_argument("--duration", type=float, default=20.0)
     bench_orders.add_argument("--concurrency", type=int, default=16)
     _settlement_commands(commands, bench_commands)
+    _catalog_commands(commands, bench_commands)
     keys = commands.add_parser("keys", help="the exchange's signing keys")
     key_commands = keys.add_subparsers(dest="keys_command", metavar="TASK", required=True)
     key_commands.add_parser(
@@ -100,6 +101,29 @@ def _parser() -> argparse.ArgumentParser:
         " which is what makes it the operator's recovery path.",
     )
     return parser
+
+
+def _catalog_commands(commands: Any, bench_commands: Any) -> None:
+    seed = commands.add_parser(
+        "seed",
+        help="fill the database with realistic synthetic listed products (for benchmarks)",
+        description="Chinese and English names across every sector, written with COPY.",
+    )
+    seed.add_argument("--products", type=int, required=True)
+    catalog = commands.add_parser("catalog", help="the published resource list (DCAT)")
+    catalog_commands = catalog.add_subparsers(dest="catalog_command", metavar="TASK", required=True)
+    catalog_commands.add_parser(
+        "publish",
+        help="write a dated, signed DCAT-AP JSON-LD snapshot of the whole list under the state"
+        " folder and record it",
+    )
+    bench_catalog = bench_commands.add_parser(
+        "catalog",
+        help="search latency (p50/p95/p99) for a fixed query mix against a running exchange",
+    )
+    bench_catalog.add_argument("--url", default="http://127.0.0.1:8000")
+    bench_catalog.add_argument("--requests", type=int, default=2000)
+    bench_catalog.add_argument("--concurrency", type=int, default=4)
 
 
 def _settlement_commands(commands: Any, bench_commands: Any) -> None:
@@ -174,10 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "policy":
             with runtime.servers(settings) as live:
                 return asyncio.run(runtime.policy_task(live, args))
-        if args.command == "ledger" or (
-            args.command == "bench" and args.bench_command in ("settlement", "ledger")
+        if args.command in ("seed", "catalog", "ledger") or (
+            args.command == "bench" and args.bench_command in ("catalog", "settlement", "ledger")
         ):
-            return _settlement_task(args, settings)
+            return _server_task(args, settings)
         if args.command == "admin" and args.admin_command == "bootstrap":
             with runtime.servers(settings) as live:
                 token = asyncio.run(runtime.prepare(live, bootstrap="always"))
@@ -194,6 +218,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         raise
     return 2
+
+
+def _server_task(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command in ("seed", "catalog") or getattr(args, "bench_command", None) == "catalog":
+        return _catalog_task(args, settings)
+    return _settlement_task(args, settings)
+
+
+def _catalog_task(args: argparse.Namespace, settings: Settings) -> int:
+    from exchange import runtime
+    from exchange.catalog import bench as catalog_bench
+    from exchange.catalog import publish, seed
+
+    with runtime.servers(settings) as live:
+        if args.command == "seed":
+            asyncio.run(runtime.prepare(live, bootstrap="never"))
+            return asyncio.run(seed.seed(live, args.products, sys.stdout))
+        if args.command == "catalog":
+            return asyncio.run(publish.publish(live, sys.stdout))
+        status: int = asyncio.run(
+            catalog_bench.bench_catalog(live, args.url, args.requests, args.concurrency, sys.stdout)
+        )
+        return status
 
 
 def _settlement_task(args: argparse.Namespace, settings: Settings) -> int:

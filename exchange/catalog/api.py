@@ -28,8 +28,10 @@ from exchange.catalog.tokens import tokens
 from exchange.listings.schemas import DeliveryMode, ProductMetadata, ProductType, Sector
 from exchange.platform.auth import PUBLIC
 from exchange.platform.context import Platform
+from exchange.platform.db import Executor
 from exchange.platform.errors import DataexError, FieldError, InvalidInput
 from exchange.platform.paging import decode_cursor, encode_cursor
+from exchange.platform.settings import Settings
 
 
 class BadParameter(DataexError):
@@ -159,36 +161,43 @@ class CatalogController(Controller):
                 after = decode_cursor(cursor, (datetime, uuid.UUID))
             except InvalidInput as error:
                 raise bad("cursor", "not a cursor this API issued") from error
-        document = await catalog_document(platform, str(request.base_url).rstrip("/"), after,
-                                          limit)  # fmt: skip
+        async with platform.pool.acquire() as conn:
+            document = await catalog_document(
+                conn, platform.settings, str(request.base_url).rstrip("/"), after, limit
+            )
         accept = request.headers.get("accept", "")
         if "text/turtle" in accept:
             return Response(content=dcat.to_turtle(document), media_type="text/turtle")
         return Response(content=msgspec.json.encode(document), media_type="application/ld+json")
 
 
-async def catalog_document(
-    platform: Platform, base: str, after: tuple[Any, ...] | None, limit: int
-) -> dict[str, Any]:
-    """One page of the resource list (datasets newest first), with its `hydra:next` link."""
-    async with platform.pool.acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT c.*, r.metadata, o.uscc FROM catalog_entries c"
-            " JOIN product_revisions r ON r.product_id = c.product_id AND r.number = c.revision"
-            " JOIN organisations o ON o.id = c.seller_org_id"
-            " WHERE ($1::timestamptz IS NULL OR (c.listed_at, c.product_id) < ($1, $2::uuid))"
-            " ORDER BY c.listed_at DESC, c.product_id DESC LIMIT $3",
-            after[0] if after else None, after[1] if after else None, limit + 1,
-        )  # fmt: skip
+async def dataset_page(
+    conn: Executor, base: str, after: tuple[Any, ...] | None, limit: int
+) -> tuple[list[dict[str, Any]], tuple[Any, ...] | None]:
+    """Up to ``limit`` datasets, newest first, after the keyset ``after``; and the next key."""
+    rows = await conn.fetch(
+        "SELECT c.*, r.metadata, o.uscc FROM catalog_entries c"
+        " JOIN product_revisions r ON r.product_id = c.product_id AND r.number = c.revision"
+        " JOIN organisations o ON o.id = c.seller_org_id"
+        " WHERE ($1::timestamptz IS NULL OR (c.listed_at, c.product_id) < ($1, $2::uuid))"
+        " ORDER BY c.listed_at DESC, c.product_id DESC LIMIT $3",
+        after[0] if after else None, after[1] if after else None, limit + 1,
+    )  # fmt: skip
     more = len(rows) > limit
     rows = rows[:limit]
     datasets = [
         dcat.dataset(base, row, msgspec.convert(row["metadata"], ProductMetadata), row["uscc"])
         for row in rows
     ]
+    return datasets, (rows[-1]["listed_at"], rows[-1]["product_id"]) if more else None
+
+
+async def catalog_document(
+    conn: Executor, settings: Settings, base: str, after: tuple[Any, ...] | None, limit: int
+) -> dict[str, Any]:
+    """One page of the resource list (datasets newest first), with its `hydra:next` link."""
+    datasets, next_key = await dataset_page(conn, base, after, limit)
     next_url = None
-    if more:
-        token = encode_cursor(rows[-1]["listed_at"], rows[-1]["product_id"])
-        next_url = f"{base}/v1/catalog?limit={limit}&cursor={token}"
-    settings = platform.settings
+    if next_key is not None:
+        next_url = f"{base}/v1/catalog?limit={limit}&cursor={encode_cursor(*next_key)}"
     return dcat.catalog(base, settings.exchange_name, settings.exchange_code, datasets, next_url)

@@ -217,6 +217,11 @@ CURSOR_TYPES: dict[str, tuple[type, ...]] = {
 
 async def search(conn: Executor, query: Query) -> list[Any]:
     """One page (limit + 1 rows, to know whether another follows) of the query."""
+    sql, args = search_sql(query)
+    return list(await conn.fetch(sql, *args))
+
+
+def search_sql(query: Query) -> tuple[str, list[Any]]:
     args: list[Any] = []
     where = _filters(query, args)
     rank, order, keyset = _order(query, args)
@@ -228,13 +233,23 @@ async def search(conn: Executor, query: Query) -> list[Any]:
         f" {'WHERE ' + ' AND '.join(where) if where else ''}"
         f" ORDER BY {order} LIMIT ${len(args)}"
     )
-    return list(await conn.fetch(sql, *args))
+    return sql, args
+
+
+def facets_sql(query: Query) -> tuple[str, list[Any]]:
+    """The live facet count (used when the kept counts cannot answer)."""
+    args: list[Any] = []
+    where = _filters(query, args)
+    return (
+        "SELECT sector, product_type, count(*) AS n FROM catalog_entries"
+        f" {'WHERE ' + ' AND '.join(where) if where else ''}"
+        " GROUP BY GROUPING SETS ((sector), (product_type))",
+        args,
+    )
 
 
 async def facets(conn: Executor, query: Query) -> Facets:
     """Counts per sector and product type under the query's keyword and filters."""
-    args: list[Any] = []
-    where = _filters(query, args)
     only_cube = not (
         query.q or query.delivery or query.data_level or query.price_min is not None
         or query.price_max is not None or query.seller or query.recognised_from
@@ -254,12 +269,8 @@ async def facets(conn: Executor, query: Query) -> Facets:
         return Facets(
             sector=dict(sorted(sectors.items())), product_type=dict(sorted(types.items()))
         )
-    rows = await conn.fetch(
-        "SELECT sector, product_type, count(*) AS n FROM catalog_entries"
-        f" {'WHERE ' + ' AND '.join(where) if where else ''}"
-        " GROUP BY GROUPING SETS ((sector), (product_type))",
-        *args,
-    )
+    sql, args = facets_sql(query)
+    rows = await conn.fetch(sql, *args)
     return Facets(
         sector=dict(sorted((r["sector"], r["n"]) for r in rows if r["sector"] is not None)),
         product_type=dict(

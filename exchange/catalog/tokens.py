@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
+from functools import lru_cache
 
 _CJK = r"\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _RUN = re.compile(rf"[{_CJK}]+|[0-9a-z]+")
@@ -30,6 +31,11 @@ def _word(word: str) -> str:
 
 def tokens(text: str) -> list[str]:
     """Tokens of ``text`` in order of appearance, without duplicates."""
+    return list(_tokens(text))
+
+
+@lru_cache(maxsize=65_536)
+def _tokens(text: str) -> tuple[str, ...]:
     normal = unicodedata.normalize("NFKC", text).lower()
     seen: dict[str, None] = {}
     for run in _RUN.findall(normal):
@@ -40,13 +46,13 @@ def tokens(text: str) -> list[str]:
                 seen[run[i : i + 2]] = None
         else:
             seen[_word(run)[:MAX_TOKEN]] = None
-    return list(seen)
+    return tuple(seen)
 
 
 def document_tokens(texts: Iterable[str]) -> list[str]:
     """Tokens of every searchable text of a product (name, summary, tags, field names)."""
     seen: dict[str, None] = {}
     for text in texts:
-        for token in tokens(text):
+        for token in _tokens(text):
             seen[token] = None
     return list(seen)

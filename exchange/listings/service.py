@@ -74,6 +74,46 @@ async def fetch_revision(conn: Executor, product_id: uuid.UUID, number: int) -> 
     return _revision(row)
 
 
+def certificate_claims(
+    settings: Settings,
+    code: str,
+    revision: RevisionInfo,
+    seller_name: str,
+    seller_uscc: str | None,
+    at: datetime,
+) -> dict[str, Any]:
+    m = revision.metadata
+    pi = m.classification.personal_info
+    return {
+        "iss": settings.exchange_code,
+        "iss_name": settings.exchange_name,
+        "sub": code,
+        "jti": str(uuid.uuid4()),
+        "iat": int(at.timestamp()),
+        "revision": revision.number,
+        "revision_digest": revision.digest,
+        "product": {
+            "name_zh": m.name_zh,
+            "name_en": m.name_en,
+            "type": m.product_type,
+            "sector": m.sector,
+            "delivery": list(m.delivery),
+        },
+        "seller": {"name": seller_name, "uscc": seller_uscc},
+        "classification": {
+            "data_level": m.classification.data_level,
+            "general_grade": m.classification.general_grade,
+            "personal_info": {
+                "present": pi.present,
+                "state": pi.state,
+                "sensitive": pi.sensitive,
+            },
+        },
+        "rights": msgspec.to_builtins(m.rights),
+        "status_url": f"{settings.public_url}/v1/certificates/{code}/status",
+    }
+
+
 class ListingService:
     def __init__(
         self, pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing
@@ -505,36 +545,7 @@ class ListingService:
         seller_uscc: str | None,
         at: datetime,
     ) -> dict[str, Any]:
-        m = revision.metadata
-        pi = m.classification.personal_info
-        return {
-            "iss": self.settings.exchange_code,
-            "iss_name": self.settings.exchange_name,
-            "sub": code,
-            "jti": str(uuid.uuid4()),
-            "iat": int(at.timestamp()),
-            "revision": revision.number,
-            "revision_digest": revision.digest,
-            "product": {
-                "name_zh": m.name_zh,
-                "name_en": m.name_en,
-                "type": m.product_type,
-                "sector": m.sector,
-                "delivery": list(m.delivery),
-            },
-            "seller": {"name": seller_name, "uscc": seller_uscc},
-            "classification": {
-                "data_level": m.classification.data_level,
-                "general_grade": m.classification.general_grade,
-                "personal_info": {
-                    "present": pi.present,
-                    "state": pi.state,
-                    "sensitive": pi.sensitive,
-                },
-            },
-            "rights": msgspec.to_builtins(m.rights),
-            "status_url": f"{self.settings.public_url}/v1/certificates/{code}/status",
-        }
+        return certificate_claims(self.settings, code, revision, seller_name, seller_uscc, at)
 
     async def _event(
         self,

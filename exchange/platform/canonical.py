@@ -1,4 +1,11 @@
-"""Canonical JSON (RFC 8785) and digests over it: one way to hash a document everywhere."""
+"""Canonical JSON (RFC 8785) and digests over it: one way to hash a document everywhere.
+
+RFC 8785 is sorted keys, no whitespace, minimal string escaping and ECMAScript number
+formatting. For documents without floating-point numbers, with integers within ±2^53 and
+without object keys outside the Basic Multilingual Plane, msgspec's sorted compact JSON is
+byte-identical (property-tested against the `rfc8785` package) and about ten times faster; any
+other document goes through `rfc8785` itself.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +15,36 @@ from typing import Any
 import msgspec
 import rfc8785
 
+_SORTED = msgspec.json.Encoder(order="sorted")
+_SAFE_INT = 2**53
+
+
+def _plain(value: Any) -> bool:
+    """No float, no integer beyond ±2^53, no key outside the BMP (where orders differ)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not key.isascii() and any(ord(c) > 0xFFFF for c in key):
+                    return False
+                stack.append(child)
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, float):
+            return False
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if not -_SAFE_INT < item < _SAFE_INT:
+                return False
+    return True
+
 
 def canonical_json(document: Any) -> bytes:
     """RFC 8785 bytes of a msgspec struct or plain JSON value."""
-    return bytes(rfc8785.dumps(msgspec.to_builtins(document)))
+    builtins = msgspec.to_builtins(document)
+    if _plain(builtins):
+        return _SORTED.encode(builtins)
+    return bytes(rfc8785.dumps(builtins))
 
 
 def sha256_digest(document: Any) -> str:
