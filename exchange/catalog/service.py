@@ -171,32 +171,22 @@ def _filters(query: Query, args: list[Any]) -> list[str]:
     return where
 
 
-# sort -> (rank expression or None, ORDER BY, keyset comparison, cursor types)
-def _order(query: Query, args: list[Any]) -> tuple[str, str, str | None]:
-    """The rank column, the ORDER BY and the keyset condition for the query's sort."""
-    if query.sort == "relevance":
-        args.append(query.q)
-        rank = f"(name_tokens @> ${len(args)}::text[])::int"
-        order = "rank DESC, listed_at DESC, product_id DESC"
+def _order(query: Query, args: list[Any]) -> tuple[str, str | None]:
+    """The ORDER BY and the keyset condition for the newest and price sorts (relevance pages
+    through its tiers newest first)."""
+    if query.sort in ("newest", "relevance"):
         keyset = None
         if query.after is not None:
-            args.extend(query.after)
-            n = len(args)
-            keyset = f"({rank}, listed_at, product_id) < (${n - 2}, ${n - 1}, ${n})"
-        return rank, order, keyset
-    if query.sort == "newest":
-        keyset = None
-        if query.after is not None:
-            args.extend(query.after)
+            args.extend(query.after[-2:])
             keyset = f"(listed_at, product_id) < (${len(args) - 1}, ${len(args)})"
-        return "0", "listed_at DESC, product_id DESC", keyset
+        return "listed_at DESC, product_id DESC", keyset
     direction = "ASC" if query.sort == "price_asc" else "DESC"
     keyset = None
     if query.after is not None:
         args.extend(query.after)
         op = ">" if direction == "ASC" else "<"
         keyset = f"(price_min_fen, product_id) {op} (${len(args) - 1}, ${len(args)})"
-    return "0", f"price_min_fen {direction}, product_id {direction}", keyset
+    return f"price_min_fen {direction}, product_id {direction}", keyset
 
 
 def cursor_key(sort: Sort, row: Any) -> tuple[Any, ...]:
@@ -216,18 +206,51 @@ CURSOR_TYPES: dict[str, tuple[type, ...]] = {
 
 
 async def search(conn: Executor, query: Query) -> list[Any]:
-    """One page (limit + 1 rows, to know whether another follows) of the query."""
-    sql, args = search_sql(query)
-    return list(await conn.fetch(sql, *args))
+    """One page (limit + 1 rows, to know whether another follows) of the query.
+
+    Relevance has two tiers, each newest first: products whose name holds every keyword, then
+    those where only the summary, tags or field names do. Ordering each tier by listing time
+    lets PostgreSQL either walk the newest-first index and stop after a page (a common word) or
+    collect the few matches from the token index and sort them (a rare one), whichever it
+    estimates cheaper, instead of ranking every match."""
+    if query.sort != "relevance":
+        sql, args = search_sql(query)
+        return list(await conn.fetch(sql, *args))
+    first_tier = query.after[0] if query.after else 1
+    rows: list[Any] = []
+    for tier in (1, 0):
+        if tier > first_tier:
+            continue
+        after = query.after if query.after and tier == first_tier else None
+        sql, args = search_sql(query, tier=tier, after=after, limit=query.limit + 1 - len(rows))
+        rows += await conn.fetch(sql, *args)
+        if len(rows) > query.limit:
+            break
+    return rows
 
 
-def search_sql(query: Query) -> tuple[str, list[Any]]:
+def search_sql(
+    query: Query,
+    *,
+    tier: int | None = None,
+    after: tuple[Any, ...] | None = None,
+    limit: int | None = None,
+) -> tuple[str, list[Any]]:
+    """The page query (for relevance: one tier's, the name tier unless told)."""
     args: list[Any] = []
     where = _filters(query, args)
-    rank, order, keyset = _order(query, args)
+    rank = "0"
+    if query.sort == "relevance":
+        tier = 1 if tier is None else tier
+        args.append(query.q)
+        name_match = f"name_tokens @> ${len(args)}::text[]"
+        where.append(name_match if tier == 1 else f"NOT ({name_match})")
+        rank = str(tier)
+        query = Query(**{**query.__dict__, "after": after})
+    order, keyset = _order(query, args)
     if keyset:
         where.append(keyset)
-    args.append(query.limit + 1)
+    args.append(limit or query.limit + 1)
     sql = (
         f"SELECT {_COLUMNS}, {rank} AS rank FROM catalog_entries"
         f" {'WHERE ' + ' AND '.join(where) if where else ''}"
@@ -250,25 +273,13 @@ def facets_sql(query: Query) -> tuple[str, list[Any]]:
 
 async def facets(conn: Executor, query: Query) -> Facets:
     """Counts per sector and product type under the query's keyword and filters."""
-    only_cube = not (
-        query.q or query.delivery or query.data_level or query.price_min is not None
+    other_filters = (
+        query.delivery or query.data_level or query.price_min is not None
         or query.price_max is not None or query.seller or query.recognised_from
     )  # fmt: skip
-    if only_cube:  # sector / product type filters only: the kept counts answer exactly
-        rows = await conn.fetch(
-            "SELECT sector, product_type, n FROM catalog_counts WHERE n > 0"
-            " AND ($1::text[] IS NULL OR sector = ANY($1))"
-            " AND ($2::text[] IS NULL OR product_type = ANY($2))",
-            query.sector or None, query.product_type or None,
-        )  # fmt: skip
-        sectors: dict[str, int] = {}
-        types: dict[str, int] = {}
-        for row in rows:
-            sectors[row["sector"]] = sectors.get(row["sector"], 0) + row["n"]
-            types[row["product_type"]] = types.get(row["product_type"], 0) + row["n"]
-        return Facets(
-            sector=dict(sorted(sectors.items())), product_type=dict(sorted(types.items()))
-        )
+    if len(query.q) <= 1 and not other_filters:
+        # sector / product type filters and at most one keyword: the kept counts are exact
+        return await _kept_counts(conn, query)
     sql, args = facets_sql(query)
     rows = await conn.fetch(sql, *args)
     return Facets(
@@ -277,6 +288,30 @@ async def facets(conn: Executor, query: Query) -> Facets:
             sorted((r["product_type"], r["n"]) for r in rows if r["product_type"] is not None)
         ),
     )
+
+
+async def _kept_counts(conn: Executor, query: Query) -> Facets:
+    """From the counts the triggers keep: the whole catalogue's, or one token's."""
+    if query.q:
+        rows = await conn.fetch(
+            "SELECT sector, product_type, n FROM catalog_token_counts WHERE token = $3 AND n > 0"
+            " AND ($1::text[] IS NULL OR sector = ANY($1))"
+            " AND ($2::text[] IS NULL OR product_type = ANY($2))",
+            query.sector or None, query.product_type or None, query.q[0],
+        )  # fmt: skip
+    else:
+        rows = await conn.fetch(
+            "SELECT sector, product_type, n FROM catalog_counts WHERE n > 0"
+            " AND ($1::text[] IS NULL OR sector = ANY($1))"
+            " AND ($2::text[] IS NULL OR product_type = ANY($2))",
+            query.sector or None, query.product_type or None,
+        )  # fmt: skip
+    sectors: dict[str, int] = {}
+    types: dict[str, int] = {}
+    for row in rows:
+        sectors[row["sector"]] = sectors.get(row["sector"], 0) + row["n"]
+        types[row["product_type"]] = types.get(row["product_type"], 0) + row["n"]
+    return Facets(sector=dict(sorted(sectors.items())), product_type=dict(sorted(types.items())))
 
 
 def query_tokens(text: str) -> list[str]:

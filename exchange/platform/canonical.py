@@ -33,9 +33,8 @@ def _plain(value: Any) -> bool:
             stack.extend(item)
         elif isinstance(item, float):
             return False
-        elif isinstance(item, int) and not isinstance(item, bool):
-            if not -_SAFE_INT < item < _SAFE_INT:
-                return False
+        elif isinstance(item, int) and not -_SAFE_INT < item < _SAFE_INT:
+            return False  # (bool is an int within range)
     return True
 
 

@@ -31,6 +31,10 @@ CREATE INDEX catalog_tokens ON catalog_entries USING gin (tokens);
 CREATE INDEX catalog_newest ON catalog_entries (listed_at DESC, product_id DESC);
 CREATE INDEX catalog_sector_newest ON catalog_entries (sector, listed_at DESC, product_id DESC);
 CREATE INDEX catalog_type_newest ON catalog_entries (product_type, listed_at DESC, product_id DESC);
+CREATE INDEX catalog_sector_type_newest
+    ON catalog_entries (sector, product_type, listed_at DESC, product_id DESC);
+-- Facet counts under sector / type / price filters come from this index alone (index-only).
+CREATE INDEX catalog_facets ON catalog_entries (sector, product_type, price_min_fen);
 CREATE INDEX catalog_seller_newest ON catalog_entries (seller_org_id, listed_at DESC, product_id DESC);
 CREATE INDEX catalog_price ON catalog_entries (price_min_fen, product_id);
 CREATE INDEX catalog_sector_price ON catalog_entries (sector, price_min_fen, product_id);
@@ -38,12 +42,20 @@ CREATE INDEX catalog_recognised ON catalog_entries (recognised_from, listed_at D
     WHERE recognised_from IS NOT NULL;
 
 -- Facet counts of the whole catalog by sector and product type (for queries without a
--- keyword or other filters, which would otherwise count up to every row).
+-- keyword or other filters, which would otherwise count up to every row), and the same per
+-- search token (for one-word queries: a common word matches tens of thousands of products).
 CREATE TABLE catalog_counts (
     sector       text NOT NULL,
     product_type text NOT NULL,
     n            bigint NOT NULL,
     PRIMARY KEY (sector, product_type)
+);
+CREATE TABLE catalog_token_counts (
+    token        text NOT NULL,
+    sector       text NOT NULL,
+    product_type text NOT NULL,
+    n            bigint NOT NULL,
+    PRIMARY KEY (token, sector, product_type)
 );
 
 CREATE FUNCTION catalog_count_rows() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -52,11 +64,19 @@ BEGIN
         INSERT INTO catalog_counts AS c (sector, product_type, n)
         SELECT sector, product_type, -count(*) FROM old_rows GROUP BY 1, 2
         ON CONFLICT (sector, product_type) DO UPDATE SET n = c.n + excluded.n;
+        INSERT INTO catalog_token_counts AS c (token, sector, product_type, n)
+        SELECT t, sector, product_type, -count(*) FROM old_rows, unnest(tokens) AS t
+        GROUP BY 1, 2, 3
+        ON CONFLICT (token, sector, product_type) DO UPDATE SET n = c.n + excluded.n;
     END IF;
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
         INSERT INTO catalog_counts AS c (sector, product_type, n)
         SELECT sector, product_type, count(*) FROM new_rows GROUP BY 1, 2
         ON CONFLICT (sector, product_type) DO UPDATE SET n = c.n + excluded.n;
+        INSERT INTO catalog_token_counts AS c (token, sector, product_type, n)
+        SELECT t, sector, product_type, count(*) FROM new_rows, unnest(tokens) AS t
+        GROUP BY 1, 2, 3
+        ON CONFLICT (token, sector, product_type) DO UPDATE SET n = c.n + excluded.n;
     END IF;
     RETURN NULL;
 END
