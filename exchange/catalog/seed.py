@@ -30,8 +30,8 @@ from exchange.catalog.service import entry_values
 from exchange.listings.lifecycle import product_code
 from exchange.listings.schemas import ProductMetadata, RevisionInfo
 from exchange.listings.service import CERTIFICATE_TYPE, certificate_claims
-from exchange.platform.settings import Settings
 from exchange.platform.canonical import canonical_json
+from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing, b64url, load_master_key
 
 _SORTED = msgspec.json.Encoder(order="sorted")
