@@ -9,6 +9,7 @@ are listed.
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -205,28 +206,50 @@ CURSOR_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+PROBE_WINDOW = 1_000
+MAX_PROBE_WINDOW = 10_000
+
+
 async def search(conn: Executor, query: Query) -> list[Any]:
     """One page (limit + 1 rows, to know whether another follows) of the query.
 
     Relevance has two tiers, each newest first: products whose name holds every keyword, then
-    those where only the summary, tags or field names do. Ordering each tier by listing time
-    lets PostgreSQL either walk the newest-first index and stop after a page (a common word) or
-    collect the few matches from the token index and sort them (a rare one), whichever it
-    estimates cheaper, instead of ranking every match."""
+    those where only the summary, tags or field names do. A keyword query sorted newest first
+    (each relevance tier is) first probes the newest ``PROBE_WINDOW`` products that pass the
+    other filters, through the newest-first indexes: a common word fills the page there at once.
+    Only a rarer word falls through to the token index, whose matches are then few enough to
+    sort. (PostgreSQL cannot choose this itself: it estimates a word and a sector, say 气象 and
+    METEOROLOGY, as independent, and they are not.)"""
     if query.sort != "relevance":
-        sql, args = search_sql(query)
-        return list(await conn.fetch(sql, *args))
+        return await _page(conn, query, None, query.after, query.limit + 1)
     first_tier = query.after[0] if query.after else 1
     rows: list[Any] = []
     for tier in (1, 0):
         if tier > first_tier:
             continue
         after = query.after if query.after and tier == first_tier else None
-        sql, args = search_sql(query, tier=tier, after=after, limit=query.limit + 1 - len(rows))
-        rows += await conn.fetch(sql, *args)
+        rows += await _page(conn, query, tier, after, query.limit + 1 - len(rows))
         if len(rows) > query.limit:
             break
     return rows
+
+
+async def _page(
+    conn: Executor, query: Query, tier: int | None, after: tuple[Any, ...] | None, limit: int
+) -> list[Any]:
+    if query.q and query.sort in ("newest", "relevance"):
+        window = PROBE_WINDOW
+        while True:
+            sql, args = search_sql(query, tier=tier, after=after, limit=limit, probe=window)
+            rows = await conn.fetch(sql, *args)
+            if len(rows) >= limit:
+                return list(rows)
+            if not rows or window >= MAX_PROBE_WINDOW:
+                break  # rare enough for the token index
+            # Widen once to where the density seen so far would fill the page.
+            window = min(MAX_PROBE_WINDOW, math.ceil(window * 1.5 * limit / len(rows)))
+    sql, args = search_sql(query, tier=tier, after=after, limit=limit)
+    return list(await conn.fetch(sql, *args))
 
 
 def search_sql(
@@ -235,25 +258,41 @@ def search_sql(
     tier: int | None = None,
     after: tuple[Any, ...] | None = None,
     limit: int | None = None,
+    probe: int | None = None,
 ) -> tuple[str, list[Any]]:
-    """The page query (for relevance: one tier's, the name tier unless told)."""
+    """The page query (for relevance: one tier's, the name tier unless told); with ``probe``,
+    over only the newest ``probe`` products passing the filters other than the keywords."""
     args: list[Any] = []
-    where = _filters(query, args)
+    keywords = Query(**{**query.__dict__, "q": []}) if probe else query
+    where = _filters(keywords, args)
+    outer: list[str] = []
+    if probe and query.q:
+        args.append(query.q)
+        outer.append(f"(tokens @> ${len(args)}::text[]) IS TRUE")  # never the token index
     rank = "0"
     if query.sort == "relevance":
         tier = 1 if tier is None else tier
         args.append(query.q)
-        name_match = f"name_tokens @> ${len(args)}::text[]"
-        where.append(name_match if tier == 1 else f"NOT ({name_match})")
+        name_match = f"(name_tokens @> ${len(args)}::text[])"
+        (outer if probe else where).append(name_match if tier == 1 else f"NOT {name_match}")
         rank = str(tier)
         query = Query(**{**query.__dict__, "after": after})
     order, keyset = _order(query, args)
     if keyset:
         where.append(keyset)
+    where_sql = f"WHERE {' AND '.join(where)}" if where else ""
+    if probe:
+        args.append(probe)
+        source = (
+            f"(SELECT * FROM catalog_entries {where_sql} ORDER BY {order} LIMIT ${len(args)})"
+            " AS newest"
+        )
+        where_sql = f"WHERE {' AND '.join(outer)}" if outer else ""
+    else:
+        source = "catalog_entries"
     args.append(limit or query.limit + 1)
     sql = (
-        f"SELECT {_COLUMNS}, {rank} AS rank FROM catalog_entries"
-        f" {'WHERE ' + ' AND '.join(where) if where else ''}"
+        f"SELECT {_COLUMNS}, {rank} AS rank FROM {source} {where_sql}"
         f" ORDER BY {order} LIMIT ${len(args)}"
     )
     return sql, args
