@@ -116,13 +116,24 @@ async def search_catalog(platform: Platform, params: SearchParams) -> CatalogPag
     query = build_query(params)
     async with platform.pool.acquire() as conn:
         rows = await search(conn, query)
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
+        certificates: dict[uuid.UUID, str] = {
+            row["id"]: row["certificate"]
+            for row in await conn.fetch(
+                "SELECT id, certificate FROM products WHERE id = ANY($1::uuid[])",
+                [row["product_id"] for row in rows],
+            )
+        }  # one query for the page (the catalog table stays narrow)
         counts = await facets(conn, query) if params.with_facets else None
-    more = len(rows) > query.limit
-    rows = rows[: query.limit]
     next_cursor = (
         encode_cursor(query.sort, *cursor_key(query.sort, rows[-1])) if more and rows else None
     )
-    items = [CatalogItem(**{f: row[f] for f in CatalogItem.__struct_fields__}) for row in rows]
+    fields = [f for f in CatalogItem.__struct_fields__ if f != "certificate"]
+    items = [
+        CatalogItem(**{f: row[f] for f in fields}, certificate=certificates[row["product_id"]])
+        for row in rows
+    ]
     return CatalogPage(items=items, next_cursor=next_cursor, facets=counts, sort=query.sort)
 
 

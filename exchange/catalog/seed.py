@@ -227,7 +227,7 @@ def _generate(job: _Job) -> tuple[bytes, bytes, bytes]:
             product_id, code, 1, seller_id, seller_name, values["name_zh"], values["name_en"],
             values["summary"], values["tags"], values["sector"], values["product_type"],
             values["delivery"], values["data_level"], values["price_min_fen"],
-            values["price_max_fen"], certificate, listed, listed, values["tokens"],
+            values["price_max_fen"], listed, listed, values["tokens"],
             values["name_tokens"],
         ))  # fmt: skip
     return (
@@ -243,7 +243,7 @@ PRODUCT_COLUMNS = ["id", "seller_org_id", "state", "live_revision", "product_cod
 REVISION_COLUMNS = ["product_id", "number", "metadata", "digest", "change", "created_at"]
 CATALOG_COLUMNS = ["product_id", "product_code", "revision", "seller_org_id", "seller_name",
                    "name_zh", "name_en", "summary", "tags", "sector", "product_type", "delivery",
-                   "data_level", "price_min_fen", "price_max_fen", "certificate", "listed_at",
+                   "data_level", "price_min_fen", "price_max_fen", "listed_at",
                    "updated_at", "tokens", "name_tokens"]  # fmt: skip
 
 

@@ -19,7 +19,6 @@ CREATE TABLE catalog_entries (
     price_min_fen   bigint NOT NULL,          -- the cheapest plan (0 when one is free)
     price_max_fen   bigint NOT NULL,
     recognised_from text,                     -- the origin exchange's code; NULL when local
-    certificate     text NOT NULL,            -- the listing certificate (compact JWS)
     listed_at       timestamptz NOT NULL,     -- first listed; a new revision keeps it
     updated_at      timestamptz NOT NULL,
     tokens          text[] NOT NULL,          -- search tokens (exchange.catalog.tokens)
