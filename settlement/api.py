@@ -212,10 +212,7 @@ class AccountController(Controller):
     ) -> Response[MovementView]:
         """Money arrived from the organisation's bank (201); the same ``external_ref`` again
         returns the first deposit (200); the reference with another amount is 409."""
-        view, created = await settlement.move_external(
-            actor, "deposit", org_id, data.amount_fen, data.external_ref
-        )
-        return Response(content=view, status_code=201 if created else 200)
+        return await _external(settlement, actor, "deposit", org_id, data)
 
     @post("/{org_id:uuid}/withdrawals", operation_id="withdraw", opt=requires("admin"))
     async def withdraw(
@@ -227,10 +224,20 @@ class AccountController(Controller):
     ) -> Response[MovementView]:
         """Money paid out to the organisation's bank from its available balance (422 when it
         does not cover it); idempotent by ``external_ref`` like deposits."""
-        view, created = await settlement.move_external(
-            actor, "withdrawal", org_id, data.amount_fen, data.external_ref
-        )
-        return Response(content=view, status_code=201 if created else 200)
+        return await _external(settlement, actor, "withdrawal", org_id, data)
+
+
+async def _external(
+    settlement: SettlementService,
+    actor: Actor,
+    kind: Literal["deposit", "withdrawal"],
+    org_id: uuid.UUID,
+    data: ExternalMovementIn,
+) -> Response[MovementView]:
+    view, created = await settlement.move_external(
+        actor, kind, org_id, data.amount_fen, data.external_ref
+    )
+    return Response(content=view, status_code=201 if created else 200)
 
 
 class LedgerController(Controller):

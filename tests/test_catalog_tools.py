@@ -29,9 +29,7 @@ async def test_seeded_products_are_searchable_certified_listings(client, setting
     assert await pool.fetchval("SELECT count(*) FROM catalog_entries") == 300
     assert await pool.fetchval("SELECT sum(n) FROM catalog_counts") == 300
     assert await pool.fetchval(count_indexes) == before  # dropped for the load, rebuilt after
-    tokens_total = await pool.fetchval(
-        "SELECT sum(cardinality(tokens)) FROM catalog_entries"
-    )
+    tokens_total = await pool.fetchval("SELECT sum(cardinality(tokens)) FROM catalog_entries")
     assert await pool.fetchval("SELECT sum(n) FROM catalog_token_counts") == tokens_total
     sectors = await pool.fetchval("SELECT count(DISTINCT sector) FROM catalog_entries")
     assert sectors >= 12

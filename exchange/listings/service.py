@@ -514,7 +514,7 @@ class ListingService:
         revision = await fetch_revision(conn, row["id"], number)
         seller = await identity_repo.get_organisation(conn, row["seller_org_id"])
         assert seller is not None
-        claims = self.certificate_claims(code, revision, seller.name, seller.uscc, at)
+        claims = certificate_claims(self.settings, code, revision, seller.name, seller.uscc, at)
         key = await self.keyring.current(conn)
         jws = key.sign_compact(claims, typ=CERTIFICATE_TYPE)
         state = "listed" if row["state"] in ("in_review", "listed") else row["state"]
@@ -536,16 +536,6 @@ class ListingService:
                 seller_name=seller.name,
                 seller_uscc=seller.uscc,
             )
-
-    def certificate_claims(
-        self,
-        code: str,
-        revision: RevisionInfo,
-        seller_name: str,
-        seller_uscc: str | None,
-        at: datetime,
-    ) -> dict[str, Any]:
-        return certificate_claims(self.settings, code, revision, seller_name, seller_uscc, at)
 
     async def _event(
         self,
