@@ -79,7 +79,6 @@ class Consumer:
         self.platform = platform
         self.service = service
         self.retry_delay = retry_delay
-        self.settled = 0
 
     async def poll(self, sub: Any, batch: int = BATCH, wait: float = 1.0) -> int:
         """Fetch and handle one batch; returns how many messages it held (0 on timeout)."""
@@ -135,7 +134,6 @@ class Consumer:
     async def _settle(self, items: Sequence[tuple[Any, TradeExecuted]]) -> None:
         request_id = items[0][1].dxrequestid if len(items) == 1 else None
         result = await self.service.settle_executed([e.data for _, e in items], request_id)
-        self.settled += result.reserved + result.failed
         for message, event in items:
             why = result.invalid.get(event.data.trade_id)
             if why is not None:

@@ -531,7 +531,3 @@ class Verifier:
     @property
     def entries(self) -> int:
         return self._entries
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

@@ -56,11 +56,6 @@ class BatchResult:
     invalid: dict[str, str] = field(default_factory=dict)  # trade id -> why
 
 
-class Balance(msgspec.Struct, frozen=True):
-    kind: str
-    balance_fen: int
-
-
 class Accounts(msgspec.Struct, frozen=True):
     org_id: uuid.UUID
     available_fen: int
@@ -102,9 +97,6 @@ class MovementView(msgspec.Struct, frozen=True):
     external_ref: str
     created_at: datetime
     available_fen: int
-
-
-_TRADE_COLUMNS = "*"
 
 
 class SettlementService:
@@ -492,52 +484,42 @@ class SettlementService:
             return await self._view(conn, principal, trade_id)
 
     async def _view(self, conn: Executor, principal: Principal, trade_id: uuid.UUID) -> TradeView:
-        row = await conn.fetchrow("SELECT * FROM settlement_trades WHERE trade_id = $1", trade_id)
-        if row is None:
+        views = await self._views(conn, principal, [trade_id])
+        if not views:
             raise NotFound(f"no trade {trade_id}")
+        return views[0]
+
+    async def _views(
+        self, conn: Executor, principal: Principal, trade_ids: list[uuid.UUID]
+    ) -> list[TradeView]:
+        """Trades with their postings, ledger entries and cancellation requests: four queries
+        whatever the number of trades, in the order given."""
+        rows = await conn.fetch(
+            "SELECT * FROM settlement_trades WHERE trade_id = ANY($1::uuid[])", trade_ids
+        )
         postings = await conn.fetch(
-            "SELECT m.id, m.kind AS step, m.created_at, p.amount_fen, a.org_id, a.kind"
-            " FROM movements m JOIN postings p ON p.movement_id = m.id"
-            " JOIN accounts a ON a.id = p.account_id WHERE m.trade_id = $1"
+            "SELECT m.trade_id, m.id, m.kind AS step, m.created_at, p.amount_fen, a.org_id,"
+            " a.kind FROM movements m JOIN postings p ON p.movement_id = m.id"
+            " JOIN accounts a ON a.id = p.account_id WHERE m.trade_id = ANY($1::uuid[])"
             " ORDER BY m.created_at, m.kind, a.id",
-            trade_id,
+            trade_ids,
         )
         seqs = await conn.fetch(
-            "SELECT seq FROM ledger_entries WHERE trade_id = $1 ORDER BY seq", trade_id
+            "SELECT trade_id, seq FROM ledger_entries WHERE trade_id = ANY($1::uuid[])"
+            " ORDER BY seq",
+            trade_ids,
         )
         cancels = await conn.fetch(
-            "SELECT party FROM trade_cancellations WHERE trade_id = $1 ORDER BY party", trade_id
+            "SELECT trade_id, party FROM trade_cancellations WHERE trade_id = ANY($1::uuid[])"
+            " ORDER BY party",
+            trade_ids,
         )
-
-        def owner(org: uuid.UUID | None) -> str:
-            if org is None:
-                return "exchange"
-            return "buyer" if org == row["buyer_org_id"] else "seller"
-
-        return TradeView(
-            trade_id=trade_id,
-            order_id=row["order_id"],
-            role=owner(principal.org_id) if principal.org_id in (
-                row["buyer_org_id"], row["seller_org_id"]) else "staff",
-            state=row["state"],
-            reason=row["reason"],
-            contract_digest=row["contract_digest"],
-            product_code=row["product_code"],
-            price_fen=row["price_fen"],
-            fee_fen=row["fee_fen"],
-            executed_at=row["executed_at"],
-            acceptance_due=row["acceptance_due"],
-            objection=row["objection"],
-            cancellation_requested_by=[c["party"] for c in cancels],
-            postings=[
-                PostingView(movement=str(p["id"]), step=p["step"],
-                            account=f"{owner(p['org_id'])}.{p['kind']}",
-                            amount_fen=p["amount_fen"], at=p["created_at"])
-                for p in postings
-            ],
-            ledger_seqs=[s["seq"] for s in seqs],
-            receipt=f"/v1/trades/{trade_id}/receipt",
-        )  # fmt: skip
+        by_id = {row["trade_id"]: row for row in rows}
+        return [
+            _trade_view(principal, by_id[t], postings, seqs, cancels)
+            for t in trade_ids
+            if t in by_id
+        ]
 
     async def list_for(
         self,
@@ -556,7 +538,7 @@ class SettlementService:
                 principal.org_id, state, after[0] if after else None,
                 after[1] if after else None, limit,
             )  # fmt: skip
-            return [await self._view(conn, principal, row["trade_id"]) for row in rows]
+            return await self._views(conn, principal, [row["trade_id"] for row in rows])
 
     async def receipt(self, principal: Principal, trade_id: uuid.UUID) -> bytes:
         """The trade's entries with inclusion proofs against a signed tree head that covers
@@ -591,6 +573,42 @@ class SettlementService:
                 conn, self.tree, self.keyring, self.settings.exchange_code, self.clock.now(),
                 min_new=min_new, max_age_seconds=max_age_seconds,
             )  # fmt: skip
+
+
+def _trade_view(
+    principal: Principal, row: Any, postings: list[Any], seqs: list[Any], cancels: list[Any]
+) -> TradeView:
+    trade_id = row["trade_id"]
+
+    def owner(org: uuid.UUID | None) -> str:
+        if org is None:
+            return "exchange"
+        return "buyer" if org == row["buyer_org_id"] else "seller"
+
+    parties = (row["buyer_org_id"], row["seller_org_id"])
+    return TradeView(
+        trade_id=trade_id,
+        order_id=row["order_id"],
+        role=owner(principal.org_id) if principal.org_id in parties else "staff",
+        state=row["state"],
+        reason=row["reason"],
+        contract_digest=row["contract_digest"],
+        product_code=row["product_code"],
+        price_fen=row["price_fen"],
+        fee_fen=row["fee_fen"],
+        executed_at=row["executed_at"],
+        acceptance_due=row["acceptance_due"],
+        objection=row["objection"],
+        cancellation_requested_by=[c["party"] for c in cancels if c["trade_id"] == trade_id],
+        postings=[
+            PostingView(movement=str(p["id"]), step=p["step"],
+                        account=f"{owner(p['org_id'])}.{p['kind']}",
+                        amount_fen=p["amount_fen"], at=p["created_at"])
+            for p in postings if p["trade_id"] == trade_id
+        ],
+        ledger_seqs=[s["seq"] for s in seqs if s["trade_id"] == trade_id],
+        receipt=f"/v1/trades/{trade_id}/receipt",
+    )  # fmt: skip
 
 
 def _mismatch(event: TradeExecutedData, row: Any) -> str | None:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from exchange.catalog.tokens import document_tokens, tokens
+from exchange.catalog.tokens import document_tokens
 from exchange.listings.schemas import ProductMetadata
 from exchange.platform.db import Connection, Executor
 
@@ -349,7 +349,3 @@ async def _kept_counts(conn: Executor, query: Query) -> Facets:
         sectors[row["sector"]] = sectors.get(row["sector"], 0) + row["n"]
         types[row["product_type"]] = types.get(row["product_type"], 0) + row["n"]
     return Facets(sector=dict(sorted(sectors.items())), product_type=dict(sorted(types.items())))
-
-
-def query_tokens(text: str) -> list[str]:
-    return tokens(text)
