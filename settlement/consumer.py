@@ -108,6 +108,9 @@ class Consumer:
                 pending.cancel()
                 with contextlib.suppress(BaseException):
                     await pending
+            if stop.is_set():  # fetched but unhandled messages are redelivered after ack_wait
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
 
     async def handle(self, messages: Sequence[Any]) -> None:
         decoded: list[tuple[Any, TradeExecuted]] = []

@@ -22,6 +22,7 @@ from exchange.platform.signing import KeyRing, load_master_key
 log = get_logger(__name__)
 
 PartLoop = Callable[[Platform, asyncio.Event], Awaitable[None]]
+DRAIN_SECONDS = 1.0
 
 
 async def run_part(settings: Settings, part: str, loop_body: PartLoop) -> None:
@@ -51,6 +52,11 @@ async def run_part(settings: Settings, part: str, loop_body: PartLoop) -> None:
         with contextlib.suppress(Exception):
             await forget(pool, part)
         if not nats.is_closed:
-            await nats.drain()
+            # Drain flushes what was published; it would wait (30 s) for messages a pull
+            # subscription prefetched and will never handle, which JetStream redelivers anyway.
+            try:
+                await asyncio.wait_for(nats.drain(), timeout=DRAIN_SECONDS)
+            except TimeoutError:
+                await nats.close()
         await pool.close()
         log.info("part_stopped", part=part)
