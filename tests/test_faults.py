@@ -152,8 +152,8 @@ async def test_a_relay_killed_between_publish_and_mark_republishes_without_doubl
         # drops it; past the window the consumer would).
         while kills < 4 and (left := await pool.fetchval(pending)):
             deadline = time.monotonic() + 30
-            while await pool.fetchval(pending) == left and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)  # noqa: ASYNC110 - polling another process
+            while await pool.fetchval(pending) == left and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)  # polling what another process writes
             kill(relay)
             kills += 1
             relay = spawn("relay", settings)
