@@ -31,6 +31,7 @@ import asyncpg
 import msgspec
 
 from contracts.orders.events import TradeExecuted, TradeExecutedData, TradeParty
+from exchange.identity.uscc import synthetic_uscc
 from exchange.platform.bus import connect_nats
 from exchange.platform.clock import SystemClock
 from exchange.platform.db import connect, create_pool
@@ -45,13 +46,6 @@ FEE = 100
 def _with_database(url: str, name: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def _uscc(n: int) -> str:
-    from exchange.identity.uscc import ALPHABET, check_character
-
-    body = "91310000" + "".join(ALPHABET[(n // 31**i) % 31] for i in range(9))
-    return body + check_character(body)
 
 
 async def _bench_settings(live: Settings, tag: str) -> Settings:
@@ -101,8 +95,8 @@ async def seed_parties(
     now = datetime.now(UTC)
     contact = {"name": "基准", "email": "bench@example.cn", "phone": "+86 21 0000 0000"}
     base = uuid.uuid4().int % 31**8  # distinct codes on every call
-    seller = (uuid.uuid4(), _uscc(base))
-    buyer_rows = [(uuid.uuid4(), _uscc(base + 1 + i)) for i in range(buyers)]
+    seller = (uuid.uuid4(), synthetic_uscc(base))
+    buyer_rows = [(uuid.uuid4(), synthetic_uscc(base + 1 + i)) for i in range(buyers)]
     everyone = [seller, *buyer_rows]
     await conn.execute(
         "INSERT INTO organisations (id, name, uscc, roles, region, contact, created_at, updated_at)"
@@ -310,7 +304,7 @@ async def bench_ledger(live: Settings, entries: int, out: IO[str]) -> int:
     try:
         keyring = KeyRing(load_master_key(settings.state_dir.resolve()))
         cache = ledger.LedgerTree()
-        party = ledger.EntryParty(str(uuid.uuid4()), _uscc(7))
+        party = ledger.EntryParty(str(uuid.uuid4()), synthetic_uscc(7))
         started = time.perf_counter()
         written = 0
         while written < entries:

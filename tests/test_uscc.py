@@ -4,7 +4,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exchange.identity.uscc import ALPHABET, UsccError, check_character, normalise_uscc
+from exchange.identity.uscc import (
+    ALPHABET,
+    UsccError,
+    check_character,
+    normalise_uscc,
+    synthetic_uscc,
+)
 from tests.helpers import VALID_USCC
 
 
@@ -75,3 +81,9 @@ def test_a_single_substitution_is_detected(prefix, position, replacement):
         return
     with pytest.raises(UsccError):
         normalise_uscc(changed)
+
+
+@given(st.integers(min_value=0, max_value=2**128), st.sampled_from(["91310000", "91330100"]))
+def test_synthetic_codes_for_seed_data_are_valid(n, prefix):
+    code = synthetic_uscc(n, prefix)
+    assert normalise_uscc(code) == code and code.startswith(prefix)

@@ -22,14 +22,8 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from exchange.identity.uscc import ALPHABET, check_character
+from exchange.identity.uscc import synthetic_uscc
 from exchange.platform.signing import b64url
-
-
-def _uscc() -> str:
-    seed = uuid.uuid4().int
-    body = "91310000" + "".join(ALPHABET[(seed >> (5 * i)) % 31] for i in range(9))
-    return body + check_character(body)
 
 
 class _Key:
@@ -90,7 +84,8 @@ async def _setup(client: httpx.AsyncClient, admin: str) -> tuple[str, str, _Key,
     tokens = {}
     for role in ("seller", "buyer"):
         org = await _ok(await client.post("/v1/organisations", headers=auth, json={
-            "name": f"基准{role}", "uscc": _uscc(), "roles": [role], "region": "310000",
+            "name": f"基准{role}", "uscc": synthetic_uscc(uuid.uuid4().int), "roles": [role],
+            "region": "310000",
             "contact": contact}))  # fmt: skip
         issued = await _ok(
             await client.post(

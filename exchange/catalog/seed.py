@@ -27,6 +27,7 @@ import asyncpg
 import msgspec
 
 from exchange.catalog.service import entry_values
+from exchange.identity.uscc import synthetic_uscc
 from exchange.listings.lifecycle import product_code
 from exchange.listings.schemas import ProductMetadata, RevisionInfo
 from exchange.listings.service import CERTIFICATE_TYPE, certificate_claims
@@ -97,13 +98,6 @@ PURPOSES = ["research", "marketing_analysis", "risk_control", "insurance_pricing
 PERSONAL_INFO = {"present": False, "state": "anonymised", "sensitive": False,
                  "minors_under_14": False, "subject_count": 0,
                  "separate_consent_for_supply": False, "guardian_consent": False}  # fmt: skip
-
-
-def _uscc(n: int) -> str:
-    from exchange.identity.uscc import ALPHABET, check_character
-
-    body = "91330100" + "".join(ALPHABET[(n // 31**i) % 31] for i in range(9))
-    return body + check_character(body)
 
 
 def product(rng: random.Random) -> dict[str, Any]:
@@ -265,8 +259,14 @@ async def seed(settings: Settings, products: int, out: IO[str], *, seed_value: i
             raise RuntimeError("no signing key: run `dataex migrate` first")
         key = keyring.open(key_row["kid"], bytes(key_row["sealed_private"]))
         now = datetime.now(UTC)
-        sellers = [(uuid.uuid4(), f"种子数据科技{n}有限公司", _uscc(rng.randrange(31**9)))
-                   for n in range(max(10, products // 1000))]  # fmt: skip
+        sellers = [
+            (
+                uuid.uuid4(),
+                f"种子数据科技{n}有限公司",
+                synthetic_uscc(rng.randrange(31**9), "91330100"),
+            )
+            for n in range(max(10, products // 1000))
+        ]
         await conn.copy_to_table(
             "organisations",
             source=_copy_buffer([

@@ -53,3 +53,10 @@ def normalise_uscc(raw: str) -> str:
     if code[17] != expected:
         raise UsccError("check", f"check character: expected {expected}, got {code[17]}")
     return code
+
+
+def synthetic_uscc(n: int, prefix: str = "91310000") -> str:
+    """A valid code for benchmarks and seed data: ``prefix`` (8 characters: registration
+    authority, organisation type, division), nine characters from ``n``, the check character."""
+    body = prefix + "".join(ALPHABET[(n // 31**i) % 31] for i in range(9))
+    return body + check_character(body)
