@@ -147,10 +147,13 @@ async def relay_loop(platform: Platform, stop: asyncio.Event) -> None:
     def on_notify(*_args: object) -> None:
         wake.set()
 
-    listener = await platform.pool.acquire()
-    await listener.add_listener(CHANNEL, on_notify)
+    listener: Any = None
     try:
         while not stop.is_set():
+            if listener is None or listener.is_closed():
+                # The listening connection dies with a database restart: listen again on a new
+                # one once the database answers; until then polling carries on alone.
+                listener = await _listen(platform, listener, on_notify)
             try:
                 published = await relay_batch(platform)
             except Exception as error:  # noqa: BLE001 - keep relaying; the rows stay pending
@@ -166,6 +169,31 @@ async def relay_loop(platform: Platform, stop: asyncio.Event) -> None:
             for task in pending:
                 task.cancel()
     finally:
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await listener.remove_listener(CHANNEL, on_notify)
+            with contextlib.suppress(Exception):
+                await platform.pool.release(listener)
+
+
+async def _listen(platform: Platform, dead: Any, on_notify: Any) -> Any:
+    """A pooled connection LISTENing on the outbox channel, or None while the database is away.
+
+    ``dead``: the previous listener, closed with its server; it goes back to the pool, which
+    replaces a closed connection on its next use."""
+    if dead is not None:
         with contextlib.suppress(Exception):
-            await listener.remove_listener(CHANNEL, on_notify)
-        await platform.pool.release(listener)
+            await platform.pool.release(dead)
+    try:
+        conn = await platform.pool.acquire()
+    except Exception as error:  # noqa: BLE001 - polled again next round
+        log.warning("relay_listen_failed", error=f"{type(error).__name__}: {error}")
+        return None
+    try:
+        await conn.add_listener(CHANNEL, on_notify)
+    except Exception as error:  # noqa: BLE001 - polled again next round
+        log.warning("relay_listen_failed", error=f"{type(error).__name__}: {error}")
+        with contextlib.suppress(Exception):
+            await platform.pool.release(conn)
+        return None
+    return conn

@@ -72,6 +72,24 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+def is_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` says the database cannot be reached just now (a restart, a failover, a
+    dropped connection) rather than that the work is wrong. Such work is retried as it is, and
+    never counted against the work: the server coming back is the fix."""
+    if isinstance(error, asyncpg.InterfaceError):
+        return "closed" in str(error)  # "connection is closed"; the rest are programming errors
+    return isinstance(
+        error,
+        OSError  # refused, reset, the Unix socket gone while the server restarts
+        | TimeoutError
+        | asyncpg.PostgresConnectionError  # class 08, and a connection lost mid-query
+        | asyncpg.exceptions.CannotConnectNowError  # starting up, recovering
+        | asyncpg.exceptions.AdminShutdownError
+        | asyncpg.exceptions.CrashShutdownError
+        | asyncpg.exceptions.TooManyConnectionsError,
+    )
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
