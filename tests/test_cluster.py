@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -17,8 +18,8 @@ from typing import Any
 import pytest
 
 from exchange.platform.bus import connect_nats, ensure_stream
-from exchange.platform.embedded import EmbeddedNats, NatsRoutes
-from exchange.platform.settings import Settings
+from exchange.platform.embedded import EmbeddedNats, NatsRoutes, _nats_bin
+from exchange.platform.settings import Settings, SettingsError
 from tests.settlement_kit import (
     TRADES,
     assert_exactly_once,
@@ -61,21 +62,33 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, EmbeddedNats]]:
             node.stop(grace=2.0)
 
 
-async def provision(settings: Settings) -> None:
+async def provision(settings: Settings) -> str:
     """`ensure_stream` once the cluster has a meta leader (until then JetStream says 503)."""
     deadline = time.monotonic() + FORM_WITHIN
     while True:
         client = await connect_nats(settings.nats_url or "", name="dataex-test")
         try:
-            await ensure_stream(client, settings)
+            outcome = await ensure_stream(client, settings)
         except Exception:
             if time.monotonic() > deadline:
                 raise
         else:
-            return
+            return outcome
         finally:
             await client.close()
         await asyncio.sleep(0.25)
+
+
+async def replicated(settings: Settings) -> Any:
+    """The stream's info once it has a leader and both followers are current."""
+    deadline = time.monotonic() + FORM_WITHIN
+    while True:
+        info = await stream_info(settings)
+        peers = info.cluster.replicas or []
+        if info.cluster.leader and len(peers) == NODES - 1 and all(p.current for p in peers):
+            return info
+        assert time.monotonic() < deadline, f"stream not replicated: {info.cluster}"
+        await asyncio.sleep(0.1)
 
 
 async def stream_info(settings: Settings) -> Any:
@@ -94,8 +107,12 @@ async def test_a_stream_leader_killed_mid_run_on_a_3_node_cluster_loses_and_doub
         nats_url=",".join(str(node.client_url) for node in cluster.values()),
         stream_replicas=3,
     )
-    await provision(on_cluster)
-    info = await stream_info(on_cluster)
+    # A stream made before the setting (one replica) is moved to three by `dataex migrate`.
+    assert await provision(replace(on_cluster, stream_replicas=None)) == "created"
+    assert (await stream_info(on_cluster)).config.num_replicas == 1
+    assert await provision(replace(on_cluster, stream_replicas=None)) == "unchanged"
+    assert await provision(on_cluster) == "updated"
+    info = await replicated(on_cluster)
     assert info.config.num_replicas == 3
     leader = info.cluster.leader
     assert leader in cluster
@@ -129,3 +146,34 @@ async def test_a_stream_leader_killed_mid_run_on_a_3_node_cluster_loses_and_doub
     print(f"leader {leader} killed at {at_kill} settled; the rest settled in {finished:.1f}s on"
           f" {after.cluster.leader}; nats_disconnected logged"
           f" {log_events(log, 'nats_disconnected')}x")  # fmt: skip
+
+
+def test_a_cluster_is_configured_by_a_list_of_urls_and_a_replica_count():
+    settings = Settings.from_env(
+        {
+            "DATAEX_NATS_URL": "nats://10.0.0.1:4222, nats://10.0.0.2:4222,nats://10.0.0.3:4222",
+            "DATAEX_STREAM_REPLICAS": "3",
+        }
+    )
+    assert settings.stream_replicas == 3
+    assert Settings.from_env(settings.to_env()) == settings
+    assert Settings().stream_replicas is None  # unset: the stream keeps what it has
+    with pytest.raises(SettingsError) as bad:
+        Settings.from_env(
+            {"DATAEX_NATS_URL": "nats://a:4222,http://b", "DATAEX_STREAM_REPLICAS": "7"}
+        )
+    assert [p.split(":")[0] for p in bad.value.problems] == [
+        "DATAEX_NATS_URL",
+        "DATAEX_STREAM_REPLICAS",
+    ]
+
+
+@pytest.mark.parametrize("node", ["node-1.conf", "node-2.conf", "node-3.conf"])
+def test_the_shipped_cluster_configuration_is_accepted_by_nats_server(node):
+    conf = Path(__file__).resolve().parents[1] / "ops" / "nats-cluster" / node
+    text = conf.read_text()
+    assert "sync_interval: always" in text
+    result = subprocess.run(
+        [str(_nats_bin()), "-t", "-c", str(conf)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -31,6 +31,7 @@ from tests.settlement_kit import (
     free_port,
     kill,
     log_events,
+    ready,
     seeded,
     settled,
     spawn,
@@ -179,9 +180,11 @@ async def test_a_nats_server_killed_and_restarted_mid_run_loses_and_doubles_noth
     await enqueue_executed(settings, pool, events[:half])
     parts = [spawn(part, settings, log) for part in ("api", "relay", "settlement")]
     try:
+        await wait_ready(settings.public_url)
         await wait_until(pool, 200)
         own_servers.nats.stop(kill=True)  # SIGKILL: a crash, nothing said to the clients
         at_crash = await settled(pool)
+        assert not await asyncio.to_thread(ready, settings.public_url)  # the API sees it
         # Trades go on executing while the bus is away: the relay publishes them once it is back.
         await enqueue_executed(settings, pool, events[half:])
         await asyncio.sleep(DOWN_SECONDS)
@@ -199,7 +202,7 @@ async def test_a_nats_server_killed_and_restarted_mid_run_loses_and_doubles_noth
     assert await stream_messages(settings) == TRADES  # a re-publish was deduplicated
     await assert_exactly_once(settings, pool, events)
     print(f"nats killed at {at_crash} settled; all {TRADES} settled {caught_up:.1f}s after restart;"
-          f" nats_reconnected logged {log_events(log, 'nats_reconnected')}x")  # fmt: skip
+          f" nats_disconnected logged {log_events(log, 'nats_disconnected')}x")  # fmt: skip
 
 
 async def test_postgresql_stopped_at_once_and_restarted_mid_run_loses_and_doubles_nothing(
@@ -217,6 +220,7 @@ async def test_postgresql_stopped_at_once_and_restarted_mid_run_loses_and_double
         # Immediate shutdown (SIGQUIT): open transactions die uncommitted, the next start
         # replays the WAL, every connection of every part is broken.
         own_servers.postgres.stop(immediate=True)
+        assert not await asyncio.to_thread(ready, settings.public_url)
         await asyncio.sleep(DOWN_SECONDS)
         own_servers.postgres.start()  # same socket
         started = time.monotonic()
