@@ -19,11 +19,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from exchange.platform.clock import SystemClock
 from exchange.platform.db import create_pool
 from exchange.platform.embedded import EmbeddedNats, EmbeddedPostgres
 from exchange.platform.settings import Settings
 from exchange.runtime import prepare
 from settlement.bench import publish_executed
+from settlement.consumer import MAX_DELIVER
 from tests.settlement_kit import (
     TRADES,
     assert_exactly_once,
@@ -37,6 +39,7 @@ from tests.settlement_kit import (
     spawn,
     wait_ready,
     wait_until,
+    worker,
 )
 
 pytestmark = pytest.mark.faults
@@ -238,3 +241,24 @@ async def test_postgresql_stopped_at_once_and_restarted_mid_run_loses_and_double
     print(f"postgres back: API ready after {api_back:.1f}s, all {TRADES} settled after"
           f" {caught_up:.1f}s; database_unavailable logged"
           f" {log_events(log, 'settlement_database_unavailable')}x")  # fmt: skip
+
+
+async def test_a_batch_held_while_postgresql_is_down_is_settled_when_it_returns(own_servers, own):
+    """A database outage is not a failing batch: it counts no delivery and dead-letters nothing,
+    however many retries (here MAX_DELIVER's worth many times over) it outlasts."""
+    settings, pool = own
+    events = await seeded(settings, pool, trades=200)
+    await publish_executed(settings, events)
+    async with worker(settings, pool, SystemClock()) as part:
+        part.consumer.retry_delay = 0.01  # a failing batch would be dead-lettered in ~0.2 s
+        own_servers.postgres.stop(immediate=True)
+        try:
+            polling = asyncio.create_task(part.consumer.poll(part.sub, wait=2.0))
+            await asyncio.sleep(MAX_DELIVER * 0.5)
+            assert not polling.done()  # held, neither failed nor given up
+        finally:
+            own_servers.postgres.start()
+        assert await polling == len(events)
+        assert await part.consumer.poll(part.sub, wait=0.5) == 0  # nothing redelivered
+    assert await settled(pool) == len(events)
+    assert await pool.fetchval("SELECT count(*) FROM settlement_failures") == 0
