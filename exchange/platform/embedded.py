@@ -227,11 +227,6 @@ class EmbeddedPostgres:
             self._log_file.close()
             self._log_file = None
 
-    def restart(self, *, immediate: bool = False) -> None:
-        """Stop and start again on the same socket (fault tests): clients keep their URL."""
-        self.stop(immediate=immediate)
-        self.start()
-
 
 @dataclass(frozen=True, slots=True)
 class NatsRoutes:
@@ -351,8 +346,3 @@ class EmbeddedNats:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-
-    def restart(self, *, kill: bool = False) -> str:
-        """Stop (or kill) and start again on the same port with the same store."""
-        self.stop(kill=kill)
-        return self.start()
