@@ -418,15 +418,11 @@ async def test_placing_an_order_uses_one_connection_from_the_pool(client, trade,
             single, clock, settings, KeyRing(load_master_key(settings.state_dir))
         )
 
-        async def finalize(_conn, _order):
-            return None
-
         order = await asyncio.wait_for(
             service.place(
                 Actor.of(principal, None),
                 principal,
                 msgspec.convert(order_body(product_id), OrderCreate),
-                finalize,
             ),
             20,
         )

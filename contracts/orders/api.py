@@ -25,7 +25,6 @@ from contracts.orders.service import OrderService
 from exchange.audit import Actor, record
 from exchange.platform.auth import PUBLIC, Principal, requires
 from exchange.platform.context import Platform
-from exchange.platform.db import Connection
 from exchange.platform.errors import FieldError, InvalidInput, NotFound
 from exchange.platform.paging import DEFAULT_PAGE, check_limit, decode_cursor, encode_cursor
 
@@ -81,11 +80,8 @@ class OrderController(Controller):
                 headers={"Idempotent-Replayed": "true"},
             )  # fmt: skip
 
-        async def finalize(conn: Connection, order: Order) -> None:
-            await idempotency.complete(conn, principal.org_id, key, 201, msgspec.json.encode(order))
-
         try:
-            order = await orders.place(actor, principal, data, finalize)
+            order = await orders.place(actor, principal, data, idempotency_key=key)
         except BaseException:
             await idempotency.release(orders.pool, principal.org_id, key)
             raise
