@@ -17,6 +17,7 @@ from contracts.agreements.signatures import custodial_key, verify_detached
 from contracts.agreements.templates import ContractTemplate, render_text, templates
 from contracts.orders.events import OrderEventData, TradeExecutedData, TradeParty
 from contracts.orders.fees import fee_fen, rule_from
+from contracts.orders.idempotency import Keyed, Replay, in_flight, stored
 from contracts.orders.matching import match, price_fen
 from contracts.orders.schemas import Order, OrderCreate, TermMismatch
 from contracts.orders.writes import Writes
@@ -64,7 +65,12 @@ SELECT p.id, p.seller_org_id, p.state, p.live_revision, p.product_code, p.legal_
        pl.version AS list_version, pl.digest AS list_digest,
        fee.bps AS fee_bps, fee.min_fen AS fee_min_fen, fee.product_id AS fee_product_id,
        fee.plan_id AS fee_plan_id, fee.effective_from AS fee_effective_from,
-       rc.case_rules, rc.case_list_version, rc.material_since
+       rc.case_rules, rc.case_list_version, rc.material_since,
+       CASE WHEN $5::text IS NULL THEN true
+            ELSE pg_try_advisory_xact_lock(hashtextextended($3::text || '/' || $5, 0))
+       END AS idem_free,
+       ik.request_hash AS idem_request_hash, ik.route AS idem_route, ik.status AS idem_status,
+       ik.response AS idem_response, ik.created_at AS idem_created_at
 FROM products p
 LEFT JOIN product_revisions r ON r.product_id = p.id AND r.number = p.live_revision
 JOIN organisations s ON s.id = p.seller_org_id
@@ -97,6 +103,7 @@ LEFT JOIN LATERAL (
       AND c.revision <= p.live_revision
     ORDER BY c.revision DESC LIMIT 1
 ) rc ON true
+LEFT JOIN idempotency_keys ik ON ik.org_id = $3 AND ik.key = $5
 WHERE p.id = $1
 FOR SHARE OF p
 """
@@ -113,6 +120,11 @@ LEFT JOIN standing_offers so
        ON so.product_id = o.product_id AND so.revision = o.revision AND so.plan_id = o.plan_id
 WHERE o.id = $1
 """
+_STORED_SQL = (
+    "SELECT request_hash AS idem_request_hash, route AS idem_route, status AS idem_status,"
+    " response AS idem_response, created_at AS idem_created_at FROM idempotency_keys"
+    " WHERE org_id = $1 AND key = $2"
+)
 _CONTRACT_SQL = (
     "SELECT c.*, o.buyer_org_id, o.seller_org_id FROM trade_contracts c"
     " JOIN orders o ON o.id = c.order_id WHERE c.id = $1"
@@ -167,6 +179,24 @@ async def _metadata(
             _METADATA.pop(next(iter(_METADATA)))
         _METADATA[digest] = metadata
     return metadata
+
+
+async def _stored_or_free(
+    conn: Connection, ctx: Any, principal: Principal, idempotency: Keyed | None, now: datetime
+) -> Replay | None:
+    """The stored result for the request's key; None when the key is free (taken by this
+    transaction's advisory lock, an expired row deleted). 409 while another request holds it."""
+    if idempotency is None:
+        return None
+    if not ctx["idem_free"]:
+        raise in_flight()
+    replay = stored(ctx, idempotency.digest, idempotency.route, now)
+    if replay is None and ctx["idem_request_hash"] is not None:  # expired: free again
+        await conn.execute(
+            "DELETE FROM idempotency_keys WHERE org_id = $1 AND key = $2",
+            principal.org_id, idempotency.key,
+        )  # fmt: skip
+    return replay
 
 
 def _mismatch_error(mismatches: list[TermMismatch]) -> InvalidInput:
@@ -360,126 +390,149 @@ class OrderService:
         actor: Actor,
         principal: Principal,
         data: OrderCreate,
-        idempotency_key: str | None = None,
-    ) -> Order:
+        idempotency: Keyed | None = None,
+    ) -> Order | Replay:
         """Place an order: match, evaluate, and (when nothing holds it) draft the contract, sign
         it for custodial parties and execute it when all have signed.
 
         One read of everything the order needs (the product locked FOR SHARE, so it cannot be
-        suspended or revised underneath), then one statement of every row it writes; with
-        ``idempotency_key`` the response is stored in that statement too."""
+        suspended or revised underneath), then one statement of every row it writes. With an
+        Idempotency-Key the result is stored by that statement, or the stored one returned."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                return await self._place(conn, actor, principal, data, idempotency)
+        except asyncpg.UniqueViolationError as error:
+            if idempotency is None or error.constraint_name != "idempotency_keys_pkey":
+                raise
+        # Another request with the key committed between this one's snapshot and its lock:
+        # this one is rolled back whole; answer with what the first stored.
+        row = await self.pool.fetchrow(_STORED_SQL, principal.org_id, idempotency.key)
+        replay = (
+            stored(row, idempotency.digest, idempotency.route, self.clock.now()) if row else None
+        )
+        if replay is None:
+            raise in_flight()
+        return replay
+
+    async def _place(
+        self,
+        conn: Connection,
+        actor: Actor,
+        principal: Principal,
+        data: OrderCreate,
+        idempotency: Keyed | None,
+    ) -> Order | Replay:
         now = self.clock.now()
         order_id = uuid.uuid4()
-        async with self.pool.acquire() as conn, conn.transaction():
-            ctx = await conn.fetchrow(
-                _PLACE_SQL, data.product_id, data.plan_id, principal.org_id, now
+        ctx = await conn.fetchrow(
+            _PLACE_SQL, data.product_id, data.plan_id, principal.org_id, now,
+            idempotency.key if idempotency else None,
+        )  # fmt: skip
+        if ctx is None or ctx["live_revision"] is None:
+            raise NotFound(f"no listed product {data.product_id}")
+        replay = await _stored_or_free(conn, ctx, principal, idempotency, now)
+        if replay is not None:
+            return replay
+        metadata = await _metadata(conn, ctx["id"], ctx["live_revision"], ctx["revision_digest"])
+        plan = next((p for p in metadata.plans if p.id == data.plan_id), None)
+        mismatches = match(
+            data, metadata, plan, product_state=ctx["state"],
+            seller_org_id=ctx["seller_org_id"], buyer_org_id=principal.org_id,
+        )  # fmt: skip
+        if mismatches:
+            raise _mismatch_error(mismatches)
+        assert plan is not None
+        document, decision, cleared = await self._evaluate(conn, ctx, data, metadata)
+        held = [h for h in decision.hits if h.list == "cautious" and h.rule not in cleared]
+        state: str = (
+            "rejected" if decision.decision == "reject"
+            else "in_review" if held
+            else "awaiting_signatures"
+        )  # fmt: skip
+        price = price_fen(plan, data.quantity)
+        fee = fee_fen(price, rule_from(ctx, "fee_")) if price else 0
+        pi = metadata.classification.personal_info
+        decision_doc = {"policy": msgspec.to_builtins(decision), "cleared": cleared}
+        writes = Writes()
+        writes.record(
+            actor, at=now, action="order.placed", subject_type="order", subject_id=order_id,
+            after=data,
+            detail={"state": state, "rules": [h.rule for h in decision.hits],
+                    "cleared": cleared, "list_version": decision.list_version},
+        )  # fmt: skip
+        contract: _Contract | None = None
+        case_id: uuid.UUID | None = None
+        if state == "rejected":
+            self._order_event(
+                writes, actor, "rejected", order_id, now,
+                {"rules": [h.rule for h in decision.hits]},
+            )  # fmt: skip
+        elif state == "awaiting_signatures":
+            facts = _Facts(
+                order_id=order_id, revision=ctx["live_revision"], plan=plan, terms=data,
+                price_fen=price, fee_fen=fee, decision=decision_doc,
+                product_code=ctx["product_code"], metadata=metadata,
+                revision_digest=ctx["revision_digest"],
+                seller=PartyView(ctx["seller_org_id"], ctx["seller_name"], ctx["seller_uscc"]),
+                buyer=PartyView(principal.org_id, ctx["buyer_name"], ctx["buyer_uscc"]),
+                offer=(ctx["offer_digest"], ctx["offer_jws"])
+                if ctx["offer_digest"] is not None else None,
+            )  # fmt: skip
+            buyer_key = (
+                self.keyring.open(ctx["buyer_kid"], bytes(ctx["buyer_sealed"]))
+                if ctx["buyer_kid"] is not None
+                else None
             )
-            if ctx is None or ctx["live_revision"] is None:
-                raise NotFound(f"no listed product {data.product_id}")
-            metadata = await _metadata(
-                conn, ctx["id"], ctx["live_revision"], ctx["revision_digest"]
+            exchange_key = (
+                self.keyring.open(ctx["exchange_kid"], bytes(ctx["exchange_sealed"]))
+                if ctx["exchange_kid"] is not None
+                else None
             )
-            plan = next((p for p in metadata.plans if p.id == data.plan_id), None)
-            mismatches = match(
-                data, metadata, plan, product_state=ctx["state"],
-                seller_org_id=ctx["seller_org_id"], buyer_org_id=principal.org_id,
+            contract = self._draft(writes, actor, facts, now, buyer_key, exchange_key)
+            if contract.executed:
+                state = "executed"
+        writes.decision = (
+            "order", str(order_id), decision.list_version, decision.list_digest,
+            decision.decision, msgspec.to_builtins(document), msgspec.to_builtins(decision),
+            now, state in ("in_review", "awaiting_signatures"),
+        )  # fmt: skip
+        writes.order = (
+            order_id, principal.org_id, ctx["seller_org_id"], ctx["id"],
+            ctx["live_revision"], plan.id, msgspec.to_builtins(data), state,
+            decision.cross_border is not None and decision.cross_border.route != "none",
+            pi.present and pi.sensitive and pi.state != "anonymised",
+            data.pi_subject_count, price, fee, decision_doc, now, now,
+            now if state == "executed" else None,
+        )  # fmt: skip
+        if contract is not None:
+            writes.contract = contract.row
+        if state == "in_review":
+            review = msgspec.structs.replace(
+                decision, hits=held, four_eyes=any(h.four_eyes for h in held)
+            )
+            case_id = uuid.uuid4()
+        order = Order(
+            id=order_id, state=state,  # type: ignore[arg-type]
+            buyer_org_id=principal.org_id, seller_org_id=ctx["seller_org_id"],
+            product_id=ctx["id"], revision=ctx["live_revision"], terms=data,
+            price_fen=price, fee_fen=fee, policy=decision_doc["policy"], cleared=cleared,
+            contract_id=contract.id if contract else None,
+            contract_digest=contract.digest if contract else None,
+            review_case_id=case_id, reason=None, created_at=now, updated_at=now,
+        )  # fmt: skip
+        if idempotency is not None:
+            writes.idempotency = (
+                principal.org_id, idempotency.key, idempotency.route, idempotency.digest,
+                201, msgspec.json.encode(order), now,
             )  # fmt: skip
-            if mismatches:
-                raise _mismatch_error(mismatches)
-            assert plan is not None
-            document, decision, cleared = await self._evaluate(conn, ctx, data, metadata)
-            held = [h for h in decision.hits if h.list == "cautious" and h.rule not in cleared]
-            state: str = (
-                "rejected" if decision.decision == "reject"
-                else "in_review" if held
-                else "awaiting_signatures"
+        await writes.flush(conn)
+        if case_id is not None:
+            await open_case(
+                conn, kind="order", subject_id=order_id, subject_org_id=principal.org_id,
+                revision=ctx["live_revision"], decision=review, policy_decision_id=None,
+                at=now, case_id=case_id,
             )  # fmt: skip
-            price = price_fen(plan, data.quantity)
-            fee = fee_fen(price, rule_from(ctx, "fee_")) if price else 0
-            pi = metadata.classification.personal_info
-            decision_doc = {"policy": msgspec.to_builtins(decision), "cleared": cleared}
-            writes = Writes()
-            writes.record(
-                actor, at=now, action="order.placed", subject_type="order", subject_id=order_id,
-                after=data,
-                detail={"state": state, "rules": [h.rule for h in decision.hits],
-                        "cleared": cleared, "list_version": decision.list_version},
-            )  # fmt: skip
-            contract: _Contract | None = None
-            case_id: uuid.UUID | None = None
-            if state == "rejected":
-                self._order_event(
-                    writes, actor, "rejected", order_id, now,
-                    {"rules": [h.rule for h in decision.hits]},
-                )  # fmt: skip
-            elif state == "awaiting_signatures":
-                facts = _Facts(
-                    order_id=order_id, revision=ctx["live_revision"], plan=plan, terms=data,
-                    price_fen=price, fee_fen=fee, decision=decision_doc,
-                    product_code=ctx["product_code"], metadata=metadata,
-                    revision_digest=ctx["revision_digest"],
-                    seller=PartyView(ctx["seller_org_id"], ctx["seller_name"], ctx["seller_uscc"]),
-                    buyer=PartyView(principal.org_id, ctx["buyer_name"], ctx["buyer_uscc"]),
-                    offer=(ctx["offer_digest"], ctx["offer_jws"])
-                    if ctx["offer_digest"] is not None else None,
-                )  # fmt: skip
-                buyer_key = (
-                    self.keyring.open(ctx["buyer_kid"], bytes(ctx["buyer_sealed"]))
-                    if ctx["buyer_kid"] is not None
-                    else None
-                )
-                exchange_key = (
-                    self.keyring.open(ctx["exchange_kid"], bytes(ctx["exchange_sealed"]))
-                    if ctx["exchange_kid"] is not None
-                    else None
-                )
-                contract = self._draft(writes, actor, facts, now, buyer_key, exchange_key)
-                if contract.executed:
-                    state = "executed"
-            writes.decision = (
-                "order", str(order_id), decision.list_version, decision.list_digest,
-                decision.decision, msgspec.to_builtins(document), msgspec.to_builtins(decision),
-                now, state in ("in_review", "awaiting_signatures"),
-            )  # fmt: skip
-            writes.order = (
-                order_id, principal.org_id, ctx["seller_org_id"], ctx["id"],
-                ctx["live_revision"], plan.id, msgspec.to_builtins(data), state,
-                decision.cross_border is not None and decision.cross_border.route != "none",
-                pi.present and pi.sensitive and pi.state != "anonymised",
-                data.pi_subject_count, price, fee, decision_doc, now, now,
-                now if state == "executed" else None,
-            )  # fmt: skip
-            if contract is not None:
-                writes.contract = contract.row
-            if state == "in_review":
-                review = msgspec.structs.replace(
-                    decision, hits=held, four_eyes=any(h.four_eyes for h in held)
-                )
-                case_id = uuid.uuid4()
-            order = Order(
-                id=order_id, state=state,  # type: ignore[arg-type]
-                buyer_org_id=principal.org_id, seller_org_id=ctx["seller_org_id"],
-                product_id=ctx["id"], revision=ctx["live_revision"], terms=data,
-                price_fen=price, fee_fen=fee, policy=decision_doc["policy"], cleared=cleared,
-                contract_id=contract.id if contract else None,
-                contract_digest=contract.digest if contract else None,
-                review_case_id=case_id, reason=None, created_at=now, updated_at=now,
-            )  # fmt: skip
-            if idempotency_key is not None:
-                writes.idempotency = (
-                    principal.org_id,
-                    idempotency_key,
-                    201,
-                    msgspec.json.encode(order),
-                )
-            await writes.flush(conn)
-            if case_id is not None:
-                await open_case(
-                    conn, kind="order", subject_id=order_id, subject_org_id=principal.org_id,
-                    revision=ctx["live_revision"], decision=review, policy_decision_id=None,
-                    at=now, case_id=case_id,
-                )  # fmt: skip
-            return order
+        return order
 
     async def _evaluate(
         self, conn: Connection, ctx: Any, data: OrderCreate, metadata: ProductMetadata

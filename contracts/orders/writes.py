@@ -156,11 +156,9 @@ class Writes:
                 " SELECT * FROM unnest(" + params(columns(self.events), _EVENT_CASTS) + "))"
             )
         if self.idempotency is not None:
-            org_id, key, status, body = self.idempotency
             parts.append(
-                "replay AS (UPDATE idempotency_keys SET status = "
-                f"{params([status])}, response = {params([body])}"
-                f" WHERE org_id = {params([org_id])} AND key = {params([key])})"
+                "replay AS (INSERT INTO idempotency_keys (org_id, key, route, request_hash,"
+                f" status, response, created_at) VALUES ({params(self.idempotency)}))"
             )
         if not parts:
             return "", []
