@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from contracts.agreements.origin import origin_terms
 from contracts.agreements.signatures import custodial_key, verify_detached
 from contracts.agreements.templates import render_text, templates
 from contracts.orders.events import OrderEventData, TradeExecutedData, TradeParty
@@ -472,6 +473,7 @@ class OrderService:
             "clauses": template.render_clauses(values),
             "created_at": at.isoformat(),
         }  # fmt: skip
+        document |= await origin_terms(conn, row["product_code"], self.settings.exchange_code)
         digest = sha256_digest(document)
         text = render_text(template, document | {"digest": digest})
         await conn.execute(

@@ -44,6 +44,7 @@ class Settings:
     subject_prefix: str = "dx"
     max_body_bytes: int = 1_048_576
     contract_ttl_hours: int = 72
+    peer_poll_ms: int = 1000  # how often each API process pulls trusted peers' feeds; 0: never
 
     @property
     def public_url(self) -> str:
@@ -135,6 +136,7 @@ class Settings:
         )
         values["max_body_bytes"] = integer("DATAEX_MAX_BODY_BYTES", 1024, 100_000_000)
         values["contract_ttl_hours"] = integer("DATAEX_CONTRACT_TTL_HOURS", 1, 24 * 365)
+        values["peer_poll_ms"] = integer("DATAEX_PEER_POLL_MS", 0, 3_600_000)
 
         if problems:
             raise SettingsError(problems)
@@ -159,6 +161,7 @@ class Settings:
             "DATAEX_SUBJECT_PREFIX": self.subject_prefix,
             "DATAEX_MAX_BODY_BYTES": str(self.max_body_bytes),
             "DATAEX_CONTRACT_TTL_HOURS": str(self.contract_ttl_hours),
+            "DATAEX_PEER_POLL_MS": str(self.peer_poll_ms),
         }
         if self.database_url:
             env["DATAEX_DATABASE_URL"] = self.database_url
