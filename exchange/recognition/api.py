@@ -31,7 +31,7 @@ from exchange.recognition.verify import CredentialInvalid
 
 Recognitions = NamedDependency[RecognitionService]
 ActorDep = NamedDependency[Actor]
-Code = Annotated[str, QueryParameter(pattern=r"^[A-Z][A-Z0-9]{1,7}$")]
+Code = Annotated[str | None, QueryParameter(pattern=r"^[A-Z][A-Z0-9]{1,7}$")]
 
 
 def provide_recognition(platform: NamedDependency[Platform]) -> RecognitionService:
@@ -129,7 +129,7 @@ class RecognitionController(Controller):
 
     @get("/", operation_id="listRecognitions", opt=PUBLIC)
     async def list_recognitions(self, recognition: Recognitions,
-                                origin: Code | None = None) -> list[Recognition]:  # fmt: skip
+                                origin: Code = None) -> list[Recognition]:  # fmt: skip
         """Recognitions here, newest first (the origin's sellers see refusals and why)."""
         return await recognition.recognitions(origin)
 
