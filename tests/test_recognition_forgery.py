@@ -36,7 +36,7 @@ from exchange.recognition.schemas import (
 from exchange.recognition.service import RecognitionService
 from tests.helpers import bearer, issue_token, make_uscc, register_org
 from tests.listing_docs import metadata
-from tests.test_listings import market
+from tests.test_listings import claim_and_decide, market, submit
 
 __all__ = ["market"]  # the fixture, reused
 
@@ -303,3 +303,86 @@ async def test_a_feed_page_not_signed_by_the_peer_is_refused_and_nothing_applies
     peers = (await here["client"].get("/v1/peers", headers=bearer(here["admin"]))).json()
     assert peers[0]["cursor"] == 0 and "UnknownKey" in peers[0]["last_error"]
     assert peer.items == []
+
+
+async def test_an_organisation_is_registered_from_a_credential_alone(here):
+    peer, now = here["peer"], here["clock"].now()
+    headers = bearer(here["admin"])
+    client = here["client"]
+    accepted = await client.post(
+        "/v1/member-credentials/accept", json={"credential": peer.credential(now)}, headers=headers
+    )
+    assert accepted.status_code == 201, accepted.text
+    org = accepted.json()
+    assert org["uscc"] == SELLER_USCC and org["roles"] == ["seller"]
+    kids = await here["pool"].fetch(
+        "SELECT kid FROM org_keys WHERE org_id = $1", uuid.UUID(org["id"])
+    )
+    assert [k["kid"] for k in kids] == [_kid(peer.seller_key.public_key())]
+    # A second credential for the same organisation adds nothing but the record of it.
+    again = await client.post(
+        "/v1/member-credentials/accept", json={"credential": peer.credential(now)}, headers=headers
+    )
+    assert again.json()["id"] == org["id"]
+    forged = await client.post(
+        "/v1/member-credentials/accept",
+        json={"credential": peer.credential(now, key=Peer.new_key())},
+        headers=headers,
+    )
+    assert forged.json()["code"] == "recognition_unknown_key"
+    expired = await client.post(
+        "/v1/member-credentials/accept",
+        json={"credential": peer.credential(now - timedelta(days=400))},
+        headers=headers,
+    )
+    assert expired.status_code == 422 and expired.json()["code"] == "credential_invalid"
+
+
+async def test_a_recognised_product_is_revised_only_at_its_origin(here):
+    peer, now = here["peer"], here["clock"].now()
+    document = metadata()
+    recognised = await present(here, peer.certificate(document, 1, now), document)
+    assert recognised.status_code == 201
+    org_id = await here["pool"].fetchval(
+        "SELECT seller_org_id FROM products WHERE recognised_from = $1", PEER
+    )
+    seller = await issue_token(here["client"], here["admin"], str(org_id), ["seller"])
+    response = await here["client"].post(
+        f"/v1/products/{recognised.json()['product_id']}/revisions",
+        json=metadata(summary="本地改动"),
+        headers=bearer(seller),
+    )
+    assert response.status_code == 409
+    assert "recognised from SHDX" in response.json()["detail"]
+
+
+async def test_identity_and_feed_pages_verify_with_an_independent_jose_library(
+    here, market, settings
+):
+    from joserfc import jws
+    from joserfc.jwk import KeySet
+
+    client = here["client"]
+    identity = (await client.get("/.well-known/dataex-exchange")).json()
+    assert identity["code"] == settings.exchange_code
+    assert identity["feed_url"].endswith("/v1/recognition/feed")
+    assert identity["policy_list_version"] == "2026.1"
+    keys = KeySet.import_key_set(identity["jwks"])
+    verified = jws.deserialize_compact(identity["jws"], keys, algorithms=["EdDSA"])
+    assert msgspec.json.decode(verified.payload)["code"] == settings.exchange_code
+
+    product = await submit(client, market["seller"], metadata())
+    decided = await claim_and_decide(client, market["alice"], product["review"]["case_id"])
+    assert decided.status_code == 200
+    page = (await client.get("/v1/recognition/feed", params={"after": 0})).json()
+    assert page["count"] == 1 and page["next_after"] == 1
+    claims = msgspec.json.decode(
+        jws.deserialize_compact(page["jws"], keys, algorithms=["EdDSA"]).payload
+    )
+    (item,) = claims["items"]
+    assert item["event"] == "published" and item["seq"] == 1
+    assert item["revision_digest"] == sha256_digest(
+        msgspec.convert(item["metadata"], ProductMetadata)
+    )
+    empty = (await client.get("/v1/recognition/feed", params={"after": 1})).json()
+    assert empty["count"] == 0 and empty["next_after"] == 1

@@ -391,6 +391,11 @@ class ListingService:
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
             row = await self._visible_row(conn, principal, product_id, lock=True, staff_may=False)
+            if row["recognised_from"] is not None:
+                raise Conflict(
+                    f"recognised from {row['recognised_from']}: revise it there, where it is"
+                    " certified; the change reaches this exchange through recognition"
+                )
             next_state(row["state"], "revise")
             if row["pending_revision"] is not None:
                 raise Conflict(
