@@ -149,7 +149,7 @@ async def test_listed_on_a_recognised_on_b_ordered_and_suspended(exchanges):
         page = (await b.http.get("/v1/products", params={"recognised_from": "SHDX"})).json()
         return any(item["product_code"] == code for item in page["items"])
 
-    await until(searchable_on_b)
+    listed_after = await until(searchable_on_b)
     page = (
         await b.http.get("/v1/products", params={"q": "气象", "recognised_from": "SHDX"})
     ).json()
@@ -232,7 +232,8 @@ async def test_listed_on_a_recognised_on_b_ordered_and_suspended(exchanges):
         seen = (await b.http.get(f"/v1/recognitions/SHDX/{code}")).json()
         return bool(seen["origin_state"] == "suspended")
 
-    await until(suspended_on_b)
+    suspended_after = await until(suspended_on_b)
+    print(f"propagation A→B: listed {listed_after:.2f} s, suspended {suspended_after:.2f} s")
     assert not await searchable_on_b()
     state, reason = await b.pool.fetchrow(
         "SELECT state, suspended_reason FROM products WHERE product_code = $1", code
