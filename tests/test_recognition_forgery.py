@@ -399,3 +399,22 @@ def test_the_public_url_peers_reach_is_configurable_and_checked():
     )
     with pytest.raises(SettingsError, match="DATAEX_PUBLIC_URL: scheme must be one of http"):
         Settings.from_env({"DATAEX_PUBLIC_URL": "ftp://x"})
+
+
+async def test_cautious_hits_the_origin_cleared_do_not_hold_orders_here(here):
+    from tests.test_listings import DEIDENTIFIED_PI
+    from tests.test_orders import order_body
+
+    peer, now, client = here["peer"], here["clock"].now(), here["client"]
+    document = metadata(classification__personal_info=DEIDENTIFIED_PI)
+    recognised = await present(here, peer.certificate(document, 1, now), document)
+    assert recognised.status_code == 201, recognised.text
+    assert await here["pool"].fetchval("SELECT cleared FROM recognitions") == ["CAU-02"]
+    order = await client.post(
+        "/v1/orders",
+        json=order_body(recognised.json()["product_id"]),
+        headers={**bearer(here["caller"]), "Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert order.status_code == 201, order.text
+    assert order.json()["state"] == "awaiting_signatures"
+    assert await here["pool"].fetchval("SELECT count(*) FROM review_cases") == 0

@@ -28,3 +28,18 @@ async def origin_terms(conn: Executor, product_code: str, local_code: str) -> di
             "listing_certificate": row["certificate"],
         }
     }
+
+
+async def cleared_at_origin(conn: Executor, product: Any, hits: list[Any]) -> list[str]:
+    """Product-scope cautious hits of an order that the origin exchange's review cleared, for a
+    product recognised from it at its live revision (none for a local product: no query)."""
+    if product["recognised_from"] is None:
+        return []
+    cleared = await conn.fetchval(
+        "SELECT cleared FROM recognitions WHERE product_id = $1 AND revision = $2"
+        " AND outcome = 'recognised'",
+        product["id"], product["live_revision"],
+    )  # fmt: skip
+    held = set(cleared or [])
+    return [h.rule for h in hits if h.list == "cautious" and h.scope == "product"
+            and h.rule in held]  # fmt: skip

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from contracts.agreements.origin import origin_terms
+from contracts.agreements.origin import cleared_at_origin, origin_terms
 from contracts.agreements.signatures import custodial_key, verify_detached
 from contracts.agreements.templates import render_text, templates
 from contracts.orders.events import OrderEventData, TradeExecutedData, TradeParty
@@ -236,6 +236,7 @@ class OrderService:
                 decision=decision,
             )
             cleared = await self._cleared(conn, product, decision, policy)
+            cleared += await cleared_at_origin(conn, product, decision.hits)  # recognised only
             held = [h for h in decision.hits if h.list == "cautious" and h.rule not in cleared]
             state = (
                 "rejected" if decision.decision == "reject"

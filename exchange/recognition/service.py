@@ -469,6 +469,13 @@ class RecognitionService:
             conn, origin, code, product_id, revision, digest, "listed", "recognised", None, seq,
             now,
         )  # fmt: skip
+        # The origin listed this revision after its review: the product's cautious hits under
+        # this exchange's list count as cleared for orders here, as a local review would.
+        cautious = [h.rule for h in decision.hits if h.list == "cautious" and h.scope == "product"]
+        await conn.execute(
+            "UPDATE recognitions SET cleared = $3 WHERE origin = $1 AND product_code = $2",
+            origin, code, cautious,
+        )  # fmt: skip
         await record(
             conn, actor, at=now, action="recognition.recognised", subject_type="recognition",
             subject_id=code,

@@ -58,11 +58,14 @@ CREATE TABLE recognitions (
     origin_state   text NOT NULL CHECK (origin_state IN ('listed', 'suspended', 'delisted')),
     outcome        text NOT NULL CHECK (outcome IN ('recognised', 'refused')),
     refusal        jsonb,                   -- the local rule(s) that refused, with explanations
+    cleared        text[] NOT NULL DEFAULT '{}',  -- local cautious product rules the origin's
+                                            -- review cleared for this revision (mutual recognition)
     revoked_before timestamptz,             -- certificates issued up to here are revoked
     feed_seq       bigint NOT NULL DEFAULT 0,
     updated_at     timestamptz NOT NULL,
     PRIMARY KEY (origin, product_code)
 );
+CREATE INDEX recognitions_product ON recognitions (product_id) WHERE product_id IS NOT NULL;
 
 -- This exchange's listing events, in commit order (appends take a transaction-scoped lock, so
 -- a reader paging by sequence never skips a row committed late). Never changed.
