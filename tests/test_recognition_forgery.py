@@ -418,3 +418,28 @@ async def test_cautious_hits_the_origin_cleared_do_not_hold_orders_here(here):
     assert order.status_code == 201, order.text
     assert order.json()["state"] == "awaiting_signatures"
     assert await here["pool"].fetchval("SELECT count(*) FROM review_cases") == 0
+
+
+async def test_without_a_credential_the_seller_must_already_be_registered_from_one(here):
+    peer, now, client = here["peer"], here["clock"].now(), here["client"]
+    document = metadata()
+    certificate = peer.certificate(document, 1, now)
+    body = {"certificate": certificate, "metadata": document}
+    refused = await client.post("/v1/recognitions", json=body, headers=bearer(here["caller"]))
+    assert refused.status_code == 422
+    assert refused.json()["code"] == "credential_invalid"
+    assert SELLER_USCC in refused.json()["detail"]
+    await _audited(here, "credential_invalid")
+    accepted = await client.post(
+        "/v1/member-credentials/accept",
+        json={"credential": peer.credential(now)},
+        headers=bearer(here["admin"]),
+    )
+    assert accepted.status_code == 201
+    recognised = await client.post("/v1/recognitions", json=body, headers=bearer(here["caller"]))
+    assert recognised.status_code == 201, recognised.text
+    seller = await here["pool"].fetchval(
+        "SELECT seller_org_id FROM products WHERE id = $1",
+        uuid.UUID(recognised.json()["product_id"]),
+    )
+    assert str(seller) == accepted.json()["id"]

@@ -77,11 +77,12 @@ class CredentialPresented(Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class RecognitionRequest(Struct, frozen=True, forbid_unknown_fields=True):
-    """A listing certificate, the revision metadata it digests, and the seller's credential."""
+    """A listing certificate, the revision metadata it digests, and the seller's member
+    credential (needed unless the seller was registered here from one already)."""
 
     certificate: str
     metadata: dict[str, Any]
-    credential: str
+    credential: str | None = None
 
 
 class Recognition(Struct, frozen=True):

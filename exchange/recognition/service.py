@@ -337,12 +337,14 @@ class RecognitionService:
                 code = str(claims.get("sub"))
                 verify.check_expiry(claims, self.clock.now(), "certificate")
                 metadata = verify.check_metadata(claims, request.metadata)
-                issuer, credential = self._verify_credential(request.credential, peers)
-                if issuer != origin:
-                    raise verify.CredentialInvalid(
-                        f"the credential was issued by {issuer}, the certificate by {origin}"
-                    )
-                verify.check_credential_holder(credential, claims)
+                credential: dict[str, Any] | None = None
+                if request.credential is not None:
+                    issuer, credential = self._verify_credential(request.credential, peers)
+                    if issuer != origin:
+                        raise verify.CredentialInvalid(
+                            f"the credential was issued by {issuer}, the certificate by {origin}"
+                        )
+                    verify.check_credential_holder(credential, claims)
                 current = await self._lock(conn, origin, code)
                 if current is not None:
                     issued = datetime.fromtimestamp(int(claims["iat"]), tz=UTC)
@@ -401,8 +403,8 @@ class RecognitionService:
         origin: str,
         claims: dict[str, Any],
         metadata: ProductMetadata,
-        credential: dict[str, Any],
-        credential_jws: str,
+        credential: dict[str, Any] | None,
+        credential_jws: str | None,
         certificate: str,
         current: Any,
         *,
@@ -444,7 +446,12 @@ class RecognitionService:
                         "list_version": decision.list_version},
             )  # fmt: skip
             return _recognition(row)
-        seller_id = await self._accept_credential(conn, actor, origin, credential, credential_jws)
+        if credential is not None and credential_jws is not None:
+            seller_id = await self._accept_credential(
+                conn, actor, origin, credential, credential_jws
+            )
+        else:
+            seller_id = await self._credentialed_seller(conn, origin, claims)
         first = product_id is None
         if product_id is None:
             product_id = uuid.uuid4()
@@ -484,6 +491,24 @@ class RecognitionService:
                     "cautious": [h.rule for h in decision.hits]},
         )  # fmt: skip
         return _recognition(row)
+
+    async def _credentialed_seller(
+        self, conn: Connection, origin: str, claims: dict[str, Any]
+    ) -> uuid.UUID:
+        """The seller, registered here earlier from an unexpired credential of the origin."""
+        uscc = (claims.get("seller") or {}).get("uscc")
+        org_id: uuid.UUID | None = await conn.fetchval(
+            "SELECT o.id FROM organisations o JOIN accepted_credentials c ON c.org_id = o.id"
+            " WHERE o.uscc = $1 AND c.issuer = $2 AND c.expires_at > $3 LIMIT 1",
+            uscc, origin, self.clock.now(),
+        )  # fmt: skip
+        if org_id is None:
+            raise verify.CredentialInvalid(
+                f"the seller {uscc} holds no unexpired member credential of {origin} here:"
+                " present one with the certificate",
+                extensions={"uscc": uscc, "issuer": origin},
+            )
+        return org_id
 
     async def _set_state(
         self, conn: Connection, product_id: uuid.UUID, state: str, reason: str | None, at: datetime
