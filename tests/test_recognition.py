@@ -318,3 +318,17 @@ async def test_a_stricter_local_list_refuses_and_says_why_and_distrust_hides(exc
     assert removed["trusted"] is False
     page = (await b.http.get("/v1/products", params={"recognised_from": "SHDX"})).json()
     assert page["items"] == []
+    refused_order = await b.http.post(
+        "/v1/orders",
+        json=order_body(
+            await b.pool.fetchval(
+                "SELECT id::text FROM products WHERE product_code = $1", grade_2["product_code"]
+            )
+        ),
+        headers={**b.headers(caller), "Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert refused_order.status_code == 422
+    # Trusted again: it is back, the refused one still refused.
+    await trust(b, a)
+    page = (await b.http.get("/v1/products", params={"recognised_from": "SHDX"})).json()
+    assert [i["product_code"] for i in page["items"]] == [grade_2["product_code"]]

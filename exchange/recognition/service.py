@@ -72,6 +72,10 @@ def _recognition(row: Any) -> Recognition:
     )  # fmt: skip
 
 
+def _distrusted(code: str) -> str:
+    return f"peer exchange {code} is no longer trusted"
+
+
 def check_jwks(keys: Jwks) -> None:
     """A JWKS to pin: at least one Ed25519 public key, each with a kid, no private parts."""
     entries = keys.get("keys")
@@ -148,11 +152,22 @@ class RecognitionService:
                 data.code, str(claims["name"]), data.base_url.rstrip("/"), data.jwks,
                 str(claims["feed_url"]), identity_jws, now,
             )  # fmt: skip
+            # Trusted again: what was hidden only because trust was withdrawn comes back.
+            restored = await conn.fetch(
+                "UPDATE products p SET state = 'listed', suspended_reason = NULL, updated_at = $3"
+                " FROM recognitions r WHERE p.recognised_from = $1 AND p.state = 'suspended'"
+                " AND p.suspended_reason = $2 AND r.product_id = p.id"
+                " AND r.origin_state = 'listed' AND r.outcome = 'recognised' RETURNING p.id",
+                data.code, _distrusted(data.code), now,
+            )  # fmt: skip
+            for product in restored:
+                await catalog.sync(conn, product["id"], now)
             await record(
                 conn, actor, at=now, action="peer.trusted", subject_type="peer",
                 subject_id=data.code,
                 detail={"kids": [k["kid"] for k in data.jwks["keys"]],
-                        "feed_url": claims["feed_url"], "name": claims["name"]},
+                        "feed_url": claims["feed_url"], "name": claims["name"],
+                        "products_restored": len(restored)},
             )  # fmt: skip
         return _peer(row)
 
@@ -174,7 +189,7 @@ class RecognitionService:
             hidden = await conn.fetch(
                 "UPDATE products SET state = 'suspended', suspended_reason = $2, updated_at = $3"
                 " WHERE recognised_from = $1 AND state = 'listed' RETURNING id",
-                code, f"peer exchange {code} is no longer trusted", now,
+                code, _distrusted(code), now,
             )  # fmt: skip
             for product in hidden:
                 await catalog.sync(conn, product["id"], now)
