@@ -443,3 +443,28 @@ async def test_without_a_credential_the_seller_must_already_be_registered_from_o
         uuid.UUID(recognised.json()["product_id"]),
     )
     assert str(seller) == accepted.json()["id"]
+
+
+async def test_a_local_suspension_outlasts_news_from_the_origin(here, market):
+    peer, clock, client = here["peer"], here["clock"], here["client"]
+    first, second = metadata(), metadata(summary="新版说明:补充了 2025 年数据。")
+    recognised = await present(here, peer.certificate(first, 1, clock.now()), first)
+    product_id = recognised.json()["product_id"]
+    suspended = await client.post(
+        f"/v1/products/{product_id}/suspend",
+        json={"reason": "本所核查中"},
+        headers=bearer(market["alice"]),
+    )
+    assert suspended.status_code == 200, suspended.text
+    clock.advance(timedelta(minutes=1))
+    newer = await present(here, peer.certificate(second, 2, clock.now()), second)
+    assert newer.status_code == 201, newer.text
+    row = await here["pool"].fetchrow(
+        "SELECT state, suspended_reason, live_revision FROM products WHERE id = $1",
+        uuid.UUID(product_id),
+    )
+    assert (row["state"], row["suspended_reason"], row["live_revision"]) == (
+        "suspended",
+        "本所核查中",
+        2,
+    )

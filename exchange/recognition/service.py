@@ -51,6 +51,7 @@ from exchange.recognition.schemas import (
 log = get_logger(__name__)
 IDENTITY_PATH = "/.well-known/dataex-exchange"
 MARKET_ROLES = ("seller", "buyer")
+REFUSED_HERE = "a newer revision is refused by this exchange's negative list"
 
 
 def _peer(row: Any) -> Peer:
@@ -448,7 +449,7 @@ class RecognitionService:
                 ],
             }  # fmt: skip
             if product_id is not None:  # an earlier revision was recognised: it goes too
-                await self._set_state(conn, product_id, "suspended", "refused locally", now)
+                await self._set_state(conn, product_id, "suspended", REFUSED_HERE, now)
             row = await self._upsert(
                 conn, origin, code, product_id, revision, digest, "listed", "refused", refusal,
                 seq, now,
@@ -481,10 +482,13 @@ class RecognitionService:
             product_id, revision, msgspec.to_builtins(metadata), digest,
             "initial" if first else "material", now,
         )  # fmt: skip
+        # A suspension or delisting decided here stays: the origin's news does not undo it.
         await conn.execute(
-            "UPDATE products SET state = 'listed', live_revision = $2, certificate = $3,"
-            " suspended_reason = NULL, updated_at = $4 WHERE id = $1",
+            "UPDATE products SET live_revision = $2, certificate = $3, updated_at = $4,"
+            " state = CASE WHEN $5 THEN state ELSE 'listed' END,"
+            " suspended_reason = CASE WHEN $5 THEN suspended_reason END WHERE id = $1",
             product_id, revision, certificate, now,
+            await self._held_here(conn, product_id, origin),
         )  # fmt: skip
         await catalog.sync(conn, product_id, now)
         row = await self._upsert(
@@ -506,6 +510,21 @@ class RecognitionService:
                     "cautious": [h.rule for h in decision.hits]},
         )  # fmt: skip
         return _recognition(row)
+
+    async def _held_here(self, conn: Connection, product_id: uuid.UUID, origin: str) -> bool:
+        """Whether this exchange's own staff suspended or delisted the product (as opposed to
+        the origin's events, a withdrawn trust or a local refusal)."""
+        row = await conn.fetchrow(
+            "SELECT state, suspended_reason FROM products WHERE id = $1 FOR UPDATE", product_id
+        )
+        if row is None or row["state"] not in ("suspended", "delisted"):
+            return False
+        reason = row["suspended_reason"] or ""
+        from_origin = (
+            reason.startswith((f"suspended by {origin}", f"delisted by {origin}"))
+            or reason in (_distrusted(origin), REFUSED_HERE)
+        )  # fmt: skip
+        return row["state"] == "delisted" or not from_origin
 
     async def _credentialed_seller(
         self, conn: Connection, origin: str, claims: dict[str, Any]
