@@ -108,26 +108,32 @@ def tamper(token: str, **changes: Any) -> str:
 
 
 @pytest.fixture
-async def here(settings, clock, market, admin_token, pool):
-    """This exchange (no background pulling: the tests pull by hand), trusting SHDX."""
+async def client(settings, clock):
+    """This exchange's API without background pulling: these tests pull by hand."""
     app = create_app(replace(settings, peer_poll_ms=0), clock=clock)
-    async with AsyncTestClient(app=app) as client:
-        peer = Peer(settings)
-        trusted = await client.post(
-            "/v1/peers",
-            json={
-                "code": PEER,
-                "base_url": "http://127.0.0.1:9",
-                "jwks": peer.jwks,
-                "identity": peer.identity(),
-            },
-            headers=bearer(admin_token),
-        )
-        assert trusted.status_code == 201, trusted.text
-        org = await register_org(client, admin_token, make_uscc(7), ["buyer"])
-        caller = await issue_token(client, admin_token, org["id"], ["buyer"])
-        yield {"client": client, "peer": peer, "caller": caller, "clock": clock, "pool": pool,
-               "settings": settings, "admin": admin_token}  # fmt: skip
+    async with AsyncTestClient(app=app) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+async def here(client, settings, clock, market, admin_token, pool):
+    """This exchange, trusting SHDX."""
+    peer = Peer(settings)
+    trusted = await client.post(
+        "/v1/peers",
+        json={
+            "code": PEER,
+            "base_url": "http://127.0.0.1:9",
+            "jwks": peer.jwks,
+            "identity": peer.identity(),
+        },
+        headers=bearer(admin_token),
+    )
+    assert trusted.status_code == 201, trusted.text
+    org = await register_org(client, admin_token, make_uscc(7), ["buyer"])
+    caller = await issue_token(client, admin_token, org["id"], ["buyer"])
+    return {"client": client, "peer": peer, "caller": caller, "clock": clock, "pool": pool,
+           "settings": settings, "admin": admin_token}  # fmt: skip
 
 
 async def present(here: dict[str, Any], certificate: str, document: dict[str, Any],
