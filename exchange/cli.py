@@ -166,6 +166,9 @@ def _settlement_commands(commands: Any, bench_commands: Any) -> None:
         "ledger", help="append N synthetic entries (and tree heads) and time `ledger verify`"
     )
     bench_ledger.add_argument("--entries", type=int, default=1_000_000)
+    from exchange.recognition.cli import add_arguments as add_peer_arguments
+
+    add_peer_arguments(commands)
     ledger_cmd = commands.add_parser(
         "ledger",
         help="the registration ledger: verify it, export it, verify a trade's receipt",
@@ -222,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "policy":
             with runtime.servers(settings) as live:
                 return asyncio.run(runtime.policy_task(live, args))
-        if args.command in ("seed", "catalog", "ledger") or (
+        if args.command in ("seed", "catalog", "ledger", "peers") or (
             args.command == "bench" and args.bench_command in ("catalog", "settlement", "ledger")
         ):
             return _server_task(args, settings)
@@ -245,6 +248,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _server_task(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "peers":
+        from exchange import runtime
+        from exchange.recognition.cli import run as peers_task
+
+        with runtime.servers(settings) as live:
+            return asyncio.run(peers_task(live, args))
     if args.command in ("seed", "catalog") or getattr(args, "bench_command", None) == "catalog":
         return _catalog_task(args, settings)
     return _settlement_task(args, settings)

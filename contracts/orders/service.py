@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from contracts.agreements.origin import cleared_by_origin, origin_exchange
 from contracts.agreements.signatures import custodial_key, verify_detached
 from contracts.agreements.templates import ContractTemplate, render_text, templates
 from contracts.orders.events import OrderEventData, TradeExecutedData, TradeParty
@@ -57,7 +58,8 @@ SIGNATURE_TYPE = "dataex-contract-signature+jws"
 # effect, the fee rule in effect, and the listing review that may have cleared cautious hits.
 _PLACE_SQL = """
 SELECT p.id, p.seller_org_id, p.state, p.live_revision, p.product_code, p.legal_prohibition,
-       r.digest AS revision_digest,
+       p.recognised_from, p.certificate AS listing_certificate, pe.name AS origin_name,
+       rg.cleared AS origin_cleared, r.digest AS revision_digest,
        s.name AS seller_name, s.uscc AS seller_uscc, b.name AS buyer_name, b.uscc AS buyer_uscc,
        so.offer_digest, so.jws AS offer_jws,
        bk.kid AS buyer_kid, bk.sealed_private AS buyer_sealed,
@@ -104,11 +106,15 @@ LEFT JOIN LATERAL (
     ORDER BY c.revision DESC LIMIT 1
 ) rc ON true
 LEFT JOIN idempotency_keys ik ON ik.org_id = $3 AND ik.key = $5
+LEFT JOIN peers pe ON pe.code = p.recognised_from
+LEFT JOIN recognitions rg
+       ON rg.product_id = p.id AND rg.revision = p.live_revision AND rg.outcome = 'recognised'
 WHERE p.id = $1
 FOR SHARE OF p
 """
 _DRAFT_SQL = """
 SELECT o.*, p.product_code, r.metadata, r.digest AS revision_digest,
+       p.recognised_from, p.certificate AS listing_certificate, pe.name AS origin_name,
        s.name AS seller_name, s.uscc AS seller_uscc, b.name AS buyer_name, b.uscc AS buyer_uscc,
        so.offer_digest, so.jws AS offer_jws
 FROM orders o
@@ -118,6 +124,7 @@ JOIN organisations s ON s.id = o.seller_org_id
 JOIN organisations b ON b.id = o.buyer_org_id
 LEFT JOIN standing_offers so
        ON so.product_id = o.product_id AND so.revision = o.revision AND so.plan_id = o.plan_id
+LEFT JOIN peers pe ON pe.code = p.recognised_from
 WHERE o.id = $1
 """
 _STORED_SQL = (
@@ -159,6 +166,7 @@ class _Facts:
     seller: PartyView
     buyer: PartyView
     offer: tuple[str, str] | None  # the standing offer's digest and JWS
+    origin: dict[str, Any]  # the exchange a recognised product was listed at; {} when local
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +288,7 @@ def contract_document(
         ),
         "clauses": template.render_clauses(values),
         "created_at": at.isoformat(),
-    }  # fmt: skip
+    } | facts.origin  # fmt: skip
 
 
 def offer_terms(
@@ -477,6 +485,8 @@ class OrderService:
                 buyer=PartyView(principal.org_id, ctx["buyer_name"], ctx["buyer_uscc"]),
                 offer=(ctx["offer_digest"], ctx["offer_jws"])
                 if ctx["offer_digest"] is not None else None,
+                origin=origin_exchange(ctx["recognised_from"], ctx["origin_name"],
+                                       ctx["listing_certificate"]),
             )  # fmt: skip
             buyer_key = (
                 self.keyring.open(ctx["buyer_kid"], bytes(ctx["buyer_sealed"]))
@@ -558,6 +568,7 @@ class OrderService:
         policy = await self.policy.compiled(conn, ctx["list_version"], ctx["list_digest"])
         decision = evaluate(document, policy)
         cleared = await self._cleared(conn, ctx, decision, policy)
+        cleared += cleared_by_origin(decision.hits, ctx["origin_cleared"])  # recognised only
         return document, decision, cleared
 
     async def _cleared(
@@ -661,6 +672,8 @@ class OrderService:
             buyer=PartyView(row["buyer_org_id"], row["buyer_name"], row["buyer_uscc"]),
             offer=(row["offer_digest"], row["offer_jws"])
             if row["offer_digest"] is not None else None,
+            origin=origin_exchange(row["recognised_from"], row["origin_name"],
+                                   row["listing_certificate"]),
         )  # fmt: skip
         buyer_key = await custodial_key(conn, row["buyer_org_id"], self.keyring)
         return facts, buyer_key, await self.keyring.current(conn)
