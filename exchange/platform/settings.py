@@ -47,9 +47,13 @@ class Settings:
     stream_replicas: int | None = None
     max_body_bytes: int = 1_048_576
     contract_ttl_hours: int = 72
+    peer_poll_ms: int = 1000  # how often each API process pulls trusted peers' feeds; 0: never
+    public_base_url: str | None = None  # where others reach this API (certificates, identity)
 
     @property
     def public_url(self) -> str:
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
         host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::") else self.http_host  # noqa: S104
         return f"http://{host}:{self.http_port}"
 
@@ -143,6 +147,8 @@ class Settings:
         values["stream_replicas"] = integer("DATAEX_STREAM_REPLICAS", 1, 5)
         values["max_body_bytes"] = integer("DATAEX_MAX_BODY_BYTES", 1024, 100_000_000)
         values["contract_ttl_hours"] = integer("DATAEX_CONTRACT_TTL_HOURS", 1, 24 * 365)
+        values["peer_poll_ms"] = integer("DATAEX_PEER_POLL_MS", 0, 3_600_000)
+        values["public_base_url"] = url("DATAEX_PUBLIC_URL", ("http", "https"))
 
         if problems:
             raise SettingsError(problems)
@@ -167,6 +173,7 @@ class Settings:
             "DATAEX_SUBJECT_PREFIX": self.subject_prefix,
             "DATAEX_MAX_BODY_BYTES": str(self.max_body_bytes),
             "DATAEX_CONTRACT_TTL_HOURS": str(self.contract_ttl_hours),
+            "DATAEX_PEER_POLL_MS": str(self.peer_poll_ms),
         }
         if self.stream_replicas is not None:
             env["DATAEX_STREAM_REPLICAS"] = str(self.stream_replicas)
@@ -174,4 +181,6 @@ class Settings:
             env["DATAEX_DATABASE_URL"] = self.database_url
         if self.nats_url:
             env["DATAEX_NATS_URL"] = self.nats_url
+        if self.public_base_url:
+            env["DATAEX_PUBLIC_URL"] = self.public_base_url
         return env
