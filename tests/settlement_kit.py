@@ -185,6 +185,14 @@ async def enqueue_executed(settings: Any, pool: Any, events: list[Any]) -> None:
         )  # fmt: skip
 
 
+async def trickle(settings: Any, pool: Any, events: list[Any], chunk: int = 50) -> None:
+    """Enqueue ``events`` a chunk every 50 ms, as orders executing one after another would: a
+    fault injected meanwhile lands while the relay publishes and the workers settle."""
+    for start in range(0, len(events), chunk):
+        await enqueue_executed(settings, pool, events[start : start + chunk])
+        await asyncio.sleep(0.05)
+
+
 async def assert_exactly_once(settings: Any, pool: Any, events: list[Any]) -> None:
     """Every trade settled once, escrow holds them, money in the book equals the deposits, and
     `dataex ledger verify` (hash chain, tree heads, every balance against its postings) passes."""

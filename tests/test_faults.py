@@ -37,6 +37,7 @@ from tests.settlement_kit import (
     seeded,
     settled,
     spawn,
+    trickle,
     wait_ready,
     wait_until,
     worker,
@@ -179,19 +180,21 @@ async def test_a_nats_server_killed_and_restarted_mid_run_loses_and_doubles_noth
     settings, pool = own
     log = own_servers.state / f"{settings.stream_name}.log"
     events = await seeded(settings, pool)
-    half = TRADES // 2
-    await enqueue_executed(settings, pool, events[:half])
+    first = TRADES // 4
+    await enqueue_executed(settings, pool, events[:first])
     parts = [spawn(part, settings, log) for part in ("api", "relay", "settlement")]
     try:
         await wait_ready(settings.public_url)
         await wait_until(pool, 200)
+        # Trades go on executing while the bus is away: the relay publishes them once it is back.
+        flowing = asyncio.create_task(trickle(settings, pool, events[first:]))
+        await asyncio.sleep(0.3)
         own_servers.nats.stop(kill=True)  # SIGKILL: a crash, nothing said to the clients
         at_crash = await settled(pool)
         assert not await asyncio.to_thread(ready, settings.public_url)  # the API sees it
-        # Trades go on executing while the bus is away: the relay publishes them once it is back.
-        await enqueue_executed(settings, pool, events[half:])
         await asyncio.sleep(DOWN_SECONDS)
         own_servers.nats.start()  # same port, same store
+        await flowing
         started = time.monotonic()
         await wait_until(pool, TRADES)
         caught_up = time.monotonic() - started
