@@ -116,7 +116,7 @@ class Consumer:
                 pending = asyncio.ensure_future(fetch_batch(sub, batch, 1.0))
                 if messages:
                     await self.handle(messages)
-                    await self.service.sign_tree_head(min_new=TREE_HEAD_EVERY)
+                    await self._sign_tree_head()
         finally:
             if not pending.done():
                 pending.cancel()
@@ -125,6 +125,15 @@ class Consumer:
             if stop.is_set():  # fetched but unhandled messages are redelivered after ack_wait
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
+
+    async def _sign_tree_head(self) -> None:
+        """A tree head every TREE_HEAD_EVERY entries. One that fails (the database restarting)
+        must not end this consumer: its prefetched batch would wait out ack_wait; the next
+        batch, or the housekeeping loop, signs instead."""
+        try:
+            await self.service.sign_tree_head(min_new=TREE_HEAD_EVERY)
+        except Exception as error:  # noqa: BLE001 - signed later, see above
+            log.warning("settlement_tree_head_failed", error=f"{type(error).__name__}: {error}")
 
     async def handle(self, messages: Sequence[Any]) -> None:
         decoded: list[tuple[Any, TradeExecuted]] = []

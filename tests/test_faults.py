@@ -22,6 +22,7 @@ import pytest
 from exchange.platform.clock import SystemClock
 from exchange.platform.db import create_pool
 from exchange.platform.embedded import EmbeddedNats, EmbeddedPostgres
+from exchange.platform.heartbeat import INTERVAL_SECONDS as HEARTBEAT_SECONDS
 from exchange.platform.settings import Settings
 from exchange.runtime import prepare
 from settlement.bench import publish_executed
@@ -231,10 +232,21 @@ async def test_postgresql_stopped_at_once_and_restarted_mid_run_loses_and_double
         own_servers.postgres.start()  # same socket
         started = time.monotonic()
         api_back = await wait_ready(settings.public_url)  # the API's pool reconnected
+        restarted_at = await pool.fetchval("SELECT now()")
         await enqueue_executed(settings, pool, events[half:])
         await wait_until(pool, TRADES)
         caught_up = time.monotonic() - started
         await asyncio.sleep(1)
+        # Every part beats again (/health/ready lists them): none lost its heartbeat task.
+        deadline = time.monotonic() + 2 * HEARTBEAT_SECONDS
+        beating: set[str] = set()
+        while beating != {"api", "relay", "settlement"} and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            rows = await pool.fetch(
+                "SELECT part FROM process_heartbeats WHERE seen_at > $1", restarted_at
+            )
+            beating = {row["part"] for row in rows}
+        assert beating == {"api", "relay", "settlement"}
     finally:
         for part in parts:
             kill(part, signal.SIGTERM)
