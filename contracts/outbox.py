@@ -16,10 +16,11 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 import msgspec
 
 from exchange.platform.context import Platform
-from exchange.platform.db import Connection
+from exchange.platform.db import Connection, connect
 from exchange.platform.logging import get_logger
 
 log = get_logger(__name__)
@@ -148,10 +149,14 @@ async def relay_loop(platform: Platform, stop: asyncio.Event) -> None:
     def on_notify(*_args: object) -> None:
         wake.set()
 
-    listener = await platform.pool.acquire()
-    await listener.add_listener(CHANNEL, on_notify)
+    listener: asyncpg.Connection | None = None
     try:
         while not stop.is_set():
+            if listener is None or listener.is_closed():
+                # The listening connection dies with a database restart (and asyncpg's pool
+                # would take a borrowed one back on close): listen on a connection of its own,
+                # again once the database answers; until then polling carries on alone.
+                listener = await _listen(platform, on_notify)
             try:
                 published = await relay_batch(platform)
             except Exception as error:  # noqa: BLE001 - keep relaying; the rows stay pending
@@ -171,6 +176,23 @@ async def relay_loop(platform: Platform, stop: asyncio.Event) -> None:
                 # claim-publish-mark round serves many events instead of one each.
                 await asyncio.sleep(COALESCE_SECONDS)
     finally:
-        with contextlib.suppress(Exception):
-            await listener.remove_listener(CHANNEL, on_notify)
-        await platform.pool.release(listener)
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(listener.close(), timeout=1.0)
+
+
+async def _listen(platform: Platform, on_notify: Any) -> asyncpg.Connection | None:
+    """A connection LISTENing on the outbox channel, or None while the database is away."""
+    assert platform.settings.database_url
+    try:
+        conn = await asyncio.wait_for(connect(platform.settings.database_url), timeout=5.0)
+    except Exception as error:  # noqa: BLE001 - tried again next round
+        log.warning("relay_listen_failed", error=f"{type(error).__name__}: {error}")
+        return None
+    try:
+        await conn.add_listener(CHANNEL, on_notify)
+    except Exception as error:  # noqa: BLE001 - tried again next round
+        log.warning("relay_listen_failed", error=f"{type(error).__name__}: {error}")
+        conn.terminate()
+        return None
+    return conn

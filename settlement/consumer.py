@@ -9,6 +9,10 @@ dead-letter subject and into ``settlement_failures`` (staff see it at
 does not match the executed contract it names, is dead-lettered at once: retrying cannot help.
 Idempotency lives in PostgreSQL (the trade's primary key, each movement's unique step), so a
 redelivery or a duplicate publish past JetStream's dedup window changes nothing.
+
+While PostgreSQL cannot be reached (a restart, a failover) a batch is not a failing batch: it is
+held, its messages kept from redelivery with "in progress" acks, and settled once the database
+answers again. Counting those attempts as deliveries would dead-letter good trades.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from contracts.orders.events import TradeExecuted
 from exchange.platform.context import Platform
+from exchange.platform.db import is_unavailable
 from exchange.platform.logging import get_logger
 from exchange.platform.settings import Settings
 from settlement.service import SettlementService
@@ -34,10 +39,17 @@ log = get_logger(__name__)
 
 DURABLE = "settlement"
 MAX_DELIVER = 5
-ACK_WAIT_SECONDS = 30.0
+# How long a message handed to a worker that died waits before JetStream hands it out again.
+# A batch settles in well under a second; a held one is kept alive with in-progress acks.
+ACK_WAIT_SECONDS = 10.0
 BATCH = 1000
 RETRY_DELAY_SECONDS = 1.0
 GATHER_SECONDS = 0.05
+# While the database is away: first and longest pause between attempts, and how often the held
+# messages are marked in progress (well inside ack_wait, so none is redelivered meanwhile).
+UNAVAILABLE_FIRST_PAUSE = 0.1
+UNAVAILABLE_MAX_PAUSE = 2.0
+PROGRESS_EVERY_SECONDS = ACK_WAIT_SECONDS / 3
 
 
 def dead_letter_subject(settings: Settings) -> str:
@@ -79,6 +91,7 @@ class Consumer:
         self.platform = platform
         self.service = service
         self.retry_delay = retry_delay
+        self.stop: asyncio.Event | None = None  # set by `run`: stop waiting for the database
 
     async def poll(self, sub: Any, batch: int = BATCH, wait: float = 1.0) -> int:
         """Fetch and handle one batch; returns how many messages it held (0 on timeout)."""
@@ -91,6 +104,7 @@ class Consumer:
         """Handle batches until ``stop``, fetching the next batch while one is being settled
         (nats-py spends about as long reading a batch as PostgreSQL takes to settle one). A
         fetched batch is always handled before returning."""
+        self.stop = stop
         pending = asyncio.ensure_future(fetch_batch(sub, batch, 1.0))
         try:
             while True:
@@ -102,7 +116,7 @@ class Consumer:
                 pending = asyncio.ensure_future(fetch_batch(sub, batch, 1.0))
                 if messages:
                     await self.handle(messages)
-                    await self.service.sign_tree_head(min_new=TREE_HEAD_EVERY)
+                    await self._sign_tree_head()
         finally:
             if not pending.done():
                 pending.cancel()
@@ -111,6 +125,15 @@ class Consumer:
             if stop.is_set():  # fetched but unhandled messages are redelivered after ack_wait
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
+
+    async def _sign_tree_head(self) -> None:
+        """A tree head every TREE_HEAD_EVERY entries. One that fails (the database restarting)
+        must not end this consumer: its prefetched batch would wait out ack_wait; the next
+        batch, or the housekeeping loop, signs instead."""
+        try:
+            await self.service.sign_tree_head(min_new=TREE_HEAD_EVERY)
+        except Exception as error:  # noqa: BLE001 - signed later, see above
+            log.warning("settlement_tree_head_failed", error=f"{type(error).__name__}: {error}")
 
     async def handle(self, messages: Sequence[Any]) -> None:
         decoded: list[tuple[Any, TradeExecuted]] = []
@@ -124,15 +147,44 @@ class Consumer:
         if not decoded:
             return
         try:
-            await self._settle(decoded)
+            await self._settle_when_available(decoded)
         except Exception as error:  # noqa: BLE001 - isolate the message that fails
             log.warning("settlement_batch_failed", size=len(decoded),
                         error=f"{type(error).__name__}: {error}")  # fmt: skip
             for item in decoded:
                 try:
-                    await self._settle([item])
+                    await self._settle_when_available([item])
                 except Exception as single:  # noqa: BLE001 - retried, then dead-lettered
                     await self.retry_or_give_up(item[0], item[1], single)
+
+    async def _settle_when_available(self, items: Sequence[tuple[Any, TradeExecuted]]) -> None:
+        """`_settle`, waiting out an unreachable database (see the module's docstring).
+
+        Raises what is wrong with the work itself. Returns without settling only when the
+        worker is stopping: the messages, unacknowledged, are redelivered to another worker."""
+        pause = UNAVAILABLE_FIRST_PAUSE
+        progressed = time.monotonic()
+        while True:
+            try:
+                await self._settle(items)
+            except Exception as error:
+                if not is_unavailable(error):
+                    raise
+                log.warning("settlement_database_unavailable", size=len(items),
+                            error=f"{type(error).__name__}: {error}")  # fmt: skip
+            else:
+                return
+            if self.stop is not None and self.stop.is_set():
+                return
+            if time.monotonic() - progressed >= PROGRESS_EVERY_SECONDS:
+                await _in_progress(items)
+                progressed = time.monotonic()
+            if self.stop is None:
+                await asyncio.sleep(pause)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), timeout=pause)
+            pause = min(pause * 2, UNAVAILABLE_MAX_PAUSE)
 
     async def _settle(self, items: Sequence[tuple[Any, TradeExecuted]]) -> None:
         request_id = items[0][1].dxrequestid if len(items) == 1 else None
@@ -199,6 +251,16 @@ async def fetch_batch(sub: Any, batch: int, wait: float) -> list[Any]:
         except (TimeoutError, NatsTimeout):
             break
     return messages
+
+
+async def _in_progress(items: Sequence[tuple[Any, TradeExecuted]]) -> None:
+    """Reset the ack timer of held messages; if NATS is away too, JetStream redelivers them."""
+    for message, _event in items:
+        try:
+            await message.in_progress()
+        except Exception as error:  # noqa: BLE001 - a redelivery changes nothing
+            log.warning("settlement_progress_failed", error=f"{type(error).__name__}: {error}")
+            return
 
 
 async def _ack(message: Any) -> None:

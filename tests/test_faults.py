@@ -1,102 +1,50 @@
 """Faults during a run of 2,000 executed trades: a settlement worker killed with SIGKILL mid-batch,
-an outbox relay killed between publishing and marking, every event published twice. Afterwards
+an outbox relay killed between publishing and marking, every event published twice, the NATS
+server killed and restarted, PostgreSQL stopped at once (crash-like) and restarted. Afterwards
 each trade is settled exactly once, every balance equals its postings, the money in the book
 equals the deposits, and `dataex ledger verify` passes. The parts are real `dataex serve`
-processes on the test run's PostgreSQL and JetStream."""
+processes. The restart tests run on servers of their own (embedded, in both CI targets): the
+run's shared servers may not be restarted."""
 
 from __future__ import annotations
 
 import asyncio
-import io
-import os
 import signal
-import subprocess
-import sys
 import time
-from datetime import UTC, datetime
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import pytest
 
-from contracts.outbox import enqueue_many
-from exchange.runtime import ensure_signing_key
-from settlement.bench import FEE, PRICE, publish_executed, seed_parties, seed_trades
-from settlement.cli import verify_database
-from tests.helpers import server_env
+from exchange.platform.clock import SystemClock
+from exchange.platform.db import create_pool
+from exchange.platform.embedded import EmbeddedNats, EmbeddedPostgres
+from exchange.platform.heartbeat import INTERVAL_SECONDS as HEARTBEAT_SECONDS
+from exchange.platform.settings import Settings
+from exchange.runtime import prepare
+from settlement.bench import publish_executed
+from settlement.consumer import MAX_DELIVER
+from tests.settlement_kit import (
+    TRADES,
+    assert_exactly_once,
+    enqueue_executed,
+    free_port,
+    kill,
+    log_events,
+    ready,
+    seeded,
+    settled,
+    spawn,
+    trickle,
+    wait_ready,
+    wait_until,
+    worker,
+)
 
 pytestmark = pytest.mark.faults
-
-TRADES = 2_000
-BUYERS = 20
-DEPOSIT = 10**9
-
-
-def spawn(part, settings):
-    return subprocess.Popen(
-        [sys.executable, "-m", "exchange.cli", "serve", part],
-        env=server_env(settings, settings.state_dir) | {"DATAEX_LOG_LEVEL": "error"},
-        cwd=Path(__file__).resolve().parents[1],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
-def kill(process, sig=signal.SIGKILL):
-    """Signal the part's process group; a SIGTERM must stop it within 10 s (graceful stop)."""
-    os.killpg(process.pid, sig)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-        raise AssertionError(f"{process.args} did not stop within 10 s of {sig!r}") from None
-
-
-async def settled(pool):
-    return await pool.fetchval("SELECT count(*) FROM settlement_trades")
-
-
-async def wait_until(pool, target, limit=120.0):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if await settled(pool) >= target:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{await settled(pool)} of {target} trades settled in {limit}s")
-
-
-async def seeded(settings, pool):
-    await ensure_signing_key(pool, settings)
-    async with pool.acquire() as conn:
-        seller, buyers, product = await seed_parties(conn, BUYERS, DEPOSIT)
-        return await seed_trades(conn, TRADES, seller, buyers, product)
-
-
-async def assert_exactly_once(settings, pool, events):
-    ids = [e.trade_id for e in events]
-    assert (
-        await pool.fetchval(
-            "SELECT count(*) FROM settlement_trades WHERE trade_id::text = ANY($1)", ids
-        )
-        == TRADES
-    )
-    assert (
-        await pool.fetchval("SELECT count(*) FROM settlement_trades WHERE state <> 'reserved'") == 0
-    )
-    per_trade = await pool.fetchval(
-        "SELECT max(n) FROM (SELECT count(*) AS n FROM movements WHERE kind = 'reserve'"
-        " GROUP BY trade_id) x"
-    )
-    assert per_trade == 1
-    assert await pool.fetchval("SELECT count(*) FROM movements WHERE kind = 'reserve'") == TRADES
-    assert await pool.fetchval("SELECT count(*) FROM ledger_entries") == TRADES
-    escrow = await pool.fetchval("SELECT sum(balance) FROM accounts WHERE kind = 'escrow'")
-    assert escrow == TRADES * (PRICE + FEE)
-    money = await pool.fetchval("SELECT sum(balance) FROM accounts WHERE kind <> 'clearing'")
-    assert money == BUYERS * DEPOSIT  # deposits, nothing withdrawn: nothing created or lost
-    report = io.StringIO()
-    assert await verify_database(settings.database_url, report) == 0, report.getvalue()
 
 
 async def test_a_settlement_worker_killed_mid_batch_loses_and_doubles_nothing(settings, pool):
@@ -135,13 +83,7 @@ async def test_every_event_published_twice_and_two_workers_change_nothing(settin
 
 async def test_a_relay_killed_between_publish_and_mark_republishes_without_doubling(settings, pool):
     events = await seeded(settings, pool)
-    async with pool.acquire() as conn:
-        await enqueue_many(
-            conn,
-            [(settings.subject("trade", "executed"), "dx.trade.executed", e.trade_id, e)
-             for e in events],
-            source="urn:dataex:test", at=datetime.now(UTC),
-        )  # fmt: skip
+    await enqueue_executed(settings, pool, events)
     worker = spawn("settlement", settings)
     relay = spawn("relay", settings)
     kills = 0
@@ -164,3 +106,174 @@ async def test_a_relay_killed_between_publish_and_mark_republishes_without_doubl
         kill(worker, signal.SIGTERM)
     assert kills >= 1
     await assert_exactly_once(settings, pool, events)
+
+
+# --- server restarts, on servers of this module's own -----------------------------------------
+
+DOWN_SECONDS = 2.0  # how long a server stays away: several reconnect rounds of every part
+
+
+@dataclass
+class OwnServers:
+    state: Path
+    postgres: EmbeddedPostgres
+    nats: EmbeddedNats
+
+
+@pytest.fixture(scope="module")
+def own_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnServers]:
+    """An embedded PostgreSQL and NATS for this module alone, whatever DATAEX_TEST_* says."""
+    state = tmp_path_factory.mktemp("own")
+    servers = OwnServers(state, EmbeddedPostgres(state), EmbeddedNats(state))
+    servers.postgres.start()
+    try:
+        servers.nats.start()
+        yield servers
+    finally:
+        servers.nats.stop()
+        servers.postgres.stop()
+
+
+@pytest.fixture
+async def own(own_servers: OwnServers) -> AsyncIterator[tuple[Settings, asyncpg.Pool]]:
+    """A new database and stream on the module's servers, prepared as `dataex migrate` does."""
+    tag = uuid.uuid4().hex[:8]
+    admin = await asyncpg.connect(own_servers.postgres.url("postgres"))
+    try:
+        await admin.execute(f"CREATE DATABASE \"faults_{tag}\" TEMPLATE template0 ENCODING 'UTF8'")
+    finally:
+        await admin.close()
+    assert own_servers.nats.client_url
+    settings = Settings(
+        database_url=own_servers.postgres.url(f"faults_{tag}"),
+        nats_url=own_servers.nats.client_url,
+        state_dir=own_servers.state,
+        stream_name=f"FAULTS_{tag}",
+        subject_prefix=f"dxf{tag}",
+        http_port=free_port(),
+        log_format="json",
+    )
+    await prepare(settings, bootstrap="never")
+    pool = await create_pool(settings.database_url or "", max_size=4)
+    try:
+        yield settings, pool
+    finally:
+        await pool.close()
+
+
+async def stream_messages(settings: Settings) -> int:
+    from exchange.platform.bus import connect_nats
+
+    client = await connect_nats(settings.nats_url or "", name="dataex-test")
+    try:
+        info = await client.jetstream().stream_info(settings.stream_name)
+        return int(info.state.messages)
+    finally:
+        await client.close()
+
+
+PENDING = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+
+
+async def test_a_nats_server_killed_and_restarted_mid_run_loses_and_doubles_nothing(
+    own_servers, own
+):
+    settings, pool = own
+    log = own_servers.state / f"{settings.stream_name}.log"
+    events = await seeded(settings, pool)
+    first = TRADES // 4
+    await enqueue_executed(settings, pool, events[:first])
+    parts = [spawn(part, settings, log) for part in ("api", "relay", "settlement")]
+    try:
+        await wait_ready(settings.public_url)
+        await wait_until(pool, 200)
+        # Trades go on executing while the bus is away: the relay publishes them once it is back.
+        flowing = asyncio.create_task(trickle(settings, pool, events[first:]))
+        await asyncio.sleep(0.3)
+        own_servers.nats.stop(kill=True)  # SIGKILL: a crash, nothing said to the clients
+        at_crash = await settled(pool)
+        assert not await asyncio.to_thread(ready, settings.public_url)  # the API sees it
+        await asyncio.sleep(DOWN_SECONDS)
+        own_servers.nats.start()  # same port, same store
+        await flowing
+        started = time.monotonic()
+        await wait_until(pool, TRADES)
+        caught_up = time.monotonic() - started
+        await wait_ready(settings.public_url)  # the API's NATS connection is back too
+        await asyncio.sleep(1)  # anything still redelivered must change nothing
+    finally:
+        for part in parts:
+            kill(part, signal.SIGTERM)
+    assert at_crash < TRADES
+    assert await pool.fetchval(PENDING) == 0
+    assert await stream_messages(settings) == TRADES  # a re-publish was deduplicated
+    await assert_exactly_once(settings, pool, events)
+    print(f"nats killed at {at_crash} settled; all {TRADES} settled {caught_up:.1f}s after restart;"
+          f" nats_disconnected logged {log_events(log, 'nats_disconnected')}x")  # fmt: skip
+
+
+async def test_postgresql_stopped_at_once_and_restarted_mid_run_loses_and_doubles_nothing(
+    own_servers, own
+):
+    settings, pool = own
+    log = own_servers.state / f"{settings.stream_name}.log"
+    events = await seeded(settings, pool)
+    half = TRADES // 2
+    await enqueue_executed(settings, pool, events[:half])
+    parts = [spawn(part, settings, log) for part in ("api", "relay", "settlement")]
+    try:
+        await wait_ready(settings.public_url)
+        await wait_until(pool, 200)
+        # Immediate shutdown (SIGQUIT): open transactions die uncommitted, the next start
+        # replays the WAL, every connection of every part is broken.
+        own_servers.postgres.stop(immediate=True)
+        assert not await asyncio.to_thread(ready, settings.public_url)
+        await asyncio.sleep(DOWN_SECONDS)
+        own_servers.postgres.start()  # same socket
+        started = time.monotonic()
+        api_back = await wait_ready(settings.public_url)  # the API's pool reconnected
+        restarted_at = await pool.fetchval("SELECT now()")
+        await enqueue_executed(settings, pool, events[half:])
+        await wait_until(pool, TRADES)
+        caught_up = time.monotonic() - started
+        await asyncio.sleep(1)
+        # Every part beats again (/health/ready lists them): none lost its heartbeat task.
+        deadline = time.monotonic() + 2 * HEARTBEAT_SECONDS
+        beating: set[str] = set()
+        while beating != {"api", "relay", "settlement"} and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            rows = await pool.fetch(
+                "SELECT part FROM process_heartbeats WHERE seen_at > $1", restarted_at
+            )
+            beating = {row["part"] for row in rows}
+        assert beating == {"api", "relay", "settlement"}
+    finally:
+        for part in parts:
+            kill(part, signal.SIGTERM)
+    assert await pool.fetchval(PENDING) == 0
+    assert await stream_messages(settings) == TRADES
+    await assert_exactly_once(settings, pool, events)
+    print(f"postgres back: API ready after {api_back:.1f}s, all {TRADES} settled after"
+          f" {caught_up:.1f}s; database_unavailable logged"
+          f" {log_events(log, 'settlement_database_unavailable')}x")  # fmt: skip
+
+
+async def test_a_batch_held_while_postgresql_is_down_is_settled_when_it_returns(own_servers, own):
+    """A database outage is not a failing batch: it counts no delivery and dead-letters nothing,
+    however many retries (here MAX_DELIVER's worth many times over) it outlasts."""
+    settings, pool = own
+    events = await seeded(settings, pool, trades=200)
+    await publish_executed(settings, events)
+    async with worker(settings, pool, SystemClock()) as part:
+        part.consumer.retry_delay = 0.01  # a failing batch would be dead-lettered in ~0.2 s
+        own_servers.postgres.stop(immediate=True)
+        try:
+            polling = asyncio.create_task(part.consumer.poll(part.sub, wait=2.0))
+            await asyncio.sleep(MAX_DELIVER * 0.5)
+            assert not polling.done()  # held, neither failed nor given up
+        finally:
+            own_servers.postgres.start()
+        assert await polling == len(events)
+        assert await part.consumer.poll(part.sub, wait=0.5) == 0  # nothing redelivered
+    assert await settled(pool) == len(events)
+    assert await pool.fetchval("SELECT count(*) FROM settlement_failures") == 0

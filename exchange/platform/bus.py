@@ -35,7 +35,9 @@ async def connect_nats(url: str, *, name: str, connect_timeout: float = 5.0) -> 
         log.info("nats_reconnected")
 
     client: NatsClient = await nats.connect(
-        url,
+        # A cluster is given as "nats://a:4222,nats://b:4222,...": any of them lets us in, and
+        # the client learns the others from the servers and reconnects to whichever is up.
+        [one.strip() for one in url.split(",") if one.strip()],
         name=name,
         connect_timeout=connect_timeout,
         allow_reconnect=True,
@@ -59,7 +61,7 @@ def stream_config(settings: Settings) -> StreamConfig:
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,
         duplicate_window=DUPLICATE_WINDOW_SECONDS,
-        num_replicas=1,
+        num_replicas=settings.stream_replicas or 1,
     )
 
 
@@ -74,11 +76,14 @@ async def ensure_stream(client: NatsClient, settings: Settings) -> str:
         log.info("stream_created", stream=settings.stream_name)
         return "created"
     current: Any = info.config
+    if settings.stream_replicas is None:
+        wanted.num_replicas = current.num_replicas  # unset: left to the operator
     if (
         sorted(current.subjects or []) != sorted(wanted.subjects or [])
         or current.duplicate_window != wanted.duplicate_window
+        or current.num_replicas != wanted.num_replicas
     ):
-        wanted.num_replicas = current.num_replicas  # replicas are an operator's decision
+        # JetStream moves an existing stream to the new replica count (NATS >= 2.10).
         await js.update_stream(wanted)
         log.info("stream_updated", stream=settings.stream_name)
         return "updated"

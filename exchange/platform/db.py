@@ -72,14 +72,32 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+def is_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` says the database cannot be reached just now (a restart, a failover, a
+    dropped connection) rather than that the work is wrong. Such work is retried as it is, and
+    never counted against the work: the server coming back is the fix."""
+    if isinstance(error, asyncpg.InterfaceError):
+        return "closed" in str(error)  # "connection is closed"; the rest are programming errors
+    return isinstance(
+        error,
+        OSError  # refused, reset, the Unix socket gone while the server restarts
+        | TimeoutError
+        | asyncpg.PostgresConnectionError  # class 08, and a connection lost mid-query
+        | asyncpg.exceptions.CannotConnectNowError  # starting up, recovering
+        | asyncpg.exceptions.AdminShutdownError
+        | asyncpg.exceptions.CrashShutdownError
+        | asyncpg.exceptions.TooManyConnectionsError,
+    )
+
+
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Nothing to reset when a connection goes back to the pool.
 
     asyncpg's default reset sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``
     on every release: a round trip per acquire, three per order request. Our pooled
     connections keep no session state: locks are transaction-scoped, settings are never SET
-    on them, and the relay unlistens before it releases its connection. asyncpg still rolls
-    back a transaction left open (``Connection._reset`` runs before this)."""
+    on them, and the relay listens on a connection of its own, outside the pool. asyncpg still
+    rolls back a transaction left open (``Connection._reset`` runs before this)."""
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:

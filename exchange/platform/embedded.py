@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -215,22 +216,47 @@ class EmbeddedPostgres:
         self.stop()
         raise EmbeddedServerError(f"postgres not ready after {timeout:.0f}s; see {self.log_path}")
 
-    def stop(self, grace: float = 3.0) -> None:
+    def stop(self, grace: float = 3.0, *, immediate: bool = False) -> None:
+        """SIGINT is PostgreSQL's "fast" shutdown: roll back open transactions, checkpoint, exit.
+        ``immediate`` (SIGQUIT) exits at once, like a crash: the next start replays the WAL."""
         if self.process is not None:
-            # SIGINT is PostgreSQL's "fast" shutdown: roll back open transactions, checkpoint, exit.
-            _stop_process(self.process, signal.SIGINT, grace)
-            log.info("embedded_postgres_stopped")
+            _stop_process(self.process, signal.SIGQUIT if immediate else signal.SIGINT, grace)
+            log.info("embedded_postgres_stopped", immediate=immediate)
             self.process = None
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
 
 
-class EmbeddedNats:
-    """A NATS server with JetStream under ``<state>/nats``, on a port the kernel picks."""
+@dataclass(frozen=True, slots=True)
+class NatsRoutes:
+    """This server's place in a JetStream cluster: its route port and its peers' route ports."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.root = state_dir.resolve() / "nats"
+    name: str
+    port: int
+    peers: tuple[int, ...]
+
+
+class EmbeddedNats:
+    """A NATS server with JetStream under ``<state>/nats``, on a port the kernel picks.
+
+    ``port`` fixes the client port; ``cluster`` makes it one node of a JetStream cluster on
+    loopback (``server_name`` must then differ per node). Both serve the fault tests: a node
+    restarted keeps its port, so clients reconnect to the URL they know."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        folder: str = "nats",
+        server_name: str = "dataex_embedded",
+        port: int | None = None,
+        cluster: NatsRoutes | None = None,
+    ) -> None:
+        self.root = state_dir.resolve() / folder
+        self.server_name = server_name
+        self.port = port
+        self.cluster = cluster
         self.store_dir = self.root / "jetstream"
         self.config_path = self.root / "nats.conf"
         self.log_path = self.root / "nats.log"
@@ -240,21 +266,28 @@ class EmbeddedNats:
         self._log_file: IO[bytes] | None = None
 
     def _write_config(self) -> None:
-        config = "\n".join(
-            [
-                "# written by dataex at each start; edits are overwritten",
-                "server_name: dataex_embedded",
-                "listen: 127.0.0.1:-1",  # -1: a free port chosen by the kernel
-                f"ports_file_dir: {json.dumps(str(self.root))}",
-                "jetstream {",
-                f"  store_dir: {json.dumps(str(self.store_dir))}",
-                # Acknowledged messages survive power loss only if every write is fsynced.
-                "  sync_interval: always",
+        lines = [
+            "# written by dataex at each start; edits are overwritten",
+            f"server_name: {self.server_name}",
+            # -1: a free port chosen by the kernel
+            f"listen: 127.0.0.1:{self.port if self.port is not None else -1}",
+            f"ports_file_dir: {json.dumps(str(self.root))}",
+            "jetstream {",
+            f"  store_dir: {json.dumps(str(self.store_dir))}",
+            # Acknowledged messages survive power loss only if every write is fsynced.
+            "  sync_interval: always",
+            "}",
+        ]
+        if self.cluster is not None:
+            routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.cluster.peers)
+            lines += [
+                "cluster {",
+                f"  name: {self.cluster.name}",
+                f"  listen: 127.0.0.1:{self.cluster.port}",
+                f"  routes: [{routes}]",
                 "}",
-                "",
             ]
-        )
-        self.config_path.write_text(config)
+        self.config_path.write_text("\n".join([*lines, ""]))
 
     def live_url(self) -> str | None:
         """The client URL of a server already running for this state folder, if any."""
@@ -293,6 +326,7 @@ class EmbeddedNats:
             with contextlib.suppress(OSError, ValueError):
                 ports = json.loads(ports_file.read_text())
                 self.client_url = str(ports["nats"][0])
+                self.port = int(self.client_url.rsplit(":", 1)[1])  # a restart keeps it
                 log.info("embedded_nats_started", pid=self.process.pid, url=self.client_url)
                 return self.client_url
             time.sleep(0.05)
@@ -301,10 +335,11 @@ class EmbeddedNats:
             f"nats-server not ready after {timeout:.0f}s; see {self.log_path}"
         )
 
-    def stop(self, grace: float = 3.0) -> None:
+    def stop(self, grace: float = 3.0, *, kill: bool = False) -> None:
+        """SIGTERM: a clean shutdown; ``kill`` (SIGKILL) is a crash, nothing flushed or said."""
         if self.process is not None:
-            _stop_process(self.process, signal.SIGTERM, grace)
-            log.info("embedded_nats_stopped")
+            _stop_process(self.process, signal.SIGKILL if kill else signal.SIGTERM, grace)
+            log.info("embedded_nats_stopped", killed=kill)
             self.process = None
             with contextlib.suppress(OSError):
                 self.pid_path.unlink()

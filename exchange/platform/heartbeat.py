@@ -37,7 +37,8 @@ async def run_heartbeat(pool: asyncpg.Pool, part: str) -> None:
     while True:
         try:
             await beat(pool, part)
-        except (OSError, asyncpg.PostgresError) as error:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            # InterfaceError: "connection is closed" while the database restarts.
             log.warning("heartbeat_failed", part=part, error=str(error))
         await asyncio.sleep(INTERVAL_SECONDS)
 

@@ -42,6 +42,9 @@ class Settings:
     exchange_name: str = "dataex 数据交易所"
     stream_name: str = "DATAEX"
     subject_prefix: str = "dx"
+    # None: a new stream gets one replica and an existing one keeps what it has; a number
+    # (3 on a 3-node JetStream cluster) is applied when the stream is created or checked.
+    stream_replicas: int | None = None
     max_body_bytes: int = 1_048_576
     contract_ttl_hours: int = 72
     peer_poll_ms: int = 1000  # how often each API process pulls trusted peers' feeds; 0: never
@@ -70,15 +73,19 @@ class Settings:
                 return None
             return raw.strip()
 
-        def url(name: str, schemes: tuple[str, ...]) -> str | None:
+        def url(name: str, schemes: tuple[str, ...], *, several: bool = False) -> str | None:
             raw = text(name)
             if raw is None:
                 return None
-            parts = urlsplit(raw)
-            if parts.scheme not in schemes:
-                problems.append(f"{name}: scheme must be one of {', '.join(schemes)}, got {raw!r}")
-            elif not parts.netloc and "host=" not in parts.query:
-                problems.append(f"{name}: no host in {raw!r}")
+            # NATS: a comma-separated list of a cluster's servers is one setting.
+            for one in raw.split(",") if several else [raw]:
+                parts = urlsplit(one.strip())
+                if parts.scheme not in schemes:
+                    problems.append(
+                        f"{name}: scheme must be one of {', '.join(schemes)}, got {one!r}"
+                    )
+                elif not parts.netloc and "host=" not in parts.query:
+                    problems.append(f"{name}: no host in {one!r}")
             return raw
 
         def integer(name: str, low: int, high: int) -> int | None:
@@ -114,7 +121,7 @@ class Settings:
             return raw
 
         values["database_url"] = url("DATAEX_DATABASE_URL", ("postgresql", "postgres"))
-        values["nats_url"] = url("DATAEX_NATS_URL", ("nats", "tls"))
+        values["nats_url"] = url("DATAEX_NATS_URL", ("nats", "tls"), several=True)
         values["http_host"] = text("DATAEX_HTTP_HOST")
         values["http_port"] = integer("DATAEX_HTTP_PORT", 1, 65535)
         values["api_workers"] = integer("DATAEX_API_WORKERS", 1, 64)
@@ -137,6 +144,7 @@ class Settings:
         values["subject_prefix"] = pattern(
             "DATAEX_SUBJECT_PREFIX", _SUBJECT_TOKEN, "a lower-case NATS subject token such as 'dx'"
         )
+        values["stream_replicas"] = integer("DATAEX_STREAM_REPLICAS", 1, 5)
         values["max_body_bytes"] = integer("DATAEX_MAX_BODY_BYTES", 1024, 100_000_000)
         values["contract_ttl_hours"] = integer("DATAEX_CONTRACT_TTL_HOURS", 1, 24 * 365)
         values["peer_poll_ms"] = integer("DATAEX_PEER_POLL_MS", 0, 3_600_000)
@@ -167,6 +175,8 @@ class Settings:
             "DATAEX_CONTRACT_TTL_HOURS": str(self.contract_ttl_hours),
             "DATAEX_PEER_POLL_MS": str(self.peer_poll_ms),
         }
+        if self.stream_replicas is not None:
+            env["DATAEX_STREAM_REPLICAS"] = str(self.stream_replicas)
         if self.database_url:
             env["DATAEX_DATABASE_URL"] = self.database_url
         if self.nats_url:
