@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Litestar, Router
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.routes import HTTPRoute
@@ -36,7 +37,9 @@ from exchange.platform.http import (
     EXCEPTION_HANDLERS,
     RequestContextMiddleware,
     add_request_id_header,
+    declare_problem_responses,
 )
+from exchange.platform.limits import JsonDepthMiddleware, RateLimitMiddleware, RateLimits
 from exchange.platform.logging import configure_logging, get_logger
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing, load_master_key
@@ -128,13 +131,24 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                 await nats.drain()
             await pool.close()
 
+    rate_limits = RateLimits.configured(
+        settings.rate_limit_per_second,
+        settings.rate_limit_burst,
+        settings.rate_limit_anonymous_per_second,
+    )
     openapi_router = Router(OPENAPI_PATH, route_handlers=[], include_in_schema=False, opt=PUBLIC)
     app = Litestar(
         route_handlers=ROUTE_HANDLERS,
         guards=[access_guard],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[RequestContextMiddleware],
+        middleware=[
+            RequestContextMiddleware,
+            # One set of buckets per app, shared by every route (Litestar builds a middleware
+            # stack per route, so the limits object is created here and passed in).
+            DefineMiddleware(RateLimitMiddleware, limits=rate_limits),
+            JsonDepthMiddleware,
+        ],
         before_send=[add_request_id_header],
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
@@ -152,6 +166,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         debug=False,
     )
     check_access_policies(app)
+    declare_problem_responses(app.routes)
+    app.state.rate_limits = rate_limits
     return app
 
 

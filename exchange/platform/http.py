@@ -5,16 +5,22 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 from litestar import Request, Response
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from structlog.contextvars import bound_contextvars
 
+from exchange.platform.auth import route_access
 from exchange.platform.errors import DataexError, FieldError
+from exchange.platform.limits import EXEMPT_PREFIXES, TooManyRequests
 from exchange.platform.logging import get_logger
 from exchange.platform.validation import collect_errors
 
@@ -128,6 +134,11 @@ def problem_response(
 def handle_dataex_error(request: Request[Any, Any, Any], error: DataexError) -> Response[Any]:
     if error.status >= 500:
         log.error("request_failed", code=error.code, detail=error.detail)
+    headers = None
+    if error.status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="dataex"'}
+    elif isinstance(error, TooManyRequests):
+        headers = {"Retry-After": str(error.retry_after_s)}
     return problem_response(
         request,
         status=error.status,
@@ -136,7 +147,7 @@ def handle_dataex_error(request: Request[Any, Any, Any], error: DataexError) -> 
         detail=error.detail,
         errors=error.errors,
         extensions=error.extensions,
-        headers={"WWW-Authenticate": 'Bearer realm="dataex"'} if error.status == 401 else None,
+        headers=headers,
     )
 
 
@@ -269,3 +280,53 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: handle_http_exception,
     Exception: handle_unexpected,
 }
+
+
+_PROBLEM_DESCRIPTIONS = {
+    400: "Malformed request, JSON or parameters, or JSON nested too deeply (names each field)",
+    401: "No token, or an unknown, revoked or expired one",
+    403: "The token lacks the role this operation needs",
+    404: "No such resource, or another organisation's",
+    409: "Conflicts with the resource's current state",
+    413: "The request body is larger than DATAEX_MAX_BODY_BYTES",
+    415: "The request body is not JSON",
+    422: "Well-formed but invalid values (problem names each field)",
+    429: "Rate limit of this token or address reached; see Retry-After",
+    500: "Unexpected failure; its cause is logged under the request id",
+}
+
+
+def problem_statuses(handler: HTTPRouteHandler, path: str) -> list[int]:
+    """The problem answers an operation can give, from its access policy, method and path."""
+    statuses = [400, 404, 422, 500]
+    if route_access(handler) != "public":
+        statuses += [401, 403]
+    if not path.startswith(EXEMPT_PREFIXES):
+        statuses.append(429)
+    if handler.http_methods & {"POST", "PUT", "PATCH", "DELETE"}:
+        statuses += [409, 413, 415]
+    return sorted(statuses)
+
+
+def declare_problem_responses(routes: Iterable[Any]) -> None:
+    """Declare every operation's problem responses in the OpenAPI document.
+
+    Litestar would document only a 400 with its own error shape; the API answers every error
+    as an RFC 9457 problem (`Problem`, ``application/problem+json``), so clients and contract
+    tests (schemathesis) can check each answer against the document. A handler's own
+    ``responses`` win.
+    """
+    for route in routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            specs = {
+                status: ResponseSpec(
+                    data_container=Problem,
+                    generate_examples=False,
+                    description=_PROBLEM_DESCRIPTIONS[status],
+                    media_type=PROBLEM_JSON,
+                )
+                for status in problem_statuses(handler, route.path)
+            }
+            handler.responses = {**specs, **(handler.responses or {})}

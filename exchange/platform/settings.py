@@ -44,6 +44,10 @@ class Settings:
     subject_prefix: str = "dx"
     max_body_bytes: int = 1_048_576
     contract_ttl_hours: int = 72
+    # Per API process (buckets are kept in memory, see exchange.platform.limits); 0 turns off.
+    rate_limit_per_second: int = 200
+    rate_limit_burst: int = 400
+    rate_limit_anonymous_per_second: int = 500
 
     @property
     def public_url(self) -> str:
@@ -135,6 +139,11 @@ class Settings:
         )
         values["max_body_bytes"] = integer("DATAEX_MAX_BODY_BYTES", 1024, 100_000_000)
         values["contract_ttl_hours"] = integer("DATAEX_CONTRACT_TTL_HOURS", 1, 24 * 365)
+        values["rate_limit_per_second"] = integer("DATAEX_RATE_LIMIT_PER_SECOND", 0, 1_000_000)
+        values["rate_limit_burst"] = integer("DATAEX_RATE_LIMIT_BURST", 1, 10_000_000)
+        values["rate_limit_anonymous_per_second"] = integer(
+            "DATAEX_RATE_LIMIT_ANONYMOUS_PER_SECOND", 0, 1_000_000
+        )
 
         if problems:
             raise SettingsError(problems)
@@ -159,6 +168,9 @@ class Settings:
             "DATAEX_SUBJECT_PREFIX": self.subject_prefix,
             "DATAEX_MAX_BODY_BYTES": str(self.max_body_bytes),
             "DATAEX_CONTRACT_TTL_HOURS": str(self.contract_ttl_hours),
+            "DATAEX_RATE_LIMIT_PER_SECOND": str(self.rate_limit_per_second),
+            "DATAEX_RATE_LIMIT_BURST": str(self.rate_limit_burst),
+            "DATAEX_RATE_LIMIT_ANONYMOUS_PER_SECOND": str(self.rate_limit_anonymous_per_second),
         }
         if self.database_url:
             env["DATAEX_DATABASE_URL"] = self.database_url
