@@ -39,7 +39,7 @@ from exchange.platform.http import (
     add_request_id_header,
     declare_problem_responses,
 )
-from exchange.platform.limits import JsonDepthMiddleware, RateLimitMiddleware, RateLimits
+from exchange.platform.limits import InputGuardMiddleware, RateLimitMiddleware, RateLimits
 from exchange.platform.logging import configure_logging, get_logger
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing, load_master_key
@@ -147,7 +147,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             # One set of buckets per app, shared by every route (Litestar builds a middleware
             # stack per route, so the limits object is created here and passed in).
             DefineMiddleware(RateLimitMiddleware, limits=rate_limits),
-            JsonDepthMiddleware,
+            InputGuardMiddleware,
         ],
         before_send=[add_request_id_header],
         lifespan=[lifespan],

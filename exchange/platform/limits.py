@@ -13,9 +13,10 @@ load balancer, each allow the configured rate). Keys:
   an address whose failure bucket is empty gets 429 for any token, so guessing tokens, or
   rotating bogus ones to dodge the per-token bucket, is throttled by address.
 
-Health probes are exempt. JSON bodies deeper than `MAX_JSON_DEPTH` are refused with a 400 naming
-the path where the nesting went too deep, before anything decodes them (msgspec and the problem
-handlers would otherwise recurse until Python's recursion limit).
+Health probes are exempt. `InputGuardMiddleware` refuses JSON bodies deeper than
+`MAX_JSON_DEPTH` (msgspec and the problem handlers would otherwise recurse until Python's
+recursion limit: a 500) and NUL characters anywhere (PostgreSQL text cannot store them: a 500
+too), each with a problem naming the field.
 """
 
 from __future__ import annotations
@@ -242,15 +243,31 @@ def _deep_path(node: Any, limit: int, depth: int = 1) -> str | None:
     return None
 
 
-class JsonDepthMiddleware:
-    """Refuses a JSON body nested deeper than `MAX_JSON_DEPTH` while the handler reads it."""
+class InputGuardMiddleware:
+    """Refuses, before any handler or database sees them, inputs no field may carry.
+
+    - a JSON body nested deeper than `MAX_JSON_DEPTH` (400 ``json_too_deep``, naming the path);
+    - a NUL character (``\\u0000`` in JSON, ``%00`` in the query, NUL in the path): PostgreSQL
+      text cannot hold one, so it would fail deep in a query as a 500 (422 ``nul_character``).
+
+    The checks cost two substring scans in C for an ordinary request; only a suspicious body is
+    decoded a second time to name the offending field.
+    """
 
     def __init__(self, app: ASGIApp, limit: int = MAX_JSON_DEPTH) -> None:
         self.app = app
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP or not _is_json(scope):
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"]:
+            raise _nul("path", "$", "path")
+        query = scope.get("query_string", b"")
+        if b"%00" in query or b"\x00" in query:
+            raise _nul("query", _nul_parameter(query), "query")
+        if not _is_json(scope):
             await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []
@@ -264,18 +281,70 @@ class JsonDepthMiddleware:
             if not message.get("more_body", False):
                 body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 chunks.clear()
-                path = too_deep_at(body, limit)
-                if path is not None:
-                    raise JsonTooDeep(
-                        f"the body nests objects and arrays deeper than {limit} levels at {path}",
-                        errors=[
-                            FieldError(
-                                path=path,
-                                message=f"nested deeper than {limit} levels",
-                                source="body",
-                            )
-                        ],
-                    )
+                check_json_body(body, limit)
             return message
 
         await self.app(scope, checked_receive, send)
+
+
+def check_json_body(body: bytes, limit: int = MAX_JSON_DEPTH) -> None:
+    """Raise `JsonTooDeep` or `NulCharacter` for a body no handler should see."""
+    path = too_deep_at(body, limit)
+    if path is not None:
+        raise JsonTooDeep(
+            f"the body nests objects and arrays deeper than {limit} levels at {path}",
+            errors=[
+                FieldError(path=path, message=f"nested deeper than {limit} levels", source="body")
+            ],
+        )
+    if b"\\u0000" in body:
+        try:
+            value = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            return  # not JSON: the handler reports it as malformed
+        where = _nul_path(value)
+        if where is not None:
+            raise _nul("body", where, "body")
+
+
+def _nul_parameter(query: bytes) -> str:
+    from urllib.parse import parse_qsl
+
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if "\x00" in name or "\x00" in value:
+            return name.replace("\x00", "") or "$"
+    return "$"
+
+
+def _nul_path(node: Any) -> str | None:
+    if isinstance(node, str):
+        return "$" if "\x00" in node else None
+    if isinstance(node, dict):
+        items: Any = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return None
+    for key, child in items:
+        if isinstance(key, str) and "\x00" in key:
+            return str(key).replace("\x00", "\\u0000")
+        inner = _nul_path(child)
+        if inner is not None:
+            step = f"[{key}]" if isinstance(key, int) else str(key)
+            if inner == "$":
+                return step
+            return f"{step}{inner}" if inner.startswith("[") else f"{step}.{inner}"
+    return None
+
+
+class NulCharacter(DataexError):
+    status = 422
+    code = "nul_character"
+    title = "The request contains a NUL character"
+
+
+def _nul(where: str, path: str, source: str) -> NulCharacter:
+    return NulCharacter(
+        f"a NUL character (U+0000) in the {where} at {path}: no text field may contain one",
+        errors=[FieldError(path=path, message="contains a NUL character", source=source)],
+    )
