@@ -41,8 +41,8 @@ from exchange.platform.settings import Settings
 from tests import conftest as harness
 from tests.helpers import bearer, make_uscc, org_body
 
-# Examples per (operation, token); ~65 operations x ~2 tokens keep the run near half a minute.
-EXAMPLES = int(os.environ.get("DATAEX_SCHEMATHESIS_EXAMPLES", "6"))
+# Examples per (operation, token): 15 keep the run near 30 s here (25: 46 s, no new finding).
+EXAMPLES = int(os.environ.get("DATAEX_SCHEMATHESIS_EXAMPLES", "15"))
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

@@ -20,7 +20,6 @@ from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from structlog.contextvars import bound_contextvars
 
-from exchange.platform.auth import route_access
 from exchange.platform.errors import DataexError, FieldError
 from exchange.platform.limits import EXEMPT_PREFIXES, TooManyRequests
 from exchange.platform.logging import get_logger
@@ -302,10 +301,9 @@ _PROBLEM_DESCRIPTIONS = {
 def problem_statuses(handler: HTTPRouteHandler, path: str) -> list[int]:
     """The problem answers an operation can give, from its access policy, method and path."""
     statuses = [400, 404, 422, 500]
-    if route_access(handler) != "public":
-        statuses += [401, 403]
     if not path.startswith(EXEMPT_PREFIXES):
-        statuses += [429, 503]
+        # Public operations too: some answer a token-only variant (GET /v1/products?mine=true).
+        statuses += [401, 403, 429, 503]
     if handler.http_methods & {"POST", "PUT", "PATCH", "DELETE"}:
         statuses += [409, 413, 415]
     return sorted(statuses)
