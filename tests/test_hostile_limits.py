@@ -8,7 +8,13 @@ from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
 
 from exchange.app import create_app
-from exchange.platform.limits import MAX_JSON_DEPTH, Gcra, RateLimits, too_deep_at
+from exchange.platform.limits import (
+    MAX_JSON_DEPTH,
+    MAX_PARAMETER_CHARS,
+    Gcra,
+    RateLimits,
+    too_deep_at,
+)
 from exchange.platform.settings import Settings, SettingsError
 from tests.helpers import bearer, issue_token, make_uscc, register_org
 from tests.test_http_platform import assert_problem
@@ -233,3 +239,41 @@ async def test_every_page_size_is_bounded_in_the_document_and_by_the_server(clie
         assert response.status_code in (400, 422), (path, response.text)
         assert response.headers["content-type"].startswith("application/problem+json")
         assert any(e["path"] == "limit" for e in response.json()["errors"]), response.text
+
+
+async def test_overlong_path_and_query_parameters_are_a_400_naming_them(client, admin_token):
+    long = "x" * (MAX_PARAMETER_CHARS + 1)
+    response = await client.get("/v1/audit", params={"action": long}, headers=bearer(admin_token))
+    problem = assert_problem(response, 400, "parameter_too_long")
+    assert problem["errors"] == [
+        {
+            "path": "action",
+            "message": f"longer than {MAX_PARAMETER_CHARS} characters",
+            "source": "query",
+        }
+    ]
+    assert long not in response.text  # never echoed back
+    response = await client.get(f"/v1/policy/lists/{long}")
+    assert_problem(response, 400, "parameter_too_long")
+    assert long not in response.text
+    # At the limit it is an ordinary request.
+    fine = "x" * MAX_PARAMETER_CHARS
+    response = await client.get("/v1/audit", params={"action": fine}, headers=bearer(admin_token))
+    assert response.status_code == 200
+
+
+async def test_every_string_parameter_has_a_documented_maximum_length(client):
+    document = (await client.get("/schema/openapi.json")).json()
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] not in ("path", "query"):
+                    continue
+                schema = parameter["schema"]
+                for alternative in schema.get("oneOf", [schema]):
+                    if alternative.get("type") == "string" and "enum" not in alternative:
+                        assert alternative.get("maxLength", 10**9) <= MAX_PARAMETER_CHARS, (
+                            method,
+                            path,
+                            parameter["name"],
+                        )

@@ -15,13 +15,13 @@ from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIResponse, Operation, Schema
+from litestar.openapi.spec import OpenAPIResponse, OpenAPIType, Operation, Parameter, Schema
 from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from structlog.contextvars import bound_contextvars
 
 from exchange.platform.errors import DataexError, FieldError
-from exchange.platform.limits import EXEMPT_PREFIXES, TooManyRequests
+from exchange.platform.limits import EXEMPT_PREFIXES, MAX_PARAMETER_CHARS, TooManyRequests
 from exchange.platform.logging import get_logger
 from exchange.platform.validation import collect_errors
 
@@ -122,7 +122,7 @@ def problem_response(
         status=status,
         detail=detail,
         code=code,
-        instance=request.url.path,
+        instance=_instance(request.url.path),
         request_id=request_id_of(request.scope),
         errors=errors or None,
     )
@@ -130,6 +130,11 @@ def problem_response(
     for key, value in (extensions or {}).items():
         body.setdefault(key, value)
     return Response(content=body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _instance(path: str) -> str:
+    """The request path, cut short when it is itself the problem (never echo a huge input)."""
+    return path if len(path) <= MAX_PARAMETER_CHARS else path[:200] + "…"
 
 
 def handle_dataex_error(request: Request[Any, Any, Any], error: DataexError) -> Response[Any]:
@@ -238,10 +243,10 @@ def handle_http_exception(request: Request[Any, Any, Any], error: HTTPException)
         code, title = _HTTP_CODES.get(status, ("http_error", "Request failed"))
         detail = str(error.detail)
         if status == 404 and detail == "Not Found":
-            detail = f"no route {request.method} {request.url.path}"
+            detail = f"no route {request.method} {_instance(request.url.path)}"
         elif status == 405:
             allowed = (error.headers or {}).get("allow", "")
-            detail = f"{request.url.path} does not accept {request.method}" + (
+            detail = f"{_instance(request.url.path)} does not accept {request.method}" + (
                 f"; allowed: {allowed}" if allowed else ""
             )
     headers = dict(error.headers or {})
@@ -337,14 +342,23 @@ def declare_problem_responses(routes: Iterable[Any]) -> None:
 
 @dataclasses.dataclass
 class DocumentedOperation(Operation):
-    """An operation whose union responses are ``anyOf``.
+    """An operation documented as the platform answers it.
 
-    Litestar documents a handler returning ``A | B`` as ``oneOf``; when a value fits both (an
-    empty page of either kind) a validator rightly calls that a violation, so the document says
-    ``anyOf``: the body is at least one of them.
+    - Litestar documents a handler returning ``A | B`` as ``oneOf``; when a value fits both (an
+      empty page of either kind) a validator rightly calls that a violation, so the document
+      says ``anyOf``: the body is at least one of them.
+    - Every string path or query parameter without a ``maxLength`` gets the platform's limit
+      (`MAX_PARAMETER_CHARS`), which `InputGuardMiddleware` enforces.
     """
 
     def __post_init__(self) -> None:
+        for parameter in self.parameters or []:
+            if (
+                isinstance(parameter, Parameter)
+                and parameter.param_in in ("path", "query")
+                and isinstance(parameter.schema, Schema)
+            ):
+                _bound_strings(parameter.schema)
         for response in (self.responses or {}).values():
             if not isinstance(response, OpenAPIResponse):
                 continue
@@ -352,3 +366,14 @@ class DocumentedOperation(Operation):
                 schema = media.schema
                 if isinstance(schema, Schema) and schema.one_of and not schema.discriminator:
                     schema.any_of, schema.one_of = schema.one_of, None
+
+
+def _bound_strings(schema: Schema) -> None:
+    for alternative in [*(schema.one_of or []), *(schema.any_of or [])]:
+        if isinstance(alternative, Schema):
+            _bound_strings(alternative)
+    if isinstance(schema.items, Schema):
+        _bound_strings(schema.items)
+    kinds = schema.type if isinstance(schema.type, list) else [schema.type]
+    if OpenAPIType.STRING in kinds and schema.max_length is None and not schema.enum:
+        schema.max_length = MAX_PARAMETER_CHARS

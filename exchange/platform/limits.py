@@ -34,6 +34,9 @@ from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Sen
 from exchange.platform.errors import DataexError, FieldError
 
 MAX_JSON_DEPTH: Final = 32
+# Longest path or query parameter value, in characters: ids, codes, cursors and search text are
+# all far shorter, and an error echoing a megabyte-long parameter back helps no one.
+MAX_PARAMETER_CHARS: Final = 1000
 EXEMPT_PREFIXES: Final = ("/health/",)
 _SWEEP_EVERY_S: Final = 1.0
 
@@ -248,7 +251,10 @@ class InputGuardMiddleware:
 
     - a JSON body nested deeper than `MAX_JSON_DEPTH` (400 ``json_too_deep``, naming the path);
     - a NUL character (``\\u0000`` in JSON, ``%00`` in the query, NUL in the path): PostgreSQL
-      text cannot hold one, so it would fail deep in a query as a 500 (422 ``nul_character``).
+      text cannot hold one, so it would fail deep in a query as a 500 (422 ``nul_character``);
+    - a path, or a query parameter, longer than `MAX_PARAMETER_CHARS` (400
+      ``parameter_too_long``), which the OpenAPI document states as each string parameter's
+      ``maxLength`` where the parameter has no shorter one.
 
     The checks cost two substring scans in C for an ordinary request; only a suspicious body is
     decoded a second time to name the offending field.
@@ -264,9 +270,15 @@ class InputGuardMiddleware:
             return
         if "\x00" in scope["path"]:
             raise _nul("path", "$", "path")
+        if len(scope["path"]) > MAX_PARAMETER_CHARS:
+            raise _too_long("path", "path")
         query = scope.get("query_string", b"")
         if b"%00" in query or b"\x00" in query:
             raise _nul("query", _nul_parameter(query), "query")
+        if len(query) > MAX_PARAMETER_CHARS:
+            for name, value in _parameters(query):
+                if len(value) > MAX_PARAMETER_CHARS or len(name) > MAX_PARAMETER_CHARS:
+                    raise _too_long(name[:100] or "$", "query")
         if not _is_json(scope):
             await self.app(scope, receive, send)
             return
@@ -307,13 +319,34 @@ def check_json_body(body: bytes, limit: int = MAX_JSON_DEPTH) -> None:
             raise _nul("body", where, "body")
 
 
-def _nul_parameter(query: bytes) -> str:
+def _parameters(query: bytes) -> list[tuple[str, str]]:
     from urllib.parse import parse_qsl
 
-    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+    return parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+
+
+def _nul_parameter(query: bytes) -> str:
+    for name, value in _parameters(query):
         if "\x00" in name or "\x00" in value:
             return name.replace("\x00", "") or "$"
     return "$"
+
+
+class ParameterTooLong(DataexError):
+    status = 400
+    code = "parameter_too_long"
+    title = "A path or query parameter is too long"
+
+
+def _too_long(path: str, source: str) -> ParameterTooLong:
+    return ParameterTooLong(
+        f"the {source} parameter {path} is longer than {MAX_PARAMETER_CHARS} characters",
+        errors=[
+            FieldError(
+                path=path, message=f"longer than {MAX_PARAMETER_CHARS} characters", source=source
+            )
+        ],
+    )
 
 
 def _nul_path(node: Any) -> str | None:
