@@ -223,7 +223,22 @@ def too_deep_at(body: bytes, limit: int = MAX_JSON_DEPTH) -> str | None:
         return "$"
     except msgspec.DecodeError:
         return None  # not JSON: the handler reports it as malformed
-    return _deep_path(value, limit)
+    return _deep_path(value, limit) if _deeper_than(value, limit) else None
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Level by level, keeping only containers: a wide body costs comprehensions, not calls."""
+    level = [value] if isinstance(value, dict | list) else []
+    for _ in range(limit):
+        level = [
+            child
+            for node in level
+            for child in (node.values() if type(node) is dict else node)
+            if type(child) is dict or type(child) is list
+        ]
+        if not level:
+            return False
+    return True
 
 
 def _deep_path(node: Any, limit: int, depth: int = 1) -> str | None:
