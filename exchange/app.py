@@ -39,7 +39,13 @@ from exchange.platform.http import (
     add_request_id_header,
     declare_problem_responses,
 )
-from exchange.platform.limits import InputGuardMiddleware, RateLimitMiddleware, RateLimits
+from exchange.platform.limits import (
+    MAX_JSON_DEPTH,
+    MAX_PARAMETER_CHARS,
+    InputGuardMiddleware,
+    RateLimitMiddleware,
+    RateLimits,
+)
 from exchange.platform.logging import configure_logging, get_logger
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing, load_master_key
@@ -158,6 +164,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             description=(
                 "A data exchange: listings, compliance review, standard contracts, settlement."
                 " Errors are RFC 9457 problem details (application/problem+json)."
+                f" Limits: request bodies up to {settings.max_body_bytes} bytes (413), JSON"
+                f" nested at most {MAX_JSON_DEPTH} levels (400), no NUL characters (422), path"
+                f" and query parameters up to {MAX_PARAMETER_CHARS} characters (400);"
+                f" {settings.rate_limit_per_second} requests/s per token (bursts of"
+                f" {settings.rate_limit_burst}) and {settings.rate_limit_anonymous_per_second}/s"
+                " per address without one, per API process (429 with Retry-After; 0 = off)."
             ),
             path=OPENAPI_PATH,
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin()],
