@@ -112,13 +112,16 @@ def test_defaults_let_fifty_tokens_place_five_hundred_orders_a_second():
 # --- over HTTP ---------------------------------------------------------------------------------
 
 
-def limited(settings: Settings, **changes: int) -> Settings:
-    return dataclasses.replace(settings, **changes)
+def limited_app(settings, clock, **changes: int):
+    """An app with these limits and its buckets' clock frozen, so no test depends on speed."""
+    app = create_app(dataclasses.replace(settings, **changes), clock=clock)
+    app.state.rate_limits.clock = lambda: 1000.0
+    return app
 
 
 async def test_a_token_past_its_burst_gets_429_with_retry_after(settings, clock, admin_token):
-    tight = limited(settings, rate_limit_per_second=1, rate_limit_burst=3)
-    async with AsyncTestClient(app=create_app(tight, clock=clock)) as client:
+    app = limited_app(settings, clock, rate_limit_per_second=1, rate_limit_burst=3)
+    async with AsyncTestClient(app=app) as client:
         market = await register_org(client, admin_token, make_uscc(1))
         buyer = await issue_token(client, admin_token, market["id"], ["buyer"])
         statuses = [(await client.get("/v1/me", headers=bearer(buyer))).status_code]
@@ -130,6 +133,9 @@ async def test_a_token_past_its_burst_gets_429_with_retry_after(settings, clock,
         assert int(response.headers["retry-after"]) >= 1
         assert body["retry_after_s"] == int(response.headers["retry-after"])
         assert "per API process" in body["detail"]
+        # Waiting as long as Retry-After says is enough.
+        app.state.rate_limits.clock = lambda: 1000.0 + body["retry_after_s"]
+        assert (await client.get("/v1/me", headers=bearer(buyer))).status_code == 200
         # Another token has its own bucket; health probes are never limited.
         seller = await issue_token(client, admin_token, market["id"], ["seller"])
         assert (await client.get("/v1/me", headers=bearer(seller))).status_code == 200
@@ -138,16 +144,16 @@ async def test_a_token_past_its_burst_gets_429_with_retry_after(settings, clock,
 
 
 async def test_anonymous_requests_are_limited_per_address(settings, clock):
-    tight = limited(settings, rate_limit_anonymous_per_second=1)  # burst 2
-    async with AsyncTestClient(app=create_app(tight, clock=clock)) as client:
+    app = limited_app(settings, clock, rate_limit_anonymous_per_second=1)  # burst 2
+    async with AsyncTestClient(app=app) as client:
         statuses = [(await client.get("/v1/fee-schedules")).status_code for _ in range(3)]
         assert statuses == [200, 200, 429]
         assert int((await client.get("/v1/fee-schedules")).headers["retry-after"]) >= 1
 
 
 async def test_guessing_tokens_throttles_the_address(settings, clock, admin_token):
-    tight = limited(settings, rate_limit_anonymous_per_second=1)  # two failures allowed
-    async with AsyncTestClient(app=create_app(tight, clock=clock)) as client:
+    app = limited_app(settings, clock, rate_limit_anonymous_per_second=1)  # two failures
+    async with AsyncTestClient(app=app) as client:
         for guess in ("dxt_00_a", "dxt_00_b"):
             assert (await client.get("/v1/me", headers=bearer(guess))).status_code == 401
         response = await client.get("/v1/me", headers=bearer("dxt_00_c"))
@@ -157,8 +163,8 @@ async def test_guessing_tokens_throttles_the_address(settings, clock, admin_toke
 
 
 async def test_limits_off_serve_every_request(settings, clock, admin_token):
-    off = limited(settings, rate_limit_per_second=0, rate_limit_anonymous_per_second=0)
-    async with AsyncTestClient(app=create_app(off, clock=clock)) as client:
+    app = limited_app(settings, clock, rate_limit_per_second=0, rate_limit_anonymous_per_second=0)
+    async with AsyncTestClient(app=app) as client:
         for _ in range(30):
             assert (await client.get("/v1/me", headers=bearer(admin_token))).status_code == 200
             assert (await client.get("/v1/fee-schedules")).status_code == 200
