@@ -27,6 +27,7 @@ log = get_logger(__name__)
 CHANNEL = "dataex_outbox"
 BATCH = 256
 POLL_SECONDS = 1.0
+COALESCE_SECONDS = 0.005
 
 
 class CloudEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -165,6 +166,10 @@ async def relay_loop(platform: Platform, stop: asyncio.Event) -> None:
             )
             for task in pending:
                 task.cancel()
+            if wake.is_set() and not stop.is_set():
+                # Woken by a commit: let the commits of concurrent requests land too, so one
+                # claim-publish-mark round serves many events instead of one each.
+                await asyncio.sleep(COALESCE_SECONDS)
     finally:
         with contextlib.suppress(Exception):
             await listener.remove_listener(CHANNEL, on_notify)

@@ -49,6 +49,13 @@ from exchange.platform.limits import (
 from exchange.platform.logging import configure_logging, get_logger
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing, load_master_key
+from exchange.recognition.api import (
+    ExchangeIdentityController,
+    FeedController,
+    MemberCredentialController,
+    PeerController,
+    RecognitionController,
+)
 from exchange.review.api import ReviewController
 from settlement.api import (
     AccountController,
@@ -80,6 +87,11 @@ ROUTE_HANDLERS: list[Any] = [
     AccountController,
     LedgerController,
     SettlementFailureController,
+    ExchangeIdentityController,
+    PeerController,
+    MemberCredentialController,
+    RecognitionController,
+    FeedController,
 ]
 
 
@@ -124,13 +136,16 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             nats=nats,
             keyring=KeyRing(load_master_key(settings.state_dir)),
         )
-        heartbeat = asyncio.create_task(run_heartbeat(pool, "api"))
+        tasks = [asyncio.create_task(run_heartbeat(pool, "api"))]
+        if settings.peer_poll_ms:
+            tasks.append(asyncio.create_task(_peer_puller(app.state.platform)))
         try:
             yield
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             with contextlib.suppress(Exception):
                 await forget(pool, "api")
             if not nats.is_closed:
@@ -181,6 +196,14 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     declare_problem_responses(app.routes)
     app.state.rate_limits = rate_limits
     return app
+
+
+async def _peer_puller(platform: Platform) -> None:
+    from exchange.recognition.propagation import run_puller
+    from exchange.recognition.service import RecognitionService
+
+    service = RecognitionService(platform.pool, platform.clock, platform.settings, platform.keyring)
+    await run_puller(service, platform.settings.peer_poll_ms / 1000)
 
 
 def create_app_from_env() -> Litestar:

@@ -83,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     bench_orders.add_argument("--admin-token", required=True)
     bench_orders.add_argument("--duration", type=float, default=20.0)
     bench_orders.add_argument("--concurrency", type=int, default=16)
+    _trades_command(bench_commands)
     _settlement_commands(commands, bench_commands)
     _catalog_commands(commands, bench_commands)
     keys = commands.add_parser("keys", help="the exchange's signing keys")
@@ -101,6 +102,29 @@ def _parser() -> argparse.ArgumentParser:
         " which is what makes it the operator's recovery path.",
     )
     return parser
+
+
+def _trades_command(bench_commands: Any) -> None:
+    trades = bench_commands.add_parser(
+        "trades",
+        help="the whole exchange under load: HTTP orders to settled trades, with a table, a JSON"
+        " file and a PNG chart",
+        description="Starts a fresh exchange (embedded servers) unless --url names a running one;"
+        " sets up sellers, products and funded buyers; drives orders; reports orders/s,"
+        " executed/s, settled/s from the ledger, latencies, errors and peak RSS per process.",
+    )
+    trades.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    trades.add_argument("--concurrency", type=int, default=32, help="orders in flight (at most)")
+    trades.add_argument(
+        "--rate", type=float, default=None, help="open loop: orders per second (default: closed)"
+    )
+    trades.add_argument("--sellers", type=int, default=4, help="listed products, one per seller")
+    trades.add_argument("--buyers", type=int, default=32)
+    trades.add_argument("--api-workers", type=int, default=2, help="for the exchange it starts")
+    trades.add_argument("--pgbench", action="store_true", help="pgbench TPC-B 20 s first")
+    trades.add_argument("--url", default=None, help="drive this running exchange instead")
+    trades.add_argument("--admin-token", default=None, help="with --url (else one is issued)")
+    trades.add_argument("--out", default=None, help="folder for the JSON and PNG (default .)")
 
 
 def _catalog_commands(commands: Any, bench_commands: Any) -> None:
@@ -142,6 +166,9 @@ def _settlement_commands(commands: Any, bench_commands: Any) -> None:
         "ledger", help="append N synthetic entries (and tree heads) and time `ledger verify`"
     )
     bench_ledger.add_argument("--entries", type=int, default=1_000_000)
+    from exchange.recognition.cli import add_arguments as add_peer_arguments
+
+    add_peer_arguments(commands)
     ledger_cmd = commands.add_parser(
         "ledger",
         help="the registration ledger: verify it, export it, verify a trade's receipt",
@@ -198,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "policy":
             with runtime.servers(settings) as live:
                 return asyncio.run(runtime.policy_task(live, args))
-        if args.command in ("seed", "catalog", "ledger") or (
+        if args.command in ("seed", "catalog", "ledger", "peers") or (
             args.command == "bench" and args.bench_command in ("catalog", "settlement", "ledger")
         ):
             return _server_task(args, settings)
@@ -221,6 +248,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _server_task(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "peers":
+        from exchange import runtime
+        from exchange.recognition.cli import run as peers_task
+
+        with runtime.servers(settings) as live:
+            return asyncio.run(peers_task(live, args))
     if args.command in ("seed", "catalog") or getattr(args, "bench_command", None) == "catalog":
         return _catalog_task(args, settings)
     return _settlement_task(args, settings)
@@ -281,6 +314,10 @@ def _offline(args: argparse.Namespace) -> int | None:
         or (args.ledger_command == "verify" and args.export_file)
     ):
         return _settlement_task(args, Settings())
+    if args.command == "bench" and args.bench_command == "trades":
+        from exchange.loadbench import bench_trades
+
+        return asyncio.run(bench_trades(args, sys.stdout))
     if args.command == "bench" and args.bench_command == "orders":
         from contracts.orders.bench import bench_orders
 

@@ -300,6 +300,16 @@ async def observe(client, tokens, method, path):
 # token with that role alone. Public routes ignore a token, even a revoked one. A new route must
 # be added here (test_every_route_has_a_row_in_the_matrix), with the statuses it should give.
 MATRIX = {
+    ("DELETE", "/v1/peers/{code:str}"): "401 403 403 403 403 404 403 401",
+    ("GET", "/.well-known/dataex-exchange"): "200 200 200 200 200 200 200 200",
+    ("GET", "/v1/peers"): "401 403 403 403 200 200 403 401",
+    ("GET", "/v1/recognition/feed"): "200 200 200 200 200 200 200 200",
+    ("GET", "/v1/recognitions"): "200 200 200 200 200 200 200 200",
+    ("GET", "/v1/recognitions/{origin:str}/{product_code:str}"): "404 404 404 404 404 404 404 404",
+    ("POST", "/v1/member-credentials"): "401 403 403 403 403 400 403 401",
+    ("POST", "/v1/member-credentials/accept"): "401 403 403 403 403 400 403 401",
+    ("POST", "/v1/peers"): "401 403 403 403 403 400 403 401",
+    ("POST", "/v1/recognitions"): "401 400 400 400 400 400 400 401",
     ("GET", "/.well-known/jwks.json"): "200 200 200 200 200 200 200 200",
     ("GET", "/health/live"): "200 200 200 200 200 200 200 200",
     ("GET", "/health/ready"): "200 200 200 200 200 200 200 200",
@@ -405,7 +415,17 @@ def test_the_matrix_agrees_with_each_routes_declared_access():
             assert (expected[caller] == 403) == lacking, (method, path, caller, access)
 
 
-async def test_access_matrix(client, tokens):
+@pytest.fixture
+async def signing_key(pool, settings):
+    """What `dataex up` makes on a first start; the exchange's identity and feed need it."""
+    from exchange.platform.clock import SystemClock
+    from exchange.platform.signing import KeyRing, load_master_key
+
+    async with pool.acquire() as conn, conn.transaction():
+        await KeyRing(load_master_key(settings.state_dir)).ensure_key(conn, SystemClock().now())
+
+
+async def test_access_matrix(client, tokens, signing_key):
     mismatches = []
     for method, path, _ in matrix_routes():
         expected = dict(zip(CALLERS, map(int, MATRIX[(method, path)].split()), strict=True))

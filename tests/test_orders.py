@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc import jws
 from joserfc.jwk import KeySet, OKPKey
 
+from contracts.orders import idempotency
 from contracts.orders.events import TradeExecuted
 from contracts.outbox import relay_batch
 from exchange.platform.clock import SystemClock
@@ -290,19 +291,23 @@ async def test_idempotency_key_statuses(client, trade, pool):
     assert again.headers["idempotent-replayed"] == "true"
     other = await place(client, trade, body | {"quantity": 3}, key="k-1")
     assert other.status_code == 422
-    # A first request still in flight:
+    # A first request still in flight holds the key's advisory lock in its transaction:
     org_id = trade["buyer_org"]["id"]
-    await pool.execute(
-        "INSERT INTO idempotency_keys (org_id, key, route, request_hash, created_at)"
-        " VALUES ($1, 'k-2', 'POST /v1/orders', $2, now())",
-        uuid.UUID(org_id),
-        hashlib.sha256(
-            rfc8785.dumps(body | {"pi_subject_count": 0, "template": "data-provision"})
-        ).hexdigest(),
-    )
-    busy = await place(client, trade, body, key="k-2")
-    assert busy.status_code == 409, busy.text
+    async with pool.acquire() as other, other.transaction():
+        await other.execute(
+            f"SELECT pg_advisory_xact_lock({idempotency.LOCK_KEY_SQL})", org_id, "k-2"
+        )
+        busy = await place(client, trade, body, key="k-2")
+        assert busy.status_code == 409, busy.text
+        assert busy.json()["retry_after_seconds"] == 1
     assert await pool.fetchval("SELECT count(*) FROM orders") == 1
+    # Once it ends (here without a result), the key is free.
+    assert (await place(client, trade, body, key="k-2")).status_code == 201
+    # Nothing of a failed request stays behind: its key is free for a corrected retry.
+    wrong = await place(client, trade, body | {"purpose": "marketing"}, key="k-3")
+    assert wrong.status_code == 422
+    assert await pool.fetchval("SELECT count(*) FROM idempotency_keys WHERE key = 'k-3'") == 0
+    assert (await place(client, trade, body, key="k-3")).status_code == 201
 
 
 async def test_fifty_concurrent_identical_requests_create_one_order(client, trade, pool):
@@ -418,15 +423,11 @@ async def test_placing_an_order_uses_one_connection_from_the_pool(client, trade,
             single, clock, settings, KeyRing(load_master_key(settings.state_dir))
         )
 
-        async def finalize(_conn, _order):
-            return None
-
         order = await asyncio.wait_for(
             service.place(
                 Actor.of(principal, None),
                 principal,
                 msgspec.convert(order_body(product_id), OrderCreate),
-                finalize,
             ),
             20,
         )
@@ -522,13 +523,15 @@ async def test_unsigned_contracts_expire(client, trade, pool, clock, settings):
 async def test_an_abandoned_claim_is_taken_over_and_an_expired_key_is_reusable(client, trade, pool):
     product_id = await list_product(client, trade)
     org_id = uuid.UUID(trade["buyer_org"]["id"])
+    # A row without a result (left by a request that died in flight before this release
+    # stored results with the change) does not hold its key.
     await pool.execute(
         "INSERT INTO idempotency_keys (org_id, key, route, request_hash, created_at)"
         " VALUES ($1, 'k-dead', 'POST /v1/orders', 'x', now() - interval '2 minutes')",
         org_id,
     )
     revived = await place(client, trade, order_body(product_id), key="k-dead")
-    assert revived.status_code == 201  # its first request died in flight: the key is free again
+    assert revived.status_code == 201
     first = await place(client, trade, order_body(product_id), key="k-old")
     await pool.execute(
         "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = 'k-old'"

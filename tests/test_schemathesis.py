@@ -38,6 +38,7 @@ from exchange.platform.auth import route_access
 from exchange.platform.clock import OffsetClock
 from exchange.platform.db import create_pool
 from exchange.platform.settings import Settings
+from exchange.platform.signing import KeyRing, load_master_key
 from tests import conftest as harness
 from tests.helpers import bearer, make_uscc, org_body
 
@@ -93,6 +94,9 @@ async def _bootstrap(settings: Settings) -> str:
             Actor.cli("schemathesis"), "测试交易所"
         )
         await PolicyService(pool, OffsetClock()).ensure_initial_list(Actor.cli("schemathesis"))
+        # What `dataex up` does on a first start: a signing key (certificates, identity, feed).
+        async with pool.acquire() as conn, conn.transaction():
+            await KeyRing(load_master_key(settings.state_dir)).ensure_key(conn, OffsetClock().now())
     finally:
         await pool.close()
     return issued.token

@@ -83,6 +83,8 @@ def render_text(template: ContractTemplate, document: dict[str, Any]) -> str:
         party = parties[role]
         lines.append(f"{label}:{party['name']}(统一社会信用代码 {party['uscc']})")
     lines.append(f"交易场所:{document['exchange']['name']}({document['exchange']['code']})")
+    if origin := document.get("origin_exchange"):
+        lines.append(f"挂牌场所(互认):{origin['name']}({origin['code']})")
     lines.append("")
     for clause in document["clauses"]:
         lines.append(f"第{clause['article']}条 {clause['title_zh']}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -57,10 +57,18 @@ async def rule_for(conn: Executor, product_id: uuid.UUID, plan_id: str, at: date
         " LIMIT 1",
         product_id, plan_id, at,
     )  # fmt: skip
-    if row is None:
+    return rule_from(row)
+
+
+def rule_from(row: Any, prefix: str = "") -> FeeRule:
+    """The rule in a fee_schedules row (columns named ``prefix`` + column; all NULL: none)."""
+    if row is None or row[prefix + "bps"] is None:
         return BUILT_IN
-    scope = "default" if row["product_id"] is None else f"{row['product_id']}/{row['plan_id']}"
-    return FeeRule(row["bps"], row["min_fen"], scope, row["effective_from"])
+    product_id, plan_id = row[prefix + "product_id"], row[prefix + "plan_id"]
+    scope = "default" if product_id is None else f"{product_id}/{plan_id}"
+    return FeeRule(
+        row[prefix + "bps"], row[prefix + "min_fen"], scope, row[prefix + "effective_from"]
+    )
 
 
 async def add_rule(conn: Connection, data: FeeScheduleIn, at: datetime, by: str) -> FeeRule:

@@ -1,28 +1,27 @@
 """Idempotency-Key for retried writes (IETF httpapi idempotency-key draft).
 
-Keys are scoped to the calling organisation and kept 24 hours. The first request with a key
-claims it; the result is stored in the same transaction as the change it made, so a replay
-returns exactly what the first request returned. The same key with another body is a 422;
-while the first request is still running, 409. A claim whose request never finished (the
-process died) is taken over after `ABANDONED_AFTER`.
+Keys are scoped to the calling organisation and kept 24 hours. The whole request runs in one
+transaction that first takes a transaction-scoped advisory lock on (organisation, key) and
+reads any stored result: a lock held by another transaction means the first request with the
+key is still running (409); a stored result is replayed for the same body and refused for
+another (422). The result is stored by the statement that writes the change, so it commits
+with it; a request that fails or dies leaves nothing behind and its lock goes with its
+transaction (no claim to abandon or release). Two requests racing past the lock (one commits
+between the other's snapshot and its lock) meet at the key's primary key: the second rolls
+back entirely and replays the first's result.
 """
 
 from __future__ import annotations
 
 import hashlib
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import asyncpg
-
 from exchange.platform.canonical import canonical_json
-from exchange.platform.db import Connection
 from exchange.platform.errors import Conflict, DataexError, FieldError, InvalidInput
 
 KEPT_FOR = timedelta(hours=24)
-ABANDONED_AFTER = timedelta(seconds=60)
 MAX_KEY_LENGTH = 255
 
 
@@ -30,6 +29,15 @@ class MissingIdempotencyKey(DataexError):
     status = 400
     code = "idempotency_key_missing"
     title = "Idempotency-Key header required"
+
+
+@dataclass(frozen=True, slots=True)
+class Keyed:
+    """A request's Idempotency-Key, the digest of its body and its route."""
+
+    key: str
+    digest: str
+    route: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,33 +64,18 @@ def check_key(key: str | None) -> str:
     return key.strip()
 
 
-async def claim(
-    pool: asyncpg.Pool, org_id: uuid.UUID, key: str, route: str, digest: str, now: datetime
-) -> Replay | None:
-    """Claim ``key`` for this request, or return the stored result of the first one.
+# The advisory lock of a key (64-bit hash of organisation and key; a collision only makes an
+# unrelated request wait for a 409 retry). $1 organisation id, $2 key.
+LOCK_KEY_SQL = "hashtextextended($1::text || '/' || $2, 0)"
 
-    One statement: insert the claim, or take over a row that has expired (older than
-    `KEPT_FOR`) or was abandoned in flight; otherwise return the row that stands.
-    """
-    row = await pool.fetchrow(
-        """
-        INSERT INTO idempotency_keys AS k (org_id, key, route, request_hash, created_at)
-        VALUES ($1, $2, $3, $4, $5)
-        ON CONFLICT (org_id, key) DO UPDATE
-            SET route = EXCLUDED.route, request_hash = EXCLUDED.request_hash,
-                status = NULL, response = NULL, created_at = EXCLUDED.created_at
-            WHERE k.created_at < $6 OR (k.status IS NULL AND k.created_at < $7)
-        RETURNING true AS claimed
-        """,
-        org_id, key, route, digest, now, now - KEPT_FOR, now - ABANDONED_AFTER,
-    )  # fmt: skip
-    if row is not None:
+
+def stored(row: Any, digest: str, route: str, now: datetime) -> Replay | None:
+    """The stored result for a key (``row``: request_hash, route, status, response, created_at
+    of its idempotency_keys row, or NULLs), or None when the key is free. Raises 422 for
+    another body."""
+    if row["idem_status"] is None or row["idem_created_at"] < now - KEPT_FOR:
         return None
-    row = await pool.fetchrow(
-        "SELECT * FROM idempotency_keys WHERE org_id = $1 AND key = $2", org_id, key
-    )
-    assert row is not None
-    if row["request_hash"] != digest or row["route"] != route:
+    if row["idem_request_hash"] != digest or row["idem_route"] != route:
         raise InvalidInput(
             "this Idempotency-Key was used with a different request; use a new key for a new order",
             errors=[
@@ -91,25 +84,11 @@ async def claim(
                 )
             ],
         )
-    if row["status"] is None:
-        raise Conflict(
-            "the first request with this Idempotency-Key is still being processed; retry shortly",
-            extensions={"retry_after_seconds": 1},
-        )
-    return Replay(status=row["status"], body=bytes(row["response"]))
+    return Replay(status=row["idem_status"], body=bytes(row["idem_response"]))
 
 
-async def complete(conn: Connection, org_id: uuid.UUID, key: str, status: int, body: bytes) -> None:
-    """Store the result; call inside the transaction that made the change."""
-    await conn.execute(
-        "UPDATE idempotency_keys SET status = $3, response = $4 WHERE org_id = $1 AND key = $2",
-        org_id, key, status, body,
-    )  # fmt: skip
-
-
-async def release(pool: asyncpg.Pool, org_id: uuid.UUID, key: str) -> None:
-    """Forget an unfinished claim (the request failed before changing anything)."""
-    await pool.execute(
-        "DELETE FROM idempotency_keys WHERE org_id = $1 AND key = $2 AND status IS NULL",
-        org_id, key,
-    )  # fmt: skip
+def in_flight() -> Conflict:
+    return Conflict(
+        "the first request with this Idempotency-Key is still being processed; retry shortly",
+        extensions={"retry_after_seconds": 1},
+    )

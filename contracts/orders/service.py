@@ -13,13 +13,15 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from contracts.agreements.origin import cleared_by_origin, origin_exchange
 from contracts.agreements.signatures import custodial_key, verify_detached
-from contracts.agreements.templates import render_text, templates
+from contracts.agreements.templates import ContractTemplate, render_text, templates
 from contracts.orders.events import OrderEventData, TradeExecutedData, TradeParty
-from contracts.orders.fees import fee_fen, rule_for
+from contracts.orders.fees import fee_fen, rule_from
+from contracts.orders.idempotency import Keyed, Replay, in_flight, stored
 from contracts.orders.matching import match, price_fen
-from contracts.orders.schemas import Order, OrderCreate
-from contracts.outbox import enqueue
+from contracts.orders.schemas import Order, OrderCreate, TermMismatch
+from contracts.orders.writes import Writes
 from contracts.policy.attributes import EvaluationDocument, Exporter
 from contracts.policy.attributes import Order as PolicyOrder
 from contracts.policy.evaluator import evaluate
@@ -30,21 +32,89 @@ from contracts.policy.service import PolicyService
 from exchange.audit import Actor, record
 from exchange.identity import repository as identity_repo
 from exchange.listings.lifecycle import evaluation_document
-from exchange.listings.schemas import ProductMetadata
+from exchange.listings.schemas import Plan, ProductMetadata
 from exchange.listings.service import fetch_revision
 from exchange.platform.auth import Principal
 from exchange.platform.canonical import canonical_json, sha256_digest
 from exchange.platform.clock import Clock
 from exchange.platform.db import Connection, Executor
-from exchange.platform.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound
+from exchange.platform.errors import (
+    Conflict,
+    FieldError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+)
 from exchange.platform.settings import Settings
-from exchange.platform.signing import KeyRing, jws_header
+from exchange.platform.signing import KeyRing, SigningKey, jws_header
 from exchange.review.schemas import ReviewCase
 from exchange.review.service import open_case
 
 SIGNATURE_TYPE = "dataex-contract-signature+jws"
+# Everything placing an order reads, in one round trip: the product (locked FOR SHARE so it
+# cannot be suspended or revised under the order), its live revision, both parties, the plan's
+# standing offer, the buyer's custodial key, the exchange's current key, the policy list in
+# effect, the fee rule in effect, and the listing review that may have cleared cautious hits.
+_PLACE_SQL = """
+SELECT p.id, p.seller_org_id, p.state, p.live_revision, p.product_code, p.legal_prohibition,
+       p.recognised_from, p.certificate AS listing_certificate, pe.name AS origin_name,
+       rg.cleared AS origin_cleared, r.digest AS revision_digest,
+       s.name AS seller_name, s.uscc AS seller_uscc, b.name AS buyer_name, b.uscc AS buyer_uscc,
+       so.offer_digest, so.jws AS offer_jws,
+       bk.kid AS buyer_kid, bk.sealed_private AS buyer_sealed,
+       ek.kid AS exchange_kid, ek.sealed_private AS exchange_sealed,
+       pl.version AS list_version, pl.digest AS list_digest,
+       fee.bps AS fee_bps, fee.min_fen AS fee_min_fen, fee.product_id AS fee_product_id,
+       fee.plan_id AS fee_plan_id, fee.effective_from AS fee_effective_from,
+       rc.case_rules, rc.case_list_version, rc.material_since,
+       CASE WHEN $5::text IS NULL THEN true
+            ELSE pg_try_advisory_xact_lock(hashtextextended($3::text || '/' || $5, 0))
+       END AS idem_free,
+       ik.request_hash AS idem_request_hash, ik.route AS idem_route, ik.status AS idem_status,
+       ik.response AS idem_response, ik.created_at AS idem_created_at
+FROM products p
+LEFT JOIN product_revisions r ON r.product_id = p.id AND r.number = p.live_revision
+JOIN organisations s ON s.id = p.seller_org_id
+LEFT JOIN organisations b ON b.id = $3
+LEFT JOIN standing_offers so
+       ON so.product_id = p.id AND so.revision = p.live_revision AND so.plan_id = $2
+LEFT JOIN LATERAL (
+    SELECT kid, sealed_private FROM org_keys
+    WHERE org_id = $3 AND sealed_private IS NOT NULL AND revoked_at IS NULL LIMIT 1
+) bk ON true
+LEFT JOIN LATERAL (
+    SELECT kid, sealed_private FROM signing_keys ORDER BY created_at DESC, kid LIMIT 1
+) ek ON true
+LEFT JOIN LATERAL (
+    SELECT version, digest FROM policy_lists WHERE effective_from <= $4
+    ORDER BY effective_from DESC LIMIT 1
+) pl ON true
+LEFT JOIN LATERAL (
+    SELECT bps, min_fen, product_id, plan_id, effective_from FROM fee_schedules
+    WHERE effective_from <= $4 AND ((product_id = p.id AND plan_id = $2) OR product_id IS NULL)
+    ORDER BY product_id IS NULL, effective_from DESC, id DESC LIMIT 1
+) fee ON true
+LEFT JOIN LATERAL (
+    SELECT c.rules AS case_rules, d.list_version AS case_list_version,
+           (SELECT count(*) FROM product_revisions x WHERE x.product_id = p.id
+              AND x.number > c.revision AND x.number <= p.live_revision
+              AND x.change <> 'cosmetic') AS material_since
+    FROM review_cases c JOIN policy_decisions d ON d.id = c.policy_decision_id
+    WHERE c.kind = 'listing' AND c.subject_id = p.id AND c.state = 'approved'
+      AND c.revision <= p.live_revision
+    ORDER BY c.revision DESC LIMIT 1
+) rc ON true
+LEFT JOIN idempotency_keys ik ON ik.org_id = $3 AND ik.key = $5
+LEFT JOIN peers pe ON pe.code = p.recognised_from
+LEFT JOIN recognitions rg
+       ON rg.product_id = p.id AND rg.revision = p.live_revision AND rg.outcome = 'recognised'
+WHERE p.id = $1
+FOR SHARE OF p
+"""
 _DRAFT_SQL = """
 SELECT o.*, p.product_code, r.metadata, r.digest AS revision_digest,
+       p.recognised_from, p.certificate AS listing_certificate, pe.name AS origin_name,
        s.name AS seller_name, s.uscc AS seller_uscc, b.name AS buyer_name, b.uscc AS buyer_uscc,
        so.offer_digest, so.jws AS offer_jws
 FROM orders o
@@ -54,13 +124,22 @@ JOIN organisations s ON s.id = o.seller_org_id
 JOIN organisations b ON b.id = o.buyer_org_id
 LEFT JOIN standing_offers so
        ON so.product_id = o.product_id AND so.revision = o.revision AND so.plan_id = o.plan_id
+LEFT JOIN peers pe ON pe.code = p.recognised_from
 WHERE o.id = $1
 """
+_STORED_SQL = (
+    "SELECT request_hash AS idem_request_hash, route AS idem_route, status AS idem_status,"
+    " response AS idem_response, created_at AS idem_created_at FROM idempotency_keys"
+    " WHERE org_id = $1 AND key = $2"
+)
 _CONTRACT_SQL = (
     "SELECT c.*, o.buyer_org_id, o.seller_org_id FROM trade_contracts c"
     " JOIN orders o ON o.id = c.order_id WHERE c.id = $1"
 )
 STAFF = ("reviewer", "admin")
+# Revisions never change (the table refuses UPDATE): decoded metadata is kept by digest.
+_METADATA: dict[str, ProductMetadata] = {}
+_METADATA_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +147,148 @@ class PartyView:
     id: uuid.UUID
     name: str
     uscc: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What a contract names about its order."""
+
+    order_id: uuid.UUID
+    revision: int
+    plan: Plan
+    terms: OrderCreate
+    price_fen: int
+    fee_fen: int
+    decision: dict[str, Any]
+    product_code: str
+    metadata: ProductMetadata
+    revision_digest: str
+    seller: PartyView
+    buyer: PartyView
+    offer: tuple[str, str] | None  # the standing offer's digest and JWS
+    origin: dict[str, Any]  # the exchange a recognised product was listed at; {} when local
+
+
+@dataclass(frozen=True, slots=True)
+class _Contract:
+    id: uuid.UUID
+    digest: str
+    executed: bool
+    row: tuple[Any, ...]
+
+
+async def _metadata(
+    conn: Executor, product_id: uuid.UUID, number: int, digest: str
+) -> ProductMetadata:
+    metadata = _METADATA.get(digest)
+    if metadata is None:
+        metadata = (await fetch_revision(conn, product_id, number)).metadata
+        if len(_METADATA) >= _METADATA_KEPT:
+            _METADATA.pop(next(iter(_METADATA)))
+        _METADATA[digest] = metadata
+    return metadata
+
+
+async def _stored_or_free(
+    conn: Connection, ctx: Any, principal: Principal, idempotency: Keyed | None, now: datetime
+) -> Replay | None:
+    """The stored result for the request's key; None when the key is free (taken by this
+    transaction's advisory lock, an expired row deleted). 409 while another request holds it."""
+    if idempotency is None:
+        return None
+    if not ctx["idem_free"]:
+        raise in_flight()
+    replay = stored(ctx, idempotency.digest, idempotency.route, now)
+    if replay is None and ctx["idem_request_hash"] is not None:  # expired: free again
+        await conn.execute(
+            "DELETE FROM idempotency_keys WHERE org_id = $1 AND key = $2",
+            principal.org_id, idempotency.key,
+        )  # fmt: skip
+    return replay
+
+
+def _mismatch_error(mismatches: list[TermMismatch]) -> InvalidInput:
+    return InvalidInput(
+        "the order does not match the offer: "
+        + "; ".join(f"{m.term}: asked {m.asked!r}, offered {m.offered!r}" for m in mismatches),
+        errors=[
+            FieldError(
+                path=m.term, message=f"asked {m.asked!r}, offered {m.offered!r}", source="body"
+            )
+            for m in mismatches
+        ],
+        extensions={"mismatches": msgspec.to_builtins(mismatches)},
+    )
+
+
+def contract_document(
+    settings: Settings,
+    contract_id: uuid.UUID,
+    template: ContractTemplate,
+    facts: _Facts,
+    at: datetime,
+) -> dict[str, Any]:
+    """The contract as a canonical-JSON-ready document (its digest is what the parties sign)."""
+    metadata, terms, plan = facts.metadata, facts.terms, facts.plan
+    policy = facts.decision["policy"]
+    rights = metadata.rights
+    granted = [
+        name
+        for name, on in (
+            ("数据资源持有权", rights.holding),
+            ("数据加工使用权", rights.use),
+            ("数据产品经营权", rights.operating),
+        )
+        if on
+    ]
+    values = {
+        "product_name": metadata.name_zh, "product_code": facts.product_code,
+        "revision": str(facts.revision), "revision_digest": facts.revision_digest,
+        "scale": ", ".join(f"{k}={v}" for k, v in msgspec.to_builtins(metadata.manual.scale)
+                           .items() if v is not None),
+        "source": metadata.source.kind, "rights": "、".join(granted),
+        "purpose": terms.purpose, "territory": "、".join(terms.territory),
+        "term_days": str(terms.term_days),
+        "redistribution": "允许再分发" if terms.redistribution else "不得转售或再分发",
+        "delivery": "、".join(metadata.delivery),
+        "price_yuan": f"{facts.price_fen / 100:.2f}", "price_fen": str(facts.price_fen),
+        "pricing": plan.pricing, "quantity": str(terms.quantity),
+        "fee_fen": str(facts.fee_fen), "acceptance_days": str(plan.acceptance_days),
+        "policy_summary": f"{policy['decision']}(清单 {policy['list_version']})",
+        "exchange_name": settings.exchange_name,
+    }  # fmt: skip
+    seller, buyer = facts.seller, facts.buyer
+    return {
+        "contract_id": str(contract_id),
+        "order_id": str(facts.order_id),
+        "template": {"id": template.id, "version": template.version,
+                     "title_zh": template.title_zh},
+        "exchange": {"code": settings.exchange_code, "name": settings.exchange_name},
+        "parties": {
+            "provider": {"org_id": str(seller.id), "name": seller.name, "uscc": seller.uscc},
+            "recipient": {"org_id": str(buyer.id), "name": buyer.name, "uscc": buyer.uscc},
+        },
+        "subject_data": {
+            "product_code": facts.product_code, "name_zh": metadata.name_zh,
+            "revision": facts.revision, "revision_digest": facts.revision_digest,
+        },
+        "rights": msgspec.to_builtins(rights),
+        "usage": {"purpose": terms.purpose, "territory": list(terms.territory),
+                  "term_days": terms.term_days, "redistribution": terms.redistribution},
+        "delivery": list(metadata.delivery),
+        "acceptance_days": plan.acceptance_days,
+        "fees": {"pricing": plan.pricing, "quantity": terms.quantity,
+                 "price_fen": facts.price_fen, "fee_fen": facts.fee_fen, "currency": "CNY"},
+        "policy": {"decision": policy["decision"], "list_version": policy["list_version"],
+                   "list_digest": policy["list_digest"],
+                   "route": (policy.get("cross_border") or {}).get("route"),
+                   "cleared": facts.decision["cleared"]},
+        "seller_acceptance": (
+            {"standing_offer_digest": facts.offer[0]} if facts.offer else None
+        ),
+        "clauses": template.render_clauses(values),
+        "created_at": at.isoformat(),
+    } | facts.origin  # fmt: skip
 
 
 def offer_terms(
@@ -173,163 +394,198 @@ class OrderService:
         return int(row["n"]), int(row["s"])
 
     async def place(
-        self, actor: Actor, principal: Principal, data: OrderCreate, finalize: Any
-    ) -> Order:
-        """Place an order. ``finalize(conn, order)`` runs inside the transaction (idempotency)."""
+        self,
+        actor: Actor,
+        principal: Principal,
+        data: OrderCreate,
+        idempotency: Keyed | None = None,
+    ) -> Order | Replay:
+        """Place an order: match, evaluate, and (when nothing holds it) draft the contract, sign
+        it for custodial parties and execute it when all have signed.
+
+        One read of everything the order needs (the product locked FOR SHARE, so it cannot be
+        suspended or revised underneath), then one statement of every row it writes. With an
+        Idempotency-Key the result is stored by that statement, or the stored one returned."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                return await self._place(conn, actor, principal, data, idempotency)
+        except asyncpg.UniqueViolationError as error:
+            if idempotency is None or error.constraint_name != "idempotency_keys_pkey":
+                raise
+        # Another request with the key committed between this one's snapshot and its lock:
+        # this one is rolled back whole; answer with what the first stored.
+        row = await self.pool.fetchrow(_STORED_SQL, principal.org_id, idempotency.key)
+        replay = (
+            stored(row, idempotency.digest, idempotency.route, self.clock.now()) if row else None
+        )
+        if replay is None:
+            raise in_flight()
+        return replay
+
+    async def _place(
+        self,
+        conn: Connection,
+        actor: Actor,
+        principal: Principal,
+        data: OrderCreate,
+        idempotency: Keyed | None,
+    ) -> Order | Replay:
         now = self.clock.now()
         order_id = uuid.uuid4()
-        async with self.pool.acquire() as conn, conn.transaction():
-            product = await _one(
-                conn, "SELECT * FROM products WHERE id = $1 FOR SHARE", data.product_id
-            )
-            if product is None or product["live_revision"] is None:
-                raise NotFound(f"no listed product {data.product_id}")
-            revision = await fetch_revision(conn, product["id"], product["live_revision"])
-            metadata = revision.metadata
-            plan = next((p for p in metadata.plans if p.id == data.plan_id), None)
-            mismatches = match(
-                data, metadata, plan, product_state=product["state"],
-                seller_org_id=product["seller_org_id"], buyer_org_id=principal.org_id,
+        ctx = await conn.fetchrow(
+            _PLACE_SQL, data.product_id, data.plan_id, principal.org_id, now,
+            idempotency.key if idempotency else None,
+        )  # fmt: skip
+        if ctx is None or ctx["live_revision"] is None:
+            raise NotFound(f"no listed product {data.product_id}")
+        replay = await _stored_or_free(conn, ctx, principal, idempotency, now)
+        if replay is not None:
+            return replay
+        metadata = await _metadata(conn, ctx["id"], ctx["live_revision"], ctx["revision_digest"])
+        plan = next((p for p in metadata.plans if p.id == data.plan_id), None)
+        mismatches = match(
+            data, metadata, plan, product_state=ctx["state"],
+            seller_org_id=ctx["seller_org_id"], buyer_org_id=principal.org_id,
+        )  # fmt: skip
+        if mismatches:
+            raise _mismatch_error(mismatches)
+        assert plan is not None
+        document, decision, cleared = await self._evaluate(conn, ctx, data, metadata)
+        held = [h for h in decision.hits if h.list == "cautious" and h.rule not in cleared]
+        state: str = (
+            "rejected" if decision.decision == "reject"
+            else "in_review" if held
+            else "awaiting_signatures"
+        )  # fmt: skip
+        price = price_fen(plan, data.quantity)
+        fee = fee_fen(price, rule_from(ctx, "fee_")) if price else 0
+        pi = metadata.classification.personal_info
+        decision_doc = {"policy": msgspec.to_builtins(decision), "cleared": cleared}
+        writes = Writes()
+        writes.record(
+            actor, at=now, action="order.placed", subject_type="order", subject_id=order_id,
+            after=data,
+            detail={"state": state, "rules": [h.rule for h in decision.hits],
+                    "cleared": cleared, "list_version": decision.list_version},
+        )  # fmt: skip
+        contract: _Contract | None = None
+        case_id: uuid.UUID | None = None
+        if state == "rejected":
+            self._order_event(
+                writes, actor, "rejected", order_id, now,
+                {"rules": [h.rule for h in decision.hits]},
             )  # fmt: skip
-            if mismatches:
-                raise InvalidInput(
-                    "the order does not match the offer: "
-                    + "; ".join(
-                        f"{m.term}: asked {m.asked!r}, offered {m.offered!r}" for m in mismatches
-                    ),
-                    errors=[
-                        FieldError(
-                            path=m.term,
-                            message=f"asked {m.asked!r}, offered {m.offered!r}",
-                            source="body",
-                        )
-                        for m in mismatches
-                    ],
-                    extensions={"mismatches": msgspec.to_builtins(mismatches)},
-                )
-            assert plan is not None
-            domestic = data.buyer_country == data.delivery_country == "CN"
-            # The counts only route exports; a domestic order's route is "none" whatever they are.
-            n, s = (
-                (0, 0) if domestic else await self.exporter_counts(conn, product["seller_org_id"])
-            )
-            listing_doc = evaluation_document(
-                metadata, legal_prohibition=product["legal_prohibition"]
-            )
-            document = EvaluationDocument(
-                product=listing_doc.product,
-                order=PolicyOrder(
-                    buyer_country=data.buyer_country, delivery_country=data.delivery_country,
-                    redistribution=data.redistribution, pi_subject_count=data.pi_subject_count,
-                ),
-                exporter=Exporter(ciio=False, ytd_pi_subjects=n, ytd_sensitive_pi_subjects=s,
-                                  exemption=None, ftz_exempt=False),
+        elif state == "awaiting_signatures":
+            facts = _Facts(
+                order_id=order_id, revision=ctx["live_revision"], plan=plan, terms=data,
+                price_fen=price, fee_fen=fee, decision=decision_doc,
+                product_code=ctx["product_code"], metadata=metadata,
+                revision_digest=ctx["revision_digest"],
+                seller=PartyView(ctx["seller_org_id"], ctx["seller_name"], ctx["seller_uscc"]),
+                buyer=PartyView(principal.org_id, ctx["buyer_name"], ctx["buyer_uscc"]),
+                offer=(ctx["offer_digest"], ctx["offer_jws"])
+                if ctx["offer_digest"] is not None else None,
+                origin=origin_exchange(ctx["recognised_from"], ctx["origin_name"],
+                                       ctx["listing_certificate"]),
             )  # fmt: skip
-            policy = await self.policy.current(conn)
-            decision = evaluate(document, policy)
-            await self.policy.record(
-                conn,
-                subject_type="order",
-                subject_id=str(order_id),
-                document=document,
-                decision=decision,
+            buyer_key = (
+                self.keyring.open(ctx["buyer_kid"], bytes(ctx["buyer_sealed"]))
+                if ctx["buyer_kid"] is not None
+                else None
             )
-            cleared = await self._cleared(conn, product, decision, policy)
-            held = [h for h in decision.hits if h.list == "cautious" and h.rule not in cleared]
-            state = (
-                "rejected" if decision.decision == "reject"
-                else "in_review" if held
-                else "awaiting_signatures"
-            )  # fmt: skip
-            price = price_fen(plan, data.quantity)
-            fee = fee_fen(price, await rule_for(conn, product["id"], plan.id, now)) if price else 0
-            pi = metadata.classification.personal_info
-            await conn.execute(
-                """
-                INSERT INTO orders (id, buyer_org_id, seller_org_id, product_id, revision, plan_id,
-                    terms, state, cross_border, sensitive_pi, pi_subject_count, price_fen, fee_fen,
-                    decision, created_at, updated_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15)
-                """,
-                order_id, principal.org_id, product["seller_org_id"], product["id"],
-                product["live_revision"], plan.id, msgspec.to_builtins(data), state,
-                decision.cross_border is not None and decision.cross_border.route != "none",
-                pi.present and pi.sensitive and pi.state != "anonymised",
-                data.pi_subject_count, price, fee,
-                {"policy": msgspec.to_builtins(decision), "cleared": cleared}, now,
-            )  # fmt: skip
-            await record(
-                conn,
-                actor,
-                at=now,
-                action="order.placed",
-                subject_type="order",
-                subject_id=order_id,
-                after=data,
-                detail={
-                    "state": state,
-                    "rules": [h.rule for h in decision.hits],
-                    "cleared": cleared,
-                    "list_version": decision.list_version,
-                },
+            exchange_key = (
+                self.keyring.open(ctx["exchange_kid"], bytes(ctx["exchange_sealed"]))
+                if ctx["exchange_kid"] is not None
+                else None
             )
-            if state == "rejected":
-                await self._close(conn, order_id)
-                await self._order_event(
-                    conn,
-                    actor,
-                    "rejected",
-                    order_id,
-                    now,
-                    {"rules": [h.rule for h in decision.hits]},
-                )
-            elif state == "in_review":
-                review = msgspec.structs.replace(
-                    decision, hits=held, four_eyes=any(h.four_eyes for h in held)
-                )
-                await open_case(
-                    conn,
-                    kind="order",
-                    subject_id=order_id,
-                    subject_org_id=principal.org_id,
-                    revision=product["live_revision"],
-                    decision=review,
-                    policy_decision_id=None,
-                    at=now,
-                )
-            else:
-                await self._draft_contract(conn, actor, order_id, now)
-            order = await self._view(conn, await conn.fetchrow(
-                "SELECT * FROM orders WHERE id = $1", order_id))  # fmt: skip
-            await finalize(conn, order)
-            return order
+            contract = self._draft(writes, actor, facts, now, buyer_key, exchange_key)
+            if contract.executed:
+                state = "executed"
+        writes.decision = (
+            "order", str(order_id), decision.list_version, decision.list_digest,
+            decision.decision, msgspec.to_builtins(document), msgspec.to_builtins(decision),
+            now, state in ("in_review", "awaiting_signatures"),
+        )  # fmt: skip
+        writes.order = (
+            order_id, principal.org_id, ctx["seller_org_id"], ctx["id"],
+            ctx["live_revision"], plan.id, msgspec.to_builtins(data), state,
+            decision.cross_border is not None and decision.cross_border.route != "none",
+            pi.present and pi.sensitive and pi.state != "anonymised",
+            data.pi_subject_count, price, fee, decision_doc, now, now,
+            now if state == "executed" else None,
+        )  # fmt: skip
+        if contract is not None:
+            writes.contract = contract.row
+        if state == "in_review":
+            review = msgspec.structs.replace(
+                decision, hits=held, four_eyes=any(h.four_eyes for h in held)
+            )
+            case_id = uuid.uuid4()
+        order = Order(
+            id=order_id, state=state,  # type: ignore[arg-type]
+            buyer_org_id=principal.org_id, seller_org_id=ctx["seller_org_id"],
+            product_id=ctx["id"], revision=ctx["live_revision"], terms=data,
+            price_fen=price, fee_fen=fee, policy=decision_doc["policy"], cleared=cleared,
+            contract_id=contract.id if contract else None,
+            contract_digest=contract.digest if contract else None,
+            review_case_id=case_id, reason=None, created_at=now, updated_at=now,
+        )  # fmt: skip
+        if idempotency is not None:
+            writes.idempotency = (
+                principal.org_id, idempotency.key, idempotency.route, idempotency.digest,
+                201, msgspec.json.encode(order), now,
+            )  # fmt: skip
+        await writes.flush(conn)
+        if case_id is not None:
+            await open_case(
+                conn, kind="order", subject_id=order_id, subject_org_id=principal.org_id,
+                revision=ctx["live_revision"], decision=review, policy_decision_id=None,
+                at=now, case_id=case_id,
+            )  # fmt: skip
+        return order
+
+    async def _evaluate(
+        self, conn: Connection, ctx: Any, data: OrderCreate, metadata: ProductMetadata
+    ) -> tuple[EvaluationDocument, Decision, list[str]]:
+        """The order under the list in effect, and the hits the listing review cleared."""
+        domestic = data.buyer_country == data.delivery_country == "CN"
+        # The counts only route exports; a domestic order's route is "none" whatever they are.
+        n, s = (0, 0) if domestic else await self.exporter_counts(conn, ctx["seller_org_id"])
+        listing_doc = evaluation_document(metadata, legal_prohibition=ctx["legal_prohibition"])
+        document = EvaluationDocument(
+            product=listing_doc.product,
+            order=PolicyOrder(
+                buyer_country=data.buyer_country, delivery_country=data.delivery_country,
+                redistribution=data.redistribution, pi_subject_count=data.pi_subject_count,
+            ),
+            exporter=Exporter(ciio=False, ytd_pi_subjects=n, ytd_sensitive_pi_subjects=s,
+                              exemption=None, ftz_exempt=False),
+        )  # fmt: skip
+        if ctx["list_version"] is None:
+            raise Unavailable(
+                "no policy list is in effect yet: publish one (dataex policy publish)"
+            )
+        policy = await self.policy.compiled(conn, ctx["list_version"], ctx["list_digest"])
+        decision = evaluate(document, policy)
+        cleared = await self._cleared(conn, ctx, decision, policy)
+        cleared += cleared_by_origin(decision.hits, ctx["origin_cleared"])  # recognised only
+        return document, decision, cleared
 
     async def _cleared(
-        self, conn: Connection, product: Any, decision: Decision, policy: PolicyList
+        self, conn: Connection, ctx: Any, decision: Decision, policy: PolicyList
     ) -> list[str]:
         """Product hits the listing review already cleared for the revision now live (or for
-        one that only cosmetic revisions followed), under a rule that has not changed since."""
-        case = await conn.fetchrow(
-            "SELECT c.rules, c.revision, d.list_version FROM review_cases c"
-            " JOIN policy_decisions d ON d.id = c.policy_decision_id"
-            " WHERE c.kind = 'listing' AND c.subject_id = $1 AND c.state = 'approved'"
-            " AND c.revision <= $2 ORDER BY c.revision DESC LIMIT 1",
-            product["id"], product["live_revision"],
-        )  # fmt: skip
-        if case is None:
-            return []
-        material_since = await conn.fetchval(
-            "SELECT count(*) FROM product_revisions WHERE product_id = $1 AND number > $2"
-            " AND number <= $3 AND change <> 'cosmetic'",
-            product["id"], case["revision"], product["live_revision"],
-        )  # fmt: skip
-        if material_since:
+        one that only cosmetic revisions followed), under a rule that has not changed since.
+
+        ``ctx`` carries the latest approved listing case up to the live revision (its rules,
+        revision and list version) and how many material revisions followed it."""
+        if ctx["case_rules"] is None or ctx["material_since"]:
             return []
         now = policy.document  # the list the decision was made under
         then = (
             now
-            if case["list_version"] == policy.version
-            else (await self.policy.get(case["list_version"], conn)).document
+            if ctx["case_list_version"] == policy.version
+            else (await self.policy.get(ctx["case_list_version"], conn)).document
         )
         rules_then = {r["id"]: r for r in then["rules"]}
         rules_now = {r["id"]: r for r in now["rules"]}
@@ -338,7 +594,7 @@ class OrderService:
             for hit in decision.hits
             if hit.list == "cautious"
             and hit.scope == "product"
-            and hit.rule in case["rules"]
+            and hit.rule in ctx["case_rules"]
             and rules_then.get(hit.rule) == rules_now.get(hit.rule)
         ]
 
@@ -349,17 +605,17 @@ class OrderService:
             str(order_id),
         )
 
-    async def _order_event(
+    def _order_event(
         self,
-        conn: Connection,
+        writes: Writes,
         actor: Actor,
         event: str,
         order_id: uuid.UUID,
         at: datetime,
         data: dict[str, Any],
     ) -> None:
-        await enqueue(
-            conn, subject=self.settings.subject("order", event), event_type=f"dx.order.{event}",
+        writes.event(
+            subject=self.settings.subject("order", event), event_type=f"dx.order.{event}",
             source=f"urn:dataex:exchange:{self.settings.exchange_code}",
             event_subject=str(order_id), data=OrderEventData(order_id=str(order_id), **data), at=at,
             request_id=actor.request_id,
@@ -372,140 +628,139 @@ class OrderService:
         assert row is not None
         if row["state"] != "in_review":
             return
+        writes = Writes()
         if verdict == "approve":
+            facts, buyer_key, exchange_key = await self._facts(conn, row["id"])
+            contract = self._draft(writes, actor, facts, at, buyer_key, exchange_key)
+            state = "executed" if contract.executed else "awaiting_signatures"
             await conn.execute(
-                "UPDATE orders SET state = 'awaiting_signatures', updated_at = $2 WHERE id = $1",
-                row["id"], at,
+                "UPDATE orders SET state = $2, updated_at = $3, executed_at = $4 WHERE id = $1",
+                row["id"], state, at, at if contract.executed else None,
             )  # fmt: skip
-            await self._draft_contract(conn, actor, row["id"], at)
+            writes.contract = contract.row
+            if contract.executed:
+                await self._close(conn, row["id"])
         else:
             await conn.execute(
                 "UPDATE orders SET state = 'rejected', reason = $2, updated_at = $3 WHERE id = $1",
                 row["id"], f"review: {verdict}", at,
             )  # fmt: skip
             await self._close(conn, row["id"])
-            await self._order_event(conn, actor, "rejected", row["id"], at, {"review": verdict})
-        await record(
-            conn,
-            actor,
-            at=at,
-            action=f"order.review_{verdict}",
-            subject_type="order",
-            subject_id=row["id"],
-            detail={"case_id": str(case.id)},
-        )
+            self._order_event(writes, actor, "rejected", row["id"], at, {"review": verdict})
+        writes.record(
+            actor, at=at, action=f"order.review_{verdict}", subject_type="order",
+            subject_id=row["id"], detail={"case_id": str(case.id)},
+        )  # fmt: skip
+        await writes.flush(conn)
 
     # --- the contract ---------------------------------------------------------------------
 
-    async def _draft_contract(
-        self, conn: Connection, actor: Actor, order_id: uuid.UUID, at: datetime
-    ) -> uuid.UUID:
-        # Everything the contract names, in one round trip.
+    async def _facts(
+        self, conn: Connection, order_id: uuid.UUID
+    ) -> tuple[_Facts, SigningKey | None, SigningKey | None]:
+        """What the contract of a placed order names, and the keys that sign it on drafting."""
         row = await _one(conn, _DRAFT_SQL, order_id)
         metadata = msgspec.convert(row["metadata"], ProductMetadata)
-        plan = next(p for p in metadata.plans if p.id == row["plan_id"])
         terms = msgspec.convert(row["terms"], OrderCreate)
-        seller = PartyView(row["seller_org_id"], row["seller_name"], row["seller_uscc"])
-        buyer = PartyView(row["buyer_org_id"], row["buyer_name"], row["buyer_uscc"])
-        template = templates()[terms.template]
-        offer = (
-            {"offer_digest": row["offer_digest"], "jws": row["offer_jws"]}
-            if row["offer_digest"] is not None
-            else None
-        )
-        policy = row["decision"]["policy"]
-        rights = metadata.rights
-        granted = [
-            name
-            for name, on in (
-                ("数据资源持有权", rights.holding),
-                ("数据加工使用权", rights.use),
-                ("数据产品经营权", rights.operating),
-            )
-            if on
-        ]
-        values = {
-            "product_name": metadata.name_zh, "product_code": row["product_code"],
-            "revision": str(row["revision"]), "revision_digest": row["revision_digest"],
-            "scale": ", ".join(f"{k}={v}" for k, v in msgspec.to_builtins(metadata.manual.scale)
-                               .items() if v is not None),
-            "source": metadata.source.kind, "rights": "、".join(granted),
-            "purpose": terms.purpose, "territory": "、".join(terms.territory),
-            "term_days": str(terms.term_days),
-            "redistribution": "允许再分发" if terms.redistribution else "不得转售或再分发",
-            "delivery": "、".join(metadata.delivery),
-            "price_yuan": f"{row['price_fen'] / 100:.2f}", "price_fen": str(row["price_fen"]),
-            "pricing": plan.pricing, "quantity": str(terms.quantity),
-            "fee_fen": str(row["fee_fen"]), "acceptance_days": str(plan.acceptance_days),
-            "policy_summary": f"{policy['decision']}(清单 {policy['list_version']})",
-            "exchange_name": self.settings.exchange_name,
-        }  # fmt: skip
+        facts = _Facts(
+            order_id=order_id, revision=row["revision"],
+            plan=next(p for p in metadata.plans if p.id == row["plan_id"]), terms=terms,
+            price_fen=row["price_fen"], fee_fen=row["fee_fen"], decision=row["decision"],
+            product_code=row["product_code"], metadata=metadata,
+            revision_digest=row["revision_digest"],
+            seller=PartyView(row["seller_org_id"], row["seller_name"], row["seller_uscc"]),
+            buyer=PartyView(row["buyer_org_id"], row["buyer_name"], row["buyer_uscc"]),
+            offer=(row["offer_digest"], row["offer_jws"])
+            if row["offer_digest"] is not None else None,
+            origin=origin_exchange(row["recognised_from"], row["origin_name"],
+                                   row["listing_certificate"]),
+        )  # fmt: skip
+        buyer_key = await custodial_key(conn, row["buyer_org_id"], self.keyring)
+        return facts, buyer_key, await self.keyring.current(conn)
+
+    def _draft(
+        self,
+        writes: Writes,
+        actor: Actor,
+        facts: _Facts,
+        at: datetime,
+        buyer_key: SigningKey | None,
+        exchange_key: SigningKey | None,
+    ) -> _Contract:
+        """Render the contract, add the signatures already given (the seller's standing offer,
+        a custodial buyer's) and, when both parties have signed, countersign and execute."""
         contract_id = uuid.uuid4()
-        document = {
-            "contract_id": str(contract_id),
-            "order_id": str(order_id),
-            "template": {"id": template.id, "version": template.version,
-                         "title_zh": template.title_zh},
-            "exchange": {"code": self.settings.exchange_code, "name": self.settings.exchange_name},
-            "parties": {
-                "provider": {"org_id": str(seller.id), "name": seller.name, "uscc": seller.uscc},
-                "recipient": {"org_id": str(buyer.id), "name": buyer.name, "uscc": buyer.uscc},
-            },
-            "subject_data": {
-                "product_code": row["product_code"], "name_zh": metadata.name_zh,
-                "revision": row["revision"], "revision_digest": row["revision_digest"],
-            },
-            "rights": msgspec.to_builtins(rights),
-            "usage": {"purpose": terms.purpose, "territory": list(terms.territory),
-                      "term_days": terms.term_days, "redistribution": terms.redistribution},
-            "delivery": list(metadata.delivery),
-            "acceptance_days": plan.acceptance_days,
-            "fees": {"pricing": plan.pricing, "quantity": terms.quantity,
-                     "price_fen": row["price_fen"], "fee_fen": row["fee_fen"], "currency": "CNY"},
-            "policy": {"decision": policy["decision"], "list_version": policy["list_version"],
-                       "list_digest": policy["list_digest"],
-                       "route": (policy.get("cross_border") or {}).get("route"),
-                       "cleared": row["decision"]["cleared"]},
-            "seller_acceptance": (
-                {"standing_offer_digest": offer["offer_digest"]} if offer else None
-            ),
-            "clauses": template.render_clauses(values),
-            "created_at": at.isoformat(),
-        }  # fmt: skip
+        template = templates()[facts.terms.template]
+        document = contract_document(self.settings, contract_id, template, facts, at)
         digest = sha256_digest(document)
         text = render_text(template, document | {"digest": digest})
-        await conn.execute(
-            "INSERT INTO trade_contracts (id, order_id, template, document, digest, text_zh, state,"
-            " created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, 'awaiting_signatures', $7,"
-            " $8)",
-            contract_id, order_id, template.id, document, digest, text, at,
-            at + timedelta(hours=self.settings.contract_ttl_hours),
+        writes.record(
+            actor, at=at, action="contract.drafted", subject_type="contract",
+            subject_id=contract_id, after_digest=digest, detail={"digest": digest},
         )  # fmt: skip
-        if offer is not None:
-            await conn.execute(
-                "INSERT INTO contract_signatures (contract_id, party, kind, kid, jws, signed_at)"
-                " VALUES ($1, 'seller', 'standing_offer', $2, $3, $4)",
-                contract_id, jws_header(offer["jws"])["kid"], offer["jws"], at,
+        if facts.offer is not None:
+            writes.sign(
+                contract_id, "seller", "standing_offer", jws_header(facts.offer[1])["kid"],
+                facts.offer[1], at,
             )  # fmt: skip
-        await record(
-            conn,
-            actor,
-            at=at,
-            action="contract.drafted",
-            subject_type="contract",
-            subject_id=contract_id,
-            after_digest=digest,
-            detail={"digest": digest},
-        )
         # A buyer that chose custodial signing signs by placing the order.
-        buyer_key = await custodial_key(conn, row["buyer_org_id"], self.keyring)
         if buyer_key is not None:
-            contract = await _one(conn, _CONTRACT_SQL, contract_id)
             token = buyer_key.sign_detached(digest.encode(), typ=SIGNATURE_TYPE)
-            await self._add_signature(
-                conn, actor, contract, "buyer", "custodial", buyer_key.kid, token, at
-            )
-        return contract_id
+            writes.sign(contract_id, "buyer", "custodial", buyer_key.kid, token, at)
+            writes.record(
+                actor, at=at, action="contract.signed", subject_type="contract",
+                subject_id=contract_id,
+                detail={"party": "buyer", "kid": buyer_key.kid, "kind": "custodial"},
+            )  # fmt: skip
+        executed = facts.offer is not None and buyer_key is not None
+        if executed:
+            if exchange_key is None:
+                raise Unavailable("the exchange has no signing key yet (dataex keys rotate)")
+            self._countersign(writes, actor, contract_id, digest, document, facts.order_id,
+                              facts.price_fen, facts.fee_fen, exchange_key, at)  # fmt: skip
+        row = (
+            contract_id, facts.order_id, template.id, document, digest, text,
+            "executed" if executed else "awaiting_signatures", at,
+            at + timedelta(hours=self.settings.contract_ttl_hours), at if executed else None,
+        )  # fmt: skip
+        return _Contract(contract_id, digest, executed, row)
+
+    def _countersign(
+        self,
+        writes: Writes,
+        actor: Actor,
+        contract_id: uuid.UUID,
+        digest: str,
+        document: dict[str, Any],
+        order_id: uuid.UUID,
+        price: int,
+        fee: int,
+        key: SigningKey,
+        at: datetime,
+    ) -> None:
+        """The exchange's countersignature, the executed-trade event and the audit row."""
+        writes.sign(
+            contract_id, "exchange", "countersignature", key.kid,
+            key.sign_detached(digest.encode(), typ=SIGNATURE_TYPE), at,
+        )  # fmt: skip
+        writes.event(
+            subject=self.settings.subject("trade", "executed"), event_type="dx.trade.executed",
+            source=f"urn:dataex:exchange:{self.settings.exchange_code}",
+            event_subject=str(contract_id),
+            data=TradeExecutedData(
+                trade_id=str(contract_id), order_id=str(order_id), contract_digest=digest,
+                buyer=msgspec.convert(document["parties"]["recipient"], TradeParty),
+                seller=msgspec.convert(document["parties"]["provider"], TradeParty),
+                product_code=document["subject_data"]["product_code"],
+                price_fen=price, fee_fen=fee,
+                acceptance_days=document["acceptance_days"], executed_at=at.isoformat(),
+            ),
+            at=at, request_id=actor.request_id,
+        )  # fmt: skip
+        writes.record(
+            actor, at=at, action="contract.executed", subject_type="contract",
+            subject_id=contract_id, detail={"digest": digest},
+        )  # fmt: skip
 
     async def contract(self, principal: Principal, contract_id: uuid.UUID) -> dict[str, Any]:
         row = await self.pool.fetchrow(
@@ -564,6 +819,15 @@ class OrderService:
             party = "buyer" if principal.org_id == row["buyer_org_id"] else "seller"
             if not principal.has(party):
                 raise Forbidden(f"signing as the {party} needs the {party} role")
+            # The contract row is locked: the parties seen here are all that have signed.
+            signed = {
+                r["party"]
+                for r in await conn.fetch(
+                    "SELECT party FROM contract_signatures WHERE contract_id = $1", contract_id
+                )
+            }
+            if party in signed:
+                raise Conflict(f"the {party} has already signed this contract")
             if custodial:
                 key = await custodial_key(conn, principal.org_id, self.keyring)
                 if key is None:
@@ -579,44 +843,29 @@ class OrderService:
                 assert token is not None
                 kid = await verify_detached(conn, principal.org_id, token, row["digest"].encode())
                 kind = "signature"
-            await self._add_signature(conn, actor, row, party, kind, kid, token, now)
+            writes = Writes()
+            writes.sign(contract_id, party, kind, kid, token, now)
+            writes.record(
+                actor, at=now, action="contract.signed", subject_type="contract",
+                subject_id=contract_id, detail={"party": party, "kid": kid, "kind": kind},
+            )  # fmt: skip
+            if {"buyer", "seller"} <= signed | {party}:
+                order = await _one(conn,
+                    "UPDATE orders SET state = 'executed', executed_at = $2, updated_at = $2"
+                    " WHERE id = $1 RETURNING price_fen, fee_fen",
+                    row["order_id"], now,
+                )  # fmt: skip
+                await conn.execute(
+                    "UPDATE trade_contracts SET state = 'executed', executed_at = $2 WHERE id = $1",
+                    contract_id, now,
+                )  # fmt: skip
+                await self._close(conn, row["order_id"])
+                self._countersign(
+                    writes, actor, contract_id, row["digest"], row["document"], row["order_id"],
+                    order["price_fen"], order["fee_fen"], await self.keyring.current(conn), now,
+                )  # fmt: skip
+            await writes.flush(conn)
         return await self.contract(principal, contract_id)
-
-    async def _add_signature(
-        self,
-        conn: Connection,
-        actor: Actor,
-        contract: Any,
-        party: str,
-        kind: str,
-        kid: str,
-        token: str,
-        at: datetime,
-    ) -> None:
-        inserted = await conn.fetchval(
-            "INSERT INTO contract_signatures (contract_id, party, kind, kid, jws, signed_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING true",
-            contract["id"], party, kind, kid, token, at,
-        )  # fmt: skip
-        if not inserted:
-            raise Conflict(f"the {party} has already signed this contract")
-        await record(
-            conn,
-            actor,
-            at=at,
-            action="contract.signed",
-            subject_type="contract",
-            subject_id=contract["id"],
-            detail={"party": party, "kid": kid, "kind": kind},
-        )
-        parties = {
-            r["party"]
-            for r in await conn.fetch(
-                "SELECT party FROM contract_signatures WHERE contract_id = $1", contract["id"]
-            )
-        }
-        if {"buyer", "seller"} <= parties:
-            await self._execute(conn, actor, contract, at)
 
     async def _expire(self, conn: Connection, actor: Actor, contract: Any, at: datetime) -> None:
         await conn.execute(
@@ -627,23 +876,16 @@ class OrderService:
             contract["order_id"], at,
         )  # fmt: skip
         await self._close(conn, contract["order_id"])
-        await self._order_event(
-            conn,
-            actor,
-            "expired",
-            contract["order_id"],
-            at,
+        writes = Writes()
+        self._order_event(
+            writes, actor, "expired", contract["order_id"], at,
             {"reason": "contract not signed in time"},
-        )
-        await record(
-            conn,
-            actor,
-            at=at,
-            action="contract.expired",
-            subject_type="contract",
-            subject_id=contract["id"],
-            detail={"expires_at": contract["expires_at"].isoformat()},
-        )
+        )  # fmt: skip
+        writes.record(
+            actor, at=at, action="contract.expired", subject_type="contract",
+            subject_id=contract["id"], detail={"expires_at": contract["expires_at"].isoformat()},
+        )  # fmt: skip
+        await writes.flush(conn)
 
     async def expire_due(self, actor: Actor, limit: int = 500) -> int:
         """Expire contracts left unsigned past their deadline; returns how many."""
@@ -659,51 +901,6 @@ class OrderService:
             for row in rows:
                 await self._expire(conn, actor, row, now)
         return len(rows)
-
-    async def _execute(self, conn: Connection, actor: Actor, contract: Any, at: datetime) -> None:
-        key = await self.keyring.current(conn)
-        countersignature = key.sign_detached(contract["digest"].encode(), typ=SIGNATURE_TYPE)
-        await conn.execute(
-            "INSERT INTO contract_signatures (contract_id, party, kind, kid, jws, signed_at)"
-            " VALUES ($1, 'exchange', 'countersignature', $2, $3, $4)",
-            contract["id"], key.kid, countersignature, at,
-        )  # fmt: skip
-        await conn.execute(
-            "UPDATE trade_contracts SET state = 'executed', executed_at = $2 WHERE id = $1",
-            contract["id"], at,
-        )  # fmt: skip
-        order = await _one(conn,
-            "UPDATE orders SET state = 'executed', executed_at = $2, updated_at = $2"
-            " WHERE id = $1 RETURNING *",
-            contract["order_id"], at,
-        )  # fmt: skip
-        await self._close(conn, order["id"])
-        document = contract["document"]
-        await enqueue(
-            conn, subject=self.settings.subject("trade", "executed"),
-            event_type="dx.trade.executed",
-            source=f"urn:dataex:exchange:{self.settings.exchange_code}",
-            event_subject=str(contract["id"]),
-            data=TradeExecutedData(
-                trade_id=str(contract["id"]), order_id=str(order["id"]),
-                contract_digest=contract["digest"],
-                buyer=msgspec.convert(document["parties"]["recipient"], TradeParty),
-                seller=msgspec.convert(document["parties"]["provider"], TradeParty),
-                product_code=document["subject_data"]["product_code"],
-                price_fen=order["price_fen"], fee_fen=order["fee_fen"],
-                acceptance_days=document["acceptance_days"], executed_at=at.isoformat(),
-            ),
-            at=at, request_id=actor.request_id,
-        )  # fmt: skip
-        await record(
-            conn,
-            actor,
-            at=at,
-            action="contract.executed",
-            subject_type="contract",
-            subject_id=contract["id"],
-            detail={"digest": contract["digest"]},
-        )
 
     async def cancel(
         self, actor: Actor, principal: Principal, order_id: uuid.UUID, reason: str
@@ -732,16 +929,13 @@ class OrderService:
                 order_id, now,
             )  # fmt: skip
             await self._close(conn, order_id)
-            await self._order_event(conn, actor, "cancelled", order_id, now, {"reason": reason})
-            await record(
-                conn,
-                actor,
-                at=now,
-                action="order.cancelled",
-                subject_type="order",
-                subject_id=order_id,
-                detail={"reason": reason},
-            )
+            writes = Writes()
+            self._order_event(writes, actor, "cancelled", order_id, now, {"reason": reason})
+            writes.record(
+                actor, at=now, action="order.cancelled", subject_type="order",
+                subject_id=order_id, detail={"reason": reason},
+            )  # fmt: skip
+            await writes.flush(conn)
             return await self._view(conn, await conn.fetchrow(
                 "SELECT * FROM orders WHERE id = $1", order_id))  # fmt: skip
 

@@ -94,6 +94,10 @@ class PolicyService:
         cached = _COMPILED.get((current["version"], current["digest"]))
         return cached or await self.get(current["version"], executor)
 
+    async def compiled(self, conn: Executor, version: str, digest: str) -> PolicyList:
+        """The list ``version`` whose digest the caller read already: from memory when known."""
+        return _COMPILED.get((version, digest)) or await self.get(version, conn)
+
     async def get(self, version: str, conn: Executor | None = None) -> PolicyList:
         # A published version never changes (the table refuses UPDATE): look up only its
         # digest, and serve the compiled list from memory when it is known.

@@ -51,7 +51,8 @@ async def sync(conn: Connection, product_id: uuid.UUID, at: datetime) -> None:
     """Bring the product's catalog row in line with its state (call in its transaction)."""
     row = await conn.fetchrow(
         "SELECT p.state, p.product_code, p.live_revision, p.seller_org_id, o.name AS seller_name,"
-        " r.metadata FROM products p JOIN organisations o ON o.id = p.seller_org_id"
+        " p.recognised_from, r.metadata FROM products p"
+        " JOIN organisations o ON o.id = p.seller_org_id"
         " LEFT JOIN product_revisions r ON r.product_id = p.id AND r.number = p.live_revision"
         " WHERE p.id = $1",
         product_id,
@@ -64,9 +65,10 @@ async def sync(conn: Connection, product_id: uuid.UUID, at: datetime) -> None:
         """
         INSERT INTO catalog_entries (product_id, product_code, revision, seller_org_id,
             seller_name, name_zh, name_en, summary, tags, sector, product_type, delivery,
-            data_level, price_min_fen, price_max_fen, listed_at, updated_at, tokens, name_tokens)
+            data_level, price_min_fen, price_max_fen, listed_at, updated_at, tokens, name_tokens,
+            recognised_from)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16, $17,
-                $18)
+                $18, $19)
         ON CONFLICT (product_id) DO UPDATE SET revision = excluded.revision,
             seller_name = excluded.seller_name, name_zh = excluded.name_zh,
             name_en = excluded.name_en, summary = excluded.summary, tags = excluded.tags,
@@ -80,7 +82,7 @@ async def sync(conn: Connection, product_id: uuid.UUID, at: datetime) -> None:
         row["seller_name"], values["name_zh"], values["name_en"], values["summary"],
         values["tags"], values["sector"], values["product_type"], values["delivery"],
         values["data_level"], values["price_min_fen"], values["price_max_fen"], at,
-        values["tokens"], values["name_tokens"],
+        values["tokens"], values["name_tokens"], row["recognised_from"],
     )  # fmt: skip
 
 

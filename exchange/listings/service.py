@@ -6,7 +6,7 @@ Every state change, its audit row and its outbox event commit in one transaction
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -45,10 +45,13 @@ from exchange.platform.errors import Conflict, InvalidInput, NotFound
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing, jws_header
 from exchange.platform.validation import collect_errors
+from exchange.recognition import feed as recognition_feed
 from exchange.review.schemas import ReviewCase
 from exchange.review.service import latest_case_for, open_case
 
 CERTIFICATE_TYPE = "dataex-listing-certificate+jws"
+# A certificate is valid this long; every new revision, reinstatement or re-issue renews it.
+CERTIFICATE_VALIDITY = timedelta(days=365)
 STAFF = ("reviewer", "admin")
 
 
@@ -90,6 +93,7 @@ def certificate_claims(
         "sub": code,
         "jti": str(uuid.uuid4()),
         "iat": int(at.timestamp()),
+        "exp": int((at + CERTIFICATE_VALIDITY).timestamp()),
         "revision": revision.number,
         "revision_digest": revision.digest,
         "product": {
@@ -387,6 +391,11 @@ class ListingService:
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
             row = await self._visible_row(conn, principal, product_id, lock=True, staff_may=False)
+            if row["recognised_from"] is not None:
+                raise Conflict(
+                    f"recognised from {row['recognised_from']}: revise it there, where it is"
+                    " certified; the change reaches this exchange through recognition"
+                )
             next_state(row["state"], "revise")
             if row["pending_revision"] is not None:
                 raise Conflict(
@@ -556,6 +565,12 @@ class ListingService:
             revision_digest=revision.digest if revision else None,
             **extra,
         )
+        # Peers follow this exchange's own listing events through the signed feed.
+        await recognition_feed.append(
+            conn, event=event, product_id=product_id, product_code=code,
+            revision=data.revision, revision_digest=data.revision_digest, reason=data.reason,
+            at=at,
+        )  # fmt: skip
         await enqueue(
             conn,
             subject=self.settings.subject("listing", event),

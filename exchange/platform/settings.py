@@ -48,9 +48,13 @@ class Settings:
     rate_limit_per_second: int = 200
     rate_limit_burst: int = 400
     rate_limit_anonymous_per_second: int = 500
+    peer_poll_ms: int = 1000  # how often each API process pulls trusted peers' feeds; 0: never
+    public_base_url: str | None = None  # where others reach this API (certificates, identity)
 
     @property
     def public_url(self) -> str:
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
         host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::") else self.http_host  # noqa: S104
         return f"http://{host}:{self.http_port}"
 
@@ -144,6 +148,8 @@ class Settings:
         values["rate_limit_anonymous_per_second"] = integer(
             "DATAEX_RATE_LIMIT_ANONYMOUS_PER_SECOND", 0, 1_000_000
         )
+        values["peer_poll_ms"] = integer("DATAEX_PEER_POLL_MS", 0, 3_600_000)
+        values["public_base_url"] = url("DATAEX_PUBLIC_URL", ("http", "https"))
 
         if problems:
             raise SettingsError(problems)
@@ -171,9 +177,12 @@ class Settings:
             "DATAEX_RATE_LIMIT_PER_SECOND": str(self.rate_limit_per_second),
             "DATAEX_RATE_LIMIT_BURST": str(self.rate_limit_burst),
             "DATAEX_RATE_LIMIT_ANONYMOUS_PER_SECOND": str(self.rate_limit_anonymous_per_second),
+            "DATAEX_PEER_POLL_MS": str(self.peer_poll_ms),
         }
         if self.database_url:
             env["DATAEX_DATABASE_URL"] = self.database_url
         if self.nats_url:
             env["DATAEX_NATS_URL"] = self.nats_url
+        if self.public_base_url:
+            env["DATAEX_PUBLIC_URL"] = self.public_base_url
         return env

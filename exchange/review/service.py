@@ -44,8 +44,9 @@ async def open_case(
     decision: Decision,
     policy_decision_id: int | None,
     at: datetime,
+    case_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
-    case_id = uuid.uuid4()
+    case_id = case_id or uuid.uuid4()
     await conn.execute(
         """
         INSERT INTO review_cases (id, kind, subject_id, subject_org_id, revision, state, hits,

@@ -1,0 +1,661 @@
+"""``dataex bench trades``: the whole exchange under load, from HTTP order to settled trade.
+
+By default it starts a fresh exchange (`dataex up`: embedded PostgreSQL and NATS, the API with
+``--api-workers`` workers, the outbox relay and the settlement worker) in a temporary state
+folder and stops it after; with ``--url`` it drives an exchange already running (and reads the
+database of the `dataex up` in ``DATAEX_STATE_DIR`` or the configured one).
+
+Set-up over HTTP: sellers with a listed product each (reviewed, auto-accept standing offer),
+buyers with custodial signing keys and deposits. Then buyers place orders for ``--duration``
+seconds: closed loop with ``--concurrency`` requests in flight, or open loop at ``--rate``
+orders per second (latency measured from each order's scheduled time, so a stall is not
+hidden). Every executed contract is then settled by the worker: reserved into escrow and
+registered in the ledger, which is what "settled" counts here (the trade's final posting waits
+for the buyer's acceptance period). Reports orders accepted/s, contracts executed/s, trades
+settled/s (from the ledger), order latency p50/p95/p99, order-to-settled latency, errors, and
+the peak RSS of each process; ``--pgbench`` first runs pgbench TPC-B for 20 s on the same
+PostgreSQL and prints settled/s as a ratio to its tps. Writes a JSON file and a PNG chart of
+throughput and latency over time. A figure, not a test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import msgspec
+
+from exchange.identity.uscc import synthetic_uscc
+from exchange.platform.settings import Settings
+
+DEPOSIT_FEN = 10**13  # enough that no buyer runs out: a refused reserve would not measure speed
+PRICE_FEN = 100
+QUANTITY = 10
+
+
+@dataclass
+class Second:
+    accepted: int = 0
+    executed: int = 0
+    errors: int = 0
+    latencies: list[float] = field(default_factory=list)
+    settled: int = 0
+
+
+@dataclass
+class Run:
+    started: float = 0.0
+    seconds: list[Second] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def at(self, when: float) -> Second:
+        index = int(when - self.started)
+        while len(self.seconds) <= index:
+            self.seconds.append(Second())
+        return self.seconds[index]
+
+    def error(self, kind: str, when: float) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+        self.at(when).errors += 1
+
+
+class _Http:
+    """A thin aiohttp client: msgspec bodies, bearer tokens, problems raised as errors."""
+
+    def __init__(self, url: str, connections: int) -> None:
+        import aiohttp
+
+        self._aiohttp = aiohttp
+        self.session = aiohttp.ClientSession(
+            base_url=url,
+            connector=aiohttp.TCPConnector(limit=connections, force_close=False),
+            timeout=aiohttp.ClientTimeout(total=30),
+        )
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        token: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        hdrs = {"Authorization": f"Bearer {token}", **(headers or {})}
+        data = None
+        if body is not None:
+            data = msgspec.json.encode(body)
+            hdrs["Content-Type"] = "application/json"
+        async with self.session.request(method, path, data=data, headers=hdrs) as response:
+            raw = await response.read()
+            return response.status, msgspec.json.decode(raw) if raw else None
+
+    async def ok(self, method: str, path: str, token: str, body: Any = None) -> Any:
+        status, payload = await self.call(method, path, token, body)
+        if status >= 300:
+            raise RuntimeError(f"{method} {path}: {status} {payload}")
+        return payload
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+@dataclass(frozen=True)
+class Market:
+    products: list[str]
+    buyers: list[str]  # tokens
+    buyer_orgs: list[str]
+
+
+async def _org(http: _Http, admin: str, role: str, n: int) -> tuple[str, str]:
+    org = await http.ok("POST", "/v1/organisations", admin, {
+        "name": f"压测{role}{n}", "uscc": synthetic_uscc(uuid.uuid4().int), "roles": [role],
+        "region": "310000",
+        "contact": {"name": "压测", "email": "bench@example.cn", "phone": "+86 21 0000 0000"},
+    })  # fmt: skip
+    issued = await http.ok(
+        "POST", f"/v1/organisations/{org['id']}/tokens", admin, {"name": "bench", "roles": [role]}
+    )
+    return org["id"], issued["token"]
+
+
+async def _seller(http: _Http, admin: str, n: int) -> str:
+    from contracts.orders.bench import SAMPLE_PRODUCT, _Key
+
+    _org_id, token = await _org(http, admin, "seller", n)
+    key = _Key()
+    key.kid = (await http.ok("POST", "/v1/keys", token, key.jwk))["kid"]
+    product = SAMPLE_PRODUCT | {"name_zh": f"压测数据集{n}"}
+    product["plans"] = [plan | {"price_fen": PRICE_FEN} for plan in SAMPLE_PRODUCT["plans"]]
+    created = await http.ok("POST", "/v1/products", token, product)
+    submitted = await http.ok("POST", f"/v1/products/{created['id']}/submit", token)
+    case = submitted["review"]["case_id"]
+    await http.ok("POST", f"/v1/reviews/{case}/claim", admin)
+    await http.ok(
+        "POST", f"/v1/reviews/{case}/decisions", admin, {"verdict": "approve", "reason": "压测"}
+    )
+    terms = await http.ok("GET", f"/v1/products/{created['id']}/plans/auto/offer", token)
+    offer = {"plan_id": "auto", "jws": key.detached(terms["canonical"].encode())}
+    await http.ok("POST", f"/v1/products/{created['id']}/standing-offers", token, offer)
+    return str(created["id"])
+
+
+async def _buyer(http: _Http, admin: str, n: int) -> tuple[str, str]:
+    org_id, token = await _org(http, admin, "buyer", n)
+    await http.ok("POST", "/v1/keys/custodial", token)
+    await http.ok("POST", f"/v1/accounts/{org_id}/deposits", admin,
+                  {"amount_fen": DEPOSIT_FEN, "external_ref": f"bench-{uuid.uuid4()}"})  # fmt: skip
+    return org_id, token
+
+
+async def setup_market(http: _Http, admin: str, sellers: int, buyers: int) -> Market:
+    products = await asyncio.gather(*(_seller(http, admin, n) for n in range(sellers)))
+    parties = await asyncio.gather(*(_buyer(http, admin, n) for n in range(buyers)))
+    return Market(list(products), [t for _, t in parties], [o for o, _ in parties])
+
+
+def _order(product_id: str) -> dict[str, Any]:
+    return {"product_id": product_id, "plan_id": "auto", "purpose": "research",
+            "territory": ["CN"], "buyer_country": "CN", "delivery_country": "CN",
+            "term_days": 30, "redistribution": False, "quantity": QUANTITY}  # fmt: skip
+
+
+async def _place(http: _Http, market: Market, n: int, run: Run, scheduled: float) -> None:
+    token = market.buyers[n % len(market.buyers)]
+    product = market.products[n % len(market.products)]
+    try:
+        status, body = await http.call(
+            "POST", "/v1/orders", token, _order(product), {"Idempotency-Key": str(uuid.uuid4())}
+        )
+    except Exception as error:  # noqa: BLE001 - aiohttp's client errors: counted, not fatal
+        run.error(type(error).__name__, time.perf_counter())
+        return
+    done = time.perf_counter()
+    if status != 201:
+        run.error(f"HTTP {status}", done)
+        return
+    second = run.at(done)
+    second.accepted += 1
+    second.latencies.append(done - scheduled)
+    if body.get("state") == "executed":
+        second.executed += 1
+    else:
+        run.error(f"state {body.get('state')}", done)
+
+
+async def drive(
+    http: _Http, market: Market, run: Run, duration: float, concurrency: int, rate: float | None
+) -> None:
+    run.started = time.perf_counter()
+    deadline = run.started + duration
+    if rate is None:
+
+        async def client(k: int) -> None:
+            n = k
+            while (now := time.perf_counter()) < deadline:
+                await _place(http, market, n, run, now)
+                n += concurrency
+
+        await asyncio.gather(*(client(k) for k in range(concurrency)))
+        return
+    # Open loop: order n is due at started + n / rate, whatever happened to the earlier ones.
+    limit = asyncio.Semaphore(max(concurrency, 1))
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(n: int, due: float) -> None:
+        async with limit:
+            await _place(http, market, n, run, due)
+
+    n = 0
+    while (due := run.started + n / rate) < deadline:
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(one(n, due))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        n += 1
+    if tasks:
+        await asyncio.gather(*tasks)
+
+
+async def _ledger_size(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT coalesce(max(seq) + 1, 0) FROM ledger_entries"))
+
+
+async def watch_ledger(database_url: str, run: Run, stop: asyncio.Event) -> None:
+    """Ledger entries appended per second of the run (one entry per reserved trade)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        last = await _ledger_size(conn)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            size = await _ledger_size(conn)
+            if run.started:
+                run.at(time.perf_counter() - 0.5).settled += size - last
+            last = size
+    finally:
+        await conn.close()
+
+
+_SETTLED_SQL = """
+SELECT count(*) AS trades,
+       min(l.created_at) AS first, max(l.created_at) AS last,
+       percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP
+           (ORDER BY extract(epoch FROM l.created_at - o.created_at)) AS e2e
+FROM orders o
+JOIN trade_contracts c ON c.order_id = o.id
+JOIN ledger_entries l ON l.trade_id = c.id AND l.step = 'reserved'
+WHERE o.buyer_org_id = ANY($1::uuid[])
+"""
+_EXECUTED_SQL = (
+    "SELECT count(*) FROM orders WHERE buyer_org_id = ANY($1::uuid[]) AND state = 'executed'"
+)
+
+
+async def await_settled(database_url: str, market: Market, limit: float) -> asyncpg.Record:
+    """Wait until every executed order of the run is in the ledger (or ``limit`` seconds)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        orgs = [uuid.UUID(o) for o in market.buyer_orgs]
+        executed = int(await conn.fetchval(_EXECUTED_SQL, orgs))
+        until = time.monotonic() + limit
+        while True:
+            row = await conn.fetchrow(_SETTLED_SQL, orgs)
+            assert row is not None
+            if row["trades"] >= executed or time.monotonic() > until:
+                return row
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+
+
+# --- processes ----------------------------------------------------------------------------
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def _label(pid: int) -> str | None:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return None
+    if "serve api" in cmd:
+        return "api"
+    if "serve relay" in cmd:
+        return "relay"
+    if "serve settlement" in cmd:
+        return "settlement"
+    if "nats-server" in cmd:
+        return "nats-server"
+    if "postgres" in cmd.split(" ")[0] or cmd.startswith("postgres"):
+        return "postgres"
+    if " up" in cmd:
+        return "dataex up"
+    return None
+
+
+def peak_rss(root: int) -> list[tuple[str, int, float]]:
+    """(label, pid, peak RSS MiB) of the processes under ``root`` (Linux /proc); PostgreSQL's
+    backends summed up as their largest (their RSS counts the shared buffers they touched)."""
+    rows = _peak_rss(_descendants(root))
+    backends = [r for r in rows if r[0] == "postgres"]
+    if len(backends) > 1:
+        postmaster = min(backends, key=lambda r: r[1])
+        rest = [r for r in backends if r is not postmaster]
+        largest = max(rest, key=lambda r: r[2])
+        rows = [r for r in rows if r[0] != "postgres"] + [
+            postmaster,
+            (f"postgres, largest of {len(rest)} other processes", largest[1], largest[2]),
+        ]
+    return sorted(rows)
+
+
+def _peak_rss(pids: list[int]) -> list[tuple[str, int, float]]:
+    rows = []
+    for pid in pids:
+        label = _label(pid)
+        if label is None:
+            continue
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{pid}/status").read_text()
+            match = re.search(r"VmHWM:\s+(\d+) kB", status)
+            if match:
+                rows.append((label, pid, int(match.group(1)) / 1024))
+    return sorted(rows)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def exchange_up(api_workers: int) -> Iterator[tuple[str, str, Path, subprocess.Popen[str]]]:
+    """A fresh `dataex up` in a temporary state folder: (url, admin token, state dir, process)."""
+    state = Path(tempfile.mkdtemp(prefix="dataex-bench-"))
+    port = _free_port()
+    env = {**os.environ, "DATAEX_STATE_DIR": str(state), "DATAEX_HTTP_PORT": str(port),
+           "DATAEX_API_WORKERS": str(api_workers), "DATAEX_LOG_LEVEL": "warning"}  # fmt: skip
+    for name in ("DATAEX_DATABASE_URL", "DATAEX_NATS_URL"):
+        env.pop(name, None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exchange.cli", "up"], env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        token = None
+        assert process.stdout is not None
+        deadline = time.monotonic() + 120
+        for line in process.stdout:
+            match = re.search(r"(dxt_[A-Za-z0-9_-]+)", line)
+            if match:
+                token = match.group(1)
+            if "Ctrl-C" in line or time.monotonic() > deadline:
+                break
+        if token is None:
+            raise RuntimeError("dataex up printed no admin token")
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url)
+        threading_drain(process)
+        yield url, token, state, process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 15)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 9)
+
+
+def threading_drain(process: subprocess.Popen[str]) -> None:
+    """Keep reading the child's output so it never blocks on a full pipe."""
+    import threading
+
+    def drain() -> None:
+        assert process.stdout is not None
+        for _line in process.stdout:
+            pass
+
+    threading.Thread(target=drain, daemon=True).start()
+
+
+def _wait_ready(url: str) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"{url}/health/ready", timeout=2) as response,  # noqa: S310
+        ):
+            if response.status == 200:
+                return
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not become ready")
+
+
+def _with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+async def run_pgbench(database_url: str, seconds: int, out: TextIO) -> float:
+    """pgbench TPC-B on the same server, in a database of its own (dropped after)."""
+    from settlement.bench import pgbench
+
+    name = f"dataex_pgbench_{uuid.uuid4().hex[:8]}"
+    admin = _with_database(database_url, "postgres")
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        return await asyncio.to_thread(pgbench, _with_database(database_url, name), seconds, out)
+    finally:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def _pct(values: list[float], q: int) -> float:
+    if len(values) < 2:
+        return values[0] * 1000 if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000
+
+
+async def _progress(run: Run, duration: float, stop: asyncio.Event, out: TextIO) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
+        TextColumn("{task.fields[rates]}"), console=_console(out), transient=True,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("orders", total=duration, rates="")
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+            elapsed = time.perf_counter() - run.started if run.started else 0.0
+            recent = run.seconds[-3:-1] or run.seconds[-1:]
+            accepted = sum(s.accepted for s in recent) / max(len(recent), 1)
+            settled = sum(s.settled for s in recent) / max(len(recent), 1)
+            errors = sum(run.errors.values())
+            rates = f"{accepted:,.0f} orders/s  {settled:,.0f} settled/s  errors {errors}"
+            progress.update(task, completed=min(elapsed, duration), rates=rates)
+
+
+def _console(out: TextIO) -> Any:
+    from rich.console import Console
+
+    return Console(file=out)
+
+
+async def bench_trades(args: Any, out: TextIO) -> int:
+    if args.url:
+        from exchange import runtime
+
+        with runtime.servers(Settings.from_env()) as live:
+            admin = args.admin_token or await runtime.prepare(live, bootstrap="always")
+            assert live.database_url and admin
+            return await _bench(args, args.url, admin, live.database_url, None, out)
+    with exchange_up(args.api_workers) as (url, admin, state, process):
+        from exchange import runtime
+
+        with runtime.servers(Settings.from_env({"DATAEX_STATE_DIR": str(state)})) as live:
+            assert live.database_url
+            return await _bench(args, url, admin, live.database_url, process.pid, out)
+
+
+async def _bench(
+    args: Any, url: str, admin: str, database_url: str, root: int | None, out: TextIO
+) -> int:
+    tps = await run_pgbench(database_url, 20, out) if args.pgbench else None
+    http = _Http(url, max(args.concurrency, 8) + 8)
+    try:
+        out.write(f"setting up {args.sellers} sellers and {args.buyers} buyers at {url} …\n")
+        market = await setup_market(http, admin, args.sellers, args.buyers)
+        run, stop = Run(), asyncio.Event()
+        watcher = asyncio.create_task(watch_ledger(database_url, run, stop))
+        bar = asyncio.create_task(_progress(run, args.duration, stop, out))
+        await drive(http, market, run, args.duration, args.concurrency, args.rate)
+        elapsed = time.perf_counter() - run.started
+        settled_row = await await_settled(database_url, market, 120)
+        stop.set()
+        await asyncio.gather(watcher, bar)
+    finally:
+        await http.close()
+    rss = peak_rss(root) if root else peak_rss_by_name()
+    report = _report(args, run, elapsed, settled_row, tps, rss)
+    _print(report, out)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = Path(args.out or ".") / f"bench-trades-{stamp}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    _chart(report, target.with_suffix(".png"))
+    out.write(f"\nwrote {target.with_suffix('.json')} and {target.with_suffix('.png')}\n")
+    return 0 if not run.errors else 1
+
+
+def peak_rss_by_name() -> list[tuple[str, int, float]]:
+    """Without a process of our own to start from: every dataex process on this machine."""
+    rows: list[tuple[str, int, float]] = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"exchange.cli" in cmd or b"dataex" in cmd:
+                pid = int(entry.name)
+                rows.extend(_peak_rss([pid]))
+    return sorted(set(rows))
+
+
+def _report(
+    args: Any,
+    run: Run,
+    elapsed: float,
+    settled: asyncpg.Record,
+    tps: float | None,
+    rss: list[tuple[str, int, float]],
+) -> dict[str, Any]:
+    latencies = [x for s in run.seconds for x in s.latencies]
+    accepted = sum(s.accepted for s in run.seconds)
+    executed = sum(s.executed for s in run.seconds)
+    seconds = run.seconds[: int(elapsed)]  # the timeline: whole seconds (the last is partial)
+    span = (
+        (settled["last"] - settled["first"]).total_seconds()
+        if settled["trades"] and settled["first"] != settled["last"]
+        else elapsed
+    )
+    settled_rate = settled["trades"] / max(span, elapsed) if settled["trades"] else 0.0
+    e2e = [x * 1000 for x in settled["e2e"]] if settled["e2e"] else [float("nan")] * 3
+    return {
+        "config": {"duration_s": args.duration, "concurrency": args.concurrency,
+                   "rate": args.rate, "sellers": args.sellers, "buyers": args.buyers,
+                   "api_workers": None if args.url else args.api_workers,
+                   "cpus": os.cpu_count()},
+        "elapsed_s": round(elapsed, 2),
+        "orders_accepted": accepted, "orders_accepted_per_s": round(accepted / elapsed, 1),
+        "contracts_executed": executed,
+        "contracts_executed_per_s": round(executed / elapsed, 1),
+        "trades_settled": settled["trades"], "trades_settled_per_s": round(settled_rate, 1),
+        "order_latency_ms": {"p50": round(_pct(latencies, 50), 1),
+                             "p95": round(_pct(latencies, 95), 1),
+                             "p99": round(_pct(latencies, 99), 1)},
+        "order_to_settled_ms": {"p50": round(e2e[0], 1), "p95": round(e2e[1], 1),
+                                "p99": round(e2e[2], 1)},
+        "errors": run.errors,
+        "pgbench_tps": round(tps, 1) if tps else None,
+        "settled_per_pgbench_tps": round(settled_rate / tps, 3) if tps else None,
+        "peak_rss_mib": [{"process": label, "pid": pid, "mib": round(mib, 1)}
+                         for label, pid, mib in rss],
+        "timeline": [{"second": i, "accepted": s.accepted, "executed": s.executed,
+                      "settled": s.settled, "errors": s.errors,
+                      "p50_ms": round(_pct(s.latencies, 50), 1) if s.latencies else None,
+                      "p99_ms": round(_pct(s.latencies, 99), 1) if s.latencies else None}
+                     for i, s in enumerate(seconds)],
+    }  # fmt: skip
+
+
+def _print(report: dict[str, Any], out: TextIO) -> None:
+    from rich.table import Table
+
+    table = Table(title="dataex bench trades", show_header=True)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    c = report["config"]
+    mode = (
+        f"open loop at {c['rate']}/s" if c["rate"] else f"closed loop, {c['concurrency']} in flight"
+    )
+    table.add_row("run", f"{report['elapsed_s']} s, {mode}, {c['buyers']} buyers, "
+                  f"{c['sellers']} products, {c['cpus']} CPUs")  # fmt: skip
+    table.add_row(
+        "orders accepted", f"{report['orders_accepted']:,} ({report['orders_accepted_per_s']:,}/s)"
+    )
+    table.add_row(
+        "contracts executed",
+        f"{report['contracts_executed']:,} ({report['contracts_executed_per_s']:,}/s)",
+    )
+    table.add_row(
+        "trades settled (ledger)",
+        f"{report['trades_settled']:,} ({report['trades_settled_per_s']:,}/s)",
+    )
+    lat, e2e = report["order_latency_ms"], report["order_to_settled_ms"]
+    table.add_row("order latency p50 / p95 / p99", f"{lat['p50']} / {lat['p95']} / {lat['p99']} ms")
+    table.add_row(
+        "order → settled p50 / p95 / p99", f"{e2e['p50']} / {e2e['p95']} / {e2e['p99']} ms"
+    )
+    table.add_row("errors", json.dumps(report["errors"]) if report["errors"] else "none")
+    if report["pgbench_tps"]:
+        table.add_row("pgbench TPC-B (same server, 20 s)", f"{report['pgbench_tps']:,} tps")
+        table.add_row("settled/s ÷ pgbench tps", f"{report['settled_per_pgbench_tps']}")
+    for row in report["peak_rss_mib"]:
+        table.add_row(f"peak RSS {row['process']} (pid {row['pid']})", f"{row['mib']} MiB")
+    _console(out).print(table)
+
+
+def _chart(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timeline = report["timeline"]
+    xs = [t["second"] for t in timeline]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    top.plot(xs, [t["accepted"] for t in timeline], label="orders accepted/s")
+    top.plot(xs, [t["executed"] for t in timeline], label="contracts executed/s", linestyle="--")
+    top.plot(xs, [t["settled"] for t in timeline], label="trades settled/s (ledger)")
+    top.set_ylabel("per second")
+    top.legend(loc="lower right")
+    top.grid(alpha=0.3)
+    bottom.plot(xs, [t["p50_ms"] for t in timeline], label="order latency p50")
+    bottom.plot(xs, [t["p99_ms"] for t in timeline], label="order latency p99")
+    bottom.set_ylabel("ms")
+    bottom.set_xlabel("second of the run")
+    bottom.legend(loc="upper right")
+    bottom.grid(alpha=0.3)
+    c = report["config"]
+    mode = f"open loop {c['rate']}/s" if c["rate"] else f"closed loop, {c['concurrency']} in flight"
+    fig.suptitle(f"dataex bench trades — {mode}, {c['cpus']} CPUs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
