@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Litestar, Router
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.routes import HTTPRoute
@@ -36,6 +37,14 @@ from exchange.platform.http import (
     EXCEPTION_HANDLERS,
     RequestContextMiddleware,
     add_request_id_header,
+    declare_problem_responses,
+)
+from exchange.platform.limits import (
+    MAX_JSON_DEPTH,
+    MAX_PARAMETER_CHARS,
+    InputGuardMiddleware,
+    RateLimitMiddleware,
+    RateLimits,
 )
 from exchange.platform.logging import configure_logging, get_logger
 from exchange.platform.settings import Settings
@@ -143,13 +152,24 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                 await nats.drain()
             await pool.close()
 
+    rate_limits = RateLimits.configured(
+        settings.rate_limit_per_second,
+        settings.rate_limit_burst,
+        settings.rate_limit_anonymous_per_second,
+    )
     openapi_router = Router(OPENAPI_PATH, route_handlers=[], include_in_schema=False, opt=PUBLIC)
     app = Litestar(
         route_handlers=ROUTE_HANDLERS,
         guards=[access_guard],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[RequestContextMiddleware],
+        middleware=[
+            RequestContextMiddleware,
+            # One set of buckets per app, shared by every route (Litestar builds a middleware
+            # stack per route, so the limits object is created here and passed in).
+            DefineMiddleware(RateLimitMiddleware, limits=rate_limits),
+            InputGuardMiddleware,
+        ],
         before_send=[add_request_id_header],
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
@@ -159,6 +179,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             description=(
                 "A data exchange: listings, compliance review, standard contracts, settlement."
                 " Errors are RFC 9457 problem details (application/problem+json)."
+                f" Limits: request bodies up to {settings.max_body_bytes} bytes (413), JSON"
+                f" nested at most {MAX_JSON_DEPTH} levels (400), no NUL characters (422), path"
+                f" and query parameters up to {MAX_PARAMETER_CHARS} characters (400);"
+                f" {settings.rate_limit_per_second} requests/s per token (bursts of"
+                f" {settings.rate_limit_burst}) and {settings.rate_limit_anonymous_per_second}/s"
+                " per address without one, per API process (429 with Retry-After; 0 = off)."
             ),
             path=OPENAPI_PATH,
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin()],
@@ -167,6 +193,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         debug=False,
     )
     check_access_policies(app)
+    declare_problem_responses(app.routes)
+    app.state.rate_limits = rate_limits
     return app
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 
 from exchange.platform.auth import PUBLIC
 from exchange.platform.context import Platform
@@ -112,7 +113,12 @@ class HealthController(Controller):
         """The process answers. Says nothing about its dependencies."""
         return {"status": "live"}
 
-    @get("/ready", operation_id="ready", opt=PUBLIC)
+    @get(
+        "/ready",
+        operation_id="ready",
+        opt=PUBLIC,
+        responses={503: ResponseSpec(Readiness, generate_examples=False, description="Not ready")},
+    )
     async def ready(self, platform: NamedDependency[Platform]) -> Response[Readiness]:
         """200 when PostgreSQL, migrations, NATS and JetStream are good; else 503 saying which."""
         result = await readiness(platform)

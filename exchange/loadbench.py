@@ -108,6 +108,11 @@ class _Http:
 
     async def ok(self, method: str, path: str, token: str, body: Any = None) -> Any:
         status, payload = await self.call(method, path, token, body)
+        while status == 429:
+            # Setting up many buyers can outrun the admin token's rate limit (the exchange
+            # answered without acting): wait as long as it says, then ask again.
+            await asyncio.sleep(float((payload or {}).get("retry_after_s", 1)))
+            status, payload = await self.call(method, path, token, body)
         if status >= 300:
             raise RuntimeError(f"{method} {path}: {status} {payload}")
         return payload

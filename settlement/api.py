@@ -15,7 +15,13 @@ from exchange.audit import Actor
 from exchange.platform.auth import PUBLIC, Principal, requires
 from exchange.platform.context import Platform
 from exchange.platform.errors import FieldError, InvalidInput, NotFound
-from exchange.platform.paging import DEFAULT_PAGE, check_limit, decode_cursor, encode_cursor
+from exchange.platform.paging import (
+    BIGINT_MAX,
+    DEFAULT_PAGE,
+    check_limit,
+    decode_cursor,
+    encode_cursor,
+)
 from settlement import ledger
 from settlement.service import Accounts, MovementView, SettlementService, TradeView
 
@@ -257,7 +263,7 @@ class LedgerController(Controller):
     async def heads(
         self,
         platform: PlatformDep,
-        after_size: Annotated[int, QueryParameter(ge=0)] = 0,
+        after_size: Annotated[int, QueryParameter(ge=0, le=BIGINT_MAX)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = DEFAULT_PAGE,
     ) -> TreeHeadPage:
         """Every signed tree head, oldest first, after ``after_size``."""
@@ -271,8 +277,8 @@ class LedgerController(Controller):
     async def consistency(
         self,
         platform: PlatformDep,
-        first: Annotated[int, QueryParameter(ge=1)],
-        second: Annotated[int, QueryParameter(ge=1)],
+        first: Annotated[int, QueryParameter(ge=1, le=BIGINT_MAX)],
+        second: Annotated[int, QueryParameter(ge=1, le=BIGINT_MAX)],
     ) -> ConsistencyProof:
         """RFC 6962 consistency proof between two signed tree heads (by their sizes)."""
         if first > second:
@@ -292,7 +298,7 @@ class LedgerController(Controller):
     async def entries(
         self,
         platform: PlatformDep,
-        after: Annotated[int, QueryParameter(ge=-1)] = -1,
+        after: Annotated[int, QueryParameter(ge=-1, le=BIGINT_MAX)] = -1,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = DEFAULT_PAGE,
     ) -> EntryPage:
         """Entries with seq greater than ``after``, in order (staff: entries name the parties

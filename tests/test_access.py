@@ -2,7 +2,9 @@
 
 For every non-public route: no token, a malformed header, an unknown, a revoked and an expired
 token are 401; a token without the needed role is 403. Routes that take the id of an
-organisation's private resource must answer 404 to any other organisation.
+organisation's private resource must answer 404 to any other organisation. The access matrix
+at the end states, for every route, the status each kind of caller gets; a route without a row
+in it fails the suite.
 """
 
 import re
@@ -248,3 +250,189 @@ async def test_another_organisations_resource_is_404(client, tokens, method, pat
     # An unknown id gives the very same answer as another organisation's.
     response = await call(client, method, concrete(path), token=tokens["seller+buyer"], body=body)
     assert response.status_code == 404
+
+
+# --- the access matrix -------------------------------------------------------------------------
+#
+# Every route (Litestar's automatic OPTIONS answers aside) x every kind of caller: no token, a
+# token of each role, another organisation's token, a revoked token. Ids in paths are unknown
+# ones, except that "other" addresses the market organisation's own resource where the route
+# names one (OWNED): so "other" proves the 404 of a resource that exists. POST and PATCH send {}.
+
+CALLERS = ("anonymous", "seller", "buyer", "seller+buyer", "reviewer", "admin", "other", "revoked")
+
+
+def matrix_routes() -> list[tuple[str, str, object]]:
+    app = create_app(Settings())
+    table = []
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            if handler.http_methods == {"OPTIONS"}:
+                continue
+            table.extend(
+                (method, route.path, route_access(handler)) for method in handler.http_methods
+            )
+    return sorted(table)
+
+
+async def observe(client, tokens, method, path):
+    """The status each caller gets on ``method path``."""
+    statuses = {}
+    for caller in CALLERS:
+        target = concrete(path)
+        if caller == "other" and (method, path) in OWNED:
+            kind = OWNED[(method, path)]
+            mine = await _resource_of(
+                client, tokens, kind, tokens["seller+buyer"], tokens["market_id"]
+            )
+            target = _PARAM.sub(mine, path)
+        token = None if caller == "anonymous" else tokens[caller]
+        response = await call(client, method, target, token=token, body=BODIES.get(path))
+        statuses[caller] = response.status_code
+    return statuses
+
+
+# The status each caller gets, in the order of CALLERS:
+#   anonymous  seller  buyer  seller+buyer  reviewer  admin  other  revoked
+# "admin" is the operator's bootstrap token (roles admin and reviewer); "reviewer" is a staff
+# token with that role alone. Public routes ignore a token, even a revoked one. A new route must
+# be added here (test_every_route_has_a_row_in_the_matrix), with the statuses it should give.
+MATRIX = {
+    ("DELETE", "/v1/peers/{code:str}"): "401 403 403 403 403 404 403 401",
+    ("GET", "/.well-known/dataex-exchange"): "200 200 200 200 200 200 200 200",
+    ("GET", "/v1/peers"): "401 403 403 403 200 200 403 401",
+    ("GET", "/v1/recognition/feed"): "200 200 200 200 200 200 200 200",
+    ("GET", "/v1/recognitions"): "200 200 200 200 200 200 200 200",
+    ("GET", "/v1/recognitions/{origin:str}/{product_code:str}"): "404 404 404 404 404 404 404 404",
+    ("POST", "/v1/member-credentials"): "401 403 403 403 403 400 403 401",
+    ("POST", "/v1/member-credentials/accept"): "401 403 403 403 403 400 403 401",
+    ("POST", "/v1/peers"): "401 403 403 403 403 400 403 401",
+    ("POST", "/v1/recognitions"): "401 400 400 400 400 400 400 401",
+    ("GET", "/.well-known/jwks.json"): "200 200 200 200 200 200 200 200",
+    ("GET", "/health/live"): "200 200 200 200 200 200 200 200",
+    ("GET", "/health/ready"): "200 200 200 200 200 200 200 200",
+    ("GET", "/schema"): "200 200 200 200 200 200 200 200",
+    ("GET", "/schema/oauth2-redirect.html"): "200 200 200 200 200 200 200 200",
+    ("GET", "/schema/openapi.json"): "200 200 200 200 200 200 200 200",
+    ("GET", "/schema/scalar"): "200 200 200 200 200 200 200 200",
+    ("GET", "/schema/swagger"): "200 200 200 200 200 200 200 200",
+    ("GET", "/schema/{path:str}"): "404 404 404 404 404 404 404 404",
+    ("GET", "/v1/accounts/me"): "401 200 200 200 200 200 200 401",
+    ("GET", "/v1/accounts/{org_id:uuid}"): "401 403 403 403 403 404 403 401",
+    ("GET", "/v1/audit"): "401 403 403 403 403 200 403 401",
+    ("GET", "/v1/catalog"): "200 200 200 200 200 200 200 200",
+    ("GET", "/v1/certificates/{product_code:str}/status"): "404 404 404 404 404 404 404 404",
+    ("GET", "/v1/contracts/{contract_id:uuid}"): "401 404 404 404 404 404 404 401",
+    ("GET", "/v1/fee-schedules"): "200 200 200 200 200 200 200 200",
+    ("GET", "/v1/keys"): "401 200 200 200 403 403 200 401",
+    ("GET", "/v1/ledger/consistency"): "400 400 400 400 400 400 400 400",
+    ("GET", "/v1/ledger/entries"): "401 403 403 403 200 200 403 401",
+    ("GET", "/v1/ledger/tree-heads"): "200 200 200 200 200 200 200 200",
+    ("GET", "/v1/ledger/tree-heads/latest"): "404 404 404 404 404 404 404 404",
+    ("GET", "/v1/me"): "401 200 200 200 200 200 200 401",
+    ("GET", "/v1/orders"): "401 200 200 200 403 403 200 401",
+    ("GET", "/v1/orders/{order_id:uuid}"): "401 404 404 404 404 404 404 401",
+    ("GET", "/v1/organisations"): "401 403 403 403 403 200 403 401",
+    ("GET", "/v1/organisations/{org_id:uuid}"): "401 404 404 404 404 404 404 401",
+    ("GET", "/v1/organisations/{org_id:uuid}/tokens"): "401 403 403 403 403 200 403 401",
+    ("GET", "/v1/policy/lists"): "200 200 200 200 200 200 200 200",
+    ("GET", "/v1/policy/lists/{version:str}"): "404 404 404 404 404 404 404 404",
+    ("GET", "/v1/products"): "200 200 200 200 200 200 200 200",
+    ("GET", "/v1/products/{product_id:uuid}"): "401 404 404 404 404 404 404 401",
+    ("GET", "/v1/products/{product_id:uuid}/certificate"): "404 404 404 404 404 404 404 404",
+    (
+        "GET",
+        "/v1/products/{product_id:uuid}/plans/{plan_id:str}/offer",
+    ): "401 404 403 404 403 403 404 401",
+    ("GET", "/v1/reviews"): "401 403 403 403 200 200 403 401",
+    ("GET", "/v1/reviews/{case_id:uuid}"): "401 403 403 403 404 404 403 401",
+    ("GET", "/v1/settlement/failures"): "401 403 403 403 200 200 403 401",
+    ("GET", "/v1/tokens"): "401 200 200 200 200 200 200 401",
+    ("GET", "/v1/tokens/{token_id:uuid}"): "401 404 404 404 404 404 404 401",
+    ("GET", "/v1/trades"): "401 200 200 200 403 403 200 401",
+    ("GET", "/v1/trades/{trade_id:uuid}"): "401 404 404 404 404 404 404 401",
+    ("GET", "/v1/trades/{trade_id:uuid}/receipt"): "401 404 404 404 404 404 404 401",
+    ("PATCH", "/v1/organisations/{org_id:uuid}"): "401 403 403 403 403 404 403 401",
+    ("PATCH", "/v1/products/{product_id:uuid}"): "401 404 403 404 403 403 404 401",
+    ("POST", "/v1/accounts/{org_id:uuid}/deposits"): "401 403 403 403 403 400 403 401",
+    ("POST", "/v1/accounts/{org_id:uuid}/withdrawals"): "401 403 403 403 403 400 403 401",
+    ("POST", "/v1/contracts/{contract_id:uuid}/signatures"): "401 422 422 422 403 403 422 401",
+    ("POST", "/v1/fee-schedules"): "401 403 403 403 403 400 403 401",
+    ("POST", "/v1/keys"): "401 400 400 400 403 403 400 401",
+    ("POST", "/v1/keys/custodial"): "401 201 201 201 403 403 201 401",
+    ("POST", "/v1/orders"): "401 403 400 400 403 403 400 401",
+    ("POST", "/v1/orders/{order_id:uuid}/cancel"): "401 403 400 400 403 403 400 401",
+    ("POST", "/v1/organisations"): "401 403 403 403 403 400 403 401",
+    ("POST", "/v1/organisations/{org_id:uuid}/tokens"): "401 403 403 403 403 400 403 401",
+    ("POST", "/v1/policy/evaluate"): "401 400 400 400 400 400 400 401",
+    ("POST", "/v1/policy/lists"): "401 403 403 403 403 400 403 401",
+    ("POST", "/v1/policy/replay"): "401 403 403 403 403 422 403 401",
+    ("POST", "/v1/products"): "401 201 403 201 403 403 201 401",
+    ("POST", "/v1/products/{product_id:uuid}/delist"): "401 404 403 404 404 404 404 401",
+    ("POST", "/v1/products/{product_id:uuid}/reinstate"): "401 403 403 403 400 400 403 401",
+    ("POST", "/v1/products/{product_id:uuid}/revisions"): "401 404 403 404 403 403 404 401",
+    ("POST", "/v1/products/{product_id:uuid}/standing-offers"): "401 400 403 400 403 403 400 401",
+    ("POST", "/v1/products/{product_id:uuid}/submit"): "401 404 403 404 403 403 404 401",
+    ("POST", "/v1/products/{product_id:uuid}/suspend"): "401 403 403 403 400 400 403 401",
+    ("POST", "/v1/reviews/{case_id:uuid}/claim"): "401 403 403 403 404 404 403 401",
+    ("POST", "/v1/reviews/{case_id:uuid}/decisions"): "401 403 403 403 400 400 403 401",
+    ("POST", "/v1/tokens"): "401 400 400 400 400 400 400 401",
+    ("POST", "/v1/tokens/{token_id:uuid}/revoke"): "401 404 404 404 404 404 404 401",
+    ("POST", "/v1/trades/{trade_id:uuid}/accept"): "401 403 404 404 403 403 404 401",
+    ("POST", "/v1/trades/{trade_id:uuid}/cancel"): "401 400 400 400 403 403 400 401",
+    ("POST", "/v1/trades/{trade_id:uuid}/objection/resolution"): "401 403 403 403 400 400 403 401",
+    ("POST", "/v1/trades/{trade_id:uuid}/objections"): "401 403 400 400 403 403 400 401",
+}
+
+
+def test_every_route_has_a_row_in_the_matrix():
+    routes = {(method, path) for method, path, _ in matrix_routes()}
+    missing = sorted(routes - MATRIX.keys())
+    stale = sorted(MATRIX.keys() - routes)
+    assert not missing, f"add a row to MATRIX for each new route: {missing}"
+    assert not stale, f"remove the rows of routes that no longer exist: {stale}"
+
+
+def test_the_matrix_agrees_with_each_routes_declared_access():
+    """401 exactly where a token is needed; 403 exactly for a token lacking every needed role."""
+    roles = {
+        "seller": {"seller"},
+        "buyer": {"buyer"},
+        "seller+buyer": {"seller", "buyer"},
+        "reviewer": {"reviewer"},
+        "admin": {"admin", "reviewer"},
+        "other": {"seller", "buyer"},
+    }
+    for method, path, access in matrix_routes():
+        expected = dict(zip(CALLERS, map(int, MATRIX[(method, path)].split()), strict=True))
+        public = access == "public"
+        for caller in ("anonymous", "revoked"):
+            assert (expected[caller] == 401) == (not public), (method, path, caller)
+        for caller, held in roles.items():
+            lacking = isinstance(access, tuple) and not held & set(access)
+            assert (expected[caller] == 403) == lacking, (method, path, caller, access)
+
+
+@pytest.fixture
+async def signing_key(pool, settings):
+    """What `dataex up` makes on a first start; the exchange's identity and feed need it."""
+    from exchange.platform.clock import SystemClock
+    from exchange.platform.signing import KeyRing, load_master_key
+
+    async with pool.acquire() as conn, conn.transaction():
+        await KeyRing(load_master_key(settings.state_dir)).ensure_key(conn, SystemClock().now())
+
+
+async def test_access_matrix(client, tokens, signing_key):
+    mismatches = []
+    for method, path, _ in matrix_routes():
+        expected = dict(zip(CALLERS, map(int, MATRIX[(method, path)].split()), strict=True))
+        observed = await observe(client, tokens, method, path)
+        mismatches.extend(
+            f"{method} {path} as {caller}: expected {expected[caller]}, got {observed[caller]}"
+            for caller in CALLERS
+            if observed[caller] != expected[caller]
+        )
+    assert not mismatches, "\n".join(mismatches)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from cryptography.exceptions import InvalidSignature
@@ -29,10 +29,11 @@ class InvalidSignatureError(DataexError):
 
 
 class PublicKeyIn(msgspec.Struct, forbid_unknown_fields=False):
-    kty: str
-    crv: str
-    x: str
-    d: str | None = None
+    # Bounded so a hostile key cannot be megabytes long (an Ed25519 x is 43 characters).
+    kty: Annotated[str, msgspec.Meta(max_length=16)]
+    crv: Annotated[str, msgspec.Meta(max_length=16)]
+    x: Annotated[str, msgspec.Meta(max_length=100)]
+    d: Annotated[str, msgspec.Meta(max_length=100)] | None = None
 
 
 class OrgKey(msgspec.Struct, frozen=True):

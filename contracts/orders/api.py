@@ -47,7 +47,7 @@ class SignatureIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class StandingOfferIn(msgspec.Struct, forbid_unknown_fields=True):
-    plan_id: str
+    plan_id: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
     jws: Annotated[str, msgspec.Meta(min_length=10, max_length=4000)]
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
-from msgspec import Struct
+from msgspec import Meta, Struct
 
 from contracts.policy.attributes import EvaluationDocument
 from contracts.policy.schemas import (
@@ -24,7 +26,7 @@ from exchange.platform.context import Platform
 
 class EvaluationRequest(Struct, forbid_unknown_fields=True):
     document: EvaluationDocument
-    version: str | None = None
+    version: Annotated[str, Meta(max_length=64)] | None = None
 
 
 def provide_policy(platform: NamedDependency[Platform]) -> PolicyService:

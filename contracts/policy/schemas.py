@@ -93,8 +93,8 @@ class PolicyListPublish(Struct, forbid_unknown_fields=True):
 class ReplayRequest(Struct, forbid_unknown_fields=True):
     """Either a published or bundled ``version``, or the ``source`` of a candidate list."""
 
-    version: str | None = None
-    source: str | None = None
+    version: Annotated[str, Meta(max_length=64)] | None = None
+    source: Annotated[str, Meta(max_length=1_000_000, description="the TOML file")] | None = None
 
 
 class DecisionSnapshot(Struct, frozen=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -10,6 +11,7 @@ from typing import Annotated, Any, ClassVar
 import msgspec
 from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Schema
 from litestar.params import QueryParameter
 
 from contracts.policy.attributes import DataLevel
@@ -30,6 +32,7 @@ from exchange.platform.auth import PUBLIC
 from exchange.platform.context import Platform
 from exchange.platform.db import Executor
 from exchange.platform.errors import DataexError, FieldError, InvalidInput
+from exchange.platform.http import DocumentedOperation
 from exchange.platform.paging import decode_cursor, encode_cursor
 from exchange.platform.settings import Settings
 
@@ -151,11 +154,25 @@ SortQ = Annotated[
 ]
 
 
+@dataclasses.dataclass
+class CatalogOperation(DocumentedOperation):
+    """The resource list comes as JSON-LD or, asked for, as Turtle: both are documented."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ok = (self.responses or {}).get("200")
+        if isinstance(ok, OpenAPIResponse):
+            ok.content = {
+                "application/ld+json": OpenAPIMediaType(schema=Schema(type=OpenAPIType.OBJECT)),
+                "text/turtle": OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING)),
+            }
+
+
 class CatalogController(Controller):
     path = "/v1/catalog"
     tags = ["catalog"]
 
-    @get("/", operation_id="getCatalog", opt=PUBLIC)
+    @get("/", operation_id="getCatalog", opt=PUBLIC, operation_class=CatalogOperation)
     async def published(
         self,
         request: Request[Any, Any, Any],

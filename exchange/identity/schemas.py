@@ -27,7 +27,9 @@ class Contact(Struct, forbid_unknown_fields=True):
 
 class OrganisationCreate(Struct, forbid_unknown_fields=True):
     name: Name
-    uscc: Annotated[str, Meta(description="unified social credit code; lower case accepted")]
+    uscc: Annotated[
+        str, Meta(max_length=64, description="unified social credit code; lower case accepted")
+    ]
     roles: Roles
     region: RegionCode
     contact: Contact

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 from litestar import Request, Response
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIResponse, OpenAPIType, Operation, Parameter, Schema
+from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from structlog.contextvars import bound_contextvars
 
 from exchange.platform.errors import DataexError, FieldError
+from exchange.platform.limits import EXEMPT_PREFIXES, MAX_PARAMETER_CHARS, TooManyRequests
 from exchange.platform.logging import get_logger
 from exchange.platform.validation import collect_errors
 
@@ -115,7 +122,7 @@ def problem_response(
         status=status,
         detail=detail,
         code=code,
-        instance=request.url.path,
+        instance=_instance(request.url.path),
         request_id=request_id_of(request.scope),
         errors=errors or None,
     )
@@ -125,9 +132,19 @@ def problem_response(
     return Response(content=body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def _instance(path: str) -> str:
+    """The request path, cut short when it is itself the problem (never echo a huge input)."""
+    return path if len(path) <= MAX_PARAMETER_CHARS else path[:200] + "…"
+
+
 def handle_dataex_error(request: Request[Any, Any, Any], error: DataexError) -> Response[Any]:
     if error.status >= 500:
         log.error("request_failed", code=error.code, detail=error.detail)
+    headers = None
+    if error.status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="dataex"'}
+    elif isinstance(error, TooManyRequests):
+        headers = {"Retry-After": str(error.retry_after_s)}
     return problem_response(
         request,
         status=error.status,
@@ -136,7 +153,7 @@ def handle_dataex_error(request: Request[Any, Any, Any], error: DataexError) -> 
         detail=error.detail,
         errors=error.errors,
         extensions=error.extensions,
-        headers={"WWW-Authenticate": 'Bearer realm="dataex"'} if error.status == 401 else None,
+        headers=headers,
     )
 
 
@@ -226,10 +243,10 @@ def handle_http_exception(request: Request[Any, Any, Any], error: HTTPException)
         code, title = _HTTP_CODES.get(status, ("http_error", "Request failed"))
         detail = str(error.detail)
         if status == 404 and detail == "Not Found":
-            detail = f"no route {request.method} {request.url.path}"
+            detail = f"no route {request.method} {_instance(request.url.path)}"
         elif status == 405:
             allowed = (error.headers or {}).get("allow", "")
-            detail = f"{request.url.path} does not accept {request.method}" + (
+            detail = f"{_instance(request.url.path)} does not accept {request.method}" + (
                 f"; allowed: {allowed}" if allowed else ""
             )
     headers = dict(error.headers or {})
@@ -269,3 +286,94 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: handle_http_exception,
     Exception: handle_unexpected,
 }
+
+
+_PROBLEM_DESCRIPTIONS = {
+    400: "Malformed request, JSON or parameters, or JSON nested too deeply (names each field)",
+    401: "No token, or an unknown, revoked or expired one",
+    403: "The token lacks the role this operation needs",
+    404: "No such resource, or another organisation's",
+    409: "Conflicts with the resource's current state",
+    413: "The request body is larger than DATAEX_MAX_BODY_BYTES",
+    415: "The request body is not JSON",
+    422: "Well-formed but invalid values (problem names each field)",
+    429: "Rate limit of this token or address reached; see Retry-After",
+    500: "Unexpected failure; its cause is logged under the request id",
+    503: "A dependency (PostgreSQL, NATS, a published policy list) is unavailable",
+}
+
+
+def problem_statuses(handler: HTTPRouteHandler, path: str) -> list[int]:
+    """The problem answers an operation can give, from its access policy, method and path."""
+    statuses = [400, 404, 422, 500]
+    if not path.startswith(EXEMPT_PREFIXES):
+        # Public operations too: some answer a token-only variant (GET /v1/products?mine=true).
+        statuses += [401, 403, 429, 503]
+    if handler.http_methods & {"POST", "PUT", "PATCH", "DELETE"}:
+        statuses += [409, 413, 415]
+    return sorted(statuses)
+
+
+def declare_problem_responses(routes: Iterable[Any]) -> None:
+    """Declare every operation's problem responses in the OpenAPI document.
+
+    Litestar would document only a 400 with its own error shape; the API answers every error
+    as an RFC 9457 problem (`Problem`, ``application/problem+json``), so clients and contract
+    tests (schemathesis) can check each answer against the document. A handler's own
+    ``responses`` win.
+    """
+    for route in routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            specs = {
+                status: ResponseSpec(
+                    data_container=Problem,
+                    generate_examples=False,
+                    description=_PROBLEM_DESCRIPTIONS[status],
+                    media_type=PROBLEM_JSON,
+                )
+                for status in problem_statuses(handler, route.path)
+            }
+            handler.responses = {**specs, **(handler.responses or {})}
+            if handler.operation_class is Operation:
+                handler.operation_class = DocumentedOperation
+
+
+@dataclasses.dataclass
+class DocumentedOperation(Operation):
+    """An operation documented as the platform answers it.
+
+    - Litestar documents a handler returning ``A | B`` as ``oneOf``; when a value fits both (an
+      empty page of either kind) a validator rightly calls that a violation, so the document
+      says ``anyOf``: the body is at least one of them.
+    - Every string path or query parameter without a ``maxLength`` gets the platform's limit
+      (`MAX_PARAMETER_CHARS`), which `InputGuardMiddleware` enforces.
+    """
+
+    def __post_init__(self) -> None:
+        for parameter in self.parameters or []:
+            if (
+                isinstance(parameter, Parameter)
+                and parameter.param_in in ("path", "query")
+                and isinstance(parameter.schema, Schema)
+            ):
+                _bound_strings(parameter.schema)
+        for response in (self.responses or {}).values():
+            if not isinstance(response, OpenAPIResponse):
+                continue
+            for media in (response.content or {}).values():
+                schema = media.schema
+                if isinstance(schema, Schema) and schema.one_of and not schema.discriminator:
+                    schema.any_of, schema.one_of = schema.one_of, None
+
+
+def _bound_strings(schema: Schema) -> None:
+    for alternative in [*(schema.one_of or []), *(schema.any_of or [])]:
+        if isinstance(alternative, Schema):
+            _bound_strings(alternative)
+    if isinstance(schema.items, Schema):
+        _bound_strings(schema.items)
+    kinds = schema.type if isinstance(schema.type, list) else [schema.type]
+    if OpenAPIType.STRING in kinds and schema.max_length is None and not schema.enum:
+        schema.max_length = MAX_PARAMETER_CHARS

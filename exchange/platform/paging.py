@@ -12,6 +12,9 @@ from exchange.platform.errors import FieldError, InvalidInput
 
 MAX_PAGE = 200
 DEFAULT_PAGE = 50
+# Largest value a PostgreSQL bigint holds: the bound of every integer query parameter stored as
+# one (sequence numbers, sizes), so a larger one is a 400 naming it instead of a driver error.
+BIGINT_MAX = 2**63 - 1
 
 
 def encode_cursor(*key: Any) -> str:

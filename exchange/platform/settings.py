@@ -47,6 +47,10 @@ class Settings:
     stream_replicas: int | None = None
     max_body_bytes: int = 1_048_576
     contract_ttl_hours: int = 72
+    # Per API process (buckets are kept in memory, see exchange.platform.limits); 0 turns off.
+    rate_limit_per_second: int = 200
+    rate_limit_burst: int = 400
+    rate_limit_anonymous_per_second: int = 500
     peer_poll_ms: int = 1000  # how often each API process pulls trusted peers' feeds; 0: never
     public_base_url: str | None = None  # where others reach this API (certificates, identity)
 
@@ -147,6 +151,11 @@ class Settings:
         values["stream_replicas"] = integer("DATAEX_STREAM_REPLICAS", 1, 5)
         values["max_body_bytes"] = integer("DATAEX_MAX_BODY_BYTES", 1024, 100_000_000)
         values["contract_ttl_hours"] = integer("DATAEX_CONTRACT_TTL_HOURS", 1, 24 * 365)
+        values["rate_limit_per_second"] = integer("DATAEX_RATE_LIMIT_PER_SECOND", 0, 1_000_000)
+        values["rate_limit_burst"] = integer("DATAEX_RATE_LIMIT_BURST", 1, 10_000_000)
+        values["rate_limit_anonymous_per_second"] = integer(
+            "DATAEX_RATE_LIMIT_ANONYMOUS_PER_SECOND", 0, 1_000_000
+        )
         values["peer_poll_ms"] = integer("DATAEX_PEER_POLL_MS", 0, 3_600_000)
         values["public_base_url"] = url("DATAEX_PUBLIC_URL", ("http", "https"))
 
@@ -173,6 +182,9 @@ class Settings:
             "DATAEX_SUBJECT_PREFIX": self.subject_prefix,
             "DATAEX_MAX_BODY_BYTES": str(self.max_body_bytes),
             "DATAEX_CONTRACT_TTL_HOURS": str(self.contract_ttl_hours),
+            "DATAEX_RATE_LIMIT_PER_SECOND": str(self.rate_limit_per_second),
+            "DATAEX_RATE_LIMIT_BURST": str(self.rate_limit_burst),
+            "DATAEX_RATE_LIMIT_ANONYMOUS_PER_SECOND": str(self.rate_limit_anonymous_per_second),
             "DATAEX_PEER_POLL_MS": str(self.peer_poll_ms),
         }
         if self.stream_replicas is not None:

@@ -50,7 +50,7 @@ class ReviewController(Controller):
             str | None, QueryParameter(name="state", description="open (default), approved, …")
         ] = "open",
         rule: Annotated[str | None, QueryParameter(description="cases with this hit")] = None,
-        older_than_hours: Annotated[int | None, QueryParameter(ge=0)] = None,
+        older_than_hours: Annotated[int | None, QueryParameter(ge=0, le=24 * 366 * 100)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = DEFAULT_PAGE,
         cursor: Annotated[str | None, QueryParameter()] = None,
     ) -> ReviewCasePage:
