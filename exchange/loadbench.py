@@ -342,7 +342,7 @@ def peak_rss(root: int) -> list[tuple[str, int, float]]:
         largest = max(rest, key=lambda r: r[2])
         rows = [r for r in rows if r[0] != "postgres"] + [
             postmaster,
-            (f"postgres, largest of {len(rest)} other processes", largest[1], largest[2]),
+            (f"postgres (max of {len(rest)})", largest[1], largest[2]),
         ]
     return sorted(rows)
 
