@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -403,6 +404,7 @@ def exchange_up(api_workers: int) -> Iterator[tuple[str, str, Path, subprocess.P
             process.wait(30)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, 9)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def threading_drain(process: subprocess.Popen[str]) -> None:
