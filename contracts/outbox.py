@@ -28,7 +28,7 @@ log = get_logger(__name__)
 CHANNEL = "dataex_outbox"
 BATCH = 256
 POLL_SECONDS = 1.0
-COALESCE_SECONDS = 0.005
+COALESCE_SECONDS = 0.025
 
 
 class CloudEvent(msgspec.Struct, frozen=True, kw_only=True):
