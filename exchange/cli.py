@@ -118,6 +118,9 @@ def _trades_command(bench_commands: Any) -> None:
     trades.add_argument(
         "--rate", type=float, default=None, help="open loop: orders per second (default: closed)"
     )
+    trades.add_argument(
+        "--warmup", type=float, default=10.0, help="seconds of the same load first, not counted"
+    )
     trades.add_argument("--sellers", type=int, default=4, help="listed products, one per seller")
     trades.add_argument("--buyers", type=int, default=32)
     trades.add_argument("--api-workers", type=int, default=2, help="for the exchange it starts")

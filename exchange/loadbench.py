@@ -269,26 +269,39 @@ SELECT count(*) AS trades,
 FROM orders o
 JOIN trade_contracts c ON c.order_id = o.id
 JOIN ledger_entries l ON l.trade_id = c.id AND l.step = 'reserved'
-WHERE o.buyer_org_id = ANY($1::uuid[])
+WHERE o.buyer_org_id = ANY($1::uuid[]) AND o.created_at >= $2
 """
 _EXECUTED_SQL = (
     "SELECT count(*) FROM orders WHERE buyer_org_id = ANY($1::uuid[]) AND state = 'executed'"
+    " AND created_at >= $2"
 )
 
 
-async def await_settled(database_url: str, market: Market, limit: float) -> asyncpg.Record:
-    """Wait until every executed order of the run is in the ledger (or ``limit`` seconds)."""
+async def await_settled(
+    database_url: str, market: Market, since: datetime, limit: float
+) -> asyncpg.Record:
+    """Wait until every order executed since ``since`` (the measured window's start, database
+    time) is in the ledger (or ``limit`` seconds); its settlement figures."""
     conn = await asyncpg.connect(database_url)
     try:
         orgs = [uuid.UUID(o) for o in market.buyer_orgs]
-        executed = int(await conn.fetchval(_EXECUTED_SQL, orgs))
+        executed = int(await conn.fetchval(_EXECUTED_SQL, orgs, since))
         until = time.monotonic() + limit
         while True:
-            row = await conn.fetchrow(_SETTLED_SQL, orgs)
+            row = await conn.fetchrow(_SETTLED_SQL, orgs, since)
             assert row is not None
             if row["trades"] >= executed or time.monotonic() > until:
                 return row
             await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+
+
+async def _database_now(database_url: str) -> datetime:
+    conn = await asyncpg.connect(database_url)
+    try:
+        now: datetime = await conn.fetchval("SELECT now()")
+        return now
     finally:
         await conn.close()
 
@@ -518,12 +531,17 @@ async def _bench(
     try:
         out.write(f"setting up {args.sellers} sellers and {args.buyers} buyers at {url} …\n")
         market = await setup_market(http, admin, args.sellers, args.buyers)
+        if args.warmup > 0:
+            # The same load, not counted: pools fill, statements get prepared and planned.
+            out.write(f"warming up for {args.warmup:g} s (not counted) …\n")
+            await drive(http, market, Run(), args.warmup, args.concurrency, args.rate)
+        since = await _database_now(database_url)
         run, stop = Run(), asyncio.Event()
         watcher = asyncio.create_task(watch_ledger(database_url, run, stop))
         bar = asyncio.create_task(_progress(run, args.duration, stop, out))
         await drive(http, market, run, args.duration, args.concurrency, args.rate)
         elapsed = time.perf_counter() - run.started
-        settled_row = await await_settled(database_url, market, 120)
+        settled_row = await await_settled(database_url, market, since, 120)
         stop.set()
         await asyncio.gather(watcher, bar)
     finally:
@@ -575,7 +593,8 @@ def _report(
     settled_rate = settled["trades"] / max(span, elapsed) if settled["trades"] else 0.0
     e2e = [x * 1000 for x in settled["e2e"]] if settled["e2e"] else [float("nan")] * 3
     return {
-        "config": {"duration_s": args.duration, "concurrency": args.concurrency,
+        "config": {"duration_s": args.duration, "warmup_s": args.warmup,
+                   "concurrency": args.concurrency,
                    "rate": args.rate, "sellers": args.sellers, "buyers": args.buyers,
                    "api_workers": None if args.url else args.api_workers,
                    "cpus": os.cpu_count()},
@@ -612,7 +631,8 @@ def _print(report: dict[str, Any], out: TextIO) -> None:
     mode = (
         f"open loop at {c['rate']}/s" if c["rate"] else f"closed loop, {c['concurrency']} in flight"
     )
-    table.add_row("run", f"{report['elapsed_s']} s, {mode}, {c['buyers']} buyers, "
+    warm = f" after {c['warmup_s']:g} s warm-up" if c.get("warmup_s") else ""
+    table.add_row("run", f"{report['elapsed_s']} s{warm}, {mode}, {c['buyers']} buyers, "
                   f"{c['sellers']} products, {c['cpus']} CPUs")  # fmt: skip
     table.add_row(
         "orders accepted", f"{report['orders_accepted']:,} ({report['orders_accepted_per_s']:,}/s)"

@@ -13,6 +13,7 @@ from exchange import loadbench
 def _args(**overrides):
     defaults = {
         "duration": 3.0,
+        "warmup": 0.0,
         "concurrency": 4,
         "rate": None,
         "sellers": 1,
@@ -89,6 +90,11 @@ def test_the_table_json_and_chart_are_written(tmp_path):
         loadbench._print(report, handle)
     text = out.read_text()
     assert "open loop at 20.0/s" in text and "20.0/s" in text
+    warmed = loadbench._report(_args(warmup=10.0), _run(), 3.0, settled, None, [])
+    table = tmp_path / "warmed.txt"
+    with table.open("w") as handle:
+        loadbench._print(warmed, handle)
+    assert "after 10 s warm-up" in table.read_text()
     json.dumps(report)  # serialisable as written
     chart = tmp_path / "chart.png"
     loadbench._chart(report, chart)
