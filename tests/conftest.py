@@ -24,11 +24,11 @@ from litestar.testing import AsyncTestClient
 from exchange.app import create_app
 from exchange.audit import Actor
 from exchange.identity.service import IdentityService
-from exchange.platform.bus import ensure_stream
 from exchange.platform.clock import OffsetClock
-from exchange.platform.db import connect, create_pool, migrate
+from exchange.platform.db import create_pool
 from exchange.platform.embedded import EmbeddedNats, EmbeddedPostgres
 from exchange.platform.settings import Settings
+from tests.helpers import prepare_servers
 
 
 def _with_database(url: str, name: str) -> str:
@@ -58,20 +58,6 @@ async def _drop_database(admin_url: str, name: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
-
-
-async def _prepare(settings: Settings) -> None:
-    assert settings.database_url and settings.nats_url
-    conn = await connect(settings.database_url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    client = await nats.connect(settings.nats_url)
-    try:
-        await ensure_stream(client, settings)
-    finally:
-        await client.close()
 
 
 async def _delete_stream(nats_url: str, name: str) -> None:
@@ -107,7 +93,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServers]:
             subject_prefix=f"dxt{run.replace('_', '')}",
             log_format="json",
         )
-        asyncio.run(_prepare(settings))
+        asyncio.run(prepare_servers(settings))
         yield TestServers(settings, admin_url, embedded=postgres is not None)
         asyncio.run(_drop_database(admin_url, database))
         asyncio.run(_delete_stream(nats_url, settings.stream_name))

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import nats
+
 from exchange.identity.uscc import ALPHABET, check_character
+from exchange.platform.bus import ensure_stream
+from exchange.platform.db import connect, migrate
+from exchange.platform.settings import Settings
 
 VALID_USCC = [
     "91110000710925462X",
@@ -94,3 +99,18 @@ def run_dataex(
         check=False,
         env=env,
     )
+
+
+async def prepare_servers(settings: Settings) -> None:
+    """Migrate the database and provision the stream (what `dataex up` does before it serves)."""
+    assert settings.database_url and settings.nats_url
+    conn = await connect(settings.database_url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    client = await nats.connect(settings.nats_url)
+    try:
+        await ensure_stream(client, settings)
+    finally:
+        await client.close()

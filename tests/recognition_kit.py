@@ -23,19 +23,17 @@ from typing import Any
 
 import asyncpg
 import httpx
-import nats
 
 from contracts.policy.service import PolicyService
 from exchange.audit import Actor
 from exchange.identity.service import IdentityService
-from exchange.platform.bus import ensure_stream
 from exchange.platform.clock import SystemClock
-from exchange.platform.db import connect, create_pool, migrate
+from exchange.platform.db import create_pool
 from exchange.platform.embedded import EmbeddedNats
 from exchange.platform.settings import Settings
 from exchange.runtime import ensure_signing_key
 from tests.conftest import _create_database, _drop_database, _with_database
-from tests.helpers import clean_env
+from tests.helpers import clean_env, prepare_servers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,17 +61,8 @@ class Exchange:
 
 async def _prepare(settings: Settings) -> str:
     """Migrate, stream, first policy list, signing key; returns a bootstrap admin token."""
-    assert settings.database_url and settings.nats_url
-    conn = await connect(settings.database_url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    client = await nats.connect(settings.nats_url)
-    try:
-        await ensure_stream(client, settings)
-    finally:
-        await client.close()
+    await prepare_servers(settings)
+    assert settings.database_url
     pool = await create_pool(settings.database_url, max_size=2)
     try:
         await PolicyService(pool, SystemClock()).ensure_initial_list(Actor.cli("test"))

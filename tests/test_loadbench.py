@@ -39,14 +39,14 @@ def _run():
     return run
 
 
-def test_the_report_counts_rates_percentiles_and_the_pgbench_ratio():
+def _settled(drain_s, e2e):
+    """What the ledger query returns: 60 trades settled over ``drain_s`` seconds."""
     start = dt.datetime(2026, 11, 22, tzinfo=dt.UTC)
-    settled = {
-        "trades": 60,
-        "first": start,
-        "last": start + dt.timedelta(seconds=3),
-        "e2e": [0.05, 0.08, 0.1],
-    }
+    return {"trades": 60, "first": start, "last": start + dt.timedelta(seconds=drain_s), "e2e": e2e}
+
+
+def test_the_report_counts_rates_percentiles_and_the_pgbench_ratio():
+    settled = _settled(drain_s=3, e2e=[0.05, 0.08, 0.1])
     report = loadbench._report(
         _args(pgbench=True), _run(), 3.0, settled, 600.0, [("api", 10, 70.0)]
     )
@@ -64,26 +64,14 @@ def test_the_report_counts_rates_percentiles_and_the_pgbench_ratio():
 
 
 def test_a_slow_drain_lowers_the_settled_rate():
-    start = dt.datetime(2026, 11, 22, tzinfo=dt.UTC)
-    settled = {
-        "trades": 60,
-        "first": start,
-        "last": start + dt.timedelta(seconds=6),
-        "e2e": [1.0, 2.0, 3.0],
-    }
+    settled = _settled(drain_s=6, e2e=[1.0, 2.0, 3.0])
     report = loadbench._report(_args(), _run(), 3.0, settled, None, [])
     assert report["trades_settled_per_s"] == 10.0  # 60 over the 6 s it took, not the 3 s run
     assert report["pgbench_tps"] is None and report["settled_per_pgbench_tps"] is None
 
 
 def test_the_table_json_and_chart_are_written(tmp_path):
-    start = dt.datetime(2026, 11, 22, tzinfo=dt.UTC)
-    settled = {
-        "trades": 60,
-        "first": start,
-        "last": start + dt.timedelta(seconds=3),
-        "e2e": [0.05, 0.08, 0.1],
-    }
+    settled = _settled(drain_s=3, e2e=[0.05, 0.08, 0.1])
     report = loadbench._report(_args(rate=20.0), _run(), 3.0, settled, None, [])
     out = tmp_path / "table.txt"
     with out.open("w") as handle:

@@ -295,7 +295,7 @@ async def test_idempotency_key_statuses(client, trade, pool):
     org_id = trade["buyer_org"]["id"]
     async with pool.acquire() as other, other.transaction():
         await other.execute(
-            f"SELECT pg_advisory_xact_lock({idempotency.LOCK_KEY_SQL})", org_id, "k-2"
+            f"SELECT pg_advisory_xact_lock({idempotency.lock_key_sql('$1', '$2')})", org_id, "k-2"
         )
         busy = await place(client, trade, body, key="k-2")
         assert busy.status_code == 409, busy.text

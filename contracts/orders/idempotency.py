@@ -64,9 +64,10 @@ def check_key(key: str | None) -> str:
     return key.strip()
 
 
-# The advisory lock of a key (64-bit hash of organisation and key; a collision only makes an
-# unrelated request wait for a 409 retry). $1 organisation id, $2 key.
-LOCK_KEY_SQL = "hashtextextended($1::text || '/' || $2, 0)"
+def lock_key_sql(org: str, key: str) -> str:
+    """SQL for the advisory lock of a key, from the parameters holding the organisation id and
+    the key (a 64-bit hash; a collision only answers an unrelated request 409, retry)."""
+    return f"hashtextextended({org}::text || '/' || {key}, 0)"
 
 
 def stored(row: Any, digest: str, route: str, now: datetime) -> Replay | None:

@@ -18,7 +18,7 @@ from contracts.agreements.signatures import custodial_key, verify_detached
 from contracts.agreements.templates import ContractTemplate, render_text, templates
 from contracts.orders.events import OrderEventData, TradeExecutedData, TradeParty
 from contracts.orders.fees import fee_fen, rule_from
-from contracts.orders.idempotency import Keyed, Replay, in_flight, stored
+from contracts.orders.idempotency import Keyed, Replay, in_flight, lock_key_sql, stored
 from contracts.orders.matching import match, price_fen
 from contracts.orders.schemas import Order, OrderCreate, TermMismatch
 from contracts.orders.writes import Writes
@@ -56,7 +56,8 @@ SIGNATURE_TYPE = "dataex-contract-signature+jws"
 # cannot be suspended or revised under the order), its live revision, both parties, the plan's
 # standing offer, the buyer's custodial key, the exchange's current key, the policy list in
 # effect, the fee rule in effect, and the listing review that may have cleared cautious hits.
-_PLACE_SQL = """
+_PLACE_SQL = (
+    """
 SELECT p.id, p.seller_org_id, p.state, p.live_revision, p.product_code, p.legal_prohibition,
        p.recognised_from, p.certificate AS listing_certificate, pe.name AS origin_name,
        rg.cleared AS origin_cleared, r.digest AS revision_digest,
@@ -69,7 +70,9 @@ SELECT p.id, p.seller_org_id, p.state, p.live_revision, p.product_code, p.legal_
        fee.plan_id AS fee_plan_id, fee.effective_from AS fee_effective_from,
        rc.case_rules, rc.case_list_version, rc.material_since,
        CASE WHEN $5::text IS NULL THEN true
-            ELSE pg_try_advisory_xact_lock(hashtextextended($3::text || '/' || $5, 0))
+            ELSE pg_try_advisory_xact_lock("""
+    + lock_key_sql("$3", "$5")
+    + """)
        END AS idem_free,
        ik.request_hash AS idem_request_hash, ik.route AS idem_route, ik.status AS idem_status,
        ik.response AS idem_response, ik.created_at AS idem_created_at
@@ -112,6 +115,7 @@ LEFT JOIN recognitions rg
 WHERE p.id = $1
 FOR SHARE OF p
 """
+)
 _DRAFT_SQL = """
 SELECT o.*, p.product_code, r.metadata, r.digest AS revision_digest,
        p.recognised_from, p.certificate AS listing_certificate, pe.name AS origin_name,
