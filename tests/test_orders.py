@@ -310,6 +310,24 @@ async def test_idempotency_key_statuses(client, trade, pool):
     assert (await place(client, trade, body, key="k-3")).status_code == 201
 
 
+async def test_a_retry_gets_the_first_result_after_the_product_is_delisted(client, trade):
+    product_id = await list_product(client, trade)
+    body = order_body(product_id)
+    first = await place(client, trade, body, key="k-before")
+    assert first.status_code == 201
+    path = f"/v1/products/{product_id}"
+    gone = await client.post(
+        f"{path}/delist", json={"reason": "停止交易"}, headers=bearer(trade["alice"])
+    )
+    assert gone.status_code == 200, gone.text
+    again = await place(client, trade, body, key="k-before")
+    assert again.status_code == 201 and again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    fresh = await place(client, trade, body, key="k-after")
+    assert fresh.status_code == 422, fresh.text
+    assert [m["term"] for m in fresh.json()["mismatches"]] == ["product"]
+
+
 async def test_fifty_concurrent_identical_requests_create_one_order(client, trade, pool):
     product_id = await list_product(client, trade)
     body = order_body(product_id)

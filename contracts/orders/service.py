@@ -440,11 +440,14 @@ class OrderService:
             _PLACE_SQL, data.product_id, data.plan_id, principal.org_id, now,
             idempotency.key if idempotency else None,
         )  # fmt: skip
-        if ctx is None or ctx["live_revision"] is None:
+        if ctx is None:
             raise NotFound(f"no listed product {data.product_id}")
+        # A retry gets the first result even if the product has since been delisted.
         replay = await _stored_or_free(conn, ctx, principal, idempotency, now)
         if replay is not None:
             return replay
+        if ctx["live_revision"] is None:
+            raise NotFound(f"no listed product {data.product_id}")
         metadata = await _metadata(conn, ctx["id"], ctx["live_revision"], ctx["revision_digest"])
         plan = next((p for p in metadata.plans if p.id == data.plan_id), None)
         mismatches = match(
