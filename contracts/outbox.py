@@ -46,6 +46,25 @@ class CloudEvent(msgspec.Struct, frozen=True, kw_only=True):
     data: Any
 
 
+def envelope(
+    event_id: uuid.UUID,
+    *,
+    source: str,
+    event_type: str,
+    event_subject: str | None,
+    data: Any,
+    at: datetime,
+    request_id: str | None,
+) -> bytes:
+    """The outbox payload: the event in its CloudEvents envelope, as JSON."""
+    return msgspec.json.encode(
+        CloudEvent(
+            id=str(event_id), source=source, type=event_type, subject=event_subject, time=at,
+            dataschema=f"urn:dataex:schema:{event_type}", dxrequestid=request_id, data=data,
+        )
+    )  # fmt: skip
+
+
 async def enqueue(
     conn: Connection,
     *,
@@ -58,27 +77,17 @@ async def enqueue(
     request_id: str | None = None,
 ) -> str:
     """Write an event in the caller's transaction; returns the event id."""
-    event_id = str(uuid.uuid4())
-    event = CloudEvent(
-        id=event_id,
-        source=source,
-        type=event_type,
-        subject=event_subject,
-        time=at,
-        dataschema=f"urn:dataex:schema:{event_type}",
-        dxrequestid=request_id,
-        data=data,
-    )
+    event_id = uuid.uuid4()
+    payload = envelope(
+        event_id, source=source, event_type=event_type, event_subject=event_subject, data=data,
+        at=at, request_id=request_id,
+    )  # fmt: skip
     await conn.execute(
         "INSERT INTO outbox (id, subject, payload, request_id, created_at)"
         " VALUES ($1, $2, $3, $4, $5)",
-        uuid.UUID(event_id),
-        subject,
-        msgspec.json.encode(event),
-        request_id,
-        at,
-    )
-    return event_id
+        event_id, subject, payload, request_id, at,
+    )  # fmt: skip
+    return str(event_id)
 
 
 async def enqueue_many(
@@ -94,12 +103,9 @@ async def enqueue_many(
         return []
     ids = [uuid.uuid4() for _ in events]
     payloads = [
-        msgspec.json.encode(
-            CloudEvent(
-                id=str(event_id), source=source, type=event_type, subject=event_subject,
-                time=at, dataschema=f"urn:dataex:schema:{event_type}",
-                dxrequestid=request_id, data=data,
-            )
+        envelope(
+            event_id, source=source, event_type=event_type, event_subject=event_subject,
+            data=data, at=at, request_id=request_id,
         )
         for event_id, (_subject, event_type, event_subject, data) in zip(ids, events, strict=True)
     ]  # fmt: skip

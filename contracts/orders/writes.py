@@ -15,9 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import msgspec
-
-from contracts.outbox import CloudEvent
+from contracts.outbox import envelope
 from exchange.audit import Actor
 from exchange.platform.canonical import sha256_digest
 from exchange.platform.db import Connection
@@ -77,13 +75,11 @@ class Writes:
         event_subject: str | None,
         request_id: str | None,
     ) -> str:
-        """An outbox row (CloudEvents envelope, as `contracts.outbox.enqueue` writes it)."""
+        """An outbox row, as `contracts.outbox.enqueue` writes it."""
         event_id = uuid.uuid4()
-        payload = msgspec.json.encode(
-            CloudEvent(
-                id=str(event_id), source=source, type=event_type, subject=event_subject, time=at,
-                dataschema=f"urn:dataex:schema:{event_type}", dxrequestid=request_id, data=data,
-            )
+        payload = envelope(
+            event_id, source=source, event_type=event_type, event_subject=event_subject,
+            data=data, at=at, request_id=request_id,
         )  # fmt: skip
         self.events.append((event_id, subject, payload, request_id, at))
         return str(event_id)
