@@ -123,7 +123,12 @@ def _trades_command(bench_commands: Any) -> None:
     )
     trades.add_argument("--sellers", type=int, default=4, help="listed products, one per seller")
     trades.add_argument("--buyers", type=int, default=32)
-    trades.add_argument("--api-workers", type=int, default=2, help="for the exchange it starts")
+    trades.add_argument(
+        "--api-workers",
+        type=int,
+        default=1,
+        help="API processes of the exchange it starts (one groups orders best on 2 cores)",
+    )
     trades.add_argument("--pgbench", action="store_true", help="pgbench TPC-B 20 s first")
     trades.add_argument("--url", default=None, help="drive this running exchange instead")
     trades.add_argument("--admin-token", default=None, help="with --url (else one is issued)")

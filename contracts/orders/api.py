@@ -20,6 +20,7 @@ from contracts.agreements.signatures import (
 )
 from contracts.orders import fees, idempotency
 from contracts.orders.fees import FeeRule
+from contracts.orders.group import OrderGroup
 from contracts.orders.schemas import CancelRequest, Order, OrderCreate, OrderPage
 from contracts.orders.service import OrderService
 from exchange.audit import Actor, record
@@ -36,7 +37,13 @@ PlatformDep = NamedDependency[Platform]
 
 
 def provide_orders(platform: PlatformDep) -> OrderService:
-    return OrderService(platform.pool, platform.clock, platform.settings, platform.keyring)
+    # One group commit queue per API process: concurrent orders share a transaction.
+    group = platform.shared.get("order_group")
+    if group is None:
+        group = platform.shared["order_group"] = OrderGroup()
+    return OrderService(
+        platform.pool, platform.clock, platform.settings, platform.keyring, group=group
+    )
 
 
 class SignatureIn(msgspec.Struct, forbid_unknown_fields=True):

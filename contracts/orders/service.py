@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import msgspec
@@ -18,6 +18,7 @@ from contracts.agreements.signatures import custodial_key, verify_detached
 from contracts.agreements.templates import ContractTemplate, render_text, templates
 from contracts.orders.events import OrderEventData, TradeExecutedData, TradeParty
 from contracts.orders.fees import fee_fen, rule_from
+from contracts.orders.group import Job, OrderGroup
 from contracts.orders.idempotency import Keyed, Replay, in_flight, lock_key_sql, stored
 from contracts.orders.matching import match, price_fen
 from contracts.orders.schemas import Order, OrderCreate, TermMismatch
@@ -40,6 +41,7 @@ from exchange.platform.clock import Clock
 from exchange.platform.db import Connection, Executor
 from exchange.platform.errors import (
     Conflict,
+    DataexError,
     FieldError,
     Forbidden,
     InvalidInput,
@@ -52,13 +54,16 @@ from exchange.review.schemas import ReviewCase
 from exchange.review.service import open_case
 
 SIGNATURE_TYPE = "dataex-contract-signature+jws"
-# Everything placing an order reads, in one round trip: the product (locked FOR SHARE so it
-# cannot be suspended or revised under the order), its live revision, both parties, the plan's
-# standing offer, the buyer's custodial key, the exchange's current key, the policy list in
-# effect, the fee rule in effect, and the listing review that may have cleared cautious hits.
+# Everything placing orders reads, in one round trip: for each order (a row of the arrays $1
+# product, $2 plan, $3 buyer organisation, $5 Idempotency-Key; numbered n from 1) the product
+# (locked FOR SHARE so it cannot be suspended or revised under the order), its live revision,
+# both parties, the plan's standing offer, the buyer's custodial key, the exchange's current
+# key, the policy list in effect at $4, the fee rule in effect, the listing review that may
+# have cleared cautious hits, and the key's advisory lock and stored result. An order whose
+# product does not exist has no row.
 _PLACE_SQL = (
     """
-SELECT p.id, p.seller_org_id, p.state, p.live_revision, p.product_code, p.legal_prohibition,
+SELECT j.n, p.id, p.seller_org_id, p.state, p.live_revision, p.product_code, p.legal_prohibition,
        p.recognised_from, p.certificate AS listing_certificate, pe.name AS origin_name,
        rg.cleared AS origin_cleared, r.digest AS revision_digest,
        s.name AS seller_name, s.uscc AS seller_uscc, b.name AS buyer_name, b.uscc AS buyer_uscc,
@@ -69,22 +74,24 @@ SELECT p.id, p.seller_org_id, p.state, p.live_revision, p.product_code, p.legal_
        fee.bps AS fee_bps, fee.min_fen AS fee_min_fen, fee.product_id AS fee_product_id,
        fee.plan_id AS fee_plan_id, fee.effective_from AS fee_effective_from,
        rc.case_rules, rc.case_list_version, rc.material_since,
-       CASE WHEN $5::text IS NULL THEN true
+       CASE WHEN j.key IS NULL THEN true
             ELSE pg_try_advisory_xact_lock("""
-    + lock_key_sql("$3", "$5")
+    + lock_key_sql("j.org_id", "j.key")
     + """)
        END AS idem_free,
        ik.request_hash AS idem_request_hash, ik.route AS idem_route, ik.status AS idem_status,
        ik.response AS idem_response, ik.created_at AS idem_created_at
-FROM products p
+FROM unnest($1::uuid[], $2::text[], $3::uuid[], $5::text[])
+         WITH ORDINALITY AS j (product_id, plan_id, org_id, key, n)
+JOIN products p ON p.id = j.product_id
 LEFT JOIN product_revisions r ON r.product_id = p.id AND r.number = p.live_revision
 JOIN organisations s ON s.id = p.seller_org_id
-LEFT JOIN organisations b ON b.id = $3
+LEFT JOIN organisations b ON b.id = j.org_id
 LEFT JOIN standing_offers so
-       ON so.product_id = p.id AND so.revision = p.live_revision AND so.plan_id = $2
+       ON so.product_id = p.id AND so.revision = p.live_revision AND so.plan_id = j.plan_id
 LEFT JOIN LATERAL (
     SELECT kid, sealed_private FROM org_keys
-    WHERE org_id = $3 AND sealed_private IS NOT NULL AND revoked_at IS NULL LIMIT 1
+    WHERE org_id = j.org_id AND sealed_private IS NOT NULL AND revoked_at IS NULL LIMIT 1
 ) bk ON true
 LEFT JOIN LATERAL (
     SELECT kid, sealed_private FROM signing_keys ORDER BY created_at DESC, kid LIMIT 1
@@ -95,7 +102,8 @@ LEFT JOIN LATERAL (
 ) pl ON true
 LEFT JOIN LATERAL (
     SELECT bps, min_fen, product_id, plan_id, effective_from FROM fee_schedules
-    WHERE effective_from <= $4 AND ((product_id = p.id AND plan_id = $2) OR product_id IS NULL)
+    WHERE effective_from <= $4
+      AND ((product_id = p.id AND plan_id = j.plan_id) OR product_id IS NULL)
     ORDER BY product_id IS NULL, effective_from DESC, id DESC LIMIT 1
 ) fee ON true
 LEFT JOIN LATERAL (
@@ -108,11 +116,11 @@ LEFT JOIN LATERAL (
       AND c.revision <= p.live_revision
     ORDER BY c.revision DESC LIMIT 1
 ) rc ON true
-LEFT JOIN idempotency_keys ik ON ik.org_id = $3 AND ik.key = $5
+LEFT JOIN idempotency_keys ik ON ik.org_id = j.org_id AND ik.key = j.key
 LEFT JOIN peers pe ON pe.code = p.recognised_from
 LEFT JOIN recognitions rg
        ON rg.product_id = p.id AND rg.revision = p.live_revision AND rg.outcome = 'recognised'
-WHERE p.id = $1
+ORDER BY j.n
 FOR SHARE OF p
 """
 )
@@ -317,9 +325,15 @@ def offer_terms(
 
 class OrderService:
     def __init__(
-        self, pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing
+        self,
+        pool: asyncpg.Pool,
+        clock: Clock,
+        settings: Settings,
+        keyring: KeyRing,
+        group: OrderGroup | None = None,
     ) -> None:
         self.pool = pool
+        self.group = group
         self.clock = clock
         self.settings = settings
         self.keyring = keyring
@@ -409,13 +423,30 @@ class OrderService:
 
         One read of everything the order needs (the product locked FOR SHARE, so it cannot be
         suspended or revised underneath), then one statement of every row it writes. With an
-        Idempotency-Key the result is stored by that statement, or the stored one returned."""
+        Idempotency-Key the result is stored by that statement, or the stored one returned.
+        With a `OrderGroup` (the API's), concurrent orders share the transaction, the read and
+        the write (group commit); each still gets its own answer."""
+        job = Job(
+            (principal.org_id, idempotency.key) if idempotency else None,
+            (actor, principal, data, idempotency),
+        )
+        if self.group is None:
+            return await self._place_alone(job)
+        placed = await self.group.place(job, self._place_group, self._place_alone)
+        return cast(Order | Replay, placed)
+
+    async def _place_alone(self, job: Job) -> Order | Replay:
+        _actor, principal, _data, idempotency = job.args
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                return await self._place(conn, actor, principal, data, idempotency)
+                [result] = await self._place_many(conn, [job])
         except asyncpg.UniqueViolationError as error:
             if idempotency is None or error.constraint_name != "idempotency_keys_pkey":
                 raise
+        else:
+            if isinstance(result, Exception):
+                raise result
+            return result
         # Another request with the key committed between this one's snapshot and its lock:
         # this one is rolled back whole; answer with what the first stored.
         row = await self.pool.fetchrow(_STORED_SQL, principal.org_id, idempotency.key)
@@ -426,20 +457,71 @@ class OrderService:
             raise in_flight()
         return replay
 
-    async def _place(
+    async def _place_group(self, jobs: list[Job]) -> list[Order | Replay | DataexError]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await self._place_many(conn, jobs)
+
+    async def _place_many(
+        self, conn: Connection, jobs: list[Job]
+    ) -> list[Order | Replay | DataexError]:
+        """Place orders in the caller's transaction: one read for all, then each judged on its
+        own (a refused order's error is its result and it writes nothing), then one statement
+        writing every placed order's rows."""
+        now = self.clock.now()
+        ctxs = {
+            row["n"]: row
+            for row in await conn.fetch(
+                _PLACE_SQL,
+                [job.args[2].product_id for job in jobs],
+                [job.args[2].plan_id for job in jobs],
+                [job.args[1].org_id for job in jobs],
+                now,
+                [job.args[3].key if job.args[3] else None for job in jobs],
+            )
+        }
+        results: list[Order | Replay | DataexError] = []
+        writes = Writes()
+        cases: list[tuple[Order, Decision]] = []
+        exported: dict[uuid.UUID, tuple[int, int]] = {}  # by this group's earlier orders
+        for n, job in enumerate(jobs, start=1):
+            actor, principal, data, idempotency = job.args
+            try:
+                placed = await self._prepare(
+                    conn, ctxs.get(n), actor, principal, data, idempotency, now, exported
+                )
+            except DataexError as error:
+                results.append(error)
+                continue
+            if isinstance(placed, Replay):
+                results.append(placed)
+                continue
+            order, order_writes, held = placed
+            writes.extend(order_writes)
+            results.append(order)
+            if held is not None:
+                cases.append((order, held))
+        await writes.flush(conn)
+        for order, held in cases:
+            await open_case(
+                conn, kind="order", subject_id=order.id, subject_org_id=order.buyer_org_id,
+                revision=order.revision, decision=held, policy_decision_id=None,
+                at=now, case_id=order.review_case_id,
+            )  # fmt: skip
+        return results
+
+    async def _prepare(
         self,
         conn: Connection,
+        ctx: Any,
         actor: Actor,
         principal: Principal,
         data: OrderCreate,
         idempotency: Keyed | None,
-    ) -> Order | Replay:
-        now = self.clock.now()
-        order_id = uuid.uuid4()
-        ctx = await conn.fetchrow(
-            _PLACE_SQL, data.product_id, data.plan_id, principal.org_id, now,
-            idempotency.key if idempotency else None,
-        )  # fmt: skip
+        now: datetime,
+        exported: dict[uuid.UUID, tuple[int, int]],
+    ) -> Replay | tuple[Order, Writes, Decision | None]:
+        """One order from what `_PLACE_SQL` read for it: its stored result, or the order, the
+        rows it writes and (when it waits for review) the hits that hold it."""
         if ctx is None:
             raise NotFound(f"no listed product {data.product_id}")
         # A retry gets the first result even if the product has since been delisted.
@@ -448,6 +530,7 @@ class OrderService:
             return replay
         if ctx["live_revision"] is None:
             raise NotFound(f"no listed product {data.product_id}")
+        order_id = uuid.uuid4()
         metadata = await _metadata(conn, ctx["id"], ctx["live_revision"], ctx["revision_digest"])
         plan = next((p for p in metadata.plans if p.id == data.plan_id), None)
         mismatches = match(
@@ -457,7 +540,9 @@ class OrderService:
         if mismatches:
             raise _mismatch_error(mismatches)
         assert plan is not None
-        document, decision, cleared = await self._evaluate(conn, ctx, data, metadata)
+        document, decision, cleared = await self._evaluate(
+            conn, ctx, data, metadata, exported.get(ctx["seller_org_id"], (0, 0))
+        )
         held = [h for h in decision.hits if h.list == "cautious" and h.rule not in cleared]
         state: str = (
             "rejected" if decision.decision == "reject"
@@ -476,7 +561,6 @@ class OrderService:
                     "cleared": cleared, "list_version": decision.list_version},
         )  # fmt: skip
         contract: _Contract | None = None
-        case_id: uuid.UUID | None = None
         if state == "rejected":
             self._order_event(
                 writes, actor, "rejected", order_id, now,
@@ -508,26 +592,31 @@ class OrderService:
             contract = self._draft(writes, actor, facts, now, buyer_key, exchange_key)
             if contract.executed:
                 state = "executed"
-        writes.decision = (
+        cross_border = decision.cross_border is not None and decision.cross_border.route != "none"
+        sensitive = pi.present and pi.sensitive and pi.state != "anonymised"
+        if state == "executed" and cross_border:  # counts for the group's next orders
+            n, s = exported.get(ctx["seller_org_id"], (0, 0))
+            exported[ctx["seller_org_id"]] = (
+                (n, s + data.pi_subject_count) if sensitive else (n + data.pi_subject_count, s)
+            )
+        writes.decisions.append((
             "order", str(order_id), decision.list_version, decision.list_digest,
             decision.decision, msgspec.to_builtins(document), msgspec.to_builtins(decision),
             now, state in ("in_review", "awaiting_signatures"),
-        )  # fmt: skip
-        writes.order = (
+        ))  # fmt: skip
+        writes.orders.append((
             order_id, principal.org_id, ctx["seller_org_id"], ctx["id"],
-            ctx["live_revision"], plan.id, msgspec.to_builtins(data), state,
-            decision.cross_border is not None and decision.cross_border.route != "none",
-            pi.present and pi.sensitive and pi.state != "anonymised",
-            data.pi_subject_count, price, fee, decision_doc, now, now,
+            ctx["live_revision"], plan.id, msgspec.to_builtins(data), state, cross_border,
+            sensitive, data.pi_subject_count, price, fee, decision_doc, now, now,
             now if state == "executed" else None,
-        )  # fmt: skip
+        ))  # fmt: skip
         if contract is not None:
-            writes.contract = contract.row
+            writes.contracts.append(contract.row)
+        review: Decision | None = None
         if state == "in_review":
             review = msgspec.structs.replace(
                 decision, hits=held, four_eyes=any(h.four_eyes for h in held)
             )
-            case_id = uuid.uuid4()
         order = Order(
             id=order_id, state=state,  # type: ignore[arg-type]
             buyer_org_id=principal.org_id, seller_org_id=ctx["seller_org_id"],
@@ -535,29 +624,31 @@ class OrderService:
             price_fen=price, fee_fen=fee, policy=decision_doc["policy"], cleared=cleared,
             contract_id=contract.id if contract else None,
             contract_digest=contract.digest if contract else None,
-            review_case_id=case_id, reason=None, created_at=now, updated_at=now,
+            review_case_id=uuid.uuid4() if review is not None else None,
+            reason=None, created_at=now, updated_at=now,
         )  # fmt: skip
         if idempotency is not None:
-            writes.idempotency = (
+            writes.idempotency.append((
                 principal.org_id, idempotency.key, idempotency.route, idempotency.digest,
                 201, msgspec.json.encode(order), now,
-            )  # fmt: skip
-        await writes.flush(conn)
-        if case_id is not None:
-            await open_case(
-                conn, kind="order", subject_id=order_id, subject_org_id=principal.org_id,
-                revision=ctx["live_revision"], decision=review, policy_decision_id=None,
-                at=now, case_id=case_id,
-            )  # fmt: skip
-        return order
+            ))  # fmt: skip
+        return order, writes, review
 
     async def _evaluate(
-        self, conn: Connection, ctx: Any, data: OrderCreate, metadata: ProductMetadata
+        self,
+        conn: Connection,
+        ctx: Any,
+        data: OrderCreate,
+        metadata: ProductMetadata,
+        uncommitted: tuple[int, int] = (0, 0),
     ) -> tuple[EvaluationDocument, Decision, list[str]]:
-        """The order under the list in effect, and the hits the listing review cleared."""
+        """The order under the list in effect, and the hits the listing review cleared.
+        ``uncommitted``: the seller's exports executed earlier in the same group, not yet
+        written (so not yet in `exporter_counts`)."""
         domestic = data.buyer_country == data.delivery_country == "CN"
         # The counts only route exports; a domestic order's route is "none" whatever they are.
         n, s = (0, 0) if domestic else await self.exporter_counts(conn, ctx["seller_org_id"])
+        n, s = n + uncommitted[0], s + uncommitted[1]
         listing_doc = evaluation_document(metadata, legal_prohibition=ctx["legal_prohibition"])
         document = EvaluationDocument(
             product=listing_doc.product,
@@ -644,7 +735,7 @@ class OrderService:
                 "UPDATE orders SET state = $2, updated_at = $3, executed_at = $4 WHERE id = $1",
                 row["id"], state, at, at if contract.executed else None,
             )  # fmt: skip
-            writes.contract = contract.row
+            writes.contracts.append(contract.row)
             if contract.executed:
                 await self._close(conn, row["id"])
         else:

@@ -26,16 +26,33 @@ _AUDIT_CASTS = (
     *("::text[]", "::text[]", "::text[]", "::jsonb[]"),
 )
 _EVENT_CASTS = ("::uuid[]", "::text[]", "::bytea[]", "::text[]", "::timestamptz[]")
+_DECISION_CASTS = (
+    *("::text[]", "::text[]", "::text[]", "::text[]", "::text[]", "::jsonb[]", "::jsonb[]"),
+    *("::timestamptz[]", "::bool[]"),
+)
+_ORDER_CASTS = (
+    *("::uuid[]", "::uuid[]", "::uuid[]", "::uuid[]", "::int[]", "::text[]", "::jsonb[]"),
+    *("::text[]", "::bool[]", "::bool[]", "::bigint[]", "::bigint[]", "::bigint[]", "::jsonb[]"),
+    *("::timestamptz[]", "::timestamptz[]", "::timestamptz[]"),
+)
+_CONTRACT_CASTS = (
+    *("::uuid[]", "::uuid[]", "::text[]", "::jsonb[]", "::text[]", "::text[]", "::text[]"),
+    *("::timestamptz[]", "::timestamptz[]", "::timestamptz[]"),
+)
+_IDEMPOTENCY_CASTS = (
+    *("::uuid[]", "::text[]", "::text[]", "::text[]", "::int[]", "::bytea[]", "::timestamptz[]"),
+)
 
 
 @dataclass(slots=True)
 class Writes:
-    """Rows to append; `flush` writes them (and clears them) in one round trip."""
+    """Rows to append; `flush` writes them (and clears them) in one round trip. Several
+    orders' rows can be gathered into one (`extend`) and written by one statement."""
 
-    decision: tuple[Any, ...] | None = None
-    order: tuple[Any, ...] | None = None
-    contract: tuple[Any, ...] | None = None
-    idempotency: tuple[Any, ...] | None = None
+    decisions: list[tuple[Any, ...]] = field(default_factory=list)
+    orders: list[tuple[Any, ...]] = field(default_factory=list)
+    contracts: list[tuple[Any, ...]] = field(default_factory=list)
+    idempotency: list[tuple[Any, ...]] = field(default_factory=list)
     signatures: list[tuple[Any, ...]] = field(default_factory=list)
     audit: list[tuple[Any, ...]] = field(default_factory=list)
     events: list[tuple[Any, ...]] = field(default_factory=list)
@@ -84,11 +101,21 @@ class Writes:
         self.events.append((event_id, subject, payload, request_id, at))
         return str(event_id)
 
+    def extend(self, other: Writes) -> None:
+        """Add another step's rows (its parents and children keep their order)."""
+        self.decisions += other.decisions
+        self.orders += other.orders
+        self.contracts += other.contracts
+        self.idempotency += other.idempotency
+        self.signatures += other.signatures
+        self.audit += other.audit
+        self.events += other.events
+
     async def flush(self, conn: Connection) -> None:
         sql, args = self._statement()
         if sql:
             await conn.execute(sql, *args)
-        self.decision = self.order = self.contract = self.idempotency = None
+        self.decisions, self.orders, self.contracts, self.idempotency = [], [], [], []
         self.signatures, self.audit, self.events = [], [], []
 
     def _statement(self) -> tuple[str, list[Any]]:
@@ -106,32 +133,39 @@ class Writes:
             return [list(column) for column in zip(*rows, strict=True)]
 
         # Parents first: PostgreSQL runs every CTE, and checks the foreign keys between them
-        # when the whole statement ends.
-        if self.decision is not None:
-            *decision, is_open = self.decision
+        # when the whole statement ends. Every table's rows come as arrays, one per column.
+        if self.decisions:
+            parts.append(
+                "decided_in AS (SELECT * FROM unnest("
+                + params(columns(self.decisions), _DECISION_CASTS)
+                + ") AS d(subject_type, subject_id, list_version, list_digest, outcome, document,"
+                " decision, decided_at, open))"
+            )
             parts.append(
                 "decided AS (INSERT INTO policy_decisions (subject_type, subject_id, list_version,"
                 " list_digest, outcome, document, decision, decided_at)"
-                f" VALUES ({params(decision)}) RETURNING id, subject_type, subject_id)"
+                " SELECT subject_type, subject_id, list_version, list_digest, outcome, document,"
+                " decision, decided_at FROM decided_in RETURNING id, subject_type, subject_id)"
             )
             parts.append(
                 "subject AS (INSERT INTO policy_subjects (subject_type, subject_id, open,"
-                f" latest_decision) SELECT subject_type, subject_id, {params([is_open])}, id"
-                " FROM decided ON CONFLICT (subject_type, subject_id) DO UPDATE"
+                " latest_decision) SELECT d.subject_type, d.subject_id, i.open, d.id"
+                " FROM decided d JOIN decided_in i USING (subject_type, subject_id)"
+                " ON CONFLICT (subject_type, subject_id) DO UPDATE"
                 " SET latest_decision = EXCLUDED.latest_decision, open = EXCLUDED.open)"
             )
-        if self.order is not None:
+        if self.orders:
             parts.append(
                 "new_order AS (INSERT INTO orders (id, buyer_org_id, seller_org_id, product_id,"
                 " revision, plan_id, terms, state, cross_border, sensitive_pi, pi_subject_count,"
                 " price_fen, fee_fen, decision, created_at, updated_at, executed_at)"
-                f" VALUES ({params(self.order)}))"
+                " SELECT * FROM unnest(" + params(columns(self.orders), _ORDER_CASTS) + "))"
             )
-        if self.contract is not None:
+        if self.contracts:
             parts.append(
                 "new_contract AS (INSERT INTO trade_contracts (id, order_id, template, document,"
                 " digest, text_zh, state, created_at, expires_at, executed_at)"
-                f" VALUES ({params(self.contract)}))"
+                " SELECT * FROM unnest(" + params(columns(self.contracts), _CONTRACT_CASTS) + "))"
             )
         if self.signatures:
             parts.append(
@@ -151,10 +185,12 @@ class Writes:
                 "queued AS (INSERT INTO outbox (id, subject, payload, request_id, created_at)"
                 " SELECT * FROM unnest(" + params(columns(self.events), _EVENT_CASTS) + "))"
             )
-        if self.idempotency is not None:
+        if self.idempotency:
             parts.append(
                 "replay AS (INSERT INTO idempotency_keys (org_id, key, route, request_hash,"
-                f" status, response, created_at) VALUES ({params(self.idempotency)}))"
+                " status, response, created_at) SELECT * FROM unnest("
+                + params(columns(self.idempotency), _IDEMPOTENCY_CASTS)
+                + "))"
             )
         if not parts:
             return "", []

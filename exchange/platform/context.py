@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -19,3 +19,5 @@ class Platform:
     pool: asyncpg.Pool
     nats: Any  # nats.aio.client.Client (untyped library)
     keyring: KeyRing
+    # Objects the process's requests share, by name (the API's order group commit).
+    shared: dict[str, Any] = field(default_factory=dict)
