@@ -539,15 +539,17 @@ async def _bench(
         run, stop = Run(), asyncio.Event()
         watcher = asyncio.create_task(watch_ledger(database_url, run, stop))
         bar = asyncio.create_task(_progress(run, args.duration, stop, out))
+        cpu = _cpu_seconds()
         await drive(http, market, run, args.duration, args.concurrency, args.rate)
         elapsed = time.perf_counter() - run.started
+        client_cpu = _cpu_seconds() - cpu
         settled_row = await await_settled(database_url, market, since, 120)
         stop.set()
         await asyncio.gather(watcher, bar)
     finally:
         await http.close()
     rss = peak_rss(root) if root else peak_rss_by_name()
-    report = _report(args, run, elapsed, settled_row, tps, rss)
+    report = _report(args, run, elapsed, settled_row, tps, rss, client_cpu)
     _print(report, out)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     target = Path(args.out or ".") / f"bench-trades-{stamp}"
@@ -556,6 +558,15 @@ async def _bench(
     _chart(report, target.with_suffix(".png"))
     out.write(f"\nwrote {target.with_suffix('.json')} and {target.with_suffix('.png')}\n")
     return 0 if not run.errors else 1
+
+
+def _cpu_seconds() -> float:
+    """CPU time (user + system, all threads) of this process, the load client: on the same
+    machine every second of it is taken from the exchange it measures."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def peak_rss_by_name() -> list[tuple[str, int, float]]:
@@ -580,6 +591,7 @@ def _report(
     settled: asyncpg.Record,
     tps: float | None,
     rss: list[tuple[str, int, float]],
+    client_cpu_s: float | None = None,
 ) -> dict[str, Any]:
     latencies = [x for s in run.seconds for x in s.latencies]
     accepted = sum(s.accepted for s in run.seconds)
@@ -609,6 +621,8 @@ def _report(
         "order_to_settled_ms": {"p50": round(e2e[0], 1), "p95": round(e2e[1], 1),
                                 "p99": round(e2e[2], 1)},
         "errors": run.errors,
+        "client_cpu_ms_per_order": (round(client_cpu_s * 1000 / accepted, 3)
+                                    if client_cpu_s is not None and accepted else None),
         "pgbench_tps": round(tps, 1) if tps else None,
         "settled_per_pgbench_tps": round(settled_rate / tps, 3) if tps else None,
         "peak_rss_mib": [{"process": label, "pid": pid, "mib": round(mib, 1)}
@@ -651,6 +665,8 @@ def _print(report: dict[str, Any], out: TextIO) -> None:
         "order → settled p50 / p95 / p99", f"{e2e['p50']} / {e2e['p95']} / {e2e['p99']} ms"
     )
     table.add_row("errors", json.dumps(report["errors"]) if report["errors"] else "none")
+    if report.get("client_cpu_ms_per_order") is not None:
+        table.add_row("load client CPU per order", f"{report['client_cpu_ms_per_order']} ms")
     if report["pgbench_tps"]:
         table.add_row("pgbench TPC-B (same server, 20 s)", f"{report['pgbench_tps']:,} tps")
         table.add_row("settled/s ÷ pgbench tps", f"{report['settled_per_pgbench_tps']}")

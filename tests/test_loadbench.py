@@ -48,8 +48,9 @@ def _settled(drain_s, e2e):
 def test_the_report_counts_rates_percentiles_and_the_pgbench_ratio():
     settled = _settled(drain_s=3, e2e=[0.05, 0.08, 0.1])
     report = loadbench._report(
-        _args(pgbench=True), _run(), 3.0, settled, 600.0, [("api", 10, 70.0)]
+        _args(pgbench=True), _run(), 3.0, settled, 600.0, [("api", 10, 70.0)], 0.3
     )
+    assert report["client_cpu_ms_per_order"] == 5.0  # 300 ms of the client's CPU over 60 orders
     assert report["orders_accepted"] == 60 and report["orders_accepted_per_s"] == 20.0
     assert report["contracts_executed_per_s"] == 20.0
     assert report["trades_settled_per_s"] == 20.0
@@ -68,6 +69,7 @@ def test_a_slow_drain_lowers_the_settled_rate():
     report = loadbench._report(_args(), _run(), 3.0, settled, None, [])
     assert report["trades_settled_per_s"] == 10.0  # 60 over the 6 s it took, not the 3 s run
     assert report["pgbench_tps"] is None and report["settled_per_pgbench_tps"] is None
+    assert report["client_cpu_ms_per_order"] is None  # not measured
 
 
 def test_the_table_json_and_chart_are_written(tmp_path):
@@ -83,6 +85,11 @@ def test_the_table_json_and_chart_are_written(tmp_path):
     with table.open("w") as handle:
         loadbench._print(warmed, handle)
     assert "after 10 s warm-up" in table.read_text()
+    assert "load client CPU per order" not in table.read_text()
+    measured = loadbench._report(_args(), _run(), 3.0, settled, None, [], 0.3)
+    with table.open("w") as handle:
+        loadbench._print(measured, handle)
+    assert "load client CPU per order" in table.read_text() and "5.0 ms" in table.read_text()
     json.dumps(report)  # serialisable as written
     chart = tmp_path / "chart.png"
     loadbench._chart(report, chart)
