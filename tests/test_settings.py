@@ -67,3 +67,14 @@ def test_cli_exits_2_with_the_message(monkeypatch, capsys):
     monkeypatch.setenv("DATAEX_HTTP_PORT", "nope")
     assert main(["migrate"]) == 2
     assert "DATAEX_HTTP_PORT: must be an integer" in capsys.readouterr().err
+
+
+def test_embedded_postgresql_gets_a_quarter_of_memory_for_buffers_within_bounds():
+    from exchange.platform.embedded import server_settings
+
+    gib = 1 << 30
+    assert server_settings(24 * gib)["shared_buffers"] == "1024MB"  # capped
+    assert server_settings(2 * gib)["shared_buffers"] == "512MB"
+    assert server_settings(gib // 4)["shared_buffers"] == "128MB"  # floor
+    assert server_settings(2 * gib)["max_wal_size"] == "4GB"
+    assert server_settings()["shared_buffers"].endswith("MB")  # this machine's, read
