@@ -116,7 +116,10 @@ LEFT JOIN LATERAL (
       AND c.revision <= p.live_revision
     ORDER BY c.revision DESC LIMIT 1
 ) rc ON true
-LEFT JOIN idempotency_keys ik ON ik.org_id = j.org_id AND ik.key = j.key
+LEFT JOIN LATERAL (  -- a lookup by primary key for each order, whatever the table's size
+    SELECT request_hash, route, status, response, created_at FROM idempotency_keys
+    WHERE org_id = j.org_id AND key = j.key LIMIT 1
+) ik ON true
 LEFT JOIN peers pe ON pe.code = p.recognised_from
 LEFT JOIN recognitions rg
        ON rg.product_id = p.id AND rg.revision = p.live_revision AND rg.outcome = 'recognised'
@@ -467,6 +470,11 @@ class OrderService:
         """Place orders in the caller's transaction: one read for all, then each judged on its
         own (a refused order's error is its result and it writes nothing), then one statement
         writing every placed order's rows."""
+        # Generic plans: the planner sees the read's arrays as constants, so the custom plan it
+        # judged cheaper was made afresh for every group (1.9 ms of planning for 0.5 ms of
+        # execution at 250 orders/s); the generic plan runs as fast (0.5 ms) and is made once
+        # per connection, and again when the tables' statistics change.
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         now = self.clock.now()
         ctxs = {
             row["n"]: row
