@@ -75,6 +75,26 @@ async def test_orders_arriving_while_a_group_runs_form_the_next_group() -> None:
     assert (group.groups, group.grouped, group.open) == (1, 3, 0)
 
 
+async def test_a_second_group_starts_only_when_enough_orders_wait() -> None:
+    group, runner = OrderGroup(size=8, concurrency=2, spill=3), Recorder()
+    first = asyncio.ensure_future(group.place(job("a"), runner.together, runner.place_alone))
+    await asyncio.sleep(0)
+    tasks = []
+    for name in ("b", "c"):
+        tasks.append(
+            asyncio.ensure_future(group.place(job(name), runner.together, runner.place_alone))
+        )
+        await asyncio.sleep(0)
+    assert group.open == 1 and runner.groups == []  # two waiting: they wait for "a"'s group
+    tasks.append(asyncio.ensure_future(group.place(job("d"), runner.together, runner.place_alone)))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the second group's task runs
+    assert group.open == 2 and runner.groups == [["b", "c", "d"]]  # three waiting: a second
+    runner.gate.set()
+    assert await asyncio.gather(first, *tasks) == ["A", "B", "C", "D"]
+    assert group.open == 0
+
+
 async def test_one_key_is_never_twice_in_a_group() -> None:
     group, runner = OrderGroup(size=8, concurrency=1), Recorder()
     blocker = asyncio.ensure_future(group.place(job("x"), runner.together, runner.place_alone))
