@@ -162,8 +162,8 @@ class _Http:
     """A lean HTTP/1.1 client for the load: a pool of ``connections`` persistent keep-alive
     connections (opened as needed, opened again after the server closed one), requests written
     as pre-encoded bytes, responses read minimally. It shares the machine with the exchange it
-    measures, so its CPU time per order is kept small: ~0.12 ms on the 2-core machine, where
-    aiohttp's was ~0.32 ms."""
+    measures, so its CPU time per order is kept small: 0.06-0.15 ms in a closed loop on the
+    2-core machine, where aiohttp's was ~0.32 ms."""
 
     def __init__(self, url: str, connections: int, timeout: float = 30.0) -> None:
         parts = urlsplit(url)

@@ -70,7 +70,7 @@ class OrderGroup:
         self.waiting: deque[Job] = deque()
         self.open = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self.groups = 0  # groups placed, and orders in them (for the logs and tests)
+        self.groups = 0  # groups placed together, and the orders in them (the tests read them)
         self.grouped = 0
 
     async def place(self, job: Job, together: GroupRunner, alone: AloneRunner) -> Any:
