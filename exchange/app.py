@@ -21,11 +21,11 @@ from contracts.orders.api import (
     OrderController,
 )
 from contracts.policy.api import PolicyController
-from exchange.audit.api import AuditController
 from exchange.catalog.api import CatalogController
 from exchange.health import HealthController
 from exchange.identity.api import OrganisationController, TokenController
 from exchange.listings.api import CertificateController, ProductController, WellKnownController
+from exchange.platform.audit.api import AuditController
 from exchange.platform.auth import PUBLIC, access_guard, route_access
 from exchange.platform.bus import connect_nats
 from exchange.platform.clock import Clock, SystemClock

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exchange.audit import Actor, record
+from exchange.platform.audit import Actor, record
 from exchange.platform.bus import connect_nats, ensure_stream
 from exchange.platform.clock import SystemClock
 from exchange.platform.db import connect, create_pool, migrate
@@ -391,7 +391,7 @@ def serve(part: str, settings: Settings) -> int:
 
     if part == "relay":
         from contracts.orders.expiry import expiry_loop
-        from contracts.outbox import relay_loop
+        from exchange.platform.outbox import relay_loop
 
         async def relay_and_housekeeping(platform: Any, stop: asyncio.Event) -> None:
             await asyncio.gather(relay_loop(platform, stop), expiry_loop(platform, stop))

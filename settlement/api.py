@@ -11,7 +11,7 @@ from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from exchange.audit import Actor
+from exchange.platform.audit import Actor
 from exchange.platform.auth import PUBLIC, Principal, requires
 from exchange.platform.context import Platform
 from exchange.platform.errors import FieldError, InvalidInput, NotFound

@@ -30,11 +30,11 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import msgspec
 
-from contracts.orders.events import TradeExecuted, TradeExecutedData, TradeParty
 from exchange.identity.uscc import synthetic_uscc
 from exchange.platform.bus import connect_nats
 from exchange.platform.clock import SystemClock
 from exchange.platform.db import connect, create_pool
+from exchange.platform.events import TradeExecuted, TradeExecutedData, TradeParty
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing, load_master_key
 from settlement import book, ledger

@@ -28,9 +28,9 @@ import msgspec
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from contracts.orders.events import TradeExecuted
 from exchange.platform.context import Platform
 from exchange.platform.db import is_unavailable
+from exchange.platform.events import TradeExecuted
 from exchange.platform.logging import get_logger
 from exchange.platform.settings import Settings
 from settlement.service import SettlementService

@@ -24,16 +24,15 @@ from typing import Any, Literal
 import asyncpg
 import msgspec
 
-from contracts.orders.events import TradeExecutedData
-from exchange.audit import Actor, record
+from exchange.platform.audit import Actor, record
 from exchange.platform.auth import Principal
 from exchange.platform.clock import Clock
 from exchange.platform.db import Connection, Executor
 from exchange.platform.errors import Conflict, DataexError, NotFound
+from exchange.platform.events import TradeExecutedData, TradeSettlementData
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing
 from settlement import book, ledger
-from settlement.events import TradeSettlementData
 
 FinalStep = Literal["settled", "voided"]
 
@@ -276,7 +275,7 @@ class SettlementService:
         at: datetime,
         request_id: str | None,
     ) -> None:
-        from contracts.outbox import enqueue_many
+        from exchange.platform.outbox import enqueue_many
 
         await enqueue_many(
             conn,

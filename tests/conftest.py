@@ -22,8 +22,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from exchange.app import create_app
-from exchange.audit import Actor
 from exchange.identity.service import IdentityService
+from exchange.platform.audit import Actor
 from exchange.platform.clock import OffsetClock
 from exchange.platform.db import create_pool
 from exchange.platform.embedded import EmbeddedNats, EmbeddedPostgres

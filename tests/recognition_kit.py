@@ -25,8 +25,8 @@ import asyncpg
 import httpx
 
 from contracts.policy.service import PolicyService
-from exchange.audit import Actor
 from exchange.identity.service import IdentityService
+from exchange.platform.audit import Actor
 from exchange.platform.clock import SystemClock
 from exchange.platform.db import create_pool
 from exchange.platform.embedded import EmbeddedNats

@@ -21,10 +21,10 @@ from typing import Any
 
 import nats
 
-from contracts.outbox import enqueue_many, relay_batch
 from exchange.platform.clock import Clock
 from exchange.platform.context import Platform
 from exchange.platform.db import is_unavailable
+from exchange.platform.outbox import enqueue_many, relay_batch
 from exchange.platform.signing import KeyRing, load_master_key
 from exchange.runtime import ensure_signing_key
 from settlement.bench import FEE, PRICE, seed_parties, seed_trades

@@ -13,13 +13,13 @@ from joserfc import jws
 from joserfc.errors import BadSignatureError
 from joserfc.jwk import KeySet
 
-from contracts.outbox import relay_batch
 from contracts.policy.service import PolicyService
-from exchange.audit import Actor
-from exchange.listings.events import ListingEvent
 from exchange.listings.lifecycle import product_code_is_valid
+from exchange.platform.audit import Actor
 from exchange.platform.clock import SystemClock
 from exchange.platform.context import Platform
+from exchange.platform.events import ListingEvent
+from exchange.platform.outbox import relay_batch
 from exchange.platform.signing import KeyRing, load_master_key
 from exchange.runtime import ensure_signing_key
 from tests.helpers import bearer, issue_token, make_uscc, register_org

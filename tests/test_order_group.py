@@ -11,7 +11,7 @@ import pytest
 from contracts.orders.group import Job, OrderGroup
 from contracts.orders.schemas import Order, OrderCreate
 from contracts.orders.service import OrderService
-from exchange.audit import Actor
+from exchange.platform.audit import Actor
 from exchange.platform.auth import Principal
 from exchange.platform.errors import InvalidInput, NotFound
 from exchange.platform.signing import KeyRing, load_master_key

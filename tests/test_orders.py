@@ -15,10 +15,10 @@ from joserfc import jws
 from joserfc.jwk import KeySet, OKPKey
 
 from contracts.orders import idempotency
-from contracts.orders.events import TradeExecuted
-from contracts.outbox import relay_batch
 from exchange.platform.clock import SystemClock
 from exchange.platform.context import Platform
+from exchange.platform.events import TradeExecuted
+from exchange.platform.outbox import relay_batch
 from exchange.platform.signing import KeyRing, b64url, load_master_key
 from tests.helpers import bearer, issue_token, make_uscc, register_org
 from tests.listing_docs import metadata
@@ -422,7 +422,7 @@ async def test_placing_an_order_uses_one_connection_from_the_pool(client, trade,
     # inside the transaction would wait forever (as concurrent orders did on a full pool).
     from contracts.orders.schemas import OrderCreate
     from contracts.orders.service import OrderService
-    from exchange.audit import Actor
+    from exchange.platform.audit import Actor
     from exchange.platform.auth import Principal
     from exchange.platform.db import create_pool
 
@@ -514,7 +514,7 @@ async def test_a_custodial_seller_signs_on_request(client, trade):
 
 async def test_unsigned_contracts_expire(client, trade, pool, clock, settings):
     from contracts.orders.service import OrderService
-    from exchange.audit import Actor
+    from exchange.platform.audit import Actor
 
     product_id = await list_product(client, trade)
     order = (await place(client, trade, order_body(product_id))).json()

@@ -9,11 +9,10 @@ import msgspec
 import nats
 import pytest
 
-from contracts.outbox import enqueue, relay_batch, relay_loop
-from contracts.schemas import EVENTS_DIR, generators, render
-from exchange.listings.events import ListingEvent, ListingEventData
 from exchange.platform.clock import SystemClock
 from exchange.platform.context import Platform
+from exchange.platform.events import EVENTS_DIR, ListingEvent, ListingEventData, generators, render
+from exchange.platform.outbox import enqueue, relay_batch, relay_loop
 from exchange.platform.signing import KeyRing, load_master_key
 
 
@@ -34,7 +33,7 @@ def test_checked_in_event_schemas_match_the_code():
     for name, generate in generators().items():
         committed = (EVENTS_DIR / name).read_text(encoding="utf-8")
         assert committed == render(generate()), (
-            f"schemas/events/{name} is stale: run `uv run python -m contracts.schemas`"
+            f"schemas/events/{name} is stale: run `uv run python -m exchange.platform.events`"
         )
 
 

@@ -12,7 +12,7 @@ from contracts.policy import evaluate
 from contracts.policy.attributes import EvaluationDocument
 from contracts.policy.rules import POLICY_DIR, latest_bundled
 from contracts.policy.service import PolicyService
-from exchange.audit import Actor
+from exchange.platform.audit import Actor
 from tests.helpers import bearer, issue_token, make_uscc, register_org
 from tests.policy_docs import DEIDENTIFIED, apply, doc, raw
 

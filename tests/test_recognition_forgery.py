@@ -20,10 +20,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from litestar.testing import AsyncTestClient
 
 from exchange.app import create_app
-from exchange.audit import Actor
 from exchange.listings.lifecycle import product_code
 from exchange.listings.schemas import ProductMetadata, RevisionInfo
 from exchange.listings.service import CERTIFICATE_TYPE, certificate_claims
+from exchange.platform.audit import Actor
 from exchange.platform.canonical import sha256_digest
 from exchange.platform.signing import SigningKey, _kid, public_jwk
 from exchange.recognition.schemas import (

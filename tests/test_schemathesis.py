@@ -32,8 +32,8 @@ from schemathesis.specs.openapi.checks import (
 
 from contracts.policy.service import PolicyService
 from exchange.app import create_app
-from exchange.audit import Actor
 from exchange.identity.service import IdentityService
+from exchange.platform.audit import Actor
 from exchange.platform.auth import route_access
 from exchange.platform.clock import OffsetClock
 from exchange.platform.db import create_pool

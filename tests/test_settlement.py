@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from contracts.orders.fees import FeeRule, fee_fen
-from settlement.events import TradeSettlementEvent
+from exchange.platform.events import TradeSettlementEvent
 from tests.helpers import bearer, issue_token, make_uscc, register_org
 from tests.settlement_kit import auto_accept_product, buy, deposit, worker
 from tests.test_orders import market, trade

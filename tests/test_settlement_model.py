@@ -21,7 +21,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from exchange.audit import Actor
+from exchange.platform.audit import Actor
 from exchange.platform.auth import Principal
 from exchange.platform.clock import OffsetClock
 from exchange.platform.db import create_pool

@@ -23,7 +23,7 @@ from contracts.orders.fees import FeeRule
 from contracts.orders.group import OrderGroup
 from contracts.orders.schemas import CancelRequest, Order, OrderCreate, OrderPage
 from contracts.orders.service import OrderService
-from exchange.audit import Actor, record
+from exchange.platform.audit import Actor, record
 from exchange.platform.auth import PUBLIC, Principal, provide_principal, requires
 from exchange.platform.context import Platform
 from exchange.platform.deps import provide_actor

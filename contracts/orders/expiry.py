@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 
 from contracts.orders.service import OrderService
-from exchange.audit import Actor
+from exchange.platform.audit import Actor
 from exchange.platform.context import Platform
 from exchange.platform.logging import get_logger
 

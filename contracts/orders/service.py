@@ -16,7 +16,6 @@ import msgspec
 from contracts.agreements.origin import cleared_by_origin, origin_exchange
 from contracts.agreements.signatures import custodial_key, verify_detached
 from contracts.agreements.templates import ContractTemplate, render_text, templates
-from contracts.orders.events import OrderEventData, TradeExecutedData, TradeParty
 from contracts.orders.fees import fee_fen, rule_from
 from contracts.orders.group import Job, OrderGroup
 from contracts.orders.idempotency import Keyed, Replay, in_flight, lock_key_sql, stored
@@ -30,11 +29,11 @@ from contracts.policy.routing import counting_year_start
 from contracts.policy.rules import PolicyList
 from contracts.policy.schemas import Decision
 from contracts.policy.service import PolicyService
-from exchange.audit import Actor, record
 from exchange.identity import repository as identity_repo
 from exchange.listings.lifecycle import evaluation_document
 from exchange.listings.schemas import Plan, ProductMetadata
 from exchange.listings.service import fetch_revision
+from exchange.platform.audit import Actor, record
 from exchange.platform.auth import Principal
 from exchange.platform.canonical import canonical_json, sha256_digest
 from exchange.platform.clock import Clock
@@ -48,6 +47,7 @@ from exchange.platform.errors import (
     NotFound,
     Unavailable,
 )
+from exchange.platform.events import OrderEventData, TradeExecutedData, TradeParty
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing, SigningKey, jws_header
 from exchange.review.schemas import ReviewCase

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from contracts.outbox import envelope
-from exchange.audit import Actor
+from exchange.platform.audit import Actor
 from exchange.platform.canonical import sha256_digest
 from exchange.platform.db import Connection
+from exchange.platform.outbox import envelope
 
 _SIGNATURE_CASTS = ("::uuid[]", "::text[]", "::text[]", "::text[]", "::text[]", "::timestamptz[]")
 _AUDIT_CASTS = (
@@ -69,7 +69,7 @@ class Writes:
         after_digest: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        """An audit row, as `exchange.audit.record` writes it."""
+        """An audit row, as `exchange.platform.audit.record` writes it."""
         self.audit.append((
             at, actor.label, actor.org_id, actor.token_id, action, subject_type, str(subject_id),
             actor.request_id, after_digest if after is None else sha256_digest(after),
@@ -92,7 +92,7 @@ class Writes:
         event_subject: str | None,
         request_id: str | None,
     ) -> str:
-        """An outbox row, as `contracts.outbox.enqueue` writes it."""
+        """An outbox row, as `exchange.platform.outbox.enqueue` writes it."""
         event_id = uuid.uuid4()
         payload = envelope(
             event_id, source=source, event_type=event_type, event_subject=event_subject,

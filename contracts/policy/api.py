@@ -19,7 +19,7 @@ from contracts.policy.schemas import (
     ReplayRequest,
 )
 from contracts.policy.service import PolicyService
-from exchange.audit import Actor
+from exchange.platform.audit import Actor
 from exchange.platform.auth import PUBLIC, requires
 from exchange.platform.context import Platform
 

@@ -27,7 +27,7 @@ from contracts.policy.schemas import (
     ReplayReport,
     RuleSummary,
 )
-from exchange.audit import Actor, record
+from exchange.platform.audit import Actor, record
 from exchange.platform.clock import Clock
 from exchange.platform.db import Connection, Executor
 from exchange.platform.errors import Conflict, FieldError, InvalidInput, NotFound, Unavailable

@@ -10,7 +10,6 @@ from litestar import Controller, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from exchange.audit.repository import Actor
 from exchange.identity import repository as repo
 from exchange.identity.schemas import (
     Me,
@@ -24,6 +23,7 @@ from exchange.identity.schemas import (
     TokenPage,
 )
 from exchange.identity.service import IdentityService
+from exchange.platform.audit.repository import Actor
 from exchange.platform.auth import Principal, requires
 from exchange.platform.context import Platform
 from exchange.platform.paging import DEFAULT_PAGE, check_limit, decode_cursor, encode_cursor

@@ -8,7 +8,6 @@ from datetime import timedelta
 import asyncpg
 import msgspec
 
-from exchange.audit import Actor, record
 from exchange.identity import repository as repo
 from exchange.identity.schemas import (
     Contact,
@@ -20,6 +19,7 @@ from exchange.identity.schemas import (
     TokenIssued,
 )
 from exchange.identity.uscc import UsccError, normalise_uscc
+from exchange.platform.audit import Actor, record
 from exchange.platform.auth import MARKET_ROLES, STAFF_ROLES, Principal, new_token
 from exchange.platform.clock import Clock
 from exchange.platform.db import Connection

@@ -10,7 +10,6 @@ from litestar import Controller, Request, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from exchange.audit import Actor
 from exchange.catalog.api import (
     DeliveryQ,
     LevelQ,
@@ -33,6 +32,7 @@ from exchange.listings.schemas import (
     Reason,
 )
 from exchange.listings.service import ListingService
+from exchange.platform.audit import Actor
 from exchange.platform.auth import PUBLIC, Principal, authenticate, requires
 from exchange.platform.context import Platform
 from exchange.platform.errors import Forbidden

@@ -12,14 +12,11 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from contracts.outbox import enqueue
 from contracts.policy.evaluator import evaluate
 from contracts.policy.schemas import Decision
 from contracts.policy.service import PolicyService
-from exchange.audit import Actor, record
 from exchange.catalog import service as catalog
 from exchange.identity import repository as identity_repo
-from exchange.listings.events import ListingEventData
 from exchange.listings.lifecycle import (
     changed_fields,
     evaluation_document,
@@ -37,11 +34,14 @@ from exchange.listings.schemas import (
     ReviewSummary,
     RevisionInfo,
 )
+from exchange.platform.audit import Actor, record
 from exchange.platform.auth import Principal
 from exchange.platform.canonical import sha256_digest
 from exchange.platform.clock import Clock
 from exchange.platform.db import Connection, Executor
 from exchange.platform.errors import Conflict, InvalidInput, NotFound
+from exchange.platform.events import ListingEventData
+from exchange.platform.outbox import enqueue
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing, jws_header
 from exchange.platform.validation import collect_errors

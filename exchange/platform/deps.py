@@ -7,7 +7,7 @@ from typing import Any
 from litestar import Request
 from litestar.di import Provide
 
-from exchange.audit.repository import Actor
+from exchange.platform.audit.repository import Actor
 from exchange.platform.auth import Principal, provide_principal
 from exchange.platform.context import Platform
 from exchange.platform.http import request_id_of

@@ -8,9 +8,9 @@ from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from exchange.audit import Actor
 from exchange.identity import repository as identity_repo
 from exchange.identity.schemas import Organisation
+from exchange.platform.audit import Actor
 from exchange.platform.auth import PUBLIC, requires
 from exchange.platform.context import Platform
 from exchange.platform.errors import NotFound

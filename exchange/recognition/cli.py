@@ -9,7 +9,7 @@ from typing import TextIO
 
 import msgspec
 
-from exchange.audit import Actor
+from exchange.platform.audit import Actor
 from exchange.platform.clock import SystemClock
 from exchange.platform.db import create_pool
 from exchange.platform.errors import DataexError

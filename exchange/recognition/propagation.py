@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import msgspec
 
-from exchange.audit import Actor
+from exchange.platform.audit import Actor
 from exchange.platform.logging import get_logger
 from exchange.recognition.service import RecognitionService
 

@@ -19,12 +19,12 @@ import msgspec
 
 from contracts.policy.evaluator import evaluate
 from contracts.policy.service import PolicyService
-from exchange.audit import Actor, record
 from exchange.catalog import service as catalog
 from exchange.identity.schemas import Contact
 from exchange.listings.lifecycle import evaluation_document
 from exchange.listings.schemas import ProductMetadata
 from exchange.listings.service import CERTIFICATE_TYPE
+from exchange.platform.audit import Actor, record
 from exchange.platform.clock import Clock
 from exchange.platform.db import Connection, Executor
 from exchange.platform.errors import Conflict, NotFound

@@ -10,9 +10,9 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from exchange.audit import Actor
 from exchange.listings.api import provide_listings
 from exchange.listings.service import ListingService
+from exchange.platform.audit import Actor
 from exchange.platform.auth import Principal, requires
 from exchange.platform.paging import DEFAULT_PAGE, check_limit, decode_cursor, encode_cursor
 from exchange.review.schemas import DecisionCreate, ReviewCase, ReviewCasePage

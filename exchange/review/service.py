@@ -18,7 +18,7 @@ import asyncpg
 import msgspec
 
 from contracts.policy.schemas import Decision
-from exchange.audit import Actor, record
+from exchange.platform.audit import Actor, record
 from exchange.platform.auth import Principal
 from exchange.platform.clock import Clock
 from exchange.platform.db import Connection, Executor

@@ -1,5 +1,5 @@
 """The append-only audit trail: who did what, when, under which request."""
 
-from exchange.audit.repository import Actor, record
+from exchange.platform.audit.repository import Actor, record
 
 __all__ = ["Actor", "record"]

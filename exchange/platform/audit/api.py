@@ -10,8 +10,8 @@ from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import FromQuery, QueryParameter
 
-from exchange.audit.repository import list_entries
-from exchange.audit.schemas import AuditPage
+from exchange.platform.audit.repository import list_entries
+from exchange.platform.audit.schemas import AuditPage
 from exchange.platform.auth import requires
 from exchange.platform.context import Platform
 from exchange.platform.paging import DEFAULT_PAGE, check_limit, decode_cursor, encode_cursor

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from exchange.audit.schemas import AuditEntry
+from exchange.platform.audit.schemas import AuditEntry
 from exchange.platform.auth import Principal
 from exchange.platform.canonical import sha256_digest
 from exchange.platform.db import Connection, Executor

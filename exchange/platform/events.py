@@ -1,0 +1,158 @@
+"""Events that cross rooms, as types and JSON Schema: one module both sides import.
+
+Every event is a CloudEvents 1.0 envelope (`exchange.platform.outbox.CloudEvent`) on subject
+``dx.<aggregate>.<event>``. The orders room emits ``dx.order.*`` and ``dx.trade.executed``; the
+listing room ``dx.listing.*``; the settlement room ``dx.trade.settled`` / ``failed`` / ``voided``.
+A consumer reads the type here, never the producing room's internals. The JSON Schemas under
+``schemas/events`` are generated from these types (``uv run python -m exchange.platform.events``)
+and a test checks they are current.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from exchange.platform.db import SCHEMAS_DIR
+from exchange.platform.outbox import CloudEvent
+
+EVENTS_DIR = SCHEMAS_DIR / "events"
+
+LISTING_EVENTS = ("published", "suspended", "delisted")
+
+
+class ListingEventData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    product_id: str
+    product_code: str
+    exchange: str
+    revision: int | None
+    revision_digest: str | None
+    seller_name: str | None = None
+    seller_uscc: str | None = None
+    reason: str | None = None
+
+
+class ListingEvent(CloudEvent, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``dx.listing.published`` / ``dx.listing.suspended`` / ``dx.listing.delisted``."""
+
+    type: Literal["dx.listing.published", "dx.listing.suspended", "dx.listing.delisted"]
+    data: ListingEventData
+
+
+def listing_schema() -> dict[str, object]:
+    schema = msgspec.json.schema(ListingEvent)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "urn:dataex:schema:dx.listing"
+    return schema
+
+
+class TradeParty(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    org_id: str
+    name: str
+    uscc: str | None
+
+
+class TradeExecutedData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    trade_id: str
+    order_id: str
+    contract_digest: str
+    buyer: TradeParty
+    seller: TradeParty
+    product_code: str
+    price_fen: int
+    fee_fen: int
+    acceptance_days: int
+    executed_at: str
+
+
+class TradeExecuted(CloudEvent, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``dx.trade.executed``: a contract signed by both parties and countersigned."""
+
+    type: Literal["dx.trade.executed"]
+    data: TradeExecutedData
+
+
+class OrderEventData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    order_id: str
+    reason: str | None = None
+    rules: list[str] | None = None
+    review: str | None = None
+
+
+class OrderEvent(CloudEvent, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``dx.order.rejected`` / ``dx.order.cancelled`` / ``dx.order.expired``."""
+
+    type: Literal["dx.order.rejected", "dx.order.cancelled", "dx.order.expired"]
+    data: OrderEventData
+
+
+def _schema(kind: type[msgspec.Struct], name: str) -> dict[str, object]:
+    schema = msgspec.json.schema(kind)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"urn:dataex:schema:{name}"
+    return schema
+
+
+def trade_schema() -> dict[str, object]:
+    return _schema(TradeExecuted, "dx.trade.executed")
+
+
+def order_schema() -> dict[str, object]:
+    return _schema(OrderEvent, "dx.order")
+
+
+class TradeSettlementData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    trade_id: str
+    order_id: str
+    buyer_org_id: str
+    seller_org_id: str
+    price_fen: int
+    fee_fen: int
+    state: Literal["settled", "failed", "voided"]
+    reason: str | None
+    ledger_seq: int
+
+
+class TradeSettlementEvent(CloudEvent, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A settlement step's outcome: money posted to the seller, the trade unfunded, or voided."""
+
+    type: Literal["dx.trade.settled", "dx.trade.failed", "dx.trade.voided"]
+    data: TradeSettlementData
+
+
+def settlement_schema() -> dict[str, object]:
+    schema = msgspec.json.schema(TradeSettlementEvent)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "urn:dataex:schema:dx.trade.settlement"
+    return schema
+
+
+def generators() -> dict[str, Callable[[], dict[str, object]]]:
+    return {
+        "dx.listing.schema.json": listing_schema,
+        "dx.trade.executed.schema.json": trade_schema,
+        "dx.order.schema.json": order_schema,
+        "dx.trade.settlement.schema.json": settlement_schema,
+    }
+
+
+def render(schema: dict[str, object]) -> str:
+    return msgspec.json.format(msgspec.json.encode(schema), indent=2).decode() + "\n"
+
+
+def write(directory: Path = EVENTS_DIR) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, generate in generators().items():
+        path = directory / name
+        path.write_text(render(generate()), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for path in write():
+        print(path)
