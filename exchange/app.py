@@ -21,10 +21,10 @@ from contracts.orders.api import (
     OrderController,
 )
 from contracts.policy.api import PolicyController
-from exchange.catalog.api import CatalogController
+from exchange.catalog.api import CatalogController, ProductCatalogController
 from exchange.health import HealthController
 from exchange.identity.api import OrganisationController, TokenController
-from exchange.listings.api import CertificateController, ProductController, WellKnownController
+from exchange.listings.api import CertificateController, WellKnownController
 from exchange.platform.audit.api import AuditController
 from exchange.platform.auth import PUBLIC, access_guard, route_access
 from exchange.platform.bus import connect_nats
@@ -57,6 +57,7 @@ from exchange.recognition.api import (
     RecognitionController,
 )
 from exchange.review.api import ReviewController
+from exchange.wiring import DEPENDENCIES as ROOM_SERVICES
 from settlement.api import (
     AccountController,
     LedgerController,
@@ -73,7 +74,7 @@ ROUTE_HANDLERS: list[Any] = [
     TokenController,
     AuditController,
     PolicyController,
-    ProductController,
+    ProductCatalogController,
     CertificateController,
     CatalogController,
     ReviewController,
@@ -161,7 +162,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app = Litestar(
         route_handlers=ROUTE_HANDLERS,
         guards=[access_guard],
-        dependencies=DEPENDENCIES,
+        dependencies=DEPENDENCIES | ROOM_SERVICES,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
             RequestContextMiddleware,
@@ -199,10 +200,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
 
 
 async def _peer_puller(platform: Platform) -> None:
+    from exchange import wiring
     from exchange.recognition.propagation import run_puller
-    from exchange.recognition.service import RecognitionService
 
-    service = RecognitionService(platform.pool, platform.clock, platform.settings, platform.keyring)
+    service = wiring.recognition(platform.pool, platform.clock, platform.settings, platform.keyring)
     await run_puller(service, platform.settings.peer_poll_ms / 1000)
 
 

@@ -257,11 +257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _server_task(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "peers":
-        from exchange import runtime
+        from exchange import runtime, wiring
         from exchange.recognition.cli import run as peers_task
 
         with runtime.servers(settings) as live:
-            return asyncio.run(peers_task(live, args))
+            return asyncio.run(peers_task(live, args, wiring.recognition))
     if args.command in ("seed", "catalog") or getattr(args, "bench_command", None) == "catalog":
         return _catalog_task(args, settings)
     return _settlement_task(args, settings)

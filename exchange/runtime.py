@@ -398,9 +398,16 @@ def serve(part: str, settings: Settings) -> int:
 
         asyncio.run(run_part(settings, "relay", relay_and_housekeeping))
     elif part == "settlement":
+        from exchange import wiring
         from settlement.worker import settlement_loop
 
-        asyncio.run(run_part(settings, "settlement", settlement_loop))
+        async def settle(platform: Any, stop: asyncio.Event) -> None:
+            service = wiring.settlement(
+                platform.pool, platform.clock, platform.settings, platform.keyring
+            )
+            await settlement_loop(platform, stop, service)
+
+        asyncio.run(run_part(settings, "settlement", settle))
     else:
         raise StartupError(f"unknown part {part!r}: one of {', '.join(PARTS)}")
     return 0

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import msgspec
 from litestar import Controller, Response, get, post
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from exchange.platform.audit import Actor
@@ -31,10 +31,6 @@ PrincipalDep = NamedDependency[Principal]
 PlatformDep = NamedDependency[Platform]
 
 Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
-
-
-def provide_settlement(platform: PlatformDep) -> SettlementService:
-    return SettlementService(platform.pool, platform.clock, platform.settings, platform.keyring)
 
 
 class ReasonIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -101,7 +97,6 @@ class FailureOut(msgspec.Struct, frozen=True):
 class TradeController(Controller):
     path = "/v1/trades"
     tags = ["trades"]
-    dependencies = {"settlement": Provide(provide_settlement, sync_to_thread=False)}
 
     @get("/", operation_id="listTrades", opt=requires("buyer", "seller"))
     async def list_trades(
@@ -197,7 +192,6 @@ class TradeController(Controller):
 class AccountController(Controller):
     path = "/v1/accounts"
     tags = ["accounts"]
-    dependencies = {"settlement": Provide(provide_settlement, sync_to_thread=False)}
 
     @get("/me", operation_id="getMyAccounts", opt=requires())
     async def mine(self, settlement: Settlement, principal: PrincipalDep) -> Accounts:

@@ -16,7 +16,7 @@ redelivered or retried step finds the trade already past it and changes nothing.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -98,14 +98,25 @@ class MovementView(msgspec.Struct, frozen=True):
     available_fen: int
 
 
+# Called in the settlement's transaction with the trades (contract ids) whose payment could
+# not be reserved: the orders room voids their contracts. The composition root passes it.
+UnfundedHook = Callable[[Connection, Sequence[uuid.UUID]], Awaitable[None]]
+
+
 class SettlementService:
     def __init__(
-        self, pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing
+        self,
+        pool: asyncpg.Pool,
+        clock: Clock,
+        settings: Settings,
+        keyring: KeyRing,
+        on_unfunded: UnfundedHook,
     ) -> None:
         self.pool = pool
         self.clock = clock
         self.settings = settings
         self.keyring = keyring
+        self.on_unfunded = on_unfunded
         self.tree = ledger.tree_for(settings.database_url)
 
     # --- phase one: executed trades, in batches from the consumer ---------------------------
@@ -205,10 +216,7 @@ class SettlementService:
             seqs = await ledger.append(conn, self.settings.exchange_code, drafts, now)
             if reasons:
                 failed = list(reasons)
-                await conn.execute(
-                    "UPDATE trade_contracts SET state = 'unfunded' WHERE id = ANY($1::uuid[])",
-                    failed,
-                )
+                await self.on_unfunded(conn, failed)
                 by_id = dict(zip(new, seqs, strict=True))
                 await self._announce(
                     conn,

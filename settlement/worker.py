@@ -9,8 +9,9 @@ from settlement.consumer import consume_loop, housekeeping_loop
 from settlement.service import SettlementService
 
 
-async def settlement_loop(platform: Platform, stop: asyncio.Event) -> None:
-    service = SettlementService(platform.pool, platform.clock, platform.settings, platform.keyring)
+async def settlement_loop(
+    platform: Platform, stop: asyncio.Event, service: SettlementService
+) -> None:
     await asyncio.gather(
         consume_loop(platform, stop, service), housekeeping_loop(platform, stop, service)
     )

@@ -6,9 +6,8 @@ from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct
 
+from contracts.orders.states import OrderState
 from contracts.policy.attributes import Country
-
-OrderState = Literal["in_review", "awaiting_signatures", "executed", "rejected", "cancelled"]
 
 
 class OrderCreate(Struct, forbid_unknown_fields=True, frozen=True):

@@ -6,6 +6,7 @@ Every state change, its audit row and its outbox event commit in one transaction
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -21,7 +22,9 @@ from contracts.orders.group import Job, OrderGroup
 from contracts.orders.idempotency import Keyed, Replay, in_flight, lock_key_sql, stored
 from contracts.orders.matching import match, price_fen
 from contracts.orders.schemas import Order, OrderCreate, TermMismatch
+from contracts.orders.states import CONTRACT, ORDER, placed_state
 from contracts.orders.writes import Writes
+from contracts.policy import store as policy_store
 from contracts.policy.attributes import EvaluationDocument, Exporter
 from contracts.policy.attributes import Order as PolicyOrder
 from contracts.policy.evaluator import evaluate
@@ -51,7 +54,7 @@ from exchange.platform.events import OrderEventData, TradeExecutedData, TradePar
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing, SigningKey, jws_header
 from exchange.review.schemas import ReviewCase
-from exchange.review.service import open_case
+from exchange.review.service import open_case, withdraw_open_cases
 
 SIGNATURE_TYPE = "dataex-contract-signature+jws"
 # Everything placing orders reads, in one round trip: for each order (a row of the arrays $1
@@ -148,7 +151,7 @@ _STORED_SQL = (
     " WHERE org_id = $1 AND key = $2"
 )
 _CONTRACT_SQL = (
-    "SELECT c.*, o.buyer_org_id, o.seller_org_id FROM trade_contracts c"
+    "SELECT c.*, o.buyer_org_id, o.seller_org_id, o.state AS order_state FROM trade_contracts c"
     " JOIN orders o ON o.id = c.order_id WHERE c.id = $1"
 )
 STAFF = ("reviewer", "admin")
@@ -552,11 +555,7 @@ class OrderService:
             conn, ctx, data, metadata, exported.get(ctx["seller_org_id"], (0, 0))
         )
         held = [h for h in decision.hits if h.list == "cautious" and h.rule not in cleared]
-        state: str = (
-            "rejected" if decision.decision == "reject"
-            else "in_review" if held
-            else "awaiting_signatures"
-        )  # fmt: skip
+        state = placed_state(decision.decision, bool(held))
         price = price_fen(plan, data.quantity)
         fee = fee_fen(price, rule_from(ctx, "fee_")) if price else 0
         pi = metadata.classification.personal_info
@@ -599,7 +598,7 @@ class OrderService:
             )
             contract = self._draft(writes, actor, facts, now, buyer_key, exchange_key)
             if contract.executed:
-                state = "executed"
+                state = ORDER.next(state, "execute")
         cross_border = decision.cross_border is not None and decision.cross_border.route != "none"
         sensitive = pi.present and pi.sensitive and pi.state != "anonymised"
         if state == "executed" and cross_border:  # counts for the group's next orders
@@ -626,7 +625,7 @@ class OrderService:
                 decision, hits=held, four_eyes=any(h.four_eyes for h in held)
             )
         order = Order(
-            id=order_id, state=state,  # type: ignore[arg-type]
+            id=order_id, state=state,
             buyer_org_id=principal.org_id, seller_org_id=ctx["seller_org_id"],
             product_id=ctx["id"], revision=ctx["live_revision"], terms=data,
             price_fen=price, fee_fen=fee, policy=decision_doc["policy"], cleared=cleared,
@@ -705,11 +704,7 @@ class OrderService:
         ]
 
     async def _close(self, conn: Connection, order_id: uuid.UUID) -> None:
-        await conn.execute(
-            "UPDATE policy_subjects SET open = false WHERE subject_type = 'order'"
-            " AND subject_id = $1",
-            str(order_id),
-        )
+        await policy_store.set_subject_open(conn, "order", str(order_id), False)
 
     def _order_event(
         self,
@@ -732,13 +727,13 @@ class OrderService:
     ) -> None:
         row = await _one(conn, "SELECT * FROM orders WHERE id = $1 FOR UPDATE", case.subject_id)
         assert row is not None
-        if row["state"] != "in_review":
-            return
+        if not ORDER.allows(row["state"], "approve"):
+            return  # cancelled while its case was open
         writes = Writes()
         if verdict == "approve":
             facts, buyer_key, exchange_key = await self._facts(conn, row["id"])
             contract = self._draft(writes, actor, facts, at, buyer_key, exchange_key)
-            state = "executed" if contract.executed else "awaiting_signatures"
+            state = ORDER.next(row["state"], "approve_signed" if contract.executed else "approve")
             await conn.execute(
                 "UPDATE orders SET state = $2, updated_at = $3, executed_at = $4 WHERE id = $1",
                 row["id"], state, at, at if contract.executed else None,
@@ -748,8 +743,8 @@ class OrderService:
                 await self._close(conn, row["id"])
         else:
             await conn.execute(
-                "UPDATE orders SET state = 'rejected', reason = $2, updated_at = $3 WHERE id = $1",
-                row["id"], f"review: {verdict}", at,
+                "UPDATE orders SET state = $4, reason = $2, updated_at = $3 WHERE id = $1",
+                row["id"], f"review: {verdict}", at, ORDER.next(row["state"], "reject"),
             )  # fmt: skip
             await self._close(conn, row["id"])
             self._order_event(writes, actor, "rejected", row["id"], at, {"review": verdict})
@@ -917,11 +912,7 @@ class OrderService:
             if row["state"] == "awaiting_signatures" and row["expires_at"] <= now:
                 await self._expire(conn, actor, row, now)
                 row = await _one(conn, _CONTRACT_SQL, contract_id)
-            if row["state"] != "awaiting_signatures":
-                raise Conflict(
-                    f"the contract is {row['state']}; nothing to sign",
-                    extensions={"state": row["state"]},
-                )
+            CONTRACT.next(row["state"], "sign")
             party = "buyer" if principal.org_id == row["buyer_org_id"] else "seller"
             if not principal.has(party):
                 raise Forbidden(f"signing as the {party} needs the {party} role")
@@ -957,13 +948,13 @@ class OrderService:
             )  # fmt: skip
             if {"buyer", "seller"} <= signed | {party}:
                 order = await _one(conn,
-                    "UPDATE orders SET state = 'executed', executed_at = $2, updated_at = $2"
+                    "UPDATE orders SET state = $3, executed_at = $2, updated_at = $2"
                     " WHERE id = $1 RETURNING price_fen, fee_fen",
-                    row["order_id"], now,
+                    row["order_id"], now, ORDER.next(row["order_state"], "execute"),
                 )  # fmt: skip
                 await conn.execute(
-                    "UPDATE trade_contracts SET state = 'executed', executed_at = $2 WHERE id = $1",
-                    contract_id, now,
+                    "UPDATE trade_contracts SET state = $3, executed_at = $2 WHERE id = $1",
+                    contract_id, now, CONTRACT.next(row["state"], "execute"),
                 )  # fmt: skip
                 await self._close(conn, row["order_id"])
                 self._countersign(
@@ -975,11 +966,12 @@ class OrderService:
 
     async def _expire(self, conn: Connection, actor: Actor, contract: Any, at: datetime) -> None:
         await conn.execute(
-            "UPDATE trade_contracts SET state = 'expired' WHERE id = $1", contract["id"]
-        )
+            "UPDATE trade_contracts SET state = $2 WHERE id = $1",
+            contract["id"], CONTRACT.next(contract["state"], "expire"),
+        )  # fmt: skip
         await conn.execute(
-            "UPDATE orders SET state = 'expired', updated_at = $2 WHERE id = $1",
-            contract["order_id"], at,
+            "UPDATE orders SET state = $3, updated_at = $2 WHERE id = $1",
+            contract["order_id"], at, ORDER.next(contract["order_state"], "expire"),
         )  # fmt: skip
         await self._close(conn, contract["order_id"])
         writes = Writes()
@@ -998,8 +990,9 @@ class OrderService:
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "SELECT c.*, o.buyer_org_id, o.seller_org_id FROM trade_contracts c"
-                " JOIN orders o ON o.id = c.order_id WHERE c.state = 'awaiting_signatures'"
+                "SELECT c.*, o.buyer_org_id, o.seller_org_id, o.state AS order_state"
+                " FROM trade_contracts c JOIN orders o ON o.id = c.order_id"
+                " WHERE c.state = 'awaiting_signatures'"
                 " AND c.expires_at <= $1 ORDER BY c.expires_at LIMIT $2"
                 " FOR UPDATE OF c, o SKIP LOCKED",
                 now, limit,
@@ -1007,6 +1000,15 @@ class OrderService:
             for row in rows:
                 await self._expire(conn, actor, row, now)
         return len(rows)
+
+    async def mark_unfunded(self, conn: Connection, contract_ids: Sequence[uuid.UUID]) -> None:
+        """Settlement could not reserve the buyer's payment for these executed trades (their
+        contract ids): the contracts are void. Called by the settlement room through the
+        composition root, in the settlement's transaction."""
+        await conn.execute(
+            "UPDATE trade_contracts SET state = $2 WHERE id = ANY($1::uuid[]) AND state = $3",
+            list(contract_ids), CONTRACT.next("executed", "unfund"), "executed",
+        )  # fmt: skip
 
     async def cancel(
         self, actor: Actor, principal: Principal, order_id: uuid.UUID, reason: str
@@ -1016,24 +1018,16 @@ class OrderService:
             row = await self._party_row(conn, principal, order_id, lock=True)
             if row["buyer_org_id"] != principal.org_id:
                 raise NotFound(f"no order {order_id}")
-            if row["state"] not in ("in_review", "awaiting_signatures"):
-                raise Conflict(
-                    f"cannot cancel an order that is {row['state']}; allowed while in_review or"
-                    " awaiting_signatures",
-                    extensions={"state": row["state"]},
-                )
             await conn.execute(
-                "UPDATE orders SET state = 'cancelled', reason = $2, updated_at = $3 WHERE id = $1",
-                order_id, reason, now,
+                "UPDATE orders SET state = $4, reason = $2, updated_at = $3 WHERE id = $1",
+                order_id, reason, now, ORDER.next(row["state"], "cancel"),
             )  # fmt: skip
+            # An order awaiting signatures has its contract drafted; one in review has none.
             await conn.execute(
-                "UPDATE trade_contracts SET state = 'cancelled' WHERE order_id = $1", order_id
-            )
-            await conn.execute(
-                "UPDATE review_cases SET state = 'rejected', closed_at = $2"
-                " WHERE kind = 'order' AND subject_id = $1 AND state = 'open'",
-                order_id, now,
+                "UPDATE trade_contracts SET state = $2 WHERE order_id = $1 AND state = $3",
+                order_id, CONTRACT.next("awaiting_signatures", "cancel"), "awaiting_signatures",
             )  # fmt: skip
+            await withdraw_open_cases(conn, "order", order_id, now)
             await self._close(conn, order_id)
             writes = Writes()
             self._order_event(writes, actor, "cancelled", order_id, now, {"reason": reason})

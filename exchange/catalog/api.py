@@ -27,13 +27,20 @@ from exchange.catalog.service import (
     search,
 )
 from exchange.catalog.tokens import tokens
-from exchange.listings.schemas import DeliveryMode, ProductMetadata, ProductType, Sector
-from exchange.platform.auth import PUBLIC
+from exchange.listings.api import Listings, ProductController, product_page
+from exchange.listings.schemas import (
+    DeliveryMode,
+    ProductMetadata,
+    ProductPage,
+    ProductType,
+    Sector,
+)
+from exchange.platform.auth import PUBLIC, authenticate
 from exchange.platform.context import Platform
 from exchange.platform.db import Executor
-from exchange.platform.errors import DataexError, FieldError, InvalidInput
+from exchange.platform.errors import DataexError, FieldError, Forbidden, InvalidInput
 from exchange.platform.http import DocumentedOperation
-from exchange.platform.paging import decode_cursor, encode_cursor
+from exchange.platform.paging import check_limit, decode_cursor, encode_cursor
 from exchange.platform.settings import Settings
 
 
@@ -229,3 +236,56 @@ async def catalog_document(
     if next_key is not None:
         next_url = f"{base}/v1/catalog?limit={limit}&cursor={encode_cursor(*next_key)}"
     return dcat.catalog(base, settings.exchange_name, settings.exchange_code, datasets, next_url)
+
+
+class ProductCatalogController(ProductController):
+    """The listing room's product routes plus ``GET /v1/products``: the catalog search, or
+    with ``mine=true`` the seller's own products (from the listing room)."""
+
+    @get("/", operation_id="listProducts", opt=PUBLIC)
+    async def list_products(
+        self,
+        request: Request[Any, Any, Any],
+        listings: Listings,
+        platform: NamedDependency[Platform],
+        q: SearchQ = None,
+        sector: SectorQ = None,
+        product_type: TypeQ = None,
+        delivery: DeliveryQ = None,
+        data_level: LevelQ = None,
+        price_min_fen: PriceQ = None,
+        price_max_fen: PriceQ = None,
+        seller: Annotated[uuid.UUID | None, QueryParameter(description="seller org id")] = None,
+        recognised_from: Annotated[
+            str | None, QueryParameter(description="origin exchange code", max_length=8)
+        ] = None,
+        sort: SortQ = None,
+        facets: Annotated[bool, QueryParameter(description="facet counts")] = True,
+        mine: Annotated[
+            bool, QueryParameter(description="the caller's own products, drafts too")
+        ] = False,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 20,
+        cursor: Annotated[str | None, QueryParameter()] = None,
+    ) -> ProductPage | CatalogPage:
+        """Search the listed products (public; only public fields): keywords in Chinese or
+        English, filters, sort by relevance / newest / price, facet counts per sector and
+        product type, keyset pages (``next_cursor``). With ``mine=true`` and a seller token: the
+        caller's own products in every state (drafts too), newest first."""
+        if not mine:
+            return await search_catalog(
+                platform,
+                SearchParams(q=q, sector=sector, product_type=product_type, delivery=delivery,
+                             data_level=data_level, price_min_fen=price_min_fen,
+                             price_max_fen=price_max_fen, seller=seller,
+                             recognised_from=recognised_from, sort=sort, limit=limit,
+                             cursor=cursor, with_facets=facets),
+            )  # fmt: skip
+        after = decode_cursor(cursor, (datetime, uuid.UUID)) if cursor else None
+        principal = await authenticate(request)
+        if not principal.has("seller"):
+            raise Forbidden(
+                "mine=true needs a token with the seller role",
+                extensions={"required_roles": ["seller"]},
+            )
+        items = await listings.list_own(principal, after=after, limit=check_limit(limit))
+        return product_page(items, limit)

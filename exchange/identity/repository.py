@@ -80,6 +80,28 @@ async def insert_organisation(
     return _organisation(row)
 
 
+async def register_from_credential(
+    conn: Executor,
+    *,
+    name: str,
+    uscc: str,
+    roles: list[str],
+    region: str,
+    contact: Contact,
+    now: datetime,
+) -> uuid.UUID:
+    """The organisation a peer's member credential names: registered here on first sight
+    (keyed by its USCC; a concurrent registration of the same USCC returns the first)."""
+    org_id: uuid.UUID = await conn.fetchval(
+        "INSERT INTO organisations (id, name, uscc, roles, region, contact, created_at,"
+        " updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)"
+        " ON CONFLICT (uscc) DO UPDATE SET updated_at = organisations.updated_at"
+        " RETURNING id",
+        uuid.uuid4(), name, uscc, roles, region, msgspec.to_builtins(contact), now,
+    )  # fmt: skip
+    return org_id
+
+
 async def get_organisation(
     conn: Executor, org_id: uuid.UUID, *, for_update: bool = False
 ) -> Organisation | None:

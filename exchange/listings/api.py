@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from litestar import Controller, Request, get, patch, post
-from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar import Controller, get, patch, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
 
-from exchange.catalog.api import (
-    DeliveryQ,
-    LevelQ,
-    PriceQ,
-    SearchParams,
-    SearchQ,
-    SectorQ,
-    SortQ,
-    TypeQ,
-    search_catalog,
-)
-from exchange.catalog.service import CatalogPage
 from exchange.listings.schemas import (
     Certificate,
     CertificateStatus,
@@ -33,10 +20,9 @@ from exchange.listings.schemas import (
 )
 from exchange.listings.service import ListingService
 from exchange.platform.audit import Actor
-from exchange.platform.auth import PUBLIC, Principal, authenticate, requires
+from exchange.platform.auth import PUBLIC, Principal, requires
 from exchange.platform.context import Platform
-from exchange.platform.errors import Forbidden
-from exchange.platform.paging import check_limit, decode_cursor, encode_cursor
+from exchange.platform.paging import encode_cursor
 from exchange.platform.signing import jwks
 
 Listings = NamedDependency[ListingService]
@@ -44,19 +30,17 @@ ActorDep = NamedDependency[Actor]
 PrincipalDep = NamedDependency[Principal]
 
 
-def provide_listings(platform: NamedDependency[Platform]) -> ListingService:
-    return ListingService(platform.pool, platform.clock, platform.settings, platform.keyring)
-
-
-def _page(items: list[Product], limit: int) -> ProductPage:
+def product_page(items: list[Product], limit: int) -> ProductPage:
     cursor = encode_cursor(items[-1].created_at, items[-1].id) if len(items) == limit else None
     return ProductPage(items=items, next_cursor=cursor)
 
 
 class ProductController(Controller):
+    """Products of the listing room. ``GET /v1/products`` (the catalog search) is added by the
+    catalog room's `ProductCatalogController`, which the app registers in this one's place."""
+
     path = "/v1/products"
     tags = ["products"]
-    dependencies = {"listings": Provide(provide_listings, sync_to_thread=False)}
 
     @post("/", operation_id="createProduct", opt=requires("seller"))
     async def create(
@@ -68,54 +52,6 @@ class ProductController(Controller):
     ) -> Product:
         """Save a draft; it may be incomplete but never ill-typed."""
         return await listings.create(actor, principal, data)
-
-    @get("/", operation_id="listProducts", opt=PUBLIC)
-    async def list_products(
-        self,
-        request: Request[Any, Any, Any],
-        listings: Listings,
-        platform: NamedDependency[Platform],
-        q: SearchQ = None,
-        sector: SectorQ = None,
-        product_type: TypeQ = None,
-        delivery: DeliveryQ = None,
-        data_level: LevelQ = None,
-        price_min_fen: PriceQ = None,
-        price_max_fen: PriceQ = None,
-        seller: Annotated[uuid.UUID | None, QueryParameter(description="seller org id")] = None,
-        recognised_from: Annotated[
-            str | None, QueryParameter(description="origin exchange code", max_length=8)
-        ] = None,
-        sort: SortQ = None,
-        facets: Annotated[bool, QueryParameter(description="facet counts")] = True,
-        mine: Annotated[
-            bool, QueryParameter(description="the caller's own products, drafts too")
-        ] = False,
-        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 20,
-        cursor: Annotated[str | None, QueryParameter()] = None,
-    ) -> ProductPage | CatalogPage:
-        """Search the listed products (public; only public fields): keywords in Chinese or
-        English, filters, sort by relevance / newest / price, facet counts per sector and
-        product type, keyset pages (``next_cursor``). With ``mine=true`` and a seller token: the
-        caller's own products in every state (drafts too), newest first."""
-        if not mine:
-            return await search_catalog(
-                platform,
-                SearchParams(q=q, sector=sector, product_type=product_type, delivery=delivery,
-                             data_level=data_level, price_min_fen=price_min_fen,
-                             price_max_fen=price_max_fen, seller=seller,
-                             recognised_from=recognised_from, sort=sort, limit=limit,
-                             cursor=cursor, with_facets=facets),
-            )  # fmt: skip
-        after = decode_cursor(cursor, (datetime, uuid.UUID)) if cursor else None
-        principal = await authenticate(request)
-        if not principal.has("seller"):
-            raise Forbidden(
-                "mine=true needs a token with the seller role",
-                extensions={"required_roles": ["seller"]},
-            )
-        items = await listings.list_own(principal, after=after, limit=check_limit(limit))
-        return _page(items, limit)
 
     @get("/{product_id:uuid}", operation_id="getProduct", opt=requires())
     async def get_product(
@@ -229,7 +165,6 @@ class ProductController(Controller):
 class CertificateController(Controller):
     path = "/v1/certificates"
     tags = ["products"]
-    dependencies = {"listings": Provide(provide_listings, sync_to_thread=False)}
 
     @get("/{product_code:str}/status", operation_id="certificateStatus", opt=PUBLIC)
     async def status(self, product_code: FromPath[str], listings: Listings) -> CertificateStatus:

@@ -1,49 +1,19 @@
-"""Pure rules of a listing: its state machine, what counts as a material change, product codes."""
+"""Pure rules of a listing: what counts as a material change, product codes, the policy document.
+
+Its states and transition table are in `exchange.listings.states`.
+"""
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Final
 
 import msgspec
 
 from contracts.policy.attributes import EvaluationDocument
 from contracts.policy.attributes import Product as PolicyProduct
 from contracts.policy.attributes import Source as PolicySource
-from exchange.listings.schemas import ProductMetadata, ProductState
-from exchange.platform.errors import Conflict, FieldError
-
-Action = Literal[
-    "edit", "submit", "approve", "request_changes", "reject", "suspend", "reinstate", "delist",
-    "revise",
-]  # fmt: skip
-
-# state -> action -> next state
-TRANSITIONS: Final[dict[str, dict[str, str]]] = {
-    "draft": {"edit": "draft", "submit": "in_review"},
-    "changes_requested": {"edit": "changes_requested", "submit": "in_review"},
-    "in_review": {
-        "approve": "listed",
-        "request_changes": "changes_requested",
-        "reject": "rejected",
-    },
-    "listed": {"suspend": "suspended", "delist": "delisted", "revise": "listed"},
-    "suspended": {"reinstate": "listed", "delist": "delisted"},
-    "rejected": {},
-    "delisted": {},
-}
-
-
-def next_state(state: ProductState, action: Action) -> ProductState:
-    """The state after ``action``, or a 409 naming the current state and the allowed actions."""
-    allowed = TRANSITIONS[state]
-    if action not in allowed:
-        raise Conflict(
-            f"cannot {action.replace('_', ' ')} a product that is {state}; allowed:"
-            f" {', '.join(sorted(allowed)) or 'nothing (final state)'}",
-            extensions={"state": state, "allowed_actions": sorted(allowed)},
-        )
-    return allowed[action]  # type: ignore[return-value]
-
+from exchange.listings.schemas import ProductMetadata
+from exchange.platform.errors import FieldError
 
 # A change to any of these needs review before it goes live; the others are cosmetic.
 COSMETIC_FIELDS: Final = frozenset({"summary", "tags", "name_en"})

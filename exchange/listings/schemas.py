@@ -19,6 +19,7 @@ from contracts.policy.attributes import (
     ThirdPartyRights,
 )
 from exchange.identity.schemas import Contact
+from exchange.listings.states import ProductState, SuspendedBy
 
 ProductType = Literal[
     "dataset", "report", "api", "index", "model", "visualisation", "service", "tool"
@@ -160,11 +161,6 @@ class ProductDraft(Struct, forbid_unknown_fields=True, omit_defaults=True):
     registration_code: Annotated[str, Meta(max_length=64)] | UnsetType | None = UNSET
 
 
-ProductState = Literal[
-    "draft", "in_review", "changes_requested", "rejected", "listed", "suspended", "delisted"
-]
-
-
 class RevisionInfo(Struct, frozen=True):
     number: int
     digest: str
@@ -190,6 +186,7 @@ class Product(Struct, frozen=True):
     live: RevisionInfo | None
     pending: RevisionInfo | None
     suspended_reason: str | None
+    suspended_by: SuspendedBy | None
     review: ReviewSummary | None
     policy: dict[str, Any] | None
     created_at: datetime

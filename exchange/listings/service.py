@@ -6,23 +6,24 @@ Every state change, its audit row and its outbox event commit in one transaction
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import msgspec
 
+from contracts.policy import store as policy_store
 from contracts.policy.evaluator import evaluate
 from contracts.policy.schemas import Decision
 from contracts.policy.service import PolicyService
-from exchange.catalog import service as catalog
 from exchange.identity import repository as identity_repo
 from exchange.listings.lifecycle import (
     changed_fields,
     evaluation_document,
     is_material,
     metadata_problems,
-    next_state,
     product_code,
 )
 from exchange.listings.schemas import (
@@ -34,6 +35,7 @@ from exchange.listings.schemas import (
     ReviewSummary,
     RevisionInfo,
 )
+from exchange.listings.states import PRODUCT, SUSPENDING, held_here, next_state
 from exchange.platform.audit import Actor, record
 from exchange.platform.auth import Principal
 from exchange.platform.canonical import sha256_digest
@@ -45,14 +47,26 @@ from exchange.platform.outbox import enqueue
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing, jws_header
 from exchange.platform.validation import collect_errors
-from exchange.recognition import feed as recognition_feed
 from exchange.review.schemas import ReviewCase
-from exchange.review.service import latest_case_for, open_case
+from exchange.review.service import latest_case_for, open_case, withdraw_open_cases
 
 CERTIFICATE_TYPE = "dataex-listing-certificate+jws"
 # A certificate is valid this long; every new revision, reinstatement or re-issue renews it.
 CERTIFICATE_VALIDITY = timedelta(days=365)
 STAFF = ("reviewer", "admin")
+
+# What other rooms keep in step with a product, called inside the transaction that changes it:
+# `on_state(conn, product_id, at)` after any change of its state or live revision (the catalog
+# projection), `on_event(conn, event, data, at)` for each listing event of this exchange's own
+# products (the signed feed peers follow). The composition root fills them in.
+StateHook = Callable[[Connection, uuid.UUID, datetime], Awaitable[None]]
+EventHook = Callable[[Connection, str, ListingEventData, datetime], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ListingHooks:
+    on_state: Sequence[StateHook] = ()
+    on_event: Sequence[EventHook] = ()
 
 
 def _revision(row: Any) -> RevisionInfo:
@@ -120,13 +134,24 @@ def certificate_claims(
 
 class ListingService:
     def __init__(
-        self, pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing
+        self,
+        pool: asyncpg.Pool,
+        clock: Clock,
+        settings: Settings,
+        keyring: KeyRing,
+        hooks: ListingHooks,
     ) -> None:
         self.pool = pool
         self.clock = clock
         self.settings = settings
         self.keyring = keyring
+        self.hooks = hooks
         self.policy = PolicyService(pool, clock)
+
+    async def changed(self, conn: Connection, product_id: uuid.UUID, at: datetime) -> None:
+        """Tell the rooms that follow products (the catalog) that this one changed."""
+        for hook in self.hooks.on_state:
+            await hook(conn, product_id, at)
 
     # --- reading ------------------------------------------------------------------------
 
@@ -175,6 +200,7 @@ class ListingService:
             live=revisions.get(row["live_revision"]),
             pending=revisions.get(row["pending_revision"]),
             suspended_reason=row["suspended_reason"],
+            suspended_by=row["suspended_by"],
             review=None if case is None else _summary(case),
             policy=policy,
             created_at=row["created_at"],
@@ -460,7 +486,7 @@ class ListingService:
                     row["id"], state, at,
                 )  # fmt: skip
                 if state == "rejected":
-                    await self._close_subject(conn, row["id"])
+                    await policy_store.set_subject_open(conn, "listing", str(row["id"]), False)
             await record(
                 conn,
                 actor,
@@ -487,13 +513,6 @@ class ListingService:
             subject_type="product",
             subject_id=row["id"],
             detail={"case_id": str(case.id), "revision": case.revision},
-        )
-
-    async def _close_subject(self, conn: Connection, product_id: uuid.UUID) -> None:
-        await conn.execute(
-            "UPDATE policy_subjects SET open = false WHERE subject_type = 'listing'"
-            " AND subject_id = $1",
-            str(product_id),
         )
 
     # --- listing, certificates, events --------------------------------------------------
@@ -532,7 +551,7 @@ class ListingService:
             " product_code = $4, certificate = $5, updated_at = $6 WHERE id = $1",
             row["id"], state, number, code, jws, at,
         )  # fmt: skip
-        await catalog.sync(conn, row["id"], at)
+        await self.changed(conn, row["id"], at)
         if state == "listed":
             await self._event(
                 conn,
@@ -565,12 +584,8 @@ class ListingService:
             revision_digest=revision.digest if revision else None,
             **extra,
         )
-        # Peers follow this exchange's own listing events through the signed feed.
-        await recognition_feed.append(
-            conn, event=event, product_id=product_id, product_code=code,
-            revision=data.revision, revision_digest=data.revision_digest, reason=data.reason,
-            at=at,
-        )  # fmt: skip
+        for hook in self.hooks.on_event:
+            await hook(conn, event, data, at)
         await enqueue(
             conn,
             subject=self.settings.subject("listing", event),
@@ -616,6 +631,25 @@ class ListingService:
 
     # --- staff and seller actions on listed products -------------------------------------
 
+    async def _set_state(
+        self,
+        conn: Connection,
+        product_id: uuid.UUID,
+        state: str,
+        action: str,
+        reason: str | None,
+        at: datetime,
+    ) -> None:
+        """Write a state the transition table gave for ``action`` (with who suspended it)."""
+        suspended = state == "suspended"
+        await conn.execute(
+            "UPDATE products SET state = $2, suspended_reason = $3, suspended_by = $4,"
+            " updated_at = $5 WHERE id = $1",
+            product_id, state, reason if suspended else None,
+            SUSPENDING.get(action) if suspended else None, at,
+        )  # fmt: skip
+        await self.changed(conn, product_id, at)
+
     async def transition(
         self,
         actor: Actor,
@@ -633,21 +667,11 @@ class ListingService:
             if action != "delist" and not principal.has(*STAFF):
                 raise NotFound(f"no product {product_id}")
             state = next_state(row["state"], action)  # type: ignore[arg-type]
-            await conn.execute(
-                "UPDATE products SET state = $2, suspended_reason = $3, updated_at = $4"
-                " WHERE id = $1",
-                product_id, state, reason if state == "suspended" else None, now,
-            )  # fmt: skip
-            await catalog.sync(conn, product_id, now)
+            await self._set_state(conn, product_id, state, action, reason, now)
             if state == "delisted":
-                await self._close_subject(conn, product_id)
+                await policy_store.set_subject_open(conn, "listing", str(product_id), False)
                 # A change still under review dies with the listing.
-                closed = await conn.fetch(
-                    "UPDATE review_cases SET state = 'rejected', closed_at = $2"
-                    " WHERE subject_id = $1 AND state = 'open' RETURNING id",
-                    product_id, now,
-                )  # fmt: skip
-                if closed:
+                if await withdraw_open_cases(conn, "listing", product_id, now):
                     await conn.execute(
                         "UPDATE products SET pending_revision = NULL WHERE id = $1", product_id
                     )
@@ -668,6 +692,99 @@ class ListingService:
                 conn, actor, event, row["product_code"], product_id, revision, now, reason=reason
             )
             return await self._view(conn, await self._row(conn, product_id))
+
+    # --- products recognised from a peer exchange (the recognition room's entry points) ------
+
+    async def recognise(
+        self,
+        conn: Connection,
+        *,
+        product_id: uuid.UUID | None,
+        seller_id: uuid.UUID,
+        code: str,
+        origin: str,
+        revision: int,
+        metadata: ProductMetadata,
+        digest: str,
+        certificate: str,
+        at: datetime,
+    ) -> uuid.UUID:
+        """List here a revision the origin exchange certified (a new product on the first
+        one). A suspension or delisting decided here stays: the origin's news does not undo
+        it; the origin's own suspension, withdrawn trust and a local refusal it does."""
+        first = product_id is None
+        if product_id is None:
+            product_id = uuid.uuid4()
+            await conn.execute(
+                "INSERT INTO products (id, seller_org_id, state, product_code, recognised_from,"
+                " created_at, updated_at) VALUES ($1, $2, 'draft', $3, $4, $5, $5)",
+                product_id, seller_id, code, origin, at,
+            )  # fmt: skip
+        await conn.execute(
+            "INSERT INTO product_revisions (product_id, number, metadata, digest, change,"
+            " created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            product_id, revision, msgspec.to_builtins(metadata), digest,
+            "initial" if first else "material", at,
+        )  # fmt: skip
+        row = await self._row(conn, product_id, lock=True)
+        state = row["state"]
+        if not held_here(state, row["suspended_by"]):
+            state = next_state(state, "recognise")
+        await conn.execute(
+            "UPDATE products SET live_revision = $2, certificate = $3, updated_at = $4,"
+            " state = $5, suspended_reason = CASE WHEN $5 = 'suspended' THEN suspended_reason END,"
+            " suspended_by = CASE WHEN $5 = 'suspended' THEN suspended_by END WHERE id = $1",
+            product_id, revision, certificate, at, state,
+        )  # fmt: skip
+        await self.changed(conn, product_id, at)
+        return product_id
+
+    async def hold_recognised(
+        self,
+        conn: Connection,
+        product_id: uuid.UUID,
+        action: Literal["origin_suspend", "origin_delist", "refuse_here"],
+        reason: str,
+        at: datetime,
+    ) -> None:
+        """The origin suspended or delisted the product, or this exchange's list refuses its
+        newer revision. A product delisted here stays so; one suspended by staff here keeps
+        that suspension (and its reason) unless the origin delists it."""
+        row = await self._row(conn, product_id, lock=True)
+        if PRODUCT.is_final(row["state"]):
+            return
+        if action != "origin_delist" and held_here(row["state"], row["suspended_by"]):
+            return
+        state = next_state(row["state"], action)
+        await self._set_state(conn, product_id, state, action, reason, at)
+
+    async def distrust_origin(
+        self, conn: Connection, origin: str, reason: str, at: datetime
+    ) -> int:
+        """Trust in ``origin`` withdrawn: its products listed here are suspended now."""
+        hidden = await conn.fetch(
+            "UPDATE products SET state = $3, suspended_reason = $2, suspended_by = 'distrust',"
+            " updated_at = $4 WHERE recognised_from = $1 AND state = 'listed' RETURNING id",
+            origin, reason, next_state("listed", "distrust"), at,
+        )  # fmt: skip
+        for product in hidden:
+            await self.changed(conn, product["id"], at)
+        return len(hidden)
+
+    async def retrust_origin(
+        self, conn: Connection, origin: str, product_ids: Sequence[uuid.UUID], at: datetime
+    ) -> int:
+        """Trust in ``origin`` given back: of ``product_ids`` (those the origin still lists),
+        the ones that only distrust had suspended are listed again."""
+        restored = await conn.fetch(
+            "UPDATE products SET state = $3, suspended_reason = NULL, suspended_by = NULL,"
+            " updated_at = $4 WHERE recognised_from = $1 AND id = ANY($2::uuid[])"
+            " AND state = 'suspended' AND suspended_by = 'distrust' RETURNING id",
+            origin, list(product_ids), next_state("suspended", "retrust"), at,
+        )  # fmt: skip
+        for product in restored:
+            await self.changed(conn, product["id"], at)
+        return len(restored)
 
 
 def check_metadata(metadata: ProductMetadata) -> None:

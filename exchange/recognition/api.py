@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, delete, get, post
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from exchange.identity import repository as identity_repo
@@ -34,17 +34,9 @@ ActorDep = NamedDependency[Actor]
 Code = Annotated[str | None, QueryParameter(pattern=r"^[A-Z][A-Z0-9]{1,7}$")]
 
 
-def provide_recognition(platform: NamedDependency[Platform]) -> RecognitionService:
-    return RecognitionService(platform.pool, platform.clock, platform.settings, platform.keyring)
-
-
-_DEPS = {"recognition": Provide(provide_recognition, sync_to_thread=False)}
-
-
 class ExchangeIdentityController(Controller):
     path = "/.well-known"
     tags = ["recognition"]
-    dependencies = _DEPS
 
     @get("/dataex-exchange", operation_id="exchangeIdentity", opt=PUBLIC)
     async def identity(self, recognition: Recognitions) -> ExchangeIdentity:
@@ -56,7 +48,6 @@ class ExchangeIdentityController(Controller):
 class PeerController(Controller):
     path = "/v1/peers"
     tags = ["recognition"]
-    dependencies = _DEPS
 
     @post("/", operation_id="trustPeer", opt=requires("admin"))
     async def add(self, data: JSONBody[PeerCreate], recognition: Recognitions,
@@ -88,7 +79,6 @@ class PeerController(Controller):
 class MemberCredentialController(Controller):
     path = "/v1/member-credentials"
     tags = ["recognition"]
-    dependencies = _DEPS
 
     @post("/", operation_id="issueMemberCredential", opt=requires("admin"))
     async def issue(self, data: JSONBody[CredentialIssue], recognition: Recognitions,
@@ -117,7 +107,6 @@ class MemberCredentialController(Controller):
 class RecognitionController(Controller):
     path = "/v1/recognitions"
     tags = ["recognition"]
-    dependencies = _DEPS
 
     @post("/", operation_id="recognise", opt=requires())
     async def recognise(self, data: JSONBody[RecognitionRequest], recognition: Recognitions,
@@ -142,7 +131,6 @@ class RecognitionController(Controller):
 class FeedController(Controller):
     path = "/v1/recognition/feed"
     tags = ["recognition"]
-    dependencies = _DEPS
 
     @get("/", operation_id="listingFeed", opt=PUBLIC)
     async def page(

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+import asyncpg
 import msgspec
 
 from exchange.platform.audit import Actor
-from exchange.platform.clock import SystemClock
+from exchange.platform.clock import Clock, SystemClock
 from exchange.platform.db import create_pool
 from exchange.platform.errors import DataexError
 from exchange.platform.settings import Settings
@@ -53,13 +55,20 @@ def _print(peer: Peer, out: TextIO) -> None:
         print(f"\tlast error: {peer.last_error}", file=out)
 
 
-async def run(settings: Settings, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    """Exit 0 on success, 1 when the peer is refused (the reason printed), 2 for bad input."""
+ServiceFactory = Callable[[asyncpg.Pool, Clock, Settings, KeyRing], RecognitionService]
+
+
+async def run(
+    settings: Settings,
+    args: argparse.Namespace,
+    build: ServiceFactory,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Exit 0 on success, 1 when the peer is refused (the reason printed), 2 for bad input.
+    ``build`` is the composition root's `exchange.wiring.recognition`."""
     assert settings.database_url
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
-    service = RecognitionService(
-        pool, SystemClock(), settings, KeyRing(load_master_key(settings.state_dir))
-    )
+    service = build(pool, SystemClock(), settings, KeyRing(load_master_key(settings.state_dir)))
     actor = Actor.cli(f"peers {args.peers_command}")
     try:
         if args.peers_command == "list":

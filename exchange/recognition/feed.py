@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from exchange.platform.db import Connection, Executor
+from exchange.platform.events import ListingEventData
 from exchange.platform.settings import Settings
 from exchange.platform.signing import SigningKey
 from exchange.recognition.schemas import FEED_TYPE, FeedClaims, FeedItem, FeedPage
@@ -27,6 +28,16 @@ from exchange.recognition.schemas import FEED_TYPE, FeedClaims, FeedItem, FeedPa
 FEED_PATH = "/v1/recognition/feed"
 MAX_PAGE = 500
 EVENTS = ("published", "suspended", "delisted")
+
+
+async def on_listing_event(
+    conn: Connection, event: str, data: ListingEventData, at: datetime
+) -> None:
+    """The listing room's event hook: peers follow this exchange's own listing events."""
+    await append(
+        conn, event=event, product_id=uuid.UUID(data.product_id), product_code=data.product_code,
+        revision=data.revision, revision_digest=data.revision_digest, reason=data.reason, at=at,
+    )  # fmt: skip
 
 
 async def append(

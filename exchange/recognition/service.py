@@ -19,11 +19,11 @@ import msgspec
 
 from contracts.policy.evaluator import evaluate
 from contracts.policy.service import PolicyService
-from exchange.catalog import service as catalog
+from exchange.identity import repository as identity_repo
 from exchange.identity.schemas import Contact
 from exchange.listings.lifecycle import evaluation_document
 from exchange.listings.schemas import ProductMetadata
-from exchange.listings.service import CERTIFICATE_TYPE
+from exchange.listings.service import CERTIFICATE_TYPE, ListingService
 from exchange.platform.audit import Actor, record
 from exchange.platform.clock import Clock
 from exchange.platform.db import Connection, Executor
@@ -91,12 +91,18 @@ def check_jwks(keys: Jwks) -> None:
 
 class RecognitionService:
     def __init__(
-        self, pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing
+        self,
+        pool: asyncpg.Pool,
+        clock: Clock,
+        settings: Settings,
+        keyring: KeyRing,
+        listings: ListingService,
     ) -> None:
         self.pool = pool
         self.clock = clock
         self.settings = settings
         self.keyring = keyring
+        self.listings = listings  # recognised products are written through the listing room
         self.policy = PolicyService(pool, clock)
 
     # --- this exchange's identity and feed ---------------------------------------------------
@@ -154,21 +160,20 @@ class RecognitionService:
                 str(claims["feed_url"]), identity_jws, now,
             )  # fmt: skip
             # Trusted again: what was hidden only because trust was withdrawn comes back.
-            restored = await conn.fetch(
-                "UPDATE products p SET state = 'listed', suspended_reason = NULL, updated_at = $3"
-                " FROM recognitions r WHERE p.recognised_from = $1 AND p.state = 'suspended'"
-                " AND p.suspended_reason = $2 AND r.product_id = p.id"
-                " AND r.origin_state = 'listed' AND r.outcome = 'recognised' RETURNING p.id",
-                data.code, _distrusted(data.code), now,
-            )  # fmt: skip
-            for product in restored:
-                await catalog.sync(conn, product["id"], now)
+            still_listed = await conn.fetch(
+                "SELECT product_id FROM recognitions WHERE origin = $1 AND product_id IS NOT NULL"
+                " AND origin_state = 'listed' AND outcome = 'recognised'",
+                data.code,
+            )
+            restored = await self.listings.retrust_origin(
+                conn, data.code, [r["product_id"] for r in still_listed], now
+            )
             await record(
                 conn, actor, at=now, action="peer.trusted", subject_type="peer",
                 subject_id=data.code,
                 detail={"kids": [k["kid"] for k in data.jwks["keys"]],
                         "feed_url": claims["feed_url"], "name": claims["name"],
-                        "products_restored": len(restored)},
+                        "products_restored": restored},
             )  # fmt: skip
         return _peer(row)
 
@@ -187,16 +192,10 @@ class RecognitionService:
             )  # fmt: skip
             if row is None:
                 raise NotFound(f"no peer {code}")
-            hidden = await conn.fetch(
-                "UPDATE products SET state = 'suspended', suspended_reason = $2, updated_at = $3"
-                " WHERE recognised_from = $1 AND state = 'listed' RETURNING id",
-                code, _distrusted(code), now,
-            )  # fmt: skip
-            for product in hidden:
-                await catalog.sync(conn, product["id"], now)
+            hidden = await self.listings.distrust_origin(conn, code, _distrusted(code), now)
             await record(
                 conn, actor, at=now, action="peer.distrusted", subject_type="peer",
-                subject_id=code, detail={"products_hidden": len(hidden)},
+                subject_id=code, detail={"products_hidden": hidden},
             )  # fmt: skip
         return _peer(row)
 
@@ -286,13 +285,10 @@ class RecognitionService:
         created = org_id is None
         if org_id is None:
             roles = [r for r in claims["roles"] if r in MARKET_ROLES] or ["seller"]
-            org_id = await conn.fetchval(
-                "INSERT INTO organisations (id, name, uscc, roles, region, contact, created_at,"
-                " updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)"
-                " ON CONFLICT (uscc) DO UPDATE SET updated_at = organisations.updated_at"
-                " RETURNING id",
-                uuid.uuid4(), claims["name"], claims["uscc"], roles, claims["region"],
-                msgspec.to_builtins(msgspec.convert(claims["contact"], Contact)), now,
+            org_id = await identity_repo.register_from_credential(
+                conn, name=claims["name"], uscc=claims["uscc"], roles=roles,
+                region=claims["region"], contact=msgspec.convert(claims["contact"], Contact),
+                now=now,
             )  # fmt: skip
         assert org_id is not None
         from contracts.agreements.signatures import PublicKeyIn, register_key
@@ -449,7 +445,9 @@ class RecognitionService:
                 ],
             }  # fmt: skip
             if product_id is not None:  # an earlier revision was recognised: it goes too
-                await self._set_state(conn, product_id, "suspended", REFUSED_HERE, now)
+                await self.listings.hold_recognised(
+                    conn, product_id, "refuse_here", REFUSED_HERE, now
+                )
             row = await self._upsert(
                 conn, origin, code, product_id, revision, digest, "listed", "refused", refusal,
                 seq, now,
@@ -468,29 +466,10 @@ class RecognitionService:
             )
         else:
             seller_id = await self._credentialed_seller(conn, origin, claims)
-        first = product_id is None
-        if product_id is None:
-            product_id = uuid.uuid4()
-            await conn.execute(
-                "INSERT INTO products (id, seller_org_id, state, product_code, recognised_from,"
-                " created_at, updated_at) VALUES ($1, $2, 'draft', $3, $4, $5, $5)",
-                product_id, seller_id, code, origin, now,
-            )  # fmt: skip
-        await conn.execute(
-            "INSERT INTO product_revisions (product_id, number, metadata, digest, change,"
-            " created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            product_id, revision, msgspec.to_builtins(metadata), digest,
-            "initial" if first else "material", now,
+        product_id = await self.listings.recognise(
+            conn, product_id=product_id, seller_id=seller_id, code=code, origin=origin,
+            revision=revision, metadata=metadata, digest=digest, certificate=certificate, at=now,
         )  # fmt: skip
-        # A suspension or delisting decided here stays: the origin's news does not undo it.
-        await conn.execute(
-            "UPDATE products SET live_revision = $2, certificate = $3, updated_at = $4,"
-            " state = CASE WHEN $5 THEN state ELSE 'listed' END,"
-            " suspended_reason = CASE WHEN $5 THEN suspended_reason END WHERE id = $1",
-            product_id, revision, certificate, now,
-            await self._held_here(conn, product_id, origin),
-        )  # fmt: skip
-        await catalog.sync(conn, product_id, now)
         row = await self._upsert(
             conn, origin, code, product_id, revision, digest, "listed", "recognised", None, seq,
             now,
@@ -511,21 +490,6 @@ class RecognitionService:
         )  # fmt: skip
         return _recognition(row)
 
-    async def _held_here(self, conn: Connection, product_id: uuid.UUID, origin: str) -> bool:
-        """Whether this exchange's own staff suspended or delisted the product (as opposed to
-        the origin's events, a withdrawn trust or a local refusal)."""
-        row = await conn.fetchrow(
-            "SELECT state, suspended_reason FROM products WHERE id = $1 FOR UPDATE", product_id
-        )
-        if row is None or row["state"] not in ("suspended", "delisted"):
-            return False
-        reason = row["suspended_reason"] or ""
-        from_origin = (
-            reason.startswith((f"suspended by {origin}", f"delisted by {origin}"))
-            or reason in (_distrusted(origin), REFUSED_HERE)
-        )  # fmt: skip
-        return row["state"] == "delisted" or not from_origin
-
     async def _credentialed_seller(
         self, conn: Connection, origin: str, claims: dict[str, Any]
     ) -> uuid.UUID:
@@ -543,15 +507,6 @@ class RecognitionService:
                 extensions={"uscc": uscc, "issuer": origin},
             )
         return org_id
-
-    async def _set_state(
-        self, conn: Connection, product_id: uuid.UUID, state: str, reason: str | None, at: datetime
-    ) -> None:
-        await conn.execute(
-            "UPDATE products SET state = $2, suspended_reason = $3, updated_at = $4 WHERE id = $1",
-            product_id, state, reason if state == "suspended" else None, at,
-        )  # fmt: skip
-        await catalog.sync(conn, product_id, at)
 
     async def _upsert(
         self,
@@ -678,9 +633,11 @@ class RecognitionService:
         now = self.clock.now()
         product_id = current["product_id"] if current is not None else None
         if product_id is not None:
-            state = "suspended" if item.event == "suspended" else "delisted"
             reason = f"{item.event} by {origin}" + (f": {item.reason}" if item.reason else "")
-            await self._set_state(conn, product_id, state, reason, now)
+            await self.listings.hold_recognised(
+                conn, product_id,
+                "origin_suspend" if item.event == "suspended" else "origin_delist", reason, now,
+            )  # fmt: skip
         await self._upsert(
             conn, origin, item.product_code, product_id,
             item.revision or (current["revision"] if current is not None else 0),

@@ -7,11 +7,9 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from litestar import Controller, get, post
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from exchange.listings.api import provide_listings
-from exchange.listings.service import ListingService
 from exchange.platform.audit import Actor
 from exchange.platform.auth import Principal, requires
 from exchange.platform.paging import DEFAULT_PAGE, check_limit, decode_cursor, encode_cursor
@@ -21,25 +19,10 @@ from exchange.review.service import ReviewService
 Reviews = NamedDependency[ReviewService]
 
 
-def provide_reviews(listings: NamedDependency[ListingService]) -> ReviewService:
-    from contracts.orders.service import OrderService
-
-    orders = OrderService(listings.pool, listings.clock, listings.settings, listings.keyring)
-    return ReviewService(
-        listings.pool,
-        listings.clock,
-        {"listing": listings.on_case_decided, "order": orders.on_case_decided},
-    )
-
-
 class ReviewController(Controller):
     path = "/v1/reviews"
     tags = ["reviews"]
     opt = requires("reviewer")
-    dependencies = {
-        "listings": Provide(provide_listings, sync_to_thread=False),
-        "reviews": Provide(provide_reviews, sync_to_thread=False),
-    }
 
     @get("/", operation_id="listReviewCases", opt=requires("reviewer"))
     async def queue(

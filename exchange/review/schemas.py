@@ -6,8 +6,9 @@ from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct
 
+from exchange.review.states import CaseState
+
 Verdict = Literal["approve", "request_changes", "reject"]
-CaseState = Literal["open", "approved", "changes_requested", "rejected"]
 
 
 class EvidenceGiven(Struct, forbid_unknown_fields=True, frozen=True):

@@ -24,6 +24,7 @@ from exchange.platform.clock import Clock
 from exchange.platform.db import Connection, Executor
 from exchange.platform.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound
 from exchange.review.schemas import DecisionCreate, EvidenceGiven, ReviewCase, ReviewDecision
+from exchange.review.states import CASE
 
 CLAIM_TIMEOUT = timedelta(minutes=30)
 # kind -> (conn, case, verdict, actor, at) -> None
@@ -65,6 +66,19 @@ async def open_case(
         at,
     )
     return case_id
+
+
+async def withdraw_open_cases(
+    conn: Connection, kind: str, subject_id: uuid.UUID, at: datetime
+) -> int:
+    """Close the subject's open cases (its product delisted, its order cancelled): they end as
+    rejected, with no reviewer's decision. Returns how many were open."""
+    closed = await conn.fetch(
+        "UPDATE review_cases SET state = $4, closed_at = $3"
+        " WHERE kind = $1 AND subject_id = $2 AND state = 'open' RETURNING id",
+        kind, subject_id, at, CASE.next("open", "withdraw"),
+    )  # fmt: skip
+    return len(closed)
 
 
 async def _decisions(
@@ -234,8 +248,7 @@ class ReviewService:
             if row is None:
                 raise NotFound(f"no review case {case_id}")
             self._check_may_review(row, principal)
-            if row["state"] != "open":
-                raise Conflict(f"the case is already {row['state']}; decisions are final")
+            CASE.next(row["state"], data.verdict)  # a closed case takes no more decisions
             if row["claimed_by"] != principal.token_id:
                 raise Conflict("claim the case before deciding it (POST …/claim)")
             previous = await self._check_not_decided_by(conn, case_id, principal)
@@ -258,9 +271,9 @@ class ReviewService:
             approvals = 1 + sum(p["verdict"] == "approve" for p in previous)
             final: str | None
             if data.verdict != "approve":
-                final = "rejected" if data.verdict == "reject" else "changes_requested"
+                final = CASE.next(row["state"], data.verdict)
             elif approvals >= approvals_needed(row["four_eyes"]):
-                final = "approved"
+                final = CASE.next(row["state"], "approve")
             else:
                 final = None
             await record(

@@ -1,0 +1,92 @@
+"""How the rooms are wired together: the one place that hands one room's entry points to another.
+
+Rooms do not import the rooms above them. Where a room must act in another's transaction it
+declares a hook (listings: `ListingHooks`; the review queue: its case handlers; settlement:
+`UnfundedHook`) and this module, part of the composition root with the app factory, the CLI
+and the process runtime, fills it in:
+
+- listings → the catalog projection (`catalog.sync`) and the signed feed peers follow
+  (`recognition.feed.on_listing_event`);
+- the review queue → the listing and order rooms' `on_case_decided`;
+- recognition → the listing room, through which recognised products are written;
+- settlement → the orders room's `mark_unfunded` for trades whose payment failed.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+from litestar.di import NamedDependency, Provide
+
+from contracts.orders.service import OrderService
+from exchange.catalog import service as catalog
+from exchange.listings.service import ListingHooks, ListingService
+from exchange.platform.clock import Clock
+from exchange.platform.context import Platform
+from exchange.platform.settings import Settings
+from exchange.platform.signing import KeyRing
+from exchange.recognition import feed
+from exchange.recognition.service import RecognitionService
+from exchange.review.service import ReviewService
+from settlement.service import SettlementService
+
+LISTING_HOOKS = ListingHooks(on_state=(catalog.sync,), on_event=(feed.on_listing_event,))
+
+
+def listings(
+    pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing
+) -> ListingService:
+    return ListingService(pool, clock, settings, keyring, LISTING_HOOKS)
+
+
+def orders(pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing) -> OrderService:
+    return OrderService(pool, clock, settings, keyring)
+
+
+def reviews(
+    pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing
+) -> ReviewService:
+    handlers = {
+        "listing": listings(pool, clock, settings, keyring).on_case_decided,
+        "order": orders(pool, clock, settings, keyring).on_case_decided,
+    }
+    return ReviewService(pool, clock, handlers)
+
+
+def recognition(
+    pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing
+) -> RecognitionService:
+    return RecognitionService(
+        pool, clock, settings, keyring, listings(pool, clock, settings, keyring)
+    )
+
+
+def settlement(
+    pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing
+) -> SettlementService:
+    unfunded = orders(pool, clock, settings, keyring).mark_unfunded
+    return SettlementService(pool, clock, settings, keyring, on_unfunded=unfunded)
+
+
+def provide_listings(platform: NamedDependency[Platform]) -> ListingService:
+    return listings(platform.pool, platform.clock, platform.settings, platform.keyring)
+
+
+def provide_reviews(platform: NamedDependency[Platform]) -> ReviewService:
+    return reviews(platform.pool, platform.clock, platform.settings, platform.keyring)
+
+
+def provide_recognition(platform: NamedDependency[Platform]) -> RecognitionService:
+    return recognition(platform.pool, platform.clock, platform.settings, platform.keyring)
+
+
+def provide_settlement(platform: NamedDependency[Platform]) -> SettlementService:
+    return settlement(platform.pool, platform.clock, platform.settings, platform.keyring)
+
+
+# The services the rooms' controllers ask for by name, built per request from the platform.
+DEPENDENCIES = {
+    "listings": Provide(provide_listings, sync_to_thread=False),
+    "reviews": Provide(provide_reviews, sync_to_thread=False),
+    "recognition": Provide(provide_recognition, sync_to_thread=False),
+    "settlement": Provide(provide_settlement, sync_to_thread=False),
+}
