@@ -30,6 +30,7 @@ from exchange.platform.clock import Clock
 from exchange.platform.db import Connection, Executor
 from exchange.platform.errors import Conflict, DataexError, NotFound
 from exchange.platform.events import TradeExecutedData, TradeSettlementData
+from exchange.platform.rows import Row, arrays, insert_sql
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing
 from settlement import book, ledger
@@ -101,6 +102,25 @@ class MovementView(msgspec.Struct, frozen=True):
 # Called in the settlement's transaction with the trades (contract ids) whose payment could
 # not be reserved: the orders room voids their contracts. The composition root passes it.
 UnfundedHook = Callable[[Connection, Sequence[uuid.UUID]], Awaitable[None]]
+
+
+class SettlementTradeRow(Row, frozen=True):
+    __table__ = "settlement_trades"
+    trade_id: uuid.UUID
+    order_id: uuid.UUID
+    buyer_org_id: uuid.UUID
+    seller_org_id: uuid.UUID
+    buyer_uscc: str | None
+    seller_uscc: str | None
+    contract_digest: str
+    product_code: str
+    price_fen: int
+    fee_fen: int
+    state: str
+    reason: str | None
+    executed_at: datetime
+    acceptance_due: datetime
+    updated_at: datetime
 
 
 class SettlementService:
@@ -175,34 +195,29 @@ class SettlementService:
             # collides here on the primary key, and its batch is retried (then a duplicate).
             await accounts.write(made, now, request_id)
             reasons = {s.movement.trade_id: s.reason for s in short if s.movement.trade_id}
+            trades = [
+                SettlementTradeRow(
+                    trade_id=t, order_id=uuid.UUID(valid[t].order_id),
+                    buyer_org_id=uuid.UUID(valid[t].buyer.org_id),
+                    seller_org_id=uuid.UUID(valid[t].seller.org_id),
+                    buyer_uscc=valid[t].buyer.uscc, seller_uscc=valid[t].seller.uscc,
+                    contract_digest=valid[t].contract_digest,
+                    product_code=valid[t].product_code, price_fen=valid[t].price_fen,
+                    fee_fen=valid[t].fee_fen, state="failed" if t in reasons else "reserved",
+                    reason=reasons.get(t), executed_at=datetime.fromisoformat(valid[t].executed_at),
+                    acceptance_due=datetime.fromisoformat(valid[t].executed_at)
+                    + timedelta(days=valid[t].acceptance_days),
+                    updated_at=now,
+                )
+                for t in new
+            ]  # fmt: skip
             inserted = await conn.fetchval(
-                "WITH i AS (INSERT INTO settlement_trades (trade_id, order_id, buyer_org_id,"
-                " seller_org_id, buyer_uscc, seller_uscc, contract_digest, product_code,"
-                " price_fen, fee_fen, state, reason, executed_at, acceptance_due, updated_at)"
-                " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[],"
-                " $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[],"
-                " $11::text[], $12::text[], $13::timestamptz[], $14::timestamptz[],"
-                " $15::timestamptz[]) ON CONFLICT (trade_id) DO NOTHING RETURNING 1)"
-                " SELECT count(*) FROM i",
-                new,
-                [uuid.UUID(valid[t].order_id) for t in new],
-                [uuid.UUID(valid[t].buyer.org_id) for t in new],
-                [uuid.UUID(valid[t].seller.org_id) for t in new],
-                [valid[t].buyer.uscc for t in new],
-                [valid[t].seller.uscc for t in new],
-                [valid[t].contract_digest for t in new],
-                [valid[t].product_code for t in new],
-                [valid[t].price_fen for t in new],
-                [valid[t].fee_fen for t in new],
-                ["failed" if t in reasons else "reserved" for t in new],
-                [reasons.get(t) for t in new],
-                [datetime.fromisoformat(valid[t].executed_at) for t in new],
-                [
-                    datetime.fromisoformat(valid[t].executed_at)
-                    + timedelta(days=valid[t].acceptance_days)
-                    for t in new
-                ],
-                [now] * len(new),
+                "WITH i AS ("
+                + insert_sql(
+                    SettlementTradeRow, suffix="ON CONFLICT (trade_id) DO NOTHING RETURNING 1"
+                )
+                + ") SELECT count(*) FROM i",
+                *arrays(SettlementTradeRow, trades),
             )
             if inserted != len(new):
                 raise ConcurrentSettlement(

@@ -22,8 +22,8 @@ from contracts.orders.group import Job, OrderGroup
 from contracts.orders.idempotency import Keyed, Replay, in_flight, lock_key_sql, stored
 from contracts.orders.matching import match, price_fen
 from contracts.orders.schemas import Order, OrderCreate, TermMismatch
-from contracts.orders.states import CONTRACT, ORDER, placed_state
-from contracts.orders.writes import Writes
+from contracts.orders.states import CONTRACT, ORDER, ContractState, placed_state
+from contracts.orders.writes import ContractRow, IdempotencyRow, OrderRow, Writes
 from contracts.policy import store as policy_store
 from contracts.policy.attributes import EvaluationDocument, Exporter
 from contracts.policy.attributes import Order as PolicyOrder
@@ -32,6 +32,7 @@ from contracts.policy.routing import counting_year_start
 from contracts.policy.rules import PolicyList
 from contracts.policy.schemas import Decision
 from contracts.policy.service import PolicyService
+from contracts.policy.store import DecisionRow
 from exchange.identity import repository as identity_repo
 from exchange.listings.lifecycle import evaluation_document
 from exchange.listings.schemas import Plan, ProductMetadata
@@ -192,7 +193,7 @@ class _Contract:
     id: uuid.UUID
     digest: str
     executed: bool
-    row: tuple[Any, ...]
+    row: ContractRow
 
 
 async def _metadata(
@@ -606,16 +607,19 @@ class OrderService:
             exported[ctx["seller_org_id"]] = (
                 (n, s + data.pi_subject_count) if sensitive else (n + data.pi_subject_count, s)
             )
-        writes.decisions.append((
-            "order", str(order_id), decision.list_version, decision.list_digest,
-            decision.decision, msgspec.to_builtins(document), msgspec.to_builtins(decision),
-            now, state in ("in_review", "awaiting_signatures"),
+        writes.decisions.append(DecisionRow(
+            subject_type="order", subject_id=str(order_id), list_version=decision.list_version,
+            list_digest=decision.list_digest, outcome=decision.decision,
+            document=msgspec.to_builtins(document), decision=msgspec.to_builtins(decision),
+            decided_at=now, open=not ORDER.is_final(state),
         ))  # fmt: skip
-        writes.orders.append((
-            order_id, principal.org_id, ctx["seller_org_id"], ctx["id"],
-            ctx["live_revision"], plan.id, msgspec.to_builtins(data), state, cross_border,
-            sensitive, data.pi_subject_count, price, fee, decision_doc, now, now,
-            now if state == "executed" else None,
+        writes.orders.append(OrderRow(
+            id=order_id, buyer_org_id=principal.org_id, seller_org_id=ctx["seller_org_id"],
+            product_id=ctx["id"], revision=ctx["live_revision"], plan_id=plan.id,
+            terms=msgspec.to_builtins(data), state=state, cross_border=cross_border,
+            sensitive_pi=sensitive, pi_subject_count=data.pi_subject_count, price_fen=price,
+            fee_fen=fee, decision=decision_doc, created_at=now, updated_at=now,
+            executed_at=now if state == "executed" else None,
         ))  # fmt: skip
         if contract is not None:
             writes.contracts.append(contract.row)
@@ -635,9 +639,10 @@ class OrderService:
             reason=None, created_at=now, updated_at=now,
         )  # fmt: skip
         if idempotency is not None:
-            writes.idempotency.append((
-                principal.org_id, idempotency.key, idempotency.route, idempotency.digest,
-                201, msgspec.json.encode(order), now,
+            writes.idempotency.append(IdempotencyRow(
+                org_id=principal.org_id, key=idempotency.key, route=idempotency.route,
+                request_hash=idempotency.digest, status=201,
+                response=msgspec.json.encode(order), created_at=now,
             ))  # fmt: skip
         return order, writes, review
 
@@ -819,10 +824,13 @@ class OrderService:
                 raise Unavailable("the exchange has no signing key yet (dataex keys rotate)")
             self._countersign(writes, actor, contract_id, digest, document, facts.order_id,
                               facts.price_fen, facts.fee_fen, exchange_key, at)  # fmt: skip
-        row = (
-            contract_id, facts.order_id, template.id, document, digest, text,
-            "executed" if executed else "awaiting_signatures", at,
-            at + timedelta(hours=self.settings.contract_ttl_hours), at if executed else None,
+        drafted: ContractState = "awaiting_signatures"
+        row = ContractRow(
+            id=contract_id, order_id=facts.order_id, template=template.id, document=document,
+            digest=digest, text_zh=text,
+            state=CONTRACT.next(drafted, "execute") if executed else drafted, created_at=at,
+            expires_at=at + timedelta(hours=self.settings.contract_ttl_hours),
+            executed_at=at if executed else None,
         )  # fmt: skip
         return _Contract(contract_id, digest, executed, row)
 

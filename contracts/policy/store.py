@@ -10,6 +10,7 @@ import msgspec
 
 from contracts.policy.schemas import Decision, PolicyListInfo
 from exchange.platform.db import Connection, Executor
+from exchange.platform.rows import Row, columns, unnest
 
 
 def _info(row: asyncpg.Record, now: datetime, current_version: str | None) -> PolicyListInfo:
@@ -119,6 +120,39 @@ async def insert_decision(
         open_subject,
     )
     return decision_id
+
+
+class DecisionRow(Row, frozen=True):
+    """A policy decision and whether its subject stays open, for a statement that records
+    many (the order path's single write): see `decision_ctes`."""
+
+    __table__ = "policy_decisions"
+    subject_type: str
+    subject_id: str
+    list_version: str
+    list_digest: str
+    outcome: str
+    document: dict[str, Any]
+    decision: dict[str, Any]
+    decided_at: datetime
+    open: bool
+
+
+def decision_ctes(first: int) -> list[str]:
+    """CTEs that write `DecisionRow` arrays given as parameters from ``first``: each decision
+    and its subject's pointer to it (as `insert_decision` does for one)."""
+    names = ", ".join(name for name, _ in columns(DecisionRow))
+    stored = ", ".join(name for name, _ in columns(DecisionRow) if name != "open")
+    return [
+        f"decided_in AS (SELECT * FROM {unnest(DecisionRow, first)} AS d({names}))",
+        f"decided AS (INSERT INTO policy_decisions ({stored}) SELECT {stored} FROM decided_in"
+        " RETURNING id, subject_type, subject_id)",
+        "subject AS (INSERT INTO policy_subjects (subject_type, subject_id, open,"
+        " latest_decision) SELECT d.subject_type, d.subject_id, i.open, d.id"
+        " FROM decided d JOIN decided_in i USING (subject_type, subject_id)"
+        " ON CONFLICT (subject_type, subject_id) DO UPDATE"
+        " SET latest_decision = EXCLUDED.latest_decision, open = EXCLUDED.open)",
+    ]
 
 
 async def set_subject_open(

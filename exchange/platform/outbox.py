@@ -22,6 +22,7 @@ import msgspec
 from exchange.platform.context import Platform
 from exchange.platform.db import Connection, connect
 from exchange.platform.logging import get_logger
+from exchange.platform.rows import Row
 
 log = get_logger(__name__)
 
@@ -44,6 +45,17 @@ class CloudEvent(msgspec.Struct, frozen=True, kw_only=True):
     dataschema: str | None = None
     dxrequestid: str | None = None  # extension attribute: the request that caused the event
     data: Any
+
+
+class OutboxRow(Row, frozen=True):
+    """One event waiting for the relay, for a statement that writes many."""
+
+    __table__ = "outbox"
+    id: uuid.UUID
+    subject: str
+    payload: bytes
+    request_id: str | None
+    created_at: datetime
 
 
 def envelope(

@@ -11,6 +11,7 @@ from exchange.platform.audit.schemas import AuditEntry
 from exchange.platform.auth import Principal
 from exchange.platform.canonical import sha256_digest
 from exchange.platform.db import Connection, Executor
+from exchange.platform.rows import Row
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,22 @@ class Actor:
     @classmethod
     def cli(cls, command: str) -> Actor:
         return cls(label=f"cli:{command}")
+
+
+class AuditRow(Row, frozen=True):
+    """One audit entry, for a statement that writes many (as `record` writes one)."""
+
+    __table__ = "audit_log"
+    at: datetime
+    actor: str
+    actor_org_id: uuid.UUID | None
+    actor_token_id: uuid.UUID | None
+    action: str
+    subject_type: str
+    subject_id: str
+    request_id: str | None
+    after_digest: str | None
+    detail: dict[str, Any]
 
 
 async def record(
