@@ -324,14 +324,10 @@ class ListingService:
             )  # fmt: skip
             if decision.decision == "reject":
                 await conn.execute(
-                    "UPDATE products SET state = 'rejected', updated_at = $2 WHERE id = $1",
-                    product_id, now,
+                    "UPDATE products SET state = $3, updated_at = $2 WHERE id = $1",
+                    product_id, now, next_state(row["state"], "policy_reject"),
                 )  # fmt: skip
-                await conn.execute(
-                    "UPDATE policy_subjects SET open = false WHERE subject_type = 'listing'"
-                    " AND subject_id = $1",
-                    str(product_id),
-                )
+                await policy_store.set_subject_open(conn, "listing", str(product_id), False)
                 await record(
                     conn,
                     actor,

@@ -19,13 +19,11 @@ Action = Literal[
     # the seller and this exchange's staff
     "edit", "submit", "approve", "request_changes", "reject", "suspend", "reinstate", "delist",
     "revise",
+    # the negative list, at submission
+    "policy_reject",
     # a product recognised from a peer exchange
     "recognise", "origin_suspend", "origin_delist", "distrust", "retrust", "refuse_here",
 ]  # fmt: skip
-OWN_ACTIONS: Final = (
-    "edit", "submit", "approve", "request_changes", "reject", "suspend", "reinstate", "delist",
-    "revise",
-)  # fmt: skip
 
 # Who suspended a product: this exchange's staff, the origin exchange (its feed), withdrawn
 # trust in the origin, or this exchange's negative list refusing the origin's newer revision.
@@ -41,8 +39,17 @@ PRODUCT: Final[StateMachine[ProductState, Action]] = StateMachine(
     aggregate="product",
     states=ProductState,
     transitions={
-        "draft": {"edit": "draft", "submit": "in_review", "recognise": "listed"},
-        "changes_requested": {"edit": "changes_requested", "submit": "in_review"},
+        "draft": {
+            "edit": "draft",
+            "submit": "in_review",
+            "policy_reject": "rejected",  # submitted, and a negative-list rule hits
+            "recognise": "listed",
+        },
+        "changes_requested": {
+            "edit": "changes_requested",
+            "submit": "in_review",
+            "policy_reject": "rejected",
+        },
         "in_review": {
             "approve": "listed",
             "request_changes": "changes_requested",
@@ -71,7 +78,15 @@ PRODUCT: Final[StateMachine[ProductState, Action]] = StateMachine(
         "delisted": {},
     },
     internal=frozenset(
-        {"recognise", "origin_suspend", "origin_delist", "distrust", "retrust", "refuse_here"}
+        {
+            "policy_reject",
+            "recognise",
+            "origin_suspend",
+            "origin_delist",
+            "distrust",
+            "retrust",
+            "refuse_here",
+        }
     ),
 )
 

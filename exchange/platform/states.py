@@ -20,7 +20,7 @@ A = TypeVar("A", bound=str)
 
 
 class IllegalTransition(Conflict):
-    code = "illegal-transition"
+    code = "illegal_transition"
     title = "Illegal state transition"
 
 
