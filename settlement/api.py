@@ -24,6 +24,7 @@ from exchange.platform.paging import (
 )
 from settlement import ledger
 from settlement.service import Accounts, MovementView, SettlementService, TradeView
+from settlement.states import TradeState
 
 Settlement = NamedDependency[SettlementService]
 ActorDep = NamedDependency[Actor]
@@ -46,7 +47,7 @@ class ResolutionIn(msgspec.Struct, forbid_unknown_fields=True):
 
 class ResolutionOut(msgspec.Struct, frozen=True):
     trade_id: uuid.UUID
-    state: str
+    state: TradeState
 
 
 class ExternalMovementIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -104,7 +105,7 @@ class TradeController(Controller):
         settlement: Settlement,
         principal: PrincipalDep,
         trade_state: Annotated[
-            Literal["pending", "reserved", "disputed", "failed", "settled", "voided"] | None,
+            TradeState | None,
             QueryParameter(name="state"),
         ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = DEFAULT_PAGE,

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import asyncpg
 import msgspec
@@ -34,6 +34,7 @@ from exchange.platform.rows import Row, arrays, insert_sql
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing
 from settlement import book, ledger
+from settlement.states import TRADE, TradeState
 
 FinalStep = Literal["settled", "voided"]
 
@@ -74,7 +75,7 @@ class TradeView(msgspec.Struct, frozen=True):
     trade_id: uuid.UUID
     order_id: uuid.UUID
     role: str  # the caller's side: buyer or seller (staff: none)
-    state: str
+    state: TradeState
     reason: str | None
     contract_digest: str
     product_code: str
@@ -203,7 +204,8 @@ class SettlementService:
                     buyer_uscc=valid[t].buyer.uscc, seller_uscc=valid[t].seller.uscc,
                     contract_digest=valid[t].contract_digest,
                     product_code=valid[t].product_code, price_fen=valid[t].price_fen,
-                    fee_fen=valid[t].fee_fen, state="failed" if t in reasons else "reserved",
+                    fee_fen=valid[t].fee_fen,
+                    state=TRADE.next("pending", "fail" if t in reasons else "reserve"),
                     reason=reasons.get(t), executed_at=datetime.fromisoformat(valid[t].executed_at),
                     acceptance_due=datetime.fromisoformat(valid[t].executed_at)
                     + timedelta(days=valid[t].acceptance_days),
@@ -334,14 +336,6 @@ class SettlementService:
             raise NotFound(f"no trade {trade_id}")
         return row
 
-    def _expect(self, row: Any, *states: str, action: str) -> None:
-        if row["state"] not in states:
-            raise Conflict(
-                f"cannot {action} a trade that is {row['state']};"
-                f" allowed while {' or '.join(states)}",
-                extensions={"state": row["state"]},
-            )
-
     async def accept(self, actor: Actor, principal: Principal, trade_id: uuid.UUID) -> TradeView:
         """The buyer accepts delivery: money to the seller and the exchange."""
         now = self.clock.now()
@@ -349,7 +343,7 @@ class SettlementService:
             row = await self._party_trade(conn, principal, trade_id, lock=True)
             if row["buyer_org_id"] != principal.org_id:
                 raise NotFound(f"no trade {trade_id}")  # the seller cannot accept for the buyer
-            self._expect(row, "reserved", action="accept")
+            TRADE.next(row["state"], "accept")
             await self._finish(conn, [row], "settled", now, actor.request_id)
             await record(conn, actor, at=now, action="trade.accepted",
                          subject_type="trade", subject_id=trade_id)  # fmt: skip
@@ -365,7 +359,7 @@ class SettlementService:
             row = await self._party_trade(conn, principal, trade_id, lock=True)
             if row["buyer_org_id"] != principal.org_id:
                 raise NotFound(f"no trade {trade_id}")
-            self._expect(row, "reserved", action="object to")
+            TRADE.next(row["state"], "object")
             if row["acceptance_due"] <= now:
                 raise Conflict(
                     "the acceptance period ended at"
@@ -373,9 +367,9 @@ class SettlementService:
                     extensions={"acceptance_due": row["acceptance_due"].isoformat()},
                 )
             await conn.execute(
-                "UPDATE settlement_trades SET state = 'disputed', objection = $2,"
+                "UPDATE settlement_trades SET state = $4, objection = $2,"
                 " objected_at = $3, updated_at = $3 WHERE trade_id = $1",
-                trade_id, reason, now,
+                trade_id, reason, now, TRADE.next(row["state"], "object"),
             )  # fmt: skip
             await record(conn, actor, at=now, action="trade.objected", subject_type="trade",
                          subject_id=trade_id, detail={"reason": reason})  # fmt: skip
@@ -383,7 +377,7 @@ class SettlementService:
 
     async def resolve(
         self, actor: Actor, trade_id: uuid.UUID, outcome: Literal["buyer", "seller"], note: str
-    ) -> str:
+    ) -> FinalStep:
         """Staff resolve an objection: for the buyer voids, for the seller posts."""
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
@@ -392,8 +386,11 @@ class SettlementService:
             )
             if row is None:
                 raise NotFound(f"no trade {trade_id}")
-            self._expect(row, "disputed", action="resolve an objection on")
-            step: FinalStep = "voided" if outcome == "buyer" else "settled"
+            step = cast(
+                FinalStep,
+                TRADE.next(row["state"], "resolve_for_buyer" if outcome == "buyer"
+                           else "resolve_for_seller"),
+            )  # fmt: skip
             await self._finish(conn, [row], step, now, actor.request_id)
             await record(conn, actor, at=now, action="trade.objection_resolved",
                          subject_type="trade", subject_id=trade_id,
@@ -407,7 +404,7 @@ class SettlementService:
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
             row = await self._party_trade(conn, principal, trade_id, lock=True)
-            self._expect(row, "reserved", "disputed", action="cancel")
+            TRADE.next(row["state"], "cancel")
             party = "buyer" if row["buyer_org_id"] == principal.org_id else "seller"
             await conn.execute(
                 "INSERT INTO trade_cancellations (trade_id, party, reason, requested_at)"

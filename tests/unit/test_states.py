@@ -13,8 +13,9 @@ from exchange.listings.states import PRODUCT, held_here
 from exchange.platform.settings import Settings
 from exchange.platform.states import IllegalTransition, StateMachine
 from exchange.review.states import CASE
+from settlement.states import TRADE
 
-MACHINES: list[StateMachine[Any, Any]] = [PRODUCT, CASE, ORDER, CONTRACT]
+MACHINES: list[StateMachine[Any, Any]] = [PRODUCT, CASE, ORDER, CONTRACT, TRADE]
 
 
 @pytest.mark.parametrize("machine", MACHINES, ids=lambda m: m.aggregate)
@@ -77,3 +78,4 @@ def test_every_state_the_api_returns_is_in_the_openapi_enums():
     assert "expired" in _enum_of(schema, "Order", "state")
     assert _enum_of(schema, "Product", "state") == set(get_args(PRODUCT.states))
     assert _enum_of(schema, "ReviewCase", "state") == set(get_args(CASE.states))
+    assert _enum_of(schema, "TradeView", "state") == set(get_args(TRADE.states))
