@@ -269,17 +269,21 @@ def _server_task(args: argparse.Namespace, settings: Settings) -> int:
 
 def _catalog_task(args: argparse.Namespace, settings: Settings) -> int:
     from exchange import runtime
-    from exchange.catalog import bench as catalog_bench
-    from exchange.catalog import publish, seed
 
     with runtime.servers(settings) as live:
         if args.command == "seed":
+            from benchmarks.seed import seed
+
             asyncio.run(runtime.prepare(live, bootstrap="never"))
-            return asyncio.run(seed.seed(live, args.products, sys.stdout))
+            return asyncio.run(seed(live, args.products, sys.stdout))
         if args.command == "catalog":
+            from exchange.catalog import publish
+
             return asyncio.run(publish.publish(live, sys.stdout))
+        from benchmarks.catalog import bench_catalog
+
         status: int = asyncio.run(
-            catalog_bench.bench_catalog(live, args.url, args.requests, args.concurrency, sys.stdout)
+            bench_catalog(live, args.url, args.requests, args.concurrency, sys.stdout)
         )
         return status
 
@@ -289,7 +293,6 @@ def _settlement_task(args: argparse.Namespace, settings: Settings) -> int:
     receipt or an export needs no server, the rest runs on the configured servers, those of a
     running `dataex up`, or embedded ones started for the command."""
     from exchange import runtime
-    from settlement import bench as settlement_bench
     from settlement import cli as ledger_cli
 
     if args.command == "ledger" and args.ledger_command == "verify-receipt":
@@ -302,6 +305,8 @@ def _settlement_task(args: argparse.Namespace, settings: Settings) -> int:
             return asyncio.run(ledger_cli.export(live.database_url, Path(args.file), sys.stdout))
         if args.command == "ledger":
             return asyncio.run(ledger_cli.verify_database(live.database_url, sys.stdout))
+        from benchmarks import settlement as settlement_bench
+
         if args.bench_command == "ledger":
             return asyncio.run(settlement_bench.bench_ledger(live, args.entries, sys.stdout))
         return asyncio.run(settlement_bench.bench_settlement(live, args, sys.stdout))
@@ -325,12 +330,12 @@ def _offline(args: argparse.Namespace) -> int | None:
     if args.command == "bench" and args.bench_command == "trades":
         import uvloop
 
-        from exchange.loadbench import bench_trades
+        from benchmarks.trades import bench_trades
 
         # uvloop: the load client shares the machine with the exchange; less CPU per order.
         return uvloop.run(bench_trades(args, sys.stdout))
     if args.command == "bench" and args.bench_command == "orders":
-        from contracts.orders.bench import bench_orders
+        from benchmarks.orders import bench_orders
 
         return asyncio.run(
             bench_orders(args.url, args.admin_token, args.duration, args.concurrency, sys.stdout)
