@@ -202,7 +202,7 @@ def _settlement_commands(commands: Any, bench_commands: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    offline = _offline(args)
+    offline = _without_bench_extra(args) or _offline(args)
     if offline is not None:
         return offline
     try:
@@ -310,6 +310,19 @@ def _settlement_task(args: argparse.Namespace, settings: Settings) -> int:
         if args.bench_command == "ledger":
             return asyncio.run(settlement_bench.bench_ledger(live, args.entries, sys.stdout))
         return asyncio.run(settlement_bench.bench_settlement(live, args, sys.stdout))
+
+
+def _without_bench_extra(args: argparse.Namespace) -> int | None:
+    """2 (and a line saying what to install) for a bench command whose libraries are missing."""
+    if args.command != "bench":
+        return None
+    from benchmarks import missing_extra
+
+    missing = missing_extra(args.bench_command)
+    if missing is None:
+        return None
+    print(missing, file=sys.stderr)
+    return 2
 
 
 def _offline(args: argparse.Namespace) -> int | None:
