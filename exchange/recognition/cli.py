@@ -5,19 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-import msgspec
-
-from exchange.platform.audit import Actor
-from exchange.platform.clock import SystemClock
-from exchange.platform.db import create_pool
-from exchange.platform.errors import DataexError
-from exchange.platform.settings import Settings
-from exchange.platform.signing import KeyRing, load_master_key
-from exchange.recognition.propagation import FetchError, fetch_json
-from exchange.recognition.schemas import Jwks, Peer, PeerCreate
-from exchange.recognition.service import IDENTITY_PATH, RecognitionService
+if TYPE_CHECKING:  # imported where the commands run: `dataex --help` builds this parser
+    from exchange.platform.audit import Actor
+    from exchange.platform.settings import Settings
+    from exchange.recognition.schemas import Peer
+    from exchange.recognition.service import RecognitionService
 
 
 def add_arguments(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -55,6 +49,13 @@ def _print(peer: Peer, out: TextIO) -> None:
 
 async def run(settings: Settings, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """Exit 0 on success, 1 when the peer is refused (the reason printed), 2 for bad input."""
+    from exchange.platform.audit import Actor
+    from exchange.platform.clock import SystemClock
+    from exchange.platform.db import create_pool
+    from exchange.platform.errors import DataexError
+    from exchange.platform.signing import KeyRing, load_master_key
+    from exchange.recognition.service import RecognitionService
+
     assert settings.database_url
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
     service = RecognitionService(
@@ -80,6 +81,12 @@ async def run(settings: Settings, args: argparse.Namespace, out: TextIO = sys.st
 async def _add(
     service: RecognitionService, actor: Actor, args: argparse.Namespace, out: TextIO
 ) -> int:
+    import msgspec
+
+    from exchange.recognition.propagation import FetchError, fetch_json
+    from exchange.recognition.schemas import Jwks, PeerCreate
+    from exchange.recognition.service import IDENTITY_PATH
+
     try:
         data = msgspec.convert(
             {"code": args.code, "base_url": args.url,
