@@ -146,6 +146,9 @@ def test_no_service_module_imports_the_benchmarks():
 def test_a_bench_command_without_the_bench_extra_says_what_to_install(command, missing):
     code = (
         f"import sys; sys.modules[{missing!r}] = None  # as if not installed\n"
+        # Should the check not stop it, the command fails here rather than start an exchange.
+        "for name in ('benchmarks.trades', 'benchmarks.catalog', 'exchange.runtime'):\n"
+        "    sys.modules[name] = None\n"
         "from exchange.cli import main\n"
         f"sys.exit(main(['bench', {command!r}]))"
     )
