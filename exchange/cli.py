@@ -1,15 +1,20 @@
-"""``dataex``: run, serve, migrate and administer the exchange."""
+"""``dataex``: run, serve, migrate and administer the exchange.
+
+Only argparse is imported here at start; each command imports what it runs inside its function,
+so `dataex --help` and the offline commands (policy evaluate and check, ledger verify-receipt and
+verify --export) start without the web framework, the database and NATS drivers or the logging
+set-up (tests/test_cli_imports.py keeps it so).
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from exchange.platform.settings import Settings, SettingsError
+if TYPE_CHECKING:
+    from exchange.platform.settings import Settings
 
 DESCRIPTION = """\
 dataex: the backend of a data exchange (数据交易所).
@@ -202,9 +207,18 @@ def _settlement_commands(commands: Any, bench_commands: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    offline = _offline(args)
+    offline = _without_bench_extra(args) or _offline(args)
     if offline is not None:
         return offline
+    return _online(args)
+
+
+def _online(args: argparse.Namespace) -> int:
+    """Commands that run on the configured servers (or embedded ones started for them)."""
+    import asyncio
+
+    from exchange.platform.settings import Settings, SettingsError
+
     try:
         settings = Settings.from_env()
     except SettingsError as error:
@@ -257,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _server_task(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "peers":
+        import asyncio
+
         from exchange import runtime, wiring
         from exchange.recognition.cli import run as peers_task
 
@@ -268,69 +284,110 @@ def _server_task(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _catalog_task(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
     from exchange import runtime
-    from exchange.catalog import bench as catalog_bench
-    from exchange.catalog import publish, seed
 
     with runtime.servers(settings) as live:
         if args.command == "seed":
+            from benchmarks.seed import seed
+
             asyncio.run(runtime.prepare(live, bootstrap="never"))
-            return asyncio.run(seed.seed(live, args.products, sys.stdout))
+            return asyncio.run(seed(live, args.products, sys.stdout))
         if args.command == "catalog":
+            from exchange.catalog import publish
+
             return asyncio.run(publish.publish(live, sys.stdout))
+        from benchmarks.catalog import bench_catalog
+
         status: int = asyncio.run(
-            catalog_bench.bench_catalog(live, args.url, args.requests, args.concurrency, sys.stdout)
+            bench_catalog(live, args.url, args.requests, args.concurrency, sys.stdout)
         )
         return status
 
 
 def _settlement_task(args: argparse.Namespace, settings: Settings) -> int:
-    """``ledger verify|export|verify-receipt`` and ``bench settlement|ledger``; verifying a
-    receipt or an export needs no server, the rest runs on the configured servers, those of a
-    running `dataex up`, or embedded ones started for the command."""
+    """``ledger verify|export`` and ``bench settlement|ledger`` on the configured servers, those
+    of a running `dataex up`, or embedded ones started for the command."""
+    import asyncio
+    from pathlib import Path
+
     from exchange import runtime
-    from settlement import bench as settlement_bench
     from settlement import cli as ledger_cli
 
-    if args.command == "ledger" and args.ledger_command == "verify-receipt":
-        return ledger_cli.verify_receipt_file(Path(args.file), args.jwks, sys.stdout)
-    if args.command == "ledger" and args.ledger_command == "verify" and args.export_file:
-        return ledger_cli.verify_export(Path(args.export_file), sys.stdout)
     with runtime.servers(settings) as live:
         assert live.database_url
         if args.command == "ledger" and args.ledger_command == "export":
             return asyncio.run(ledger_cli.export(live.database_url, Path(args.file), sys.stdout))
         if args.command == "ledger":
             return asyncio.run(ledger_cli.verify_database(live.database_url, sys.stdout))
+        from benchmarks import settlement as settlement_bench
+
         if args.bench_command == "ledger":
             return asyncio.run(settlement_bench.bench_ledger(live, args.entries, sys.stdout))
         return asyncio.run(settlement_bench.bench_settlement(live, args, sys.stdout))
 
 
-def _offline(args: argparse.Namespace) -> int | None:
-    """Commands that need no settings and no server."""
-    from contracts.policy import cli as policy_cli
+def _without_bench_extra(args: argparse.Namespace) -> int | None:
+    """2 (and a line saying what to install) for a bench command whose libraries are missing."""
+    if args.command != "bench":
+        return None
+    from benchmarks import missing_extra
 
-    if args.command == "policy" and args.policy_command == "evaluate":
-        return policy_cli.evaluate_command(args.file, args.list_file, sys.stdout, sys.stderr)
-    if args.command == "policy" and args.policy_command == "check":
+    missing = missing_extra(args.bench_command)
+    if missing is None:
+        return None
+    print(missing, file=sys.stderr)
+    return 2
+
+
+def _offline(args: argparse.Namespace) -> int | None:
+    """Commands that need no settings and no server; each imports only what it runs."""
+    if args.command == "policy" and args.policy_command in ("evaluate", "check"):
+        from contracts.policy import cli as policy_cli
+
+        if args.policy_command == "evaluate":
+            return policy_cli.evaluate_command(args.file, args.list_file, sys.stdout, sys.stderr)
         return policy_cli.check_command(args.file, sys.stdout, sys.stderr)
-    if args.command == "bench" and args.bench_command == "policy":
-        return policy_cli.bench_command(args.seconds, sys.stdout)
     if args.command == "ledger" and (
         args.ledger_command == "verify-receipt"
         or (args.ledger_command == "verify" and args.export_file)
     ):
-        return _settlement_task(args, Settings())
-    if args.command == "bench" and args.bench_command == "trades":
+        return _ledger_offline(args)
+    if args.command == "bench":
+        return _bench_offline(args)
+    return None
+
+
+def _ledger_offline(args: argparse.Namespace) -> int:
+    """``ledger verify-receipt`` and ``ledger verify --export``: a file and a JWKS, no server."""
+    from pathlib import Path
+
+    from settlement import cli as ledger_cli
+
+    if args.ledger_command == "verify-receipt":
+        return ledger_cli.verify_receipt_file(Path(args.file), args.jwks, sys.stdout)
+    return ledger_cli.verify_export(Path(args.export_file), sys.stdout)
+
+
+def _bench_offline(args: argparse.Namespace) -> int | None:
+    """``bench policy`` (one core, in process); ``bench trades`` and ``bench orders``, which
+    start their own exchange or drive one at a URL."""
+    if args.bench_command == "policy":
+        from contracts.policy import cli as policy_cli
+
+        return policy_cli.bench_command(args.seconds, sys.stdout)
+    if args.bench_command == "trades":
         import uvloop
 
-        from exchange.loadbench import bench_trades
+        from benchmarks.trades import bench_trades
 
         # uvloop: the load client shares the machine with the exchange; less CPU per order.
         return uvloop.run(bench_trades(args, sys.stdout))
-    if args.command == "bench" and args.bench_command == "orders":
-        from contracts.orders.bench import bench_orders
+    if args.bench_command == "orders":
+        import asyncio
+
+        from benchmarks.orders import bench_orders
 
         return asyncio.run(
             bench_orders(args.url, args.admin_token, args.duration, args.concurrency, sys.stdout)

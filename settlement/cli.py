@@ -19,7 +19,6 @@ from typing import IO, Any
 
 import msgspec
 
-from exchange.platform.db import connect
 from exchange.platform.signing import b64url_decode
 from settlement.ledger import Problem, ReceiptInvalid, Verifier, verify_receipt
 
@@ -75,6 +74,8 @@ BOOK_CHECKS: tuple[tuple[str, Callable[[Any], str]], ...] = (
 
 
 async def verify_database(database_url: str, out: IO[str]) -> int:
+    from exchange.platform.db import connect  # verifying a file or a receipt needs no driver
+
     started = time.perf_counter()
     conn = await connect(database_url)
     try:
@@ -160,6 +161,8 @@ def _report(verifier: Verifier, heads: int, seconds: float, out: IO[str], *, boo
 
 
 async def export(database_url: str, path: Path, out: IO[str]) -> int:
+    from exchange.platform.db import connect
+
     conn = await connect(database_url)
     count = 0
     try:

@@ -20,11 +20,10 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from exchange.platform.db import Connection, Executor
 from exchange.platform.signing import (
     KeyRing,
     SigningError,
@@ -33,6 +32,9 @@ from exchange.platform.signing import (
     verify_compact,
 )
 from settlement.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
+
+if TYPE_CHECKING:  # verifying a receipt or an export needs no database driver
+    from exchange.platform.db import Connection, Executor
 
 LEDGER_LOCK = "dataex.ledger"
 TREE_HEAD_LOCK = "dataex.ledger.tree_head"

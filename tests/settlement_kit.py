@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 import os
 import signal
@@ -13,21 +14,26 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats
 
+from exchange.identity.uscc import synthetic_uscc
+from exchange.platform.bus import connect_nats
 from exchange.platform.clock import Clock
 from exchange.platform.context import Platform
 from exchange.platform.db import is_unavailable
+from exchange.platform.events import TradeExecuted, TradeExecutedData, TradeParty
 from exchange.platform.outbox import enqueue_many, relay_batch
 from exchange.platform.signing import KeyRing, load_master_key
 from exchange.runtime import ensure_signing_key
-from settlement.bench import FEE, PRICE, seed_parties, seed_trades
+from settlement import book
 from settlement.cli import verify_database
 from settlement.consumer import Consumer, subscribe
 from settlement.service import SettlementService
@@ -95,6 +101,102 @@ async def deposit(client: Any, admin: str, org_id: str, amount: int, ref: str) -
         json={"amount_fen": amount, "external_ref": ref},
         headers=bearer(admin),
     )
+
+
+# --- executed trades written directly (thousands in a second) ---------------------------------
+
+PRICE = 10_000
+FEE = 100
+
+
+async def seed_parties(
+    conn: Any, buyers: int, deposit: int = 10**12
+) -> tuple[Any, list[Any], uuid.UUID]:
+    """A seller with one listed product and buyers with ``deposit`` fen each (0: none)."""
+    now = datetime.now(UTC)
+    contact = {"name": "测试", "email": "settlement@example.cn", "phone": "+86 21 0000 0000"}
+    base = uuid.uuid4().int % 31**8  # distinct codes on every call
+    seller = (uuid.uuid4(), synthetic_uscc(base))
+    buyer_rows = [(uuid.uuid4(), synthetic_uscc(base + 1 + i)) for i in range(buyers)]
+    everyone = [seller, *buyer_rows]
+    await conn.execute(
+        "INSERT INTO organisations (id, name, uscc, roles, region, contact, created_at, updated_at)"
+        " SELECT i, n, u, ARRAY['seller', 'buyer'], '310000', $4::jsonb, $5, $5"
+        " FROM unnest($1::uuid[], $2::text[], $3::text[]) AS x(i, n, u)",
+        [o for o, _ in everyone], [f"测试机构{n}" for n in range(len(everyone))],
+        [u for _, u in everyone], contact, now,
+    )  # fmt: skip
+    product = uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO products (id, seller_org_id, state, live_revision, product_code,"
+        " created_at, updated_at) VALUES ($1, $2, 'listed', 1, $3, $4, $4)",
+        product, seller[0], f"DX-TEST-{base}", now,
+    )  # fmt: skip
+    accounts = book.Book(conn)
+    deposits = [book.deposit(org, deposit, f"test-{org}") for org, _ in buyer_rows if deposit]
+    async with conn.transaction():
+        await accounts.lock(deposits)
+        made, _ = accounts.plan(deposits)
+        await accounts.write(made, now)
+    return seller, buyer_rows, product
+
+
+async def seed_trades(
+    conn: Any, n: int, seller: Any, buyers: list[Any], product: uuid.UUID
+) -> list[TradeExecutedData]:
+    """``n`` executed orders and contracts (price PRICE, fee FEE), buyers in turn; returns the
+    ``dx.trade.executed`` data the contracts service would have emitted for them."""
+    now = datetime.now(UTC)
+    order_ids = [uuid.uuid4() for _ in range(n)]
+    trade_ids = [uuid.uuid4() for _ in range(n)]
+    digests = ["sha256:" + hashlib.sha256(t.bytes).hexdigest() for t in trade_ids]
+    buyer_of = [buyers[i % len(buyers)] for i in range(n)]
+    terms, decision = '{"test": true}', '{"outcome": "allow", "hits": [], "list_version": "test"}'
+    await conn.execute(
+        "INSERT INTO orders (id, buyer_org_id, seller_org_id, product_id, revision, plan_id,"
+        " terms, state, cross_border, sensitive_pi, pi_subject_count, price_fen, fee_fen,"
+        " decision, created_at, updated_at, executed_at)"
+        " SELECT o, b, $3, $4, 1, 'auto', $5::text::jsonb, 'executed', false, false, 0, $6, $7,"
+        " $8::text::jsonb, $9, $9, $9 FROM unnest($1::uuid[], $2::uuid[]) AS x(o, b)",
+        order_ids, [b[0] for b in buyer_of], seller[0], product, terms, PRICE, FEE, decision, now,
+    )  # fmt: skip
+    await conn.execute(
+        "INSERT INTO trade_contracts (id, order_id, template, document, digest, text_zh, state,"
+        " created_at, executed_at, expires_at)"
+        " SELECT t, o, 'data-provision', $4::text::jsonb, d, '测试', 'executed', $5, $5, $5"
+        " FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS x(t, o, d)",
+        trade_ids, order_ids, digests, terms, now,
+    )  # fmt: skip
+    return [
+        TradeExecutedData(
+            trade_id=str(trade_ids[i]), order_id=str(order_ids[i]), contract_digest=digests[i],
+            buyer=TradeParty(str(buyer_of[i][0]), f"测试机构{i % len(buyers)}", buyer_of[i][1]),
+            seller=TradeParty(str(seller[0]), "测试机构0", seller[1]),
+            product_code="DX-TEST-0001", price_fen=PRICE, fee_fen=FEE, acceptance_days=3,
+            executed_at=now.isoformat(),
+        )
+        for i in range(n)
+    ]  # fmt: skip
+
+
+async def publish_executed(settings: Any, events: list[TradeExecutedData]) -> None:
+    """The trades' ``dx.trade.executed`` events straight to JetStream, each with a new message id
+    (so past the stream's duplicate window, as a republish would be)."""
+    client = await connect_nats(settings.nats_url, name="dataex-test")
+    js = client.jetstream()
+    subject = settings.subject("trade", "executed")
+    now = datetime.now(UTC)
+    try:
+        for start in range(0, len(events), 256):
+            await asyncio.gather(*(
+                js.publish(subject, msgspec.json.encode(TradeExecuted(
+                    id="", source="urn:dataex:test", type="dx.trade.executed", time=now,
+                    subject=e.trade_id, data=e)),
+                    headers={"Nats-Msg-Id": str(uuid.uuid4())}, stream=settings.stream_name)
+                for e in events[start : start + 256]
+            ))  # fmt: skip
+    finally:
+        await client.close()
 
 
 # --- fault runs -------------------------------------------------------------------------------

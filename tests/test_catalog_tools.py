@@ -12,8 +12,8 @@ from joserfc import jws
 from joserfc.jwk import KeySet
 from rdflib import Graph
 
+from benchmarks.seed import seed
 from exchange.catalog.publish import publish
-from exchange.catalog.seed import seed
 from exchange.catalog.tokens import tokens
 from exchange.platform.signing import b64url, verify_compact
 from exchange.runtime import ensure_signing_key

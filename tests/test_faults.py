@@ -25,7 +25,6 @@ from exchange.platform.embedded import EmbeddedNats, EmbeddedPostgres
 from exchange.platform.heartbeat import INTERVAL_SECONDS as HEARTBEAT_SECONDS
 from exchange.platform.settings import Settings
 from exchange.runtime import prepare
-from settlement.bench import publish_executed
 from settlement.consumer import MAX_DELIVER
 from tests.settlement_kit import (
     TRADES,
@@ -34,6 +33,7 @@ from tests.settlement_kit import (
     free_port,
     kill,
     log_events,
+    publish_executed,
     ready,
     seeded,
     settled,

@@ -14,11 +14,10 @@ from hypothesis import strategies as st
 
 from exchange.runtime import ensure_signing_key
 from settlement import ledger
-from settlement.bench import publish_executed, seed_parties, seed_trades
 from settlement.cli import export, verify_database, verify_export
 from settlement.merkle import verify_consistency
 from tests.helpers import bearer, issue_token, run_dataex, server_env
-from tests.settlement_kit import worker
+from tests.settlement_kit import publish_executed, seed_parties, seed_trades, worker
 
 text = st.text(max_size=40)
 

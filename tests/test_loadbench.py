@@ -7,7 +7,7 @@ import datetime as dt
 import json
 import os
 
-from exchange import loadbench
+from benchmarks import trades as loadbench
 
 
 def _args(**overrides):

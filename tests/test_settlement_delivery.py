@@ -10,10 +10,9 @@ import msgspec
 from nats.js.api import AckPolicy, DeliverPolicy
 
 from exchange.platform.clock import OffsetClock
-from settlement.bench import FEE, PRICE, publish_executed, seed_parties, seed_trades
 from settlement.consumer import MAX_DELIVER, Consumer, dead_letter_subject
 from tests.helpers import bearer
-from tests.settlement_kit import worker
+from tests.settlement_kit import FEE, PRICE, publish_executed, seed_parties, seed_trades, worker
 
 
 async def snapshot(pool):

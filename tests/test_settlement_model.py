@@ -28,10 +28,10 @@ from exchange.platform.db import create_pool
 from exchange.platform.errors import Conflict
 from exchange.platform.signing import KeyRing, load_master_key
 from exchange.runtime import ensure_signing_key
-from settlement.bench import FEE, PRICE, seed_parties, seed_trades
 from settlement.ledger import Verifier
 from settlement.service import InsufficientFunds, SettlementService
 from tests.conftest import _clean
+from tests.settlement_kit import FEE, PRICE, seed_parties, seed_trades
 
 TRADES = 4
 TOTAL = PRICE + FEE

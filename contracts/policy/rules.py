@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from contracts.policy.conditions import Condition, ConditionError, compile_condition
 from exchange.platform.canonical import sha256_digest
-from exchange.platform.db import SCHEMAS_DIR
+from exchange.platform.paths import SCHEMAS_DIR
 
 POLICY_DIR = SCHEMAS_DIR / "policy"
 _VERSION = re.compile(r"^\d{4}\.\d{1,3}$")

@@ -12,11 +12,12 @@ import asyncpg
 import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
+from exchange.platform import paths
 from exchange.platform.logging import get_logger
 
 log = get_logger(__name__)
 
-SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
+SCHEMAS_DIR = paths.SCHEMAS_DIR
 MIGRATIONS_DIR = SCHEMAS_DIR / "migrations"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # Any fixed 64-bit number; every dataex process migrating the same database takes this lock.

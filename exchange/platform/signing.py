@@ -19,7 +19,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -28,8 +28,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from exchange.platform.canonical import canonical_json
-from exchange.platform.db import Connection, Executor
 from exchange.platform.errors import Unavailable
+
+if TYPE_CHECKING:  # verifying signatures needs no database driver
+    from exchange.platform.db import Connection, Executor
 
 MASTER_KEY_FILE = "master.key"
 

@@ -6,20 +6,19 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-import asyncpg
-import msgspec
+if TYPE_CHECKING:  # imported where the commands run: `dataex --help` builds this parser
+    import asyncpg
 
-from exchange.platform.audit import Actor
-from exchange.platform.clock import Clock, SystemClock
-from exchange.platform.db import create_pool
-from exchange.platform.errors import DataexError
-from exchange.platform.settings import Settings
-from exchange.platform.signing import KeyRing, load_master_key
-from exchange.recognition.propagation import FetchError, fetch_json
-from exchange.recognition.schemas import Jwks, Peer, PeerCreate
-from exchange.recognition.service import IDENTITY_PATH, RecognitionService
+    from exchange.platform.audit import Actor
+    from exchange.platform.clock import Clock
+    from exchange.platform.settings import Settings
+    from exchange.platform.signing import KeyRing
+    from exchange.recognition.schemas import Peer
+    from exchange.recognition.service import RecognitionService
+
+    ServiceFactory = Callable[[asyncpg.Pool, Clock, Settings, KeyRing], RecognitionService]
 
 
 def add_arguments(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -55,9 +54,6 @@ def _print(peer: Peer, out: TextIO) -> None:
         print(f"\tlast error: {peer.last_error}", file=out)
 
 
-ServiceFactory = Callable[[asyncpg.Pool, Clock, Settings, KeyRing], RecognitionService]
-
-
 async def run(
     settings: Settings,
     args: argparse.Namespace,
@@ -66,6 +62,12 @@ async def run(
 ) -> int:
     """Exit 0 on success, 1 when the peer is refused (the reason printed), 2 for bad input.
     ``build`` is the composition root's `exchange.wiring.recognition`."""
+    from exchange.platform.audit import Actor
+    from exchange.platform.clock import SystemClock
+    from exchange.platform.db import create_pool
+    from exchange.platform.errors import DataexError
+    from exchange.platform.signing import KeyRing, load_master_key
+
     assert settings.database_url
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
     service = build(pool, SystemClock(), settings, KeyRing(load_master_key(settings.state_dir)))
@@ -89,6 +91,12 @@ async def run(
 async def _add(
     service: RecognitionService, actor: Actor, args: argparse.Namespace, out: TextIO
 ) -> int:
+    import msgspec
+
+    from exchange.recognition.propagation import FetchError, fetch_json
+    from exchange.recognition.schemas import Jwks, PeerCreate
+    from exchange.recognition.service import IDENTITY_PATH
+
     try:
         data = msgspec.convert(
             {"code": args.code, "base_url": args.url,

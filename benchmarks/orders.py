@@ -16,14 +16,16 @@ import statistics
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from exchange.identity.uscc import synthetic_uscc
 from exchange.platform.signing import b64url
+
+if TYPE_CHECKING:
+    import httpx  # the bench extra: imported where the requests are made
 
 
 class _Key:
@@ -141,6 +143,8 @@ async def _setup(client: httpx.AsyncClient, admin: str) -> tuple[str, str, _Key,
 async def _buyer(
     client: httpx.AsyncClient, product_id: str, token: str, deadline: float, run: _Run
 ) -> None:
+    import httpx
+
     headers = {"Authorization": f"Bearer {token}"}
     body = {
         "product_id": product_id,
@@ -179,6 +183,8 @@ def _pct(values: list[float], q: float) -> float:
 async def bench_orders(
     url: str, admin: str, duration: float, concurrency: int, out: IO[str]
 ) -> int:
+    import httpx
+
     limits = httpx.Limits(max_connections=concurrency * 2)
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
         product_id, buyer, _key, _seller = await _setup(client, admin)

@@ -15,7 +15,6 @@ import statistics
 import time
 from typing import IO, Any
 
-import httpx
 import msgspec
 
 from exchange.catalog.api import SearchParams, build_query
@@ -47,6 +46,8 @@ def _percentile(values: list[float], p: float) -> float:
 async def bench_catalog(
     live: Settings, url: str, requests: int, concurrency: int, out: IO[str]
 ) -> int:
+    import httpx  # the bench extra
+
     assert live.database_url
     conn = await connect(live.database_url)
     try:

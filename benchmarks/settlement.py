@@ -121,6 +121,26 @@ async def seed_parties(
     return seller, buyer_rows, product
 
 
+ORDER_COLUMNS = ["id", "buyer_org_id", "seller_org_id", "product_id", "revision", "plan_id",
+                 "terms", "state", "cross_border", "sensitive_pi", "pi_subject_count",
+                 "price_fen", "fee_fen", "decision", "created_at", "updated_at",
+                 "executed_at"]  # fmt: skip
+CONTRACT_COLUMNS = ["id", "order_id", "template", "document", "digest", "text_zh", "state",
+                    "created_at", "executed_at", "expires_at"]  # fmt: skip
+_JSONB = {"terms", "decision", "document"}
+
+
+def _staging(table: str, columns: list[str]) -> str:
+    """An empty SELECT of ``table``'s named columns, jsonb ones as text (no constraints)."""
+    cells = ", ".join(f"{c}::text AS {c}" if c in _JSONB else c for c in columns)
+    return f"SELECT {cells} FROM {table} WITH NO DATA"
+
+
+def _insert(table: str, staging: str, columns: list[str]) -> str:
+    cells = ", ".join(f"{c}::jsonb" if c in _JSONB else c for c in columns)
+    return f"INSERT INTO {table} ({', '.join(columns)}) SELECT {cells} FROM {staging}"
+
+
 async def seed_trades(
     conn: asyncpg.Connection, n: int, seller: Any, buyers: list[Any], product: uuid.UUID
 ) -> list[TradeExecutedData]:
@@ -147,34 +167,19 @@ async def seed_trades(
                 executed_at=now.isoformat(),
             )
         )  # fmt: skip
-    # COPY via text staging columns: jsonb has no binary COPY encoder in asyncpg's codec set.
+    # COPY into staging tables of the named columns, jsonb ones as text (asyncpg has no binary
+    # COPY encoder for jsonb), then INSERT naming the same columns: the others take defaults.
     await conn.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS bench_orders (LIKE orders) ;"
-        " ALTER TABLE bench_orders ALTER COLUMN terms TYPE text,"
-        " ALTER COLUMN decision TYPE text;"
-        " CREATE TEMP TABLE IF NOT EXISTS bench_contracts (LIKE trade_contracts);"
-        " ALTER TABLE bench_contracts ALTER COLUMN document TYPE text;"
+        f"CREATE TEMP TABLE IF NOT EXISTS bench_orders AS {_staging('orders', ORDER_COLUMNS)};"
+        " CREATE TEMP TABLE IF NOT EXISTS bench_contracts AS"
+        f" {_staging('trade_contracts', CONTRACT_COLUMNS)};"
         " TRUNCATE bench_orders, bench_contracts"
     )
-    await conn.copy_records_to_table(
-        "bench_orders",
-        columns=["id", "buyer_org_id", "seller_org_id", "product_id", "revision", "plan_id",
-                 "terms", "state", "cross_border", "sensitive_pi", "pi_subject_count",
-                 "price_fen", "fee_fen", "decision", "created_at", "updated_at", "executed_at"],
-        records=orders,
-    )  # fmt: skip
-    await conn.copy_records_to_table(
-        "bench_contracts",
-        columns=["id", "order_id", "template", "document", "digest", "text_zh", "state",
-                 "created_at", "executed_at", "expires_at"],
-        records=contracts,
-    )  # fmt: skip
+    await conn.copy_records_to_table("bench_orders", columns=ORDER_COLUMNS, records=orders)
+    await conn.copy_records_to_table("bench_contracts", columns=CONTRACT_COLUMNS, records=contracts)
     await conn.execute(
-        "INSERT INTO orders SELECT id, buyer_org_id, seller_org_id, product_id, revision, plan_id,"
-        " terms::jsonb, state, cross_border, sensitive_pi, pi_subject_count, price_fen, fee_fen,"
-        " decision::jsonb, reason, created_at, updated_at, executed_at FROM bench_orders;"
-        " INSERT INTO trade_contracts SELECT id, order_id, template, document::jsonb, digest,"
-        " text_zh, state, created_at, executed_at, expires_at FROM bench_contracts"
+        f"{_insert('orders', 'bench_orders', ORDER_COLUMNS)};"
+        f" {_insert('trade_contracts', 'bench_contracts', CONTRACT_COLUMNS)}"
     )
     return events
 

@@ -353,8 +353,9 @@ async def _restore(conn: asyncpg.Connection, indexes: list[Any], out: IO[str]) -
         await conn.execute("LOCK TABLE catalog_entries IN SHARE MODE")
         await conn.execute(
             "DELETE FROM catalog_counts; DELETE FROM catalog_token_counts;"
-            " INSERT INTO catalog_counts SELECT sector, product_type, count(*)"
-            " FROM catalog_entries GROUP BY 1, 2;"
-            " INSERT INTO catalog_token_counts SELECT t, sector, product_type, count(*)"
+            " INSERT INTO catalog_counts (sector, product_type, n)"
+            " SELECT sector, product_type, count(*) FROM catalog_entries GROUP BY 1, 2;"
+            " INSERT INTO catalog_token_counts (token, sector, product_type, n)"
+            " SELECT t, sector, product_type, count(*)"
             " FROM catalog_entries, unnest(tokens) AS t GROUP BY 1, 2, 3"
         )

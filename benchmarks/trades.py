@@ -271,7 +271,7 @@ async def _org(http: _Http, admin: str, role: str, n: int) -> tuple[str, str]:
 
 
 async def _seller(http: _Http, admin: str, n: int) -> str:
-    from contracts.orders.bench import SAMPLE_PRODUCT, _Key
+    from benchmarks.orders import SAMPLE_PRODUCT, _Key
 
     _org_id, token = await _org(http, admin, "seller", n)
     key = _Key()
@@ -609,7 +609,7 @@ def _with_database(url: str, name: str) -> str:
 
 async def run_pgbench(database_url: str, seconds: int, out: TextIO) -> float:
     """pgbench TPC-B on the same server, in a database of its own (dropped after)."""
-    from settlement.bench import pgbench
+    from benchmarks.settlement import pgbench
 
     name = f"dataex_pgbench_{uuid.uuid4().hex[:8]}"
     admin = _with_database(database_url, "postgres")
