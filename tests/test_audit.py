@@ -3,7 +3,7 @@
 import asyncpg
 import pytest
 
-from tests.helpers import bearer, issue_token, make_uscc, register_org
+from tests.kit.api import bearer, issue_token, make_uscc, register_org
 
 
 async def test_every_identity_change_leaves_one_audit_row(client, admin_token, pool):

@@ -8,11 +8,9 @@ import pytest
 from pyshacl import validate
 from rdflib import Graph
 
-from tests.helpers import bearer
-from tests.listing_docs import metadata
-from tests.test_listings import claim_and_decide, market, submit
-
-__all__ = ["market"]
+from tests.kit.api import bearer
+from tests.kit.documents import metadata
+from tests.kit.market import list_product
 
 SHAPES = Path(__file__).parent / "data" / "dcat-ap-3.0.0" / "dcat-ap-SHACL.ttl"
 
@@ -44,18 +42,11 @@ FARM = metadata(
 )  # fmt: skip
 
 
-async def list_one(client, market, seller, document):
-    product = await submit(client, seller, document)
-    decided = await claim_and_decide(client, market["alice"], product["review"]["case_id"])
-    assert decided.status_code == 200, decided.text
-    return product["id"]
-
-
 @pytest.fixture
 async def catalog(client, market):
-    ids = {name: await list_one(client, market, market["seller"], doc)
+    ids = {name: await list_product(client, market, doc)
            for name, doc in DOCS.items()}  # fmt: skip
-    ids["farm"] = await list_one(client, market, market["other"], FARM)
+    ids["farm"] = await list_product(client, market, FARM, seller=market["other"])
     return ids
 
 
@@ -141,8 +132,7 @@ async def test_cursor_pages_have_no_duplicates_or_gaps_while_products_are_listed
             break
         if added < 2:  # a new product goes live between pages
             added += 1
-            await list_one(client, market, market["seller"],
-                           metadata(name_zh=f"新增气象数据{added}"))  # fmt: skip
+            await list_product(client, market, metadata(name_zh=f"新增气象数据{added}"))
         page = await search(client, **(params | {"cursor": page["next_cursor"]}))
     assert len(seen) == len(set(seen))
     assert set(expected) <= set(seen)

@@ -20,11 +20,11 @@ import pytest
 from exchange.platform.bus import connect_nats, ensure_stream
 from exchange.platform.embedded import EmbeddedNats, NatsRoutes, _nats_bin
 from exchange.platform.settings import Settings, SettingsError
-from tests.settlement_kit import (
+from tests.kit.processes import free_port
+from tests.kit.settlement import (
     TRADES,
     assert_exactly_once,
     enqueue_executed,
-    free_port,
     kill,
     log_events,
     seeded,

@@ -27,11 +27,11 @@ from exchange.platform.settings import Settings
 from exchange.runtime import prepare
 from settlement.bench import publish_executed
 from settlement.consumer import MAX_DELIVER
-from tests.settlement_kit import (
+from tests.kit.processes import free_port
+from tests.kit.settlement import (
     TRADES,
     assert_exactly_once,
     enqueue_executed,
-    free_port,
     kill,
     log_events,
     ready,

@@ -16,8 +16,7 @@ from exchange.platform.limits import (
     too_deep_at,
 )
 from exchange.platform.settings import Settings, SettingsError
-from tests.helpers import bearer, issue_token, make_uscc, register_org
-from tests.test_http_platform import assert_problem
+from tests.kit.api import assert_problem, bearer, issue_token, make_uscc, register_org
 
 # --- the bucket arithmetic, without HTTP -------------------------------------------------------
 

@@ -7,7 +7,7 @@ probes did not create, and no answer leaked a file, a database error or a token 
 
 import pytest
 
-from tests.helpers import bearer, issue_token, make_uscc, org_body, register_org
+from tests.kit.api import bearer, issue_token, make_uscc, org_body, register_org
 
 SQL_INJECTION = [
     "' OR '1'='1",

@@ -9,21 +9,7 @@ from structlog.testing import capture_logs
 
 from exchange.app import create_app
 from exchange.platform.auth import PUBLIC
-from tests.helpers import bearer, make_uscc, org_body
-
-PROBLEM = "application/problem+json"
-
-
-def assert_problem(response, status, code):
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body = response.json()
-    assert body["status"] == status
-    assert body["code"] == code, body
-    assert body["type"] == f"urn:dataex:problem:{code}"
-    assert body["detail"]
-    assert body["request_id"] == response.headers["x-request-id"]
-    return body
+from tests.kit.api import assert_problem, bearer, make_uscc, org_body
 
 
 async def test_unknown_route_is_a_problem(client):

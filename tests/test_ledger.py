@@ -17,8 +17,9 @@ from settlement import ledger
 from settlement.bench import publish_executed, seed_parties, seed_trades
 from settlement.cli import export, verify_database, verify_export
 from settlement.merkle import verify_consistency
-from tests.helpers import bearer, issue_token, run_dataex, server_env
-from tests.settlement_kit import worker
+from tests.kit.api import bearer, issue_token
+from tests.kit.processes import run_dataex, server_env
+from tests.kit.settlement import worker
 
 text = st.text(max_size=40)
 

@@ -17,7 +17,7 @@ from exchange.listings.lifecycle import (
 )
 from exchange.listings.schemas import ProductMetadata
 from exchange.platform.errors import Conflict
-from tests.listing_docs import metadata
+from tests.kit.documents import metadata
 
 
 @pytest.mark.parametrize(

@@ -13,78 +13,20 @@ from joserfc import jws
 from joserfc.errors import BadSignatureError
 from joserfc.jwk import KeySet
 
-from contracts.policy.service import PolicyService
 from exchange.listings.lifecycle import product_code_is_valid
-from exchange.platform.audit import Actor
 from exchange.platform.clock import SystemClock
 from exchange.platform.context import Platform
 from exchange.platform.events import ListingEvent
 from exchange.platform.outbox import relay_batch
 from exchange.platform.signing import KeyRing, load_master_key
-from exchange.runtime import ensure_signing_key
-from tests.helpers import bearer, issue_token, make_uscc, register_org
-from tests.listing_docs import EVIDENCE, metadata
-
-DEIDENTIFIED_PI = {
-    "present": True,
-    "state": "deidentified",
-    "sensitive": False,
-    "minors_under_14": False,
-    "subject_count": 50_000,
-    "separate_consent_for_supply": True,
-    "guardian_consent": False,
-}
-
-
-@pytest.fixture
-async def market(client, admin_token, pool, clock, settings):
-    await PolicyService(pool, clock).ensure_initial_list(Actor.cli("test"))
-    await ensure_signing_key(pool, settings)
-    seller_org = await register_org(client, admin_token, make_uscc(1), ["seller", "buyer"])
-    other_org = await register_org(client, admin_token, make_uscc(2), ["seller"])
-    operator = (await client.get("/v1/me", headers=bearer(admin_token))).json()["organisation"][
-        "id"
-    ]
-    return {
-        "seller": await issue_token(client, admin_token, seller_org["id"], ["seller"]),
-        "other": await issue_token(client, admin_token, other_org["id"], ["seller"]),
-        "alice": await issue_token(client, admin_token, operator, ["reviewer"]),
-        "bob": await issue_token(client, admin_token, operator, ["reviewer"]),
-        "seller_org": seller_org,
-    }
-
-
-async def submit(client, token, document):
-    created = await client.post("/v1/products", json=document, headers=bearer(token))
-    assert created.status_code == 201, created.text
-    product_id = created.json()["id"]
-    response = await client.post(f"/v1/products/{product_id}/submit", headers=bearer(token))
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-async def claim_and_decide(
-    client, reviewer, case_id, verdict="approve", evidence=None, reason="ok"
-):
-    claim = await client.post(f"/v1/reviews/{case_id}/claim", headers=bearer(reviewer))
-    if claim.status_code != 200:
-        return claim
-    return await client.post(
-        f"/v1/reviews/{case_id}/decisions",
-        json={"verdict": verdict, "reason": reason, "evidence": evidence or []},
-        headers=bearer(reviewer),
-    )
+from tests.kit.api import bearer, make_uscc
+from tests.kit.documents import DEIDENTIFIED_PI, metadata
+from tests.kit.market import claim_and_decide, evidence_for, listed_product, submit
 
 
 def claims_of(token):
     payload = token.split(".")[1]
     return msgspec.json.decode(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-
-
-def evidence_for(*rules):
-    return [
-        {"rule": rule, "reference": EVIDENCE["uri"], "sha256": EVIDENCE["sha256"]} for rule in rules
-    ]
 
 
 async def test_deidentified_product_is_reviewed_listed_certified_and_announced(
@@ -256,15 +198,6 @@ async def test_request_changes_returns_the_draft_to_the_seller_with_the_reason(c
         f"/v1/products/{product['id']}/submit", headers=bearer(market["seller"])
     )
     assert again.json()["state"] == "in_review"
-
-
-async def listed_product(client, market, document=None):
-    product = await submit(client, market["seller"], document or metadata())
-    response = await claim_and_decide(client, market["alice"], product["review"]["case_id"])
-    assert response.status_code == 200, response.text
-    return (
-        await client.get(f"/v1/products/{product['id']}", headers=bearer(market["seller"]))
-    ).json()
 
 
 async def test_material_change_waits_for_review_while_the_listed_revision_stays_live(

@@ -13,16 +13,16 @@ from exchange.platform.db import (
     migrate,
     migration_status,
 )
-from tests.conftest import _create_database, _drop_database, _with_database
+from tests.kit.servers import create_database, drop_database, with_database
 
 
 @pytest.fixture
 async def scratch_db(servers):
     name = f"dataex_scratch_{uuid.uuid4().hex[:8]}"
-    await _create_database(servers.admin_database_url, name)
-    url = _with_database(servers.admin_database_url, name)
+    await create_database(servers.admin_database_url, name)
+    url = with_database(servers.admin_database_url, name)
     yield url
-    await _drop_database(servers.admin_database_url, name)
+    await drop_database(servers.admin_database_url, name)
 
 
 def test_the_shipped_migrations_are_numbered_without_gaps():

@@ -15,12 +15,9 @@ from exchange.platform.audit import Actor
 from exchange.platform.auth import Principal
 from exchange.platform.errors import InvalidInput, NotFound
 from exchange.platform.signing import KeyRing, load_master_key
-from tests.helpers import bearer
-from tests.listing_docs import metadata
-from tests.test_listings import DEIDENTIFIED_PI
-from tests.test_orders import list_product, market, order_body, standing_offer, trade
-
-__all__ = ["market", "trade"]  # the fixtures, reused
+from tests.kit.api import bearer
+from tests.kit.documents import DEIDENTIFIED_PI, metadata
+from tests.kit.market import list_product, order_body, standing_offer
 
 
 class Recorder:

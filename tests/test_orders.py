@@ -10,9 +10,8 @@ import msgspec
 import nats
 import pytest
 import rfc8785
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc import jws
-from joserfc.jwk import KeySet, OKPKey
+from joserfc.jwk import KeySet
 
 from contracts.orders import idempotency
 from exchange.platform.clock import SystemClock
@@ -20,88 +19,15 @@ from exchange.platform.context import Platform
 from exchange.platform.events import TradeExecuted
 from exchange.platform.outbox import relay_batch
 from exchange.platform.signing import KeyRing, b64url, load_master_key
-from tests.helpers import bearer, issue_token, make_uscc, register_org
-from tests.listing_docs import metadata
-from tests.test_listings import DEIDENTIFIED_PI, claim_and_decide, evidence_for, market, submit
-
-__all__ = ["market"]  # the fixture, reused
-
-
-class Signer:
-    """An organisation's own Ed25519 key, used through joserfc (an independent JOSE library)."""
-
-    def __init__(self) -> None:
-        private = Ed25519PrivateKey.generate()
-        self.key = OKPKey.import_key(private)
-        self.public = self.key.as_dict(private=False)
-
-    def detached(self, kid: str, payload: bytes) -> str:
-        token = jws.serialize_compact(
-            {"alg": "EdDSA", "kid": kid}, payload, self.key, algorithms=["EdDSA"]
-        )
-        header, _, signature = token.split(".")
-        return f"{header}..{signature}"
-
-
-@pytest.fixture
-async def trade(client, admin_token, market):
-    buyer_org = await register_org(client, admin_token, make_uscc(3), ["buyer"])
-    buyer = await issue_token(client, admin_token, buyer_org["id"], ["buyer"])
-    signers = {}
-    for name, token in (("seller", market["seller"]), ("buyer", buyer)):
-        signer = Signer()
-        response = await client.post("/v1/keys", json=signer.public, headers=bearer(token))
-        assert response.status_code == 201, response.text
-        signer.kid = response.json()["kid"]
-        signers[name] = signer
-    return market | {"buyer": buyer, "buyer_org": buyer_org, "signers": signers}
-
-
-async def list_product(client, trade, document=None, evidence=()):
-    product = await submit(client, trade["seller"], document or metadata())
-    decided = await claim_and_decide(
-        client, trade["alice"], product["review"]["case_id"], evidence=evidence_for(*evidence)
-    )
-    assert decided.status_code == 200, decided.text
-    return product["id"]
-
-
-async def standing_offer(client, trade, product_id, plan_id="std"):
-    terms = (
-        await client.get(
-            f"/v1/products/{product_id}/plans/{plan_id}/offer", headers=bearer(trade["seller"])
-        )
-    ).json()
-    signer = trade["signers"]["seller"]
-    response = await client.post(
-        f"/v1/products/{product_id}/standing-offers",
-        json={"plan_id": plan_id, "jws": signer.detached(signer.kid, terms["canonical"].encode())},
-        headers=bearer(trade["seller"]),
-    )
-    assert response.status_code == 201, response.text
-    return terms
-
-
-def order_body(product_id, **overrides):
-    return {
-        "product_id": product_id,
-        "plan_id": "std",
-        "purpose": "research",
-        "territory": ["CN"],
-        "buyer_country": "CN",
-        "delivery_country": "CN",
-        "term_days": 180,
-        "redistribution": False,
-        "quantity": 2,
-    } | overrides
-
-
-async def place(client, trade, body, key=None):
-    return await client.post(
-        "/v1/orders",
-        json=body,
-        headers={**bearer(trade["buyer"]), "Idempotency-Key": key or str(uuid.uuid4())},
-    )
+from tests.kit.api import bearer, issue_token, make_uscc, register_org
+from tests.kit.documents import DEIDENTIFIED_PI, metadata
+from tests.kit.market import (
+    Signer,
+    list_product,
+    order_body,
+    place,
+    standing_offer,
+)
 
 
 async def test_auto_accept_order_executes_and_announces_the_trade(client, trade, settings, pool):

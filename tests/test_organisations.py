@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.helpers import VALID_USCC, bearer, make_uscc, org_body, register_org
+from tests.kit.api import VALID_USCC, bearer, make_uscc, org_body, register_org
 
 
 @pytest.mark.parametrize("code", VALID_USCC)
@@ -94,7 +94,7 @@ async def test_staff_and_market_roles_never_mix(client, admin_token):
 
 
 async def test_members_read_their_own_organisation(client, admin_token):
-    from tests.helpers import issue_token
+    from tests.kit.api import issue_token
 
     org = await register_org(client, admin_token, make_uscc(3))
     token = await issue_token(client, admin_token, org["id"], ["buyer"])
@@ -106,7 +106,7 @@ async def test_members_read_their_own_organisation(client, admin_token):
 async def test_update_changes_only_given_fields_and_removing_a_role_disarms_tokens(
     client, admin_token
 ):
-    from tests.helpers import issue_token
+    from tests.kit.api import issue_token
 
     org = await register_org(client, admin_token, make_uscc(4), ["seller", "buyer"])
     seller_token = await issue_token(client, admin_token, org["id"], ["seller", "buyer"])

@@ -13,8 +13,8 @@ from contracts.policy.attributes import EvaluationDocument
 from contracts.policy.rules import POLICY_DIR, latest_bundled
 from contracts.policy.service import PolicyService
 from exchange.platform.audit import Actor
-from tests.helpers import bearer, issue_token, make_uscc, register_org
-from tests.policy_docs import DEIDENTIFIED, apply, doc, raw
+from tests.kit.api import bearer, issue_token, make_uscc, register_org
+from tests.kit.documents import DEIDENTIFIED, apply, doc, raw
 
 SOURCE = (POLICY_DIR / "2026.1.toml").read_text(encoding="utf-8")
 # A stricter candidate: regulated health data becomes a negative rule.

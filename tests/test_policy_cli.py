@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_dataex, server_env
+from tests.kit.processes import run_dataex, server_env
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW = re.compile(r"^\| `(schemas/policy/examples/[^`]+)` \| (\w+) \| ([^|]+) \| ([^|]+) \|$", re.M)

@@ -144,7 +144,7 @@ def test_the_bundled_list_is_2026_1_with_17_rules():
     ],
 )
 def test_bad_documents_are_errors_naming_the_path(mutate, path):
-    from tests.policy_docs import raw
+    from tests.kit.documents import raw
 
     document = raw()
     mutate(document)
@@ -153,7 +153,7 @@ def test_bad_documents_are_errors_naming_the_path(mutate, path):
 
 
 def test_an_order_without_exporter_is_refused():
-    from tests.policy_docs import raw
+    from tests.kit.documents import raw
 
     document = raw(order=True)
     del document["exporter"]

@@ -12,7 +12,7 @@ from contracts.policy.attributes import ATTRIBUTES, ContentFlag, EvaluationDocum
 from contracts.policy.evaluator import flatten
 from contracts.policy.routing import cross_border_route
 from contracts.policy.rules import latest_bundled
-from tests.policy_docs import apply, doc
+from tests.kit.documents import apply, doc
 
 POLICY = latest_bundled()
 RANK = {"allow": 0, "review": 1, "reject": 2}

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pytest
 
 from contracts.policy.routing import counting_year_start, cross_border_route
-from tests.policy_docs import apply, doc, raw
+from tests.kit.documents import apply, doc, raw
 
 PI = {
     "product.personal_info.present": True,

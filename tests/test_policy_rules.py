@@ -9,7 +9,7 @@ import pytest
 
 from contracts.policy import evaluate
 from contracts.policy.rules import latest_bundled
-from tests.policy_docs import DEIDENTIFIED, apply, doc, raw
+from tests.kit.documents import DEIDENTIFIED, apply, doc, raw
 
 POLICY = latest_bundled()
 FLAGS_NEG01 = [

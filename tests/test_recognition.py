@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.listing_docs import metadata
-from tests.recognition_kit import Exchange, two_exchanges
-from tests.test_orders import Signer, order_body
+from tests.kit.documents import metadata
+from tests.kit.market import Signer, order_body
+from tests.kit.recognition import Exchange, two_exchanges
 
 PROPAGATION_BOUND_S = 5.0
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
-from tests.helpers import run_dataex, server_env
-from tests.test_recognition_forgery import PEER, Peer
+from tests.kit.processes import run_dataex, server_env
+from tests.kit.recognition import PEER, Peer
 
 
 async def test_peers_add_list_remove_and_a_jwks_that_does_not_sign_the_identity(settings, tmp_path):

@@ -16,86 +16,22 @@ from typing import Any
 
 import msgspec
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from litestar.testing import AsyncTestClient
 
 from exchange.app import create_app
 from exchange.listings.lifecycle import product_code
-from exchange.listings.schemas import ProductMetadata, RevisionInfo
-from exchange.listings.service import CERTIFICATE_TYPE, certificate_claims
+from exchange.listings.schemas import ProductMetadata
 from exchange.platform.audit import Actor
 from exchange.platform.canonical import sha256_digest
-from exchange.platform.signing import SigningKey, _kid, public_jwk
+from exchange.platform.signing import _kid
 from exchange.recognition.schemas import (
-    CREDENTIAL_TYPE,
-    FEED_TYPE,
-    IDENTITY_TYPE,
-    FeedClaims,
     FeedItem,
 )
 from exchange.recognition.service import RecognitionService
-from tests.helpers import bearer, issue_token, make_uscc, register_org
-from tests.listing_docs import metadata
-from tests.test_listings import claim_and_decide, market, submit
-
-__all__ = ["market"]  # the fixture, reused
-
-PEER = "SHDX"
-SELLER_USCC = "91350100M000100Y43"
-
-
-class Peer:
-    """The peer exchange SHDX as far as this exchange can see it: keys, certificates, feed."""
-
-    def __init__(self, settings: Any) -> None:
-        self.settings = replace(settings, exchange_code=PEER, exchange_name="上海示例数据交易所")
-        self.key = self.new_key()
-        self.jwks = {"keys": [public_jwk(self.key.private.public_key(), self.key.kid)]}
-        self.seller_key = Ed25519PrivateKey.generate()
-        self.items: list[FeedItem] = []
-
-    @staticmethod
-    def new_key() -> SigningKey:
-        private = Ed25519PrivateKey.generate()
-        return SigningKey(_kid(private.public_key()), private)
-
-    def identity(self) -> str:
-        claims = {"iss": PEER, "code": PEER, "name": self.settings.exchange_name,
-                  "jwks": self.jwks, "feed_url": "http://127.0.0.1:9/v1/recognition/feed",
-                  "iat": 0}  # fmt: skip
-        return self.key.sign_compact(claims, typ=IDENTITY_TYPE)
-
-    def credential(self, at: datetime, key: SigningKey | None = None) -> str:
-        seller = public_jwk(self.seller_key.public_key(), _kid(self.seller_key.public_key()))
-        claims = {
-            "iss": PEER, "jti": str(uuid.uuid4()), "sub": str(uuid.uuid4()),
-            "name": "上海示例数据科技有限公司", "uscc": SELLER_USCC, "roles": ["seller"],
-            "region": "310000",
-            "contact": {"name": "张三", "email": "zhang@example.cn", "phone": "+86 21 5555 0000"},
-            "keys": {"keys": [seller]}, "iat": int(at.timestamp()),
-            "exp": int((at + timedelta(days=365)).timestamp()),
-        }  # fmt: skip
-        return (key or self.key).sign_compact(claims, typ=CREDENTIAL_TYPE)
-
-    def certificate(
-        self, document: dict[str, Any], revision: int, at: datetime, key: SigningKey | None = None
-    ) -> str:
-        typed = msgspec.convert(document, ProductMetadata)
-        info = RevisionInfo(
-            number=revision, digest=sha256_digest(typed), change="initial", created_at=at,
-            metadata=typed,
-        )  # fmt: skip
-        claims = certificate_claims(
-            self.settings, product_code(PEER, 2026, 1), info, "上海示例数据科技有限公司",
-            SELLER_USCC, at,
-        )  # fmt: skip
-        return (key or self.key).sign_compact(claims, typ=CERTIFICATE_TYPE)
-
-    def page(self, after: int) -> dict[str, str]:
-        items = [i for i in self.items if i.seq > after]
-        claims = FeedClaims(iss=PEER, after=after, items=items,
-                            next_after=items[-1].seq if items else after, iat=0)  # fmt: skip
-        return {"jws": self.key.sign_compact(msgspec.to_builtins(claims), typ=FEED_TYPE)}
+from tests.kit.api import bearer, issue_token, make_uscc, register_org
+from tests.kit.documents import metadata
+from tests.kit.market import claim_and_decide, submit
+from tests.kit.recognition import PEER, SELLER_USCC, Peer
 
 
 def tamper(token: str, **changes: Any) -> str:
@@ -408,8 +344,8 @@ def test_the_public_url_peers_reach_is_configurable_and_checked():
 
 
 async def test_cautious_hits_the_origin_cleared_do_not_hold_orders_here(here):
-    from tests.test_listings import DEIDENTIFIED_PI
-    from tests.test_orders import order_body
+    from tests.kit.documents import DEIDENTIFIED_PI
+    from tests.kit.market import order_body
 
     peer, now, client = here["peer"], here["clock"].now(), here["client"]
     document = metadata(classification__personal_info=DEIDENTIFIED_PI)

@@ -39,8 +39,8 @@ from exchange.platform.clock import OffsetClock
 from exchange.platform.db import create_pool
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing, load_master_key
-from tests import conftest as harness
-from tests.helpers import bearer, make_uscc, org_body
+from tests.kit import servers as harness
+from tests.kit.api import bearer, make_uscc, org_body
 
 # Examples per (operation, token): 15 keep the run near 30 s here (25: 46 s, no new finding).
 EXAMPLES = int(os.environ.get("DATAEX_SCHEMATHESIS_EXAMPLES", "15"))
@@ -86,7 +86,7 @@ OPERATIONS = _operations()
 
 
 async def _bootstrap(settings: Settings) -> str:
-    await harness._clean(settings)
+    await harness.clean(settings)
     assert settings.database_url
     pool = await create_pool(settings.database_url, max_size=2)
     try:

@@ -11,11 +11,9 @@ import pytest
 
 from contracts.orders.fees import FeeRule, fee_fen
 from exchange.platform.events import TradeSettlementEvent
-from tests.helpers import bearer, issue_token, make_uscc, register_org
-from tests.settlement_kit import auto_accept_product, buy, deposit, worker
-from tests.test_orders import market, trade
-
-__all__ = ["market", "trade"]  # the fixtures, reused
+from tests.kit.api import bearer, issue_token, make_uscc, register_org
+from tests.kit.market import auto_accept_product, buy, deposit
+from tests.kit.settlement import worker
 
 PRICE = 1_000_000  # the 'std' plan, one period
 FEE = 10_000  # 1 %

@@ -12,8 +12,8 @@ from nats.js.api import AckPolicy, DeliverPolicy
 from exchange.platform.clock import OffsetClock
 from settlement.bench import FEE, PRICE, publish_executed, seed_parties, seed_trades
 from settlement.consumer import MAX_DELIVER, Consumer, dead_letter_subject
-from tests.helpers import bearer
-from tests.settlement_kit import worker
+from tests.kit.api import bearer
+from tests.kit.settlement import worker
 
 
 async def snapshot(pool):

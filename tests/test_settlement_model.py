@@ -31,7 +31,7 @@ from exchange.runtime import ensure_signing_key
 from settlement.bench import FEE, PRICE, seed_parties, seed_trades
 from settlement.ledger import Verifier
 from settlement.service import InsufficientFunds, SettlementService
-from tests.conftest import _clean
+from tests.kit.servers import clean
 
 TRADES = 4
 TOTAL = PRICE + FEE
@@ -56,7 +56,7 @@ class Settlement(RuleBasedStateMachine):
         return self.loop.run_until_complete(coro)
 
     async def _setup(self):
-        await _clean(self.config)
+        await clean(self.config)
         await ensure_signing_key(self.pool, self.config)
         async with self.pool.acquire() as conn:
             seller, buyers, product = await seed_parties(conn, 2, deposit=0)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import clean_env, run_dataex, server_env
+from tests.kit.processes import clean_env, run_dataex, server_env
 
 pytestmark = pytest.mark.system
 

@@ -3,7 +3,7 @@
 import hashlib
 from datetime import timedelta
 
-from tests.helpers import bearer, issue_token, make_uscc, register_org
+from tests.kit.api import bearer, issue_token, make_uscc, register_org
 
 
 async def test_the_secret_is_shown_once_and_only_its_hash_is_stored(client, admin_token, pool):

@@ -11,7 +11,7 @@ from exchange.identity.uscc import (
     normalise_uscc,
     synthetic_uscc,
 )
-from tests.helpers import VALID_USCC
+from tests.kit.api import VALID_USCC
 
 
 @pytest.mark.parametrize("code", VALID_USCC)

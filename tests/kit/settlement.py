@@ -1,5 +1,6 @@
-"""Shared set-up for settlement tests: executed trades over HTTP, a worker's consumer in-process,
-and the runs of the fault tests (real `dataex serve` processes, then the invariants)."""
+"""Shared set-up for settlement tests: a worker's consumer in-process, and the runs of the fault
+tests (real `dataex serve` processes, then the invariants). Executed trades over HTTP are built
+by tests.kit.market."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import contextlib
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,8 +31,7 @@ from settlement.bench import FEE, PRICE, seed_parties, seed_trades
 from settlement.cli import verify_database
 from settlement.consumer import Consumer, subscribe
 from settlement.service import SettlementService
-from tests.helpers import bearer, clean_env
-from tests.test_orders import list_product, order_body, place, standing_offer
+from tests.kit.processes import ROOT, clean_env
 
 
 @dataclass
@@ -70,45 +69,11 @@ async def worker(settings: Any, pool: Any, clock: Clock) -> AsyncIterator[Worker
         await client.close()
 
 
-async def auto_accept_product(client: Any, trade: dict[str, Any]) -> str:
-    """A listed product whose 'std' plan auto-accepts, and a custodial buyer: each order executes
-    in the request that places it."""
-    product_id = await list_product(client, trade)
-    await standing_offer(client, trade, product_id)
-    key = await client.post("/v1/keys/custodial", headers=bearer(trade["buyer"]))
-    assert key.status_code == 201, key.text
-    return product_id
-
-
-async def buy(client: Any, trade: dict[str, Any], product_id: str, quantity: int = 1) -> str:
-    """Place an order that executes at once; returns the trade (contract) id."""
-    response = await place(client, trade, order_body(product_id, quantity=quantity))
-    assert response.status_code == 201, response.text
-    order = response.json()
-    assert order["state"] == "executed", order
-    return str(order["contract_id"])
-
-
-async def deposit(client: Any, admin: str, org_id: str, amount: int, ref: str) -> Any:
-    return await client.post(
-        f"/v1/accounts/{org_id}/deposits",
-        json={"amount_fen": amount, "external_ref": ref},
-        headers=bearer(admin),
-    )
-
-
 # --- fault runs -------------------------------------------------------------------------------
 
 TRADES = 2_000
 BUYERS = 20
 DEPOSIT = 10**9
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def spawn(part: str, settings: Any, log: Path | None = None) -> subprocess.Popen[bytes]:
