@@ -20,7 +20,7 @@ import pytest
 from exchange.platform.bus import connect_nats, ensure_stream
 from exchange.platform.embedded import EmbeddedNats, NatsRoutes, _nats_bin
 from exchange.platform.settings import Settings, SettingsError
-from tests.kit.processes import free_port
+from tests.kit.processes import ROOT, free_port
 from tests.kit.settlement import (
     TRADES,
     assert_exactly_once,
@@ -170,7 +170,7 @@ def test_a_cluster_is_configured_by_a_list_of_urls_and_a_replica_count():
 
 @pytest.mark.parametrize("node", ["node-1.conf", "node-2.conf", "node-3.conf"])
 def test_the_shipped_cluster_configuration_is_accepted_by_nats_server(node):
-    conf = Path(__file__).resolve().parents[1] / "ops" / "nats-cluster" / node
+    conf = ROOT / "ops" / "nats-cluster" / node
     text = conf.read_text()
     assert "sync_interval: always" in text
     result = subprocess.run(

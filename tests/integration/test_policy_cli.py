@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
-from tests.kit.processes import run_dataex, server_env
+from tests.kit.processes import ROOT, run_dataex, server_env
 
-ROOT = Path(__file__).resolve().parents[1]
 ROW = re.compile(r"^\| `(schemas/policy/examples/[^`]+)` \| (\w+) \| ([^|]+) \| ([^|]+) \|$", re.M)
 
 
