@@ -1,10 +1,11 @@
-"""Access control generated from the route table: a new route without a policy fails here.
+"""Access control generated from the route table, over HTTP: a new route without a policy fails.
 
 For every non-public route: no token, a malformed header, an unknown, a revoked and an expired
 token are 401; a token without the needed role is 403. Routes that take the id of an
 organisation's private resource must answer 404 to any other organisation. The access matrix
-at the end states, for every route, the status each kind of caller gets; a route without a row
-in it fails the suite.
+(tests/kit/access.py) states, for every route, the status each kind of caller gets; the last
+test calls every route as every caller and compares. That each route has a row, and that the
+rows agree with the declared access, is checked without HTTP in tests/unit/test_access.py.
 """
 
 import re
@@ -12,17 +13,12 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from litestar import Litestar, get
 
-from exchange.app import RouteWithoutAccessPolicy, check_access_policies
-from exchange.platform.auth import PUBLIC
 from tests.kit.access import (
     CALLERS,
     GUARDED,
     MATRIX,
     OWNED,
-    OWNED_ELSEWHERE,
-    STAFF_ONLY,
     matrix_routes,
 )
 from tests.kit.api import bearer, issue_token, make_uscc, register_org
@@ -40,34 +36,6 @@ BODIES = {
 
 def concrete(path: str) -> str:
     return _PARAM.sub(str(uuid.uuid4()), path)
-
-
-def test_every_route_declares_an_access_policy_or_the_app_refuses_to_start():
-    @get("/v1/forgotten")
-    async def forgotten() -> None:
-        return None
-
-    with pytest.raises(RouteWithoutAccessPolicy, match="/v1/forgotten"):
-        check_access_policies(Litestar(route_handlers=[forgotten], openapi_config=None))
-
-    @get("/v1/fine", opt=PUBLIC)
-    async def fine() -> None:
-        return None
-
-    check_access_policies(Litestar(route_handlers=[fine], openapi_config=None))
-
-
-def test_the_route_table_is_not_empty_and_covers_admin_routes():
-    assert len(GUARDED) >= 10
-    assert any(access == ("admin",) for _, _, access in GUARDED)
-
-
-def test_every_route_with_a_path_id_says_whose_resource_it_is():
-    for method, path, access in GUARDED:
-        if "{" in path and not (isinstance(access, tuple) and set(access) <= STAFF_ONLY):
-            assert (method, path) in OWNED or (method, path) in OWNED_ELSEWHERE, (
-                f"{method} {path} takes an id: add it to OWNED with a 404 test for other organisations"
-            )
 
 
 @pytest.fixture
@@ -207,34 +175,6 @@ async def observe(client, tokens, method, path):
         response = await call(client, method, target, token=token, body=BODIES.get(path))
         statuses[caller] = response.status_code
     return statuses
-
-
-def test_every_route_has_a_row_in_the_matrix():
-    routes = {(method, path) for method, path, _ in matrix_routes()}
-    missing = sorted(routes - MATRIX.keys())
-    stale = sorted(MATRIX.keys() - routes)
-    assert not missing, f"add a row to MATRIX for each new route: {missing}"
-    assert not stale, f"remove the rows of routes that no longer exist: {stale}"
-
-
-def test_the_matrix_agrees_with_each_routes_declared_access():
-    """401 exactly where a token is needed; 403 exactly for a token lacking every needed role."""
-    roles = {
-        "seller": {"seller"},
-        "buyer": {"buyer"},
-        "seller+buyer": {"seller", "buyer"},
-        "reviewer": {"reviewer"},
-        "admin": {"admin", "reviewer"},
-        "other": {"seller", "buyer"},
-    }
-    for method, path, access in matrix_routes():
-        expected = dict(zip(CALLERS, map(int, MATRIX[(method, path)].split()), strict=True))
-        public = access == "public"
-        for caller in ("anonymous", "revoked"):
-            assert (expected[caller] == 401) == (not public), (method, path, caller)
-        for caller, held in roles.items():
-            lacking = isinstance(access, tuple) and not held & set(access)
-            assert (expected[caller] == 403) == lacking, (method, path, caller, access)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 
 from exchange.platform.bus import connect_nats, ensure_stream
 from exchange.platform.embedded import EmbeddedNats, NatsRoutes, _nats_bin
-from exchange.platform.settings import Settings, SettingsError
+from exchange.platform.settings import Settings
 from tests.kit.processes import ROOT, free_port
 from tests.kit.settlement import (
     TRADES,
@@ -146,26 +146,6 @@ async def test_a_stream_leader_killed_mid_run_on_a_3_node_cluster_loses_and_doub
     print(f"leader {leader} killed at {at_kill} settled; the rest settled in {finished:.1f}s on"
           f" {after.cluster.leader}; nats_disconnected logged"
           f" {log_events(log, 'nats_disconnected')}x")  # fmt: skip
-
-
-def test_a_cluster_is_configured_by_a_list_of_urls_and_a_replica_count():
-    settings = Settings.from_env(
-        {
-            "DATAEX_NATS_URL": "nats://10.0.0.1:4222, nats://10.0.0.2:4222,nats://10.0.0.3:4222",
-            "DATAEX_STREAM_REPLICAS": "3",
-        }
-    )
-    assert settings.stream_replicas == 3
-    assert Settings.from_env(settings.to_env()) == settings
-    assert Settings().stream_replicas is None  # unset: the stream keeps what it has
-    with pytest.raises(SettingsError) as bad:
-        Settings.from_env(
-            {"DATAEX_NATS_URL": "nats://a:4222,http://b", "DATAEX_STREAM_REPLICAS": "7"}
-        )
-    assert [p.split(":")[0] for p in bad.value.problems] == [
-        "DATAEX_NATS_URL",
-        "DATAEX_STREAM_REPLICAS",
-    ]
 
 
 @pytest.mark.parametrize("node", ["node-1.conf", "node-2.conf", "node-3.conf"])

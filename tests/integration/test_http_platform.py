@@ -90,26 +90,6 @@ async def test_tokens_never_reach_the_logs(client, admin_token):
     assert any(entry.get("org_id") for entry in logs)  # the org id is bound after auth
 
 
-def test_redaction_masks_secret_keys_and_token_shaped_values():
-    from exchange.platform.logging import redact_secrets
-
-    event = redact_secrets(
-        None,
-        "info",
-        {
-            "event": "x",
-            "password": "p",
-            "authorization": "Bearer abc",
-            "token_id": "keep-me",
-            "note": "got dxt_0123abcd_SECRETsecret in a message",
-        },
-    )
-    assert event["password"] == "[redacted]"
-    assert event["authorization"] == "[redacted]"
-    assert event["token_id"] == "keep-me"
-    assert "SECRETsecret" not in event["note"]
-
-
 async def test_openapi_and_docs_are_public(client):
     schema = await client.get("/schema/openapi.json")
     assert schema.status_code == 200

@@ -1,16 +1,13 @@
-"""The registration ledger: canonical entries, receipts anyone can check with the JWKS, and
-`dataex ledger verify` naming the entry that was altered, removed, reordered or inserted."""
+"""The registration ledger: receipts anyone can check with the JWKS, and `dataex ledger verify`
+naming the entry that was altered, removed, reordered or inserted (canonical entries:
+tests/unit/test_ledger.py)."""
 
 from __future__ import annotations
 
 import io
 import json
 
-import msgspec
 import pytest
-import rfc8785
-from hypothesis import given
-from hypothesis import strategies as st
 
 from exchange.runtime import ensure_signing_key
 from settlement import ledger
@@ -20,22 +17,6 @@ from settlement.merkle import verify_consistency
 from tests.kit.api import bearer, issue_token
 from tests.kit.processes import run_dataex, server_env
 from tests.kit.settlement import worker
-
-text = st.text(max_size=40)
-
-
-@given(
-    seq=st.integers(0, 2**53 - 1), amount=st.integers(-(2**53) + 1, 2**53 - 1), words=text,
-    uscc=st.none() | text, movement=st.none() | text,
-)  # fmt: skip
-def test_entries_are_rfc8785_canonical(seq, amount, words, uscc, movement):
-    entry = ledger.LedgerEntry(
-        seq=seq, prev=words, exchange=words, trade_id=words, step="settled",
-        contract_digest=words, product_code=words, buyer=ledger.EntryParty(words, uscc),
-        seller=ledger.EntryParty(uscc or "", None), price_fen=amount, fee_fen=seq,
-        movement_id=movement, at=words,
-    )  # fmt: skip
-    assert ledger.canonical(entry) == rfc8785.dumps(msgspec.to_builtins(entry))
 
 
 async def settled_trades(settings, pool, clock, n=12):

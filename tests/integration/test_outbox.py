@@ -1,4 +1,5 @@
-"""The outbox relay on real PostgreSQL and JetStream; the event schemas checked in."""
+"""The outbox relay on real PostgreSQL and JetStream (the event schemas checked in:
+tests/unit/test_events.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from exchange.platform.clock import SystemClock
 from exchange.platform.context import Platform
-from exchange.platform.events import EVENTS_DIR, ListingEvent, ListingEventData, generators, render
+from exchange.platform.events import ListingEvent, ListingEventData
 from exchange.platform.outbox import enqueue, relay_batch, relay_loop
 from exchange.platform.signing import KeyRing, load_master_key
 
@@ -27,14 +28,6 @@ async def platform(settings, pool):
         keyring=KeyRing(load_master_key(settings.state_dir)),
     )
     await client.close()
-
-
-def test_checked_in_event_schemas_match_the_code():
-    for name, generate in generators().items():
-        committed = (EVENTS_DIR / name).read_text(encoding="utf-8")
-        assert committed == render(generate()), (
-            f"schemas/events/{name} is stale: run `uv run python -m exchange.platform.events`"
-        )
 
 
 async def put(platform, n=1, code="DX-2026-000001X"):

@@ -330,19 +330,6 @@ async def test_identity_and_feed_pages_verify_with_an_independent_jose_library(
     assert empty["count"] == 0 and empty["next_after"] == 1
 
 
-def test_the_public_url_peers_reach_is_configurable_and_checked():
-    from exchange.platform.settings import Settings, SettingsError
-
-    settings = Settings.from_env({"DATAEX_PUBLIC_URL": "https://api.szdx.example/"})
-    assert settings.public_url == "https://api.szdx.example"
-    assert (
-        Settings.from_env({"DATAEX_PUBLIC_URL": settings.public_url}).to_env()["DATAEX_PUBLIC_URL"]
-        == "https://api.szdx.example"
-    )
-    with pytest.raises(SettingsError, match="DATAEX_PUBLIC_URL: scheme must be one of http"):
-        Settings.from_env({"DATAEX_PUBLIC_URL": "ftp://x"})
-
-
 async def test_cautious_hits_the_origin_cleared_do_not_hold_orders_here(here):
     from tests.kit.documents import DEIDENTIFIED_PI
     from tests.kit.market import order_body

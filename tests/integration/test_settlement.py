@@ -9,7 +9,6 @@ import asyncpg
 import msgspec
 import pytest
 
-from contracts.orders.fees import FeeRule, fee_fen
 from exchange.platform.events import TradeSettlementEvent
 from tests.kit.api import bearer, issue_token, make_uscc, register_org
 from tests.kit.market import auto_accept_product, buy, deposit
@@ -311,12 +310,3 @@ async def test_the_fee_schedule_is_fixed_into_each_contract(client, trade, admin
     seller = await client.post("/v1/fee-schedules", json={"bps": 0, "min_fen": 0},
                                headers=bearer(trade["seller"]))  # fmt: skip
     assert seller.status_code == 403
-
-
-@pytest.mark.parametrize(
-    ("price", "bps", "minimum", "fee"),
-    [(0, 100, 100, 0), (1, 100, 0, 0), (50, 100, 0, 1), (149, 100, 0, 1), (150, 100, 0, 2),
-     (1_000_000, 100, 100, 10_000), (1_000, 100, 100, 100), (10**12, 10_000, 0, 10**12)],
-)  # fmt: skip
-def test_fee_rounding_is_half_up_with_a_minimum(price, bps, minimum, fee):
-    assert fee_fen(price, FeeRule(bps, minimum, "test")) == fee

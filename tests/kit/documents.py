@@ -156,3 +156,8 @@ DEIDENTIFIED_PI = {
     "separate_consent_for_supply": True,
     "guardian_consent": False,
 }
+
+
+def nested(depth: int) -> bytes:
+    """A JSON object nested ``depth`` objects deep: {"a":{"a":…{}…}}."""
+    return b'{"a":' * (depth - 1) + b"{}" + b"}" * (depth - 1)
