@@ -188,7 +188,7 @@ async def signing_key(pool, settings):
 
 
 async def test_access_matrix(client, tokens, signing_key):
-    mismatches = []
+    mismatches: list[str] = []
     for method, path, _ in matrix_routes():
         expected = dict(zip(CALLERS, map(int, MATRIX[(method, path)].split()), strict=True))
         observed = await observe(client, tokens, method, path)

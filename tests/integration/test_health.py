@@ -1,5 +1,7 @@
 """Liveness and readiness."""
 
+from typing import Any
+
 from litestar import Request, post
 from litestar.testing import AsyncTestClient
 
@@ -27,7 +29,7 @@ async def test_ready_when_postgres_migrations_and_jetstream_are_good(client, set
 async def test_not_ready_says_which_part_failed(settings, clock):
     # Close NATS from inside the app's own event loop, as a lost connection would.
     @post("/test/lose-nats", opt=PUBLIC, status_code=204)
-    async def lose_nats(request: Request) -> None:
+    async def lose_nats(request: Request[Any, Any, Any]) -> None:
         await request.app.state.platform.nats.close()
 
     app = create_app(settings, clock=clock)

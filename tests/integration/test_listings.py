@@ -92,6 +92,7 @@ async def test_deidentified_product_is_reviewed_listed_certified_and_announced(
         assert event["type"] == "dx.listing.published"
         assert event["data"]["product_code"] == listed["product_code"]
         assert event["data"]["revision_digest"] == digest
+        assert message.headers is not None
         assert message.headers["Nats-Msg-Id"] == event["id"]
     finally:
         await client_nats.close()

@@ -107,7 +107,7 @@ def test_peak_rss_finds_the_processes_of_an_exchange_by_their_command_line(tmp_p
         import time
 
         deadline = time.monotonic() + 10
-        rows = []
+        rows: list[tuple[str, int, float]] = []
         while not rows and time.monotonic() < deadline:
             # The session's embedded PostgreSQL and NATS are this process's children too.
             rows = [row for row in loadbench.peak_rss(os.getpid()) if row[1] == child.pid]

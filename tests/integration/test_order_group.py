@@ -9,6 +9,7 @@ import uuid
 import msgspec
 
 from contracts.orders.group import OrderGroup
+from contracts.orders.idempotency import Replay
 from contracts.orders.schemas import Order, OrderCreate
 from contracts.orders.service import OrderService
 from exchange.platform.audit import Actor
@@ -50,7 +51,7 @@ async def test_a_group_judges_each_order_and_counts_its_own_exports(
         pool, clock, settings, KeyRing(load_master_key(settings.state_dir)), group=group
     )
 
-    def place(product: str = product_id, **terms: object) -> asyncio.Future[Order]:
+    def place(product: str = product_id, **terms: object) -> asyncio.Future[Order | Replay]:
         data = msgspec.convert(order_body(product, **terms), OrderCreate)
         return asyncio.ensure_future(service.place(Actor.of(principal, None), principal, data))
 

@@ -14,6 +14,7 @@ from joserfc import jws
 from joserfc.jwk import KeySet
 
 from contracts.orders import idempotency
+from contracts.orders.schemas import Order
 from exchange.platform.clock import SystemClock
 from exchange.platform.context import Platform
 from exchange.platform.events import TradeExecuted
@@ -375,6 +376,7 @@ async def test_placing_an_order_uses_one_connection_from_the_pool(client, trade,
             ),
             20,
         )
+        assert isinstance(order, Order)  # not a Replay: no Idempotency-Key
         assert order.state == "awaiting_signatures"
     finally:
         await single.close()

@@ -54,9 +54,10 @@ async def register(ex: Exchange, uscc: str, roles: list[str], name: str) -> dict
         "region": "310000",
         "contact": {"name": "张三", "email": "zhang@example.cn", "phone": "+86 21 5555 0000"},
     }
-    return await ok(
+    org: dict[str, Any] = await ok(
         await ex.http.post("/v1/organisations", json=body, headers=ex.headers(ex.admin)), 201
     )
+    return org
 
 
 async def token(ex: Exchange, org_id: str, roles: list[str]) -> str:
@@ -74,7 +75,7 @@ async def token(ex: Exchange, org_id: str, roles: list[str]) -> str:
 async def trust(b: Exchange, a: Exchange) -> dict[str, Any]:
     """B's admin pins A's JWKS (obtained out of band: here, read from A) and trusts A."""
     keys = (await a.http.get("/.well-known/jwks.json")).json()
-    return await ok(
+    peer: dict[str, Any] = await ok(
         await b.http.post(
             "/v1/peers",
             json={"code": a.code, "base_url": a.url, "jwks": keys},
@@ -82,6 +83,7 @@ async def trust(b: Exchange, a: Exchange) -> dict[str, Any]:
         ),
         201,
     )
+    return peer
 
 
 async def credentialed_seller(a: Exchange, uscc: str) -> dict[str, Any]:
@@ -120,9 +122,11 @@ async def list_on(a: Exchange, seller: dict[str, Any], document: dict[str, Any])
             headers=reviewer,
         )
     )
-    listed = await ok(await a.http.get(f"/v1/products/{created['id']}", headers=headers))
+    listed: dict[str, Any] = await ok(
+        await a.http.get(f"/v1/products/{created['id']}", headers=headers)
+    )
     assert listed["state"] == "listed"
-    return listed  # type: ignore[no-any-return]
+    return listed
 
 
 async def until(check: Any, bound: float = PROPAGATION_BOUND_S) -> float:

@@ -199,7 +199,8 @@ async def test_an_older_revision_after_a_newer_one_is_a_replay(here):
 
 
 async def test_a_certificate_revoked_at_the_origin_is_refused_and_the_feed_applies_once(here):
-    peer, clock = here["peer"], here["clock"]
+    peer: Peer = here["peer"]
+    clock = here["clock"]
     document = metadata()
     certificate = peer.certificate(document, 1, clock.now())
     code = product_code(PEER, 2026, 1)

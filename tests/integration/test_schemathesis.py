@@ -63,7 +63,7 @@ ROLE_TOKENS = {
 def _operations() -> list[tuple[str, str, tuple[str, ...]]]:
     """(METHOD, OpenAPI path, callers) for every documented operation, from the route table."""
     app = create_app(Settings())
-    table = []
+    table: list[tuple[str, str, tuple[str, ...]]] = []
     for route in app.routes:
         if not isinstance(route, HTTPRoute) or route.path.startswith("/schema"):
             continue
@@ -119,7 +119,9 @@ def api(servers: harness.TestServers) -> Iterator[Api]:
     schema = schemathesis.openapi.from_asgi("/schema/openapi.json", app)
     # Entered: schemathesis' pytest plugin ends ASGI lifespans after every test, and an entered
     # client starts the app's lifespan again on its next request.
-    client = asgi.get_client(app).__enter__()
+    # Litestar types its ASGI scopes and events as TypedDicts, schemathesis as dict[str, Any]:
+    # the same protocol, typed in two ways neither of which accepts the other.
+    client = asgi.get_client(app).__enter__()  # type: ignore[arg-type]
     try:
         me = client.get("/v1/me", headers=bearer(admin)).json()
         market = client.post(
@@ -167,7 +169,7 @@ def exercise(api: Api, strategy: Any, headers: dict[str, str]) -> None:
         suppress_health_check=list(HealthCheck),
     )
     @given(case=strategy)
-    def run(case: schemathesis.Case) -> None:
+    def run(case: schemathesis.Case[Any]) -> None:
         case.call_and_validate(session=api.client, headers=headers, checks=CHECKS)
 
     run()

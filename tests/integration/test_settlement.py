@@ -101,6 +101,7 @@ async def test_a_trade_without_funds_fails_and_the_buyer_sees_why(
         (message,) = await sub.fetch(1, timeout=5)
         event = msgspec.json.decode(message.data, type=TradeSettlementEvent)
         assert event.type == "dx.trade.failed" and event.data.trade_id == trade_id
+        assert event.data.reason is not None
         assert event.data.reason.startswith("insufficient funds")
     await assert_books_balance(pool)
 

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,10 +116,11 @@ class Up:
         return elapsed, {pid for pid in family if alive(pid)}
 
 
-def get(url: str, token: str) -> dict:
+def get(url: str, token: str) -> dict[str, Any]:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=5) as response:
-        return json.loads(response.read())
+        body: dict[str, Any] = json.loads(response.read())
+        return body
 
 
 def test_up_runs_embedded_servers_stops_cleanly_and_keeps_its_data(tmp_path):
@@ -195,7 +197,9 @@ def test_migrate_and_admin_bootstrap_commands_work_on_configured_servers(tmp_pat
     for _ in range(2):
         result = run_dataex("admin", "bootstrap", env=env)
         assert result.returncode == 0, result.stderr
-        tokens.append(re.search(r"dxt_\S+", result.stdout)[0])
+        token = re.search(r"dxt_\S+", result.stdout)
+        assert token, result.stdout
+        tokens.append(token[0])
     assert tokens[0] != tokens[1]  # each call issues a new token for the same operator
 
 
@@ -205,6 +209,8 @@ def test_keys_rotate_adds_a_key_and_keeps_the_old_one_published(tmp_path, server
     for _ in range(2):
         result = run_dataex("keys", "rotate", env=env)
         assert result.returncode == 0, result.stderr
-        kids.append(re.search(r"new current signing key (\S+)", result.stdout)[1])
+        kid = re.search(r"new current signing key (\S+)", result.stdout)
+        assert kid, result.stdout
+        kids.append(kid[1])
     assert kids[0] != kids[1]
     assert oct((tmp_path / "master.key").stat().st_mode & 0o777) == "0o600"

@@ -108,7 +108,7 @@ def kill(process: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGKILL)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
-        raise AssertionError(f"{process.args} did not stop within 10 s of {sig!r}") from None
+        raise AssertionError(f"{process.args!r} did not stop within 10 s of {sig!r}") from None
     # granian's workers live in the group too
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)

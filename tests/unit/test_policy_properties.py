@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typing
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -116,7 +117,7 @@ def test_evaluation_is_deterministic(document):
 def _riskier(document, draw):
     """One strictly riskier variant of ``document``, chosen by Hypothesis."""
     product = document["product"]
-    options = []
+    options: list[dict[str, Any]] = []
     missing = [flag for flag in FLAGS if flag not in product["content_flags"]]
     if missing:
         options.append(
