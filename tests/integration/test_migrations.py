@@ -81,3 +81,62 @@ async def test_pending_migrations_make_status_not_ok(scratch_db):
         assert not ok and "no migrations" in detail
     finally:
         await conn.close()
+
+
+async def test_0009_reads_the_suspension_cause_out_of_the_old_reasons(scratch_db):
+    """Products suspended before 0009 carried their cause only in the reason's words; the
+    migration moves it into `suspended_by`, which the listing room's transitions read."""
+    from exchange.identity.uscc import synthetic_uscc
+
+    migrations = load_migrations()
+    before = [m for m in migrations if m.version < 9]
+    conn = await asyncpg.connect(scratch_db)
+    try:
+        await migrate(conn, before)
+        org = uuid.uuid4()
+        await conn.execute(
+            "INSERT INTO organisations (id, name, uscc, roles, region, contact, created_at,"
+            " updated_at) VALUES ($1, '卖方', $2, ARRAY['seller'], '310000', '{}', now(), now())",
+            org, synthetic_uscc(7),
+        )  # fmt: skip
+        rows = {
+            "origin": ("SZDX", "suspended", "suspended by SZDX: 卖方申请"),
+            "distrust": ("SZDX", "suspended", "peer exchange SZDX is no longer trusted"),
+            "local_policy": (
+                "SZDX", "suspended",
+                "a newer revision is refused by this exchange's negative list",
+            ),
+            "exchange": ("SZDX", "suspended", "staff: complaint under review"),
+            "own": (None, "suspended", "suspended by SZDX: looks like the origin's words"),
+            "listed": (None, "listed", None),
+        }  # fmt: skip
+        ids = {}
+        for label, (origin, state, reason) in rows.items():
+            ids[label] = uuid.uuid4()
+            await conn.execute(
+                "INSERT INTO products (id, seller_org_id, state, recognised_from,"
+                " suspended_reason, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, now(),"
+                " now())",
+                ids[label], org, state, origin, reason,
+            )  # fmt: skip
+        assert await migrate(conn, migrations) == [
+            f"{m.version:04d}_{m.name}" for m in migrations if m.version >= 9
+        ]
+        found = {
+            label: await conn.fetchval("SELECT suspended_by FROM products WHERE id = $1", i)
+            for label, i in ids.items()
+        }
+        assert found == {
+            "origin": "origin",
+            "distrust": "distrust",
+            "local_policy": "local_policy",
+            "exchange": "exchange",
+            "own": "exchange",  # not recognised from a peer: only staff here suspend it
+            "listed": None,
+        }
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(
+                "UPDATE products SET suspended_by = NULL WHERE id = $1", ids["origin"]
+            )
+    finally:
+        await conn.close()
