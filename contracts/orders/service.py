@@ -65,6 +65,12 @@ SIGNATURE_TYPE = "dataex-contract-signature+jws"
 # key, the policy list in effect at $4, the fee rule in effect, the listing review that may
 # have cleared cautious hits, and the key's advisory lock and stored result. An order whose
 # product does not exist has no row.
+#
+# The order room's one declared cross-room read model: it reads tables the listing, identity,
+# review, agreements and policy rooms own (never writes them) in one statement, because the
+# order path's budget is about one round trip per group of orders (README, group commit).
+# Those rooms' own functions give the same facts one query each; a change to their tables'
+# columns named here must change this statement too (the order tests cover every one).
 _PLACE_SQL = (
     """
 SELECT j.n, p.id, p.seller_org_id, p.state, p.live_revision, p.product_code, p.legal_prohibition,
