@@ -43,10 +43,7 @@ class ListingEvent(CloudEvent, frozen=True, kw_only=True, forbid_unknown_fields=
 
 
 def listing_schema() -> dict[str, object]:
-    schema = msgspec.json.schema(ListingEvent)
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "urn:dataex:schema:dx.listing"
-    return schema
+    return _schema(ListingEvent, "dx.listing")
 
 
 class TradeParty(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -89,13 +86,6 @@ class OrderEvent(CloudEvent, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     data: OrderEventData
 
 
-def _schema(kind: type[msgspec.Struct], name: str) -> dict[str, object]:
-    schema = msgspec.json.schema(kind)
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = f"urn:dataex:schema:{name}"
-    return schema
-
-
 def trade_schema() -> dict[str, object]:
     return _schema(TradeExecuted, "dx.trade.executed")
 
@@ -124,9 +114,13 @@ class TradeSettlementEvent(CloudEvent, frozen=True, kw_only=True, forbid_unknown
 
 
 def settlement_schema() -> dict[str, object]:
-    schema = msgspec.json.schema(TradeSettlementEvent)
+    return _schema(TradeSettlementEvent, "dx.trade.settlement")
+
+
+def _schema(kind: type[msgspec.Struct], name: str) -> dict[str, object]:
+    schema = msgspec.json.schema(kind)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "urn:dataex:schema:dx.trade.settlement"
+    schema["$id"] = f"urn:dataex:schema:{name}"
     return schema
 
 
