@@ -19,6 +19,7 @@ from contracts.policy.attributes import (
     ThirdPartyRights,
 )
 from exchange.identity.schemas import Contact
+from exchange.platform.metering import Dimension
 from exchange.listings.states import ProductState, SuspendedBy
 
 ProductType = Literal[
@@ -70,8 +71,17 @@ class Sample(Struct, forbid_unknown_fields=True, frozen=True):
     file: EvidenceRef | None = None
 
 
-class Manual(Struct, forbid_unknown_fields=True, frozen=True):
-    """The product manual (数据说明书)."""
+class DeliveryFile(Struct, forbid_unknown_fields=True, frozen=True):
+    """A file the revision delivers: the seller uploads bytes that must hash to ``sha256``."""
+
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    sha256: Sha256
+    size_bytes: Annotated[int, Meta(ge=0, le=1 << 40)]
+
+
+class Manual(Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """The product manual (数据说明书). ``files``: what file delivery hands over (omitted when
+    empty, so revisions from before it keep their digests)."""
 
     fields: Annotated[list[FieldSpec], Meta(min_length=1, max_length=500)]
     scale: Scale
@@ -79,6 +89,7 @@ class Manual(Struct, forbid_unknown_fields=True, frozen=True):
     update_frequency: UpdateFrequency
     format: Annotated[str, Meta(min_length=1, max_length=50)]
     sample: Sample
+    files: Annotated[list[DeliveryFile], Meta(max_length=100)] = []
 
 
 class SourceInfo(Struct, forbid_unknown_fields=True, frozen=True):
@@ -108,7 +119,10 @@ class Rights(Struct, forbid_unknown_fields=True, frozen=True):
     operating: bool
 
 
-class Plan(Struct, forbid_unknown_fields=True, frozen=True):
+class Plan(Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """A plan of the product. ``dimensions``: what delivery meters, with quotas per grant and
+    unit prices (a metered plan's price is then the buyer's spend cap); omitted when empty."""
+
     id: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
     name: Text
     pricing: Pricing
@@ -121,6 +135,7 @@ class Plan(Struct, forbid_unknown_fields=True, frozen=True):
     max_term_days: Annotated[int, Meta(ge=1, le=36500)]
     redistribution: bool
     acceptance_days: Annotated[int, Meta(ge=0, le=90)]
+    dimensions: Annotated[list[Dimension], Meta(max_length=16)] = []
 
 
 class ProductMetadata(Struct, forbid_unknown_fields=True, frozen=True):

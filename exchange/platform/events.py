@@ -2,7 +2,8 @@
 
 Every event is a CloudEvents 1.0 envelope (`exchange.platform.outbox.CloudEvent`) on subject
 ``dx.<aggregate>.<event>``. The orders room emits ``dx.order.*`` and ``dx.trade.executed``; the
-listing room ``dx.listing.*``; the settlement room ``dx.trade.settled`` / ``failed`` / ``voided``.
+listing room ``dx.listing.*``; the settlement room ``dx.trade.reserved`` / ``settled`` / ``failed``
+/ ``voided``; the delivery room ``dx.grant.*`` and ``dx.usage.closed``.
 A consumer reads the type here, never the producing room's internals. The JSON Schemas under
 ``schemas/events`` are generated from these types (``uv run python -m exchange.platform.events``)
 and a test checks they are current.
@@ -17,6 +18,7 @@ from typing import Literal
 import msgspec
 
 from exchange.platform.db import SCHEMAS_DIR
+from exchange.platform.metering import Dimension
 from exchange.platform.outbox import CloudEvent
 
 EVENTS_DIR = SCHEMAS_DIR / "events"
@@ -52,6 +54,23 @@ class TradeParty(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     uscc: str | None
 
 
+class DeliveryTerms(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the delivery room needs of an executed contract to grant access under it."""
+
+    product_id: str
+    revision: int
+    revision_digest: str
+    plan_id: str
+    pricing: Literal["one_off", "subscription", "metered"]
+    modes: list[Literal["file", "api", "sandbox"]]
+    purpose: str
+    territory: list[str]
+    term_days: int
+    dimensions: list[Dimension] = []
+    spend_cap_fen: int | None = None  # metered plans: reserved at execution (price = cap)
+    fee_bps: int | None = None  # metered plans: the fee rule, applied to each period's charge
+
+
 class TradeExecutedData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     trade_id: str
     order_id: str
@@ -63,6 +82,7 @@ class TradeExecutedData(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     fee_fen: int
     acceptance_days: int
     executed_at: str
+    delivery: DeliveryTerms | None = None  # absent in events from before delivery existed
 
 
 class TradeExecuted(CloudEvent, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -101,20 +121,94 @@ class TradeSettlementData(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     seller_org_id: str
     price_fen: int
     fee_fen: int
-    state: Literal["settled", "failed", "voided"]
+    state: Literal["reserved", "settled", "failed", "voided"]
     reason: str | None
     ledger_seq: int
 
 
 class TradeSettlementEvent(CloudEvent, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A settlement step's outcome: money posted to the seller, the trade unfunded, or voided."""
+    """A settlement step's outcome: the payment held in escrow (delivery may start), money
+    posted to the seller, the trade unfunded, or voided."""
 
-    type: Literal["dx.trade.settled", "dx.trade.failed", "dx.trade.voided"]
+    type: Literal["dx.trade.reserved", "dx.trade.settled", "dx.trade.failed", "dx.trade.voided"]
     data: TradeSettlementData
 
 
 def settlement_schema() -> dict[str, object]:
     return _schema(TradeSettlementEvent, "dx.trade.settlement")
+
+
+GrantState = Literal["pending", "active", "suspended", "exhausted", "expired", "revoked"]
+GrantEventType = Literal[
+    "dx.grant.created", "dx.grant.activated", "dx.grant.suspended", "dx.grant.resumed",
+    "dx.grant.exhausted", "dx.grant.expired", "dx.grant.revoked", "dx.grant.changed",
+]  # fmt: skip
+
+
+class GrantEventData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A grant as it stands after a change; ``version`` orders a grant's events."""
+
+    grant_id: str
+    trade_id: str
+    mode: Literal["file", "api", "sandbox"]
+    state: GrantState
+    version: int
+    buyer_org_id: str
+    seller_org_id: str
+    product_code: str
+    suspended_by: list[str]
+    valid_until: str
+    reason: str | None = None
+
+
+class GrantEvent(CloudEvent, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Every transition of a delivery grant (``dx.grant.changed``: quotas or cap raised)."""
+
+    type: GrantEventType
+    data: GrantEventData
+
+
+def grant_schema() -> dict[str, object]:
+    return _schema(GrantEvent, "dx.grant")
+
+
+class UsageStatement(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A closed billing period of a grant: what was used and what it costs. Signed by the
+    exchange (``jws``) and, for metered plans, posted by settlement once per (trade, period)."""
+
+    type: Literal["dataex.usage-statement.v1"] = "dataex.usage-statement.v1"
+    exchange: str
+    grant_id: str
+    trade_id: str
+    product_code: str
+    buyer_org_id: str
+    seller_org_id: str
+    period: int
+    starts_at: str
+    ends_at: str
+    records: int
+    totals: dict[str, int]
+    cost_millifen: int
+    cumulative_cost_millifen: int
+    charge_fen: int
+    final: bool  # the grant has ended: no period follows
+
+
+class UsageEvent(CloudEvent, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``dx.usage.closed``: a period closed, with its statement and signature."""
+
+    type: Literal["dx.usage.closed"]
+    data: UsageClosedData
+
+
+class UsageClosedData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    statement: UsageStatement
+    digest: str
+    jws: str
+
+
+def usage_schema() -> dict[str, object]:
+    return _schema(UsageEvent, "dx.usage")
 
 
 def _schema(kind: type[msgspec.Struct], name: str) -> dict[str, object]:
@@ -130,6 +224,8 @@ def generators() -> dict[str, Callable[[], dict[str, object]]]:
         "dx.trade.executed.schema.json": trade_schema,
         "dx.order.schema.json": order_schema,
         "dx.trade.settlement.schema.json": settlement_schema,
+        "dx.grant.schema.json": grant_schema,
+        "dx.usage.schema.json": usage_schema,
     }
 
 
