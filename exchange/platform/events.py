@@ -159,6 +159,7 @@ class GrantEventData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     suspended_by: list[str]
     valid_until: str
     reason: str | None = None
+    revoked_jti: str | None = None  # dx.grant.changed: a delivery token revoked
 
 
 class GrantEvent(CloudEvent, frozen=True, kw_only=True, forbid_unknown_fields=True):

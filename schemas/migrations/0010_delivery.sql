@@ -34,6 +34,7 @@ CREATE TABLE grants (
     suspended_by    text[] NOT NULL DEFAULT '{}' CHECK (suspended_by <@ ARRAY['listing', 'buyer',
                         'seller', 'spend_cap', 'dispute', 'exchange']),
     reason          text,
+    activated_at    timestamptz,                -- settlement reserved the payment
     version         bigint NOT NULL DEFAULT 1,  -- raised by every change (caches compare it)
     created_at      timestamptz NOT NULL,
     updated_at      timestamptz NOT NULL,
@@ -129,6 +130,19 @@ CREATE TABLE usage_periods (
 );
 CREATE TRIGGER usage_periods_append_only BEFORE UPDATE OR DELETE ON usage_periods
     FOR EACH ROW EXECUTE FUNCTION refuse_change();
+-- Delivery tokens issued (short-lived compact JWS): who asked, when, and revocation by jti.
+CREATE TABLE delivery_tokens (
+    jti        uuid PRIMARY KEY,
+    grant_id   uuid NOT NULL REFERENCES grants (id),
+    scope      text NOT NULL,
+    issued_to  uuid NOT NULL,                   -- the buyer organisation
+    issued_at  timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL,
+    revoked_at timestamptz
+);
+CREATE INDEX delivery_tokens_grant ON delivery_tokens (grant_id, issued_at DESC);
+CREATE INDEX delivery_tokens_revoked ON delivery_tokens (expires_at) WHERE revoked_at IS NOT NULL;
+
 -- API delivery: where the gateway forwards a product's calls.
 CREATE TABLE delivery_upstreams (
     product_id    uuid PRIMARY KEY,
