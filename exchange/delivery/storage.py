@@ -50,7 +50,7 @@ import os
 import secrets
 import shutil
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable
 from pathlib import Path
 from typing import BinaryIO, Final, Protocol
 
@@ -229,7 +229,7 @@ class BlobStore(Protocol):
         """Remove an object no row names (a second copy of content stored already)."""
         ...
 
-    def read(self, blob: StoredBlob, start: int, end: int) -> AsyncIterator[bytes]:
+    def read(self, blob: StoredBlob, start: int, end: int) -> AsyncGenerator[bytes, None]:
         """The plaintext of bytes ``[start, end)``, one piece per record it touches (at most
         ``blob.chunk_bytes`` each), decrypting only those records."""
         ...
@@ -430,7 +430,7 @@ class LocalFolderStore:
     async def delete(self, blob: StoredBlob) -> None:
         await asyncio.to_thread(self._object(blob.sha256, blob.wrapped_key).unlink, missing_ok=True)
 
-    async def read(self, blob: StoredBlob, start: int, end: int) -> AsyncIterator[bytes]:
+    async def read(self, blob: StoredBlob, start: int, end: int) -> AsyncGenerator[bytes, None]:
         if not 0 <= start < end <= blob.size_bytes:
             raise ValueError(f"range [{start}, {end}) is not within {blob.size_bytes} bytes")
         sealer = Sealer(
