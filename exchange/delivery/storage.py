@@ -44,6 +44,7 @@ the interface changes: the rows and the metering are the same.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import os
@@ -62,6 +63,7 @@ from exchange.platform.errors import Conflict, DataexError, InvalidInput
 
 RECORD_BYTES: Final = 1 << 20  # plaintext per sealed record: the unit of decryption and metering
 MAX_CHUNK_BYTES: Final = 8 << 20  # one upload request's body
+READ_AHEAD: Final = 4  # records read and decrypted ahead of the one a download sends
 NONCE_BYTES: Final = 12
 TAG_BYTES: Final = 16
 OVERHEAD: Final = NONCE_BYTES + TAG_BYTES
@@ -440,20 +442,39 @@ class LocalFolderStore:
             blob.chunk_bytes,
         )
         path = self._object(blob.sha256, blob.wrapped_key)
-        try:
-            handle = await asyncio.to_thread(path.open, "rb")
-        except FileNotFoundError as error:
-            raise StoredFileDamaged(f"the object of file {blob.sha256} is missing") from error
+        if not await asyncio.to_thread(path.is_file):
+            raise StoredFileDamaged(f"the object of file {blob.sha256} is missing")
         size = blob.chunk_bytes
+        first, last = start // size, (end - 1) // size
+        # Records are read and decrypted READ_AHEAD ahead (in threads) while the caller meters
+        # and sends the ones before them.
+        ahead = collections.deque(
+            self._fetch(path, sealer, i) for i in range(first, min(first + READ_AHEAD, last + 1))
+        )
         try:
-            for index in range(start // size, (end - 1) // size + 1):
-                plain = await asyncio.to_thread(self._read_record, handle, sealer, index)
+            for index in range(first, last + 1):
+                plain = await ahead[0]
+                ahead.popleft()
+                if index + READ_AHEAD <= last:
+                    ahead.append(self._fetch(path, sealer, index + READ_AHEAD))
                 base = index * size
                 yield plain[max(start - base, 0) : min(end - base, len(plain))]
         finally:
-            handle.close()
+            for future in ahead:  # reads ahead that nobody waits for any more
+                future.add_done_callback(_retrieved)
 
     @staticmethod
-    def _read_record(handle: BinaryIO, sealer: Sealer, index: int) -> bytes:
-        handle.seek(index * (sealer.record_bytes + OVERHEAD))
-        return sealer.open(index, handle.read(sealer.plain_length(index) + OVERHEAD))
+    def _fetch(path: Path, sealer: Sealer, index: int) -> asyncio.Future[bytes]:
+        return asyncio.ensure_future(asyncio.to_thread(LocalFolderStore._read_record, path,
+                                                       sealer, index))  # fmt: skip
+
+    @staticmethod
+    def _read_record(path: Path, sealer: Sealer, index: int) -> bytes:
+        with path.open("rb") as handle:
+            handle.seek(index * (sealer.record_bytes + OVERHEAD))
+            return sealer.open(index, handle.read(sealer.plain_length(index) + OVERHEAD))
+
+
+def _retrieved(future: asyncio.Future[bytes]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so asyncio does not log it as lost
