@@ -13,21 +13,24 @@ attaches someone else's file to your product.
 
 **Downloads** (`FileDeliveries`). The token is checked offline (`TokenVerifier`), then the
 grant (active and within its term, else its state's refusal), then the file and the range.
-A response is sent in pieces of at most one stored record (1 MiB), and for each piece, in this
-order:
+A response is sent in *pieces*: whole stored records, the first one record (1 MiB), each next
+one twice as long, up to `MAX_PIECE_BYTES` (8 MiB). For each piece, in this order:
 
 1. its units are taken from the process's `LeaseBook`: ``bytes`` when the grant has a bytes
    quota, ``spend`` (its cost in milli-fen) when it has a spend cap;
 2. its `UsageRecord` (``bytes``, the cost, the lease ids, the byte range) is committed;
-3. only then is the piece handed to the server to send.
+3. only then are its bytes handed to the server to send.
 
 So a completed download meters exactly the bytes sent, and nothing is ever sent unmetered (the
 quota cannot be overrun: a record is refused on a closed or expired lease, and then the piece
 is not sent). An interrupted download (the client gone, the process killed) has metered every
-piece it sent and at most one more: the piece whose record committed while its bytes did not
-get out, at most 1 MiB per interrupted download. A process killed between 1 and 2 has metered
-nothing for that piece; its lease is closed by the reaper once it expires, and what it counts
-as used comes from the records only.
+byte it sent and at most the rest of one piece: the piece whose record committed while some of
+its bytes did not get out, at most 1 MiB in a download's first MiB and never more than 8 MiB.
+A process killed between 1 and 2 has metered nothing for that piece; its lease is closed by the
+reaper once it expires, and what it counts as used comes from the records only. Why pieces
+grow: each record is a durable commit (a WAL flush, about 3 ms here), so 1 MiB pieces would cap
+one download near 300 MB/s, while a client that gives up early should pay for little more than
+it got.
 
 **The download limit.** A download longer than what is left of a limited dimension (the
 grant's ``bytes`` quota, or its spend cap at the file's byte price) is refused before anything
@@ -89,6 +92,12 @@ from exchange.platform.metering import SPEND, cost_millifen
 log = get_logger(__name__)
 
 UPLOAD_CHUNK_BYTES: Final = MAX_CHUNK_BYTES
+# A download is metered in pieces that grow from one record (1 MiB) to this: a short download
+# is metered per MiB, a long one spends one usage commit (a WAL flush) per 8 MiB.
+MAX_PIECE_BYTES: Final = 8 << 20
+# Body messages handed to the server: granian moves 256 KiB messages faster than whole records
+# (measured here: about 650 MB/s against 500 MB/s with 1 MiB messages).
+SEND_BYTES: Final = 256 << 10
 GRANT_RECHECK_SECONDS: Final = 1.0
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -141,6 +150,11 @@ class ChunkOutOfRange(InvalidInput):
 class ChunkDigestRequired(InvalidInput):
     code = "chunk_digest_required"
     title = "Send the chunk's SHA-256 in X-Chunk-SHA256 (64 hex digits)"
+
+
+class ChunkInterrupted(DataexError):
+    code = "chunk_interrupted"
+    title = "The connection closed before the whole chunk arrived"
 
 
 class RangeNotSatisfiable(DataexError):
@@ -633,40 +647,61 @@ class FileDeliveries:
     async def _metered(
         self, grant: GrantSnapshot, blob: StoredBlob, start: int, end: int, detail: dict[str, Any]
     ) -> AsyncGenerator[bytes, None]:
-        """The pieces of ``[start, end)``, each taken from the leases and recorded before it
-        is yielded (module docstring: the order, and what an interruption costs)."""
-        limited = self._limited(grant)
-        prices = {d.name: d for d in grant.dimensions}
-        checked = time.monotonic()
+        """The bytes ``[start, end)`` in pieces, each taken from the leases and recorded before
+        any of it is yielded (module docstring: the order, what an interruption costs). A piece
+        is whole records (the store's parts, yielded one by one); the first is one record and
+        each next one twice the last, up to `MAX_PIECE_BYTES`."""
+        target = blob.chunk_bytes
         offset = start
-        async with contextlib.aclosing(self.store.read(blob, start, end)) as pieces:
-            async for piece in pieces:
+        checked = time.monotonic()
+        piece: list[bytes] = []
+        async with contextlib.aclosing(self.store.read(blob, start, end)) as parts:
+            async for part in parts:
+                piece.append(part)
+                length = sum(map(len, piece))
+                if length < target and offset + length < end:
+                    continue
                 if time.monotonic() - checked >= GRANT_RECHECK_SECONDS:
-                    current = await self.grants.snapshot(grant.id)
-                    if current is None:
-                        raise NotFound(f"grant {grant.id} is gone")
-                    self._check_live(current)
+                    await self._recheck(grant.id)
                     checked = time.monotonic()
-                units = {"bytes": len(piece)}
-                cost = cost_millifen(units, prices)
-                needs = {"bytes": len(piece)} if limited["bytes"] else {}
-                if limited[SPEND] and cost:
-                    needs[SPEND] = units[SPEND] = cost
-                taken = await self.leases.take(grant.id, needs) if needs else {}
-                usage = UsageRecord(
-                    id=uuid.uuid4(), grant_id=grant.id, served_at=self.clock.now(),
-                    units=units, leases=sorted(taken.values()), cost_millifen=cost,
-                    detail=detail | {"range": f"bytes {offset}-{offset + len(piece) - 1}"},
-                )  # fmt: skip
-                try:
-                    await self.usage.record(usage)
-                finally:
-                    # Spent whether or not the record went in: a record cut off by a
-                    # cancellation may still commit, and a lease must never be overspent.
-                    if taken:
-                        await asyncio.shield(self.leases.done(grant.id, taken))
-                offset += len(piece)
-                yield piece
+                await self._meter(grant, offset, length, detail)
+                for record in piece:
+                    for at in range(0, len(record), SEND_BYTES):
+                        yield record[at : at + SEND_BYTES]
+                offset += length
+                piece = []
+                target = min(2 * target, MAX_PIECE_BYTES)
+
+    async def _recheck(self, grant_id: uuid.UUID) -> None:
+        """Stop a running download whose grant was suspended or ended meanwhile."""
+        current = await self.grants.snapshot(grant_id)
+        if current is None:
+            raise NotFound(f"grant {grant_id} is gone")
+        self._check_live(current)
+
+    async def _meter(
+        self, grant: GrantSnapshot, offset: int, length: int, detail: dict[str, Any]
+    ) -> None:
+        """Take one piece's units from the leases and commit its usage record."""
+        limited = self._limited(grant)
+        units = {"bytes": length}
+        cost = cost_millifen(units, {d.name: d for d in grant.dimensions})
+        needs = {"bytes": length} if limited["bytes"] else {}
+        if limited[SPEND] and cost:
+            needs[SPEND] = units[SPEND] = cost
+        taken = await self.leases.take(grant.id, needs) if needs else {}
+        usage = UsageRecord(
+            id=uuid.uuid4(), grant_id=grant.id, served_at=self.clock.now(), units=units,
+            leases=sorted(taken.values()), cost_millifen=cost,
+            detail=detail | {"range": f"bytes {offset}-{offset + length - 1}"},
+        )  # fmt: skip
+        try:
+            await self.usage.record(usage)
+        finally:
+            # Spent whether or not the record went in: a record cut off by a cancellation may
+            # still commit, and a lease must never be overspent.
+            if taken:
+                await asyncio.shield(self.leases.done(grant.id, taken))
 
 
 async def _nothing() -> AsyncIterator[bytes]:
