@@ -38,8 +38,9 @@ is sent: 403 ``quota_exhausted`` with ``needed`` and ``left`` (what is left = th
 the units already metered, leases of other downloads included as far as they are spent). Ask a
 shorter range instead. Two downloads racing for the last bytes can both pass that check; then
 the leases decide piece by piece, the loser's body is cut short at a piece boundary (shorter
-than its Content-Length) and it is metered only for what it got. The grant is read again every
-`GRANT_RECHECK_SECONDS` while a download runs: a grant suspended or ended meanwhile stops it.
+than its Content-Length) and it is metered only for what it got. While a download runs the
+grant is read again before a piece once `GRANT_RECHECK_SECONDS` have passed since the last
+read: a grant suspended or ended meanwhile stops the download at its next piece.
 """
 
 from __future__ import annotations
