@@ -205,7 +205,12 @@ class GrantService:
         at = datetime.fromisoformat(data.executed_at)
         until = at + timedelta(days=terms.term_days)
         created = 0
-        for mode in terms.modes:
+        modes = list(terms.modes)
+        if terms.pricing == "metered" and terms.spend_cap_fen is not None:
+            # One spend cap, one grant: a metered trade is delivered (and billed) through its
+            # first mode, the API before files before the sandbox.
+            modes = [m for m in ("api", "file", "sandbox") if m in modes][:1]
+        for mode in modes:
             grant_id = uuid.uuid5(uuid.UUID(data.trade_id), mode)
             row = await conn.fetchrow(
                 "INSERT INTO grants (id, trade_id, mode, buyer_org_id, seller_org_id, buyer_uscc,"

@@ -229,7 +229,7 @@ async def test_delivery_tokens_and_every_refusal(client, trade, pool, clock, set
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("UPDATE grants SET state = 'exhausted' WHERE id = $1", grant_id)
     exhausted = await client.post(path, headers=bearer(trade["buyer"]))
-    assert (exhausted.status_code, exhausted.json()["code"]) == (403, "grant_exhausted")
+    assert (exhausted.status_code, exhausted.json()["code"]) == (403, "quota_exhausted")
 
 
 def _record(grant_id, taken, units) -> UsageRecord:
