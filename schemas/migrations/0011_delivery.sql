@@ -125,6 +125,7 @@ CREATE TABLE usage_periods (
     totals        jsonb NOT NULL,
     cost_millifen bigint NOT NULL,
     charge_fen    bigint NOT NULL CHECK (charge_fen >= 0),
+    final         boolean NOT NULL,             -- the grant has ended: no period follows
     statement     bytea NOT NULL,               -- RFC 8785 JSON
     digest        text NOT NULL,
     jws           text NOT NULL,
