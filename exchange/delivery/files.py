@@ -64,7 +64,7 @@ from typing import Any, Final, Literal, Protocol
 import asyncpg
 import msgspec
 
-from exchange.delivery.quota import LeaseBook
+from exchange.delivery.quota import LeaseBook, needs_for
 from exchange.delivery.schemas import GrantSnapshot
 from exchange.delivery.storage import (
     MAX_CHUNK_BYTES,
@@ -501,11 +501,13 @@ SELECT f.name, b.sha256, b.size_bytes, b.wrapped_key, b.chunk_bytes
  WHERE f.product_id = $1 AND f.revision = $2 AND f.name = $3
 """
 # What is left of a dimension: the limit less what is metered (leases closed count their
-# records into used_units; records under leases still open are counted here).
+# records into used_units; records under leases still open are counted here, as closing them
+# would count them: the spend cap by the records' cost, any other dimension by its units).
 _LEFT = """
 SELECT (q.limit_units - q.used_units - coalesce((
-         SELECT sum((u.units ->> q.dimension)::bigint) FROM quota_leases l
-           JOIN usage_records u ON u.leases @> ARRAY[l.id]
+         SELECT sum(CASE WHEN q.dimension = $3 THEN u.cost_millifen
+                         ELSE (u.units ->> q.dimension)::bigint END)
+           FROM quota_leases l JOIN usage_records u ON u.leases @> ARRAY[l.id]
           WHERE l.grant_id = q.grant_id AND l.dimension = q.dimension AND l.closed_at IS NULL
        ), 0))::bigint AS left_units
   FROM grant_quotas q WHERE q.grant_id = $1 AND q.dimension = $2
@@ -620,24 +622,16 @@ class FileDeliveries:
             raise
         return Download(206 if span else 200, headers, _rest(first, pieces, grant.id))
 
-    def _limited(self, grant: GrantSnapshot) -> dict[str, bool]:
-        """Which metered dimensions of a byte piece the grant limits."""
-        priced = any(d.name == "bytes" and d.unit_price_millifen for d in grant.dimensions)
-        return {
-            "bytes": any(d.name == "bytes" and d.quota is not None for d in grant.dimensions),
-            SPEND: grant.spend_cap_fen is not None and priced,
-        }
+    @staticmethod
+    def _needs(grant: GrantSnapshot, length: int) -> tuple[dict[str, int], int, dict[str, int]]:
+        """The usage of ``length`` bytes: its units, its cost, and what it takes of the quotas."""
+        units = {"bytes": length}
+        cost = cost_millifen(units, {d.name: d for d in grant.dimensions})
+        return units, cost, needs_for(grant.dimensions, grant.spend_cap_fen, units, cost)
 
     async def _check_left(self, grant: GrantSnapshot, length: int) -> None:
-        limited = self._limited(grant)
-        needs = {
-            "bytes": length,
-            SPEND: cost_millifen({"bytes": length}, {d.name: d for d in grant.dimensions}),
-        }
-        for dimension, n in needs.items():
-            if not limited[dimension]:
-                continue
-            left = await self.pool.fetchval(_LEFT, grant.id, dimension)
+        for dimension, n in self._needs(grant, length)[2].items():
+            left = await self.pool.fetchval(_LEFT, grant.id, dimension, SPEND)
             if left is not None and n > left:
                 raise QuotaExhausted(
                     f"this download needs {n} {dimension}; {max(left, 0)} are left of the"
@@ -684,12 +678,7 @@ class FileDeliveries:
         self, grant: GrantSnapshot, offset: int, length: int, detail: dict[str, Any]
     ) -> None:
         """Take one piece's units from the leases and commit its usage record."""
-        limited = self._limited(grant)
-        units = {"bytes": length}
-        cost = cost_millifen(units, {d.name: d for d in grant.dimensions})
-        needs = {"bytes": length} if limited["bytes"] else {}
-        if limited[SPEND] and cost:
-            needs[SPEND] = units[SPEND] = cost
+        units, cost, needs = self._needs(grant, length)
         taken = await self.leases.take(grant.id, needs) if needs else {}
         usage = UsageRecord(
             id=uuid.uuid4(), grant_id=grant.id, served_at=self.clock.now(), units=units,

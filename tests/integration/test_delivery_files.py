@@ -178,12 +178,14 @@ async def product_with(client, trade, files: list[dict[str, Any]]) -> dict[str, 
     return product
 
 
-async def file_grant(client, trade, pool, clock, settings, product, *, quota=None, price=0):
+async def file_grant(client, trade, pool, clock, settings, product, *, quota=None, price=0,
+                     spend_cap_fen=None):  # fmt: skip
     grants = grant_service(pool, clock, settings)
     dimension = Dimension(name="bytes", unit_price_millifen=price, quota=quota)
     data = executed(product_id=product["id"], product_code=product["product_code"],
                     buyer_org=trade["buyer_org"], seller_org=trade["seller_org"],
-                    modes=("file",), dimensions=[dimension])  # fmt: skip
+                    modes=("file",), dimensions=[dimension], spend_cap_fen=spend_cap_fen,
+                    pricing="metered" if spend_cap_fen else "one_off")  # fmt: skip
     grant_id = await active_grant(pool, grants, data)
     issued = await client.post(f"/v1/grants/{grant_id}/tokens", headers=bearer(trade["buyer"]))
     assert issued.status_code == 201, issued.text
@@ -566,7 +568,36 @@ async def test_the_download_limit_holds_and_the_grant_is_exhausted_at_it(
     # is exhausted and says so.
     in_app(files_client, files_client.app.state.platform.shared["files"].leases.close)
     assert await pool.fetchval("SELECT state FROM grants WHERE id = $1", grant_id) == "exhausted"
-    assert_problem(await files_client.get(url, headers=bearer(token)), 403, "grant_exhausted")
+    refused = assert_problem(await files_client.get(url, headers=bearer(token)), 403,
+                             "quota_exhausted")  # fmt: skip
+    assert refused["state"] == "exhausted"
+
+
+async def test_a_metered_plan_spends_its_cap_at_the_byte_price(
+    client, files_client, trade, pool, clock, settings
+):
+    # 1 milli-fen a byte under a cap of 5,000 fen: one download of this file fits, two do not.
+    small, grant_id, token = await small_grant(client, files_client, trade, pool, clock, settings,
+                                               price=1, spend_cap_fen=5_000)  # fmt: skip
+    url = f"/v1/grants/{grant_id}/files/{small['name']}"
+    assert (await files_client.get(url, headers=bearer(token))).status_code == 200
+    refused = assert_problem(await files_client.get(url, headers=bearer(token)), 403,
+                             "quota_exhausted")  # fmt: skip
+    assert (refused["dimension"], refused["needed"], refused["left"]) == (
+        "spend", SMALL, 5_000_000 - SMALL,
+    )  # fmt: skip
+    cost = await pool.fetchval(
+        "SELECT sum(cost_millifen) FROM usage_records WHERE grant_id = $1", grant_id
+    )
+    assert cost == SMALL
+    in_app(files_client, files_client.app.state.platform.shared["files"].leases.close)
+    assert (
+        await pool.fetchval(
+            "SELECT used_units FROM grant_quotas WHERE grant_id = $1 AND dimension = 'spend'",
+            grant_id,
+        )
+        == SMALL
+    )
 
 
 async def test_a_suspended_grant_refuses_a_valid_token(
