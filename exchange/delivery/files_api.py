@@ -32,7 +32,7 @@ from exchange.delivery.files import (
 from exchange.delivery.storage import MAX_CHUNK_BYTES
 from exchange.platform.audit import Actor
 from exchange.platform.auth import PUBLIC, Principal, requires
-from exchange.platform.http import DocumentedOperation, handle_dataex_error
+from exchange.platform.http import PROBLEM_JSON, DocumentedOperation, Problem, handle_dataex_error
 
 Uploads = NamedDependency[FileUploads]
 Deliveries = NamedDependency[FileDeliveries]
@@ -67,6 +67,11 @@ _FILE_RESPONSES = {
                       description="One range of the file (Content-Range), streamed"),
     304: ResponseSpec(data_container=None, generate_examples=False,
                       description="If-None-Match matched the file's ETag (its SHA-256)"),
+    409: ResponseSpec(data_container=Problem, media_type=PROBLEM_JSON, generate_examples=False,
+                      description="The seller has not uploaded the file yet (file_not_stored)"),
+    416: ResponseSpec(data_container=Problem, media_type=PROBLEM_JSON, generate_examples=False,
+                      description="The range is past the end, malformed, or several ranges"
+                      " (Content-Range: bytes */size)"),
 }  # fmt: skip
 
 
@@ -74,7 +79,18 @@ class RevisionFileController(Controller):
     path = "/v1/products/{product_id:uuid}/revisions/{revision:int}/files"
     tags = ["files"]
 
-    @post("/{name:str}/uploads", operation_id="startFileUpload", opt=requires("seller"))
+    @post(
+        "/{name:str}/uploads",
+        operation_id="startFileUpload",
+        opt=requires("seller"),
+        responses={
+            200: ResponseSpec(
+                Upload,
+                description="The upload already open, or the one that"
+                " stored the file (state complete)",
+            ),
+        },
+    )
     async def start(
         self,
         product_id: FromPath[uuid.UUID],
