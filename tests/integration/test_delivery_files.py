@@ -381,7 +381,13 @@ async def test_uploads_are_the_sellers_own_and_only_of_declared_files(
     upload = (await files_client.post(path, headers=bearer(seller))).json()
     data = block(2, 0, SMALL)
     chunk = f"/v1/uploads/{upload['id']}/chunks"
+    # Another seller does not see the upload at all.
     assert_problem(await put(files_client, other, upload["id"], 0, data), 404, "not_found")
+    for method in ("GET", "POST"):
+        suffix = "" if method == "GET" else "/complete"
+        theirs = await files_client.request(method, f"/v1/uploads/{upload['id']}{suffix}",
+                                            headers=bearer(other))  # fmt: skip
+        assert_problem(theirs, 404, "not_found")
     assert_problem(await put(files_client, seller, upload["id"], 1, data), 422,
                    "chunk_out_of_range")  # fmt: skip
     missing_digest = await files_client.put(f"{chunk}/0", content=data,
