@@ -371,7 +371,7 @@ class FileUploads:
             )
         try:
             blob = await self.store.commit(staged)
-        except ChunksMissing as error:  # staging lost some: they must be sent again
+        except ChunksMissing as error:  # staging lost or damaged some: sent again
             await conn.execute(
                 "UPDATE delivery_uploads SET received = ARRAY(SELECT i FROM unnest(received) AS i"
                 " WHERE i <> ALL($2::int[]) ORDER BY i), updated_at = $3 WHERE id = $1",

@@ -214,9 +214,10 @@ class BlobStore(Protocol):
         ...
 
     async def commit(self, upload: StagedUpload) -> StoredBlob:
-        """Assemble the staged chunks into a stored object once every chunk is there
-        (`ChunksMissing`) and the whole file hashes to the declared SHA-256 and size
-        (`FileDigestMismatch`; nothing is stored). Staging stays until `discard`."""
+        """Assemble the staged chunks into a stored object once every chunk is there and
+        opens (else `ChunksMissing`: those chunks are to be sent again) and the whole file
+        hashes to the declared SHA-256 and size (else `FileDigestMismatch`; nothing is
+        stored). Staging stays until `discard`."""
         ...
 
     async def discard(self, upload_id: uuid.UUID) -> None:
@@ -398,20 +399,31 @@ class LocalFolderStore:
 
     def _copy_checked(self, upload: StagedUpload, sealer: Sealer, out: BinaryIO) -> None:
         """Copy the staged records to ``out`` in order, opening each (its tag, its place) and
-        hashing the plaintext; `FileDigestMismatch` unless it is the declared file."""
+        hashing the plaintext. A staged chunk that does not open (altered or misplaced on disk)
+        is `ChunksMissing`: sent again, it replaces the damaged copy. Then `FileDigestMismatch`
+        unless the whole is the declared file."""
         per_chunk = upload.chunk_bytes // self.record_bytes
         digest = hashlib.sha256()
         total = 0
+        damaged = []
         for chunk in range(upload.chunks):
             data = memoryview(self._chunk(upload.id, chunk).read_bytes())
             index, offset = chunk * per_chunk, 0
-            while offset < len(data):
-                length = sealer.plain_length(index) + OVERHEAD
-                plain = sealer.open(index, data[offset : offset + length])
-                digest.update(plain)
-                total += len(plain)
-                index, offset = index + 1, offset + length
+            try:
+                while offset < len(data):
+                    length = sealer.plain_length(index) + OVERHEAD
+                    plain = sealer.open(index, data[offset : offset + length])
+                    digest.update(plain)
+                    total += len(plain)
+                    index, offset = index + 1, offset + length
+            except StoredFileDamaged:
+                damaged.append(chunk)
             out.write(data)
+        if damaged:
+            raise ChunksMissing(
+                f"the staged copies of chunks {damaged[:20]} are damaged; send them again",
+                extensions={"missing": damaged[:1000]},
+            )
         if total != upload.size_bytes or digest.hexdigest() != upload.sha256:
             raise FileDigestMismatch(
                 f"the uploaded file is {total} bytes hashing to {digest.hexdigest()}; the"
