@@ -644,27 +644,32 @@ class FileDeliveries:
     ) -> AsyncGenerator[bytes, None]:
         """The bytes ``[start, end)`` in pieces, each taken from the leases and recorded before
         any of it is yielded (module docstring: the order, what an interruption costs). A piece
-        is whole records (the store's parts, yielded one by one); the first is one record and
-        each next one twice the last, up to `MAX_PIECE_BYTES`."""
-        target = blob.chunk_bytes
+        is whole records, the first one record and each next one twice the last, up to
+        `MAX_PIECE_BYTES`; its record is committed while its records are read and decrypted."""
+        size = blob.chunk_bytes
+        target = size
         offset = start
         checked = time.monotonic()
-        piece: list[bytes] = []
         async with contextlib.aclosing(self.store.read(blob, start, end)) as parts:
-            async for part in parts:
-                piece.append(part)
-                length = sum(map(len, piece))
-                if length < target and offset + length < end:
-                    continue
+            while offset < end:
                 if time.monotonic() - checked >= GRANT_RECHECK_SECONDS:
                     await self._recheck(grant.id)
                     checked = time.monotonic()
-                await self._meter(grant, offset, length, detail)
+                length = min(end, -(-(offset + target) // size) * size) - offset
+                metering = asyncio.ensure_future(self._meter(grant, offset, length, detail))
+                try:
+                    piece, got = [], 0
+                    while got < length:
+                        piece.append(await anext(parts))
+                        got += len(piece[-1])
+                except BaseException:
+                    metering.add_done_callback(_retrieved)
+                    raise
+                await metering
                 for record in piece:
                     for at in range(0, len(record), SEND_BYTES):
                         yield record[at : at + SEND_BYTES]
                 offset += length
-                piece = []
                 target = min(2 * target, MAX_PIECE_BYTES)
 
     async def _recheck(self, grant_id: uuid.UUID) -> None:
@@ -692,6 +697,13 @@ class FileDeliveries:
             # still commit, and a lease must never be overspent.
             if taken:
                 await asyncio.shield(self.leases.done(grant.id, taken))
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """A piece's metering that nobody waits for any more (its download failed meanwhile): its
+    outcome is read, so asyncio does not log it as lost."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _nothing() -> AsyncIterator[bytes]:
