@@ -11,7 +11,7 @@ Rounding (stated once, used by the gateway, the billing periods and settlement):
 milli-fen per usage record; a period's charge is ``floor(cumulative cost up to its end / 1000)``
 minus the same for the period before, so the charges of a grant's periods always sum to
 ``floor(total cost / 1000)`` fen — rounding never bills a buyer more than it used, and never by
-more than 1 fen less over the whole grant. The exchange's fee on a period is ``charge × fee_bps /
+more than 1 fen less over the whole grant. The exchange's fee on a period is ``charge * fee_bps /
 10,000`` rounded half up, taken from the seller's share (no minimum per period).
 """
 
