@@ -70,6 +70,7 @@ TABLE_OWNERS = {
     "ledger_entries": "settlement",
     "ledger_tree_heads": "settlement",
     "settlement_failures": "settlement",
+    "usage_statements": "settlement",
     # delivery (migration 0010; the room is exchange/delivery)
     "grants": "exchange.delivery",
     "grant_quotas": "exchange.delivery",
