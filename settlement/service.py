@@ -182,7 +182,8 @@ class SettlementService:
                 row["id"]: row
                 for row in await conn.fetch(
                     "SELECT c.id, c.digest, c.state, o.id AS order_id, o.price_fen, o.fee_fen,"
-                    " o.buyer_org_id, o.seller_org_id, s.trade_id IS NOT NULL AS known"
+                    " o.fee_bps, o.buyer_org_id, o.seller_org_id,"
+                    " s.trade_id IS NOT NULL AS known"
                     " FROM trade_contracts c JOIN orders o ON o.id = c.order_id"
                     " LEFT JOIN settlement_trades s ON s.trade_id = c.id"
                     " WHERE c.id = ANY($1::uuid[])",
@@ -656,6 +657,16 @@ def _mismatch(event: TradeExecutedData, row: Any) -> str | None:
     for name, said, recorded in checks:
         if said != recorded:
             return f"{name} {said!r} differs from the contract's {recorded!r}"
+    # A metered order keeps its fee rule (and only a metered order has one); its price is the
+    # spend cap. An event that says otherwise would bill the periods on other terms.
+    terms = event.delivery
+    metered = (terms.spend_cap_fen, terms.fee_bps) if terms and is_metered(event) else None
+    recorded = (row["price_fen"], row["fee_bps"]) if row["fee_bps"] is not None else None
+    if metered != recorded:
+        return (
+            f"metered terms (spend cap, fee bps) {metered!r} differ from the contract's"
+            f" {recorded!r}"
+        )
     return None
 
 

@@ -28,6 +28,7 @@ from tests.kit.settlement import (
     FEE,
     FEE_BPS,
     PRICE,
+    metered_terms,
     publish_executed,
     seed_metered_trades,
     seed_parties,
@@ -421,3 +422,26 @@ async def test_ledger_verify_names_a_metered_trade_its_movements_do_not_bear_out
         f"metered trade {meter.trade_id}: reserved {CAP} fen and posted 400, but its movements"
         f" reserve {CAP}, post 500 and release 0"
     ) in report.getvalue()
+
+
+async def test_an_event_whose_metered_terms_are_not_the_contracts_is_refused(settings, pool, clock):
+    await ensure_signing_key(pool, settings)
+    async with pool.acquire() as conn:
+        seller, buyers, product = await seed_parties(conn, 1)
+        (meter,) = await seed_metered_trades(conn, 1, seller, buyers, product)
+        (plain,) = await seed_trades(conn, 1, seller, buyers, product)
+    assert meter.delivery is not None
+    replace = msgspec.structs.replace
+    forged = [
+        replace(meter, delivery=replace(meter.delivery, fee_bps=0)),  # a cheaper fee
+        replace(meter, delivery=None),  # posted whole at acceptance instead
+        replace(meter, delivery=replace(meter.delivery, pricing="subscription")),
+        replace(plain, delivery=metered_terms(product, cap=PRICE)),  # never posted whole
+    ]
+    async with worker(settings, pool, clock) as w:
+        for event in forged:
+            result = await w.service.settle_executed([event])
+            assert result.invalid[event.trade_id].startswith("metered terms"), result
+        assert await pool.fetchval("SELECT count(*) FROM settlement_trades") == 0
+        result = await w.service.settle_executed([meter, plain])
+        assert (result.reserved, result.invalid) == (2, {})

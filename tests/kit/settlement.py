@@ -145,10 +145,11 @@ async def seed_trades(
     await conn.execute(
         "INSERT INTO orders (id, buyer_org_id, seller_org_id, product_id, revision, plan_id,"
         " terms, state, cross_border, sensitive_pi, pi_subject_count, price_fen, fee_fen,"
-        " decision, created_at, updated_at, executed_at)"
+        " decision, created_at, updated_at, executed_at, fee_bps)"
         " SELECT o, b, $3, $4, 1, 'auto', $5::text::jsonb, 'executed', false, false, 0, $6, $7,"
-        " $8::text::jsonb, $9, $9, $9 FROM unnest($1::uuid[], $2::uuid[]) AS x(o, b)",
+        " $8::text::jsonb, $9, $9, $9, $10 FROM unnest($1::uuid[], $2::uuid[]) AS x(o, b)",
         order_ids, [b[0] for b in buyer_of], seller[0], product, terms, price, fee, decision, now,
+        delivery.fee_bps if delivery is not None else None,
     )  # fmt: skip
     await conn.execute(
         "INSERT INTO trade_contracts (id, order_id, template, document, digest, text_zh, state,"
