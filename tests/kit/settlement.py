@@ -367,6 +367,16 @@ async def assert_exactly_once(settings: Any, pool: Any, events: list[Any]) -> No
     assert await verify_database(settings.database_url, report) == 0, report.getvalue()
 
 
+async def wait_published(pool: Any, limit: float = 30.0) -> None:
+    """Until the relay has published every outbox event. A trade's dx.trade.reserved is written
+    as it settles, so when the last trade has settled its event may still be on its way."""
+    deadline = time.monotonic() + limit
+    while await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"outbox events still unpublished {limit}s after the run")
+        await asyncio.sleep(0.1)
+
+
 def ready(url: str) -> bool:
     """Whether the API answers /health/ready with 200 (PostgreSQL, migrations, NATS, stream)."""
     try:
