@@ -45,8 +45,6 @@ from settlement.metered import MeteredSettlement
 from settlement.outcomes import announce, draft_row, outcome_row
 from settlement.states import METERED_TRADE, TRADE, TradeAction, TradeState
 
-__all__ = ["InsufficientFunds", "SettlementService"]
-
 FinalStep = Literal["settled", "voided"]
 
 

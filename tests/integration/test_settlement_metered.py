@@ -20,9 +20,9 @@ from exchange.platform.signing import jwks
 from exchange.platform.states import IllegalTransition
 from exchange.runtime import ensure_signing_key
 from settlement import ledger
+from settlement.book import InsufficientFunds
 from settlement.cli import verify_database, verify_receipt_file
 from settlement.metered import ReservationExceeded, StatementRejected
-from settlement.service import InsufficientFunds
 from tests.kit.settlement import (
     CAP,
     FEE,
