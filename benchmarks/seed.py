@@ -253,7 +253,8 @@ async def seed(settings: Settings, products: int, out: IO[str], *, seed_value: i
     try:
         await conn.execute("SET synchronous_commit = off; SET maintenance_work_mem = '512MB'")
         key_row = await conn.fetchrow(
-            "SELECT kid, sealed_private FROM signing_keys ORDER BY created_at DESC, kid LIMIT 1"
+            "SELECT kid, sealed_private FROM signing_keys WHERE purpose = 'exchange'"
+            " ORDER BY created_at DESC, kid LIMIT 1"
         )
         if key_row is None:
             raise RuntimeError("no signing key: run `dataex migrate` first")

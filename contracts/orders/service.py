@@ -104,7 +104,8 @@ LEFT JOIN LATERAL (
     WHERE org_id = j.org_id AND sealed_private IS NOT NULL AND revoked_at IS NULL LIMIT 1
 ) bk ON true
 LEFT JOIN LATERAL (
-    SELECT kid, sealed_private FROM signing_keys ORDER BY created_at DESC, kid LIMIT 1
+    SELECT kid, sealed_private FROM signing_keys WHERE purpose = 'exchange'
+    ORDER BY created_at DESC, kid LIMIT 1
 ) ek ON true
 LEFT JOIN LATERAL (
     SELECT version, digest FROM policy_lists WHERE effective_from <= $4

@@ -19,7 +19,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -85,8 +85,16 @@ def _kid(public: Ed25519PublicKey) -> str:
     return b64url(hashlib.sha256(thumbprint.encode()).digest())
 
 
-def public_jwk(public: Ed25519PublicKey, kid: str) -> dict[str, str]:
-    return {
+KeyPurpose = Literal["exchange", "delivery"]
+
+
+def public_jwk(
+    public: Ed25519PublicKey, kid: str, purpose: KeyPurpose = "exchange"
+) -> dict[str, str]:
+    """The JWK. A delivery key (delivery tokens, the gateway's RFC 9421 signatures) says so in
+    ``dataex_purpose``: ``use`` stays ``sig``, the only value JOSE libraries accept for a
+    signing key (joserfc refuses any other), so peers' verifiers keep working."""
+    jwk = {
         "kty": "OKP",
         "crv": "Ed25519",
         "x": b64url(public.public_bytes(Encoding.Raw, PublicFormat.Raw)),
@@ -94,6 +102,9 @@ def public_jwk(public: Ed25519PublicKey, kid: str) -> dict[str, str]:
         "use": "sig",
         "alg": "EdDSA",
     }
+    if purpose != "exchange":
+        jwk["dataex_purpose"] = purpose
+    return jwk
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,39 +162,56 @@ class KeyRing:
             ) from error
         return Ed25519PrivateKey.from_private_bytes(raw)
 
-    async def rotate(self, conn: Connection, now: datetime) -> str:
-        """Add a new current key; earlier keys stay published for verification."""
+    async def rotate(
+        self, conn: Connection, now: datetime, purpose: KeyPurpose = "exchange"
+    ) -> str:
+        """Add a new current key of ``purpose``; earlier keys stay published for verification."""
         private = Ed25519PrivateKey.generate()
         kid = _kid(private.public_key())
         await conn.execute(
-            "INSERT INTO signing_keys (kid, public_jwk, sealed_private, created_at)"
-            " VALUES ($1, $2, $3, $4)",
+            "INSERT INTO signing_keys (kid, public_jwk, sealed_private, created_at, purpose)"
+            " VALUES ($1, $2, $3, $4, $5)",
             kid,
-            public_jwk(private.public_key(), kid),
+            public_jwk(private.public_key(), kid, purpose),
             self._seal(kid, private),
             now,
+            purpose,
         )
         return kid
 
     async def ensure_key(self, conn: Connection, now: datetime) -> str | None:
-        """Create the first key if there is none; returns its kid if created."""
+        """Create the first key of each purpose that has none; returns the exchange key's kid
+        if it was created."""
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('dataex.signing_keys'))")
-        if await conn.fetchval("SELECT count(*) FROM signing_keys"):
+        have = {row["purpose"] for row in await conn.fetch(
+            "SELECT DISTINCT purpose FROM signing_keys"
+        )}  # fmt: skip
+        if "delivery" not in have:
+            await self.rotate(conn, now, "delivery")
+        if "exchange" in have:
             return None
         return await self.rotate(conn, now)
 
-    async def current(self, conn: Executor) -> SigningKey:
+    async def current(self, conn: Executor, purpose: KeyPurpose = "exchange") -> SigningKey:
         row = await conn.fetchrow(
-            "SELECT kid, sealed_private FROM signing_keys ORDER BY created_at DESC, kid LIMIT 1"
+            "SELECT kid, sealed_private FROM signing_keys WHERE purpose = $1"
+            " ORDER BY created_at DESC, kid LIMIT 1",
+            purpose,
         )
         if row is None:
-            raise Unavailable("the exchange has no signing key yet (dataex keys rotate)")
+            raise Unavailable(f"the exchange has no {purpose} key yet (dataex keys rotate)")
         return self.open(row["kid"], bytes(row["sealed_private"]))
 
 
-async def jwks(conn: Executor) -> dict[str, list[dict[str, str]]]:
-    """Current and previous public keys, newest first."""
-    rows = await conn.fetch("SELECT public_jwk FROM signing_keys ORDER BY created_at DESC, kid")
+async def jwks(
+    conn: Executor, purpose: KeyPurpose | None = None
+) -> dict[str, list[dict[str, str]]]:
+    """Current and previous public keys, newest first (of one purpose, or all)."""
+    rows = await conn.fetch(
+        "SELECT public_jwk FROM signing_keys WHERE $1::text IS NULL OR purpose = $1"
+        " ORDER BY created_at DESC, kid",
+        purpose,
+    )
     return {"keys": [row["public_jwk"] for row in rows]}
 
 

@@ -1,0 +1,151 @@
+"""Usage records: every served request or byte range, committed before the buyer gets it.
+
+`UsageRecorder` is a group commit: callers hand it records and wait; one flush writes every
+record waiting (one transaction, three statements) and tells each caller whether its record is
+in. A record is refused — and its request must not be served — when a lease it names is closed
+or expired: that is what makes the quota exact (`exchange.delivery.quota`). The usage id is the
+primary key, so a retried flush never writes a record twice.
+
+What a crash can do: a process killed after a record's commit and before the answer reached the
+buyer leaves a record for an answer never delivered (at most the records of the flush in flight,
+each one request or one chunk); a process killed before the commit leaves no record and served
+nothing. So no served request is ever unrecorded, and none is recorded twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from datetime import datetime
+from typing import Any, Final
+
+import asyncpg
+import msgspec
+
+from exchange.platform.errors import DataexError
+from exchange.platform.logging import get_logger
+
+log = get_logger(__name__)
+
+MAX_BATCH: Final = 1000
+
+
+class UsageNotRecorded(DataexError):
+    status = 503
+    code = "usage_not_recorded"
+    title = "The usage of this request could not be recorded, so it was not served; retry"
+
+
+class UsageRecord(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    grant_id: uuid.UUID
+    served_at: datetime
+    units: dict[str, int]
+    leases: list[uuid.UUID]
+    cost_millifen: int
+    detail: dict[str, Any]
+
+
+_INSERT = """
+INSERT INTO usage_records (id, grant_id, served_at, units, leases, cost_millifen, detail)
+SELECT r.id, r.grant_id, r.served_at, r.units::jsonb, ARRAY(SELECT jsonb_array_elements_text(
+       r.leases::jsonb)::uuid), r.cost, r.detail::jsonb
+  FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[], $5::text[], $6::bigint[],
+              $7::text[]) AS r(id, grant_id, served_at, units, leases, cost, detail)
+ WHERE r.id = ANY($8::uuid[])
+ON CONFLICT (id) DO NOTHING
+"""
+
+
+async def write(conn: Any, records: list[UsageRecord]) -> set[uuid.UUID]:
+    """Insert the records whose leases are all open, in the caller's transaction; returns the
+    ids written (or already there). Leases are locked FOR SHARE so none closes meanwhile."""
+    lease_ids = sorted({lease for r in records for lease in r.leases})
+    open_leases: set[uuid.UUID] = set()
+    if lease_ids:
+        rows = await conn.fetch(
+            "SELECT id FROM quota_leases WHERE id = ANY($1::uuid[]) AND closed_at IS NULL"
+            " AND expires_at > clock_timestamp() ORDER BY id FOR SHARE",
+            lease_ids,
+        )
+        open_leases = {row["id"] for row in rows}
+    accepted = [r for r in records if all(lease in open_leases for lease in r.leases)]
+    if accepted:
+        encode = msgspec.json.encode
+        await conn.execute(
+            _INSERT,
+            [r.id for r in records], [r.grant_id for r in records],
+            [r.served_at for r in records], [encode(r.units).decode() for r in records],
+            [encode([str(x) for x in r.leases]).decode() for r in records],
+            [r.cost_millifen for r in records], [encode(r.detail).decode() for r in records],
+            [r.id for r in accepted],
+        )  # fmt: skip
+    return {r.id for r in accepted}
+
+
+class UsageRecorder:
+    """Group commit of usage records for one process."""
+
+    def __init__(self, pool: asyncpg.Pool, max_batch: int = MAX_BATCH) -> None:
+        self.pool = pool
+        self.max_batch = max_batch
+        self._waiting: list[tuple[UsageRecord, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.flushes = 0
+        self.written = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="usage-recorder")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._waiting:
+            await self._flush()
+
+    async def record(self, record: UsageRecord) -> None:
+        """Returns once the record is committed; raises `UsageNotRecorded` if it was refused."""
+        self.start()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((record, future))
+        self._wake.set()
+        await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._waiting:
+                await self._flush()
+
+    async def _flush(self) -> None:
+        batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
+        records = [r for r, _ in batch]
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                written = await write(conn, records)
+        except Exception as error:  # noqa: BLE001 (whatever failed, nobody is served unrecorded)
+            log.warning("usage_flush_failed", error=str(error), records=len(records))
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(
+                        UsageNotRecorded(f"usage could not be written: {type(error).__name__}")
+                    )
+            return
+        self.flushes += 1
+        self.written += len(written)
+        for record, future in batch:
+            if future.done():
+                continue
+            if record.id in written:
+                future.set_result(None)
+            else:
+                future.set_exception(
+                    UsageNotRecorded("a quota lease of this request closed before it was recorded")
+                )
