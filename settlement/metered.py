@@ -320,6 +320,10 @@ async def _write(
 
 
 def _statement_problems(statement: UsageStatement, digest: str, exchange: str) -> list[str]:
+    try:  # a struct built in code is not type-checked: an amount must be an integer, say
+        msgspec.convert(msgspec.to_builtins(statement), UsageStatement)
+    except msgspec.ValidationError as error:
+        return [f"the statement is malformed: {error}"]
     problems = []
     if statement.exchange != exchange:
         problems.append(f"the statement is from exchange {statement.exchange!r}, not {exchange!r}")
