@@ -22,7 +22,7 @@ from contracts.orders.api import (
 )
 from contracts.policy.api import PolicyController
 from exchange.catalog.api import CatalogController, ProductCatalogController
-from exchange.delivery.api import GrantController, UpstreamController
+from exchange.delivery.api import GrantController, ProductUsageController, UpstreamController
 from exchange.delivery.files_api import (
     GrantFileController,
     RevisionFileController,
@@ -103,6 +103,7 @@ ROUTE_HANDLERS: list[Any] = [
     GrantFileController,
     RevisionFileController,
     UploadController,
+    ProductUsageController,
     UpstreamController,
 ]
 

@@ -88,6 +88,7 @@ def settlement(
 def grants(pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing) -> GrantService:
     hooks = DeliveryHooks(
         policy_recheck=listings(pool, clock, settings, keyring).delivery_refusal,
+        top_up=MeteredSettlement(settings).top_up,
     )
     return GrantService(pool, clock, settings, keyring, hooks)
 

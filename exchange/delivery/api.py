@@ -14,6 +14,7 @@ from exchange.delivery.schemas import (
     DeliveryToken,
     Grant,
     GrantPage,
+    ProductUsage,
     SuspendIn,
     TokenIn,
     TopUpIn,
@@ -135,6 +136,18 @@ class GrantController(Controller):
     ) -> Grant:  # fmt: skip
         """End a grant for good."""
         return await grants.revoke(actor, grant_id, data.reason)
+
+
+class ProductUsageController(Controller):
+    path = "/v1/products/{product_id:uuid}/usage"
+    tags = ["delivery"]
+
+    @get("/", operation_id="getProductUsage", opt=requires("seller", "admin", "reviewer"))
+    async def product_usage(
+        self, product_id: FromPath[uuid.UUID], grants: Grants, principal: PrincipalDep
+    ) -> ProductUsage:
+        """What every grant of the product used and was charged (its seller and staff)."""
+        return await grants.product_usage(principal, product_id)
 
 
 class UpstreamController(Controller):

@@ -113,3 +113,15 @@ class UsageTotals(Struct, frozen=True):
     cost_millifen: int
     periods: int
     charged_fen: int
+
+
+class ProductUsage(Struct, frozen=True):
+    """What a product's grants used and were charged, for its seller (``grants``: per grant)."""
+
+    product_id: uuid.UUID
+    product_code: str | None
+    records: int
+    totals: dict[str, int]
+    cost_millifen: int
+    charged_fen: int
+    grants: list[UsageTotals]

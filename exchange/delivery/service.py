@@ -28,6 +28,7 @@ from exchange.delivery.schemas import (
     DeliveryToken,
     Grant,
     GrantSnapshot,
+    ProductUsage,
     QuotaView,
     Upstream,
     UsageTotals,
@@ -601,6 +602,50 @@ class GrantService:
             grant_id=grant_id, product_code=grant.product_code, records=row["n"],
             totals={t["key"]: t["total"] for t in totals}, cost_millifen=row["cost"],
             periods=periods["n"], charged_fen=periods["charged"],
+        )  # fmt: skip
+
+    async def product_usage(self, principal: Principal, product_id: uuid.UUID) -> ProductUsage:
+        """Usage of every grant of a product, for its seller (and staff): 404 to anyone else."""
+        seller = await self.pool.fetchval(
+            "SELECT seller_org_id FROM products WHERE id = $1", product_id
+        )
+        if seller is None or (
+            seller != principal.org_id and not principal.has("admin", "reviewer")
+        ):
+            raise NotFound(f"no product {product_id} of yours")
+        rows = await self.pool.fetch(
+            """
+            SELECT g.id, g.product_code, coalesce(r.n, 0) AS n, coalesce(r.cost, 0) AS cost,
+                   coalesce(p.n, 0) AS periods, coalesce(p.charged, 0) AS charged,
+                   coalesce(t.totals, '{}'::jsonb) AS totals
+              FROM grants g
+              LEFT JOIN LATERAL (SELECT count(*) AS n, sum(cost_millifen)::bigint AS cost
+                                   FROM usage_records WHERE grant_id = g.id) r ON true
+              LEFT JOIN LATERAL (SELECT count(*) AS n, sum(charge_fen)::bigint AS charged
+                                   FROM usage_periods WHERE grant_id = g.id) p ON true
+              LEFT JOIN LATERAL (SELECT jsonb_object_agg(key, total) AS totals
+                                   FROM (SELECT key, sum(value::bigint)::bigint AS total
+                                           FROM usage_records, jsonb_each_text(units)
+                                          WHERE grant_id = g.id GROUP BY key) k) t ON true
+             WHERE g.product_id = $1 ORDER BY g.created_at, g.id
+            """,
+            product_id,
+        )
+        per_grant = [
+            UsageTotals(grant_id=r["id"], product_code=r["product_code"], records=r["n"],
+                        totals=dict(r["totals"]), cost_millifen=r["cost"], periods=r["periods"],
+                        charged_fen=r["charged"])
+            for r in rows
+        ]  # fmt: skip
+        totals: dict[str, int] = {}
+        for grant in per_grant:
+            for name, n in grant.totals.items():
+                totals[name] = totals.get(name, 0) + n
+        return ProductUsage(
+            product_id=product_id, product_code=rows[0]["product_code"] if rows else None,
+            records=sum(g.records for g in per_grant), totals=totals,
+            cost_millifen=sum(g.cost_millifen for g in per_grant),
+            charged_fen=sum(g.charged_fen for g in per_grant), grants=per_grant,
         )  # fmt: skip
 
     # --- upstreams (API delivery) -------------------------------------------------------------

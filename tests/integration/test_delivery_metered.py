@@ -25,6 +25,7 @@ from tests.kit.market import deposit, list_product, order_body, place, standing_
 from tests.kit.settlement import worker
 
 CAP_FEN = 1_000
+TOP_UP_FEN = 300
 DIMENSIONS = [
     Dimension("requests", unit_price_millifen=1_500),
     Dimension("rows", unit_price_millifen=7),
@@ -124,6 +125,34 @@ async def test_a_metered_plan_bills_by_period_stops_at_the_cap_and_releases_the_
     assert total_cost <= CAP_FEN * 1000
     assert CAP_FEN * 1000 - total_cost < cost_millifen({"requests": 1, "rows": 50}, prices)
 
+    # A top-up reserves more (once per key): the cap rises, the suspension lifts, calls go on.
+    path = f"/v1/grants/{grant_id}/top-ups"
+    for _ in range(2):
+        topped = await client.post(path, json={"amount_fen": TOP_UP_FEN, "key": "t1"},
+                                   headers=bearer(trade["buyer"]))  # fmt: skip
+        assert topped.status_code == 200, topped.text
+        assert (topped.json()["state"], topped.json()["spend_cap_fen"]) == (
+            "active", CAP_FEN + TOP_UP_FEN)  # fmt: skip
+    broke = await client.post(path, json={"amount_fen": 10**6, "key": "t2"},
+                              headers=bearer(trade["buyer"]))  # fmt: skip
+    assert (broke.status_code, broke.json()["code"]) == (422, "insufficient_funds")
+    refused.clear()
+    await asyncio.wait_for(asyncio.gather(*(caller(n) for n in range(4))), 120)
+    for book in books:
+        await book.close()
+    assert set(refused) <= {"quota_exhausted", "grant_suspended"} and refused
+    await billing.close_due()
+    total_cost = sum(cost_millifen(u, prices) for u in served)
+    cap_fen = CAP_FEN + TOP_UP_FEN
+    assert cap_fen * 1000 - cost_millifen({"requests": 1, "rows": 50}, prices) < total_cost
+    assert total_cost <= cap_fen * 1000
+
+    usage = await client.get(f"/v1/products/{product_id}/usage", headers=bearer(trade["seller"]))
+    assert usage.status_code == 200, usage.text
+    assert (usage.json()["records"], usage.json()["cost_millifen"]) == (len(served), total_cost)
+    other = await client.get(f"/v1/products/{product_id}/usage", headers=bearer(trade["other"]))
+    assert other.status_code == 404
+
     # The term ends: the final (empty) period closes the books and the rest is released.
     clock.advance(timedelta(days=181))
     assert await grants.expire_due() == 1
@@ -156,10 +185,10 @@ async def test_a_metered_plan_bills_by_period_stops_at_the_cap_and_releases_the_
     fees = sum(r["posted"] for r in usage if r["account"] == "fee_revenue")
     assert seller_share + fees == charged and fees > 0
     released = [r for r in moved if r["kind"] == "release" and r["account"] == "available"]
-    assert sum(r["posted"] for r in released) == CAP_FEN - charged
+    assert sum(r["posted"] for r in released) == CAP_FEN + TOP_UP_FEN - charged
     settled = await pool.fetchrow("SELECT * FROM settlement_trades WHERE trade_id = $1", trade_id)
     assert (settled["state"], settled["posted_fen"], settled["reserved_fen"]) == (
-        "settled", charged, CAP_FEN)  # fmt: skip
+        "settled", charged, CAP_FEN + TOP_UP_FEN)  # fmt: skip
     balances = {r["kind"]: r["balance"] for r in await pool.fetch(
         "SELECT kind, balance FROM accounts WHERE org_id = $1", uuid.UUID(buyer_org)
     )}  # fmt: skip

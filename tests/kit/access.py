@@ -104,6 +104,10 @@ OWNED_ELSEWHERE = {
             ("POST", "/top-ups"),
         )
     },
+    ("GET", "/v1/products/{product_id:uuid}/usage"): (
+        "tests/integration/test_delivery_metered.py::"
+        "test_a_metered_plan_bills_by_period_stops_at_the_cap_and_releases_the_rest"
+    ),
     ("PUT", "/v1/products/{product_id:uuid}/upstream"): (
         "tests/integration/test_delivery.py::test_grants_and_their_tokens_are_for_the_parties_only"
     ),
@@ -142,6 +146,7 @@ def matrix_routes() -> list[tuple[str, str, object]]:
 # token with that role alone. Public routes ignore a token, even a revoked one. A new route must
 # be added here (test_every_route_has_a_row_in_the_matrix), with the statuses it should give.
 MATRIX = {
+    ("GET", "/v1/products/{product_id:uuid}/usage"): "401 404 403 404 404 404 404 401",
     ("POST", "/v1/organisations/{org_id:uuid}/reinstate"): "401 403 403 403 403 404 403 401",
     ("POST", "/v1/organisations/{org_id:uuid}/suspend"): "401 403 403 403 403 400 403 401",
     ("GET", "/v1/grants"): "401 200 200 200 200 200 200 401",
