@@ -54,6 +54,7 @@ from exchange.platform.clock import Clock, SystemClock
 from exchange.platform.db import create_pool
 from exchange.platform.errors import DataexError, NotFound, Unavailable
 from exchange.platform.http import PROBLEM_JSON, Problem, problem_type, request_id_of
+from exchange.platform.limits import MAX_PARAMETER_CHARS
 from exchange.platform.logging import get_logger
 from exchange.platform.metering import SPEND, cost_millifen, parse_reported
 from exchange.platform.settings import Settings
@@ -82,6 +83,16 @@ class BodyTooLarge(DataexError):
     status = 413
     code = "payload_too_large"
     title = "The request body is too large"
+
+
+class PathNotAllowed(DataexError):
+    status = 400
+    code = "path_not_allowed"
+    title = "The path may not leave the product's upstream base path"
+
+
+class _ClientGone(Exception):
+    """The buyer disconnected before its request was read."""
 
 
 class _Live:
@@ -210,6 +221,8 @@ class Gateway:
             await self._serve(scope, receive, send)
         except DataexError as error:
             await _problem(scope, send, error)
+        except _ClientGone:
+            return
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -236,6 +249,8 @@ class Gateway:
         live = self.live
         raw_path: bytes = (scope.get("raw_path") or path.encode()).split(b"?", 1)[0]
         grant_text, _, tail = raw_path[len(PREFIX) :].decode("latin-1").partition("/")
+        if any(s.lower().replace("%2e", ".") in (".", "..") for s in tail.split("/")):
+            raise PathNotAllowed("dot segments ('.', '..') are not forwarded")
         authorization = None
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -286,7 +301,7 @@ class Gateway:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise asyncio.CancelledError  # nobody to answer; nothing was taken yet
+                raise _ClientGone  # nothing was taken yet
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
@@ -310,9 +325,8 @@ class Gateway:
             limited.add(SPEND)
         needs = {"requests": 1} if "requests" in limited else {}
         spent = await live.leases.take(grant.id, needs)
-        recorded = False
+        usage_id = uuid.uuid4()
         try:
-            usage_id = uuid.uuid4()
             answer = await live.forwarder.call(
                 scope["method"], *self._call(live, scope, grant, base_url, tail, body, usage_id)
             )
@@ -325,23 +339,21 @@ class Gateway:
                 after[SPEND] = units[SPEND] = cost
             spent |= await live.leases.take(grant.id, after)
             needs |= after
-            record = UsageRecord(
+        except BaseException:
+            await live.leases.give_back(grant.id, spent, needs)  # not served: not spent
+            raise
+        try:
+            await live.recorder.record(UsageRecord(
                 id=usage_id, grant_id=grant.id, served_at=self.clock.now(), units=units,
                 leases=list(spent.values()), cost_millifen=cost,
                 detail={"method": scope["method"], "path": "/" + tail[:500],
                         "status": answer.status},
-            )  # fmt: skip
-            try:
-                await live.recorder.record(record)
-            finally:
-                recorded = True  # in, or refused because a lease closed: either way `done`
-        finally:
-            if not recorded:
-                await live.leases.give_back(grant.id, spent, needs)
-        try:
+            ))  # fmt: skip
             headers = [*answer.headers, (b"dataex-usage-id", str(usage_id).encode())]
             await _send(send, answer.status, headers, answer.body)
         finally:
+            # Recorded (served or not: the record stands) or refused at record because a lease
+            # closed under it: the units are spent either way.
             await live.leases.done(grant.id, spent)
 
     def _call(
@@ -388,10 +400,11 @@ async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], bod
 async def _problem(scope: Scope, send: Send, error: DataexError) -> None:
     """An RFC 9457 problem, the same shape the API's handlers produce."""
     path = scope.get("path", "")
+    instance = path if len(path) <= MAX_PARAMETER_CHARS else path[:200] + "…"
     request_id = request_id_of(scope)  # type: ignore[arg-type]
     problem = Problem(
         type=problem_type(error.code), title=error.title, status=error.status,
-        detail=error.detail, code=error.code, instance=path if len(path) <= 2000 else path[:200],
+        detail=error.detail, code=error.code, instance=instance,
         request_id=request_id, errors=error.errors or None,
     )  # fmt: skip
     body: dict[str, Any] = msgspec.to_builtins(problem)
