@@ -22,6 +22,7 @@ from contracts.orders.api import (
 )
 from contracts.policy.api import PolicyController
 from exchange.catalog.api import CatalogController, ProductCatalogController
+from exchange.delivery.api import GrantController, UpstreamController
 from exchange.health import HealthController
 from exchange.identity.api import OrganisationController, TokenController
 from exchange.listings.api import CertificateController, WellKnownController
@@ -93,6 +94,8 @@ ROUTE_HANDLERS: list[Any] = [
     MemberCredentialController,
     RecognitionController,
     FeedController,
+    GrantController,
+    UpstreamController,
 ]
 
 

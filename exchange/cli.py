@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run one part in this process (for deployments that scale parts separately)",
         description="Run one part against DATAEX_DATABASE_URL and DATAEX_NATS_URL.",
     )
-    serve.add_argument("part", choices=["api", "relay", "settlement"])
+    serve.add_argument("part", choices=["api", "relay", "settlement", "delivery"])
     commands.add_parser(
         "migrate",
         help="apply database migrations and provision JetStream streams, then exit",
@@ -179,9 +179,11 @@ def _settlement_commands(commands: Any, bench_commands: Any) -> None:
         "ledger", help="append N synthetic entries (and tree heads) and time `ledger verify`"
     )
     bench_ledger.add_argument("--entries", type=int, default=1_000_000)
+    from exchange.delivery.cli import add_arguments as add_grant_arguments
     from exchange.recognition.cli import add_arguments as add_peer_arguments
 
     add_peer_arguments(commands)
+    add_grant_arguments(commands)
     ledger_cmd = commands.add_parser(
         "ledger",
         help="the registration ledger: verify it, export it, verify a trade's receipt",
@@ -247,7 +249,7 @@ def _online(args: argparse.Namespace) -> int:
         if args.command == "policy":
             with runtime.servers(settings) as live:
                 return asyncio.run(runtime.policy_task(live, args))
-        if args.command in ("seed", "catalog", "ledger", "peers") or (
+        if args.command in ("seed", "catalog", "ledger", "peers", "grants") or (
             args.command == "bench" and args.bench_command in ("catalog", "settlement", "ledger")
         ):
             return _server_task(args, settings)
@@ -270,6 +272,14 @@ def _online(args: argparse.Namespace) -> int:
 
 
 def _server_task(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "grants":
+        import asyncio
+
+        from exchange import runtime, wiring
+        from exchange.delivery.cli import run as grants_task
+
+        with runtime.servers(settings) as live:
+            return asyncio.run(grants_task(live, args, wiring.grants))
     if args.command == "peers":
         import asyncio
 

@@ -29,7 +29,7 @@ from exchange.platform.settings import Settings
 
 log = get_logger("dataex.runtime")
 
-PARTS = ("api", "relay", "settlement")
+PARTS = ("api", "relay", "settlement", "delivery")
 STOP_BUDGET_SECONDS = 2.5  # for the parts; the embedded servers get the rest of the 5 s
 
 
@@ -408,6 +408,17 @@ def serve(part: str, settings: Settings) -> int:
             await settlement_loop(platform, stop, service)
 
         asyncio.run(run_part(settings, "settlement", settle))
+    elif part == "delivery":
+        from exchange import wiring
+        from exchange.delivery.worker import delivery_loop
+
+        async def deliver(platform: Any, stop: asyncio.Event) -> None:
+            grants = wiring.grants(
+                platform.pool, platform.clock, platform.settings, platform.keyring
+            )
+            await delivery_loop(platform, stop, grants, wiring.period_closer(platform))
+
+        asyncio.run(run_part(settings, "delivery", deliver))
     else:
         raise StartupError(f"unknown part {part!r}: one of {', '.join(PARTS)}")
     return 0

@@ -9,16 +9,21 @@ and the process runtime, fills it in:
   (`recognition.feed.on_listing_event`);
 - the review queue → the listing and order rooms' `on_case_decided`;
 - recognition → the listing room, through which recognised products are written;
-- settlement → the orders room's `mark_unfunded` for trades whose payment failed.
+- settlement → the orders room's `mark_unfunded` for trades whose payment failed;
+- delivery → the listing room's re-check of the negative list (before a delivery token) and
+  settlement's top-up of a metered trade's reserve.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from litestar.di import NamedDependency, Provide
 
 from contracts.orders.service import OrderService
 from exchange.catalog import service as catalog
+from exchange.delivery.service import DeliveryHooks, GrantService
 from exchange.listings.service import ListingHooks, ListingService
 from exchange.platform.clock import Clock
 from exchange.platform.context import Platform
@@ -67,6 +72,18 @@ def settlement(
     return SettlementService(pool, clock, settings, keyring, on_unfunded=unfunded)
 
 
+def grants(pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing) -> GrantService:
+    hooks = DeliveryHooks(
+        policy_recheck=listings(pool, clock, settings, keyring).delivery_refusal,
+    )
+    return GrantService(pool, clock, settings, keyring, hooks)
+
+
+def period_closer(platform: Platform) -> Callable[[], Awaitable[int]] | None:
+    """What closes the delivery room's due billing periods (none until billing is wired)."""
+    return None
+
+
 def provide_listings(platform: NamedDependency[Platform]) -> ListingService:
     return listings(platform.pool, platform.clock, platform.settings, platform.keyring)
 
@@ -83,10 +100,15 @@ def provide_settlement(platform: NamedDependency[Platform]) -> SettlementService
     return settlement(platform.pool, platform.clock, platform.settings, platform.keyring)
 
 
+def provide_grants(platform: NamedDependency[Platform]) -> GrantService:
+    return grants(platform.pool, platform.clock, platform.settings, platform.keyring)
+
+
 # The services the rooms' controllers ask for by name, built per request from the platform.
 DEPENDENCIES = {
     "listings": Provide(provide_listings, sync_to_thread=False),
     "reviews": Provide(provide_reviews, sync_to_thread=False),
     "recognition": Provide(provide_recognition, sync_to_thread=False),
     "settlement": Provide(provide_settlement, sync_to_thread=False),
+    "grants": Provide(provide_grants, sync_to_thread=False),
 }

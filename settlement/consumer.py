@@ -25,9 +25,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from exchange.platform.bus import fetch_batch
 from exchange.platform.context import Platform
 from exchange.platform.db import is_unavailable
 from exchange.platform.events import TradeExecuted
@@ -44,7 +44,6 @@ MAX_DELIVER = 5
 ACK_WAIT_SECONDS = 10.0
 BATCH = 1000
 RETRY_DELAY_SECONDS = 1.0
-GATHER_SECONDS = 0.05
 # While the database is away: first and longest pause between attempts, and how often the held
 # messages are marked in progress (well inside ack_wait, so none is redelivered meanwhile).
 UNAVAILABLE_FIRST_PAUSE = 0.1
@@ -233,24 +232,6 @@ class Consumer:
             stream=settings.stream_name,
         )
         await message.term()
-
-
-async def fetch_batch(sub: Any, batch: int, wait: float) -> list[Any]:
-    """Up to ``batch`` messages; empty after ``wait`` seconds without any.
-
-    A fetch returns what the server had at hand (often a few dozen); gather up to a full batch
-    for a moment, since each batch costs about a dozen statements whatever its size."""
-    try:
-        messages: list[Any] = await sub.fetch(batch, timeout=wait)
-    except (TimeoutError, NatsTimeout):
-        return []
-    deadline = time.monotonic() + GATHER_SECONDS
-    while len(messages) < batch and (left := deadline - time.monotonic()) > 0:
-        try:
-            messages.extend(await sub.fetch(batch - len(messages), timeout=left))
-        except (TimeoutError, NatsTimeout):
-            break
-    return messages
 
 
 async def _in_progress(items: Sequence[tuple[Any, TradeExecuted]]) -> None:

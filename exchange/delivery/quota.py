@@ -25,14 +25,15 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import asyncpg
 
-from exchange.delivery.tokens import QuotaBusy, QuotaExhausted
+from exchange.delivery.tokens import STATE_REFUSALS, QuotaBusy, QuotaExhausted
 from exchange.platform.db import Connection
+from exchange.platform.metering import SPEND, Dimension
 
 LEASE_TTL_SECONDS: Final = 60.0
 # A lease is not used for new requests in its last USE_MARGIN seconds, so a request that took a
@@ -44,6 +45,22 @@ MAX_BLOCK_REQUESTS: Final = 64  # a block is at most this many times what one re
 # Called in the closing transaction when a dimension's quota is used up (used = limit):
 # the grant service turns it into ``exhausted`` (or a spend-cap suspension).
 ExhaustedHook = Callable[[Connection, uuid.UUID, str], Awaitable[None]]
+
+
+def needs_for(
+    dimensions: Sequence[Dimension],
+    spend_cap_fen: int | None,
+    units: Mapping[str, int],
+    cost: int,
+) -> dict[str, int]:
+    """The units one request takes from the grant's quotas: its dimensions that have a quota,
+    and its cost from the spend cap (metered plans). Dimensions without a quota are counted
+    in the usage record only: they never touch the database on the way."""
+    limited = {d.name for d in dimensions if d.quota is not None}
+    needs = {name: n for name, n in units.items() if name in limited and n > 0}
+    if spend_cap_fen is not None and cost > 0:
+        needs[SPEND] = cost
+    return needs
 
 
 def holder_name() -> str:
@@ -64,7 +81,15 @@ class _Lease:
 
 
 async def _close(conn: Connection, lease_id: uuid.UUID, on_exhausted: ExhaustedHook | None) -> None:
-    """Close one lease in the caller's transaction: used = what its records say."""
+    """Close one lease in the caller's transaction: used = what its records say.
+
+    Locks in the order every delivery transaction takes them — the grant, its leases, its
+    quotas — so closing, leasing and billing never deadlock."""
+    await conn.execute(
+        "SELECT 1 FROM grants WHERE id = (SELECT grant_id FROM quota_leases WHERE id = $1)"
+        " FOR UPDATE",
+        lease_id,
+    )
     row = await conn.fetchrow(
         "SELECT grant_id, dimension, units FROM quota_leases"
         " WHERE id = $1 AND closed_at IS NULL FOR UPDATE",
@@ -73,10 +98,12 @@ async def _close(conn: Connection, lease_id: uuid.UUID, on_exhausted: ExhaustedH
     if row is None:
         return  # closed already (by the reaper, or a retry)
     # A new statement, so its snapshot sees every record committed before the lock was ours.
+    # The spend cap is spent in milli-fen: a record's cost; any other dimension: its units.
     used = await conn.fetchval(
-        "SELECT coalesce(sum((units ->> $2)::bigint), 0) FROM usage_records"
+        "SELECT coalesce(sum(CASE WHEN $2 = $3 THEN cost_millifen"
+        " ELSE (units ->> $2)::bigint END), 0) FROM usage_records"
         " WHERE leases @> ARRAY[$1::uuid]",
-        lease_id, row["dimension"],
+        lease_id, row["dimension"], SPEND,
     )  # fmt: skip
     await conn.execute(
         "UPDATE quota_leases SET used = $2, closed_at = clock_timestamp() WHERE id = $1",
@@ -198,7 +225,16 @@ class LeaseBook:
         lease.in_flight -= 1
 
     async def _lease(self, grant_id: uuid.UUID, dimension: str, n: int) -> _Lease:
+        used_up = False
         async with self.pool.acquire() as conn, conn.transaction():
+            # Only an active grant is leased units: once it is suspended or ended, the leases
+            # out are closed by billing and no new one can follow them.
+            state = await conn.fetchval(
+                "SELECT state FROM grants WHERE id = $1 FOR SHARE", grant_id
+            )
+            if state != "active":
+                refusal = STATE_REFUSALS.get(str(state), QuotaExhausted)
+                raise refusal(f"grant {grant_id} is {state}", extensions={"state": state})
             row = await conn.fetchrow(
                 "SELECT limit_units - used_units - leased_units AS free, leased_units"
                 " FROM grant_quotas WHERE grant_id = $1 AND dimension = $2 FOR UPDATE",
@@ -207,30 +243,37 @@ class LeaseBook:
             if row is None:
                 raise QuotaExhausted(f"the grant has no {dimension} quota")
             free = row["free"]
-            if free < n:
-                if row["leased_units"] > 0:
-                    raise QuotaBusy(
-                        f"{free} {dimension} left and {row['leased_units']} held by another"
-                        " gateway process; retry within a second",
-                        extensions={"dimension": dimension, "retry_after": 1},
-                    )
-                raise QuotaExhausted(
-                    f"the grant's {dimension} quota is used up ({n} needed, {free} left)",
-                    extensions={"dimension": dimension, "left": free},
+            if free < n and row["leased_units"] > 0:
+                raise QuotaBusy(
+                    f"{free} {dimension} left and {row['leased_units']} held by another"
+                    " gateway process; retry within a second",
+                    extensions={"dimension": dimension, "retry_after": 1},
                 )
-            units = max(n, min(MAX_BLOCK_REQUESTS * n, free // 8))
-            lease_id = uuid.uuid4()
-            await conn.execute(
-                "UPDATE grant_quotas SET leased_units = leased_units + $3"
-                " WHERE grant_id = $1 AND dimension = $2",
-                grant_id, dimension, units,
-            )  # fmt: skip
-            await conn.execute(
-                "INSERT INTO quota_leases (id, grant_id, dimension, holder, units, leased_at,"
-                " expires_at) VALUES ($1, $2, $3, $4, $5, clock_timestamp(),"
-                " clock_timestamp() + make_interval(secs => $6))",
-                lease_id, grant_id, dimension, self.holder, units, self.ttl,
-            )  # fmt: skip
+            if free >= n:
+                units = max(n, min(MAX_BLOCK_REQUESTS * n, free // 8))
+                lease_id = uuid.uuid4()
+                await conn.execute(
+                    "UPDATE grant_quotas SET leased_units = leased_units + $3"
+                    " WHERE grant_id = $1 AND dimension = $2",
+                    grant_id, dimension, units,
+                )  # fmt: skip
+                await conn.execute(
+                    "INSERT INTO quota_leases (id, grant_id, dimension, holder, units,"
+                    " leased_at, expires_at) VALUES ($1, $2, $3, $4, $5, clock_timestamp(),"
+                    " clock_timestamp() + make_interval(secs => $6))",
+                    lease_id, grant_id, dimension, self.holder, units, self.ttl,
+                )  # fmt: skip
+            else:
+                used_up = True
+        if used_up:
+            # Nothing is leased out and too little is left: the quota is used up for good.
+            if self.on_exhausted is not None:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await self.on_exhausted(conn, grant_id, dimension)
+            raise QuotaExhausted(
+                f"the grant's {dimension} quota is used up ({n} needed, {free} left)",
+                extensions={"dimension": dimension, "left": free},
+            )
         self.leased += 1
         return _Lease(lease_id, grant_id, dimension, units, time.monotonic() + self.ttl, units)
 

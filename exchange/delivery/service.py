@@ -205,7 +205,12 @@ class GrantService:
         at = datetime.fromisoformat(data.executed_at)
         until = at + timedelta(days=terms.term_days)
         created = 0
-        for mode in terms.modes:
+        modes = list(terms.modes)
+        if terms.pricing == "metered" and terms.spend_cap_fen is not None:
+            # One spend cap, one grant: a metered trade is delivered (and billed) through its
+            # first mode, the API before files before the sandbox.
+            modes = [m for m in ("api", "file", "sandbox") if m in modes][:1]
+        for mode in modes:
             grant_id = uuid.uuid5(uuid.UUID(data.trade_id), mode)
             row = await conn.fetchrow(
                 "INSERT INTO grants (id, trade_id, mode, buyer_org_id, seller_org_id, buyer_uscc,"
@@ -236,7 +241,27 @@ class GrantService:
                 )  # fmt: skip
             await self._announce(conn, row, "dx.grant.created", self.clock.now(), None)
             created += 1
+        news = await conn.fetchrow(
+            "DELETE FROM delivery_trade_news WHERE trade_id = $1 RETURNING news",
+            uuid.UUID(data.trade_id),
+        )
+        if news is not None and created:
+            if news["news"] == "reserved":
+                await self.on_trade_reserved(conn, uuid.UUID(data.trade_id))
+            else:
+                await self.on_trade_ended(
+                    conn, uuid.UUID(data.trade_id), f"the trade {news['news']}"
+                )
         return created
+
+    async def _early(self, conn: Connection, trade_id: uuid.UUID, news: str) -> None:
+        """Settlement's news of a trade whose grants do not exist (yet): kept for them."""
+        await conn.execute(
+            "INSERT INTO delivery_trade_news (trade_id, news, at) VALUES ($1, $2, $3)"
+            " ON CONFLICT (trade_id) DO UPDATE SET news = EXCLUDED.news, at = EXCLUDED.at"
+            " WHERE delivery_trade_news.news = 'reserved'",
+            trade_id, news, self.clock.now(),
+        )  # fmt: skip
 
     async def _rows(self, conn: Connection, where: str, *args: Any) -> list[Any]:
         return list(await conn.fetch(f"{_SELECT} WHERE {where} ORDER BY id FOR UPDATE", *args))
@@ -244,6 +269,8 @@ class GrantService:
     async def on_trade_reserved(self, conn: Connection, trade_id: uuid.UUID) -> int:
         now = self.clock.now()
         rows = await self._rows(conn, "trade_id = $1", trade_id)
+        if not rows:
+            await self._early(conn, trade_id, "reserved")
         changed = 0
         for row in rows:
             if row["state"] in ("pending", "suspended") and row["activated_at"] is None:
@@ -254,6 +281,9 @@ class GrantService:
     async def on_trade_ended(self, conn: Connection, trade_id: uuid.UUID, why: str) -> int:
         """The trade was voided or could not be paid: its grants are revoked."""
         now = self.clock.now()
+        if not await conn.fetchval("SELECT 1 FROM grants WHERE trade_id = $1 LIMIT 1", trade_id):
+            await self._early(conn, trade_id, "voided" if "void" in why else "failed")
+            return 0
         rows = await self._rows(conn, "trade_id = $1 AND state = ANY($2::text[])", trade_id,
                                 [*LIVE, "exhausted"])  # fmt: skip
         for row in rows:
@@ -436,13 +466,13 @@ class GrantService:
         self, actor: Actor, principal: Principal, grant_id: uuid.UUID, amount_fen: int, key: str
     ) -> Grant:
         """Reserve more money for a metered grant: its spend cap rises, a cap suspension lifts."""
-        if self.hooks.top_up is None:
-            raise Conflict("top-ups are not available on this exchange")
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
             row = await self._locked(conn, grant_id)
             if row["buyer_org_id"] != principal.org_id:
                 raise NotFound(f"no grant {grant_id}")
+            if self.hooks.top_up is None:
+                raise Conflict("top-ups are not available on this exchange")
             if row["spend_cap_fen"] is None:
                 raise InvalidInput(f"grant {grant_id} is not metered: it has no spend cap")
             if row["state"] in ("expired", "revoked"):

@@ -100,11 +100,6 @@ class GrantSuspended(GrantRefused):
     title = "The grant is suspended"
 
 
-class GrantExhausted(GrantRefused):
-    code = "grant_exhausted"
-    title = "The grant's quota is used up"
-
-
 class GrantExpired(GrantRefused):
     code = "grant_expired"
     title = "The grant's term is over"
@@ -132,7 +127,7 @@ class QuotaBusy(GrantRefused):
 STATE_REFUSALS: Final[dict[str, type[GrantRefused]]] = {
     "pending": GrantPending,
     "suspended": GrantSuspended,
-    "exhausted": GrantExhausted,
+    "exhausted": QuotaExhausted,
     "expired": GrantExpired,
     "revoked": GrantRevoked,
 }

@@ -19,8 +19,8 @@ from contracts.policy.attributes import (
     ThirdPartyRights,
 )
 from exchange.identity.schemas import Contact
-from exchange.platform.metering import Dimension
 from exchange.listings.states import ProductState, SuspendedBy
+from exchange.platform.metering import Dimension
 
 ProductType = Literal[
     "dataset", "report", "api", "index", "model", "visualisation", "service", "tool"

@@ -465,6 +465,23 @@ class ListingService:
             )
             return await self._view(conn, await self._row(conn, product_id))
 
+    async def delivery_refusal(self, conn: Connection, product_id: uuid.UUID) -> str | None:
+        """Why the negative list in force refuses delivering this product now (None: it does
+        not). The delivery room asks before each delivery token, through the wiring."""
+        row = await conn.fetchrow(
+            "SELECT live_revision, legal_prohibition, state FROM products WHERE id = $1",
+            product_id,
+        )
+        if row is None or row["live_revision"] is None:
+            return f"product {product_id} has no live revision"
+        metadata = (await fetch_revision(conn, product_id, row["live_revision"])).metadata
+        document = evaluation_document(metadata, legal_prohibition=row["legal_prohibition"])
+        decision = evaluate(document, await self.policy.current(conn))
+        if decision.decision != "reject":
+            return None
+        rules = ", ".join(hit.rule for hit in decision.hits if hit.list == "negative") or "a rule"
+        return f"the negative list {decision.list_version} now refuses this product ({rules})"
+
     async def on_case_decided(
         self, conn: Connection, case: ReviewCase, verdict: str, actor: Actor, at: datetime
     ) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import nats
 from nats.aio.client import Client as NatsClient
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
@@ -88,3 +90,21 @@ async def ensure_stream(client: NatsClient, settings: Settings) -> str:
         log.info("stream_updated", stream=settings.stream_name)
         return "updated"
     return "unchanged"
+
+
+async def fetch_batch(sub: Any, batch: int, wait: float, gather_seconds: float = 0.05) -> list[Any]:
+    """Up to ``batch`` messages of a pull subscription; empty after ``wait`` seconds without any.
+
+    A fetch returns what the server had at hand (often a few dozen); gather up to a full batch
+    for a moment, since a consumer's batch costs a few statements whatever its size."""
+    try:
+        messages: list[Any] = await sub.fetch(batch, timeout=wait)
+    except (TimeoutError, NatsTimeout):
+        return []
+    deadline = time.monotonic() + gather_seconds
+    while len(messages) < batch and (left := deadline - time.monotonic()) > 0:
+        try:
+            messages.extend(await sub.fetch(batch - len(messages), timeout=left))
+        except (TimeoutError, NatsTimeout):
+            break
+    return messages

@@ -79,6 +79,21 @@ OWNED_ELSEWHERE = {
             ("POST", "/cancel"),
         )
     },
+    **{
+        (method, f"/v1/grants/{{grant_id:uuid}}{suffix}"): (
+            "tests/integration/test_delivery.py::test_grants_and_their_tokens_are_for_the_parties_only"
+        )
+        for method, suffix in (
+            ("GET", ""),
+            ("GET", "/usage"),
+            ("POST", "/tokens"),
+            ("POST", "/tokens/{jti:uuid}/revoke"),
+            ("POST", "/top-ups"),
+        )
+    },
+    ("PUT", "/v1/products/{product_id:uuid}/upstream"): (
+        "tests/integration/test_delivery.py::test_grants_and_their_tokens_are_for_the_parties_only"
+    ),
 }
 STAFF_ONLY = {"reviewer", "admin"}
 
@@ -114,6 +129,19 @@ def matrix_routes() -> list[tuple[str, str, object]]:
 # token with that role alone. Public routes ignore a token, even a revoked one. A new route must
 # be added here (test_every_route_has_a_row_in_the_matrix), with the statuses it should give.
 MATRIX = {
+    ("GET", "/v1/grants"): "401 200 200 200 200 200 200 401",
+    ("GET", "/v1/grants/{grant_id:uuid}"): "401 404 404 404 404 404 404 401",
+    ("GET", "/v1/grants/{grant_id:uuid}/usage"): "401 404 404 404 404 404 404 401",
+    ("POST", "/v1/grants/{grant_id:uuid}/resume"): "401 403 403 403 403 404 403 401",
+    ("POST", "/v1/grants/{grant_id:uuid}/revoke"): "401 403 403 403 403 400 403 401",
+    ("POST", "/v1/grants/{grant_id:uuid}/suspend"): "401 403 403 403 403 400 403 401",
+    ("POST", "/v1/grants/{grant_id:uuid}/tokens"): "401 403 404 404 403 403 404 401",
+    (
+        "POST",
+        "/v1/grants/{grant_id:uuid}/tokens/{jti:uuid}/revoke",
+    ): "401 403 404 404 403 404 404 401",
+    ("POST", "/v1/grants/{grant_id:uuid}/top-ups"): "401 403 400 400 403 403 400 401",
+    ("PUT", "/v1/products/{product_id:uuid}/upstream"): "401 400 403 400 403 403 400 401",
     ("DELETE", "/v1/peers/{code:str}"): "401 403 403 403 403 404 403 401",
     ("GET", "/.well-known/dataex-exchange"): "200 200 200 200 200 200 200 200",
     ("GET", "/v1/peers"): "401 403 403 403 200 200 403 401",

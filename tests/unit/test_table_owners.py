@@ -70,6 +70,18 @@ TABLE_OWNERS = {
     "ledger_entries": "settlement",
     "ledger_tree_heads": "settlement",
     "settlement_failures": "settlement",
+    # delivery: grants, quotas, usage, files
+    "grants": "exchange.delivery",
+    "grant_quotas": "exchange.delivery",
+    "quota_leases": "exchange.delivery",
+    "usage_records": "exchange.delivery",
+    "usage_periods": "exchange.delivery",
+    "delivery_tokens": "exchange.delivery",
+    "delivery_trade_news": "exchange.delivery",
+    "delivery_upstreams": "exchange.delivery",
+    "delivery_blobs": "exchange.delivery",
+    "delivery_files": "exchange.delivery",
+    "delivery_uploads": "exchange.delivery",
 }
 
 _WRITE = re.compile(

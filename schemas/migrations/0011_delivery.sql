@@ -1,10 +1,5 @@
--- Delivery (可控可计量): grants, delivery keys, quotas leased to gateway processes, usage records,
--- billing periods, stored files; and the settlement side of metered plans.
-
--- Keys by purpose: the exchange's signing key (certificates, contracts, the ledger) and the
--- delivery key (delivery tokens, the gateway's RFC 9421 signatures), each rotated on its own.
-ALTER TABLE signing_keys ADD COLUMN purpose text NOT NULL DEFAULT 'exchange'
-    CHECK (purpose IN ('exchange', 'delivery'));
+-- Delivery (可控可计量): grants, quotas leased to gateway processes, usage records, billing
+-- periods, delivery tokens, upstreams and stored files. The delivery room owns every table here.
 
 -- One grant per executed trade and delivery mode. Rows are changed only through the delivery
 -- room's transition table (exchange/delivery/states.py); every change is an outbox event.
@@ -46,6 +41,14 @@ CREATE INDEX grants_buyer ON grants (buyer_org_id, created_at DESC, id DESC);
 CREATE INDEX grants_seller ON grants (seller_org_id, created_at DESC, id DESC);
 CREATE INDEX grants_product ON grants (product_code) WHERE state IN ('pending', 'active', 'suspended');
 CREATE INDEX grants_expiry ON grants (valid_until) WHERE state IN ('pending', 'active', 'suspended');
+
+-- Settlement's news of a trade that came before its executed event (a redelivery can reorder
+-- them): applied when the grants are created.
+CREATE TABLE delivery_trade_news (
+    trade_id uuid PRIMARY KEY,
+    news     text NOT NULL CHECK (news IN ('reserved', 'voided', 'failed')),
+    at       timestamptz NOT NULL
+);
 
 -- Quotas per grant and dimension, in units (`spend` is the spend cap in milli-fen). What is
 -- used (recorded) plus what is leased to gateway processes never exceeds the limit: the
@@ -122,6 +125,7 @@ CREATE TABLE usage_periods (
     totals        jsonb NOT NULL,
     cost_millifen bigint NOT NULL,
     charge_fen    bigint NOT NULL CHECK (charge_fen >= 0),
+    final         boolean NOT NULL,             -- the grant has ended: no period follows
     statement     bytea NOT NULL,               -- RFC 8785 JSON
     digest        text NOT NULL,
     jws           text NOT NULL,
@@ -186,25 +190,3 @@ CREATE TABLE delivery_uploads (
 );
 CREATE UNIQUE INDEX delivery_uploads_one_open ON delivery_uploads (product_id, revision, name)
     WHERE state = 'open';
-
--- Metered trades in settlement: the spend cap is reserved at execution (price = cap, fee 0);
--- each closed period posts once (usage), top-ups reserve more, the rest is released at the end.
-ALTER TABLE settlement_trades ADD COLUMN metered boolean NOT NULL DEFAULT false;
-ALTER TABLE settlement_trades ADD COLUMN fee_bps integer CHECK (fee_bps BETWEEN 0 AND 10000);
-ALTER TABLE settlement_trades ADD COLUMN reserved_fen bigint;   -- metered: cap + top-ups
-ALTER TABLE settlement_trades ADD COLUMN posted_fen bigint;     -- metered: periods posted
-ALTER TABLE settlement_trades ADD CONSTRAINT settlement_trades_metered_within
-    CHECK (NOT metered OR (posted_fen IS NOT NULL AND reserved_fen IS NOT NULL
-                            AND posted_fen <= reserved_fen));
-ALTER TABLE movements ADD COLUMN step_key text;  -- (trade, kind, key): a period, a top-up
-ALTER TABLE movements DROP CONSTRAINT movements_trade_id_kind_key;
-CREATE UNIQUE INDEX movements_trade_step ON movements (trade_id, kind)
-    WHERE trade_id IS NOT NULL AND step_key IS NULL;
-CREATE UNIQUE INDEX movements_trade_keyed_step ON movements (trade_id, kind, step_key)
-    WHERE step_key IS NOT NULL;
-ALTER TABLE movements DROP CONSTRAINT movements_kind_check;
-ALTER TABLE movements ADD CONSTRAINT movements_kind_check
-    CHECK (kind IN ('deposit', 'withdrawal', 'reserve', 'post', 'void', 'top_up', 'usage',
-                    'release'));
-ALTER TABLE movements ADD CONSTRAINT movements_step_key
-    CHECK ((step_key IS NOT NULL) = (kind IN ('top_up', 'usage')));

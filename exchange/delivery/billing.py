@@ -1,0 +1,201 @@
+"""Billing periods: usage records roll into signed statements, and metered ones into money.
+
+A grant's records are closed into a period when the period is an hour old, early when the
+spend cap is reached or a quota is used up, and finally when the grant ends. A period takes
+every record not yet in a period that was served before its end. For an hourly close the end
+is ``now - LEASE_TTL``: a record can be committed at most a lease's lifetime after it was
+served (`exchange.delivery.quota`), so none can still arrive for that span and gateways are
+never interrupted. An early or final close first closes the grant's leases (waiting for
+inserts under them); since a lease is only granted to an active grant, nothing follows.
+
+Each period is a `UsageStatement` (totals per dimension, cost in milli-fen, the charge in fen by
+the rounding rule of `exchange.platform.metering`), signed by the exchange's key, stored, and
+announced as ``dx.usage.closed``. For a metered grant the composition root's hook hands it to
+settlement in the same transaction, which posts it exactly once keyed by (trade, period) and
+appends it to the Merkle ledger; the final period is followed by settlement's release of what
+was reserved and not spent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import asyncpg
+import msgspec
+
+from exchange.delivery import quota
+from exchange.platform.canonical import canonical_json
+from exchange.platform.clock import Clock
+from exchange.platform.db import Connection
+from exchange.platform.events import UsageClosedData, UsageStatement
+from exchange.platform.metering import period_charge_fen
+from exchange.platform.outbox import enqueue
+from exchange.platform.settings import Settings
+from exchange.platform.signing import KeyRing
+
+PERIOD: Final = timedelta(hours=1)
+STATEMENT_TYPE: Final = "dataex-usage-statement+jws"
+
+# Settlement posts a metered period (returns the ledger seq) / releases the rest at the end.
+PostUsage = Callable[[Connection, UsageStatement, str, str, datetime], Awaitable[int | None]]
+Release = Callable[[Connection, uuid.UUID, datetime, str], Awaitable[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class BillingHooks:
+    post_usage: PostUsage | None = None
+    release: Release | None = None
+
+
+def rfc3339(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class Billing:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        clock: Clock,
+        settings: Settings,
+        keyring: KeyRing,
+        hooks: BillingHooks | None = None,
+        *,
+        period: timedelta = PERIOD,
+        settle_delay: timedelta = timedelta(seconds=quota.LEASE_TTL_SECONDS),
+    ) -> None:
+        self.pool = pool
+        self.clock = clock
+        self.settings = settings
+        self.keyring = keyring
+        self.hooks = hooks or BillingHooks()
+        self.period = period
+        self.settle_delay = settle_delay
+
+    async def close_due(self, limit: int = 200) -> int:
+        """Close every due period (each in its own transaction); returns how many closed."""
+        now = self.clock.now()
+        rows = await self.pool.fetch(
+            """
+            SELECT g.id FROM grants g
+            LEFT JOIN LATERAL (SELECT max(ends_at) AS last_end, bool_or(final) AS ended
+                                 FROM usage_periods p WHERE p.grant_id = g.id) p ON true
+             WHERE g.activated_at IS NOT NULL AND NOT coalesce(p.ended, false)
+               AND (g.state IN ('expired', 'revoked')
+                    OR EXISTS (SELECT 1 FROM usage_records r
+                                WHERE r.grant_id = g.id AND r.period_seq IS NULL))
+               AND (g.state IN ('expired', 'revoked', 'exhausted')
+                    OR (g.state = 'suspended' AND 'spend_cap' = ANY(g.suspended_by))
+                    OR coalesce(p.last_end, g.activated_at) <= $1)
+             ORDER BY g.id LIMIT $2
+            """,
+            now - self.period, limit,
+        )  # fmt: skip
+        closed = 0
+        for row in rows:
+            if await self.close(row["id"]) is not None:
+                closed += 1
+        return closed
+
+    async def close(self, grant_id: uuid.UUID) -> UsageStatement | None:
+        """Close the grant's due period now, if one is due; its statement."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            grant: Any = await conn.fetchrow(
+                "SELECT * FROM grants WHERE id = $1 FOR UPDATE", grant_id
+            )
+            if grant is None or grant["activated_at"] is None:
+                return None
+            last = await conn.fetchrow(
+                "SELECT seq, ends_at, final FROM usage_periods WHERE grant_id = $1"
+                " ORDER BY seq DESC LIMIT 1",
+                grant_id,
+            )
+            if last is not None and last["final"]:
+                return None  # the grant's books are closed
+            now = self.clock.now()
+            starts = last["ends_at"] if last is not None else grant["activated_at"]
+            final = grant["state"] in ("expired", "revoked")
+            early = grant["state"] == "exhausted" or (
+                grant["state"] == "suspended" and "spend_cap" in grant["suspended_by"]
+            )
+            if final or early:
+                await quota.close_grant_leases(conn, grant_id)
+                ends = now
+            elif now - starts >= self.period:
+                ends = now - self.settle_delay
+            else:
+                return None
+            if ends <= starts and not final:
+                return None
+            ends = max(ends, starts)
+            totals = await conn.fetch(
+                "SELECT key, sum(value::bigint) AS total FROM usage_records, jsonb_each_text(units)"
+                " WHERE grant_id = $1 AND period_seq IS NULL AND served_at < $2"
+                " GROUP BY key ORDER BY key",
+                grant_id, ends,
+            )  # fmt: skip
+            counts: Any = await conn.fetchrow(
+                "SELECT count(*) AS n, coalesce(sum(cost_millifen), 0) AS cost FROM usage_records"
+                " WHERE grant_id = $1 AND period_seq IS NULL AND served_at < $2",
+                grant_id, ends,
+            )  # fmt: skip
+            if counts["n"] == 0 and not final:
+                return None  # nothing used since the last statement: none is due
+            before = await conn.fetchval(
+                "SELECT coalesce(sum(cost_millifen), 0) FROM usage_periods WHERE grant_id = $1",
+                grant_id,
+            )
+            seq = (last["seq"] if last is not None else 0) + 1
+            statement = UsageStatement(
+                exchange=self.settings.exchange_code, grant_id=str(grant_id),
+                trade_id=str(grant["trade_id"]), product_code=grant["product_code"],
+                buyer_org_id=str(grant["buyer_org_id"]),
+                seller_org_id=str(grant["seller_org_id"]), period=seq,
+                starts_at=rfc3339(starts), ends_at=rfc3339(ends), records=counts["n"],
+                totals={t["key"]: int(t["total"]) for t in totals},
+                cost_millifen=counts["cost"], cumulative_cost_millifen=before + counts["cost"],
+                charge_fen=period_charge_fen(before, before + counts["cost"]), final=final,
+            )  # fmt: skip
+            body = canonical_json(msgspec.to_builtins(statement))
+            digest = "sha256:" + hashlib.sha256(body).hexdigest()
+            key = await self.keyring.current(conn)
+            jws = key.sign_compact(msgspec.to_builtins(statement), typ=STATEMENT_TYPE)
+            await conn.execute(
+                "INSERT INTO usage_periods (grant_id, seq, starts_at, ends_at, records, totals,"
+                " cost_millifen, charge_fen, final, statement, digest, jws, closed_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                grant_id, seq, starts, ends, counts["n"], statement.totals,
+                counts["cost"], statement.charge_fen, final, body, digest, jws, now,
+            )  # fmt: skip
+            await conn.execute(
+                "UPDATE usage_records SET period_seq = $3 WHERE grant_id = $1"
+                " AND period_seq IS NULL AND served_at < $2",
+                grant_id, ends, seq,
+            )  # fmt: skip
+            metered = grant["pricing"] == "metered" and grant["spend_cap_fen"] is not None
+            if metered and self.hooks.post_usage is not None:
+                await self.hooks.post_usage(conn, statement, digest, jws, now)
+            if metered and final and self.hooks.release is not None:
+                await self.hooks.release(conn, grant["trade_id"], now,
+                                         f"grant {grant_id} {grant['state']}")  # fmt: skip
+            await enqueue(
+                conn, subject=self.settings.subject("usage", "closed"),
+                event_type="dx.usage.closed",
+                source=f"urn:dataex:exchange:{self.settings.exchange_code}",
+                event_subject=str(grant_id),
+                data=UsageClosedData(statement=statement, digest=digest, jws=jws), at=now,
+            )  # fmt: skip
+            return statement
+
+
+def statements_of(rows: list[Any]) -> list[dict[str, Any]]:
+    """Stored periods as ``{statement, digest, jws}`` (for a receipt or a buyer's view)."""
+    return [
+        {"statement": msgspec.json.decode(bytes(r["statement"])), "digest": r["digest"],
+         "jws": r["jws"]}
+        for r in rows
+    ]  # fmt: skip
