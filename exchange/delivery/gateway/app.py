@@ -37,18 +37,17 @@ import msgspec
 from exchange.delivery import httpsig
 from exchange.delivery.gateway.forward import Forwarder, Target, request_headers
 from exchange.delivery.gateway.grants import RECHECK_SECONDS, GrantCache, Upstreams, revoked_jtis
-from exchange.delivery.quota import LeaseBook, reap_expired
+from exchange.delivery.quota import LeaseBook, needs_for
 from exchange.delivery.schemas import GrantSnapshot
 from exchange.delivery.service import GrantService
 from exchange.delivery.tokens import (
     STATE_REFUSALS,
     GrantExpired,
     QuotaBusy,
-    QuotaExhausted,
     TokenOtherGrant,
     TokenVerifier,
 )
-from exchange.delivery.usage import UsageRecord, UsageRecorder
+from exchange.delivery.usage import UsageNotRecorded, UsageRecord, UsageRecorder
 from exchange.platform.bus import connect_nats
 from exchange.platform.clock import Clock, SystemClock
 from exchange.platform.db import create_pool
@@ -56,7 +55,7 @@ from exchange.platform.errors import DataexError, NotFound, Unavailable
 from exchange.platform.http import PROBLEM_JSON, Problem, problem_type, request_id_of
 from exchange.platform.limits import MAX_PARAMETER_CHARS
 from exchange.platform.logging import get_logger
-from exchange.platform.metering import SPEND, cost_millifen, parse_reported
+from exchange.platform.metering import cost_millifen, parse_reported
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing, SigningKey, jwks, load_master_key
 
@@ -64,7 +63,6 @@ log = get_logger("dataex.gateway")
 
 PREFIX: Final = "/gateway/"
 HOUSEKEEPING_SECONDS: Final = 0.25  # idle leases go back about this often
-REAP_SECONDS: Final = 5.0
 KEY_RELOAD_SECONDS: Final = 1.0  # an unknown token kid reloads the delivery keys at most this often
 
 Scope = MutableMapping[str, Any]
@@ -182,8 +180,9 @@ class Gateway:
             live.verifier.revoked.add(jti)
 
     async def _housekeeping(self, live: _Live) -> None:
-        """Idle leases back, the cache re-checked, expired leases of dead processes reaped."""
-        rechecked = reaped = time.monotonic()
+        """Idle leases back and the cache re-checked (the delivery worker reaps the expired leases
+        of dead processes)."""
+        rechecked = time.monotonic()
         reconnects = live.nats.stats.get("reconnects", 0)
         while True:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
@@ -195,9 +194,6 @@ class Gateway:
                     reconnects = live.nats.stats.get("reconnects", 0)
                     await self._recheck(live)
                     rechecked = now
-                if now - reaped >= REAP_SECONDS:
-                    await reap_expired(live.pool, live.service.exhausted)
-                    reaped = now
             except (OSError, asyncpg.PostgresError, DataexError) as error:
                 log.warning("gateway_upkeep_failed", error=f"{type(error).__name__}: {error}")
 
@@ -286,9 +282,7 @@ class Gateway:
         if grant.valid_until <= now:
             raise GrantExpired(f"grant {grant.id} ended at {grant.valid_until.isoformat()}")
         if grant.state != "active":
-            # The gateway's word for a used-up grant is the quota's, whichever tells it first.
-            refusal = QuotaExhausted if grant.state == "exhausted" else STATE_REFUSALS[grant.state]
-            raise refusal(
+            raise STATE_REFUSALS[grant.state](
                 f"grant {grant.id} is {grant.state}"
                 + (f" ({', '.join(grant.suspended_by)})" if grant.suspended_by else ""),
                 extensions={"state": grant.state, "suspended_by": grant.suspended_by},
@@ -320,10 +314,7 @@ class Gateway:
         tail: str,
         body: bytes,
     ) -> None:
-        limited = {d.name for d in grant.dimensions if d.quota is not None}
-        if grant.spend_cap_fen is not None:
-            limited.add(SPEND)
-        needs = {"requests": 1} if "requests" in limited else {}
+        needs = needs_for(grant.dimensions, None, {"requests": 1}, 0)
         spent = await live.leases.take(grant.id, needs)
         usage_id = uuid.uuid4()
         try:
@@ -334,21 +325,25 @@ class Gateway:
             units = {"requests": 1, "bytes": len(answer.body)}
             units |= parse_reported(answer.metering, declared)
             cost = cost_millifen(units, declared)
-            after = {d: n for d, n in units.items() if d in limited and d != "requests" and n}
-            if SPEND in limited and cost:
-                after[SPEND] = units[SPEND] = cost
+            after = needs_for(grant.dimensions, grant.spend_cap_fen, units, cost)
+            after = {d: n for d, n in after.items() if d not in needs}
             spent |= await live.leases.take(grant.id, after)
             needs |= after
         except BaseException:
             await live.leases.give_back(grant.id, spent, needs)  # not served: not spent
             raise
         try:
-            await live.recorder.record(UsageRecord(
-                id=usage_id, grant_id=grant.id, served_at=self.clock.now(), units=units,
-                leases=list(spent.values()), cost_millifen=cost,
-                detail={"method": scope["method"], "path": "/" + tail[:500],
-                        "status": answer.status},
-            ))  # fmt: skip
+            try:
+                await live.recorder.record(UsageRecord(
+                    id=usage_id, grant_id=grant.id, served_at=self.clock.now(), units=units,
+                    leases=list(spent.values()), cost_millifen=cost,
+                    detail={"method": scope["method"], "path": "/" + tail[:500],
+                            "status": answer.status},
+                ))  # fmt: skip
+            except UsageNotRecorded:
+                # A lease closed under us (billing closed the grant's leases): lease afresh.
+                live.leases.forget_grant(grant.id)
+                raise
             headers = [*answer.headers, (b"dataex-usage-id", str(usage_id).encode())]
             await _send(send, answer.status, headers, answer.body)
         finally:
