@@ -49,7 +49,7 @@ def content_digest(body: bytes) -> str:
 
 def sf_string(value: str) -> str:
     """An RFC 8941 sf-string (printable ASCII only)."""
-    if not all(" " <= c <= "~" for c in value):
+    if not (value.isascii() and value.isprintable()):
         raise SignatureError(f"{value!r} is not printable ASCII")
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

@@ -46,6 +46,7 @@ from exchange.delivery.tokens import (
     QuotaBusy,
     TokenOtherGrant,
     TokenVerifier,
+    TokenWrongKey,
 )
 from exchange.delivery.usage import UsageNotRecorded, UsageRecord, UsageRecorder
 from exchange.platform.bus import connect_nats
@@ -138,7 +139,6 @@ class Gateway:
         live = _Live(settings, self.clock, pool, nats, KeyRing(load_master_key(settings.state_dir)))
         await self._load_keys(live)
         live.verifier.revoked = await revoked_jtis(pool)
-        await live.forwarder.start()
         live.recorder.start()
         await nats.subscribe(settings.subject("grant", ">"), cb=self._on_grant_message)
         self._live = live
@@ -160,7 +160,8 @@ class Gateway:
         with contextlib.suppress(Exception):
             await live.nats.close()
         await live.pool.close()
-        log.info("gateway_stopped")
+        log.info("gateway_stopped", records=live.recorder.written, flushes=live.recorder.flushes,
+                 leases=live.leases.leased, grant_events=live.grants.events)  # fmt: skip
 
     @property
     def live(self) -> _Live:
@@ -267,13 +268,16 @@ class Gateway:
         if authorization is not None:
             scheme, _, credentials = authorization.partition(" ")
             token = credentials.strip() if scheme.lower() == "bearer" else None
-        if token:
-            kid = TokenVerifier.kid_of(token)
-            unknown = kid is not None and not live.verifier.knows(kid)
-            if unknown and time.monotonic() - live.keys_loaded_at >= KEY_RELOAD_SECONDS:
-                await self._load_keys(live)  # a rotation this process has not seen yet
         now = self.clock.now()
-        claims = live.verifier.verify(token, grant_id=grant_text, scope="api", now=now.timestamp())
+        try:
+            claims = live.verifier.verify(token, grant_id=grant_text, scope="api",
+                                          now=now.timestamp())  # fmt: skip
+        except TokenWrongKey:
+            if time.monotonic() - live.keys_loaded_at < KEY_RELOAD_SECONDS:
+                raise
+            await self._load_keys(live)  # a rotation this process has not seen yet
+            claims = live.verifier.verify(token, grant_id=grant_text, scope="api",
+                                          now=now.timestamp())  # fmt: skip
         grant = await live.grants.get(uuid.UUID(grant_text))
         if grant is None:
             raise NotFound(f"no grant {grant_text}")
@@ -360,14 +364,13 @@ class Gateway:
         tail: str,
         body: bytes,
         usage_id: uuid.UUID,
-    ) -> tuple[str, Any, bytes]:
-        """The upstream URL, headers (signed) and body of one forwarded call."""
+    ) -> tuple[Target, str, list[tuple[bytes, bytes]], bytes]:
+        """Where one forwarded call goes, its path and query, headers (signed) and body."""
         target = live.targets.get(base_url)
         if target is None:
             target = live.targets[base_url] = Target.of(base_url)
         path = f"{target.base_path}/{tail}"
         query = scope.get("query_string", b"").decode("latin-1")
-        headers = request_headers(scope["headers"])
         ours = {httpsig.GRANT_HEADER: str(grant.id), httpsig.USAGE_HEADER: str(usage_id)}
         if grant.buyer_uscc:
             ours[httpsig.BUYER_HEADER] = grant.buyer_uscc
@@ -378,12 +381,11 @@ class Gateway:
             live.key.private, live.key.kid, method=scope["method"], authority=target.authority,
             path=path, query=query, headers=ours, created=int(self.clock.now().timestamp()),
         )  # fmt: skip
-        headers.update(ours)
-        headers["host"] = target.authority
-        headers["signature-input"] = signed.signature_input
-        headers["signature"] = signed.signature
-        url = target.origin + path + (f"?{query}" if query else "")
-        return url, headers, body
+        headers = [(b"host", target.authority.encode()), *request_headers(scope["headers"])]
+        headers += [(name.encode(), value.encode()) for name, value in ours.items()]
+        headers.append((b"signature-input", signed.signature_input.encode()))
+        headers.append((b"signature", signed.signature.encode()))
+        return target, path + (f"?{query}" if query else ""), headers, body
 
 
 async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:

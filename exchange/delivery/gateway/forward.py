@@ -1,13 +1,13 @@
 """Forwarding a buyer's call to the seller's upstream, and reading its answer back.
 
-aiohttp is the client: on this machine it made 9,400 calls/s over keep-alive connections where
-httpx made 310 (32 concurrent callers; 1,380 with one), and the gateway makes one call per
-request. Headers that belong to a hop (RFC 9110 §7.6.1) never cross; neither do the buyer's
-``Authorization`` (its delivery token is for the exchange, not the seller), nor any header the
-gateway sets itself (``Dataex-*``, the signature, ``Content-Digest``), so a buyer cannot forge
-them. Answers are read whole (up to `MAX_ANSWER_BYTES`) because nothing is released to the
-buyer before its usage is recorded, and ``bytes`` and the upstream's custom units are only known
-at the end; an answer too large for that is a 502 problem (files go through file delivery).
+Headers that belong to a hop (RFC 9110 §7.6.1) never cross; neither do the buyer's
+``Authorization`` (its delivery token is for the exchange, not the seller), ``Expect`` (the body
+is already read), nor any header the gateway sets itself (``Dataex-*``, the signature,
+``Content-Digest``), so a buyer cannot forge them. Answers are read whole (up to
+`MAX_ANSWER_BYTES`) because nothing is released to the buyer before its usage is recorded, and
+``bytes`` and the upstream's custom units are only known at the end; an answer too large for
+that is a 502 problem (files go through file delivery). The HTTP client is the gateway's own
+(`exchange.delivery.gateway.client`, and why).
 """
 
 from __future__ import annotations
@@ -17,10 +17,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
-import aiohttp
-from multidict import CIMultiDict
-from yarl import URL
-
+from exchange.delivery.gateway.client import AnswerTooLarge, Client, ClientError, Origin
 from exchange.delivery.quota import USE_MARGIN_SECONDS
 from exchange.platform.errors import DataexError
 from exchange.platform.metering import METERING_HEADER
@@ -39,7 +36,8 @@ HOP_BY_HOP: Final = frozenset({
 # Request headers the gateway drops (besides hop-by-hop and any ``dataex-*``): the buyer's
 # token, what the gateway computes itself, and what the client library sets.
 NOT_FORWARDED: Final = HOP_BY_HOP | {
-    "authorization", "host", "content-length", "signature", "signature-input", "content-digest",
+    "authorization", "host", "content-length", "expect", "signature", "signature-input",
+    "content-digest",
 }  # fmt: skip
 # Answer headers the buyer does not get: hop-by-hop, the length (set again) and the metering
 # report, which is between the seller and the exchange.
@@ -65,10 +63,10 @@ class UpstreamAnswerTooLarge(UpstreamFailed):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where a product's calls go: the upstream's origin, the authority the gateway signs (what
-    the client sends as ``Host``) and the base path each call's path is appended to."""
+    """Where a product's calls go: the upstream's origin, the authority the gateway signs and
+    sends as ``Host``, and the base path each call's path is appended to."""
 
-    origin: str
+    origin: Origin
     authority: str
     base_path: str
 
@@ -76,11 +74,11 @@ class Target:
     def of(cls, base_url: str) -> Target:
         parts = urlsplit(base_url)
         host = (parts.hostname or "").lower()
-        if ":" in host:
-            host = f"[{host}]"
-        default = {"http": 80, "https": 443}.get(parts.scheme)
-        authority = host if parts.port in (None, default) else f"{host}:{parts.port}"
-        return cls(f"{parts.scheme}://{authority}", authority, parts.path.rstrip("/"))
+        default = {"http": 80, "https": 443}[parts.scheme]
+        port = parts.port or default
+        shown = f"[{host}]" if ":" in host else host
+        authority = shown if port == default else f"{shown}:{port}"
+        return cls(Origin(parts.scheme, host, port), authority, parts.path.rstrip("/"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,98 +89,79 @@ class Answer:
     metering: str | None  # the upstream's ``X-Dataex-Metering`` report
 
 
-def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[str]:
-    """Header names a ``Connection`` header declares hop-by-hop."""
+_NOT_FORWARDED = frozenset(n.encode() for n in NOT_FORWARDED)
+_NOT_RETURNED = frozenset(n.encode() for n in NOT_RETURNED)
+_METERING = METERING_HEADER.encode()
+
+
+def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
+    """Header names a ``Connection`` header declares hop-by-hop (names lower-case)."""
     return {
         token.strip().lower()
         for name, value in headers
         if name.lower() == b"connection"
-        for token in value.decode("latin-1").split(",")
+        for token in value.split(b",")
     }
 
 
-def request_headers(raw: list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
-    """The buyer's headers that go on to the upstream."""
-    dropped = NOT_FORWARDED | _connection_tokens(raw)
-    out: CIMultiDict[str] = CIMultiDict()
-    for raw_name, raw_value in raw:
-        name = raw_name.decode("latin-1").lower()
-        if name not in dropped and not name.startswith("dataex-"):
-            out.add(name, raw_value.decode("latin-1"))
-    return out
+def request_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The buyer's headers that go on to the upstream, names lower-cased."""
+    dropped = _NOT_FORWARDED | _connection_tokens(raw)
+    kept = []
+    for raw_name, value in raw:
+        name = raw_name.lower()
+        if name not in dropped and not name.startswith(b"dataex-"):
+            kept.append((name, value))
+    return kept
 
 
-def answer_headers(
-    raw: tuple[tuple[bytes, bytes], ...],
-) -> tuple[list[tuple[bytes, bytes]], str | None]:
-    """The upstream's headers the buyer gets, and the metering report among them."""
-    dropped = NOT_RETURNED | _connection_tokens(list(raw))
-    kept: list[tuple[bytes, bytes]] = []
-    metering = None
-    for raw_name, raw_value in raw:
-        name = raw_name.decode("latin-1").lower()
-        if name == METERING_HEADER:
-            metering = raw_value.decode("latin-1")
-        if name not in dropped:
-            kept.append((name.encode("latin-1"), raw_value))
+def answer_headers(raw: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], str | None]:
+    """The upstream's headers the buyer gets, and the metering report among them (names are
+    lower-case already)."""
+    dropped = _NOT_RETURNED | _connection_tokens(raw)
+    kept = [(name, value) for name, value in raw if name not in dropped]
+    metering = next((v.decode("latin-1") for n, v in raw if n == _METERING), None)
     return kept, metering
 
 
 class Forwarder:
-    """One process's HTTP client to every upstream (keep-alive connections pooled)."""
+    """One process's calls to every upstream, with a total timeout each."""
 
     def __init__(
         self,
         timeout: float = UPSTREAM_TIMEOUT_SECONDS,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
-        connections: int = 256,
     ) -> None:
-        self.timeout = aiohttp.ClientTimeout(total=timeout, connect=CONNECT_TIMEOUT_SECONDS)
+        self.timeout = timeout
         self.max_answer_bytes = max_answer_bytes
-        self.connections = connections
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.connections, ttl_dns_cache=60),
-            timeout=self.timeout,
-            auto_decompress=False,  # bytes pass through as the upstream encoded them
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        )
+        self._client = Client(connect_timeout=CONNECT_TIMEOUT_SECONDS)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._client.close()
 
-    async def call(self, method: str, url: str, headers: CIMultiDict[str], body: bytes) -> Answer:
-        """Send one call (``url`` already percent-encoded) and read its answer whole."""
-        assert self._session is not None, "start() the forwarder first"
+    async def call(
+        self,
+        method: str,
+        target: Target,
+        path_and_query: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> Answer:
+        """Send one call (``path_and_query`` already percent-encoded), read its answer whole."""
         try:
-            async with self._session.request(
-                method, URL(url, encoded=True), headers=headers, data=body or None,
-                allow_redirects=False,
-            ) as response:  # fmt: skip
-                if (response.content_length or 0) > self.max_answer_bytes:
-                    raise UpstreamAnswerTooLarge(
-                        f"the answer has {response.content_length} bytes; the gateway forwards"
-                        f" at most {self.max_answer_bytes}"
-                    )
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.content.iter_any():
-                    size += len(chunk)
-                    if size > self.max_answer_bytes:
-                        raise UpstreamAnswerTooLarge(
-                            f"the answer exceeds the {self.max_answer_bytes} bytes the gateway"
-                            " forwards"
-                        )
-                    chunks.append(chunk)
-                kept, metering = answer_headers(response.raw_headers)
-                return Answer(response.status, kept, b"".join(chunks), metering)
+            async with asyncio.timeout(self.timeout):
+                raw = await self._client.request(
+                    target.origin, method, path_and_query, headers, body, self.max_answer_bytes
+                )
         except TimeoutError as error:
             raise UpstreamTimeout(
-                f"no answer within {self.timeout.total:.0f} s from {URL(url).origin()}"
+                f"no answer within {self.timeout:.0f} s from {target.authority}"
             ) from error
-        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as error:
-            raise UpstreamFailed(f"{type(error).__name__}: {error}") from error
+        except AnswerTooLarge as error:
+            raise UpstreamAnswerTooLarge(
+                f"{error}; the gateway forwards at most {self.max_answer_bytes}"
+            ) from error
+        except ClientError as error:
+            raise UpstreamFailed(f"{target.authority}: {error}") from error
+        kept, metering = answer_headers(raw.headers)
+        return Answer(raw.status, kept, raw.body, metering)
