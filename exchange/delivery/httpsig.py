@@ -17,6 +17,7 @@ RFC 8941 dictionaries of ``Signature-Input`` and ``Signature`` for the verifying
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
@@ -47,6 +48,7 @@ def content_digest(body: bytes) -> str:
     return f"sha-256=:{base64.b64encode(hashlib.sha256(body).digest()).decode()}:"
 
 
+@functools.lru_cache(maxsize=1024)  # component names and parameters: the same every call
 def sf_string(value: str) -> str:
     """An RFC 8941 sf-string (printable ASCII only)."""
     if not (value.isascii() and value.isprintable()):
