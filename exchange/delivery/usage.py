@@ -29,6 +29,7 @@ from exchange.platform.logging import get_logger
 log = get_logger(__name__)
 
 MAX_BATCH: Final = 1000
+IN_FLIGHT: Final = 2
 
 
 class UsageNotRecorded(DataexError):
@@ -88,12 +89,18 @@ async def write(conn: Any, records: list[UsageRecord]) -> set[uuid.UUID]:
 
 
 class UsageRecorder:
-    """Group commit of usage records for one process."""
+    """Group commit of usage records for one process. Up to ``in_flight`` flushes run at once:
+    a record that arrives while one commits starts the next instead of waiting for it (the
+    commit's fsync is most of a record's latency)."""
 
-    def __init__(self, pool: asyncpg.Pool, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, max_batch: int = MAX_BATCH, in_flight: int = IN_FLIGHT
+    ) -> None:
         self.pool = pool
         self.max_batch = max_batch
+        self.in_flight = in_flight
         self._waiting: list[tuple[UsageRecord, asyncio.Future[None]]] = []
+        self._flushing: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.flushes = 0
@@ -109,8 +116,10 @@ class UsageRecorder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._waiting:
-            await self._flush()
+        if self._flushing:
+            await asyncio.wait(self._flushing)
+        while self._waiting:
+            await self._flush(self._take())
 
     async def record(self, record: UsageRecord) -> None:
         """Returns once the record is committed; raises `UsageNotRecorded` if it was refused."""
@@ -125,10 +134,18 @@ class UsageRecorder:
             await self._wake.wait()
             self._wake.clear()
             while self._waiting:
-                await self._flush()
+                if len(self._flushing) >= self.in_flight:
+                    await asyncio.wait(self._flushing, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                flush = asyncio.create_task(self._flush(self._take()))
+                self._flushing.add(flush)
+                flush.add_done_callback(self._flushing.discard)
 
-    async def _flush(self) -> None:
+    def _take(self) -> list[tuple[UsageRecord, asyncio.Future[None]]]:
         batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
+        return batch
+
+    async def _flush(self, batch: list[tuple[UsageRecord, asyncio.Future[None]]]) -> None:
         records = [r for r, _ in batch]
         try:
             async with self.pool.acquire() as conn:
