@@ -84,6 +84,12 @@ class BodyTooLarge(DataexError):
     title = "The request body is too large"
 
 
+class GatewayFailed(DataexError):
+    status = 500
+    code = "internal_error"
+    title = "Internal error"
+
+
 class PathNotAllowed(DataexError):
     status = 400
     code = "path_not_allowed"
@@ -214,12 +220,21 @@ class Gateway:
             return
         if scope["type"] != "http":
             return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
         try:
-            await self._serve(scope, receive, send)
-        except DataexError as error:
-            await _problem(scope, send, error)
+            await self._serve(scope, receive, tracked)
         except _ClientGone:
             return
+        except Exception as error:
+            if started:
+                raise  # the answer was on its way: nothing else can be said
+            await _problem(scope, send, _problem_of(error))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -392,6 +407,16 @@ async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], bod
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _problem_of(error: Exception) -> DataexError:
+    if isinstance(error, DataexError):
+        return error
+    if isinstance(error, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
+        log.warning("gateway_dependency_failed", error=f"{type(error).__name__}: {error}")
+        return Unavailable("the exchange's database or bus is unavailable; retry shortly")
+    log.error("gateway_failed", error=f"{type(error).__name__}: {error}", exc_info=error)
+    return GatewayFailed("the gateway failed; quote the request id")
 
 
 async def _problem(scope: Scope, send: Send, error: DataexError) -> None:

@@ -22,8 +22,9 @@ def create_gateway_from_env() -> Gateway:
     return Gateway(settings)
 
 
-def serve(settings: Settings, *, port: int = DEFAULT_PORT, workers: int = 1,
-          host: str | None = None) -> int:  # fmt: skip
+def serve(
+    settings: Settings, *, port: int = DEFAULT_PORT, workers: int = 1, host: str | None = None
+) -> int:
     """Serve the gateway on ``host:port`` (the API's host by default) with ``workers`` processes
     until SIGINT/SIGTERM. ``settings`` reach the workers through the environment."""
     import os
