@@ -23,6 +23,7 @@ from litestar.di import NamedDependency, Provide
 
 from contracts.orders.service import OrderService
 from exchange.catalog import service as catalog
+from exchange.delivery.billing import Billing, BillingHooks
 from exchange.delivery.service import DeliveryHooks, GrantService
 from exchange.listings.service import ListingHooks, ListingService
 from exchange.platform.clock import Clock
@@ -79,9 +80,13 @@ def grants(pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRin
     return GrantService(pool, clock, settings, keyring, hooks)
 
 
-def period_closer(platform: Platform) -> Callable[[], Awaitable[int]] | None:
-    """What closes the delivery room's due billing periods (none until billing is wired)."""
-    return None
+def billing(pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing) -> Billing:
+    return Billing(pool, clock, settings, keyring, BillingHooks())
+
+
+def period_closer(platform: Platform) -> Callable[[], Awaitable[int]]:
+    """What closes the delivery room's due billing periods, in its worker's housekeeping."""
+    return billing(platform.pool, platform.clock, platform.settings, platform.keyring).close_due
 
 
 def provide_listings(platform: NamedDependency[Platform]) -> ListingService:

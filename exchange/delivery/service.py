@@ -306,6 +306,24 @@ class GrantService:
                 await self._end(conn, row, "revoke", now, reason or "the product was delisted")
         return len(rows)
 
+    async def on_organisation(
+        self, conn: Connection, event: str, org_id: uuid.UUID, reason: str | None
+    ) -> int:
+        """``dx.organisation.suspended`` / ``reinstated``: the grants it buys or sells under."""
+        now = self.clock.now()
+        rows = await self._rows(
+            conn, "(buyer_org_id = $1 OR seller_org_id = $1) AND state = ANY($2::text[])",
+            org_id, [*LIVE, "exhausted"],
+        )  # fmt: skip
+        for row in rows:
+            cause: SuspendCause = "buyer" if row["buyer_org_id"] == org_id else "seller"
+            if event == "suspended":
+                await self._suspend(conn, row, cause, now,
+                                    reason or f"the {cause} is suspended")  # fmt: skip
+            elif event == "reinstated":
+                await self._lift(conn, row, cause, now)
+        return len(rows)
+
     async def expire_due(self, limit: int = 500) -> int:
         """End grants whose term is over."""
         now = self.clock.now()
@@ -405,14 +423,19 @@ class GrantService:
                     extensions={"state": state, "suspended_by": list(row["suspended_by"])},
                 )
             orgs = await conn.fetch(
-                "SELECT id, roles FROM organisations WHERE id = ANY($1::uuid[])",
+                "SELECT id, roles, suspended_at FROM organisations WHERE id = ANY($1::uuid[])",
                 [row["buyer_org_id"], row["seller_org_id"]],
             )
-            roles = {o["id"]: set(o["roles"]) for o in orgs}
-            if "buyer" not in roles.get(row["buyer_org_id"], set()) or "seller" not in roles.get(
-                row["seller_org_id"], set()
-            ):
-                raise OrganisationRefused("the buyer or the seller no longer holds its market role")
+            by_id = {o["id"]: o for o in orgs}
+            for party, org_id in (("buyer", row["buyer_org_id"]),
+                                  ("seller", row["seller_org_id"])):  # fmt: skip
+                org = by_id.get(org_id)
+                if org is None or party not in org["roles"]:
+                    raise OrganisationRefused(f"the {party} no longer holds its market role")
+                if org["suspended_at"] is not None:
+                    raise OrganisationRefused(
+                        f"the {party} is suspended by the exchange", extensions={"party": party}
+                    )
             if self.hooks.policy_recheck is not None:
                 refused = await self.hooks.policy_recheck(conn, row["product_id"])
                 if refused:

@@ -1,9 +1,10 @@
 """The delivery worker: trades and listings in, grant changes out; expiry, leases, periods.
 
 A durable JetStream consumer (``delivery``) reads ``dx.trade.executed`` / ``reserved`` /
-``voided`` / ``failed`` and ``dx.listing.*``. A fetched batch is applied in one transaction and
-acknowledged after it commits; if the batch fails, its messages are applied one by one, and one
-that keeps failing is terminated after `MAX_DELIVER` deliveries (logged with its payload).
+``voided`` / ``failed``, ``dx.listing.*`` and ``dx.organisation.*``. A fetched batch is applied
+in one transaction and acknowledged after it commits; if the batch fails, its messages are
+applied one by one, and one that keeps failing is terminated after `MAX_DELIVER` deliveries
+(logged with its payload).
 Every handler is idempotent (grants are keyed by trade and mode, transitions check the state,
 news that arrives before its trade is kept for it), so a redelivery changes nothing.
 Housekeeping expires grants whose term is over, reclaims the leases of gateway processes that
@@ -26,7 +27,12 @@ from exchange.delivery.service import GrantService
 from exchange.platform.bus import fetch_batch
 from exchange.platform.context import Platform
 from exchange.platform.db import Connection
-from exchange.platform.events import ListingEvent, TradeExecuted, TradeSettlementEvent
+from exchange.platform.events import (
+    ListingEvent,
+    OrganisationEvent,
+    TradeExecuted,
+    TradeSettlementEvent,
+)
 from exchange.platform.logging import get_logger
 from exchange.platform.settings import Settings
 
@@ -49,6 +55,7 @@ def subjects(settings: Settings) -> list[str]:
         settings.subject("trade", "voided"),
         settings.subject("trade", "failed"),
         settings.subject("listing", "*"),
+        settings.subject("organisation", "*"),
     ]
 
 
@@ -76,6 +83,7 @@ async def _bind(platform: Platform) -> Any:
 _EXECUTED = msgspec.json.Decoder(TradeExecuted)
 _SETTLED = msgspec.json.Decoder(TradeSettlementEvent)
 _LISTING = msgspec.json.Decoder(ListingEvent)
+_ORGANISATION = msgspec.json.Decoder(OrganisationEvent)
 
 
 async def apply(conn: Connection, grants: GrantService, subject: str, data: bytes) -> None:
@@ -97,6 +105,12 @@ async def apply(conn: Connection, grants: GrantService, subject: str, data: byte
         await grants.on_listing(
             conn, listing.type.rsplit(".", 1)[1], listing.data.product_code, listing.data.reason
         )
+    elif kind.startswith("organisation."):
+        organisation = _ORGANISATION.decode(data)
+        await grants.on_organisation(
+            conn, organisation.type.rsplit(".", 1)[1], uuid.UUID(organisation.data.org_id),
+            organisation.data.reason,
+        )  # fmt: skip
 
 
 class Consumer:

@@ -17,6 +17,7 @@ from exchange.identity.schemas import (
     OrganisationCreate,
     OrganisationPage,
     OrganisationUpdate,
+    SuspensionIn,
     Token,
     TokenCreate,
     TokenIssued,
@@ -90,6 +91,24 @@ class OrganisationController(Controller):
         actor: ActorDep,
     ) -> Organisation:
         return await identity.update(actor, org_id, data)
+
+    @post("/{org_id:uuid}/suspend", operation_id="suspendOrganisation", opt=requires("admin"),
+          status_code=200)  # fmt: skip
+    async def suspend_organisation(
+        self, org_id: FromPath[uuid.UUID], data: JSONBody[SuspensionIn], identity: Identity,
+        actor: ActorDep, platform: PlatformDep,
+    ) -> Organisation:  # fmt: skip
+        """Suspend an organisation: its delivery grants stop within a second."""
+        return await identity.set_suspension(actor, org_id, data.reason, platform.settings)
+
+    @post("/{org_id:uuid}/reinstate", operation_id="reinstateOrganisation",
+          opt=requires("admin"), status_code=200)  # fmt: skip
+    async def reinstate_organisation(
+        self, org_id: FromPath[uuid.UUID], identity: Identity, actor: ActorDep,
+        platform: PlatformDep,
+    ) -> Organisation:  # fmt: skip
+        """Lift an organisation's suspension."""
+        return await identity.set_suspension(actor, org_id, None, platform.settings)
 
     @post("/{org_id:uuid}/tokens", operation_id="issueToken", opt=requires("admin"))
     async def issue_token(

@@ -24,6 +24,8 @@ def _organisation(row: asyncpg.Record) -> Organisation:
         is_operator=row["is_operator"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        suspended_at=row["suspended_at"],
+        suspended_reason=row["suspended_reason"],
     )
 
 
@@ -128,6 +130,20 @@ async def update_organisation(conn: Executor, organisation: Organisation) -> Org
         msgspec.to_builtins(organisation.contact),
         organisation.updated_at,
     )
+    assert row is not None
+    return _organisation(row)
+
+
+async def set_suspension(
+    conn: Executor, org_id: uuid.UUID, reason: str | None, at: datetime
+) -> Organisation:
+    """Suspend (a reason) or reinstate (None) an organisation."""
+    row = await conn.fetchrow(
+        "UPDATE organisations SET suspended_at = CASE WHEN $2::text IS NULL THEN NULL"
+        " ELSE $3::timestamptz END,"
+        " suspended_reason = $2, updated_at = $3 WHERE id = $1 RETURNING *",
+        org_id, reason, at,
+    )  # fmt: skip
     assert row is not None
     return _organisation(row)
 

@@ -42,6 +42,10 @@ class OrganisationUpdate(Struct, forbid_unknown_fields=True):
     contact: Contact | UnsetType = UNSET
 
 
+class SuspensionIn(Struct, forbid_unknown_fields=True):
+    reason: Annotated[str, Meta(min_length=1, max_length=2000)]
+
+
 class Organisation(Struct):
     id: uuid.UUID
     name: str
@@ -52,6 +56,8 @@ class Organisation(Struct):
     is_operator: bool
     created_at: datetime
     updated_at: datetime
+    suspended_at: datetime | None = None
+    suspended_reason: str | None = None
 
 
 class OrganisationPage(Struct):

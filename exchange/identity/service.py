@@ -24,6 +24,9 @@ from exchange.platform.auth import MARKET_ROLES, STAFF_ROLES, Principal, new_tok
 from exchange.platform.clock import Clock
 from exchange.platform.db import Connection
 from exchange.platform.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound
+from exchange.platform.events import OrganisationEventData
+from exchange.platform.outbox import enqueue
+from exchange.platform.settings import Settings
 
 BOOTSTRAP_TOKEN_DAYS = 30
 OPERATOR_REGION = "000000"  # the exchange itself: national, no administrative division
@@ -131,6 +134,36 @@ class IdentityService:
                 after=after,
                 detail={"changed": sorted(changes)},
             )
+        return after
+
+    async def set_suspension(
+        self, actor: Actor, org_id: uuid.UUID, reason: str | None, settings: Settings
+    ) -> Organisation:
+        """Suspend an organisation (``reason``) or reinstate it (None). The event tells the
+        rooms that act on it: delivery suspends the organisation's grants."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            before = await repo.get_organisation(conn, org_id, for_update=True)
+            if before is None:
+                raise NotFound(f"no organisation {org_id}")
+            if before.is_operator:
+                raise Conflict("the exchange operator cannot be suspended")
+            if (before.suspended_at is None) == (reason is None):
+                state = "suspended" if before.suspended_at else "not suspended"
+                raise Conflict(f"organisation {org_id} is already {state}",
+                               extensions={"suspended_at": before.suspended_at})  # fmt: skip
+            after = await repo.set_suspension(conn, org_id, reason, now)
+            event = "suspended" if reason is not None else "reinstated"
+            await enqueue(
+                conn, subject=settings.subject("organisation", event),
+                event_type=f"dx.organisation.{event}",
+                source=f"urn:dataex:exchange:{settings.exchange_code}", event_subject=str(org_id),
+                data=OrganisationEventData(org_id=str(org_id), uscc=after.uscc, reason=reason),
+                at=now, request_id=actor.request_id,
+            )  # fmt: skip
+            await record(conn, actor, at=now, action=f"organisation.{event}",
+                         subject_type="organisation", subject_id=org_id,
+                         detail={"reason": reason})  # fmt: skip
         return after
 
     async def get_visible(self, principal: Principal, org_id: uuid.UUID) -> Organisation:

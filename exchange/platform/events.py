@@ -3,7 +3,8 @@
 Every event is a CloudEvents 1.0 envelope (`exchange.platform.outbox.CloudEvent`) on subject
 ``dx.<aggregate>.<event>``. The orders room emits ``dx.order.*`` and ``dx.trade.executed``; the
 listing room ``dx.listing.*``; the settlement room ``dx.trade.reserved`` / ``settled`` / ``failed``
-/ ``voided``; the delivery room ``dx.grant.*`` and ``dx.usage.closed``.
+/ ``voided``; the delivery room ``dx.grant.*`` and ``dx.usage.closed``; the identity room
+``dx.organisation.*``.
 A consumer reads the type here, never the producing room's internals. The JSON Schemas under
 ``schemas/events`` are generated from these types (``uv run python -m exchange.platform.events``)
 and a test checks they are current.
@@ -138,6 +139,23 @@ def settlement_schema() -> dict[str, object]:
     return _schema(TradeSettlementEvent, "dx.trade.settlement")
 
 
+class OrganisationEventData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    org_id: str
+    uscc: str | None
+    reason: str | None = None
+
+
+class OrganisationEvent(CloudEvent, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``dx.organisation.suspended`` / ``dx.organisation.reinstated`` (the identity room)."""
+
+    type: Literal["dx.organisation.suspended", "dx.organisation.reinstated"]
+    data: OrganisationEventData
+
+
+def organisation_schema() -> dict[str, object]:
+    return _schema(OrganisationEvent, "dx.organisation")
+
+
 GrantState = Literal["pending", "active", "suspended", "exhausted", "expired", "revoked"]
 GrantEventType = Literal[
     "dx.grant.created", "dx.grant.activated", "dx.grant.suspended", "dx.grant.resumed",
@@ -225,6 +243,7 @@ def generators() -> dict[str, Callable[[], dict[str, object]]]:
         "dx.trade.executed.schema.json": trade_schema,
         "dx.order.schema.json": order_schema,
         "dx.trade.settlement.schema.json": settlement_schema,
+        "dx.organisation.schema.json": organisation_schema,
         "dx.grant.schema.json": grant_schema,
         "dx.usage.schema.json": usage_schema,
     }

@@ -323,3 +323,42 @@ async def test_a_dead_process_lease_comes_back_counted_from_its_records(
     closed = await pool.fetchrow("SELECT used FROM quota_leases WHERE id = $1", lease["id"])
     assert closed["used"] == 5
     await recorder.stop()
+
+
+async def _org_events(pool, grants) -> None:
+    rows = await pool.fetch(
+        "SELECT subject, payload FROM outbox WHERE subject LIKE '%.organisation.%'"
+        " ORDER BY created_at, id"
+    )
+    for row in rows:
+        event = msgspec.json.decode(bytes(row["payload"]))
+        await deliver(pool, grants, row["subject"], event["type"], event["data"])
+
+
+async def test_a_suspended_buyer_or_seller_suspends_its_grants(
+    client, trade, pool, clock, settings, admin_token
+):
+    product = await _product(client, trade)
+    grants = grant_service(pool, clock, settings)
+    grant_id = await active_grant(pool, grants, _terms(trade, product))
+    buyer_org = trade["buyer_org"]["id"]
+    path = f"/v1/organisations/{buyer_org}"
+    refused = await client.post(f"{path}/suspend", json={"reason": "x"},
+                                headers=bearer(trade["alice"]))  # fmt: skip
+    assert refused.status_code == 403  # a reviewer is not an admin
+    done = await client.post(f"{path}/suspend", json={"reason": "监管要求"},
+                             headers=bearer(admin_token))  # fmt: skip
+    assert done.status_code == 200, done.text
+    assert done.json()["suspended_reason"] == "监管要求"
+    again = await client.post(f"{path}/suspend", json={"reason": "x"}, headers=bearer(admin_token))
+    assert again.status_code == 409
+    # The token check reads the organisation itself, before any event arrives.
+    token = await client.post(f"/v1/grants/{grant_id}/tokens", headers=bearer(trade["buyer"]))
+    assert (token.status_code, token.json()["code"]) == (403, "organisation_refused")
+    await _org_events(pool, grants)
+    assert await _state(pool, grant_id) == ("suspended", ["buyer"])
+    assert (await client.post(f"{path}/reinstate", headers=bearer(admin_token))).status_code == 200
+    await _org_events(pool, grants)
+    assert await _state(pool, grant_id) == ("active", [])
+    token = await client.post(f"/v1/grants/{grant_id}/tokens", headers=bearer(trade["buyer"]))
+    assert token.status_code == 201, token.text

@@ -129,6 +129,8 @@ def matrix_routes() -> list[tuple[str, str, object]]:
 # token with that role alone. Public routes ignore a token, even a revoked one. A new route must
 # be added here (test_every_route_has_a_row_in_the_matrix), with the statuses it should give.
 MATRIX = {
+    ("POST", "/v1/organisations/{org_id:uuid}/reinstate"): "401 403 403 403 403 404 403 401",
+    ("POST", "/v1/organisations/{org_id:uuid}/suspend"): "401 403 403 403 403 400 403 401",
     ("GET", "/v1/grants"): "401 200 200 200 200 200 200 401",
     ("GET", "/v1/grants/{grant_id:uuid}"): "401 404 404 404 404 404 404 401",
     ("GET", "/v1/grants/{grant_id:uuid}/usage"): "401 404 404 404 404 404 404 401",
