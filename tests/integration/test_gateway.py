@@ -9,13 +9,17 @@ import asyncio
 import signal
 import time
 import uuid
+from datetime import UTC, datetime
 
 import httpx
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from exchange.delivery import tokens
+from exchange.delivery.gateway.app import KEY_RELOAD_SECONDS
+from exchange.delivery.gateway.grants import RECHECK_SECONDS
 from exchange.delivery.quota import reap_expired
+from exchange.delivery.upstream import GatewayVerifier
 from exchange.platform.audit import Actor
 from exchange.platform.metering import Dimension
 from exchange.platform.signing import SigningKey, b64url_decode
@@ -285,3 +289,35 @@ async def test_a_quota_of_100_serves_exactly_100_to_64_clients_racing_two_proces
     assert (quota["used_units"], quota["leased_units"], quota["limit_units"]) == (100, 0, 100)
     state = await pool.fetchval("SELECT state FROM grants WHERE id = $1", grant.id)
     assert state == "exhausted"
+
+
+async def test_a_rotated_delivery_key_is_taken_up_by_the_gateway_and_the_upstream_helper(
+    settings, pool
+):
+    async with upstream() as seller:
+        grant = await api_grant(pool, settings, seller.url)
+        async with gateway_in_process(settings) as (_, client):
+            old_token = await grant.token()
+            assert (await client.get(grant.path(), headers=bearer(old_token))).status_code == 200
+            async with pool.acquire() as conn:
+                new_kid = await grant.service.keyring.rotate(conn, datetime.now(UTC), "delivery")
+            new_token = await grant.token()  # signed with the new key, unknown to the gateway
+            await asyncio.sleep(KEY_RELOAD_SECONDS)  # it reloads the keys at most once a second
+            assert (await client.get(grant.path(), headers=bearer(new_token))).status_code == 200
+            assert (await client.get(grant.path(), headers=bearer(old_token))).status_code == 200
+            await asyncio.sleep(RECHECK_SECONDS + 0.5)  # the gateway signs with the new key
+            assert (await client.get(grant.path(), headers=bearer(new_token))).status_code == 200
+    first, *_, last = seller.seen
+    fetched = []
+
+    async def jwks_endpoint(url):
+        fetched.append(url)
+        return await exchange_jwks(pool)
+
+    helper = GatewayVerifier("http://dx.test/.well-known/jwks.json", fetch=jwks_endpoint)
+    calls = [await helper.verify(method=seen.method, authority=seen.headers["host"],
+                                 path=seen.path, query=seen.query, headers=seen.headers,
+                                 body=seen.body) for seen in (first, last)]  # fmt: skip
+    assert calls[0].keyid != new_kid and calls[1].keyid == new_kid
+    assert calls[1].grant_id == str(grant.id) and calls[1].buyer_uscc == grant.buyer_uscc
+    assert len(fetched) == 1  # the first fetch already holds both keys
