@@ -24,6 +24,7 @@ from exchange.platform.audit import Actor
 from exchange.platform.metering import Dimension
 from exchange.platform.signing import SigningKey, b64url_decode
 from tests.kit import rfc9421
+from tests.kit.delivery import active_grant, executed, grant_service
 from tests.kit.gateway import (
     api_grant,
     bearer,
@@ -33,6 +34,7 @@ from tests.kit.gateway import (
     relay,
     upstream,
 )
+from tests.kit.market import listed_product
 from tests.kit.settlement import kill, spawn
 
 
@@ -215,36 +217,47 @@ async def test_calls_that_cannot_be_served_are_refused_and_cost_nothing(settings
     assert (quota["used_units"], quota["leased_units"]) == (0, 0)
 
 
-async def test_a_suspension_reaches_the_gateway_processes_within_a_second(settings, pool):
-    relay_part = spawn("relay", settings)
-    try:
-        async with upstream() as seller:
-            grant = await api_grant(pool, settings, seller.url)
-            token = await grant.token()
-            async with gateway_processes(settings, 2) as gateways, httpx.AsyncClient() as client:
+async def test_suspending_the_listing_refuses_a_valid_token_within_a_second_at_every_gateway(
+    client, trade, pool, clock, settings
+):
+    # The whole path: the listing room's event, the delivery worker, the grant's event, the
+    # relay (both real processes), two gateway processes; the seller and buyer over the API.
+    product = await listed_product(client, trade)
+    async with upstream() as seller:
+        registered = await client.put(f"/v1/products/{product['id']}/upstream",
+                                      json={"base_url": seller.url},
+                                      headers=bearer(trade["seller"]))  # fmt: skip
+        assert registered.status_code == 200, registered.text
+        data = executed(product_id=product["id"], product_code=product["product_code"],
+                        buyer_org=trade["buyer_org"], seller_org=trade["seller_org"])  # fmt: skip
+        grant_id = await active_grant(pool, grant_service(pool, clock, settings), data)
+        issued = await client.post(f"/v1/grants/{grant_id}/tokens", json={},
+                                   headers=bearer(trade["buyer"]))  # fmt: skip
+        assert issued.status_code == 201, issued.text
+        token, path = issued.json()["token"], f"/gateway/{grant_id}/v1/rows"
+        parts = [spawn("relay", settings), spawn("delivery", settings)]
+        try:
+            async with gateway_processes(settings, 2) as gateways, httpx.AsyncClient() as http:
                 for url, _ in gateways:  # each process has the grant cached
-                    answer = await client.get(url + grant.path(), headers=bearer(token))
-                    assert answer.status_code == 200
-                for action in ("suspend", "resume"):
+                    assert (await http.get(url + path, headers=bearer(token))).status_code == 200
+                for action, want in (("suspend", 403), ("reinstate", 200)):
                     started = time.monotonic()
-                    if action == "suspend":
-                        await grant.service.suspend(Actor.cli("test"), grant.id, "staff check")
-                    else:
-                        await grant.service.resume(Actor.cli("test"), grant.id)
-                    want = 403 if action == "suspend" else 200
+                    done = await client.post(f"/v1/products/{product['id']}/{action}",
+                                             json={"reason": "核查"},
+                                             headers=bearer(trade["alice"]))  # fmt: skip
+                    assert done.status_code < 300, done.text
                     for url, _ in gateways:
-                        while True:
-                            answer = await client.get(url + grant.path(), headers=bearer(token))
-                            if answer.status_code == want:
-                                break
-                            assert time.monotonic() - started < 1.0, f"{action} not seen in 1 s"
+                        while (answer := await http.get(url + path, headers=bearer(token))
+                               ).status_code != want:  # fmt: skip
+                            assert time.monotonic() - started < 1.0, f"{action}: not in 1 s"
                             await asyncio.sleep(0.01)
-                        if action == "suspend":
+                        if want == 403:
                             assert answer.json()["code"] == "grant_suspended"
                     print(f"{action} seen by both gateways after"
                           f" {(time.monotonic() - started) * 1000:.0f} ms")  # fmt: skip
-    finally:
-        kill(relay_part, signal.SIGTERM)
+        finally:
+            for part in parts:
+                kill(part, signal.SIGTERM)
 
 
 async def test_a_quota_of_100_serves_exactly_100_to_64_clients_racing_two_processes(settings, pool):
