@@ -10,8 +10,9 @@ and the process runtime, fills it in:
 - the review queue → the listing and order rooms' `on_case_decided`;
 - recognition → the listing room, through which recognised products are written;
 - settlement → the orders room's `mark_unfunded` for trades whose payment failed;
-- delivery → the listing room's re-check of the negative list (before a delivery token) and
-  settlement's top-up of a metered trade's reserve.
+- delivery → the listing room's re-check of the negative list (before a delivery token),
+  settlement's top-up of a metered trade's reserve, and settlement's posting of each closed
+  billing period and release of what was not spent when the grant ends.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from exchange.platform.signing import KeyRing
 from exchange.recognition import feed
 from exchange.recognition.service import RecognitionService
 from exchange.review.service import ReviewService
+from settlement.metered import MeteredSettlement
 from settlement.service import SettlementService
 
 LISTING_HOOKS = ListingHooks(on_state=(catalog.sync,), on_event=(feed.on_listing_event,))
@@ -81,7 +83,9 @@ def grants(pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRin
 
 
 def billing(pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing) -> Billing:
-    return Billing(pool, clock, settings, keyring, BillingHooks())
+    metered = MeteredSettlement(settings)
+    hooks = BillingHooks(post_usage=metered.post_usage, release=metered.release)
+    return Billing(pool, clock, settings, keyring, hooks)
 
 
 def period_closer(platform: Platform) -> Callable[[], Awaitable[int]]:

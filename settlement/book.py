@@ -17,14 +17,23 @@ from datetime import datetime
 from typing import Literal
 
 from exchange.platform.db import Connection
+from exchange.platform.errors import DataexError
 
 AccountKind = Literal["available", "escrow", "fee_revenue", "clearing"]
-MovementKind = Literal["deposit", "withdrawal", "reserve", "post", "void"]
+MovementKind = Literal[
+    "deposit", "withdrawal", "reserve", "post", "void", "top_up", "usage", "release"
+]
 Owner = uuid.UUID | None  # None: the exchange
 AccountKey = tuple[Owner, AccountKind]
 
 EXCHANGE_KINDS: frozenset[str] = frozenset({"fee_revenue", "clearing"})
 _MOVEMENT_IDS = uuid.UUID("6f1d4c0e-5d1b-4c59-9f1e-2b7f0e1d5a10")
+
+
+class InsufficientFunds(DataexError):
+    status = 422
+    code = "insufficient_funds"
+    title = "Not enough money in the account"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,15 +51,21 @@ class Movement:
     trade_id: uuid.UUID | None = None
     external_ref: str | None = None
     org_id: uuid.UUID | None = None
+    step_key: str | None = None  # which of a trade's repeated steps: a period, a top-up
 
     @property
     def amount(self) -> int:
         return sum(leg.amount for leg in self.legs if leg.amount > 0)
 
 
-def trade_movement_id(trade_id: uuid.UUID, kind: MovementKind) -> uuid.UUID:
-    """Deterministic: a retried step carries the same id (and the database refuses a second)."""
-    return uuid.uuid5(_MOVEMENT_IDS, f"{trade_id}:{kind}")
+def trade_movement_id(
+    trade_id: uuid.UUID, kind: MovementKind, step_key: str | None = None
+) -> uuid.UUID:
+    """Deterministic: a retried step carries the same id (and the database refuses a second).
+    Steps a trade takes more than once (a metered trade's periods and top-ups) add their key;
+    the ids of steps without one are what they always were."""
+    name = f"{trade_id}:{kind}" if step_key is None else f"{trade_id}:{kind}:{step_key}"
+    return uuid.uuid5(_MOVEMENT_IDS, name)
 
 
 def _legs(*legs: Leg) -> tuple[Leg, ...]:
@@ -98,6 +113,38 @@ def void(trade: uuid.UUID, buyer: uuid.UUID, price: int, fee: int) -> Movement:
     return Movement(
         trade_movement_id(trade, "void"), "void",
         _legs(Leg(buyer, "escrow", -total), Leg(buyer, "available", total)),
+        trade_id=trade, org_id=buyer,
+    )  # fmt: skip
+
+
+def top_up(trade: uuid.UUID, buyer: uuid.UUID, amount: int, key: str) -> Movement:
+    """A metered trade's reservation raised: more of the buyer's money into escrow."""
+    return Movement(
+        trade_movement_id(trade, "top_up", key), "top_up",
+        _legs(Leg(buyer, "available", -amount), Leg(buyer, "escrow", amount)),
+        trade_id=trade, org_id=buyer, step_key=key,
+    )  # fmt: skip
+
+
+def usage(
+    trade: uuid.UUID, buyer: uuid.UUID, seller: uuid.UUID, charge: int, fee: int, key: str
+) -> Movement:
+    """One billing period of a metered trade out of escrow: the charge less the exchange's fee
+    to the seller, the fee to the exchange (the fee comes out of the seller's share)."""
+    assert 0 <= fee <= charge, "the fee is part of the charge"
+    return Movement(
+        trade_movement_id(trade, "usage", key), "usage",
+        _legs(Leg(buyer, "escrow", -charge), Leg(seller, "available", charge - fee),
+              Leg(None, "fee_revenue", fee)),
+        trade_id=trade, org_id=buyer, step_key=key,
+    )  # fmt: skip
+
+
+def release(trade: uuid.UUID, buyer: uuid.UUID, amount: int) -> Movement:
+    """What a metered trade reserved and did not use, back to the buyer when its grant ends."""
+    return Movement(
+        trade_movement_id(trade, "release"), "release",
+        _legs(Leg(buyer, "escrow", -amount), Leg(buyer, "available", amount)),
         trade_id=trade, org_id=buyer,
     )  # fmt: skip
 
@@ -184,12 +231,13 @@ class Book:
             return
         await self.conn.execute(
             "INSERT INTO movements (id, kind, trade_id, external_ref, org_id, amount_fen,"
-            " request_id, created_at)"
-            " SELECT i, k, t, r, o, a, $7, $8 FROM unnest($1::uuid[], $2::text[], $3::uuid[],"
-            " $4::text[], $5::uuid[], $6::bigint[]) AS x(i, k, t, r, o, a)",
+            " step_key, request_id, created_at)"
+            " SELECT i, k, t, r, o, a, s, $8, $9 FROM unnest($1::uuid[], $2::text[], $3::uuid[],"
+            " $4::text[], $5::uuid[], $6::bigint[], $7::text[]) AS x(i, k, t, r, o, a, s)",
             [m.id for m in movements], [m.kind for m in movements],
             [m.trade_id for m in movements], [m.external_ref for m in movements],
-            [m.org_id for m in movements], [m.amount for m in movements], request_id, at,
+            [m.org_id for m in movements], [m.amount for m in movements],
+            [m.step_key for m in movements], request_id, at,
         )  # fmt: skip
         posting_movements, posting_accounts, posting_amounts = [], [], []
         deltas: dict[int, int] = {}

@@ -2,10 +2,11 @@
 
 ``verify`` recomputes every leaf hash, the hash chain, the Merkle root at every signed tree head,
 each head's signature (with the keys in the database, or the export's JWKS) and the consistency
-of successive heads; from the database it also checks the books: every movement sums to zero and
-every balance equals the sum of its postings. ``verify-receipt`` needs only the receipt and the
-exchange's JWKS. Exit status: 0 verified, 1 a problem found (each named by sequence number),
-2 unreadable input.
+of successive heads; from the database it also checks the books: every movement sums to zero,
+every balance equals the sum of its postings, and each metered trade's reservation and postings
+are what its movements say (never more posted than reserved). ``verify-receipt`` needs only
+the receipt and the exchange's JWKS. Exit status: 0 verified, 1 a problem found (each named by
+sequence number), 2 unreadable input.
 """
 
 from __future__ import annotations
@@ -69,6 +70,26 @@ BOOK_CHECKS: tuple[tuple[str, Callable[[Any], str]], ...] = (
         "SELECT movement_id, sum(amount_fen) AS total FROM postings GROUP BY 1"
         " HAVING sum(amount_fen) <> 0",
         lambda r: f"movement {r['movement_id']}: postings sum to {r['total']} fen, not zero",
+    ),
+    (
+        # A metered trade's reservation is its reserve and top-ups, what it posted its usage
+        # periods; together with what it released they never exceed it, and once it has ended
+        # they account for all of it.
+        "SELECT t.trade_id, t.reserved_fen, t.posted_fen, m.* FROM settlement_trades t"
+        " CROSS JOIN LATERAL (SELECT"
+        " coalesce(sum(amount_fen) FILTER (WHERE kind IN ('reserve', 'top_up')), 0)::bigint"
+        " AS held,"
+        " coalesce(sum(amount_fen) FILTER (WHERE kind = 'usage'), 0)::bigint AS used,"
+        " coalesce(sum(amount_fen) FILTER (WHERE kind = 'release'), 0)::bigint AS released"
+        " FROM movements WHERE trade_id = t.trade_id) m"
+        " WHERE t.metered AND (t.reserved_fen <> m.held OR t.posted_fen <> m.used"
+        " OR m.used + m.released > m.held"
+        " OR (t.state IN ('settled', 'voided') AND m.used + m.released <> m.held))",
+        lambda r: (
+            f"metered trade {r['trade_id']}: reserved {r['reserved_fen']} fen and posted"
+            f" {r['posted_fen']}, but its movements reserve {r['held']}, post {r['used']}"
+            f" and release {r['released']}"
+        ),
     ),
 )
 
@@ -208,5 +229,12 @@ def verify_receipt_file(path: Path, jwks_source: str, out: IO[str]) -> int:
         out.write(f"receipt NOT verified: {error}\n")
         return 1
     steps = ", ".join(f"{e.entry.step} (entry {e.entry.seq})" for e in receipt.entries)
-    out.write(f"receipt verified: trade {receipt.trade_id} on {receipt.exchange}: {steps}\n")
+    statements = (
+        f"; {len(receipt.statements)} usage statement(s) signed and registered"
+        if receipt.statements
+        else ""
+    )
+    out.write(
+        f"receipt verified: trade {receipt.trade_id} on {receipt.exchange}: {steps}{statements}\n"
+    )
     return 0

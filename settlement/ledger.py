@@ -9,7 +9,12 @@ the database.
 
 Entries hold only strings, integers and null, so their RFC 8785 form is msgspec's sorted-key
 compact JSON (tested against the `rfc8785` package); that keeps verifying a million entries in
-seconds.
+seconds. Fields added since the first entries (a metered trade's period and statement digest)
+are optional and left out when unset, so every entry written before them keeps its bytes.
+
+A metered trade's receipt also carries its usage statements (each signed by the exchange): a
+verifier checks each statement's signature and that its digest is the one its ledger entry
+registered, so a statement cannot be swapped, dropped or added without the receipt failing.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from exchange.platform.canonical import canonical_json, sha256_digest
 from exchange.platform.signing import (
     KeyRing,
     SigningError,
@@ -42,7 +48,10 @@ TREE_HEAD_TYPE = "dataex-tree-head+jws"
 RECEIPT_TYPE = "dataex.receipt.v1"
 GENESIS_PREV = "0" * 64
 
-Step = Literal["reserved", "failed", "settled", "voided"]
+# A trade's steps: reserved or failed, then settled or voided. A metered trade also registers
+# each billing period (usage), each top-up of its reservation, and its end (released: what was
+# not used goes back to the buyer; the trade is then settled, or voided if nothing was used).
+Step = Literal["reserved", "failed", "settled", "voided", "usage", "top_up", "released"]
 
 
 class EntryParty(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -50,8 +59,16 @@ class EntryParty(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     uscc: str | None
 
 
-class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One settlement step as registered. ``seq`` is the leaf index, from 0."""
+class LedgerEntry(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """One settlement step as registered. ``seq`` is the leaf index, from 0.
+
+    ``price_fen`` and ``fee_fen`` are what the step moves, split into the seller's part and the
+    exchange's fee: a trade's price and fee for reserve, post and void; for a usage period its
+    charge less the fee, and the fee; for a top-up or a release the amount, and 0. Only the
+    fields with defaults (added later) are left out when unset (``omit_defaults``); the others
+    are always written, null included, as in the first entries."""
 
     seq: int
     prev: str  # hex SHA-256 leaf hash of entry seq-1; 64 zeros for entry 0
@@ -66,6 +83,8 @@ class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     fee_fen: int
     movement_id: str | None
     at: str  # RFC 3339 UTC
+    period: int | None = None  # usage: the billing period
+    statement_digest: str | None = None  # usage: sha256 of the statement's canonical JSON
 
 
 _CANONICAL = msgspec.json.Encoder(order="sorted")
@@ -93,6 +112,8 @@ class EntryDraft:
     price_fen: int
     fee_fen: int
     movement_id: uuid.UUID | None
+    period: int | None = None
+    statement_digest: str | None = None
 
 
 async def append(
@@ -128,6 +149,8 @@ async def append(
                 fee_fen=draft.fee_fen,
                 movement_id=None if draft.movement_id is None else str(draft.movement_id),
                 at=when,
+                period=draft.period,
+                statement_digest=draft.statement_digest,
             )
         )
         leaf = leaf_hash(body)
@@ -291,29 +314,73 @@ class ReceiptEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     inclusion_proof: list[str]  # hex node hashes, RFC 6962 PATH(seq, tree_size)
 
 
-class Receipt(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A trade's ledger entries with inclusion proofs against one signed tree head."""
+class ReceiptStatement(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A metered trade's usage statement as signed, its digest (the one its ledger entry
+    registered) and the exchange's compact JWS over it."""
+
+    statement: dict[str, Any]
+    digest: str
+    jws: str
+
+
+class Receipt(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A trade's ledger entries with inclusion proofs against one signed tree head, and a
+    metered trade's usage statements (left out when there are none, so a receipt of any other
+    trade is what it always was)."""
 
     type: str
     exchange: str
     trade_id: str
     entries: list[ReceiptEntry]
     tree_head: str  # compact JWS of TreeHeadClaims
+    statements: list[ReceiptStatement] = []
 
 
 def build_receipt(
-    exchange: str, trade_id: str, entries: Sequence[bytes], tree: MerkleTree, head: TreeHead
+    exchange: str,
+    trade_id: str,
+    entries: Sequence[bytes],
+    tree: MerkleTree,
+    head: TreeHead,
+    statements: Sequence[tuple[bytes, str, str]] = (),
 ) -> bytes:
-    """The canonical bytes of a receipt (a receipt is served and stored exactly as these)."""
+    """The canonical bytes of a receipt (a receipt is served and stored exactly as these).
+    ``statements``: (canonical JSON, digest, JWS) of each usage statement, in period order."""
     items = []
     for body in entries:
         entry = msgspec.json.decode(body, type=LedgerEntry)
         proof = tree.inclusion_proof(entry.seq, head.tree_size)
         items.append(ReceiptEntry(entry=entry, inclusion_proof=[p.hex() for p in proof]))
+    signed = [
+        ReceiptStatement(statement=msgspec.json.decode(body), digest=digest, jws=jws)
+        for body, digest, jws in statements
+    ]
     return canonical(
         Receipt(type=RECEIPT_TYPE, exchange=exchange, trade_id=trade_id, entries=items,
-                tree_head=head.jws)
+                tree_head=head.jws, statements=signed)
     )  # fmt: skip
+
+
+def verify_statement(
+    statement: dict[str, Any], digest: str, token: str, jwks: dict[str, Any]
+) -> None:
+    """A usage statement's digest (SHA-256 over its canonical JSON) and its signature: a
+    compact JWS whose payload is the statement, or a detached one (RFC 7515 Appendix F) over
+    its canonical JSON, by a key of ``jwks``. Raises `ReceiptInvalid` saying what is wrong."""
+    period = statement.get("period")
+    if sha256_digest(statement) != digest:
+        raise ReceiptInvalid(f"the statement of period {period} does not hash to its digest")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise ReceiptInvalid(f"the signature of the statement of period {period} is not a JWS")
+    if not parts[1]:
+        token = f"{parts[0]}.{b64url(canonical_json(statement))}.{parts[2]}"
+    try:
+        verified = verify_compact(token, jwks)
+    except SigningError as error:
+        raise ReceiptInvalid(f"the statement of period {period}'s signature: {error}") from error
+    if verified.claims != statement:
+        raise ReceiptInvalid(f"the statement of period {period} is not the one signed")
 
 
 class ReceiptInvalid(ValueError):
@@ -381,7 +448,34 @@ def verify_receipt(data: bytes, jwks: dict[str, Any]) -> Receipt:
             raise ReceiptInvalid(
                 f"entry {entry.seq} is not included in the signed tree of {claims.tree_size}"
             )
+    _verify_statements(receipt, jwks)
     return receipt
+
+
+def _verify_statements(receipt: Receipt, jwks: dict[str, Any]) -> None:
+    """Each usage statement is signed, is this trade's, and is the one a usage entry of the
+    receipt registered (same digest, same period); each usage entry has its statement."""
+    usage = {e.entry.statement_digest: e.entry for e in receipt.entries if e.entry.step == "usage"}
+    seen: set[str] = set()
+    for item in receipt.statements:
+        statement = item.statement
+        period = statement.get("period")
+        verify_statement(statement, item.digest, item.jws, jwks)
+        if (
+            statement.get("trade_id") != receipt.trade_id
+            or statement.get("exchange") != receipt.exchange
+        ):
+            raise ReceiptInvalid(f"the statement of period {period} is not this trade's")
+        entry = usage.get(item.digest)
+        if entry is None or entry.period != period or item.digest in seen:
+            raise ReceiptInvalid(
+                f"the statement of period {period} is not registered by a usage entry of the"
+                " receipt"
+            )
+        seen.add(item.digest)
+    for digest, entry in usage.items():
+        if digest not in seen:
+            raise ReceiptInvalid(f"usage entry {entry.seq} has no statement in the receipt")
 
 
 # --- verification of the whole ledger --------------------------------------------------------

@@ -2,11 +2,16 @@
 
 Two phases, each exactly once (TigerBeetle's pending transfers):
 
-- ``dx.trade.executed`` reserves price + fee from the buyer's available account into its escrow;
-  a buyer without the funds fails the trade (``dx.trade.failed``; the contract is unfunded).
+- ``dx.trade.executed`` reserves price + fee from the buyer's available account into its escrow
+  (``dx.trade.reserved``: delivery may start); a buyer without the funds fails the trade
+  (``dx.trade.failed``; the contract is unfunded).
 - Acceptance (the buyer's, or the acceptance period passing with no objection) posts: price to
   the seller, fee to the exchange (``dx.trade.settled``). An objection upheld for the buyer, or
   cancellation by both parties, voids: escrow back to the buyer (``dx.trade.voided``).
+
+A metered trade (a plan billed by use) reserves the buyer's spend cap the same way, but is never
+posted whole: its billing periods are posted one by one and what is left is released when its
+grant ends (`settlement.metered`, driven by the delivery room).
 
 Each step is one transaction holding the trade's row, the accounts it moves (locked in id
 order) and the ledger's append lock, in that order everywhere, so steps never deadlock and a
@@ -19,7 +24,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import asyncpg
 import msgspec
@@ -28,21 +33,19 @@ from exchange.platform.audit import Actor, record
 from exchange.platform.auth import Principal
 from exchange.platform.clock import Clock
 from exchange.platform.db import Connection, Executor
-from exchange.platform.errors import Conflict, DataexError, NotFound
+from exchange.platform.errors import Conflict, NotFound
 from exchange.platform.events import TradeExecutedData, TradeSettlementData
-from exchange.platform.rows import Row, arrays, insert_sql
+from exchange.platform.rows import Row, SqlType, arrays, insert_sql
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing
+from exchange.platform.states import IllegalTransition
 from settlement import book, ledger
-from settlement.states import TRADE, TradeState
+from settlement.book import InsufficientFunds
+from settlement.metered import MeteredSettlement
+from settlement.outcomes import announce, draft_row, outcome_row
+from settlement.states import METERED_TRADE, TRADE, TradeAction, TradeState
 
 FinalStep = Literal["settled", "voided"]
-
-
-class InsufficientFunds(DataexError):
-    status = 422
-    code = "insufficient_funds"
-    title = "Not enough money in the account"
 
 
 class ConcurrentSettlement(RuntimeError):
@@ -88,6 +91,11 @@ class TradeView(msgspec.Struct, frozen=True):
     postings: list[PostingView]
     ledger_seqs: list[int]
     receipt: str
+    # A metered trade: its price is the spend cap; what is reserved (cap and top-ups) and
+    # what its billing periods have posted so far.
+    metered: bool = False
+    reserved_fen: int | None = None
+    posted_fen: int | None = None
 
 
 class MovementView(msgspec.Struct, frozen=True):
@@ -122,6 +130,16 @@ class SettlementTradeRow(Row, frozen=True):
     executed_at: datetime
     acceptance_due: datetime
     updated_at: datetime
+    metered: bool
+    fee_bps: Annotated[int, SqlType("integer")] | None
+    reserved_fen: int | None
+    posted_fen: int | None
+
+
+def is_metered(event: TradeExecutedData) -> bool:
+    """A trade billed by use: a metered plan with a spend cap (the price reserved)."""
+    terms = event.delivery
+    return terms is not None and terms.pricing == "metered" and terms.spend_cap_fen is not None
 
 
 class SettlementService:
@@ -139,6 +157,8 @@ class SettlementService:
         self.keyring = keyring
         self.on_unfunded = on_unfunded
         self.tree = ledger.tree_for(settings.database_url)
+        # A metered trade's steps, which the delivery room takes in its own transactions.
+        self.metered = MeteredSettlement(settings)
 
     # --- phase one: executed trades, in batches from the consumer ---------------------------
 
@@ -160,7 +180,8 @@ class SettlementService:
                 row["id"]: row
                 for row in await conn.fetch(
                     "SELECT c.id, c.digest, c.state, o.id AS order_id, o.price_fen, o.fee_fen,"
-                    " o.buyer_org_id, o.seller_org_id, s.trade_id IS NOT NULL AS known"
+                    " o.fee_bps, o.buyer_org_id, o.seller_org_id,"
+                    " s.trade_id IS NOT NULL AS known"
                     " FROM trade_contracts c JOIN orders o ON o.id = c.order_id"
                     " LEFT JOIN settlement_trades s ON s.trade_id = c.id"
                     " WHERE c.id = ANY($1::uuid[])",
@@ -209,7 +230,7 @@ class SettlementService:
                     reason=reasons.get(t), executed_at=datetime.fromisoformat(valid[t].executed_at),
                     acceptance_due=datetime.fromisoformat(valid[t].executed_at)
                     + timedelta(days=valid[t].acceptance_days),
-                    updated_at=now,
+                    updated_at=now, **_metering(valid[t], reserved=t not in reasons),
                 )
                 for t in new
             ]  # fmt: skip
@@ -232,15 +253,14 @@ class SettlementService:
             ]  # fmt: skip
             seqs = await ledger.append(conn, self.settings.exchange_code, drafts, now)
             if reasons:
-                failed = list(reasons)
-                await self.on_unfunded(conn, failed)
-                by_id = dict(zip(new, seqs, strict=True))
-                await self._announce(
-                    conn,
-                    [_outcome(valid[t], "failed", reasons[t], by_id[t]) for t in failed],
-                    now,
-                    request_id,
-                )
+                await self.on_unfunded(conn, list(reasons))
+            # Reserved: delivery may start; failed: the contract is void. One statement.
+            await announce(
+                conn, self.settings,
+                [_outcome(valid[t], "failed" if t in reasons else "reserved", reasons.get(t), seq)
+                 for t, seq in zip(new, seqs, strict=True)],
+                now, request_id,
+            )  # fmt: skip
             result.reserved = len(new) - len(reasons)
             result.failed = len(reasons)
         return result
@@ -255,9 +275,12 @@ class SettlementService:
         at: datetime,
         request_id: str | None,
     ) -> list[int]:
-        """Post (settled) or void locked trades in the caller's transaction."""
+        """Post (settled) or void locked trades in the caller's transaction. Never a metered
+        trade: it is not paid as a whole (`settlement.metered`)."""
         if not trades:
             return []
+        if any(t["metered"] for t in trades):
+            raise RuntimeError("a metered trade is released, never posted or voided whole")
         movements: dict[uuid.UUID, book.Movement] = {}
         for t in trades:
             if t["price_fen"] + t["fee_fen"] == 0:
@@ -281,44 +304,27 @@ class SettlementService:
             ids, step, at,
         )  # fmt: skip
         drafts = [
-            _draft_row(t, step, movements[t["trade_id"]].id if t["trade_id"] in movements else None)
+            draft_row(t, step, movements[t["trade_id"]].id if t["trade_id"] in movements else None)
             for t in trades
         ]
         seqs = await ledger.append(conn, self.settings.exchange_code, drafts, at)
-        await self._announce(
+        await announce(
             conn,
-            [_outcome_row(t, step, seq) for t, seq in zip(trades, seqs, strict=True)],
+            self.settings,
+            [outcome_row(t, step, seq) for t, seq in zip(trades, seqs, strict=True)],
             at,
             request_id,
         )
         return seqs
 
-    async def _announce(
-        self,
-        conn: Connection,
-        outcomes: Sequence[TradeSettlementData],
-        at: datetime,
-        request_id: str | None,
-    ) -> None:
-        from exchange.platform.outbox import enqueue_many
-
-        await enqueue_many(
-            conn,
-            [
-                (self.settings.subject("trade", o.state), f"dx.trade.{o.state}", o.trade_id, o)
-                for o in outcomes
-            ],
-            source=f"urn:dataex:exchange:{self.settings.exchange_code}",
-            at=at,
-            request_id=request_id,
-        )
-
     async def settle_due(self, limit: int = 500) -> int:
-        """Post every reserved trade whose acceptance period has passed without objection."""
+        """Post every reserved trade whose acceptance period has passed without objection
+        (a metered trade is posted period by period instead, so it is not one of them)."""
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
             trades = await conn.fetch(
                 "SELECT * FROM settlement_trades WHERE state = 'reserved' AND acceptance_due <= $1"
+                " AND NOT metered"
                 " ORDER BY acceptance_due, trade_id LIMIT $2 FOR UPDATE SKIP LOCKED",
                 now, limit,
             )  # fmt: skip
@@ -343,7 +349,7 @@ class SettlementService:
             row = await self._party_trade(conn, principal, trade_id, lock=True)
             if row["buyer_org_id"] != principal.org_id:
                 raise NotFound(f"no trade {trade_id}")  # the seller cannot accept for the buyer
-            TRADE.next(row["state"], "accept")
+            _next(row, "accept")
             await self._finish(conn, [row], "settled", now, actor.request_id)
             await record(conn, actor, at=now, action="trade.accepted",
                          subject_type="trade", subject_id=trade_id)  # fmt: skip
@@ -359,7 +365,7 @@ class SettlementService:
             row = await self._party_trade(conn, principal, trade_id, lock=True)
             if row["buyer_org_id"] != principal.org_id:
                 raise NotFound(f"no trade {trade_id}")
-            TRADE.next(row["state"], "object")
+            state = _next(row, "object")
             if row["acceptance_due"] <= now:
                 raise Conflict(
                     "the acceptance period ended at"
@@ -369,7 +375,7 @@ class SettlementService:
             await conn.execute(
                 "UPDATE settlement_trades SET state = $4, objection = $2,"
                 " objected_at = $3, updated_at = $3 WHERE trade_id = $1",
-                trade_id, reason, now, TRADE.next(row["state"], "object"),
+                trade_id, reason, now, state,
             )  # fmt: skip
             await record(conn, actor, at=now, action="trade.objected", subject_type="trade",
                          subject_id=trade_id, detail={"reason": reason})  # fmt: skip
@@ -388,8 +394,7 @@ class SettlementService:
                 raise NotFound(f"no trade {trade_id}")
             step = cast(
                 FinalStep,
-                TRADE.next(row["state"], "resolve_for_buyer" if outcome == "buyer"
-                           else "resolve_for_seller"),
+                _next(row, "resolve_for_buyer" if outcome == "buyer" else "resolve_for_seller"),
             )  # fmt: skip
             await self._finish(conn, [row], step, now, actor.request_id)
             await record(conn, actor, at=now, action="trade.objection_resolved",
@@ -404,7 +409,7 @@ class SettlementService:
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
             row = await self._party_trade(conn, principal, trade_id, lock=True)
-            TRADE.next(row["state"], "cancel")
+            _next(row, "cancel")
             party = "buyer" if row["buyer_org_id"] == principal.org_id else "seller"
             await conn.execute(
                 "INSERT INTO trade_cancellations (trade_id, party, reason, requested_at)"
@@ -569,6 +574,7 @@ class SettlementService:
             )
             if not rows:
                 raise NotFound(f"trade {trade_id} has no ledger entries yet")
+            statements = await self.metered.usage_statements(conn, trade_id)
             head = await ledger.latest_tree_head(conn)
             if head is None or head.tree_size <= rows[-1]["seq"]:
                 async with conn.transaction():
@@ -582,6 +588,7 @@ class SettlementService:
             return ledger.build_receipt(
                 self.settings.exchange_code, str(trade_id),
                 [bytes(r["entry"]) for r in rows], tree, head,
+                [(s.body, s.digest, s.jws) for s in statements],
             )  # fmt: skip
 
     async def sign_tree_head(
@@ -627,6 +634,7 @@ def _trade_view(
         ],
         ledger_seqs=[s["seq"] for s in seqs if s["trade_id"] == trade_id],
         receipt=f"/v1/trades/{trade_id}/receipt",
+        metered=row["metered"], reserved_fen=row["reserved_fen"], posted_fen=row["posted_fen"],
     )  # fmt: skip
 
 
@@ -647,6 +655,16 @@ def _mismatch(event: TradeExecutedData, row: Any) -> str | None:
     for name, said, recorded in checks:
         if said != recorded:
             return f"{name} {said!r} differs from the contract's {recorded!r}"
+    # A metered order keeps its fee rule (and only a metered order has one); its price is the
+    # spend cap. An event that says otherwise would bill the periods on other terms.
+    terms = event.delivery
+    metered = (terms.spend_cap_fen, terms.fee_bps) if terms and is_metered(event) else None
+    recorded = (row["price_fen"], row["fee_bps"]) if row["fee_bps"] is not None else None
+    if metered != recorded:
+        return (
+            f"metered terms (spend cap, fee bps) {metered!r} differ from the contract's"
+            f" {recorded!r}"
+        )
     return None
 
 
@@ -662,18 +680,8 @@ def _draft(
     )  # fmt: skip
 
 
-def _draft_row(row: Any, step: ledger.Step, movement: uuid.UUID | None) -> ledger.EntryDraft:
-    return ledger.EntryDraft(
-        trade_id=row["trade_id"], step=step, contract_digest=row["contract_digest"],
-        product_code=row["product_code"],
-        buyer=ledger.EntryParty(str(row["buyer_org_id"]), row["buyer_uscc"]),
-        seller=ledger.EntryParty(str(row["seller_org_id"]), row["seller_uscc"]),
-        price_fen=row["price_fen"], fee_fen=row["fee_fen"], movement_id=movement,
-    )  # fmt: skip
-
-
 def _outcome(
-    event: TradeExecutedData, state: Literal["failed"], reason: str, seq: int
+    event: TradeExecutedData, state: Literal["reserved", "failed"], reason: str | None, seq: int
 ) -> TradeSettlementData:
     return TradeSettlementData(
         trade_id=event.trade_id, order_id=event.order_id, buyer_org_id=event.buyer.org_id,
@@ -682,10 +690,34 @@ def _outcome(
     )  # fmt: skip
 
 
-def _outcome_row(row: Any, state: FinalStep, seq: int) -> TradeSettlementData:
-    return TradeSettlementData(
-        trade_id=str(row["trade_id"]), order_id=str(row["order_id"]),
-        buyer_org_id=str(row["buyer_org_id"]), seller_org_id=str(row["seller_org_id"]),
-        price_fen=row["price_fen"], fee_fen=row["fee_fen"], state=state, reason=None,
-        ledger_seq=seq,
-    )  # fmt: skip
+def _metering(event: TradeExecutedData, *, reserved: bool) -> dict[str, Any]:
+    """A trade's metered columns: a metered trade has its spend cap reserved (price + fee; the
+    fee is 0, each period pays its own) and nothing posted yet; a failed one reserved nothing."""
+    if not is_metered(event):
+        return {"metered": False, "fee_bps": None, "reserved_fen": None, "posted_fen": None}
+    assert event.delivery is not None
+    return {
+        "metered": True,
+        "fee_bps": event.delivery.fee_bps or 0,
+        "reserved_fen": event.price_fen + event.fee_fen if reserved else 0,
+        "posted_fen": 0,
+    }
+
+
+def _next(row: Any, action: TradeAction) -> TradeState:
+    """The state after a party's or staff's ``action`` on the trade in ``row``, by its table.
+
+    A metered trade has its own (`METERED_TRADE`), in which no party acts on the payment as a
+    whole; the 409 says so instead of listing what the table allows."""
+    if not row["metered"]:
+        return TRADE.next(row["state"], action)
+    if not METERED_TRADE.allows(row["state"], action):
+        raise IllegalTransition(
+            f"cannot {action.replace('_', ' ')} trade {row['trade_id']}: it is metered, so it is"
+            " paid period by period from its usage statements and what is left goes back to"
+            " the buyer when its grant ends; it is never accepted, objected to, cancelled or"
+            " posted as a whole",
+            extensions={"aggregate": METERED_TRADE.aggregate, "state": row["state"],
+                        "action": action, "allowed_actions": METERED_TRADE.allowed(row["state"])},
+        )  # fmt: skip
+    return METERED_TRADE.next(row["state"], action)

@@ -1,11 +1,15 @@
-"""Matching an order's terms against the plan the seller offers: pure, one entry per mismatch."""
+"""Matching an order's terms against the plan the seller offers: pure, one entry per mismatch;
+and what the order pays."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
+from contracts.orders.fees import FeeRule, fee_fen
 from contracts.orders.schemas import OrderCreate, TermMismatch
 from exchange.listings.schemas import Plan, ProductMetadata
+from exchange.platform.errors import FieldError, InvalidInput
 
 
 def match(
@@ -43,3 +47,43 @@ def match(
 
 def price_fen(plan: Plan, quantity: int) -> int:
     return 0 if plan.free else plan.price_fen * quantity
+
+
+def metered(plan: Plan) -> bool:
+    """A plan billed by use: pricing ``metered`` with a dimension that has a price. Its order
+    names a spend cap, reserved at execution and drawn on period by period."""
+    return plan.pricing == "metered" and any(d.unit_price_millifen > 0 for d in plan.dimensions)
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    """What an order pays: ``price_fen`` and ``fee_fen`` go into its contract and are reserved
+    at execution. A metered plan's price is the spend cap and its fee 0 here: each billing
+    period pays ``fee_bps`` of its charge instead (`exchange.platform.metering`)."""
+
+    price_fen: int
+    fee_fen: int
+    fee_bps: int | None = None  # metered plans only
+
+
+def payment(order: OrderCreate, plan: Plan, rule: FeeRule) -> Payment:
+    """The order's price and fee under the plan and the fee rule in effect; a 422 naming
+    ``spend_cap_fen`` if a metered plan's order lacks it or another plan's order gives one."""
+    if metered(plan):
+        if order.spend_cap_fen is None:
+            raise InvalidInput(
+                f"plan {plan.id!r} is metered: the order needs spend_cap_fen, the most it may"
+                " spend (reserved when the contract is executed)",
+                errors=[FieldError(path="spend_cap_fen", source="body",
+                                   message="required for a metered plan")],
+            )  # fmt: skip
+        return Payment(order.spend_cap_fen, 0, rule.bps)
+    if order.spend_cap_fen is not None:
+        raise InvalidInput(
+            f"plan {plan.id!r} is priced {plan.pricing} per order, not by use: spend_cap_fen"
+            " applies only to metered plans with priced dimensions",
+            errors=[FieldError(path="spend_cap_fen", source="body",
+                               message="only for a metered plan")],
+        )  # fmt: skip
+    price = price_fen(plan, order.quantity)
+    return Payment(price, fee_fen(price, rule) if price else 0)

@@ -24,6 +24,9 @@ class OrderCreate(Struct, forbid_unknown_fields=True, frozen=True):
     template: Literal[
         "data-provision", "entrusted-processing", "joint-development", "intermediary-service"
     ] = "data-provision"
+    # A metered plan (billed by use): the most the buyer will spend, reserved at execution as
+    # the order's price. Required for such a plan, refused for any other.
+    spend_cap_fen: Annotated[int, Meta(ge=1, le=10**12)] | None = None
 
 
 class TermMismatch(Struct, frozen=True):

@@ -17,10 +17,10 @@ import msgspec
 from contracts.agreements.origin import cleared_by_origin, origin_exchange
 from contracts.agreements.signatures import custodial_key, verify_detached
 from contracts.agreements.templates import ContractTemplate, render_text, templates
-from contracts.orders.fees import fee_fen, rule_from
+from contracts.orders.fees import rule_from
 from contracts.orders.group import Job, OrderGroup
 from contracts.orders.idempotency import Keyed, Replay, in_flight, lock_key_sql, stored
-from contracts.orders.matching import match, price_fen
+from contracts.orders.matching import match, payment
 from contracts.orders.schemas import Order, OrderCreate, TermMismatch
 from contracts.orders.states import CONTRACT, ORDER, ContractState, placed_state
 from contracts.orders.writes import ContractRow, IdempotencyRow, OrderRow, Writes
@@ -51,7 +51,7 @@ from exchange.platform.errors import (
     NotFound,
     Unavailable,
 )
-from exchange.platform.events import OrderEventData, TradeExecutedData, TradeParty
+from exchange.platform.events import DeliveryTerms, OrderEventData, TradeExecutedData, TradeParty
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing, SigningKey, jws_header
 from exchange.review.schemas import ReviewCase
@@ -180,11 +180,13 @@ class _Facts:
     """What a contract names about its order."""
 
     order_id: uuid.UUID
+    product_id: uuid.UUID
     revision: int
     plan: Plan
     terms: OrderCreate
     price_fen: int
     fee_fen: int
+    fee_bps: int | None  # metered plans: the fee on each billing period's charge
     decision: dict[str, Any]
     product_code: str
     metadata: ProductMetadata
@@ -305,6 +307,13 @@ def contract_document(
         "acceptance_days": plan.acceptance_days,
         "fees": {"pricing": plan.pricing, "quantity": terms.quantity,
                  "price_fen": facts.price_fen, "fee_fen": facts.fee_fen, "currency": "CNY"},
+        # What delivery grants under the contract and how a metered plan bills: its dimensions
+        # (quotas, unit prices), the spend cap (the price) and the fee on each period's charge.
+        "delivery_terms": {
+            "product_id": str(facts.product_id), "plan_id": plan.id, "pricing": plan.pricing,
+            "dimensions": msgspec.to_builtins(plan.dimensions),
+            "spend_cap_fen": terms.spend_cap_fen, "fee_bps": facts.fee_bps,
+        },
         "policy": {"decision": policy["decision"], "list_version": policy["list_version"],
                    "list_digest": policy["list_digest"],
                    "route": (policy.get("cross_border") or {}).get("route"),
@@ -559,13 +568,13 @@ class OrderService:
         if mismatches:
             raise _mismatch_error(mismatches)
         assert plan is not None
+        paid = payment(data, plan, rule_from(ctx, "fee_"))
+        price, fee = paid.price_fen, paid.fee_fen
         document, decision, cleared = await self._evaluate(
             conn, ctx, data, metadata, exported.get(ctx["seller_org_id"], (0, 0))
         )
         held = [h for h in decision.hits if h.list == "cautious" and h.rule not in cleared]
         state = placed_state(decision.decision, bool(held))
-        price = price_fen(plan, data.quantity)
-        fee = fee_fen(price, rule_from(ctx, "fee_")) if price else 0
         pi = metadata.classification.personal_info
         decision_doc = {"policy": msgspec.to_builtins(decision), "cleared": cleared}
         writes = Writes()
@@ -583,8 +592,9 @@ class OrderService:
             )  # fmt: skip
         elif state == "awaiting_signatures":
             facts = _Facts(
-                order_id=order_id, revision=ctx["live_revision"], plan=plan, terms=data,
-                price_fen=price, fee_fen=fee, decision=decision_doc,
+                order_id=order_id, product_id=ctx["id"], revision=ctx["live_revision"],
+                plan=plan, terms=data, price_fen=price, fee_fen=fee, fee_bps=paid.fee_bps,
+                decision=decision_doc,
                 product_code=ctx["product_code"], metadata=metadata,
                 revision_digest=ctx["revision_digest"],
                 seller=PartyView(ctx["seller_org_id"], ctx["seller_name"], ctx["seller_uscc"]),
@@ -626,7 +636,7 @@ class OrderService:
             terms=msgspec.to_builtins(data), state=state, cross_border=cross_border,
             sensitive_pi=sensitive, pi_subject_count=data.pi_subject_count, price_fen=price,
             fee_fen=fee, decision=decision_doc, created_at=now, updated_at=now,
-            executed_at=now if state == "executed" else None,
+            executed_at=now if state == "executed" else None, fee_bps=paid.fee_bps,
         ))  # fmt: skip
         if contract is not None:
             writes.contracts.append(contract.row)
@@ -776,9 +786,10 @@ class OrderService:
         metadata = msgspec.convert(row["metadata"], ProductMetadata)
         terms = msgspec.convert(row["terms"], OrderCreate)
         facts = _Facts(
-            order_id=order_id, revision=row["revision"],
+            order_id=order_id, product_id=row["product_id"], revision=row["revision"],
             plan=next(p for p in metadata.plans if p.id == row["plan_id"]), terms=terms,
-            price_fen=row["price_fen"], fee_fen=row["fee_fen"], decision=row["decision"],
+            price_fen=row["price_fen"], fee_fen=row["fee_fen"], fee_bps=row["fee_bps"],
+            decision=row["decision"],
             product_code=row["product_code"], metadata=metadata,
             revision_digest=row["revision_digest"],
             seller=PartyView(row["seller_org_id"], row["seller_name"], row["seller_uscc"]),
@@ -870,6 +881,7 @@ class OrderService:
                 product_code=document["subject_data"]["product_code"],
                 price_fen=price, fee_fen=fee,
                 acceptance_days=document["acceptance_days"], executed_at=at.isoformat(),
+                delivery=delivery_terms(document),
             ),
             at=at, request_id=actor.request_id,
         )  # fmt: skip
@@ -1115,6 +1127,24 @@ class OrderService:
                 detail={"plan_id": plan_id, "digest": offer["digest"]},
             )
         return offer | {"jws": token}
+
+
+def delivery_terms(document: dict[str, Any]) -> DeliveryTerms | None:
+    """What the delivery room needs of an executed contract, from its document (None for a
+    contract drafted before documents named their delivery terms)."""
+    terms = document.get("delivery_terms")
+    if terms is None:
+        return None
+    usage = document["usage"]
+    return msgspec.convert(
+        {"product_id": terms["product_id"], "revision": document["subject_data"]["revision"],
+         "revision_digest": document["subject_data"]["revision_digest"],
+         "plan_id": terms["plan_id"], "pricing": terms["pricing"], "modes": document["delivery"],
+         "purpose": usage["purpose"], "territory": usage["territory"],
+         "term_days": usage["term_days"], "dimensions": terms["dimensions"],
+         "spend_cap_fen": terms["spend_cap_fen"], "fee_bps": terms["fee_bps"]},
+        DeliveryTerms,
+    )  # fmt: skip
 
 
 async def _one(conn: Executor, query: str, *args: object) -> asyncpg.Record:

@@ -47,6 +47,7 @@ class OrderRow(Row, frozen=True):
     created_at: datetime
     updated_at: datetime
     executed_at: datetime | None
+    fee_bps: Annotated[int, SqlType("integer")] | None  # metered plans: each period's fee
 
 
 class ContractRow(Row, frozen=True):

@@ -133,20 +133,23 @@ class Billing:
                 return None
             ends = max(ends, starts)
             totals = await conn.fetch(
-                "SELECT key, sum(value::bigint) AS total FROM usage_records, jsonb_each_text(units)"
+                "SELECT key, sum(value::bigint)::bigint AS total"
+                " FROM usage_records, jsonb_each_text(units)"
                 " WHERE grant_id = $1 AND period_seq IS NULL AND served_at < $2"
                 " GROUP BY key ORDER BY key",
                 grant_id, ends,
             )  # fmt: skip
             counts: Any = await conn.fetchrow(
-                "SELECT count(*) AS n, coalesce(sum(cost_millifen), 0) AS cost FROM usage_records"
+                "SELECT count(*) AS n, coalesce(sum(cost_millifen), 0)::bigint AS cost"
+            " FROM usage_records"
                 " WHERE grant_id = $1 AND period_seq IS NULL AND served_at < $2",
                 grant_id, ends,
             )  # fmt: skip
             if counts["n"] == 0 and not final:
                 return None  # nothing used since the last statement: none is due
             before = await conn.fetchval(
-                "SELECT coalesce(sum(cost_millifen), 0) FROM usage_periods WHERE grant_id = $1",
+                "SELECT coalesce(sum(cost_millifen), 0)::bigint FROM usage_periods"
+                " WHERE grant_id = $1",
                 grant_id,
             )
             seq = (last["seq"] if last is not None else 0) + 1

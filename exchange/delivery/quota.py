@@ -101,7 +101,7 @@ async def _close(conn: Connection, lease_id: uuid.UUID, on_exhausted: ExhaustedH
     # The spend cap is spent in milli-fen: a record's cost; any other dimension: its units.
     used = await conn.fetchval(
         "SELECT coalesce(sum(CASE WHEN $2 = $3 THEN cost_millifen"
-        " ELSE (units ->> $2)::bigint END), 0) FROM usage_records"
+        " ELSE (units ->> $2)::bigint END), 0)::bigint FROM usage_records"
         " WHERE leases @> ARRAY[$1::uuid]",
         lease_id, row["dimension"], SPEND,
     )  # fmt: skip

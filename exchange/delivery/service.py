@@ -581,17 +581,19 @@ class GrantService:
     async def usage(self, principal: Principal, grant_id: uuid.UUID) -> UsageTotals:
         grant = await self.get(principal, grant_id)
         row: Any = await self.pool.fetchrow(
-            "SELECT count(*) AS n, coalesce(sum(cost_millifen), 0) AS cost FROM usage_records"
+            "SELECT count(*) AS n, coalesce(sum(cost_millifen), 0)::bigint AS cost"
+            " FROM usage_records"
             " WHERE grant_id = $1",
             grant_id,
         )
         totals = await self.pool.fetch(
-            "SELECT key, sum(value::bigint) AS total FROM usage_records,"
+            "SELECT key, sum(value::bigint)::bigint AS total FROM usage_records,"
             " jsonb_each_text(units) WHERE grant_id = $1 GROUP BY key ORDER BY key",
             grant_id,
         )
         periods: Any = await self.pool.fetchrow(
-            "SELECT count(*) AS n, coalesce(sum(charge_fen), 0) AS charged FROM usage_periods"
+            "SELECT count(*) AS n, coalesce(sum(charge_fen), 0)::bigint AS charged"
+            " FROM usage_periods"
             " WHERE grant_id = $1",
             grant_id,
         )

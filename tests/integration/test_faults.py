@@ -39,6 +39,7 @@ from tests.kit.settlement import (
     settled,
     spawn,
     trickle,
+    wait_published,
     wait_ready,
     wait_until,
     worker,
@@ -201,12 +202,14 @@ async def test_a_nats_server_killed_and_restarted_mid_run_loses_and_doubles_noth
         caught_up = time.monotonic() - started
         await wait_ready(settings.public_url)  # the API's NATS connection is back too
         await asyncio.sleep(1)  # anything still redelivered must change nothing
+        await wait_published(pool)
     finally:
         for part in parts:
             kill(part, signal.SIGTERM)
     assert at_crash < TRADES
     assert await pool.fetchval(PENDING) == 0
-    assert await stream_messages(settings) == TRADES  # a re-publish was deduplicated
+    # Each trade's dx.trade.executed and dx.trade.reserved, once: a re-publish was deduplicated.
+    assert await stream_messages(settings) == 2 * TRADES
     await assert_exactly_once(settings, pool, events)
     print(f"nats killed at {at_crash} settled; all {TRADES} settled {caught_up:.1f}s after restart;"
           f" nats_disconnected logged {log_events(log, 'nats_disconnected')}x")  # fmt: skip
@@ -247,11 +250,12 @@ async def test_postgresql_stopped_at_once_and_restarted_mid_run_loses_and_double
             )
             beating = {row["part"] for row in rows}
         assert beating == {"api", "relay", "settlement"}
+        await wait_published(pool)
     finally:
         for part in parts:
             kill(part, signal.SIGTERM)
     assert await pool.fetchval(PENDING) == 0
-    assert await stream_messages(settings) == TRADES
+    assert await stream_messages(settings) == 2 * TRADES  # executed and reserved, once each
     await assert_exactly_once(settings, pool, events)
     print(f"postgres back: API ready after {api_back:.1f}s, all {TRADES} settled after"
           f" {caught_up:.1f}s; database_unavailable logged"

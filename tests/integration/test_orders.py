@@ -17,18 +17,23 @@ from contracts.orders import idempotency
 from contracts.orders.schemas import Order
 from exchange.platform.clock import SystemClock
 from exchange.platform.context import Platform
-from exchange.platform.events import TradeExecuted
+from exchange.platform.events import DeliveryTerms, TradeExecuted
+from exchange.platform.metering import Dimension
 from exchange.platform.outbox import relay_batch
 from exchange.platform.signing import KeyRing, b64url, load_master_key
 from tests.kit.api import bearer, issue_token, make_uscc, register_org
 from tests.kit.documents import DEIDENTIFIED_PI, metadata
 from tests.kit.market import (
     Signer,
+    claim_and_decide,
+    deposit,
+    evidence_for,
     list_product,
     order_body,
     place,
     standing_offer,
 )
+from tests.kit.settlement import worker
 
 
 async def test_auto_accept_order_executes_and_announces_the_trade(client, trade, settings, pool):
@@ -502,3 +507,118 @@ async def test_the_audit_trail_records_the_contract_and_its_signatures(client, t
     ]
     assert rows[0]["after_digest"] == order["contract_digest"]
     assert rows[1]["detail"]["kind"] == "custodial"
+
+
+METERED_PLAN = {
+    "id": "meter", "name": "按量计费", "pricing": "metered", "price_fen": 1, "free": False,
+    "purposes": ["research"], "territory": ["CN", "SG"], "max_term_days": 365,
+    "redistribution": False, "acceptance_days": 0,
+    "dimensions": [{"name": "requests", "unit_price_millifen": 500, "quota": 10_000},
+                   {"name": "bytes", "unit_price_millifen": 1}],
+}  # fmt: skip
+
+
+async def executed_events(settings, pool, clock):
+    """Every dx.trade.executed relayed so far, by trade id."""
+    async with worker(settings, pool, clock) as w:
+        await w.relay()
+        sub = await w.platform.nats.jetstream().pull_subscribe(
+            settings.subject("trade", "executed"), stream=settings.stream_name
+        )
+        messages = await sub.fetch(10, timeout=2)
+    events = [msgspec.json.decode(m.data, type=TradeExecuted) for m in messages]
+    return {e.data.trade_id: e.data for e in events}
+
+
+async def test_a_metered_plan_takes_a_spend_cap_and_the_trade_carries_its_delivery_terms(
+    client, trade, settings, pool, clock, admin_token
+):
+    std = metadata()["plans"][0]
+    document = metadata(plans=[std, METERED_PLAN])
+    product_id = await list_product(client, trade, document)
+    for plan in ("std", "meter"):
+        await standing_offer(client, trade, product_id, plan)
+    assert (
+        await client.post("/v1/keys/custodial", headers=bearer(trade["buyer"]))
+    ).status_code == 201
+
+    missing = await place(client, trade, order_body(product_id, plan_id="meter", quantity=1))
+    assert missing.status_code == 422, missing.text
+    assert [e["path"] for e in missing.json()["errors"]] == ["spend_cap_fen"]
+    assert "spend_cap_fen" in missing.json()["detail"]
+    refused = await place(client, trade, order_body(product_id, spend_cap_fen=5_000))
+    assert refused.status_code == 422
+    assert [e["path"] for e in refused.json()["errors"]] == ["spend_cap_fen"]
+    too_big = await place(
+        client, trade, order_body(product_id, plan_id="meter", spend_cap_fen=10**12 + 1)
+    )
+    assert too_big.status_code in (400, 422)
+
+    response = await place(
+        client, trade, order_body(product_id, plan_id="meter", quantity=1, spend_cap_fen=50_000)
+    )
+    assert response.status_code == 201, response.text
+    order = response.json()
+    assert (order["state"], order["price_fen"], order["fee_fen"]) == ("executed", 50_000, 0)
+    assert order["terms"]["spend_cap_fen"] == 50_000
+    plain = (await place(client, trade, order_body(product_id))).json()
+    assert plain["state"] == "executed" and plain["terms"]["spend_cap_fen"] is None
+
+    contract = (await client.get(f"/v1/contracts/{order['contract_id']}",
+                                 headers=bearer(trade["buyer"]))).json()  # fmt: skip
+    document = contract["document"]
+    assert document["delivery_terms"] == {
+        "product_id": product_id, "plan_id": "meter", "pricing": "metered",
+        "dimensions": METERED_PLAN["dimensions"], "spend_cap_fen": 50_000, "fee_bps": 100,
+    }  # fmt: skip
+    assert document["fees"]["price_fen"] == 50_000 and document["fees"]["fee_fen"] == 0
+
+    events = await executed_events(settings, pool, clock)
+    assert events[order["contract_id"]].delivery == DeliveryTerms(
+        product_id=product_id, revision=1,
+        revision_digest=document["subject_data"]["revision_digest"], plan_id="meter",
+        pricing="metered", modes=["file", "api"], purpose="research", territory=["CN"],
+        term_days=180, dimensions=[Dimension("requests", 500, 10_000), Dimension("bytes", 1)],
+        spend_cap_fen=50_000, fee_bps=100,
+    )  # fmt: skip
+    ordinary = events[plain["contract_id"]].delivery
+    assert ordinary is not None
+    assert (ordinary.pricing, ordinary.plan_id, ordinary.dimensions, ordinary.spend_cap_fen,
+            ordinary.fee_bps) == ("subscription", "std", [], None, None)  # fmt: skip
+
+    # Settlement reserves the cap and marks the trade metered with the contract's fee rule.
+    await deposit(client, admin_token, trade["buyer_org"]["id"], 50_000 + 2_020_000, "bank-m")
+    async with worker(settings, pool, clock) as w:
+        assert await w.drain() == 2  # both executed trades, through the durable consumer
+    rows = {str(r["trade_id"]): r for r in await pool.fetch("SELECT * FROM settlement_trades")}
+    metered = rows[order["contract_id"]]
+    assert (metered["state"], metered["metered"], metered["fee_bps"], metered["reserved_fen"]) == (
+        "reserved", True, 100, 50_000)  # fmt: skip
+    assert (rows[plain["contract_id"]]["state"], rows[plain["contract_id"]]["metered"]) == (
+        "reserved", False)  # fmt: skip
+
+
+async def test_a_reviewed_metered_order_keeps_the_fee_rule_it_was_placed_under(
+    client, trade, admin_token
+):
+    document = metadata(plans=[METERED_PLAN], classification__personal_info=DEIDENTIFIED_PI)
+    product_id = await list_product(client, trade, document, evidence=("CAU-02",))
+    await standing_offer(client, trade, product_id, "meter")
+    body = order_body(product_id, plan_id="meter", quantity=1, spend_cap_fen=9_000,
+                      buyer_country="SG", delivery_country="SG", territory=["SG"],
+                      pi_subject_count=100_000)  # fmt: skip
+    order = (await place(client, trade, body)).json()
+    assert order["state"] == "in_review", order
+    # A new fee rule between placing and approving does not change the order's.
+    rule = await client.post("/v1/fee-schedules", json={"bps": 700, "min_fen": 0},
+                             headers=bearer(admin_token))  # fmt: skip
+    assert rule.status_code == 201
+    decided = await claim_and_decide(client, trade["alice"], order["review_case_id"],
+                                     evidence=evidence_for("CAU-05"))  # fmt: skip
+    assert decided.status_code == 200, decided.text
+    placed = (await client.get(f"/v1/orders/{order['id']}", headers=bearer(trade["buyer"]))).json()
+    contract = (await client.get(f"/v1/contracts/{placed['contract_id']}",
+                                 headers=bearer(trade["buyer"]))).json()  # fmt: skip
+    terms = contract["document"]["delivery_terms"]
+    assert (terms["spend_cap_fen"], terms["fee_bps"]) == (9_000, 100)
+    assert contract["document"]["fees"]["price_fen"] == 9_000

@@ -30,8 +30,9 @@ from exchange.platform.db import create_pool
 from exchange.platform.errors import Conflict
 from exchange.platform.signing import KeyRing, load_master_key
 from exchange.runtime import ensure_signing_key
+from settlement.book import InsufficientFunds
 from settlement.ledger import Verifier
-from settlement.service import InsufficientFunds, SettlementService
+from settlement.service import SettlementService
 from tests.kit.servers import clean
 from tests.kit.settlement import FEE, PRICE, seed_parties, seed_trades
 

@@ -17,7 +17,7 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,18 @@ import nats
 from exchange import wiring
 from exchange.identity.uscc import synthetic_uscc
 from exchange.platform.bus import connect_nats
+from exchange.platform.canonical import sha256_digest
 from exchange.platform.clock import Clock
 from exchange.platform.context import Platform
 from exchange.platform.db import is_unavailable
-from exchange.platform.events import TradeExecuted, TradeExecutedData, TradeParty
+from exchange.platform.events import (
+    DeliveryTerms,
+    TradeExecuted,
+    TradeExecutedData,
+    TradeParty,
+    UsageStatement,
+)
+from exchange.platform.metering import Dimension
 from exchange.platform.outbox import enqueue_many, relay_batch
 from exchange.platform.signing import KeyRing, load_master_key
 from exchange.runtime import ensure_signing_key
@@ -115,10 +123,19 @@ async def seed_parties(
 
 
 async def seed_trades(
-    conn: Any, n: int, seller: Any, buyers: list[Any], product: uuid.UUID
+    conn: Any,
+    n: int,
+    seller: Any,
+    buyers: list[Any],
+    product: uuid.UUID,
+    *,
+    price: int = PRICE,
+    fee: int = FEE,
+    delivery: DeliveryTerms | None = None,
 ) -> list[TradeExecutedData]:
     """``n`` executed orders and contracts (price PRICE, fee FEE), buyers in turn; returns the
-    ``dx.trade.executed`` data the contracts service would have emitted for them."""
+    ``dx.trade.executed`` data the contracts service would have emitted for them (with
+    ``delivery``, the delivery terms: see `metered_terms`)."""
     now = datetime.now(UTC)
     order_ids = [uuid.uuid4() for _ in range(n)]
     trade_ids = [uuid.uuid4() for _ in range(n)]
@@ -128,10 +145,11 @@ async def seed_trades(
     await conn.execute(
         "INSERT INTO orders (id, buyer_org_id, seller_org_id, product_id, revision, plan_id,"
         " terms, state, cross_border, sensitive_pi, pi_subject_count, price_fen, fee_fen,"
-        " decision, created_at, updated_at, executed_at)"
+        " decision, created_at, updated_at, executed_at, fee_bps)"
         " SELECT o, b, $3, $4, 1, 'auto', $5::text::jsonb, 'executed', false, false, 0, $6, $7,"
-        " $8::text::jsonb, $9, $9, $9 FROM unnest($1::uuid[], $2::uuid[]) AS x(o, b)",
-        order_ids, [b[0] for b in buyer_of], seller[0], product, terms, PRICE, FEE, decision, now,
+        " $8::text::jsonb, $9, $9, $9, $10 FROM unnest($1::uuid[], $2::uuid[]) AS x(o, b)",
+        order_ids, [b[0] for b in buyer_of], seller[0], product, terms, price, fee, decision, now,
+        delivery.fee_bps if delivery is not None else None,
     )  # fmt: skip
     await conn.execute(
         "INSERT INTO trade_contracts (id, order_id, template, document, digest, text_zh, state,"
@@ -145,11 +163,71 @@ async def seed_trades(
             trade_id=str(trade_ids[i]), order_id=str(order_ids[i]), contract_digest=digests[i],
             buyer=TradeParty(str(buyer_of[i][0]), f"测试机构{i % len(buyers)}", buyer_of[i][1]),
             seller=TradeParty(str(seller[0]), "测试机构0", seller[1]),
-            product_code="DX-TEST-0001", price_fen=PRICE, fee_fen=FEE, acceptance_days=3,
-            executed_at=now.isoformat(),
+            product_code="DX-TEST-0001", price_fen=price, fee_fen=fee, acceptance_days=3,
+            executed_at=now.isoformat(), delivery=delivery,
         )
         for i in range(n)
     ]  # fmt: skip
+
+
+# --- metered trades ---------------------------------------------------------------------------
+
+CAP = 10_000  # fen: a metered trade's spend cap, its price
+FEE_BPS = 250  # 2.5 % of each period's charge
+
+
+def metered_terms(
+    product: uuid.UUID, cap: int = CAP, fee_bps: int = FEE_BPS, pricing: str = "metered"
+) -> DeliveryTerms:
+    """The delivery terms of a metered plan (requests at 0.5 fen, bytes at 1/1000 fen per byte)
+    with ``cap`` as the spend cap, as the orders room writes them into dx.trade.executed."""
+    return msgspec.convert(
+        {"product_id": str(product), "revision": 1, "revision_digest": "sha256:" + "0" * 64,
+         "plan_id": "meter", "pricing": pricing, "modes": ["api"], "purpose": "research",
+         "territory": ["CN"], "term_days": 30,
+         "dimensions": [Dimension("requests", unit_price_millifen=500),
+                        Dimension("bytes", unit_price_millifen=1)],
+         "spend_cap_fen": cap if pricing == "metered" else None,
+         "fee_bps": fee_bps if pricing == "metered" else None},
+        DeliveryTerms,
+    )  # fmt: skip
+
+
+async def seed_metered_trades(
+    conn: Any, n: int, seller: Any, buyers: list[Any], product: uuid.UUID, cap: int = CAP
+) -> list[TradeExecutedData]:
+    """``n`` executed metered trades: price = the spend cap, fee 0 (each period pays its own)."""
+    return await seed_trades(
+        conn, n, seller, buyers, product, price=cap, fee=0, delivery=metered_terms(product, cap)
+    )
+
+
+def usage_statement(
+    trade: TradeExecutedData,
+    period: int,
+    charge_fen: int,
+    grant_id: str | None = None,
+    exchange: str = "DX",
+    final: bool = False,
+) -> UsageStatement:
+    """A closed billing period of the trade's (api) grant charging ``charge_fen``."""
+    start = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=period - 1)
+    return UsageStatement(
+        exchange=exchange, grant_id=grant_id or str(uuid.uuid5(uuid.NAMESPACE_URL, trade.trade_id)),
+        trade_id=trade.trade_id, product_code=trade.product_code,
+        buyer_org_id=trade.buyer.org_id, seller_org_id=trade.seller.org_id, period=period,
+        starts_at=start.isoformat(), ends_at=(start + timedelta(hours=1)).isoformat(),
+        records=charge_fen * 2, totals={"requests": charge_fen * 2},
+        cost_millifen=charge_fen * 1000, cumulative_cost_millifen=charge_fen * 1000,
+        charge_fen=charge_fen, final=final,
+    )  # fmt: skip
+
+
+async def signed(pool: Any, settings: Any, statement: UsageStatement) -> tuple[str, str]:
+    """The statement's digest and the exchange's compact JWS over it, as delivery signs it."""
+    async with pool.acquire() as conn:
+        key = await KeyRing(load_master_key(settings.state_dir)).current(conn)
+    return sha256_digest(statement), key.sign_compact(statement, typ="dataex-usage-statement+jws")
 
 
 async def publish_executed(settings: Any, events: list[TradeExecutedData]) -> None:
@@ -287,6 +365,16 @@ async def assert_exactly_once(settings: Any, pool: Any, events: list[Any]) -> No
     assert await pool.fetchval("SELECT count(*) FROM settlement_failures") == 0
     report = io.StringIO()
     assert await verify_database(settings.database_url, report) == 0, report.getvalue()
+
+
+async def wait_published(pool: Any, limit: float = 30.0) -> None:
+    """Until the relay has published every outbox event. A trade's dx.trade.reserved is written
+    as it settles, so when the last trade has settled its event may still be on its way."""
+    deadline = time.monotonic() + limit
+    while await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"outbox events still unpublished {limit}s after the run")
+        await asyncio.sleep(0.1)
 
 
 def ready(url: str) -> bool:

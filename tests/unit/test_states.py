@@ -13,9 +13,9 @@ from exchange.listings.states import PRODUCT, held_here
 from exchange.platform.settings import Settings
 from exchange.platform.states import IllegalTransition, StateMachine
 from exchange.review.states import CASE
-from settlement.states import TRADE
+from settlement.states import METERED_TRADE, TRADE
 
-MACHINES: list[StateMachine[Any, Any]] = [PRODUCT, CASE, ORDER, CONTRACT, TRADE]
+MACHINES: list[StateMachine[Any, Any]] = [PRODUCT, CASE, ORDER, CONTRACT, TRADE, METERED_TRADE]
 
 
 @pytest.mark.parametrize("machine", MACHINES, ids=lambda m: m.aggregate)

@@ -70,6 +70,7 @@ TABLE_OWNERS = {
     "ledger_entries": "settlement",
     "ledger_tree_heads": "settlement",
     "settlement_failures": "settlement",
+    "usage_statements": "settlement",
     # delivery: grants, quotas, usage, files
     "grants": "exchange.delivery",
     "grant_quotas": "exchange.delivery",
