@@ -33,7 +33,6 @@ import asyncpg
 
 from exchange.delivery.tokens import STATE_REFUSALS, QuotaBusy, QuotaExhausted
 from exchange.platform.db import Connection
-from exchange.platform.errors import DataexError
 from exchange.platform.metering import SPEND, Dimension
 
 LEASE_TTL_SECONDS: Final = 60.0
@@ -235,8 +234,8 @@ class LeaseBook:
                     return  # a request leased the next block first
                 try:
                     lease = await self._lease(key[0], key[1], n)
-                except (DataexError, asyncpg.PostgresError, OSError):
-                    return  # the request that needs it will meet the reason itself
+                except Exception:  # noqa: BLE001 (the request that needs it meets the reason)
+                    return
                 leases.append(lease)
                 self._leases[key] = leases
 
