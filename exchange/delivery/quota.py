@@ -15,7 +15,9 @@ the free units run out while another process still holds some, a caller gets 429
 ``quota_leased_elsewhere`` (retry) rather than ``quota_exhausted``; held units come back when
 their holder goes idle (`IDLE_RETURN_SECONDS`) or, if it died, when the lease expires
 (`LEASE_TTL_SECONDS`). Blocks shrink as the quota runs low (an eighth of what is free, at
-least what the request needs), so at the end each process holds only a few units.
+least what the request needs), so at the end each process holds only a few units. A process
+leases its next block when a quarter of the current one is left (`REFILL_BELOW`), so it holds
+at most that quarter beyond one block.
 """
 
 from __future__ import annotations
