@@ -23,6 +23,11 @@ from contracts.orders.api import (
 from contracts.policy.api import PolicyController
 from exchange.catalog.api import CatalogController, ProductCatalogController
 from exchange.delivery.api import GrantController, UpstreamController
+from exchange.delivery.files_api import (
+    GrantFileController,
+    RevisionFileController,
+    UploadController,
+)
 from exchange.health import HealthController
 from exchange.identity.api import OrganisationController, TokenController
 from exchange.listings.api import CertificateController, WellKnownController
@@ -95,6 +100,9 @@ ROUTE_HANDLERS: list[Any] = [
     RecognitionController,
     FeedController,
     GrantController,
+    GrantFileController,
+    RevisionFileController,
+    UploadController,
     UpstreamController,
 ]
 
@@ -152,6 +160,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                     await task
             with contextlib.suppress(Exception):
                 await forget(pool, "api")
+            from exchange.wiring import stop_files
+
+            await stop_files(app.state.platform)
             if not nats.is_closed:
                 await nats.drain()
             await pool.close()

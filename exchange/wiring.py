@@ -17,7 +17,10 @@ and the process runtime, fills it in:
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from litestar.di import NamedDependency, Provide
@@ -25,12 +28,19 @@ from litestar.di import NamedDependency, Provide
 from contracts.orders.service import OrderService
 from exchange.catalog import service as catalog
 from exchange.delivery.billing import Billing, BillingHooks
+from exchange.delivery.files import FileDeliveries, FileUploads
+from exchange.delivery.quota import LeaseBook
+from exchange.delivery.schemas import GrantSnapshot
 from exchange.delivery.service import DeliveryHooks, GrantService
-from exchange.listings.service import ListingHooks, ListingService
+from exchange.delivery.storage import LocalFolderStore
+from exchange.delivery.tokens import TokenVerifier
+from exchange.delivery.usage import UsageRecorder
+from exchange.listings.service import ListingHooks, ListingService, fetch_revision
 from exchange.platform.clock import Clock
 from exchange.platform.context import Platform
+from exchange.platform.db import Executor
 from exchange.platform.settings import Settings
-from exchange.platform.signing import KeyRing
+from exchange.platform.signing import KeyRing, jwks, load_master_key
 from exchange.recognition import feed
 from exchange.recognition.service import RecognitionService
 from exchange.review.service import ReviewService
@@ -113,6 +123,78 @@ def provide_grants(platform: NamedDependency[Platform]) -> GrantService:
     return grants(platform.pool, platform.clock, platform.settings, platform.keyring)
 
 
+async def revision_files(conn: Executor, product_id: uuid.UUID, revision: int) -> Any:
+    """The files a revision declares, for the delivery room (which does not import listings)."""
+    return (await fetch_revision(conn, product_id, revision)).metadata.manual.files
+
+
+class GrantDesk:
+    """File delivery's view of grants: snapshots from the grant service, tokens checked with the
+    delivery keys (fetched again on an unknown kid) and the revoked jtis."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.pool = platform.pool
+        self.grants = grants(platform.pool, platform.clock, platform.settings, platform.keyring)
+        self._verifier = TokenVerifier(platform.settings.exchange_code)
+
+    async def snapshot(self, grant_id: uuid.UUID) -> GrantSnapshot | None:
+        return await self.grants.snapshot(grant_id)
+
+    async def verifier(self, kid: str | None) -> TokenVerifier:
+        if kid is not None and not self._verifier.knows(kid):
+            self._verifier.refresh(await jwks(self.pool, "delivery"))
+        rows = await self.pool.fetch(
+            "SELECT jti FROM delivery_tokens WHERE revoked_at IS NOT NULL AND expires_at > now()"
+        )
+        self._verifier.revoked = {str(row["jti"]) for row in rows}
+        return self._verifier
+
+
+@dataclass(frozen=True, slots=True)
+class FileParts:
+    """What an API process's file requests share: the blob store, the quota leases it spends,
+    its usage group commit and its view of grants. Made on first use; `stop_files` at exit."""
+
+    store: LocalFolderStore
+    leases: LeaseBook
+    usage: UsageRecorder
+    desk: GrantDesk
+
+
+def file_parts(platform: Platform) -> FileParts:
+    parts = platform.shared.get("files")
+    if parts is None:
+        on_exhausted = grants(platform.pool, platform.clock, platform.settings,
+                              platform.keyring).exhausted  # fmt: skip
+        parts = platform.shared["files"] = FileParts(
+            store=LocalFolderStore(platform.settings.state_dir / "blobs",
+                                   load_master_key(platform.settings.state_dir)),
+            leases=LeaseBook(platform.pool, on_exhausted=on_exhausted),
+            usage=UsageRecorder(platform.pool),
+            desk=GrantDesk(platform),
+        )  # fmt: skip
+    assert isinstance(parts, FileParts)
+    return parts
+
+
+async def stop_files(platform: Platform) -> None:
+    """Write the usage waiting and return the leases, before the pool closes."""
+    parts = platform.shared.get("files")
+    if isinstance(parts, FileParts):
+        await parts.usage.stop()
+        await parts.leases.close()
+
+
+def provide_file_uploads(platform: NamedDependency[Platform]) -> FileUploads:
+    return FileUploads(platform.pool, platform.clock, file_parts(platform).store, revision_files)
+
+
+def provide_file_deliveries(platform: NamedDependency[Platform]) -> FileDeliveries:
+    p = file_parts(platform)
+    return FileDeliveries(platform.pool, platform.clock, p.store, revision_files, p.desk,
+                          p.leases, p.usage)  # fmt: skip
+
+
 # The services the rooms' controllers ask for by name, built per request from the platform.
 DEPENDENCIES = {
     "listings": Provide(provide_listings, sync_to_thread=False),
@@ -120,4 +202,6 @@ DEPENDENCIES = {
     "recognition": Provide(provide_recognition, sync_to_thread=False),
     "settlement": Provide(provide_settlement, sync_to_thread=False),
     "grants": Provide(provide_grants, sync_to_thread=False),
+    "file_uploads": Provide(provide_file_uploads, sync_to_thread=False),
+    "file_deliveries": Provide(provide_file_deliveries, sync_to_thread=False),
 }

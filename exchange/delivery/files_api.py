@@ -2,8 +2,8 @@
 
 Uploads use the platform's bearer tokens (role ``seller``, the product's own seller). Downloads
 use a *delivery token* (``POST /v1/grants/{id}/tokens``, scope ``file``) in the same
-``Authorization: Bearer`` header; the platform's guard does not know those, so the download
-routes pass it (``opt=PUBLIC``) and `FileDeliveries` checks the token itself.
+``Authorization: Bearer`` header, which the platform's guard lets through on those routes
+(``opt=DELIVERY_TOKEN``): `FileDeliveries` checks the token itself.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from exchange.delivery.files import (
 )
 from exchange.delivery.storage import MAX_CHUNK_BYTES
 from exchange.platform.audit import Actor
-from exchange.platform.auth import PUBLIC, Principal, requires
+from exchange.platform.auth import DELIVERY_TOKEN, Principal, requires
 from exchange.platform.http import PROBLEM_JSON, DocumentedOperation, Problem, handle_dataex_error
 
 Uploads = NamedDependency[FileUploads]
@@ -185,7 +185,7 @@ class GrantFileController(Controller):
     path = "/v1/grants/{grant_id:uuid}/files"
     tags = ["files"]
 
-    @get("/", operation_id="listGrantFiles", opt=PUBLIC)
+    @get("/", operation_id="listGrantFiles", opt=DELIVERY_TOKEN)
     async def list_files(
         self, request: Request[Any, Any, Any], grant_id: FromPath[uuid.UUID],
         file_deliveries: Deliveries,
@@ -193,7 +193,12 @@ class GrantFileController(Controller):
         """The files the grant delivers (delivery token of scope ``file`` as the bearer)."""
         return await file_deliveries.files(_delivery_token(request), grant_id)
 
-    @get("/{name:str}", operation_id="downloadGrantFile", opt=PUBLIC, responses=_FILE_RESPONSES)
+    @get(
+        "/{name:str}",
+        operation_id="downloadGrantFile",
+        opt=DELIVERY_TOKEN,
+        responses=_FILE_RESPONSES,
+    )
     async def download(
         self,
         request: Request[Any, Any, Any],

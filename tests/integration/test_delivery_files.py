@@ -1,9 +1,8 @@
 """File delivery over HTTP against real PostgreSQL: resumable chunked uploads checked chunk by
 chunk and as a whole, ranged downloads with a delivery token, every byte sent metered.
 
-The file routes run in an app of their own (`files_client`), wired here as the composition root
-would wire them: one blob store, lease book and usage recorder per process, made on first use
-from the app's platform. The market and the grant come from the ordinary fixtures.
+The market, the grant and the app come from the ordinary fixtures; the composition root wires
+one blob store, lease book and usage recorder per process (`wiring.file_parts`).
 """
 
 from __future__ import annotations
@@ -14,32 +13,17 @@ import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from litestar import Router
-from litestar.di import NamedDependency, Provide
-from litestar.testing import AsyncTestClient
 
-from exchange.app import create_app
-from exchange.delivery.files import MAX_PIECE_BYTES, FileDeliveries, FileUploads, GrantDesk
-from exchange.delivery.files_api import (
-    GrantFileController,
-    RevisionFileController,
-    UploadController,
-)
-from exchange.delivery.quota import LeaseBook
-from exchange.delivery.service import GrantService
-from exchange.delivery.storage import RECORD_BYTES, LocalFolderStore, sealed_size
-from exchange.delivery.tokens import TokenVerifier
-from exchange.delivery.usage import UsageRecorder
-from exchange.listings.service import fetch_revision
+from exchange import wiring
+from exchange.delivery.files import MAX_PIECE_BYTES
+from exchange.delivery.storage import RECORD_BYTES, sealed_size
 from exchange.platform.audit import Actor
 from exchange.platform.context import Platform
-from exchange.platform.db import Executor
 from exchange.platform.metering import Dimension
-from exchange.platform.signing import jwks, load_master_key
+from exchange.platform.signing import KeyRing, load_master_key
 from tests.kit.api import assert_problem, bearer
 from tests.kit.delivery import active_grant, executed, grant_service
 from tests.kit.documents import metadata
@@ -73,92 +57,20 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-# --- the wiring, as the composition root does it ----------------------------------------------
-
-
-async def revision_files(conn: Executor, product_id: uuid.UUID, revision: int) -> Any:
-    return (await fetch_revision(conn, product_id, revision)).metadata.manual.files
-
-
-class Desk(GrantDesk):
-    """Grants from the grant service; the delivery keys and revoked jtis from the database."""
-
-    def __init__(self, pool: Any, grants: GrantService, exchange_code: str) -> None:
-        self.pool = pool
-        self.grants = grants
-        self._verifier = TokenVerifier(exchange_code)
-
-    async def snapshot(self, grant_id: uuid.UUID) -> Any:
-        return await self.grants.snapshot(grant_id)
-
-    async def verifier(self, kid: str | None) -> TokenVerifier:
-        if kid is not None and not self._verifier.knows(kid):
-            self._verifier.refresh(await jwks(self.pool, "delivery"))
-        rows = await self.pool.fetch("SELECT jti FROM delivery_tokens WHERE revoked_at IS NOT NULL")
-        self._verifier.revoked = {str(row["jti"]) for row in rows}
-        return self._verifier
-
-
-@dataclass
-class FileParts:
-    """What one API process shares between its file requests."""
-
-    store: LocalFolderStore
-    leases: LeaseBook
-    usage: UsageRecorder
-    desk: Desk
-
-
-def parts(platform: Platform) -> FileParts:
-    found = platform.shared.get("files")
-    if found is None:
-        grants = grant_service(platform.pool, platform.clock, platform.settings)
-        found = platform.shared["files"] = FileParts(
-            store=LocalFolderStore(
-                platform.settings.state_dir / "blobs", load_master_key(platform.settings.state_dir)
-            ),
-            leases=LeaseBook(platform.pool, on_exhausted=grants.exhausted),
-            usage=UsageRecorder(platform.pool),
-            desk=Desk(platform.pool, grants, platform.settings.exchange_code),
-        )
-    assert isinstance(found, FileParts)
-    return found
-
-
-def provide_file_uploads(platform: NamedDependency[Platform]) -> FileUploads:
-    return FileUploads(platform.pool, platform.clock, parts(platform).store, revision_files)
-
-
-def provide_file_deliveries(platform: NamedDependency[Platform]) -> FileDeliveries:
-    p = parts(platform)
-    return FileDeliveries(platform.pool, platform.clock, p.store, revision_files, p.desk,
-                          p.leases, p.usage)  # fmt: skip
+# --- the app ----------------------------------------------------------------------------------
 
 
 @pytest.fixture
-async def files_client(settings, clock) -> AsyncIterator[Any]:
-    app = create_app(settings, clock=clock)
-    app.register(
-        Router(
-            "/",
-            route_handlers=[RevisionFileController, UploadController, GrantFileController],
-            dependencies={
-                "file_uploads": Provide(provide_file_uploads, sync_to_thread=False),
-                "file_deliveries": Provide(provide_file_deliveries, sync_to_thread=False),
-            },
-        )
-    )
+async def files_client(client, settings) -> AsyncIterator[Any]:
+    """The app (the file routes are wired by the composition root); this test's stored files
+    are removed afterwards, since the run's state folder is shared."""
+    yield client
+    shutil.rmtree(settings.state_dir / "blobs", ignore_errors=True)
 
-    async def stop() -> None:  # before the app's lifespan closes the pool they use
-        found = app.state.platform.shared.get("files")
-        if found is not None:
-            await found.usage.stop()
-            await found.leases.close()
 
-    async with AsyncTestClient(app=app) as test_client:
-        yield test_client
-        in_app(test_client, stop)
-    shutil.rmtree(settings.state_dir / "blobs", ignore_errors=True)  # the run's state is shared
+def leases_of(test_client: Any) -> Any:
+    """The app's lease book (where its pool and leases live: run its methods with `in_app`)."""
+    return wiring.file_parts(test_client.app.state.platform).leases
 
 
 def in_app(test_client: Any, function: Any) -> Any:
@@ -334,7 +246,7 @@ async def test_a_200_mb_file_uploads_in_chunks_and_downloads_in_ranges_metered_a
         )
         == 2 * BIG
     )
-    in_app(files_client, files_client.app.state.platform.shared["files"].leases.close)
+    in_app(files_client, leases_of(files_client).close)
     quota = await pool.fetchrow(
         "SELECT used_units, leased_units FROM grant_quotas WHERE grant_id = $1", grant_id
     )
@@ -531,11 +443,10 @@ async def test_an_interrupted_download_meters_what_was_sent_and_at_most_the_rest
     client, files_client, trade, pool, clock, settings
 ):
     small, grant_id, token = await small_grant(client, files_client, trade, pool, clock, settings)
-    grants = grant_service(pool, clock, settings)
-    store = LocalFolderStore(settings.state_dir / "blobs", load_master_key(settings.state_dir))
-    usage = UsageRecorder(pool)
-    desk = Desk(pool, grants, settings.exchange_code)
-    deliveries = FileDeliveries(pool, clock, store, revision_files, desk, LeaseBook(pool), usage)
+    # A process of its own, in this test's event loop, wired as the app's processes are.
+    platform = Platform(settings=settings, clock=clock, pool=pool, nats=None,
+                        keyring=KeyRing(load_master_key(settings.state_dir)))  # fmt: skip
+    deliveries = wiring.provide_file_deliveries(platform)
     try:
         # Pieces of this file: its first MiB, then two MiB, then the rest. The client goes away
         # after the first piece: exactly that is metered.
@@ -546,7 +457,7 @@ async def test_an_interrupted_download_meters_what_was_sent_and_at_most_the_rest
         assert MiB < got < 3 * MiB
         assert await metered(pool, grant_id) == (MiB + 3 * MiB, 3)
     finally:
-        await usage.stop()
+        await wiring.stop_files(platform)
 
 
 async def test_the_download_limit_holds_and_the_grant_is_exhausted_at_it(
@@ -572,7 +483,7 @@ async def test_the_download_limit_holds_and_the_grant_is_exhausted_at_it(
                    403, "quota_exhausted")  # fmt: skip
     # The process returns its leases (as it does when idle): the quota is used up, so the grant
     # is exhausted and says so.
-    in_app(files_client, files_client.app.state.platform.shared["files"].leases.close)
+    in_app(files_client, leases_of(files_client).close)
     assert await pool.fetchval("SELECT state FROM grants WHERE id = $1", grant_id) == "exhausted"
     refused = assert_problem(await files_client.get(url, headers=bearer(token)), 403,
                              "quota_exhausted")  # fmt: skip
@@ -596,7 +507,7 @@ async def test_a_metered_plan_spends_its_cap_at_the_byte_price(
         "SELECT sum(cost_millifen) FROM usage_records WHERE grant_id = $1", grant_id
     )
     assert cost == SMALL
-    in_app(files_client, files_client.app.state.platform.shared["files"].leases.close)
+    in_app(files_client, leases_of(files_client).close)
     assert (
         await pool.fetchval(
             "SELECT used_units FROM grant_quotas WHERE grant_id = $1 AND dimension = 'spend'",
