@@ -15,7 +15,9 @@ the free units run out while another process still holds some, a caller gets 429
 ``quota_leased_elsewhere`` (retry) rather than ``quota_exhausted``; held units come back when
 their holder goes idle (`IDLE_RETURN_SECONDS`) or, if it died, when the lease expires
 (`LEASE_TTL_SECONDS`). Blocks shrink as the quota runs low (an eighth of what is free, at
-least what the request needs), so at the end each process holds only a few units.
+least what the request needs), so at the end each process holds only a few units. A process
+leases its next block when a quarter of the current one is left (`REFILL_BELOW`), so it holds
+at most that quarter beyond one block.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ LEASE_TTL_SECONDS: Final = 60.0
 # unit (and may wait on the upstream up to the gateway's timeout) records before expiry.
 USE_MARGIN_SECONDS: Final = 20.0
 IDLE_RETURN_SECONDS: Final = 0.5
+# A lease with less than this share of its block left gets its successor in the background, so
+# a request rarely waits for a lease transaction (each dimension of a call would, once a block).
+REFILL_BELOW: Final = 0.25
 MAX_BLOCK_REQUESTS: Final = 64  # a block is at most this many times what one request needs
 
 # Called in the closing transaction when a dimension's quota is used up (used = limit):
@@ -171,6 +176,7 @@ class LeaseBook:
         self.on_exhausted = on_exhausted
         self._leases: dict[tuple[uuid.UUID, str], list[_Lease]] = {}
         self._locks: dict[tuple[uuid.UUID, str], asyncio.Lock] = {}
+        self._refills: dict[tuple[uuid.UUID, str], asyncio.Task[None]] = {}
         self.leased = 0  # leases taken (a figure for the benchmark)
 
     async def take(self, grant_id: uuid.UUID, needs: dict[str, int]) -> dict[str, uuid.UUID]:
@@ -197,7 +203,10 @@ class LeaseBook:
         now = time.monotonic()
         for lease in self._leases.get(key, ()):
             if self._usable(lease, n, now):
-                return self._spend(lease, n, now)
+                self._spend(lease, n, now)
+                if lease.remaining < lease.units * REFILL_BELOW and key not in self._refills:
+                    self._refill(key, n)
+                return lease
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             now = time.monotonic()
@@ -212,6 +221,29 @@ class LeaseBook:
             lease = await self._lease(grant_id, dimension, n)
             self._leases.setdefault(key, []).append(lease)
             return self._spend(lease, n, time.monotonic())
+
+    def _refill(self, key: tuple[uuid.UUID, str], n: int) -> None:
+        """Lease the next block of ``key`` in the background, unless one is already held."""
+
+        async def refill() -> None:
+            async with self._locks.setdefault(key, asyncio.Lock()):
+                now = time.monotonic()
+                leases = self._leases.get(key, [])
+                if any(
+                    self._usable(lease, n, now) and lease.remaining >= lease.units * REFILL_BELOW
+                    for lease in leases
+                ):
+                    return  # a request leased the next block first
+                try:
+                    lease = await self._lease(key[0], key[1], n)
+                except Exception:  # noqa: BLE001 (the request that needs it meets the reason)
+                    return
+                leases.append(lease)
+                self._leases[key] = leases
+
+        task = asyncio.create_task(refill(), name="lease-refill")
+        self._refills[key] = task
+        task.add_done_callback(lambda _: self._refills.pop(key, None))
 
     @staticmethod
     def _spend(lease: _Lease, n: int, now: float) -> _Lease:
@@ -334,6 +366,8 @@ class LeaseBook:
 
     async def close(self) -> None:
         """Return every lease (process shutdown)."""
+        if self._refills:  # let them finish, so no lease is taken after its block came back
+            await asyncio.wait(list(self._refills.values()))
         for leases in list(self._leases.values()):
             for lease in list(leases):
                 lease.retiring = True

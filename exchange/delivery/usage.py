@@ -29,6 +29,7 @@ from exchange.platform.logging import get_logger
 log = get_logger(__name__)
 
 MAX_BATCH: Final = 1000
+IN_FLIGHT: Final = 2
 
 
 class UsageNotRecorded(DataexError):
@@ -47,50 +48,59 @@ class UsageRecord(msgspec.Struct, frozen=True):
     detail: dict[str, Any]
 
 
-_INSERT = """
-INSERT INTO usage_records (id, grant_id, served_at, units, leases, cost_millifen, detail)
-SELECT r.id, r.grant_id, r.served_at, r.units::jsonb, ARRAY(SELECT jsonb_array_elements_text(
-       r.leases::jsonb)::uuid), r.cost, r.detail::jsonb
-  FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[], $5::text[], $6::bigint[],
-              $7::text[]) AS r(id, grant_id, served_at, units, leases, cost, detail)
- WHERE r.id = ANY($8::uuid[])
-ON CONFLICT (id) DO NOTHING
+# One statement (one round trip, no explicit transaction): the records' open leases are locked
+# FOR SHARE, in id order, before the insert that needs them, so a lease being closed either
+# waits for this insert (and counts it) or has closed first (and the record is refused).
+_WRITE = """
+WITH incoming AS MATERIALIZED (
+    SELECT r.id, r.grant_id, r.served_at, r.units, r.cost, r.detail,
+           ARRAY(SELECT jsonb_array_elements_text(r.leases::jsonb)::uuid) AS leases
+      FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[], $5::text[],
+                  $6::bigint[], $7::text[])
+           AS r(id, grant_id, served_at, units, leases, cost, detail)
+), open AS MATERIALIZED (
+    SELECT id FROM quota_leases
+     WHERE id IN (SELECT unnest(leases) FROM incoming) AND closed_at IS NULL
+       AND expires_at > clock_timestamp()
+     ORDER BY id FOR SHARE
+), accepted AS MATERIALIZED (
+    SELECT * FROM incoming WHERE leases <@ ARRAY(SELECT id FROM open)
+), written AS (
+    INSERT INTO usage_records (id, grant_id, served_at, units, leases, cost_millifen, detail)
+    SELECT id, grant_id, served_at, units::jsonb, leases, cost, detail::jsonb FROM accepted
+    ON CONFLICT (id) DO NOTHING
+)
+SELECT id FROM accepted
 """
 
 
 async def write(conn: Any, records: list[UsageRecord]) -> set[uuid.UUID]:
-    """Insert the records whose leases are all open, in the caller's transaction; returns the
-    ids written (or already there). Leases are locked FOR SHARE so none closes meanwhile."""
-    lease_ids = sorted({lease for r in records for lease in r.leases})
-    open_leases: set[uuid.UUID] = set()
-    if lease_ids:
-        rows = await conn.fetch(
-            "SELECT id FROM quota_leases WHERE id = ANY($1::uuid[]) AND closed_at IS NULL"
-            " AND expires_at > clock_timestamp() ORDER BY id FOR SHARE",
-            lease_ids,
-        )
-        open_leases = {row["id"] for row in rows}
-    accepted = [r for r in records if all(lease in open_leases for lease in r.leases)]
-    if accepted:
-        encode = msgspec.json.encode
-        await conn.execute(
-            _INSERT,
-            [r.id for r in records], [r.grant_id for r in records],
-            [r.served_at for r in records], [encode(r.units).decode() for r in records],
-            [encode([str(x) for x in r.leases]).decode() for r in records],
-            [r.cost_millifen for r in records], [encode(r.detail).decode() for r in records],
-            [r.id for r in accepted],
-        )  # fmt: skip
-    return {r.id for r in accepted}
+    """Insert the records whose leases are all open; returns the ids written (or already
+    there). One statement, so it needs no transaction of its own (or joins the caller's)."""
+    encode = msgspec.json.encode
+    rows = await conn.fetch(
+        _WRITE,
+        [r.id for r in records], [r.grant_id for r in records],
+        [r.served_at for r in records], [encode(r.units).decode() for r in records],
+        [encode([str(x) for x in r.leases]).decode() for r in records],
+        [r.cost_millifen for r in records], [encode(r.detail).decode() for r in records],
+    )  # fmt: skip
+    return {row["id"] for row in rows}
 
 
 class UsageRecorder:
-    """Group commit of usage records for one process."""
+    """Group commit of usage records for one process. Up to ``in_flight`` flushes run at once:
+    a record that arrives while one commits starts the next instead of waiting for it (the
+    commit's fsync is most of a record's latency)."""
 
-    def __init__(self, pool: asyncpg.Pool, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, max_batch: int = MAX_BATCH, in_flight: int = IN_FLIGHT
+    ) -> None:
         self.pool = pool
         self.max_batch = max_batch
+        self.in_flight = in_flight
         self._waiting: list[tuple[UsageRecord, asyncio.Future[None]]] = []
+        self._flushing: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.flushes = 0
@@ -106,8 +116,10 @@ class UsageRecorder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._waiting:
-            await self._flush()
+        if self._flushing:
+            await asyncio.wait(self._flushing)
+        while self._waiting:
+            await self._flush(self._take())
 
     async def record(self, record: UsageRecord) -> None:
         """Returns once the record is committed; raises `UsageNotRecorded` if it was refused."""
@@ -122,21 +134,31 @@ class UsageRecorder:
             await self._wake.wait()
             self._wake.clear()
             while self._waiting:
-                await self._flush()
+                if len(self._flushing) >= self.in_flight:
+                    await asyncio.wait(self._flushing, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                flush = asyncio.create_task(self._flush(self._take()))
+                self._flushing.add(flush)
+                flush.add_done_callback(self._flushing.discard)
 
-    async def _flush(self) -> None:
+    def _take(self) -> list[tuple[UsageRecord, asyncio.Future[None]]]:
         batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
+        return batch
+
+    async def _flush(self, batch: list[tuple[UsageRecord, asyncio.Future[None]]]) -> None:
         records = [r for r, _ in batch]
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
+            async with self.pool.acquire() as conn:
                 written = await write(conn, records)
-        except Exception as error:  # noqa: BLE001 (whatever failed, nobody is served unrecorded)
+        except BaseException as error:  # whatever failed (a stop too), nobody is served unrecorded
             log.warning("usage_flush_failed", error=str(error), records=len(records))
             for _, future in batch:
                 if not future.done():
                     future.set_exception(
                         UsageNotRecorded(f"usage could not be written: {type(error).__name__}")
                     )
+            if not isinstance(error, Exception):
+                raise
             return
         self.flushes += 1
         self.written += len(written)

@@ -11,4 +11,7 @@
 - recognition: a peer exchange the test holds the keys of; two real exchanges.
 - access: the route table and the access matrix.
 - processes: the repository root, free ports, `dataex` as a subprocess.
+- gateway: API grants through the grant service, a recording upstream, the data gateway
+  in-process or as processes, the relay once.
+- rfc9421: an HTTP Message Signatures verifier written from the RFC, independent of the code.
 """
