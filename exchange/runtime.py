@@ -29,7 +29,7 @@ from exchange.platform.settings import Settings
 
 log = get_logger("dataex.runtime")
 
-PARTS = ("api", "relay", "settlement", "delivery")
+PARTS = ("api", "relay", "settlement", "delivery", "gateway")
 STOP_BUDGET_SECONDS = 2.5  # for the parts; the embedded servers get the rest of the 5 s
 
 
@@ -226,7 +226,7 @@ async def rotate_key(settings: Settings) -> str:
         await pool.close()
 
 
-def _check_port_free(host: str, port: int) -> None:
+def _check_port_free(host: str, port: int, variable: str = "DATAEX_HTTP_PORT") -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -234,7 +234,7 @@ def _check_port_free(host: str, port: int) -> None:
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
                 raise StartupError(
-                    f"port {port} on {host} is in use: stop what holds it or set DATAEX_HTTP_PORT"
+                    f"port {port} on {host} is in use: stop what holds it or set {variable}"
                 ) from error
             raise StartupError(f"cannot listen on {host}:{port}: {error}") from error
 
@@ -299,6 +299,7 @@ def up(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     _check_port_free(settings.http_host, settings.http_port)
+    _check_port_free(settings.http_host, settings.gateway_port, "DATAEX_GATEWAY_PORT")
     started = time.monotonic()
     running = start_servers(settings)
     children: dict[str, subprocess.Popen[bytes]] = {}
@@ -341,6 +342,7 @@ def _print_banner(running: Servers, token: str | None, seconds: float) -> None:
         f"  API docs     {url}/schema  (Swagger UI: {url}/schema/swagger)",
         f"  OpenAPI      {url}/schema/openapi.json",
         f"  health       {url}/health/ready",
+        f"  gateway      http://{_host(settings)}:{settings.gateway_port}/gateway/<grant>/…",
         f"  state folder {Path(settings.state_dir).resolve()}",
         "  PostgreSQL   "
         + ("embedded, " if running.postgres else "external, ")
@@ -358,6 +360,10 @@ def _print_banner(running: Servers, token: str | None, seconds: float) -> None:
         ]
     lines.append("  Ctrl-C stops everything.")
     print("\n".join(lines), flush=True)
+
+
+def _host(settings: Settings) -> str:
+    return "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host  # noqa: S104
 
 
 def _without_password(url: str) -> str:
@@ -387,6 +393,10 @@ def serve(part: str, settings: Settings) -> int:
             workers_kill_timeout=2,
         ).serve()
         return 0
+    if part == "gateway":
+        from exchange.delivery.gateway import serve as serve_gateway
+
+        return serve_gateway(settings, port=settings.gateway_port, workers=settings.gateway_workers)
     from exchange.platform.worker import run_part
 
     if part == "relay":

@@ -35,6 +35,8 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     api_workers: int = 1
+    gateway_port: int = 8100  # the data gateway (API delivery), a part of its own
+    gateway_workers: int = 1
     state_dir: Path = field(default_factory=lambda: Path(".dataex"))
     log_format: LogFormat = "auto"
     log_level: LogLevel = "info"
@@ -129,6 +131,8 @@ class Settings:
         values["http_host"] = text("DATAEX_HTTP_HOST")
         values["http_port"] = integer("DATAEX_HTTP_PORT", 1, 65535)
         values["api_workers"] = integer("DATAEX_API_WORKERS", 1, 64)
+        values["gateway_port"] = integer("DATAEX_GATEWAY_PORT", 1, 65535)
+        values["gateway_workers"] = integer("DATAEX_GATEWAY_WORKERS", 1, 64)
         state = text("DATAEX_STATE_DIR")
         values["state_dir"] = Path(state) if state else None
         values["log_format"] = choice("DATAEX_LOG_FORMAT", ("auto", "console", "json"))
@@ -173,6 +177,8 @@ class Settings:
             "DATAEX_HTTP_HOST": self.http_host,
             "DATAEX_HTTP_PORT": str(self.http_port),
             "DATAEX_API_WORKERS": str(self.api_workers),
+            "DATAEX_GATEWAY_PORT": str(self.gateway_port),
+            "DATAEX_GATEWAY_WORKERS": str(self.gateway_workers),
             "DATAEX_STATE_DIR": str(self.state_dir),
             "DATAEX_LOG_FORMAT": self.log_format,
             "DATAEX_LOG_LEVEL": self.log_level,

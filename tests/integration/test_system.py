@@ -76,6 +76,7 @@ class Up:
         env |= {
             "DATAEX_STATE_DIR": str(state),
             "DATAEX_HTTP_PORT": str(port),
+            "DATAEX_GATEWAY_PORT": str(free_port()),
             "DATAEX_LOG_FORMAT": "json",
         } | (extra_env or {})
         self.url = f"http://127.0.0.1:{port}"
@@ -174,7 +175,8 @@ def test_a_port_in_use_is_refused_with_a_clear_message(tmp_path):
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        env = clean_env(DATAEX_STATE_DIR=str(tmp_path), DATAEX_HTTP_PORT=str(port))
+        env = clean_env(DATAEX_STATE_DIR=str(tmp_path), DATAEX_HTTP_PORT=str(port),
+                        DATAEX_GATEWAY_PORT=str(free_port()))  # fmt: skip
         result = run_dataex("up", env=env, timeout=30)
     assert result.returncode == 1
     assert f"port {port} on 127.0.0.1 is in use" in result.stderr
