@@ -362,3 +362,32 @@ async def test_a_suspended_buyer_or_seller_suspends_its_grants(
     assert await _state(pool, grant_id) == ("active", [])
     token = await client.post(f"/v1/grants/{grant_id}/tokens", headers=bearer(trade["buyer"]))
     assert token.status_code == 201, token.text
+
+
+async def test_staff_work_grants_from_the_command_line(client, trade, pool, clock, settings):
+    from tests.kit.processes import run_dataex, server_env
+
+    product = await _product(client, trade)
+    grants = grant_service(pool, clock, settings)
+    grant_id = await active_grant(
+        pool, grants, _terms(trade, product, dimensions=[Dimension("requests", quota=50)])
+    )
+    env = server_env(settings, settings.state_dir)
+    listed = await asyncio.to_thread(run_dataex, "grants", "list", "--state", "active", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert str(grant_id) in listed.stdout and "requests: used 0 + leased 0 of 50" in listed.stdout
+    done = await asyncio.to_thread(
+        run_dataex, "grants", "suspend", str(grant_id), "--reason", "投诉核查", env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert await _state(pool, grant_id) == ("suspended", ["exchange"])
+    again = await asyncio.to_thread(run_dataex, "grants", "resume", str(grant_id), env=env)
+    assert again.returncode == 0, again.stderr
+    refused = await asyncio.to_thread(run_dataex, "grants", "resume", str(grant_id), env=env)
+    assert refused.returncode == 1 and "conflict" in refused.stderr
+    shown = await asyncio.to_thread(run_dataex, "grants", "show", str(grant_id), env=env)
+    assert "usage: 0 records" in shown.stdout
+    rows = await pool.fetch(
+        "SELECT action FROM audit_log WHERE subject_id = $1 ORDER BY at", str(grant_id)
+    )
+    assert [r["action"] for r in rows] == ["grant.suspended", "grant.resumed"]
