@@ -783,7 +783,6 @@ async def _suspension(
 
 def _targets(report: dict[str, Any]) -> None:
     calls = report["calls"]
-    first = calls["closed"][0]
     best_meter = max(row["meter"]["calls_per_s"] for row in calls["closed"])
     best_ratio = max(row["meter"]["ratio_to_direct"] or 0 for row in calls["closed"])
     overhead = calls["open"]["overhead_ms"].get("p99_ms")
@@ -802,7 +801,6 @@ def _targets(report: dict[str, Any]) -> None:
         "grant suspension -> denial <= 1 s":
             susp["grant_max_s"] is not None and susp["grant_max_s"] <= 1,
     }  # fmt: skip
-    del first
 
 
 def _print(report: dict[str, Any], out: TextIO) -> None:
