@@ -18,6 +18,7 @@ from importlib.util import find_spec
 # The optional libraries each `dataex bench` command needs (its others need none).
 NEEDS: dict[str, tuple[str, ...]] = {
     "trades": ("rich", "matplotlib"),
+    "delivery": ("rich", "matplotlib"),
     "orders": ("httpx",),
     "catalog": ("httpx",),
 }

@@ -175,6 +175,21 @@ def _settlement_commands(commands: Any, bench_commands: Any) -> None:
     )
     bench_settlement.add_argument("--buyers", type=int, default=1000)
     bench_settlement.add_argument("--pgbench-seconds", type=int, default=20)
+    bench_delivery = bench_commands.add_parser(
+        "delivery",
+        help="gateway calls/s and overhead beside direct calls, file MB/s beside a static"
+        " server, token issue p99, suspension to denial; a table, a JSON file and a PNG chart",
+    )
+    bench_delivery.add_argument("--connections", type=int, default=32)
+    bench_delivery.add_argument("--duration", type=float, default=20.0, help="seconds per load")
+    bench_delivery.add_argument("--rate", type=float, default=500.0, help="open loop calls/s")
+    bench_delivery.add_argument("--gateway-workers", type=int, nargs="+", default=[1, 2])
+    bench_delivery.add_argument("--file-mb", type=float, default=256.0)
+    bench_delivery.add_argument("--downloads", type=int, default=3, help="whole, in turn")
+    bench_delivery.add_argument("--ranges", type=int, default=4, help="parallel ranges")
+    bench_delivery.add_argument("--samples", type=int, default=1000, help="token issues")
+    bench_delivery.add_argument("--suspensions", type=int, default=5)
+    bench_delivery.add_argument("--out", default="ops/bench")
     bench_ledger = bench_commands.add_parser(
         "ledger", help="append N synthetic entries (and tree heads) and time `ledger verify`"
     )
@@ -250,7 +265,8 @@ def _online(args: argparse.Namespace) -> int:
             with runtime.servers(settings) as live:
                 return asyncio.run(runtime.policy_task(live, args))
         if args.command in ("seed", "catalog", "ledger", "peers", "grants") or (
-            args.command == "bench" and args.bench_command in ("catalog", "settlement", "ledger")
+            args.command == "bench"
+            and args.bench_command in ("catalog", "settlement", "ledger", "delivery")
         ):
             return _server_task(args, settings)
         if args.command == "admin" and args.admin_command == "bootstrap":
@@ -288,6 +304,14 @@ def _server_task(args: argparse.Namespace, settings: Settings) -> int:
 
         with runtime.servers(settings) as live:
             return asyncio.run(peers_task(live, args, wiring.recognition))
+    if getattr(args, "bench_command", None) == "delivery":
+        import uvloop
+
+        from benchmarks.delivery import bench_delivery
+        from exchange import runtime
+
+        with runtime.servers(settings) as live:
+            return uvloop.run(bench_delivery(live, args, sys.stdout))
     if args.command in ("seed", "catalog") or getattr(args, "bench_command", None) == "catalog":
         return _catalog_task(args, settings)
     return _settlement_task(args, settings)
