@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from exchange.platform.signing import b64url, load_master_key
 from tests.kit.processes import clean_env, run_dataex, server_env
 
 pytestmark = pytest.mark.system
@@ -158,7 +159,10 @@ def test_up_runs_embedded_servers_stops_cleanly_and_keeps_its_data(tmp_path):
 def test_up_with_urls_set_starts_no_embedded_server(tmp_path, servers):
     settings = servers.settings
     state = tmp_path / "state"
-    up = Up(state, free_port(), server_env(settings, state))
+    # The test run's database holds keys sealed under the run's master key: a deployment shares
+    # it (the gateway opens the delivery key at start and refuses to run without it).
+    master = b64url(load_master_key(settings.state_dir))
+    up = Up(state, free_port(), server_env(settings, state) | {"DATAEX_MASTER_KEY": master})
     try:
         up.wait_ready()
         banner = up.banner()
