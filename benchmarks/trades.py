@@ -492,6 +492,10 @@ def _label(pid: int) -> str | None:
         return "relay"
     if "serve settlement" in cmd:
         return "settlement"
+    if "serve delivery" in cmd:
+        return "delivery"
+    if "serve gateway" in cmd or "exchange.delivery.gateway" in cmd:
+        return "gateway"
     if "nats-server" in cmd:
         return "nats-server"
     if "postgres" in cmd.split(" ")[0] or cmd.startswith("postgres"):
@@ -543,7 +547,8 @@ def exchange_up(api_workers: int) -> Iterator[tuple[str, str, Path, subprocess.P
     state = Path(tempfile.mkdtemp(prefix="dataex-bench-"))
     port = _free_port()
     env = {**os.environ, "DATAEX_STATE_DIR": str(state), "DATAEX_HTTP_PORT": str(port),
-           "DATAEX_API_WORKERS": str(api_workers), "DATAEX_LOG_LEVEL": "warning"}  # fmt: skip
+           "DATAEX_GATEWAY_PORT": str(_free_port()), "DATAEX_API_WORKERS": str(api_workers),
+           "DATAEX_LOG_LEVEL": "warning"}  # fmt: skip
     for name in ("DATAEX_DATABASE_URL", "DATAEX_NATS_URL"):
         env.pop(name, None)
     process = subprocess.Popen(
