@@ -41,7 +41,7 @@ from exchange.platform.db import Connection, Executor
 from exchange.platform.errors import Conflict, DataexError, InvalidInput, NotFound
 from exchange.platform.events import GrantEventData, TradeExecutedData
 from exchange.platform.metering import SPEND, Dimension
-from exchange.platform.outbox import enqueue
+from exchange.platform.outbox import enqueue, enqueue_many
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing
 from exchange.platform.states import IllegalTransition
@@ -151,15 +151,18 @@ class GrantService:
         await enqueue(
             conn, subject=self.settings.subject("grant", event_type.rsplit(".", 1)[1]),
             event_type=event_type, source=self.source, event_subject=str(row["id"]),
-            data=GrantEventData(
-                grant_id=str(row["id"]), trade_id=str(row["trade_id"]), mode=row["mode"],
-                state=row["state"], version=row["version"],
-                buyer_org_id=str(row["buyer_org_id"]), seller_org_id=str(row["seller_org_id"]),
-                product_code=row["product_code"], suspended_by=list(row["suspended_by"]),
-                valid_until=row["valid_until"].isoformat(), reason=row["reason"],
-                revoked_jti=revoked_jti,
-            ),
+            data=_event_data(row, revoked_jti),
             at=at, request_id=request_id,
+        )  # fmt: skip
+
+    async def _announce_many(
+        self, conn: Connection, rows: Sequence[Any], event_type: str, at: datetime
+    ) -> None:
+        await enqueue_many(
+            conn,
+            [(self.settings.subject("grant", event_type.rsplit(".", 1)[1]), event_type,
+              str(row["id"]), _event_data(row, None)) for row in rows],
+            source=self.source, at=at, request_id=None,
         )  # fmt: skip
 
     async def _suspend(
@@ -199,61 +202,84 @@ class GrantService:
     # --- what other rooms tell us (called by the delivery worker, in its transaction) --------
 
     async def on_trade_executed(self, conn: Connection, data: TradeExecutedData) -> int:
-        """One pending grant per delivery mode of the contract; a redelivery adds nothing."""
-        terms = data.delivery
-        if terms is None:
-            return 0
-        at = datetime.fromisoformat(data.executed_at)
-        until = at + timedelta(days=terms.term_days)
-        created = 0
-        modes = list(terms.modes)
-        if terms.pricing == "metered" and terms.spend_cap_fen is not None:
-            # One spend cap, one grant: a metered trade is delivered (and billed) through its
-            # first mode, the API before files before the sandbox.
-            modes = [m for m in ("api", "file", "sandbox") if m in modes][:1]
-        for mode in modes:
-            grant_id = uuid.uuid5(uuid.UUID(data.trade_id), mode)
-            row = await conn.fetchrow(
-                "INSERT INTO grants (id, trade_id, mode, buyer_org_id, seller_org_id, buyer_uscc,"
-                " seller_uscc, product_id, product_code, revision, revision_digest, plan_id,"
-                " pricing, purpose, territory, valid_from, valid_until, dimensions,"
-                " spend_cap_fen, state, created_at, updated_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,"
-                " $17, $18, $19, 'pending', $20, $20)"
-                " ON CONFLICT (trade_id, mode) DO NOTHING RETURNING *",
-                grant_id, uuid.UUID(data.trade_id), mode, uuid.UUID(data.buyer.org_id),
-                uuid.UUID(data.seller.org_id), data.buyer.uscc, data.seller.uscc,
-                uuid.UUID(terms.product_id), data.product_code, terms.revision,
-                terms.revision_digest, terms.plan_id, terms.pricing, terms.purpose,
-                list(terms.territory), at, until, msgspec.to_builtins(terms.dimensions),
-                terms.spend_cap_fen if terms.pricing == "metered" else None,
-                self.clock.now(),
-            )  # fmt: skip
-            if row is None:
+        return await self.on_trades_executed(conn, [data])
+
+    async def on_trades_executed(
+        self, conn: Connection, events: Sequence[TradeExecutedData]
+    ) -> int:
+        """One pending grant per delivery mode of each contract, for a batch of trades in three
+        statements (a redelivery adds nothing). A pending grant is not announced: gateways know
+        a grant from its activation on, and the row is the record of its creation."""
+        now = self.clock.now()
+        grants: list[tuple[Any, ...]] = []
+        quotas: list[tuple[uuid.UUID, str, int]] = []
+        for data in events:
+            terms = data.delivery
+            if terms is None:
                 continue
-            quotas = [(d.name, d.quota) for d in terms.dimensions if d.quota is not None]
-            if terms.pricing == "metered" and terms.spend_cap_fen is not None:
-                quotas.append((SPEND, terms.spend_cap_fen * 1000))
-            if quotas:
-                await conn.execute(
-                    "INSERT INTO grant_quotas (grant_id, dimension, limit_units)"
-                    " SELECT $1, d, l FROM unnest($2::text[], $3::bigint[]) AS x(d, l)",
-                    grant_id, [q[0] for q in quotas], [q[1] for q in quotas],
-                )  # fmt: skip
-            await self._announce(conn, row, "dx.grant.created", self.clock.now(), None)
-            created += 1
-        news = await conn.fetchrow(
-            "DELETE FROM delivery_trade_news WHERE trade_id = $1 RETURNING news",
-            uuid.UUID(data.trade_id),
+            at = datetime.fromisoformat(data.executed_at)
+            modes = list(terms.modes)
+            metered = terms.pricing == "metered" and terms.spend_cap_fen is not None
+            if metered:
+                # One spend cap, one grant: a metered trade is delivered (and billed) through
+                # its first mode, the API before files before the sandbox.
+                modes = [m for m in ("api", "file", "sandbox") if m in modes][:1]
+            dimensions = msgspec.json.encode(terms.dimensions).decode()
+            for mode in modes:
+                grant_id = uuid.uuid5(uuid.UUID(data.trade_id), mode)
+                grants.append((
+                    grant_id, uuid.UUID(data.trade_id), mode, uuid.UUID(data.buyer.org_id),
+                    uuid.UUID(data.seller.org_id), data.buyer.uscc, data.seller.uscc,
+                    uuid.UUID(terms.product_id), data.product_code, terms.revision,
+                    terms.revision_digest, terms.plan_id, terms.pricing, terms.purpose,
+                    ",".join(terms.territory), at, at + timedelta(days=terms.term_days),
+                    dimensions, terms.spend_cap_fen if metered else None,
+                ))  # fmt: skip
+                quotas.extend((grant_id, d.name, d.quota) for d in terms.dimensions
+                              if d.quota is not None)  # fmt: skip
+                if metered and terms.spend_cap_fen is not None:
+                    quotas.append((grant_id, SPEND, terms.spend_cap_fen * 1000))
+        if not grants:
+            return 0
+        columns = list(zip(*grants, strict=True))
+        created = await conn.fetch(
+            "INSERT INTO grants (id, trade_id, mode, buyer_org_id, seller_org_id, buyer_uscc,"
+            " seller_uscc, product_id, product_code, revision, revision_digest, plan_id, pricing,"
+            " purpose, territory, valid_from, valid_until, dimensions, spend_cap_fen, state,"
+            " created_at, updated_at)"
+            " SELECT g.id, g.trade, g.mode, g.buyer, g.seller, g.buyer_uscc, g.seller_uscc,"
+            " g.product, g.code, g.revision, g.digest, g.plan, g.pricing, g.purpose,"
+            " string_to_array(g.territory, ','), g.valid_from, g.valid_until, g.dimensions::jsonb,"
+            " g.cap, 'pending', $20::timestamptz, $20::timestamptz FROM unnest("
+            " $1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::uuid[], $6::text[], $7::text[],"
+            " $8::uuid[], $9::text[], $10::int[], $11::text[], $12::text[], $13::text[],"
+            " $14::text[], $15::text[], $16::timestamptz[], $17::timestamptz[], $18::text[],"
+            " $19::bigint[]) AS g(id, trade, mode, buyer, seller, buyer_uscc, seller_uscc,"
+            " product, code, revision, digest, plan, pricing, purpose, territory, valid_from,"
+            " valid_until, dimensions, cap)"
+            " ON CONFLICT (trade_id, mode) DO NOTHING RETURNING id, trade_id",
+            *[list(column) for column in columns], now,
+        )  # fmt: skip
+        new = {row["id"] for row in created}
+        mine = [q for q in quotas if q[0] in new]
+        if mine:
+            await conn.execute(
+                "INSERT INTO grant_quotas (grant_id, dimension, limit_units)"
+                " SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[])",
+                [q[0] for q in mine], [q[1] for q in mine], [q[2] for q in mine],
+            )  # fmt: skip
+        trades = sorted({row["trade_id"] for row in created})
+        news = await conn.fetch(
+            "DELETE FROM delivery_trade_news WHERE trade_id = ANY($1::uuid[])"
+            " RETURNING trade_id, news",
+            trades,
         )
-        if news is not None and created:
-            if news["news"] == "reserved":
-                await self.on_trade_reserved(conn, uuid.UUID(data.trade_id))
+        for item in news:  # settlement's news came first (a redelivery reordered them)
+            if item["news"] == "reserved":
+                await self.on_trades_reserved(conn, [item["trade_id"]])
             else:
-                await self.on_trade_ended(
-                    conn, uuid.UUID(data.trade_id), f"the trade {news['news']}"
-                )
-        return created
+                await self.on_trade_ended(conn, item["trade_id"], f"the trade {item['news']}")
+        return len(created)
 
     async def _early(self, conn: Connection, trade_id: uuid.UUID, news: str) -> None:
         """Settlement's news of a trade whose grants do not exist (yet): kept for them."""
@@ -268,16 +294,34 @@ class GrantService:
         return list(await conn.fetch(f"{_SELECT} WHERE {where} ORDER BY id FOR UPDATE", *args))
 
     async def on_trade_reserved(self, conn: Connection, trade_id: uuid.UUID) -> int:
+        return await self.on_trades_reserved(conn, [trade_id])
+
+    async def on_trades_reserved(self, conn: Connection, trade_ids: Sequence[uuid.UUID]) -> int:
+        """Settlement holds the payments: the trades' pending grants become active, in one
+        statement and one batch of events; news for trades without grants yet is kept."""
         now = self.clock.now()
-        rows = await self._rows(conn, "trade_id = $1", trade_id)
-        if not rows:
-            await self._early(conn, trade_id, "reserved")
-        changed = 0
-        for row in rows:
-            if row["state"] in ("pending", "suspended") and row["activated_at"] is None:
-                await self._transition(conn, row, "activate", now, activated=True)
-                changed += 1
-        return changed
+        ids = sorted(set(trade_ids))
+        activated = await conn.fetch(
+            "UPDATE grants SET state = $2, activated_at = $3, version = version + 1,"
+            " updated_at = $3 WHERE trade_id = ANY($1::uuid[]) AND state = 'pending'"
+            " AND activated_at IS NULL RETURNING *",
+            ids, GRANT.next("pending", "activate"), now,
+        )  # fmt: skip
+        if activated:
+            await self._announce_many(conn, activated, "dx.grant.activated", now)
+        # A grant suspended before its payment was held: remembered, active once resumed.
+        for row in await self._rows(
+            conn, "trade_id = ANY($1::uuid[]) AND state = 'suspended' AND activated_at IS NULL",
+            ids,
+        ):  # fmt: skip
+            await self._transition(conn, row, "activate", now, activated=True)
+        known = {r["trade_id"] for r in await conn.fetch(
+            "SELECT DISTINCT trade_id FROM grants WHERE trade_id = ANY($1::uuid[])", ids
+        )}  # fmt: skip
+        for trade_id in ids:
+            if trade_id not in known:
+                await self._early(conn, trade_id, "reserved")
+        return len(activated)
 
     async def on_trade_ended(self, conn: Connection, trade_id: uuid.UUID, why: str) -> int:
         """The trade was voided or could not be paid: its grants are revoked."""
@@ -677,6 +721,16 @@ class GrantService:
             "SELECT base_url FROM delivery_upstreams WHERE product_id = $1", product_id
         )
         return value
+
+
+def _event_data(row: Any, revoked_jti: str | None) -> GrantEventData:
+    return GrantEventData(
+        grant_id=str(row["id"]), trade_id=str(row["trade_id"]), mode=row["mode"],
+        state=row["state"], version=row["version"], buyer_org_id=str(row["buyer_org_id"]),
+        seller_org_id=str(row["seller_org_id"]), product_code=row["product_code"],
+        suspended_by=list(row["suspended_by"]), valid_until=row["valid_until"].isoformat(),
+        reason=row["reason"], revoked_jti=revoked_jti,
+    )  # fmt: skip
 
 
 def _grant(row: Any, quotas: list[Any]) -> Grant:

@@ -113,6 +113,27 @@ async def apply(conn: Connection, grants: GrantService, subject: str, data: byte
         )  # fmt: skip
 
 
+async def apply_batch(conn: Connection, grants: GrantService, messages: Sequence[Any]) -> None:
+    """Apply a fetched batch in the caller's transaction: the executed trades first, in one go,
+    then the reserved ones, then every other event in order. Taking executed before reserved is
+    the order they are written in; news of a trade whose grants are not there yet is kept."""
+    executed, reserved, others = [], [], []
+    for message in messages:
+        kind = message.subject.split(".", 1)[1] if "." in message.subject else message.subject
+        if kind == "trade.executed":
+            executed.append(_EXECUTED.decode(message.data).data)
+        elif kind == "trade.reserved":
+            reserved.append(uuid.UUID(_SETTLED.decode(message.data).data.trade_id))
+        else:
+            others.append(message)
+    if executed:
+        await grants.on_trades_executed(conn, executed)
+    if reserved:
+        await grants.on_trades_reserved(conn, reserved)
+    for message in others:
+        await apply(conn, grants, message.subject, message.data)
+
+
 class Consumer:
     def __init__(self, platform: Platform, grants: GrantService) -> None:
         self.platform = platform
@@ -121,8 +142,7 @@ class Consumer:
     async def handle(self, messages: Sequence[Any]) -> None:
         try:
             async with self.platform.pool.acquire() as conn, conn.transaction():
-                for message in messages:
-                    await apply(conn, self.grants, message.subject, message.data)
+                await apply_batch(conn, self.grants, messages)
         except Exception as error:  # noqa: BLE001 - isolate the message that fails
             log.warning("delivery_batch_failed", size=len(messages), error=repr(error))
             for message in messages:

@@ -158,7 +158,7 @@ def organisation_schema() -> dict[str, object]:
 
 GrantState = Literal["pending", "active", "suspended", "exhausted", "expired", "revoked"]
 GrantEventType = Literal[
-    "dx.grant.created", "dx.grant.activated", "dx.grant.suspended", "dx.grant.resumed",
+    "dx.grant.activated", "dx.grant.suspended", "dx.grant.resumed",
     "dx.grant.exhausted", "dx.grant.expired", "dx.grant.revoked", "dx.grant.changed",
 ]  # fmt: skip
 

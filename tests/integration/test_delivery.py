@@ -91,7 +91,7 @@ async def test_grants_follow_the_trade_and_the_listing(client, trade, pool, cloc
         if e["data"]["grant_id"] == str(api_grant)
     ]
     assert [t for t, _ in api_events] == [
-        "dx.grant.created", "dx.grant.activated", "dx.grant.suspended", "dx.grant.suspended",
+        "dx.grant.activated", "dx.grant.suspended", "dx.grant.suspended",
         "dx.grant.changed", "dx.grant.resumed", "dx.grant.revoked",
     ]  # fmt: skip
     versions = [v for _, v in api_events]
