@@ -81,17 +81,16 @@ class Billing:
         now = self.clock.now()
         rows = await self.pool.fetch(
             """
+            SELECT id FROM grants
+             WHERE NOT books_closed AND activated_at IS NOT NULL
+               AND coalesce(billed_until, activated_at) <= $1
+            UNION
             SELECT g.id FROM grants g
-            LEFT JOIN LATERAL (SELECT max(ends_at) AS last_end, bool_or(final) AS ended
-                                 FROM usage_periods p WHERE p.grant_id = g.id) p ON true
-             WHERE g.activated_at IS NOT NULL AND NOT coalesce(p.ended, false)
+             WHERE NOT g.books_closed AND g.activated_at IS NOT NULL AND g.state <> 'active'
                AND (g.state IN ('expired', 'revoked')
                     OR EXISTS (SELECT 1 FROM usage_records r
                                 WHERE r.grant_id = g.id AND r.period_seq IS NULL))
-               AND (g.state IN ('expired', 'revoked', 'exhausted')
-                    OR (g.state = 'suspended' AND 'spend_cap' = ANY(g.suspended_by))
-                    OR coalesce(p.last_end, g.activated_at) <= $1)
-             ORDER BY g.id LIMIT $2
+             LIMIT $2
             """,
             now - self.period, limit,
         )  # fmt: skip
@@ -107,17 +106,13 @@ class Billing:
             grant: Any = await conn.fetchrow(
                 "SELECT * FROM grants WHERE id = $1 FOR UPDATE", grant_id
             )
-            if grant is None or grant["activated_at"] is None:
+            if grant is None or grant["activated_at"] is None or grant["books_closed"]:
                 return None
-            last = await conn.fetchrow(
-                "SELECT seq, ends_at, final FROM usage_periods WHERE grant_id = $1"
-                " ORDER BY seq DESC LIMIT 1",
-                grant_id,
+            last_seq = await conn.fetchval(
+                "SELECT max(seq) FROM usage_periods WHERE grant_id = $1", grant_id
             )
-            if last is not None and last["final"]:
-                return None  # the grant's books are closed
             now = self.clock.now()
-            starts = last["ends_at"] if last is not None else grant["activated_at"]
+            starts = grant["billed_until"] or grant["activated_at"]
             final = grant["state"] in ("expired", "revoked")
             early = grant["state"] == "exhausted" or (
                 grant["state"] == "suspended" and "spend_cap" in grant["suspended_by"]
@@ -146,13 +141,17 @@ class Billing:
                 grant_id, ends,
             )  # fmt: skip
             if counts["n"] == 0 and not final:
-                return None  # nothing used since the last statement: none is due
+                if not early:  # an hour without use: no statement; the next period starts here
+                    await conn.execute(
+                        "UPDATE grants SET billed_until = $2 WHERE id = $1", grant_id, ends
+                    )
+                return None
             before = await conn.fetchval(
                 "SELECT coalesce(sum(cost_millifen), 0)::bigint FROM usage_periods"
                 " WHERE grant_id = $1",
                 grant_id,
             )
-            seq = (last["seq"] if last is not None else 0) + 1
+            seq = (last_seq or 0) + 1
             statement = UsageStatement(
                 exchange=self.settings.exchange_code, grant_id=str(grant_id),
                 trade_id=str(grant["trade_id"]), product_code=grant["product_code"],
@@ -178,6 +177,10 @@ class Billing:
                 "UPDATE usage_records SET period_seq = $3 WHERE grant_id = $1"
                 " AND period_seq IS NULL AND served_at < $2",
                 grant_id, ends, seq,
+            )  # fmt: skip
+            await conn.execute(
+                "UPDATE grants SET billed_until = $2, books_closed = $3 WHERE id = $1",
+                grant_id, ends, final,
             )  # fmt: skip
             metered = grant["pricing"] == "metered" and grant["spend_cap_fen"] is not None
             if metered and self.hooks.post_usage is not None:

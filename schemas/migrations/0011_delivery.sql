@@ -30,6 +30,8 @@ CREATE TABLE grants (
                         'seller', 'spend_cap', 'dispute', 'exchange']),
     reason          text,
     activated_at    timestamptz,                -- settlement reserved the payment
+    billed_until    timestamptz,                -- the end of its last billing period
+    books_closed    boolean NOT NULL DEFAULT false,  -- its final period is closed
     version         bigint NOT NULL DEFAULT 1,  -- raised by every change (caches compare it)
     created_at      timestamptz NOT NULL,
     updated_at      timestamptz NOT NULL,
@@ -41,6 +43,12 @@ CREATE INDEX grants_buyer ON grants (buyer_org_id, created_at DESC, id DESC);
 CREATE INDEX grants_seller ON grants (seller_org_id, created_at DESC, id DESC);
 CREATE INDEX grants_product ON grants (product_code) WHERE state IN ('pending', 'active', 'suspended');
 CREATE INDEX grants_expiry ON grants (valid_until) WHERE state IN ('pending', 'active', 'suspended');
+-- What billing looks at every round: grants whose period is an hour old, and the few that are
+-- not active (a period closes early at the cap, finally at the end).
+CREATE INDEX grants_billing_due ON grants ((coalesce(billed_until, activated_at)))
+    WHERE NOT books_closed AND activated_at IS NOT NULL;
+CREATE INDEX grants_billing_halted ON grants (id)
+    WHERE NOT books_closed AND activated_at IS NOT NULL AND state <> 'active';
 
 -- Settlement's news of a trade that came before its executed event (a redelivery can reorder
 -- them): applied when the grants are created.

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from exchange.delivery import tokens
-from exchange.delivery.billing import Billing
+from exchange.delivery.billing import Billing, rfc3339
 from exchange.delivery.quota import LeaseBook, needs_for
 from exchange.delivery.usage import UsageRecord, UsageRecorder
 from exchange.platform.metering import Dimension, cost_millifen
@@ -50,12 +50,17 @@ async def test_periods_statements_and_the_spend_cap(client, trade, pool, clock, 
     recorder = UsageRecorder(pool)
     billing = Billing(pool, clock, settings, KeyRing(load_master_key(settings.state_dir)),
                       period=timedelta(0), settle_delay=timedelta(0))  # fmt: skip
+    # An idle period makes no statement: the next one starts where it ended.
+    assert await billing.close(grant_id) is None
+    idle_end = await pool.fetchval("SELECT billed_until FROM grants WHERE id = $1", grant_id)
+    assert idle_end is not None
     for _ in range(3):
         await _serve(book, recorder, grant_id, rows=10)  # 1,570 milli-fen each
     await book.close()
     first = await billing.close(grant_id)
     assert first is not None and first.period == 1 and first.records == 3
     assert first.totals == {"requests": 3, "rows": 30}
+    assert first.starts_at == rfc3339(idle_end)
     assert (first.cost_millifen, first.charge_fen) == (4710, 4)
     # The cap (10 fen = 10,000 milli-fen) allows 3 more (9,420 in all); the 7th is refused.
     book = LeaseBook(pool, on_exhausted=grants.exhausted)
