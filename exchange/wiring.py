@@ -31,7 +31,7 @@ from exchange.delivery.billing import Billing, BillingHooks
 from exchange.delivery.files import FileDeliveries, FileUploads
 from exchange.delivery.quota import LeaseBook
 from exchange.delivery.schemas import GrantSnapshot
-from exchange.delivery.service import DeliveryHooks, GrantService
+from exchange.delivery.service import DeliveryHooks, GrantService, revoked_jtis
 from exchange.delivery.storage import LocalFolderStore
 from exchange.delivery.tokens import TokenVerifier
 from exchange.delivery.usage import UsageRecorder
@@ -144,10 +144,7 @@ class GrantDesk:
     async def verifier(self, kid: str | None) -> TokenVerifier:
         if kid is not None and not self._verifier.knows(kid):
             self._verifier.refresh(await jwks(self.pool, "delivery"))
-        rows = await self.pool.fetch(
-            "SELECT jti FROM delivery_tokens WHERE revoked_at IS NOT NULL AND expires_at > now()"
-        )
-        self._verifier.revoked = {str(row["jti"]) for row in rows}
+        self._verifier.revoked = await revoked_jtis(self.pool)
         return self._verifier
 
 

@@ -723,6 +723,16 @@ class GrantService:
         return value
 
 
+async def revoked_jtis(pool: Executor) -> set[str]:
+    """The jtis of revoked delivery tokens that have not expired yet (what a delivery point
+    refuses besides what the token itself says)."""
+    rows = await pool.fetch(
+        "SELECT jti FROM delivery_tokens WHERE revoked_at IS NOT NULL"
+        " AND expires_at > clock_timestamp() - interval '1 minute'"
+    )
+    return {str(r["jti"]) for r in rows}
+
+
 def _event_data(row: Any, revoked_jti: str | None) -> GrantEventData:
     return GrantEventData(
         grant_id=str(row["id"]), trade_id=str(row["trade_id"]), mode=row["mode"],

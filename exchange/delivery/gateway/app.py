@@ -36,10 +36,10 @@ import msgspec
 
 from exchange.delivery import httpsig
 from exchange.delivery.gateway.forward import Forwarder, Target, request_headers
-from exchange.delivery.gateway.grants import RECHECK_SECONDS, GrantCache, Upstreams, revoked_jtis
+from exchange.delivery.gateway.grants import RECHECK_SECONDS, GrantCache, Upstreams
 from exchange.delivery.quota import LeaseBook, needs_for
 from exchange.delivery.schemas import GrantSnapshot
-from exchange.delivery.service import GrantService
+from exchange.delivery.service import GrantService, revoked_jtis
 from exchange.delivery.tokens import (
     STATE_REFUSALS,
     GrantExpired,

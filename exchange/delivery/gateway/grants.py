@@ -189,12 +189,3 @@ class Upstreams:
             list(products),
         )
         self._base = dict.fromkeys(products) | {r["product_id"]: r["base_url"] for r in rows}
-
-
-async def revoked_jtis(pool: Any) -> set[str]:
-    """The jtis of revoked delivery tokens that have not expired yet."""
-    rows = await pool.fetch(
-        "SELECT jti FROM delivery_tokens WHERE revoked_at IS NOT NULL"
-        " AND expires_at > clock_timestamp() - interval '1 minute'"
-    )
-    return {str(r["jti"]) for r in rows}
