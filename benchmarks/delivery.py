@@ -48,6 +48,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import msgspec
 
+from benchmarks.settlement import drop_scratch
 from benchmarks.trades import _Http, _org
 from exchange.platform.settings import Settings
 
@@ -149,24 +150,6 @@ async def _bench_settings(live: Settings, tag: str, state: Path) -> tuple[Settin
     token = await prepare(settings, bootstrap="always")
     assert token
     return settings, token
-
-
-async def _drop(live: Settings, settings: Settings) -> None:
-    from exchange.platform.bus import connect_nats
-
-    assert live.database_url and settings.database_url and settings.nats_url
-    admin = await asyncpg.connect(live.database_url)
-    try:
-        name = urlsplit(settings.database_url).path.lstrip("/")
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-    client = await connect_nats(settings.nats_url, name="dataex-bench")
-    try:
-        with contextlib.suppress(Exception):
-            await client.jetstream().delete_stream(settings.stream_name)
-    finally:
-        await client.close()
 
 
 # --- the market: a product with two plans, a funded buyer, two active grants -----------------
@@ -513,7 +496,7 @@ async def bench_delivery(live: Settings, args: Any, out: TextIO) -> int:
                               static_url, static_dir / FILE_NAME, sha, out)  # fmt: skip
     finally:
         procs.stop()
-        await _drop(live, settings)
+        await drop_scratch(live, settings)
         shutil.rmtree(state, ignore_errors=True)
 
 

@@ -16,6 +16,7 @@ ledger: appends N entries (a signed tree head every 1,000) and times ``dataex le
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import os
@@ -73,7 +74,8 @@ async def _bench_settings(live: Settings, tag: str) -> Settings:
     return settings
 
 
-async def _drop(live: Settings, settings: Settings) -> None:
+async def drop_scratch(live: Settings, settings: Settings) -> None:
+    """Remove a benchmark's own database and stream."""
     assert live.database_url and settings.database_url and settings.nats_url
     admin = await asyncpg.connect(live.database_url)
     try:
@@ -83,7 +85,8 @@ async def _drop(live: Settings, settings: Settings) -> None:
         await admin.close()
     client = await connect_nats(settings.nats_url, name="dataex-bench")
     try:
-        await client.jetstream().delete_stream(settings.stream_name)
+        with contextlib.suppress(Exception):  # a run that failed early may have made none
+            await client.jetstream().delete_stream(settings.stream_name)
     finally:
         await client.close()
 
@@ -293,7 +296,7 @@ async def bench_settlement(live: Settings, args: Any, out: IO[str]) -> int:
         tps = await asyncio.to_thread(pgbench, settings.database_url, args.pgbench_seconds, out)
     finally:
         await conn.close()
-        await _drop(live, settings)
+        await drop_scratch(live, settings)
     out.write(f"\npgbench TPC-B (scale 10, 8 clients, {args.pgbench_seconds}s): {tps:,.0f} tps\n")
     out.write("workers  settled/s  ratio to pgbench tps\n")
     for workers, rate, _wall in results:
@@ -335,5 +338,5 @@ async def bench_ledger(live: Settings, entries: int, out: IO[str]) -> int:
                   f"{time.perf_counter() - started:.2f}s\n")  # fmt: skip
     finally:
         await pool.close()
-        await _drop(live, settings)
+        await drop_scratch(live, settings)
     return status
