@@ -1,6 +1,8 @@
 """``/health/live`` and ``/health/ready``.
 
-Ready only when PostgreSQL, the migrations, NATS and JetStream are all good.
+Ready only when PostgreSQL, the migrations, NATS and JetStream are all good and, under
+`dataex up`, every part runs: the supervisor's status file says which run, and a worker counts
+only once its new process has beaten its heartbeat.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from litestar.openapi.datastructures import ResponseSpec
 from exchange.platform.auth import PUBLIC
 from exchange.platform.context import Platform
 from exchange.platform.db import migration_status
+from exchange.platform.heartbeat import INTERVAL_SECONDS
+from exchange.platform.supervision import SupervisorStatus, read_status
 
 CHECK_TIMEOUT = 2.0
+HEARTBEAT_PARTS = frozenset({"relay", "settlement", "delivery"})  # the others have no beat
 
 
 class Check(msgspec.Struct):
@@ -32,10 +37,11 @@ class PartHeartbeat(msgspec.Struct):
     seen_seconds_ago: float
 
 
-class Readiness(msgspec.Struct):
+class Readiness(msgspec.Struct, omit_defaults=True):
     status: str
     checks: dict[str, Check]
     parts: list[PartHeartbeat]
+    supervisor: SupervisorStatus | None = None  # under `dataex up`: its parts and servers
 
 
 async def _check(name: str, probe: Any) -> tuple[str, Check]:
@@ -99,8 +105,34 @@ async def readiness(platform: Platform) -> Readiness:
             )
             for r in rows
         ]
+    supervisor = None
+    if platform.settings.supervisor_status is not None:
+        supervisor = read_status(platform.settings.supervisor_status)
+        results["parts"] = _supervised(supervisor, parts if results["postgres"].ok else None)
     ready = all(check.ok for check in results.values())
-    return Readiness(status="ready" if ready else "not_ready", checks=results, parts=parts)
+    return Readiness(
+        status="ready" if ready else "not_ready",
+        checks=results,
+        parts=parts,
+        supervisor=supervisor,
+    )
+
+
+def _supervised(status: SupervisorStatus | None, beats: list[PartHeartbeat] | None) -> Check:
+    """Whether every part `dataex up` runs is up; ``beats`` None when they cannot be read."""
+    if status is None:
+        return Check(ok=False, detail="no status from `dataex up` (its status file is unreadable)")
+    down = status.down()
+    if beats is not None:
+        fresh = {(b.part, b.pid) for b in beats if b.seen_seconds_ago <= 2 * INTERVAL_SECONDS}
+        down += [
+            f"{name} starting"
+            for name, part in status.parts.items()
+            if name in HEARTBEAT_PARTS and part.state == "running" and (name, part.pid) not in fresh
+        ]
+    if down:
+        return Check(ok=False, detail="; ".join(down))
+    return Check(ok=True, detail=f"{len(status.parts)} parts running")
 
 
 class HealthController(Controller):

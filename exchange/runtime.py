@@ -290,7 +290,11 @@ def wait_ready(url: str, timeout: float, children: dict[str, subprocess.Popen[by
 
 
 def up(settings: Settings) -> int:
-    """Run the whole exchange on this machine until SIGINT/SIGTERM."""
+    """Run the whole exchange on this machine until SIGINT/SIGTERM, restarting what dies."""
+    from dataclasses import replace
+
+    from exchange.supervisor import CrashLoop, Supervisor
+
     stop_requested: list[int] = []
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -301,36 +305,77 @@ def up(settings: Settings) -> int:
     _check_port_free(settings.http_host, settings.http_port)
     _check_port_free(settings.http_host, settings.gateway_port, "DATAEX_GATEWAY_PORT")
     started = time.monotonic()
+    lock = _lock_state_folder(settings)  # held until this process ends, however it ends
     running = start_servers(settings)
-    children: dict[str, subprocess.Popen[bytes]] = {}
+    status_path = Path(settings.state_dir).resolve() / "supervisor.json"
+    supervised = replace(running.settings, supervisor_status=status_path)
+    supervisor = Supervisor(
+        supervised,
+        PARTS,
+        spawn_part,
+        {"postgres": running.postgres, "nats": running.nats},
+        status_path,
+    )
     exit_code = 0
     try:
         token = asyncio.run(prepare(running.settings, bootstrap="first"))
         if stop_requested:
             return 0
-        for part in PARTS:
-            children[part] = spawn_part(part, running.settings)
-        if not wait_ready(running.settings.public_url, 15.0, children):
-            failed = [part for part, child in children.items() if child.poll() is not None]
+        supervisor.start_all()
+        # At start-up a part that exits is a configuration problem, not a crash: say so.
+        if not wait_ready(running.settings.public_url, 15.0, supervisor.processes()):
+            failed = [
+                part for part, child in supervisor.processes().items() if child.poll() is not None
+            ]
             raise StartupError(
                 f"the exchange did not become ready (exited: {', '.join(failed) or 'none'});"
                 " see the log lines above"
             )
         _print_banner(running, token, time.monotonic() - started)
         while not stop_requested:
-            for part, child in children.items():
-                if child.poll() is not None:
-                    log.error("part_exited", part=part, returncode=child.returncode)
-                    exit_code = 1
-                    stop_requested.append(0)
-                    break
+            try:
+                supervisor.step()
+            except CrashLoop as error:
+                log.error("crash_loop", detail=str(error))  # noqa: TRY400 - no traceback wanted
+                print(f"dataex up: {error}", file=sys.stderr, flush=True)
+                exit_code = 1
+                break
             time.sleep(0.1)
     finally:
         stopping = time.monotonic()
-        stop_parts(children, STOP_BUDGET_SECONDS)
+        stop_parts(supervisor.processes(), STOP_BUDGET_SECONDS)
         running.stop()
+        with contextlib.suppress(OSError):
+            status_path.unlink()
         log.info("stopped", seconds=round(time.monotonic() - stopping, 2))
+        lock.close()
     return exit_code
+
+
+def _lock_state_folder(settings: Settings) -> Any:
+    """One `dataex up` per state folder: a second would take the first one's servers for stale
+    and stop them. The kernel drops the lock when its holder dies, even by SIGKILL, so a
+    crashed run never blocks the next."""
+    import fcntl
+
+    state = Path(settings.state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    path = state / "up.lock"
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise StartupError(
+            f"another `dataex up` (pid {holder}) runs on the state folder {state}:"
+            " stop it first, or set DATAEX_STATE_DIR to another folder"
+        ) from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
 def _print_banner(running: Servers, token: str | None, seconds: float) -> None:
@@ -391,6 +436,9 @@ def serve(part: str, settings: Settings) -> int:
             factory=True,
             log_access=False,
             workers_kill_timeout=2,
+            # A worker that dies is replaced by granian; a second death within 5.5 s ends
+            # the part, and `dataex up` restarts it whole.
+            respawn_failed_workers=True,
         ).serve()
         return 0
     if part == "gateway":

@@ -107,10 +107,57 @@ def _kill_stale(pid: int, name: str, grace: float = 3.0) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGINT if name == "postgres" else signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+    while time.monotonic() < deadline and _running(pid):
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def _kill_orphans(group: int, name: str = "postgres", grace: float = 3.0) -> None:
+    """Kill what is left of a server's process group after its leader died with SIGKILL.
+
+    A postmaster killed that way leaves its backends running until they notice; a new
+    postmaster refuses to start while any of them still holds the old shared memory. Only
+    processes of that group whose command line names ``name`` are touched."""
+
+    def members() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # pgrp is the 5th field of /proc/<pid>/stat, after "(comm)", which may hold spaces
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == group and name.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+        return found
+
+    left = members()
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + grace
+    while left and time.monotonic() < deadline:
+        time.sleep(0.02)
+        left = [pid for pid in left if Path(f"/proc/{pid}").exists() and _running(pid)]
+    if left:
+        log.warning("orphans_left", server=name, pids=left)
+
+
+def _is_server(pid: int, name: str) -> bool:
+    """Whether ``pid`` is a live (not zombie) process whose command line names ``name``."""
+    try:
+        return _running(pid) and name.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _running(pid: int) -> bool:
+    """False for a zombie: killed, not yet reaped by its parent."""
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 class EmbeddedPostgres:
@@ -182,7 +229,15 @@ class EmbeddedPostgres:
         pid_file = self.pgdata / "postmaster.pid"
         if pid_file.exists():
             with contextlib.suppress(ValueError, IndexError):
-                _kill_stale(int(pid_file.read_text().split()[0]), "postgres")
+                stale = int(pid_file.read_text().split()[0])
+                _kill_stale(stale, "postgres")
+                _kill_orphans(stale)
+        # A dead server's lock files. Left in place, the new server may read a zombie (killed,
+        # not yet reaped) as "another postmaster running" and refuse to start.
+        for lock in (pid_file, self.socket_dir / ".s.PGSQL.5432.lock"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if not _is_server(int(lock.read_text().split()[0]), "postgres"):
+                    lock.unlink()
         self._log_file = self.log_path.open("ab")
         command = [
             str(_pg_bin() / "postgres"),
@@ -230,11 +285,35 @@ class EmbeddedPostgres:
                 )
             with contextlib.suppress(OSError):
                 lines = pid_file.read_text().splitlines()
-                if len(lines) >= 8 and lines[7].strip() == "ready":
+                # A server killed with SIGKILL leaves its postmaster.pid behind, still saying
+                # "ready": only the file of the process just started counts.
+                if (
+                    len(lines) >= 8
+                    and lines[0].strip() == str(self.process.pid)
+                    and lines[7].strip() == "ready"
+                ):
                     return
             time.sleep(0.05)
         self.stop()
         raise EmbeddedServerError(f"postgres not ready after {timeout:.0f}s; see {self.log_path}")
+
+    def exited(self) -> int | None:
+        """The exit code if the server this object started has died, else None."""
+        return None if self.process is None else self.process.poll()
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Start again after the server died: its orphaned backends are killed first; the
+        server then replays its WAL (crash recovery) before it says "ready"."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.stop(immediate=True)
+            else:
+                _kill_orphans(self.process.pid)
+                self.process = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        self.start(timeout)
 
     def stop(self, grace: float = 3.0, *, immediate: bool = False) -> None:
         """SIGINT is PostgreSQL's "fast" shutdown: roll back open transactions, checkpoint, exit.
@@ -354,6 +433,16 @@ class EmbeddedNats:
         raise EmbeddedServerError(
             f"nats-server not ready after {timeout:.0f}s; see {self.log_path}"
         )
+
+    def exited(self) -> int | None:
+        """The exit code if the server this object started has died, else None."""
+        return None if self.process is None else self.process.poll()
+
+    def restart(self, timeout: float = 10.0) -> str:
+        """Start again on the same port, so that clients reconnect to the URL they know; the
+        server recovers its streams from the store folder."""
+        self.stop(grace=1.0, kill=True)
+        return self.start(timeout)
 
     def stop(self, grace: float = 3.0, *, kill: bool = False) -> None:
         """SIGTERM: a clean shutdown; ``kill`` (SIGKILL) is a crash, nothing flushed or said."""

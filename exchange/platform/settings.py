@@ -55,6 +55,8 @@ class Settings:
     rate_limit_anonymous_per_second: int = 500
     peer_poll_ms: int = 1000  # how often each API process pulls trusted peers' feeds; 0: never
     public_base_url: str | None = None  # where others reach this API (certificates, identity)
+    # Set by `dataex up` for its parts: the file where it says what runs (exchange.supervisor).
+    supervisor_status: Path | None = None
 
     @property
     def public_url(self) -> str:
@@ -162,6 +164,8 @@ class Settings:
         )
         values["peer_poll_ms"] = integer("DATAEX_PEER_POLL_MS", 0, 3_600_000)
         values["public_base_url"] = url("DATAEX_PUBLIC_URL", ("http", "https"))
+        status = text("DATAEX_SUPERVISOR_STATUS")
+        values["supervisor_status"] = Path(status) if status else None
 
         if problems:
             raise SettingsError(problems)
@@ -201,4 +205,6 @@ class Settings:
             env["DATAEX_NATS_URL"] = self.nats_url
         if self.public_base_url:
             env["DATAEX_PUBLIC_URL"] = self.public_base_url
+        if self.supervisor_status:
+            env["DATAEX_SUPERVISOR_STATUS"] = str(self.supervisor_status)
         return env

@@ -44,5 +44,6 @@ def serve(
         log_access=False,
         websockets=False,
         workers_kill_timeout=2,
+        respawn_failed_workers=True,  # as the API's: see exchange.runtime.serve
     ).serve()
     return 0
