@@ -55,6 +55,10 @@ class Settings:
     rate_limit_anonymous_per_second: int = 500
     peer_poll_ms: int = 1000  # how often each API process pulls trusted peers' feeds; 0: never
     public_base_url: str | None = None  # where others reach this API (certificates, identity)
+    # How long after its dx.trade.executed was published a trade may go without a settlement
+    # outcome before the settlement room's reconciler publishes the event again (and
+    # `dataex ledger verify` names it if it still has none).
+    reconcile_after_seconds: int = 60
 
     @property
     def public_url(self) -> str:
@@ -162,6 +166,7 @@ class Settings:
         )
         values["peer_poll_ms"] = integer("DATAEX_PEER_POLL_MS", 0, 3_600_000)
         values["public_base_url"] = url("DATAEX_PUBLIC_URL", ("http", "https"))
+        values["reconcile_after_seconds"] = integer("DATAEX_RECONCILE_AFTER_SECONDS", 1, 86_400)
 
         if problems:
             raise SettingsError(problems)
@@ -192,6 +197,7 @@ class Settings:
             "DATAEX_RATE_LIMIT_BURST": str(self.rate_limit_burst),
             "DATAEX_RATE_LIMIT_ANONYMOUS_PER_SECOND": str(self.rate_limit_anonymous_per_second),
             "DATAEX_PEER_POLL_MS": str(self.peer_poll_ms),
+            "DATAEX_RECONCILE_AFTER_SECONDS": str(self.reconcile_after_seconds),
         }
         if self.stream_replicas is not None:
             env["DATAEX_STREAM_REPLICAS"] = str(self.stream_replicas)
