@@ -1,6 +1,9 @@
 """``/health/live`` and ``/health/ready``.
 
-Ready only when PostgreSQL, the migrations, NATS and JetStream are all good.
+Ready only when PostgreSQL, the migrations, NATS and JetStream are all good. Beside the checks,
+``settlement`` shows what the settlement room's reconciler is repairing
+(`exchange.platform.status`): overdue trades are being republished, so they do not make the
+exchange "not ready".
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ from litestar.openapi.datastructures import ResponseSpec
 from exchange.platform.auth import PUBLIC
 from exchange.platform.context import Platform
 from exchange.platform.db import migration_status
+from exchange.platform.logging import get_logger
+from exchange.platform.status import SettlementStatus, report
 
+log = get_logger(__name__)
 CHECK_TIMEOUT = 2.0
 
 
@@ -36,6 +42,7 @@ class Readiness(msgspec.Struct):
     status: str
     checks: dict[str, Check]
     parts: list[PartHeartbeat]
+    settlement: SettlementStatus | None = None
 
 
 async def _check(name: str, probe: Any) -> tuple[str, Check]:
@@ -99,8 +106,16 @@ async def readiness(platform: Platform) -> Readiness:
             )
             for r in rows
         ]
+    settlement = None
+    if results["migrations"].ok:
+        try:
+            settlement = await asyncio.wait_for(report(platform, "settlement"), CHECK_TIMEOUT)
+        except Exception as error:  # noqa: BLE001 - shown as absent; readiness does not hang on it
+            log.warning("settlement_status_failed", error=f"{type(error).__name__}: {error}")
     ready = all(check.ok for check in results.values())
-    return Readiness(status="ready" if ready else "not_ready", checks=results, parts=parts)
+    return Readiness(
+        status="ready" if ready else "not_ready", checks=results, parts=parts, settlement=settlement
+    )
 
 
 class HealthController(Controller):
