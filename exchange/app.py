@@ -64,6 +64,7 @@ from exchange.recognition.api import (
 )
 from exchange.review.api import ReviewController
 from exchange.wiring import DEPENDENCIES as ROOM_SERVICES
+from exchange.wiring import provide_reports
 from settlement.api import (
     AccountController,
     LedgerController,
@@ -149,6 +150,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             nats=nats,
             keyring=KeyRing(load_master_key(settings.state_dir)),
         )
+        provide_reports(app.state.platform)
         tasks = [asyncio.create_task(run_heartbeat(pool, "api"))]
         if settings.peer_poll_ms:
             tasks.append(asyncio.create_task(_peer_puller(app.state.platform)))

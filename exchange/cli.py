@@ -354,7 +354,11 @@ def _settlement_task(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "ledger" and args.ledger_command == "export":
             return asyncio.run(ledger_cli.export(live.database_url, Path(args.file), sys.stdout))
         if args.command == "ledger":
-            return asyncio.run(ledger_cli.verify_database(live.database_url, sys.stdout))
+            return asyncio.run(ledger_cli.verify_database(
+                live.database_url, sys.stdout,
+                executed_subject=live.subject("trade", "executed"),
+                after_seconds=live.reconcile_after_seconds,
+            ))  # fmt: skip
         from benchmarks import settlement as settlement_bench
 
         if args.bench_command == "ledger":

@@ -2,7 +2,9 @@
 
 Ready only when PostgreSQL, the migrations, NATS and JetStream are all good and, under
 `dataex up`, every part runs: the supervisor's status file says which run, and a worker counts
-only once its new process has beaten its heartbeat.
+only once its new process has beaten its heartbeat. Beside the checks, ``settlement`` shows
+what the settlement room's reconciler is repairing (`exchange.platform.status`): overdue
+trades are being republished, so they do not make the exchange "not ready".
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from exchange.platform.auth import PUBLIC
 from exchange.platform.context import Platform
 from exchange.platform.db import migration_status
 from exchange.platform.heartbeat import INTERVAL_SECONDS
+from exchange.platform.logging import get_logger
+from exchange.platform.status import SettlementStatus, report
 from exchange.platform.supervision import SupervisorStatus, read_status
 
+log = get_logger(__name__)
 CHECK_TIMEOUT = 2.0
 HEARTBEAT_PARTS = frozenset({"relay", "settlement", "delivery"})  # the others have no beat
 
@@ -42,6 +47,7 @@ class Readiness(msgspec.Struct, omit_defaults=True):
     checks: dict[str, Check]
     parts: list[PartHeartbeat]
     supervisor: SupervisorStatus | None = None  # under `dataex up`: its parts and servers
+    settlement: SettlementStatus | None = None
 
 
 async def _check(name: str, probe: Any) -> tuple[str, Check]:
@@ -105,6 +111,12 @@ async def readiness(platform: Platform) -> Readiness:
             )
             for r in rows
         ]
+    settlement = None
+    if results["migrations"].ok:
+        try:
+            settlement = await asyncio.wait_for(report(platform, "settlement"), CHECK_TIMEOUT)
+        except Exception as error:  # noqa: BLE001 - shown as absent; readiness does not hang on it
+            log.warning("settlement_status_failed", error=f"{type(error).__name__}: {error}")
     supervisor = None
     if platform.settings.supervisor_status is not None:
         supervisor = read_status(platform.settings.supervisor_status)
@@ -115,6 +127,7 @@ async def readiness(platform: Platform) -> Readiness:
         checks=results,
         parts=parts,
         supervisor=supervisor,
+        settlement=settlement,
     )
 
 

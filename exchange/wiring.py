@@ -12,7 +12,8 @@ and the process runtime, fills it in:
 - settlement → the orders room's `mark_unfunded` for trades whose payment failed;
 - delivery → the listing room's re-check of the negative list (before a delivery token),
   settlement's top-up of a metered trade's reserve, and settlement's posting of each closed
-  billing period and release of what was not spent when the grant ends.
+  billing period and release of what was not spent when the grant ends;
+- the health check → settlement's reconciler figures (overdue and republished trades).
 """
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ from exchange.platform.context import Platform
 from exchange.platform.db import Executor
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing, jwks, load_master_key
+from exchange.platform.status import provide
 from exchange.recognition import feed
 from exchange.recognition.service import RecognitionService
 from exchange.review.service import ReviewService
+from settlement import reconciler
 from settlement.metered import MeteredSettlement
 from settlement.service import SettlementService
 
@@ -83,6 +86,11 @@ def settlement(
 ) -> SettlementService:
     unfunded = orders(pool, clock, settings, keyring).mark_unfunded
     return SettlementService(pool, clock, settings, keyring, on_unfunded=unfunded)
+
+
+def provide_reports(platform: Platform) -> None:
+    """What rooms report on ``/health/ready`` beside its checks (`exchange.platform.status`)."""
+    provide(platform, "settlement", reconciler.report)
 
 
 def grants(pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing) -> GrantService:

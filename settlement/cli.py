@@ -4,7 +4,10 @@
 each head's signature (with the keys in the database, or the export's JWKS) and the consistency
 of successive heads; from the database it also checks the books: every movement sums to zero,
 every balance equals the sum of its postings, and each metered trade's reservation and postings
-are what its movements say (never more posted than reserved). ``verify-receipt`` needs only
+are what its movements say (never more posted than reserved); and that every trade executed
+(its dx.trade.executed published, as the outbox keeps it) longer than the reconciler's bound ago
+has exactly one settlement outcome: a ``settlement_trades`` row and one ledger entry opening it
+(reserved or failed), not none (lost, or dead-lettered) and not two. ``verify-receipt`` needs only
 the receipt and the exchange's JWKS. Exit status: 0 verified, 1 a problem found (each named by
 sequence number), 2 unreadable input.
 """
@@ -94,7 +97,80 @@ BOOK_CHECKS: tuple[tuple[str, Callable[[Any], str]], ...] = (
 )
 
 
-async def verify_database(database_url: str, out: IO[str]) -> int:
+# The executed trades of a page (ids) that have no settlement outcome, or more than one: the
+# trade's row, and how many ledger entries open it (reserved or failed; each trade has one).
+OUTCOME_CHECK = (
+    "SELECT x.trade_id, s.state, o.opened FROM unnest($1::uuid[]) AS x(trade_id)"
+    " LEFT JOIN settlement_trades s ON s.trade_id = x.trade_id"
+    " CROSS JOIN LATERAL (SELECT count(*) AS opened FROM ledger_entries e"
+    " WHERE e.trade_id = x.trade_id AND e.step IN ('reserved', 'failed')) o"
+    " WHERE s.trade_id IS NULL OR o.opened <> 1"
+)
+DEFAULT_AFTER_SECONDS = 60.0  # DATAEX_RECONCILE_AFTER_SECONDS's default
+
+
+async def _outcome_problems(
+    conn: Any, subject: str | None, after_seconds: float
+) -> tuple[int, list[Problem]]:
+    """(executed trades checked, a problem per trade executed more than ``after_seconds`` ago
+    without exactly one settlement outcome), in the caller's snapshot."""
+    import uuid
+
+    from exchange.platform import outbox
+
+    cutoff = await conn.fetchval("SELECT now() - make_interval(secs => $1)", after_seconds)
+    checked = 0
+    problems: list[Problem] = []
+    cursor: tuple[Any, Any] | None = None
+    while True:
+        page = await outbox.published(
+            conn, "trade.executed", subject=subject, after=cursor, before=cutoff, limit=CHUNK
+        )
+        if not page:
+            return checked, problems
+        cursor = (page[-1].published_at, page[-1].id)
+        trades: dict[uuid.UUID, Any] = {}
+        for event in page:
+            try:
+                trades.setdefault(uuid.UUID(event.event_subject or ""), event)
+            except ValueError:
+                why = f"its subject {event.event_subject!r} is not a trade id"
+                problems.append(Problem(None, f"executed event {event.id}: {why}"))
+        checked += len(trades)
+        rows = await conn.fetch(OUTCOME_CHECK, list(trades))
+        lost = [r["trade_id"] for r in rows if r["state"] is None]
+        dead = {
+            r["trade_id"]: r["error"]
+            for r in await conn.fetch(
+                "SELECT DISTINCT ON (trade_id) trade_id, error FROM settlement_failures"
+                " WHERE trade_id = ANY($1::uuid[]) ORDER BY trade_id, id DESC",
+                lost,
+            )
+        } if lost else {}  # fmt: skip
+        for row in rows:
+            trade, event = row["trade_id"], trades[row["trade_id"]]
+            published = event.published_at.isoformat(timespec="seconds")
+            if row["state"] is None:
+                why = (f"dead-lettered ({dead[trade]})" if trade in dead
+                       else "never settled")  # fmt: skip
+                message = (f"executed trade {trade} has no settlement outcome: its"
+                           f" dx.trade.executed was published {published}, {why}")  # fmt: skip
+            else:
+                message = (f"executed trade {trade} ({row['state']}) has {row['opened']}"
+                           " ledger entries opening it (reserved or failed), not one")  # fmt: skip
+            problems.append(Problem(None, message))
+
+
+async def verify_database(
+    database_url: str,
+    out: IO[str],
+    *,
+    executed_subject: str | None = None,
+    after_seconds: float = DEFAULT_AFTER_SECONDS,
+) -> int:
+    """Verify the ledger and the books in one snapshot, and that every trade executed (on
+    ``executed_subject``; None: any subject prefix) more than ``after_seconds`` ago has exactly
+    one settlement outcome."""
     from exchange.platform.db import connect  # verifying a file or a receipt needs no driver
 
     started = time.perf_counter()
@@ -117,10 +193,12 @@ async def verify_database(database_url: str, out: IO[str]) -> int:
                 for query, describe in BOOK_CHECKS
                 for row in await conn.fetch(query)
             ]
+            trades, trade_problems = await _outcome_problems(conn, executed_subject, after_seconds)
     finally:
         await conn.close()
     verifier.problems.extend(book_problems)
-    return _report(verifier, checked, time.perf_counter() - started, out, books=True)
+    verifier.problems.extend(trade_problems)
+    return _report(verifier, checked, time.perf_counter() - started, out, books=True, trades=trades)
 
 
 def _lines(path: Path) -> Iterator[bytes]:
@@ -167,10 +245,20 @@ def verify_export(path: Path, out: IO[str]) -> int:
     return _report(verifier, checked, time.perf_counter() - started, out, books=False)
 
 
-def _report(verifier: Verifier, heads: int, seconds: float, out: IO[str], *, books: bool) -> int:
+def _report(
+    verifier: Verifier,
+    heads: int,
+    seconds: float,
+    out: IO[str],
+    *,
+    books: bool,
+    trades: int | None = None,
+) -> int:
     what = f"{verifier.entries} entries, {heads} signed tree heads" + (
         ", the books" if books else ""
     )
+    if trades is not None:
+        what += f", {trades} executed trades' outcomes"
     if not verifier.problems:
         out.write(f"ledger verified: {what} in {seconds:.2f}s\n")
         return 0

@@ -26,6 +26,7 @@ from typing import Any
 
 import msgspec
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from exchange.platform.bus import fetch_batch
 from exchange.platform.context import Platform
@@ -78,6 +79,16 @@ async def subscribe(platform: Platform) -> Any:
         stream=settings.stream_name,
         config=consumer_config(settings),
     )
+
+
+async def backlog(platform: Platform) -> int | None:
+    """How many executed events the durable consumer has not handed out yet (None: it does not
+    exist yet). The reconciler waits while there are any: their trades are queued, not lost."""
+    try:
+        info = await platform.nats.jetstream().consumer_info(platform.settings.stream_name, DURABLE)
+    except NotFoundError:
+        return None
+    return int(info.num_pending or 0)
 
 
 class Consumer:

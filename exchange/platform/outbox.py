@@ -6,6 +6,11 @@ holds), publishes each with ``Nats-Msg-Id`` = event id (JetStream drops a re-pub
 duplicate window; consumers are idempotent beyond it), and marks the rows in the same
 transaction. Rows are never read by ``id > last_seen``: transactions commit out of order.
 LISTEN/NOTIFY only wakes the relay early; it polls every second regardless.
+
+Rows are kept after they are published. A room that must find again events it may have missed
+(the settlement room's reconciler: an executed trade whose event never reached its consumer)
+reads them with `published`, a page of one kind of event by when it was published, over a
+partial index per kind (``0016``), and takes the ones it needs with `stored`.
 """
 
 from __future__ import annotations
@@ -13,14 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import msgspec
 
 from exchange.platform.context import Platform
-from exchange.platform.db import Connection, connect
+from exchange.platform.db import Connection, Executor, connect
 from exchange.platform.logging import get_logger
 from exchange.platform.rows import Row
 
@@ -127,6 +132,68 @@ async def enqueue_many(
         ids, [e[0] for e in events], payloads, request_id, at,
     )  # fmt: skip
     return [str(i) for i in ids]
+
+
+# The kinds of event indexed by when they were published, with the partial index's predicate
+# word for word (the planner uses a partial index only for a query that states its predicate).
+PUBLISHED_INDEXES = {"trade.executed": "subject LIKE '%.trade.executed'"}
+_NIL = uuid.UUID(int=0)
+
+
+class PublishedEvent(msgspec.Struct, frozen=True):
+    id: uuid.UUID  # the CloudEvent id, the first publication's Nats-Msg-Id
+    event_subject: str | None  # the CloudEvent's subject: what it is about (a trade's id)
+    published_at: datetime
+
+
+class StoredEvent(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    subject: str  # the NATS subject it was published on
+    payload: bytes  # the CloudEvent, as published
+    request_id: str | None
+
+
+def published_sql(kind: str, *, exact_subject: bool) -> str:
+    """The statement behind `published` (its parameters: after, after id, before, limit, and
+    with ``exact_subject`` the subject)."""
+    predicate = PUBLISHED_INDEXES[kind]
+    return (
+        "SELECT id, convert_from(payload, 'UTF8')::json ->> 'subject' AS event_subject,"
+        f" published_at FROM outbox WHERE {predicate}"
+        + (" AND subject = $5" if exact_subject else "")
+        + " AND (published_at, id) > ($1, $2) AND published_at < $3"
+        " ORDER BY published_at, id LIMIT $4"
+    )
+
+
+async def published(
+    conn: Executor,
+    kind: str,
+    *,
+    before: datetime,
+    after: tuple[datetime, uuid.UUID | None] | None = None,
+    subject: str | None = None,
+    limit: int = 1000,
+) -> list[PublishedEvent]:
+    """A page of the events of ``kind`` (a key of `PUBLISHED_INDEXES`, e.g. "trade.executed")
+    published before ``before``, from just past ``after`` ((published_at, id) of the last one
+    read; None: from the first), in that order. ``subject``: only those on this NATS subject
+    (the exchange's own prefix); None: any prefix. An index range scan, whatever the table's
+    size."""
+    since, since_id = after if after is not None else (datetime.min.replace(tzinfo=UTC), None)
+    args: list[Any] = [since, since_id or _NIL, before, limit]
+    if subject is not None:
+        args.append(subject)
+    rows = await conn.fetch(published_sql(kind, exact_subject=subject is not None), *args)
+    return [PublishedEvent(r["id"], r["event_subject"], r["published_at"]) for r in rows]
+
+
+async def stored(conn: Executor, ids: list[uuid.UUID]) -> list[StoredEvent]:
+    """The events with these ids, as they were published (by primary key)."""
+    rows = await conn.fetch(
+        "SELECT id, subject, payload, request_id FROM outbox WHERE id = ANY($1::uuid[])", ids
+    )
+    return [StoredEvent(r["id"], r["subject"], bytes(r["payload"]), r["request_id"]) for r in rows]
 
 
 async def relay_batch(platform: Platform, limit: int = BATCH) -> int:

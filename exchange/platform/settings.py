@@ -57,6 +57,10 @@ class Settings:
     public_base_url: str | None = None  # where others reach this API (certificates, identity)
     # Set by `dataex up` for its parts: the file where it says what runs (exchange.supervisor).
     supervisor_status: Path | None = None
+    # How long after its dx.trade.executed was published a trade may go without a settlement
+    # outcome before the settlement room's reconciler publishes the event again (and
+    # `dataex ledger verify` names it if it still has none).
+    reconcile_after_seconds: int = 60
 
     @property
     def public_url(self) -> str:
@@ -166,6 +170,7 @@ class Settings:
         values["public_base_url"] = url("DATAEX_PUBLIC_URL", ("http", "https"))
         status = text("DATAEX_SUPERVISOR_STATUS")
         values["supervisor_status"] = Path(status) if status else None
+        values["reconcile_after_seconds"] = integer("DATAEX_RECONCILE_AFTER_SECONDS", 1, 86_400)
 
         if problems:
             raise SettingsError(problems)
@@ -196,6 +201,7 @@ class Settings:
             "DATAEX_RATE_LIMIT_BURST": str(self.rate_limit_burst),
             "DATAEX_RATE_LIMIT_ANONYMOUS_PER_SECOND": str(self.rate_limit_anonymous_per_second),
             "DATAEX_PEER_POLL_MS": str(self.peer_poll_ms),
+            "DATAEX_RECONCILE_AFTER_SECONDS": str(self.reconcile_after_seconds),
         }
         if self.stream_replicas is not None:
             env["DATAEX_STREAM_REPLICAS"] = str(self.stream_replicas)

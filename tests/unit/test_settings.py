@@ -45,6 +45,7 @@ def test_values_are_read():
         ("DATAEX_LOG_LEVEL", "loud", "one of debug, info, warning, error"),
         ("DATAEX_EXCHANGE_CODE", "sz", "2-8 upper-case letters"),
         ("DATAEX_SUBJECT_PREFIX", "DX.>", "lower-case NATS subject token"),
+        ("DATAEX_RECONCILE_AFTER_SECONDS", "0", "between 1 and 86400"),
     ],
 )
 def test_each_bad_value_is_named(name, value, says):

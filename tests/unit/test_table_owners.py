@@ -71,6 +71,8 @@ TABLE_OWNERS = {
     "ledger_tree_heads": "settlement",
     "settlement_failures": "settlement",
     "usage_statements": "settlement",
+    "settlement_reconciler": "settlement",
+    "settlement_overdue": "settlement",
     # delivery: grants, quotas, usage, files
     "grants": "exchange.delivery",
     "grant_quotas": "exchange.delivery",
