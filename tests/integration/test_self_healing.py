@@ -10,6 +10,7 @@ shared servers may not be killed.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -18,8 +19,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from exchange.platform.bus import connect_nats
+from exchange.platform.embedded import EmbeddedNats
+from exchange.platform.events import TradeExecuted
+from settlement.consumer import DURABLE
 from tests.kit.up import Exchange, place_orders, settle_check
 
 pytestmark = [pytest.mark.faults, pytest.mark.system]
@@ -135,3 +141,50 @@ def test_a_second_up_on_the_same_state_folder_is_refused(exchange):
     assert completed.returncode != 0
     assert "another `dataex up`" in completed.stderr
     assert exchange.ready()  # and the first one's servers were left alone
+
+
+RECONCILE_AFTER_S = 3
+
+
+async def test_trades_a_foreign_client_took_from_the_settlement_consumer_still_settle(tmp_path):
+    """A client with the exchange's NATS credentials pulls and acknowledges messages of the
+    settlement workers' durable consumer during the run: the reconciler publishes those trades
+    again once they are `RECONCILE_AFTER_S` overdue, and counts them."""
+    exchange = Exchange(tmp_path / "state", DATAEX_RECONCILE_AFTER_SECONDS=str(RECONCILE_AFTER_S))
+    exchange.start()
+    stop = asyncio.Event()
+    stolen: list[str] = []
+    try:
+        nats_url = EmbeddedNats(exchange.state).live_url()
+        assert nats_url
+        client = await connect_nats(nats_url, name="a-foreign-client")
+        thief = await client.jetstream().pull_subscribe_bind(DURABLE, stream="DATAEX")
+
+        async def steal() -> None:
+            while not stop.is_set():
+                try:
+                    messages = await thief.fetch(5, timeout=0.2)
+                except TimeoutError:
+                    continue
+                for message in messages:
+                    event = msgspec.json.decode(message.data, type=TradeExecuted)
+                    stolen.append(event.data.trade_id)
+                    await message.ack()
+
+        stealing = asyncio.create_task(steal())
+        assert exchange.token
+        load = await place_orders(
+            exchange.url, exchange.token, ORDERS, fault_after=ORDERS + 1, fault=lambda: None
+        )
+        stop.set()
+        await stealing
+        await client.close()
+        assert stolen and len(set(stolen)) == len(stolen)
+        await settle_check(exchange, load, within=RECONCILE_AFTER_S * 4 + 30)
+        settlement = exchange.readiness()["settlement"]
+        assert settlement["overdue"] == 0
+        assert settlement["republished_total"] == len(stolen), (settlement, len(stolen))
+        print(f"\n{len(stolen)} of {load.accepted} trades stolen, all republished and settled")
+    finally:
+        stop.set()
+        exchange.stop()
