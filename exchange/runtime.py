@@ -349,7 +349,7 @@ def _print_banner(running: Servers, token: str | None, seconds: float) -> None:
         + _without_password(settings.database_url or ""),
         "  NATS         "
         + ("embedded, " if running.nats else "external, ")
-        + (settings.nats_url or ""),
+        + _without_password(settings.nats_url or ""),
     ]
     if token:
         lines += [
@@ -367,13 +367,11 @@ def _host(settings: Settings) -> str:
 
 
 def _without_password(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
+    """The URL(s) with any password or NATS token as ``***`` (the credentials files are in
+    the state folder; the README's configuration section says how to use them by hand)."""
+    from exchange.platform.settings import redact_url
 
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    return redact_url(url)
 
 
 def serve(part: str, settings: Settings) -> int:

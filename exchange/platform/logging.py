@@ -1,4 +1,5 @@
-"""structlog set-up: readable in a terminal, JSON lines otherwise; no secret in a log line."""
+"""structlog set-up: readable in a terminal, JSON lines otherwise; no secret in a log line
+(secret-looking keys, dataex tokens and the passwords of URLs are redacted)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import structlog
 
 _SECRET_KEYS = re.compile(r"(token|secret|password|authorization|private|master_key|api_key)", re.I)
 _TOKEN_VALUE = re.compile(r"dxt_[A-Za-z0-9]+_[A-Za-z0-9_-]+")
+# The password of a URL with credentials (postgresql://user:password@…, nats://user:password@…).
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s/@:]*:)[^\s/@]+@", re.I)
 
 
 def _redact(value: Any) -> Any:
     if isinstance(value, str):
+        value = _URL_PASSWORD.sub(r"\1[redacted]@", value)
         return _TOKEN_VALUE.sub("dxt_[redacted]", value)
     return value
 
