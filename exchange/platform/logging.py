@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
 import sys
@@ -46,9 +47,7 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
         redact_secrets,
     ]
     renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if use_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.processors.JSONRenderer() if use_json else _console(sys.stderr.isatty())
     )
     numeric = getattr(logging, level.upper(), logging.INFO)
     structlog.configure(
@@ -69,6 +68,17 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.INFO) if numeric < logging.INFO else numeric)
+
+
+def _console(colors: bool) -> Any:
+    """The terminal renderer; its tracebacks leave out local variables (a URL with its password
+    may be one), which Rich's would show."""
+    if importlib.util.find_spec("rich") is None:
+        return structlog.dev.ConsoleRenderer(colors=colors)
+    tracebacks = structlog.dev.RichTracebackFormatter(
+        show_locals=False, color_system="truecolor" if colors else None
+    )
+    return structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=tracebacks)
 
 
 def get_logger(name: str) -> Any:
