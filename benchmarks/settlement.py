@@ -26,7 +26,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from typing import IO, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 import msgspec
@@ -242,6 +242,12 @@ def pgbench(database_url: str, seconds: int, out: IO[str]) -> float:
 
     binary = str(_pg_bin() / "pgbench")
     env = {**os.environ, "PGOPTIONS": "-c synchronous_commit=on"}
+    # The password goes in the environment, not on the command line that `ps` shows anyone.
+    parts = urlsplit(database_url)
+    if parts.password is not None:
+        env["PGPASSWORD"] = unquote(parts.password)
+        netloc = f"{parts.username or ''}@{parts.netloc.rpartition('@')[2]}"
+        database_url = urlunsplit(parts._replace(netloc=netloc))
     subprocess.run([binary, "-i", "-q", "-s", "10", database_url], check=True,
                    capture_output=True, env=env)  # fmt: skip
     result = subprocess.run(

@@ -76,7 +76,10 @@ async def readiness(platform: Platform) -> Readiness:
         connected = platform.nats.is_connected
         return Check(
             ok=connected,
-            detail=platform.nats.connected_url.netloc if connected else "not connected",
+            # host:port only, never the URL's user and password
+            detail=f"{url.hostname}:{url.port}"
+            if connected and (url := platform.nats.connected_url)
+            else "not connected",
         )
 
     async def jetstream() -> str:

@@ -26,6 +26,7 @@ from exchange.platform.db import connect, create_pool, migrate
 from exchange.platform.embedded import EmbeddedNats, EmbeddedPostgres
 from exchange.platform.logging import get_logger
 from exchange.platform.settings import Settings
+from exchange.platform.statefolder import seal_state
 
 log = get_logger("dataex.runtime")
 
@@ -67,8 +68,7 @@ def start_servers(settings: Settings, *, attach: bool = False) -> Servers:
 
     ``attach``: use the embedded servers of a running `dataex up` on the same state folder
     instead of starting (which would first stop them as stale); for one-off commands."""
-    state = settings.state_dir.resolve()
-    state.mkdir(parents=True, exist_ok=True)
+    state = seal_state(settings.state_dir.resolve())
     postgres = nats = None
     try:
         database_url = settings.database_url
@@ -358,10 +358,9 @@ def _lock_state_folder(settings: Settings) -> Any:
     crashed run never blocks the next."""
     import fcntl
 
-    state = Path(settings.state_dir).resolve()
-    state.mkdir(parents=True, exist_ok=True)
+    state = seal_state(Path(settings.state_dir).resolve())
     path = state / "up.lock"
-    handle = path.open("a+")
+    handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600), "r+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -372,6 +371,7 @@ def _lock_state_folder(settings: Settings) -> Any:
             f"another `dataex up` (pid {holder}) runs on the state folder {state}:"
             " stop it first, or set DATAEX_STATE_DIR to another folder"
         ) from None
+    handle.seek(0)
     handle.truncate(0)
     handle.write(str(os.getpid()))
     handle.flush()
@@ -394,7 +394,7 @@ def _print_banner(running: Servers, token: str | None, seconds: float) -> None:
         + _without_password(settings.database_url or ""),
         "  NATS         "
         + ("embedded, " if running.nats else "external, ")
-        + (settings.nats_url or ""),
+        + _without_password(settings.nats_url or ""),
     ]
     if token:
         lines += [
@@ -412,13 +412,11 @@ def _host(settings: Settings) -> str:
 
 
 def _without_password(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
+    """The URL(s) with any password or NATS token as ``***`` (the credentials files are in
+    the state folder; the README's configuration section says how to use them by hand)."""
+    from exchange.platform.settings import redact_url
 
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    return redact_url(url)
 
 
 def serve(part: str, settings: Settings) -> int:

@@ -23,6 +23,7 @@ from exchange.catalog.api import dataset_page
 from exchange.platform.db import create_pool
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing, load_master_key
+from exchange.platform.statefolder import private_dirs, write_private
 
 PAGE = 5_000
 SNAPSHOT_TYPE = "dataex-catalog-snapshot+jws"
@@ -47,13 +48,13 @@ async def publish(settings: Settings, out: IO[str]) -> int:
         body = msgspec.json.encode(document, order="sorted")
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         folder = settings.state_dir.resolve() / "catalog" / now.strftime("%Y-%m-%d")
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dirs(folder)  # the state folder's own: 0700 folders, 0600 files
         path = folder / f"catalog-{now.strftime('%Y%m%dT%H%M%SZ')}.jsonld"
-        await asyncio.to_thread(path.write_bytes, body)
+        await asyncio.to_thread(write_private, path, body)
         async with pool.acquire() as conn, conn.transaction():
             key = await KeyRing(load_master_key(settings.state_dir.resolve())).current(conn)
             jws = key.sign_detached(digest.encode(), typ=SNAPSHOT_TYPE)
-            await asyncio.to_thread(Path(f"{path}.jws").write_text, jws + "\n")
+            await asyncio.to_thread(write_private, Path(f"{path}.jws"), jws + "\n")
             await conn.execute(
                 "INSERT INTO catalog_publications (published_at, datasets, digest, kid, jws, file)"
                 " VALUES ($1, $2, $3, $4, $5, $6)",

@@ -60,6 +60,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from exchange.platform.errors import Conflict, DataexError, InvalidInput
+from exchange.platform.statefolder import open_private, private_dirs
 
 RECORD_BYTES: Final = 1 << 20  # plaintext per sealed record: the unit of decryption and metering
 MAX_CHUNK_BYTES: Final = 8 << 20  # one upload request's body
@@ -276,12 +277,11 @@ class LocalFolderStore:
         """The upload's (data key, wrapped key), made by whichever request comes first: the
         wrapped key is written whole and then hard-linked into place, so a machine racing
         another never reads half a key, and the first link wins."""
-        folder = self._staging(upload.id)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = private_dirs(self._staging(upload.id))
         path = folder / "key"
         if not path.exists():
             temp = folder / f"key.{secrets.token_hex(8)}.tmp"
-            with temp.open("wb") as handle:
+            with open_private(temp) as handle:
                 handle.write(wrap_key(self._master, upload.sha256, new_data_key()))
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -306,7 +306,7 @@ class LocalFolderStore:
         sealer = Sealer(data_key, upload.sha256, upload.size_bytes, self.record_bytes)
         target = self._chunk(upload.id, index)
         temp = target.with_name(f"{target.name}.{secrets.token_hex(8)}.tmp")
-        handle = await asyncio.to_thread(temp.open, "wb")
+        handle = await asyncio.to_thread(open_private, temp)
         try:
             await self._receive(upload, index, body, sha256, sealer, handle)
             await asyncio.to_thread(self._place_chunk, handle, temp, target)
@@ -383,10 +383,10 @@ class LocalFolderStore:
             )
         sealer = Sealer(data_key, upload.sha256, upload.size_bytes, self.record_bytes)
         target = self._object(upload.sha256, wrapped)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        private_dirs(target.parent)
         temp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
         try:
-            with temp.open("wb") as out:
+            with open_private(temp) as out:
                 self._copy_checked(upload, sealer, out)
                 out.flush()
                 os.fsync(out.fileno())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -20,8 +21,32 @@ log = get_logger(__name__)
 DUPLICATE_WINDOW_SECONDS = 120.0
 
 
+def split_credentials(url: str) -> tuple[list[str], dict[str, str]]:
+    """The servers of a NATS URL (``nats://a:4222,nats://b:4222``) without credentials, and the
+    credentials given in them (``nats://user:password@…`` or a token, ``nats://token@…``),
+    percent-decoded, as `nats.connect` options.
+
+    Given as options, they are sent to every server, those the client learns from the cluster
+    too: nats-py would send a URL's credentials only to that URL's server."""
+    servers: list[str] = []
+    options: dict[str, str] = {}
+    for one in (part.strip() for part in url.split(",")):
+        if not one:
+            continue
+        parts = urlsplit(one)
+        if parts.username is not None and not options:
+            if parts.password is not None:
+                options = {"user": unquote(parts.username), "password": unquote(parts.password)}
+            else:
+                options = {"token": unquote(parts.username)}
+        host = parts.netloc.rpartition("@")[2]
+        servers.append(urlunsplit(parts._replace(netloc=host)))
+    return servers, options
+
+
 async def connect_nats(url: str, *, name: str, connect_timeout: float = 5.0) -> NatsClient:
-    """Connect with bounded retries at start and unlimited reconnects afterwards."""
+    """Connect with bounded retries at start and unlimited reconnects afterwards. The URL may
+    carry credentials (`split_credentials`)."""
 
     async def on_error(error: Exception) -> None:
         log.warning("nats_error", error=str(error))
@@ -36,10 +61,11 @@ async def connect_nats(url: str, *, name: str, connect_timeout: float = 5.0) -> 
     async def on_reconnect() -> None:
         log.info("nats_reconnected")
 
+    servers, credentials = split_credentials(url)
     client: NatsClient = await nats.connect(
         # A cluster is given as "nats://a:4222,nats://b:4222,...": any of them lets us in, and
         # the client learns the others from the servers and reconnects to whichever is up.
-        [one.strip() for one in url.split(",") if one.strip()],
+        servers,
         name=name,
         connect_timeout=connect_timeout,
         allow_reconnect=True,
@@ -48,6 +74,7 @@ async def connect_nats(url: str, *, name: str, connect_timeout: float = 5.0) -> 
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
+        **credentials,
     )
     closing.append(client)
     return client

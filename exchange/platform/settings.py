@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 LogFormat = Literal["auto", "console", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -16,6 +16,26 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 _EXCHANGE_CODE = re.compile(r"^[A-Z][A-Z0-9]{1,7}$")
 _STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SUBJECT_TOKEN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def redact_url(url: str) -> str:
+    """A URL (or a comma-separated list of them) fit to print: a password, or a NATS token given
+    as a bare user (``nats://token@host``), is shown as ``***``."""
+    shown = []
+    for one in url.split(","):
+        try:
+            parts = urlsplit(one)
+            user, password = parts.username, parts.password
+        except ValueError:
+            shown.append("***")  # not a URL one can read safely: show none of it
+            continue
+        if user is not None and (password is not None or parts.scheme in ("nats", "tls")):
+            login = f"{user}:***" if password is not None else "***"
+            host = parts.netloc.rpartition("@")[2]
+            shown.append(urlunsplit(parts._replace(netloc=f"{login}@{host}")))
+        else:
+            shown.append(one)
+    return ",".join(shown)
 
 
 class SettingsError(ValueError):
@@ -30,8 +50,10 @@ class SettingsError(ValueError):
 class Settings:
     """Everything configurable. Defaults run the whole exchange on one machine."""
 
-    database_url: str | None = None
-    nats_url: str | None = None
+    # Either may carry credentials (postgresql://user:password@…, nats://user:password@…):
+    # kept out of repr(), and printed only through redact_url.
+    database_url: str | None = field(default=None, repr=False)
+    nats_url: str | None = field(default=None, repr=False)
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     api_workers: int = 1
@@ -92,12 +114,13 @@ class Settings:
             # NATS: a comma-separated list of a cluster's servers is one setting.
             for one in raw.split(",") if several else [raw]:
                 parts = urlsplit(one.strip())
+                shown = redact_url(one.strip())
                 if parts.scheme not in schemes:
                     problems.append(
-                        f"{name}: scheme must be one of {', '.join(schemes)}, got {one!r}"
+                        f"{name}: scheme must be one of {', '.join(schemes)}, got {shown!r}"
                     )
                 elif not parts.netloc and "host=" not in parts.query:
-                    problems.append(f"{name}: no host in {one!r}")
+                    problems.append(f"{name}: no host in {shown!r}")
             return raw
 
         def integer(name: str, low: int, high: int) -> int | None:

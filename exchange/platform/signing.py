@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from exchange.platform.canonical import canonical_json
 from exchange.platform.errors import Unavailable
+from exchange.platform.statefolder import seal_state, tighten
 
 if TYPE_CHECKING:  # verifying signatures needs no database driver
     from exchange.platform.db import Connection, Executor
@@ -66,12 +67,13 @@ def load_master_key(state_dir: Path, env: str | None = None) -> bytes:
             raise SigningError("DATAEX_MASTER_KEY must encode exactly 32 bytes")
         return key
     path = state_dir / MASTER_KEY_FILE
-    state_dir.mkdir(parents=True, exist_ok=True)
+    seal_state(state_dir)
     with contextlib.suppress(FileExistsError):
         # O_EXCL: two processes starting together never write two different keys.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(b64url(secrets.token_bytes(32)) + "\n")
+    tighten(path)  # one made before the state folder was private may be 0644
     key = b64url_decode(path.read_text().strip())
     if len(key) != 32:
         raise SigningError(f"{path} does not hold a 32-byte key")

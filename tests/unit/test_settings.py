@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from exchange.platform.settings import Settings, SettingsError
+from exchange.platform.bus import split_credentials
+from exchange.platform.settings import Settings, SettingsError, redact_url
 
 
 def test_defaults_run_embedded_on_localhost():
@@ -79,3 +80,49 @@ def test_embedded_postgresql_gets_a_quarter_of_memory_for_buffers_within_bounds(
     assert server_settings(gib // 4)["shared_buffers"] == "128MB"  # floor
     assert server_settings(2 * gib)["max_wal_size"] == "4GB"
     assert server_settings()["shared_buffers"].endswith("MB")  # this machine's, read
+
+
+def test_urls_with_credentials_are_read_whole_and_never_shown():
+    env = {
+        "DATAEX_DATABASE_URL": "postgresql://dataex:s%40cret@db.example:5432/dataex",
+        "DATAEX_NATS_URL": "nats://dx:p%2Cw@n1:4222,nats://dx:p%2Cw@n2:4222",
+    }
+    settings = Settings.from_env(env)
+    assert (settings.database_url, settings.nats_url) == (
+        env["DATAEX_DATABASE_URL"],
+        env["DATAEX_NATS_URL"],
+    )
+    assert settings.to_env()["DATAEX_NATS_URL"] == env["DATAEX_NATS_URL"]  # to the parts
+    assert "cret" not in repr(settings) and "p%2Cw" not in repr(settings)
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"DATAEX_NATS_URL": "nats://dx:hunter2@n1:4222,natz://dx:hunter2@n2"})
+    assert "hunter2" not in str(caught.value)
+    assert "natz://dx:***@n2" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql://postgres:pw@/dataex?host=/tmp/s",
+            "postgresql://postgres:***@/dataex?host=/tmp/s",
+        ),
+        ("postgresql://postgres@127.0.0.1/dataex", "postgresql://postgres@127.0.0.1/dataex"),
+        ("nats://dataex:pw@127.0.0.1:4222", "nats://dataex:***@127.0.0.1:4222"),
+        ("nats://s3cr3t-token@127.0.0.1:4222", "nats://***@127.0.0.1:4222"),
+        ("nats://a:x@n1:1,nats://n2:2", "nats://a:***@n1:1,nats://n2:2"),
+        ("", ""),
+    ],
+)
+def test_redact_url_hides_passwords_and_nats_tokens(url, shown):
+    assert redact_url(url) == shown
+
+
+def test_nats_credentials_are_split_off_and_decoded_for_every_server():
+    servers, options = split_credentials(
+        "nats://dx:p%40ss%2C1@n1:4222, nats://dx:p%40ss%2C1@n2:4222"
+    )
+    assert servers == ["nats://n1:4222", "nats://n2:4222"]
+    assert options == {"user": "dx", "password": "p@ss,1"}
+    assert split_credentials("nats://tok%21en@n1:4222") == (["nats://n1:4222"], {"token": "tok!en"})
+    assert split_credentials("nats://n1:4222") == (["nats://n1:4222"], {})
