@@ -20,9 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
+import nats
+import nats.errors
 import pytest
 
-from exchange.platform.bus import connect_nats
+from exchange.platform.bus import connect_nats, split_credentials
 from exchange.platform.embedded import EmbeddedNats
 from exchange.platform.events import TradeExecuted
 from settlement.consumer import DURABLE
@@ -157,6 +159,11 @@ async def test_trades_a_foreign_client_took_from_the_settlement_consumer_still_s
     try:
         nats_url = EmbeddedNats(exchange.state).live_url()
         assert nats_url
+        # Sealed: without the exchange's credentials (kept in its private state folder) the
+        # server refuses the client outright; this one has them, as a leaked or buggy one would.
+        servers, _credentials = split_credentials(nats_url)
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await nats.connect(servers[0], allow_reconnect=False, connect_timeout=3)
         client = await connect_nats(nats_url, name="a-foreign-client")
         thief = await client.jetstream().pull_subscribe_bind(DURABLE, stream="DATAEX")
 
