@@ -32,6 +32,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 from exchange.platform.errors import DataexError, FieldError
+from exchange.platform.validation import decode_json
 
 MAX_JSON_DEPTH: Final = 32
 # Longest path or query parameter value, in characters: ids, codes, cursors and search text are
@@ -218,7 +219,7 @@ def too_deep_at(body: bytes, limit: int = MAX_JSON_DEPTH) -> str | None:
     if body.count(b"[") + body.count(b"{") <= limit:
         return None
     try:
-        value = msgspec.json.decode(body)
+        value = decode_json(body)
     except RecursionError:
         return "$"
     except msgspec.DecodeError:
@@ -326,7 +327,7 @@ def check_json_body(body: bytes, limit: int = MAX_JSON_DEPTH) -> None:
         )
     if b"\\u0000" in body:
         try:
-            value = msgspec.json.decode(body)
+            value = decode_json(body)
         except msgspec.DecodeError:
             return  # not JSON: the handler reports it as malformed
         where = _nul_path(value)

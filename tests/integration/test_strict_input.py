@@ -1,0 +1,112 @@
+"""Strict input over HTTP (issue 17): bodies that are not UTF-8 are 400, and an integer is an
+integer in a JSON body (a string or a float for one is a 422 naming its field)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.kit.api import assert_problem, bearer, make_uscc, register_org
+from tests.kit.documents import metadata
+from tests.kit.market import deposit, order_body, place
+
+JSON = {"content-type": "application/json"}
+NOT_INTEGERS = ["100", 100.0, "1e2"]
+
+
+def paths(problem: dict[str, Any]) -> set[str]:
+    return {error["path"] for error in problem["errors"]}
+
+
+def messages(problem: dict[str, Any], path: str) -> list[str]:
+    return [error["message"] for error in problem["errors"] if error["path"] == path]
+
+
+# --- bytes that are not UTF-8 ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b'{"name": "\xff\xfe"}', "application/json"),  # inside a string
+        (b'{"\xc3": 1}', "application/json"),  # a key cut short
+        (b'{"name": "\xed\xa0\x80"}', "application/problem+json"),  # an encoded surrogate
+        (
+            b'{"name": "\xff"}',
+            "text/plain",
+        ),  # not declared JSON: the handler decodes it all the same
+        (b'{"name": "\xff", "a": ' + b"[" * 40 + b"]" * 40 + b"}", "application/json"),  # deep
+        (b'{"name": "\xff\\u0000"}', "application/json"),  # a NUL too: the input guard decodes
+    ],
+)
+async def test_a_body_that_is_not_utf8_is_a_400_problem(client, admin_token, body, content_type):
+    response = await client.post(
+        "/v1/organisations",
+        content=body,
+        headers={**bearer(admin_token), "content-type": content_type},
+    )
+    problem = assert_problem(response, 400, "malformed_json")
+    assert "not UTF-8" in problem["detail"]
+
+
+async def test_invalid_utf8_in_the_query_or_the_path_is_no_500(client, admin_token):
+    for url in ("/v1/products?q=%FF%FE", "/v1/audit?action=%C3", "/v1/policy/lists/%FF"):
+        response = await client.get(url, headers=bearer(admin_token))
+        assert response.status_code < 500, (url, response.text)
+        assert response.headers["content-type"].startswith("application/")
+
+
+# --- an integer is an integer -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("amount", NOT_INTEGERS)
+async def test_a_deposit_that_is_not_an_integer_is_a_422_naming_it(
+    client, admin_token, pool, amount
+):
+    org = await register_org(client, admin_token, make_uscc(1), ["buyer"])
+    response = await deposit(client, admin_token, org["id"], amount, "bank-1")
+    problem = assert_problem(response, 422, "validation_failed")
+    assert paths(problem) == {"amount_fen"}
+    assert "int" in messages(problem, "amount_fen")[0]
+    assert await pool.fetchval("SELECT count(*) FROM movements") == 0
+    # The integer itself is fine.
+    assert (await deposit(client, admin_token, org["id"], 100, "bank-1")).status_code == 201
+
+
+@pytest.mark.parametrize("price", NOT_INTEGERS)
+async def test_a_plan_price_that_is_not_an_integer_is_a_422_naming_it(market, client, price):
+    document = metadata()
+    document["plans"][0]["price_fen"] = price
+    response = await client.post("/v1/products", json=document, headers=bearer(market["seller"]))
+    problem = assert_problem(response, 422, "validation_failed")
+    assert paths(problem) == {"plans[0].price_fen"}
+    assert "int" in messages(problem, "plans[0].price_fen")[0]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("quantity", "2"),
+        ("quantity", 2.0),
+        ("term_days", "1e2"),
+        ("spend_cap_fen", "5000"),
+        ("redistribution", "false"),  # a boolean is a boolean too
+        ("redistribution", 0),
+    ],
+)
+async def test_order_fields_take_their_own_json_type_only(client, trade, field, value):
+    response = await place(client, trade, order_body(str(uuid.uuid4()), **{field: value}))
+    problem = assert_problem(response, 422, "validation_failed")
+    assert paths(problem) == {field}
+
+
+async def test_query_parameters_are_still_read_from_their_text(client, admin_token):
+    # A query string has no types: "2" is the integer 2 there, as before.
+    response = await client.get("/v1/audit?limit=2", headers=bearer(admin_token))
+    assert response.status_code == 200, response.text
+    assert len(response.json()["items"]) <= 2
+    bad = await client.get("/v1/audit?limit=two", headers=bearer(admin_token))
+    problem = assert_problem(bad, 400, "validation_failed")
+    assert paths(problem) == {"limit"}
