@@ -48,6 +48,7 @@ from exchange.platform.http import (
 )
 from exchange.platform.limits import (
     MAX_JSON_DEPTH,
+    MAX_JSON_INTEGER,
     MAX_PARAMETER_CHARS,
     InputGuardMiddleware,
     RateLimitMiddleware,
@@ -199,7 +200,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                 " Errors are RFC 9457 problem details (application/problem+json)."
                 f" Limits: request bodies up to {settings.max_body_bytes} bytes (413), JSON"
                 f" nested at most {MAX_JSON_DEPTH} levels (400), in UTF-8 (400), no NUL characters"
-                " (422), path"
+                f" (422), no integer beyond ±{MAX_JSON_INTEGER} (422), path"
                 f" and query parameters up to {MAX_PARAMETER_CHARS} characters (400);"
                 f" {settings.rate_limit_per_second} requests/s per token (bursts of"
                 f" {settings.rate_limit_burst}) and {settings.rate_limit_anonymous_per_second}/s"

@@ -1,5 +1,5 @@
-"""Strict input over HTTP (issue 17): bodies that are not UTF-8 are 400, and an integer is an
-integer in a JSON body (a string or a float for one is a 422 naming its field)."""
+"""Strict input over HTTP (issue 17): bodies that are not UTF-8 are 400, an integer is an integer
+in a JSON body, and money (and any integer) stays within 2^53 - 1."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from exchange.platform.money import MAX_FEN
 from tests.kit.api import assert_problem, bearer, make_uscc, register_org
 from tests.kit.documents import metadata
-from tests.kit.market import deposit, order_body, place
+from tests.kit.market import deposit, list_product, order_body, place
 
 JSON = {"content-type": "application/json"}
 NOT_INTEGERS = ["100", 100.0, "1e2"]
@@ -110,3 +111,71 @@ async def test_query_parameters_are_still_read_from_their_text(client, admin_tok
     bad = await client.get("/v1/audit?limit=two", headers=bearer(admin_token))
     problem = assert_problem(bad, 400, "validation_failed")
     assert paths(problem) == {"limit"}
+
+
+# --- money within 2^53 - 1 fen -------------------------------------------------------------------
+
+
+async def test_a_plan_price_beyond_its_bound_is_a_422_naming_it_and_the_bound(market, client):
+    document = metadata()
+    document["plans"][0]["price_fen"] = 10**13 + 1
+    response = await client.post("/v1/products", json=document, headers=bearer(market["seller"]))
+    problem = assert_problem(response, 422, "validation_failed")
+    assert paths(problem) == {"plans[0].price_fen"}
+    assert str(10**13) in messages(problem, "plans[0].price_fen")[0]
+
+
+@pytest.mark.parametrize(
+    ("override", "value", "field"),
+    [
+        ("plans", [metadata()["plans"][0] | {"price_fen": 2**53}], "plans[0].price_fen"),
+        ("manual__scale__rows", 2**60, "manual.scale.rows"),
+        ("manual__sample__rows", [{"id": "x"}, {"count": -(2**70)}], "manual.sample.rows[1].count"),
+    ],
+)
+async def test_an_integer_beyond_2_53_anywhere_in_a_body_is_a_422_naming_it(
+    market, client, override, value, field
+):
+    # Stored, it would fail later: in the digest of the product's canonical JSON (a 500).
+    document = metadata(**{override: value})
+    response = await client.post("/v1/products", json=document, headers=bearer(market["seller"]))
+    problem = assert_problem(response, 422, "integer_out_of_range")
+    assert paths(problem) == {field}
+    assert str(MAX_FEN) in messages(problem, field)[0]
+    assert problem["max_integer"] == MAX_FEN
+    # A long run of digits in a string is text, and fine.
+    text = metadata(manual__sample__rows=[{"id": "9144030019220382160"}])
+    response = await client.post("/v1/products", json=text, headers=bearer(market["seller"]))
+    assert response.status_code == 201, response.text
+
+
+async def test_a_spend_cap_beyond_2_53_fen_is_a_422_naming_it_and_the_bound(client, trade):
+    for cap, code, bound in ((10**12 + 1, "validation_failed", 10**12),
+                             (2**53, "integer_out_of_range", MAX_FEN)):  # fmt: skip
+        body = order_body(str(uuid.uuid4()), plan_id="meter", spend_cap_fen=cap)
+        problem = assert_problem(await place(client, trade, body), 422, code)
+        assert paths(problem) == {"spend_cap_fen"}
+        assert str(bound) in messages(problem, "spend_cap_fen")[0]
+
+
+async def test_an_order_costing_more_than_2_53_fen_is_a_422_naming_quantity(client, trade, pool):
+    document = metadata()
+    document["plans"][0]["price_fen"] = 10**13  # the most a plan may cost
+    product_id = await list_product(client, trade, document)
+    # 10^13 x 1,000 = 10^16 fen; 10^13 x 900 = 9 x 10^15 fits alone, but not with the 1 % fee.
+    for quantity in (1_000, 900):
+        body = order_body(product_id, quantity=quantity)
+        problem = assert_problem(await place(client, trade, body), 422, "invalid_input")
+        assert paths(problem) == {"quantity"}
+        assert str(MAX_FEN) in messages(problem, "quantity")[0]
+        assert str(MAX_FEN) in problem["detail"]
+        assert problem["max_fen"] == MAX_FEN
+    assert await pool.fetchval("SELECT count(*) FROM orders") == 0
+    # Just within the bound the order is placed, and its contract signs as any other.
+    response = await place(client, trade, order_body(product_id, quantity=800))
+    assert response.status_code == 201, response.text
+    assert response.json()["price_fen"] == 8 * 10**15
+    assert response.json()["price_fen"] + response.json()["fee_fen"] <= MAX_FEN
+    contract_id = response.json()["contract_id"]
+    contract = await client.get(f"/v1/contracts/{contract_id}", headers=bearer(trade["buyer"]))
+    assert contract.status_code == 200, contract.text
