@@ -67,7 +67,15 @@ def request_id_of(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    """Binds the request id and route to every log line and writes one access-log line."""
+    """Binds the request id and route to every log line and writes one access-log line, with
+    the status the client was actually sent.
+
+    Litestar's exception boundary for a route sits inside the middlewares, around the handler:
+    what the middlewares after this one raise (429 from the rate limiter, 400 and 422 from the
+    input guard) would pass through here unanswered and be answered outside, unseen. So this
+    one answers them itself, with the same handlers, through the send it watches; the line
+    says 500 only when nothing was sent and the answer failed too.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -77,7 +85,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         rid = request_id_of(scope)
-        status = 500
+        status: int | None = None
         started = time.perf_counter()
 
         async def send_with_status(message: Message) -> None:
@@ -88,14 +96,28 @@ class RequestContextMiddleware:
 
         with bound_contextvars(request_id=rid, method=scope.get("method"), route=scope["path"]):
             try:
-                await self.app(scope, receive, send_with_status)
+                try:
+                    await self.app(scope, receive, send_with_status)
+                except Exception as error:
+                    if status is not None:
+                        raise  # the answer had begun: nothing better can be sent now
+                    await _answer_error(scope, receive, send_with_status, error)
             finally:
                 log.info(
                     "request",
-                    status=status,
+                    status=500 if status is None else status,
                     path=scope["path"],
                     ms=round((time.perf_counter() - started) * 1000, 2),
                 )
+
+
+async def _answer_error(scope: Scope, receive: Receive, send: Send, error: Exception) -> None:
+    """Answer ``error`` as the route's exception boundary would: the handler of its nearest
+    class in `EXCEPTION_HANDLERS` (the app's handlers)."""
+    request: Request[Any, Any, Any] = Request(scope, receive)
+    handler = next(EXCEPTION_HANDLERS[c] for c in type(error).__mro__ if c in EXCEPTION_HANDLERS)
+    response = handler(request, error)
+    await response.to_asgi_response(app=None, request=request)(scope, receive, send)
 
 
 class ApiRequest(Request[Any, Any, Any]):

@@ -1,15 +1,21 @@
 """Strict input over HTTP (issue 17): bodies that are not UTF-8 are 400, an integer is an integer
-in a JSON body, and money (and any integer) stays within 2^53 - 1."""
+in a JSON body, money (and any integer) stays within 2^53 - 1, and the access log says the status
+sent."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
 import pytest
+from litestar.testing import AsyncTestClient
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
 
+from exchange.app import create_app
 from exchange.platform.money import MAX_FEN
-from tests.kit.api import assert_problem, bearer, make_uscc, register_org
+from tests.kit.api import assert_problem, bearer, make_uscc, org_body, register_org
 from tests.kit.documents import metadata
 from tests.kit.market import deposit, list_product, order_body, place
 
@@ -179,3 +185,39 @@ async def test_an_order_costing_more_than_2_53_fen_is_a_422_naming_quantity(clie
     contract_id = response.json()["contract_id"]
     contract = await client.get(f"/v1/contracts/{contract_id}", headers=bearer(trade["buyer"]))
     assert contract.status_code == 200, contract.text
+
+
+# --- the access log says what was sent -------------------------------------------------------------
+
+
+def request_lines(logs: list[Any]) -> list[int]:
+    return [entry["status"] for entry in logs if entry["event"] == "request"]
+
+
+async def test_the_request_log_records_the_status_actually_sent(settings, clock, admin_token):
+    app = create_app(
+        dataclasses.replace(settings, rate_limit_per_second=1, rate_limit_burst=3), clock=clock
+    )
+    app.state.rate_limits.clock = lambda: 1000.0  # no refill: the admin token has 3 requests
+    admin = bearer(admin_token)
+    async with AsyncTestClient(app=app) as client:
+        bad_name = {**org_body(make_uscc(1)), "name": 5}
+        cases = [
+            # refused by the input guard, before any route's exception boundary
+            (lambda: client.get("/v1/audit?action=a%00b", headers=admin), 422),
+            (lambda: client.get("/v1/policy/lists/" + "x" * 1001), 400),
+            # refused by the handler: a body that is not UTF-8, a value of the wrong type
+            (lambda: client.post("/v1/organisations", content=b'{"a": "\xff"}',
+                                 headers={**admin, **JSON}), 400),
+            (lambda: client.post("/v1/organisations", json=bad_name, headers=admin), 422),
+            # refused by the rate limiter, before any route's exception boundary
+            (lambda: client.get("/v1/me", headers=admin), 429),
+            (lambda: client.get("/health/live"), 200),
+        ]  # fmt: skip
+        for call, status in cases:
+            with capture_logs(processors=[merge_contextvars]) as logs:
+                response = await call()
+            assert response.status_code == status, response.text
+            assert request_lines(logs) == [status], logs
+            line = next(entry for entry in logs if entry["event"] == "request")
+            assert line["request_id"] == response.headers["x-request-id"]
