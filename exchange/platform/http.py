@@ -21,8 +21,9 @@ from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Empty, Message, Receive, Scope, Send
 from structlog.contextvars import bound_contextvars
 
-from exchange.platform.errors import DataexError, FieldError
-from exchange.platform.limits import EXEMPT_PREFIXES, MAX_PARAMETER_CHARS, TooManyRequests
+from exchange.platform.db import database_unreachable
+from exchange.platform.errors import DataexError, DependencyUnavailable, FieldError
+from exchange.platform.limits import EXEMPT_PREFIXES, MAX_PARAMETER_CHARS
 from exchange.platform.logging import get_logger
 from exchange.platform.validation import collect_errors, decode_json
 
@@ -32,6 +33,9 @@ PROBLEM_JSON = "application/problem+json"
 REQUEST_ID_HEADER = "x-request-id"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 _MSGSPEC_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+# How long a client should wait before retrying while PostgreSQL cannot be reached: about what
+# a restart or a failover takes.
+DATABASE_RETRY_AFTER_S = 5
 
 
 def problem_type(code: str) -> str:
@@ -191,6 +195,10 @@ def problem_response(
     return Response(content=body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def _described(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
 def _instance(path: str) -> str:
     """The request path, cut short when it is itself the problem (never echo a huge input)."""
     return path if len(path) <= MAX_PARAMETER_CHARS else path[:200] + "…"
@@ -198,11 +206,17 @@ def _instance(path: str) -> str:
 
 def handle_dataex_error(request: Request[Any, Any, Any], error: DataexError) -> Response[Any]:
     if error.status >= 500:
-        log.error("request_failed", code=error.code, detail=error.detail)
+        # One line per failed request; a passing condition (retry after) is only a warning.
+        (log.error if error.retry_after_s is None else log.warning)(
+            "request_failed",
+            code=error.code,
+            detail=error.detail,
+            **({"cause": _described(error.__cause__)} if error.__cause__ else {}),
+        )
     headers = None
     if error.status == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="dataex"'}
-    elif isinstance(error, TooManyRequests):
+    elif error.retry_after_s is not None:
         headers = {"Retry-After": str(error.retry_after_s)}
     return problem_response(
         request,
@@ -328,6 +342,15 @@ def _json_error(request: Request[Any, Any, Any]) -> str | None:
 
 
 def handle_unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
+    if database_unreachable(error):
+        # Not a failure of ours: the same request will do once PostgreSQL answers again.
+        unavailable = DependencyUnavailable(
+            "PostgreSQL cannot be reached just now (restarting, failing over or refusing"
+            f" connections); retry after {DATABASE_RETRY_AFTER_S} s",
+            retry_after_s=DATABASE_RETRY_AFTER_S,
+        )
+        unavailable.__cause__ = error
+        return handle_dataex_error(request, unavailable)
     log.error("unhandled_error", error_type=type(error).__name__, exc_info=error)
     return problem_response(
         request,
@@ -360,7 +383,8 @@ _PROBLEM_DESCRIPTIONS = {
     " rule (problem names each field)",
     429: "Rate limit of this token or address reached; see Retry-After",
     500: "Unexpected failure; its cause is logged under the request id",
-    503: "A dependency (PostgreSQL, NATS, a published policy list) is unavailable",
+    503: "A dependency (PostgreSQL, NATS, a published policy list) is unavailable; with"
+    " Retry-After when it is expected back soon",
 }
 
 

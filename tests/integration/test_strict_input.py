@@ -1,11 +1,13 @@
 """Strict input over HTTP (issue 17): bodies that are not UTF-8 are 400, an integer is an integer
-in a JSON body, money (and any integer) stays within 2^53 - 1, and the access log says the status
-sent."""
+in a JSON body, money stays within 2^53 - 1 fen, the access log says the status sent, and an
+unreachable PostgreSQL is a 503 with Retry-After rather than a 500."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,11 @@ from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from exchange.app import create_app
+from exchange.identity.service import IdentityService
+from exchange.platform.audit import Actor
+from exchange.platform.db import connect, create_pool, migrate
+from exchange.platform.embedded import EmbeddedPostgres
+from exchange.platform.http import DATABASE_RETRY_AFTER_S
 from exchange.platform.money import MAX_FEN
 from tests.kit.api import assert_problem, bearer, make_uscc, org_body, register_org
 from tests.kit.documents import metadata
@@ -221,3 +228,53 @@ async def test_the_request_log_records_the_status_actually_sent(settings, clock,
             assert request_lines(logs) == [status], logs
             line = next(entry for entry in logs if entry["event"] == "request")
             assert line["request_id"] == response.headers["x-request-id"]
+
+
+# --- PostgreSQL unreachable: 503 with Retry-After ----------------------------------------------------
+
+
+async def test_an_unreachable_postgres_is_a_503_with_retry_after(settings, clock, tmp_path: Path):
+    """The app runs against a PostgreSQL of its own, which is then stopped: every request that
+    needs the database is a 503 problem saying so, with Retry-After, and one warning apiece."""
+    postgres = EmbeddedPostgres(tmp_path)
+    await asyncio.to_thread(postgres.start)
+    try:
+        url = postgres.url("postgres")
+        conn = await connect(url)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        pool = await create_pool(url, max_size=2)
+        try:
+            issued, _ = await IdentityService(pool, clock).bootstrap(Actor.cli("test"), "测试")
+        finally:
+            await pool.close()
+        own = dataclasses.replace(settings, database_url=url, peer_poll_ms=0)
+        async with AsyncTestClient(app=create_app(own, clock=clock)) as client:
+            assert (await client.get("/v1/me", headers=bearer(issued.token))).status_code == 200
+            await asyncio.to_thread(postgres.stop)
+            calls = [
+                lambda: client.get("/v1/products"),  # the public catalogue
+                lambda: client.get("/v1/me", headers=bearer(issued.token)),
+                lambda: place(
+                    client, {"buyer": issued.token}, order_body(str(uuid.uuid4()))
+                ),  # placing an order
+                lambda: client.get("/v1/products"),  # and again, with the pool emptied
+            ]
+            for call in calls:
+                with capture_logs(processors=[merge_contextvars]) as logs:
+                    response = await call()
+                problem = assert_problem(response, 503, "dependency_unavailable")
+                assert "PostgreSQL" in problem["detail"]
+                assert response.headers["retry-after"] == str(DATABASE_RETRY_AFTER_S)
+                assert problem["retry_after_s"] == DATABASE_RETRY_AFTER_S
+                warnings = [e for e in logs if e["log_level"] == "warning"]
+                assert len(warnings) == 1, logs
+                assert warnings[0]["code"] == "dependency_unavailable"
+                assert warnings[0]["cause"]  # what asyncpg said, for the operator
+                assert warnings[0]["request_id"] == problem["request_id"]
+                assert not [e for e in logs if e["log_level"] == "error"], logs
+                assert request_lines(logs) == [503]
+    finally:
+        await asyncio.to_thread(postgres.stop)

@@ -1,17 +1,20 @@
-"""Strict input without a server (issue 17): how request bodies are decoded, and the bounds of
-integers and of every amount of money a request schema takes.
-Over HTTP: tests/integration/test_strict_input.py."""
+"""Strict input without a server (issue 17): how request bodies are decoded, the bounds of
+integers and of every amount of money a request schema takes, and which failures mean
+PostgreSQL is unreachable. Over HTTP: tests/integration/test_strict_input.py."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
+import asyncpg
 import msgspec
 import msgspec.inspect as mi
 import pytest
 from litestar.routes import HTTPRoute
 
 from exchange.app import create_app
+from exchange.platform.db import database_unreachable
 from exchange.platform.limits import MAX_JSON_INTEGER, IntegerOutOfRange, check_json_body
 from exchange.platform.money import MAX_FEN, fen
 from exchange.platform.settings import Settings
@@ -136,3 +139,27 @@ def test_every_amount_a_request_body_takes_is_an_integer_within_2_53_fen():
             assert isinstance(k, mi.IntType)
             assert k.ge is not None and k.ge >= 0, f"{path} may be negative"
             assert k.le is not None and k.le <= MAX_FEN, f"{path} may exceed 2^53 - 1"
+
+
+async def test_postgres_unreachable_is_told_apart_from_the_apis_own_failures(tmp_path):
+    # A real connection attempt to a socket nobody listens on: the OSError comes from asyncpg.
+    with pytest.raises(OSError) as refused:
+        await asyncpg.connect(f"postgresql://postgres@/dataex?host={tmp_path}", timeout=5)
+    assert database_unreachable(refused.value)
+    # The same kind of error from the API's own I/O (a file, a peer) is not PostgreSQL's.
+    with pytest.raises(OSError) as own:
+        (tmp_path / "missing").read_bytes()
+    assert not database_unreachable(own.value)
+    with pytest.raises(TimeoutError) as slow:
+        await asyncio.wait_for(asyncio.sleep(1), 0.001)
+    assert not database_unreachable(slow.value)
+    for error in (
+        asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle"),
+        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+        asyncpg.exceptions.AdminShutdownError("terminating connection"),
+        asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"),
+        asyncpg.InterfaceError("connection is closed"),
+    ):
+        assert database_unreachable(error), error
+    assert not database_unreachable(asyncpg.InterfaceError("another operation is in progress"))
+    assert not database_unreachable(asyncpg.exceptions.UniqueViolationError("duplicate key"))
