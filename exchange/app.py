@@ -41,12 +41,14 @@ from exchange.platform.deps import DEPENDENCIES
 from exchange.platform.heartbeat import forget, run_heartbeat
 from exchange.platform.http import (
     EXCEPTION_HANDLERS,
+    ApiRequest,
     RequestContextMiddleware,
     add_request_id_header,
     declare_problem_responses,
 )
 from exchange.platform.limits import (
     MAX_JSON_DEPTH,
+    MAX_JSON_INTEGER,
     MAX_PARAMETER_CHARS,
     InputGuardMiddleware,
     RateLimitMiddleware,
@@ -181,6 +183,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         guards=[access_guard],
         dependencies=DEPENDENCIES | ROOM_SERVICES,
         exception_handlers=EXCEPTION_HANDLERS,
+        request_class=ApiRequest,
         middleware=[
             RequestContextMiddleware,
             # One set of buckets per app, shared by every route (Litestar builds a middleware
@@ -198,7 +201,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                 "A data exchange: listings, compliance review, standard contracts, settlement."
                 " Errors are RFC 9457 problem details (application/problem+json)."
                 f" Limits: request bodies up to {settings.max_body_bytes} bytes (413), JSON"
-                f" nested at most {MAX_JSON_DEPTH} levels (400), no NUL characters (422), path"
+                f" nested at most {MAX_JSON_DEPTH} levels (400), in UTF-8 (400), no NUL characters"
+                f" (422), no integer beyond ±{MAX_JSON_INTEGER} (422), path"
                 f" and query parameters up to {MAX_PARAMETER_CHARS} characters (400);"
                 f" {settings.rate_limit_per_second} requests/s per token (bursts of"
                 f" {settings.rate_limit_burst}) and {settings.rate_limit_anonymous_per_second}/s"

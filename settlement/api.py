@@ -15,6 +15,7 @@ from exchange.platform.audit import Actor
 from exchange.platform.auth import PUBLIC, Principal, requires
 from exchange.platform.context import Platform
 from exchange.platform.errors import FieldError, InvalidInput, NotFound
+from exchange.platform.money import fen
 from exchange.platform.paging import (
     BIGINT_MAX,
     DEFAULT_PAGE,
@@ -54,7 +55,7 @@ class ExternalMovementIn(msgspec.Struct, forbid_unknown_fields=True):
     """Money from or to the organisation's bank account. ``external_ref`` (the bank's
     reference) makes the request idempotent."""
 
-    amount_fen: Annotated[int, msgspec.Meta(gt=0, le=10**15)]
+    amount_fen: Annotated[int, fen(ge=1, le=10**15)]
     external_ref: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 

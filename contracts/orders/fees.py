@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import msgspec
 
 from exchange.platform.db import Connection, Executor
+from exchange.platform.money import fen
 
 DEFAULT_BPS = 100
 DEFAULT_MIN_FEN = 100
@@ -32,7 +33,7 @@ class FeeScheduleIn(msgspec.Struct, forbid_unknown_fields=True):
     """A new rule; without product_id and plan_id it is the default for every plan."""
 
     bps: Annotated[int, msgspec.Meta(ge=0, le=10_000)]
-    min_fen: Annotated[int, msgspec.Meta(ge=0, le=10**12)]
+    min_fen: Annotated[int, fen(le=10**12)]
     product_id: uuid.UUID | None = None
     plan_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
     effective_from: datetime | None = None

@@ -10,6 +10,7 @@ from contracts.orders.fees import FeeRule, fee_fen
 from contracts.orders.schemas import OrderCreate, TermMismatch
 from exchange.listings.schemas import Plan, ProductMetadata
 from exchange.platform.errors import FieldError, InvalidInput
+from exchange.platform.money import MAX_FEN
 
 
 def match(
@@ -68,7 +69,9 @@ class Payment:
 
 def payment(order: OrderCreate, plan: Plan, rule: FeeRule) -> Payment:
     """The order's price and fee under the plan and the fee rule in effect; a 422 naming
-    ``spend_cap_fen`` if a metered plan's order lacks it or another plan's order gives one."""
+    ``spend_cap_fen`` if a metered plan's order lacks it or another plan's order gives one, and
+    one naming ``quantity`` if price x quantity and the fee would come to more than `MAX_FEN`
+    (each bound alone lets them: a plan may cost 10^13 fen, an order be for 10^9 of it)."""
     if metered(plan):
         if order.spend_cap_fen is None:
             raise InvalidInput(
@@ -86,4 +89,14 @@ def payment(order: OrderCreate, plan: Plan, rule: FeeRule) -> Payment:
                                message="only for a metered plan")],
         )  # fmt: skip
     price = price_fen(plan, order.quantity)
-    return Payment(price, fee_fen(price, rule) if price else 0)
+    fee = fee_fen(price, rule) if price else 0
+    if price + fee > MAX_FEN:
+        raise InvalidInput(
+            f"plan {plan.id!r} at {plan.price_fen} fen x quantity {order.quantity} comes to"
+            f" {price} fen and {fee} fen fee: an order may cost at most {MAX_FEN} fen (2^53 - 1)",
+            errors=[FieldError(path="quantity", source="body",
+                               message=f"price x quantity and the fee must be at most {MAX_FEN}"
+                                       " fen")],
+            extensions={"max_fen": MAX_FEN},
+        )  # fmt: skip
+    return Payment(price, fee)

@@ -8,6 +8,7 @@ from msgspec import Meta, Struct
 
 from contracts.orders.states import OrderState
 from contracts.policy.attributes import Country
+from exchange.platform.money import fen
 
 
 class OrderCreate(Struct, forbid_unknown_fields=True, frozen=True):
@@ -26,7 +27,7 @@ class OrderCreate(Struct, forbid_unknown_fields=True, frozen=True):
     ] = "data-provision"
     # A metered plan (billed by use): the most the buyer will spend, reserved at execution as
     # the order's price. Required for such a plan, refused for any other.
-    spend_cap_fen: Annotated[int, Meta(ge=1, le=10**12)] | None = None
+    spend_cap_fen: Annotated[int, fen(ge=1, le=10**12)] | None = None
 
 
 class TermMismatch(Struct, frozen=True):

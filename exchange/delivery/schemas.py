@@ -11,6 +11,7 @@ from msgspec import Meta, Struct
 from exchange.delivery.states import Mode
 from exchange.platform.events import GrantState
 from exchange.platform.metering import Dimension
+from exchange.platform.money import fen
 
 
 class GrantSnapshot(Struct, frozen=True):
@@ -101,7 +102,7 @@ class SuspendIn(Struct, forbid_unknown_fields=True):
 
 
 class TopUpIn(Struct, forbid_unknown_fields=True):
-    amount_fen: Annotated[int, Meta(ge=1, le=10**12)]
+    amount_fen: Annotated[int, fen(ge=1, le=10**12)]
     key: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 

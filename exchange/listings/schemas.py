@@ -21,6 +21,7 @@ from contracts.policy.attributes import (
 from exchange.identity.schemas import Contact
 from exchange.listings.states import ProductState, SuspendedBy
 from exchange.platform.metering import Dimension
+from exchange.platform.money import fen
 
 ProductType = Literal[
     "dataset", "report", "api", "index", "model", "visualisation", "service", "tool"
@@ -126,7 +127,7 @@ class Plan(Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
     id: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
     name: Text
     pricing: Pricing
-    price_fen: Annotated[int, Meta(ge=0, le=10**13)]
+    price_fen: Annotated[int, fen(le=10**13)]
     free: bool
     purposes: Annotated[
         list[Annotated[str, Meta(min_length=1, max_length=100)]], Meta(min_length=1)

@@ -91,6 +91,22 @@ def is_unavailable(error: BaseException) -> bool:
     )
 
 
+def database_unreachable(error: BaseException) -> bool:
+    """`is_unavailable`, told apart from the API's own I/O: an operating-system error (refused,
+    reset, no such socket, timed out) counts only when asyncpg raised it, since a request also
+    reads and writes files and calls peers, whose failures are not PostgreSQL's."""
+    if not is_unavailable(error):
+        return False
+    if isinstance(error, asyncpg.PostgresError | asyncpg.InterfaceError):
+        return True
+    frame = error.__traceback__
+    while frame is not None:
+        if str(frame.tb_frame.f_globals.get("__name__", "")).startswith("asyncpg."):
+            return True
+        frame = frame.tb_next
+    return False
+
+
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Nothing to reset when a connection goes back to the pool.
 

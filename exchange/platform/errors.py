@@ -24,6 +24,8 @@ class DataexError(Exception):
     status: ClassVar[int] = 400
     code: ClassVar[str] = "bad_request"
     title: ClassVar[str] = "Bad request"
+    # Seconds after which the same request may well succeed: sent as ``Retry-After``.
+    retry_after_s: int | None = None
 
     def __init__(
         self,
@@ -72,3 +74,16 @@ class Unavailable(DataexError):
     status = 503
     code = "unavailable"
     title = "A dependency is unavailable"
+
+
+class DependencyUnavailable(Unavailable):
+    """A server the exchange needs cannot be reached just now (PostgreSQL restarting, failing
+    over, refusing connections): nothing is wrong with the request, and the same request is
+    likely to succeed after ``retry_after_s`` seconds, which the answer says (``Retry-After``)."""
+
+    code = "dependency_unavailable"
+    title = "A dependency is unavailable just now"
+
+    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+        super().__init__(detail, extensions={"retry_after_s": retry_after_s})
+        self.retry_after_s = retry_after_s

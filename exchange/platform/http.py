@@ -1,4 +1,5 @@
-"""HTTP platform: request ids, RFC 9457 problem details for every error, and the access log."""
+"""HTTP platform: request ids, RFC 9457 problem details for every error, strictly decoded
+request bodies, and the access log."""
 
 from __future__ import annotations
 
@@ -12,18 +13,19 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 from litestar.enums import ScopeType
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIResponse, OpenAPIType, Operation, Parameter, Schema
 from litestar.routes import HTTPRoute
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Empty, Message, Receive, Scope, Send
 from structlog.contextvars import bound_contextvars
 
-from exchange.platform.errors import DataexError, FieldError
-from exchange.platform.limits import EXEMPT_PREFIXES, MAX_PARAMETER_CHARS, TooManyRequests
+from exchange.platform.db import database_unreachable
+from exchange.platform.errors import DataexError, DependencyUnavailable, FieldError
+from exchange.platform.limits import EXEMPT_PREFIXES, MAX_PARAMETER_CHARS
 from exchange.platform.logging import get_logger
-from exchange.platform.validation import collect_errors
+from exchange.platform.validation import collect_errors, decode_json
 
 log = get_logger("dataex.http")
 
@@ -31,6 +33,9 @@ PROBLEM_JSON = "application/problem+json"
 REQUEST_ID_HEADER = "x-request-id"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 _MSGSPEC_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+# How long a client should wait before retrying while PostgreSQL cannot be reached: about what
+# a restart or a failover takes.
+DATABASE_RETRY_AFTER_S = 5
 
 
 def problem_type(code: str) -> str:
@@ -66,7 +71,15 @@ def request_id_of(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    """Binds the request id and route to every log line and writes one access-log line."""
+    """Binds the request id and route to every log line and writes one access-log line, with
+    the status the client was actually sent.
+
+    Litestar's exception boundary for a route sits inside the middlewares, around the handler:
+    what the middlewares after this one raise (429 from the rate limiter, 400 and 422 from the
+    input guard) would pass through here unanswered and be answered outside, unseen. So this
+    one answers them itself, with the same handlers, through the send it watches; the line
+    says 500 only when nothing was sent and the answer failed too.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -76,7 +89,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         rid = request_id_of(scope)
-        status = 500
+        status: int | None = None
         started = time.perf_counter()
 
         async def send_with_status(message: Message) -> None:
@@ -87,14 +100,64 @@ class RequestContextMiddleware:
 
         with bound_contextvars(request_id=rid, method=scope.get("method"), route=scope["path"]):
             try:
-                await self.app(scope, receive, send_with_status)
+                try:
+                    await self.app(scope, receive, send_with_status)
+                except Exception as error:
+                    if status is not None:
+                        raise  # the answer had begun: nothing better can be sent now
+                    await _answer_error(scope, receive, send_with_status, error)
             finally:
                 log.info(
                     "request",
-                    status=status,
+                    status=500 if status is None else status,
                     path=scope["path"],
                     ms=round((time.perf_counter() - started) * 1000, 2),
                 )
+
+
+async def _answer_error(scope: Scope, receive: Receive, send: Send, error: Exception) -> None:
+    """Answer ``error`` as the route's exception boundary would: the handler of its nearest
+    class in `EXCEPTION_HANDLERS` (the app's handlers)."""
+    request: Request[Any, Any, Any] = Request(scope, receive)
+    handler = next(EXCEPTION_HANDLERS[c] for c in type(error).__mro__ if c in EXCEPTION_HANDLERS)
+    response = handler(request, error)
+    await response.to_asgi_response(app=None, request=request)(scope, receive, send)
+
+
+class ApiRequest(Request[Any, Any, Any]):
+    """The API's request: its JSON body is decoded strictly, into the handler's ``data`` type.
+
+    Litestar decodes a body to plain JSON values and then converts them to the handler's type
+    with msgspec's ``strict=False`` (lax) rules, made for query strings: there "100", "1e2"
+    and 100.0 all become the integer 100, and "true" a boolean. A JSON body carries its own
+    types, so here it is decoded straight into the ``data`` type with the strict rules, and a
+    value of the wrong type is a 422 naming its field. (Litestar converts the decoded value
+    once more; a value already of the handler's type passes through unchanged.)
+    """
+
+    async def json(self) -> Any:
+        if self._json is Empty:
+            state = self._connection_state
+            if state.json is Empty:
+                state.json = decode_body(await self.body(), self.route_handler)
+            self._json = state.json
+        return self._json
+
+
+def decode_body(body: bytes, handler: Any) -> Any:
+    """``body`` as the handler's ``data`` type (plain JSON values for a handler without one).
+    Raises `ValidationException` for a value of the wrong type or out of its bounds (the
+    handler then lists every bad field) and `SerializationException` for malformed JSON."""
+    signature = getattr(handler, "parsed_fn_signature", None)
+    data = signature.parameters.get("data") if signature is not None else None
+    try:
+        return decode_json(body or b"null", Any if data is None else data.annotation)
+    except msgspec.ValidationError as error:
+        raise ValidationException(
+            str(error), extra=[{"message": str(error), "source": "body"}]
+        ) from error
+    except msgspec.DecodeError as error:
+        raise SerializationException(str(error)) from error
 
 
 async def add_request_id_header(message: Message, scope: Scope) -> None:
@@ -132,6 +195,10 @@ def problem_response(
     return Response(content=body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def _described(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
 def _instance(path: str) -> str:
     """The request path, cut short when it is itself the problem (never echo a huge input)."""
     return path if len(path) <= MAX_PARAMETER_CHARS else path[:200] + "…"
@@ -139,11 +206,17 @@ def _instance(path: str) -> str:
 
 def handle_dataex_error(request: Request[Any, Any, Any], error: DataexError) -> Response[Any]:
     if error.status >= 500:
-        log.error("request_failed", code=error.code, detail=error.detail)
+        # One line per failed request; a passing condition (retry after) is only a warning.
+        (log.error if error.retry_after_s is None else log.warning)(
+            "request_failed",
+            code=error.code,
+            detail=error.detail,
+            **({"cause": _described(error.__cause__)} if error.__cause__ else {}),
+        )
     headers = None
     if error.status == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="dataex"'}
-    elif isinstance(error, TooManyRequests):
+    elif error.retry_after_s is not None:
         headers = {"Retry-After": str(error.retry_after_s)}
     return problem_response(
         request,
@@ -184,7 +257,7 @@ def _body_errors(request: Request[Any, Any, Any]) -> list[FieldError]:
     if data is None or not isinstance(body, bytes) or not body:
         return []
     try:
-        value = msgspec.json.decode(body)
+        value = decode_json(body)
     except msgspec.DecodeError:
         return []
     return collect_errors(data.annotation, value)
@@ -193,7 +266,12 @@ def _body_errors(request: Request[Any, Any, Any]) -> list[FieldError]:
 def handle_validation_error(
     request: Request[Any, Any, Any], error: ValidationException
 ) -> Response[Any]:
-    errors = _body_errors(request) if _is_body_error(error.extra) else []
+    """Every bad field at once. A JSON body that is well-formed but has values of the wrong
+    type or out of bounds is 422; a bad or missing path, query or header parameter is 400."""
+    items = error.extra if isinstance(error.extra, list) else []
+    said_body = any(isinstance(i, dict) and i.get("source") == "body" for i in items)
+    errors = _body_errors(request) if said_body or not items else []
+    in_body = said_body or bool(errors)
     errors = errors or _field_errors(error.extra)
     if not errors:
         detail = str(error.detail)
@@ -208,17 +286,12 @@ def handle_validation_error(
             errors = [FieldError(path="$", message=detail, source="body")]
     return problem_response(
         request,
-        status=400,
+        status=422 if in_body else 400,
         code="validation_failed",
         title="The request does not match the expected shape",
         detail="; ".join(f"{e.path}: {e.message}" for e in errors),
         errors=errors,
     )
-
-
-def _is_body_error(extra: Any) -> bool:
-    items = extra if isinstance(extra, list) else []
-    return not items or any(isinstance(i, dict) and i.get("source") == "body" for i in items)
 
 
 _HTTP_CODES = {
@@ -262,13 +335,22 @@ def _json_error(request: Request[Any, Any, Any]) -> str | None:
     if not isinstance(body, bytes) or not body:
         return None
     try:
-        msgspec.json.decode(body)
+        decode_json(body)
     except msgspec.DecodeError as error:
         return str(error)
     return None
 
 
 def handle_unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
+    if database_unreachable(error):
+        # Not a failure of ours: the same request will do once PostgreSQL answers again.
+        unavailable = DependencyUnavailable(
+            "PostgreSQL cannot be reached just now (restarting, failing over or refusing"
+            f" connections); retry after {DATABASE_RETRY_AFTER_S} s",
+            retry_after_s=DATABASE_RETRY_AFTER_S,
+        )
+        unavailable.__cause__ = error
+        return handle_dataex_error(request, unavailable)
     log.error("unhandled_error", error_type=type(error).__name__, exc_info=error)
     return problem_response(
         request,
@@ -289,17 +371,20 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
 
 
 _PROBLEM_DESCRIPTIONS = {
-    400: "Malformed request, JSON or parameters, or JSON nested too deeply (names each field)",
+    400: "Malformed request, JSON (not UTF-8 too) or parameters, or JSON nested too deeply"
+    " (names each field)",
     401: "No token, or an unknown, revoked or expired one",
     403: "The token lacks the role this operation needs",
     404: "No such resource, or another organisation's",
     409: "Conflicts with the resource's current state",
     413: "The request body is larger than DATAEX_MAX_BODY_BYTES",
     415: "The request body is not JSON",
-    422: "Well-formed but invalid values (problem names each field)",
+    422: "Well-formed but invalid values: of the wrong JSON type, out of bounds, or refused by a"
+    " rule (problem names each field)",
     429: "Rate limit of this token or address reached; see Retry-After",
     500: "Unexpected failure; its cause is logged under the request id",
-    503: "A dependency (PostgreSQL, NATS, a published policy list) is unavailable",
+    503: "A dependency (PostgreSQL, NATS, a published policy list) is unavailable; with"
+    " Retry-After when it is expected back soon",
 }
 
 

@@ -15,13 +15,15 @@ load balancer, each allow the configured rate). Keys:
 
 Health probes are exempt. `InputGuardMiddleware` refuses JSON bodies deeper than
 `MAX_JSON_DEPTH` (msgspec and the problem handlers would otherwise recurse until Python's
-recursion limit: a 500) and NUL characters anywhere (PostgreSQL text cannot store them: a 500
-too), each with a problem naming the field.
+recursion limit: a 500), NUL characters anywhere (PostgreSQL text cannot store them: a 500
+too) and integers beyond `MAX_JSON_INTEGER` (RFC 8785 refuses them when a digest is taken: a
+500 again), each with a problem naming the field.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,8 +34,13 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 from exchange.platform.errors import DataexError, FieldError
+from exchange.platform.validation import decode_json
 
 MAX_JSON_DEPTH: Final = 32
+# The largest integer every JSON reader keeps exact (an IEEE double's) and RFC 8785, whose
+# canonical JSON the exchange signs and digests, accepts; I-JSON (RFC 7493) asks for no more.
+MAX_JSON_INTEGER: Final = 2**53 - 1
+_LONG_DIGITS: Final = re.compile(rb"[0-9]{16}")  # any integer beyond it has 16 digits or more
 # Longest path or query parameter value, in characters: ids, codes, cursors and search text are
 # all far shorter, and an error echoing a megabyte-long parameter back helps no one.
 MAX_PARAMETER_CHARS: Final = 1000
@@ -218,7 +225,7 @@ def too_deep_at(body: bytes, limit: int = MAX_JSON_DEPTH) -> str | None:
     if body.count(b"[") + body.count(b"{") <= limit:
         return None
     try:
-        value = msgspec.json.decode(body)
+        value = decode_json(body)
     except RecursionError:
         return "$"
     except msgspec.DecodeError:
@@ -254,11 +261,16 @@ def _deep_path(node: Any, limit: int, depth: int = 1) -> str | None:
     for key, child in items:
         inner = _deep_path(child, limit, depth + 1)
         if inner is not None:
-            step = f"[{key}]" if isinstance(key, int) else str(key)
-            if inner == "$":
-                return step
-            return f"{step}{inner}" if inner.startswith("[") else f"{step}.{inner}"
+            return _step(key, inner)
     return None
+
+
+def _step(key: Any, inner: str) -> str:
+    """The path of ``inner`` (a path below ``key``; "$": ``key`` itself) from key's parent."""
+    step = f"[{key}]" if isinstance(key, int) else str(key)
+    if inner == "$":
+        return step
+    return f"{step}{inner}" if inner.startswith("[") else f"{step}.{inner}"
 
 
 class InputGuardMiddleware:
@@ -269,10 +281,13 @@ class InputGuardMiddleware:
       text cannot hold one, so it would fail deep in a query as a 500 (422 ``nul_character``);
     - a path, or a query parameter, longer than `MAX_PARAMETER_CHARS` (400
       ``parameter_too_long``), which the OpenAPI document states as each string parameter's
-      ``maxLength`` where the parameter has no shorter one.
+      ``maxLength`` where the parameter has no shorter one;
+    - an integer in a JSON body beyond ±`MAX_JSON_INTEGER`, whatever field carries it: stored
+      and later put in a digest or a signed document it fails there as a 500 (422
+      ``integer_out_of_range``).
 
-    The checks cost two substring scans in C for an ordinary request; only a suspicious body is
-    decoded a second time to name the offending field.
+    The checks cost three scans in C for an ordinary request; only a suspicious body is decoded
+    a second time to name the offending field.
     """
 
     def __init__(self, app: ASGIApp, limit: int = MAX_JSON_DEPTH) -> None:
@@ -315,7 +330,8 @@ class InputGuardMiddleware:
 
 
 def check_json_body(body: bytes, limit: int = MAX_JSON_DEPTH) -> None:
-    """Raise `JsonTooDeep` or `NulCharacter` for a body no handler should see."""
+    """Raise `JsonTooDeep`, `NulCharacter` or `IntegerOutOfRange` for a body no handler should
+    see."""
     path = too_deep_at(body, limit)
     if path is not None:
         raise JsonTooDeep(
@@ -324,14 +340,29 @@ def check_json_body(body: bytes, limit: int = MAX_JSON_DEPTH) -> None:
                 FieldError(path=path, message=f"nested deeper than {limit} levels", source="body")
             ],
         )
-    if b"\\u0000" in body:
-        try:
-            value = msgspec.json.decode(body)
-        except msgspec.DecodeError:
-            return  # not JSON: the handler reports it as malformed
-        where = _nul_path(value)
-        if where is not None:
-            raise _nul("body", where, "body")
+    nul = b"\\u0000" in body
+    long_number = _LONG_DIGITS.search(body) is not None  # or a long string of digits
+    if not (nul or long_number):
+        return
+    try:
+        value = decode_json(body)
+    except msgspec.DecodeError:
+        return  # not JSON: the handler reports it as malformed
+    where = _nul_path(value) if nul else None
+    if where is not None:
+        raise _nul("body", where, "body")
+    where = _integer_path(value) if long_number else None
+    if where is not None:
+        raise IntegerOutOfRange(
+            f"the integer at {where} is beyond ±{MAX_JSON_INTEGER} (2^53 - 1), the largest JSON"
+            " readers and canonical JSON (RFC 8785) keep exact",
+            errors=[
+                FieldError(
+                    path=where, message=f"beyond ±{MAX_JSON_INTEGER} (2^53 - 1)", source="body"
+                )
+            ],
+            extensions={"max_integer": MAX_JSON_INTEGER},
+        )
 
 
 def _parameters(query: bytes) -> list[tuple[str, str]]:
@@ -378,11 +409,30 @@ def _nul_path(node: Any) -> str | None:
             return str(key).replace("\x00", "\\u0000")
         inner = _nul_path(child)
         if inner is not None:
-            step = f"[{key}]" if isinstance(key, int) else str(key)
-            if inner == "$":
-                return step
-            return f"{step}{inner}" if inner.startswith("[") else f"{step}.{inner}"
+            return _step(key, inner)
     return None
+
+
+def _integer_path(node: Any) -> str | None:
+    if type(node) is int:  # a bool is no integer here
+        return "$" if abs(node) > MAX_JSON_INTEGER else None
+    if isinstance(node, dict):
+        items: Any = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return None
+    for key, child in items:
+        inner = _integer_path(child)
+        if inner is not None:
+            return _step(key, inner)
+    return None
+
+
+class IntegerOutOfRange(DataexError):
+    status = 422
+    code = "integer_out_of_range"
+    title = "The request contains an integer JSON cannot carry exactly"
 
 
 class NulCharacter(DataexError):

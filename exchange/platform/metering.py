@@ -23,6 +23,8 @@ from typing import Annotated, Final
 
 import msgspec
 
+from exchange.platform.money import fen
+
 BUILT_IN: Final = ("requests", "bytes")
 SPEND: Final = "spend"  # the spend cap as a quota dimension, in milli-fen
 METERING_HEADER: Final = "x-dataex-metering"
@@ -34,7 +36,7 @@ class Dimension(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_de
     """A metered dimension of a plan: its quota per grant and its price per unit."""
 
     name: DimensionName
-    unit_price_millifen: Annotated[int, msgspec.Meta(ge=0, le=10**12)] = 0
+    unit_price_millifen: Annotated[int, fen(le=10**12)] = 0
     quota: Annotated[int, msgspec.Meta(ge=0, le=10**15)] | None = None
 
 

@@ -18,6 +18,7 @@ import msgspec
 
 from exchange.platform.audit import Actor
 from exchange.platform.logging import get_logger
+from exchange.platform.validation import decode_json
 from exchange.recognition.service import RecognitionService
 
 log = get_logger(__name__)
@@ -35,7 +36,7 @@ def get_json(url: str, timeout: float = FETCH_TIMEOUT) -> Any:
     request = urllib.request.Request(url, headers={"accept": "application/json"})  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            return msgspec.json.decode(response.read())
+            return decode_json(response.read())  # invalid UTF-8 too is a DecodeError
     except (OSError, msgspec.DecodeError) as error:
         raise FetchError(f"GET {url}: {error}") from error
 

@@ -64,7 +64,7 @@ async def test_every_bad_field_is_listed_with_its_path(client, admin_token):
         "surprise": True,
     }
     response = await client.post("/v1/organisations", json=body, headers=bearer(admin_token))
-    assert response.status_code == 400, response.text
+    assert response.status_code == 422, response.text
     problem = response.json()
     assert problem["code"] == "validation_failed"
     paths = {error["path"] for error in problem["errors"]}

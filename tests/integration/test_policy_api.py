@@ -142,7 +142,7 @@ async def test_evaluate_names_the_bad_path(client, buyer, policy):
     response = await client.post(
         "/v1/policy/evaluate", json={"document": document}, headers=bearer(buyer)
     )
-    assert response.status_code == 400
+    assert response.status_code == 422
     paths = {e["path"] for e in response.json()["errors"]}
     assert paths == {"document.product.data_level", "document.product.personal_info.present"}
 

@@ -13,6 +13,7 @@ from contracts.orders.matching import Payment, metered, payment
 from contracts.orders.schemas import OrderCreate
 from exchange.listings.schemas import Plan
 from exchange.platform.errors import InvalidInput
+from exchange.platform.money import MAX_FEN
 
 RULE = FeeRule(250, 1_000, "default")
 
@@ -74,3 +75,29 @@ def test_other_plans_pay_price_times_quantity_and_the_fee_as_before():
 def test_a_spend_cap_out_of_range_is_refused_by_the_schema(cap):
     with pytest.raises(msgspec.ValidationError, match="spend_cap_fen"):
         order(spend_cap_fen=cap)
+
+
+@pytest.mark.parametrize(
+    ("price", "quantity", "rule"),
+    [
+        (10**13, 1_000, RULE),  # price x quantity alone is beyond 2^53 - 1
+        (10**13, 900, BUILT_IN),  # 9 x 10^15 is within, not with its 1 % fee
+        (MAX_FEN, 1, FeeRule(0, 1, "default")),  # the minimum fee tips it over
+    ],
+)
+def test_an_order_costing_more_than_2_53_fen_is_refused_naming_quantity(price, quantity, rule):
+    # (replace, not convert: a plan's own bound, 10^13 fen, would refuse MAX_FEN itself)
+    the_plan = msgspec.structs.replace(plan(pricing="subscription"), price_fen=price)
+    with pytest.raises(InvalidInput, match=str(MAX_FEN)) as caught:
+        payment(order(quantity=quantity), the_plan, rule)
+    error = caught.value
+    assert (error.status, error.code) == (422, "invalid_input")
+    assert [(e.path, e.source) for e in error.errors] == [("quantity", "body")]
+    assert str(MAX_FEN) in error.errors[0].message
+
+
+def test_an_order_costing_up_to_2_53_fen_is_priced_as_before():
+    the_plan = plan(pricing="subscription", price_fen=10**13)
+    assert payment(order(quantity=800), the_plan, BUILT_IN) == Payment(8 * 10**15, 8 * 10**13)
+    exact = msgspec.structs.replace(the_plan, price_fen=MAX_FEN - 1)  # fee: its 1 fen minimum
+    assert payment(order(quantity=1), exact, FeeRule(0, 1, "default")) == Payment(MAX_FEN - 1, 1)
