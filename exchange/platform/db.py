@@ -79,6 +79,11 @@ def is_unavailable(error: BaseException) -> bool:
     never counted against the work: the server coming back is the fix."""
     if isinstance(error, asyncpg.InterfaceError):
         return "closed" in str(error)  # "connection is closed"; the rest are programming errors
+    if isinstance(error, asyncpg.InternalClientError):
+        # A pooled connection whose server died under an earlier operation can be handed out
+        # once more before the pool drops it: "cannot switch to state 12; another operation
+        # (2) is in progress" (seen when PostgreSQL is killed mid-run). Nothing was sent.
+        return "another operation" in str(error)
     return isinstance(
         error,
         OSError  # refused, reset, the Unix socket gone while the server restarts
@@ -97,7 +102,9 @@ def database_unreachable(error: BaseException) -> bool:
     reads and writes files and calls peers, whose failures are not PostgreSQL's."""
     if not is_unavailable(error):
         return False
-    if isinstance(error, asyncpg.PostgresError | asyncpg.InterfaceError):
+    if isinstance(
+        error, asyncpg.PostgresError | asyncpg.InterfaceError | asyncpg.InternalClientError
+    ):
         return True
     frame = error.__traceback__
     while frame is not None:

@@ -11,6 +11,8 @@ shared servers may not be killed.
 from __future__ import annotations
 
 import asyncio
+import collections
+import json
 import os
 import signal
 import subprocess
@@ -186,12 +188,24 @@ async def test_trades_a_foreign_client_took_from_the_settlement_consumer_still_s
         stop.set()
         await stealing
         await client.close()
-        assert stolen and len(set(stolen)) == len(stolen)
+        # A republished message may be stolen again (the run outlasts the bound): each message
+        # taken is republished once more, until the worker gets it.
+        assert stolen
         await settle_check(exchange, load, within=RECONCILE_AFTER_S * 4 + 30)
         settlement = exchange.readiness()["settlement"]
         assert settlement["overdue"] == 0
-        assert settlement["republished_total"] == len(stolen), (settlement, len(stolen))
-        print(f"\n{len(stolen)} of {load.accepted} trades stolen, all republished and settled")
+        # Every message taken was republished (and, at a bound this short under full load, a
+        # few trades that were only slow to settle: harmless, the consumer is idempotent).
+        republished = [
+            trade
+            for line in (tmp_path / "up.err").read_text().splitlines()
+            if '"trades_republished"' in line
+            for trade in json.loads(line)["trade_ids"]
+        ]
+        assert collections.Counter(stolen) <= collections.Counter(republished)
+        assert settlement["republished_total"] == len(republished) >= len(stolen)
+        print(f"\n{len(stolen)} messages of {len(set(stolen))} of {load.accepted} trades stolen,"
+              f" {len(republished)} republished, all settled")  # fmt: skip
     finally:
         stop.set()
         exchange.stop()
