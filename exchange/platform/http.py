@@ -146,8 +146,9 @@ class ApiRequest(Request[Any, Any, Any]):
 
 def decode_body(body: bytes, handler: Any) -> Any:
     """``body`` as the handler's ``data`` type (plain JSON values for a handler without one).
-    Raises `ValidationException` for a value of the wrong type or out of its bounds (the
-    handler then lists every bad field) and `SerializationException` for malformed JSON."""
+    Raises `ValidationException` for a value of the wrong type or out of its bounds
+    (`handle_validation_error` then lists every bad field) and `SerializationException` for
+    malformed JSON (Litestar's 400, which `handle_http_exception` names ``malformed_json``)."""
     signature = getattr(handler, "parsed_fn_signature", None)
     data = signature.parameters.get("data") if signature is not None else None
     try:
