@@ -343,7 +343,12 @@ class Peer:
         return (key or self.key).sign_compact(claims, typ=CREDENTIAL_TYPE)
 
     def certificate(
-        self, document: dict[str, Any], revision: int, at: datetime, key: SigningKey | None = None
+        self,
+        document: dict[str, Any],
+        revision: int,
+        at: datetime,
+        key: SigningKey | None = None,
+        code: str = product_code(PEER, 2026, 1),
     ) -> str:
         typed = msgspec.convert(document, ProductMetadata)
         info = RevisionInfo(
@@ -351,13 +356,12 @@ class Peer:
             metadata=typed,
         )  # fmt: skip
         claims = certificate_claims(
-            self.settings, product_code(PEER, 2026, 1), info, "上海示例数据科技有限公司",
-            SELLER_USCC, at,
-        )  # fmt: skip
+            self.settings, code, info, "上海示例数据科技有限公司", SELLER_USCC, at
+        )
         return (key or self.key).sign_compact(claims, typ=CERTIFICATE_TYPE)
 
-    def page(self, after: int) -> dict[str, str]:
-        items = [i for i in self.items if i.seq > after]
+    def page(self, after: int, limit: int | None = None) -> dict[str, str]:
+        items = [i for i in self.items if i.seq > after][:limit]
         claims = FeedClaims(iss=PEER, after=after, items=items,
                             next_after=items[-1].seq if items else after, iat=0)  # fmt: skip
         return {"jws": self.key.sign_compact(msgspec.to_builtins(claims), typ=FEED_TYPE)}
