@@ -19,6 +19,7 @@ from contracts.policy.evaluator import evaluate
 from contracts.policy.schemas import Decision
 from contracts.policy.service import PolicyService
 from exchange.identity import repository as identity_repo
+from exchange.identity.schemas import Organisation
 from exchange.listings.lifecycle import (
     changed_fields,
     evaluation_document,
@@ -553,11 +554,7 @@ class ListingService:
         assert number is not None
         code = row["product_code"] or await self._assign_code(conn, at)
         revision = await fetch_revision(conn, row["id"], number)
-        seller = await identity_repo.get_organisation(conn, row["seller_org_id"])
-        assert seller is not None
-        claims = certificate_claims(self.settings, code, revision, seller.name, seller.uscc, at)
-        key = await self.keyring.current(conn)
-        jws = key.sign_compact(claims, typ=CERTIFICATE_TYPE)
+        jws, _, seller = await self._certify(conn, row, code, revision, at)
         state = "listed" if row["state"] in ("in_review", "listed") else row["state"]
         await conn.execute(
             "UPDATE products SET state = $2, live_revision = $3, pending_revision = NULL,"
@@ -577,6 +574,17 @@ class ListingService:
                 seller_name=seller.name,
                 seller_uscc=seller.uscc,
             )
+
+    async def _certify(
+        self, conn: Connection, row: Any, code: str, revision: RevisionInfo, at: datetime
+    ) -> tuple[str, dict[str, Any], Organisation]:
+        """A listing certificate of ``revision`` issued at ``at`` (its own ``jti``) with the
+        current key: the JWS, its claims, and the seller it names."""
+        seller = await identity_repo.get_organisation(conn, row["seller_org_id"])
+        assert seller is not None
+        claims = certificate_claims(self.settings, code, revision, seller.name, seller.uscc, at)
+        key = await self.keyring.current(conn)
+        return key.sign_compact(claims, typ=CERTIFICATE_TYPE), claims, seller
 
     async def _event(
         self,
@@ -680,6 +688,18 @@ class ListingService:
             if action != "delist" and not principal.has(*STAFF):
                 raise NotFound(f"no product {product_id}")
             state = next_state(row["state"], action)  # type: ignore[arg-type]
+            revision = None
+            if row["live_revision"] is not None:
+                revision = await fetch_revision(conn, product_id, row["live_revision"])
+            detail: dict[str, Any] = {"reason": reason, "from": row["state"]}
+            if action == "reinstate" and row["recognised_from"] is None and revision is not None:
+                # The suspension revoked every certificate issued until then (peers refuse
+                # them): listed again, the product gets a fresh one, which its feed item carries.
+                jws, claims, _ = await self._certify(conn, row, row["product_code"], revision, now)
+                await conn.execute(
+                    "UPDATE products SET certificate = $2 WHERE id = $1", product_id, jws
+                )
+                detail["certificate_jti"] = claims["jti"]
             await self._set_state(conn, product_id, state, action, reason, now)
             if state == "delisted":
                 await policy_store.set_subject_open(conn, "listing", str(product_id), False)
@@ -695,12 +715,9 @@ class ListingService:
                 action=f"product.{action}",
                 subject_type="product",
                 subject_id=product_id,
-                detail={"reason": reason, "from": row["state"]},
+                detail=detail,
             )
             event = {"suspend": "suspended", "delist": "delisted", "reinstate": "published"}[action]
-            revision = None
-            if row["live_revision"] is not None:
-                revision = await fetch_revision(conn, product_id, row["live_revision"])
             await self._event(
                 conn, actor, event, row["product_code"], product_id, revision, now, reason=reason
             )
@@ -721,10 +738,15 @@ class ListingService:
         digest: str,
         certificate: str,
         at: datetime,
+        hold: str | None = None,
     ) -> uuid.UUID:
         """List here a revision the origin exchange certified (a new product on the first
         one). A suspension or delisting decided here stays: the origin's news does not undo
-        it; the origin's own suspension, withdrawn trust and a local refusal it does."""
+        it; the origin's own suspension, withdrawn trust and a local refusal it does.
+
+        ``hold`` (a reason): trust in the origin is being given back and its feed is still
+        being read, so the product is suspended for withdrawn trust instead of listed, until
+        `retrust_origin` lists it."""
         first = product_id is None
         if product_id is None:
             product_id = uuid.uuid4()
@@ -740,14 +762,16 @@ class ListingService:
             "initial" if first else "material", at,
         )  # fmt: skip
         row = await self._row(conn, product_id, lock=True)
-        state = row["state"]
-        if not held_here(state, row["suspended_by"]):
-            state = next_state(state, "recognise")
+        state, suspended_by, reason = row["state"], row["suspended_by"], row["suspended_reason"]
+        if not held_here(state, suspended_by):
+            state, suspended_by, reason = next_state(state, "recognise"), None, None
+            if hold is not None:
+                state = next_state(state, "distrust")
+                suspended_by, reason = SUSPENDING["distrust"], hold
         await conn.execute(
             "UPDATE products SET live_revision = $2, certificate = $3, updated_at = $4,"
-            " state = $5, suspended_reason = CASE WHEN $5 = 'suspended' THEN suspended_reason END,"
-            " suspended_by = CASE WHEN $5 = 'suspended' THEN suspended_by END WHERE id = $1",
-            product_id, revision, certificate, at, state,
+            " state = $5, suspended_by = $6, suspended_reason = $7 WHERE id = $1",
+            product_id, revision, certificate, at, state, suspended_by, reason,
         )  # fmt: skip
         await self.changed(conn, product_id, at)
         return product_id

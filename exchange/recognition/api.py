@@ -53,7 +53,10 @@ class PeerController(Controller):
     async def add(self, data: JSONBody[PeerCreate], recognition: Recognitions,
                   actor: ActorDep) -> Peer:  # fmt: skip
         """Trust a peer exchange. The JWKS given is pinned; the peer's signed identity document
-        (given, or fetched from ``base_url``) must verify with it and name the same code."""
+        (given, or fetched from ``base_url``) must verify with it and name the same code. A peer
+        trusted again after it was distrusted has its feed read to its end first (its products
+        stay hidden meanwhile); if the feed does not answer, it stays distrusted: a 503
+        ``recognition_feed_unavailable``."""
         identity = data.identity
         if identity is None:
             url = data.base_url.rstrip("/") + IDENTITY_PATH
@@ -63,7 +66,7 @@ class PeerController(Controller):
                 raise CredentialInvalid(
                     f"cannot read the peer's identity document at {url}: {error}"
                 ) from error
-        return await recognition.add_peer(actor, data, identity)
+        return await recognition.add_peer(actor, data, identity, fetch_json)
 
     @get("/", operation_id="listPeers", opt=requires("admin", "reviewer"))
     async def list_peers(self, recognition: Recognitions) -> list[Peer]:

@@ -112,5 +112,5 @@ async def _add(
             TypeError) as error:  # fmt: skip
         print(f"dataex: {error}", file=sys.stderr)
         return 2
-    _print(await service.add_peer(actor, data, identity), out)
+    _print(await service.add_peer(actor, data, identity, fetch_json), out)
     return 0

@@ -11,6 +11,7 @@ own transaction, before the error reaches the caller.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -49,6 +50,9 @@ from exchange.recognition.schemas import (
 )
 
 log = get_logger(__name__)
+# ``fetch(url)``: the decoded JSON body of an HTTP GET (the caller chooses the client).
+Fetch = Callable[[str], Awaitable[Any]]
+PULL_PAGE = 100  # feed items asked for per page
 IDENTITY_PATH = "/.well-known/dataex-exchange"
 MARKET_ROLES = ("seller", "buyer")
 REFUSED_HERE = "a newer revision is refused by this exchange's negative list"
@@ -75,6 +79,17 @@ def _recognition(row: Any) -> Recognition:
 
 def _distrusted(code: str) -> str:
     return f"peer exchange {code} is no longer trusted"
+
+
+def _error_text(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"[:500]
+
+
+async def _read_page(peer: Any, fetch: Fetch) -> FeedClaims:
+    """The page of ``peer``'s feed after this exchange's cursor, verified with its pinned keys."""
+    body = await fetch(f"{peer['feed_url']}?after={peer['cursor']}&limit={PULL_PAGE}")
+    verified = verify.verify_signed(str(body["jws"]), peer["code"], peer["jwks"], typ=FEED_TYPE)
+    return feed.feed_claims(verified.claims)
 
 
 def check_jwks(keys: Jwks) -> None:
@@ -136,9 +151,17 @@ class RecognitionService:
 
     # --- peers -------------------------------------------------------------------------------
 
-    async def add_peer(self, actor: Actor, data: PeerCreate, identity_jws: str) -> Peer:
+    async def add_peer(
+        self, actor: Actor, data: PeerCreate, identity_jws: str, fetch: Fetch
+    ) -> Peer:
         """Trust a peer: its identity document must verify with the JWKS pinned here and name
-        the code given; the feed URL is taken from that signed document."""
+        the code given; the feed URL is taken from that signed document.
+
+        A peer trusted again after it was distrusted is not believed from this exchange's own
+        record of it: its products stay hidden here, and refuse orders, while its feed is read
+        from the cursor to its end (``fetch``, an HTTP GET as for `pull`), applying what it
+        did meanwhile; only then is it trusted, and of its products only those it still lists
+        come back. A feed that cannot be read to its end leaves it distrusted (503)."""
         check_jwks(data.jwks)
         if data.code == self.settings.exchange_code:
             raise Conflict(f"{data.code} is this exchange's own code")
@@ -146,6 +169,11 @@ class RecognitionService:
         claims = verified.claims
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
+            before = await conn.fetchrow(
+                "SELECT removed_at FROM peers WHERE code = $1 FOR UPDATE", data.code
+            )
+            # A distrusted peer's keys and feed URL are replaced now, its trust only once its
+            # feed is read to the end (`_trust_when_caught_up`).
             row = await conn.fetchrow(
                 """
                 INSERT INTO peers (code, name, base_url, jwks, feed_url, identity, added_at)
@@ -153,29 +181,81 @@ class RecognitionService:
                 ON CONFLICT (code) DO UPDATE SET name = excluded.name,
                     base_url = excluded.base_url, jwks = excluded.jwks,
                     feed_url = excluded.feed_url, identity = excluded.identity,
-                    removed_at = NULL, last_error = NULL
+                    last_error = NULL
                 RETURNING *
                 """,
                 data.code, str(claims["name"]), data.base_url.rstrip("/"), data.jwks,
                 str(claims["feed_url"]), identity_jws, now,
             )  # fmt: skip
-            # Trusted again: what was hidden only because trust was withdrawn comes back.
-            still_listed = await conn.fetch(
-                "SELECT product_id FROM recognitions WHERE origin = $1 AND product_id IS NOT NULL"
-                " AND origin_state = 'listed' AND outcome = 'recognised'",
-                data.code,
-            )
-            restored = await self.listings.retrust_origin(
-                conn, data.code, [r["product_id"] for r in still_listed], now
-            )
-            await record(
-                conn, actor, at=now, action="peer.trusted", subject_type="peer",
-                subject_id=data.code,
-                detail={"kids": [k["kid"] for k in data.jwks["keys"]],
-                        "feed_url": claims["feed_url"], "name": claims["name"],
-                        "products_restored": restored},
-            )  # fmt: skip
-        return _peer(row)
+            detail = {"kids": [k["kid"] for k in data.jwks["keys"]],
+                      "feed_url": claims["feed_url"], "name": claims["name"]}  # fmt: skip
+            if before is None or before["removed_at"] is None:
+                await record(
+                    conn, actor, at=now, action="peer.trusted", subject_type="peer",
+                    subject_id=data.code, detail=detail,
+                )  # fmt: skip
+                return _peer(row)
+        try:
+            return await self._trust_when_caught_up(data.code, fetch, actor, detail)
+        except Exception as error:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "UPDATE peers SET last_error = $2 WHERE code = $1",
+                    data.code, _error_text(error),
+                )  # fmt: skip
+                await record(
+                    conn, actor, at=self.clock.now(), action="peer.trust_deferred",
+                    subject_type="peer", subject_id=data.code,
+                    detail=detail | {"error": _error_text(error)},
+                )  # fmt: skip
+            if isinstance(error, asyncpg.PostgresError):
+                raise
+            raise verify.FeedUnavailable(
+                f"{data.code}'s feed could not be read to its end ({error}): it stays"
+                " distrusted and its products hidden here; trust it again when it answers",
+                extensions={"peer": data.code},
+            ) from error
+
+    async def _trust_when_caught_up(
+        self, code: str, fetch: Fetch, actor: Actor, detail: dict[str, Any]
+    ) -> Peer:
+        """Read a distrusted peer's feed to its end, its products held meanwhile; then, in
+        one transaction with the peer's row locked (so nothing is applied in between), check
+        that the feed has nothing more, trust the peer, and list again the products that only
+        withdrawn trust held and that its feed left listed."""
+        while True:
+            while await self._pull(code, fetch, actor, catching_up=True) > 0:
+                pass
+            async with self.pool.acquire() as conn, conn.transaction():
+                peer = await conn.fetchrow("SELECT * FROM peers WHERE code = $1 FOR UPDATE", code)
+                assert peer is not None  # peers are never deleted
+                if peer["removed_at"] is None:  # trusted again meanwhile, by another request
+                    return _peer(peer)
+                page = await _read_page(peer, fetch)  # a failure rolls back, then is kept
+                if any(item.seq > peer["cursor"] for item in page.items):
+                    continue  # the peer has moved on since: read that too, then check again
+                now = self.clock.now()
+                row = await conn.fetchrow(
+                    "UPDATE peers SET removed_at = NULL, last_error = NULL, last_pull_at = $2"
+                    " WHERE code = $1 RETURNING *",
+                    code, now,
+                )  # fmt: skip
+                assert row is not None
+                still_listed = await conn.fetch(
+                    "SELECT product_id FROM recognitions WHERE origin = $1"
+                    " AND product_id IS NOT NULL AND origin_state = 'listed'"
+                    " AND outcome = 'recognised'",
+                    code,
+                )
+                restored = await self.listings.retrust_origin(
+                    conn, code, [r["product_id"] for r in still_listed], now
+                )
+                await record(
+                    conn, actor, at=now, action="peer.trusted", subject_type="peer",
+                    subject_id=code,
+                    detail=detail | {"caught_up_to": row["cursor"], "products_restored": restored},
+                )  # fmt: skip
+                return _peer(row)
 
     async def peers(self) -> list[Peer]:
         rows = await self.pool.fetch("SELECT * FROM peers ORDER BY code")
@@ -199,8 +279,12 @@ class RecognitionService:
             )  # fmt: skip
         return _peer(row)
 
-    async def trusted_keys(self, conn: Executor) -> dict[str, Jwks]:
-        rows = await conn.fetch("SELECT code, jwks FROM peers WHERE removed_at IS NULL")
+    async def trusted_keys(self, conn: Executor, catching_up: str | None = None) -> dict[str, Jwks]:
+        """The pinned keys of the trusted peers (and of ``catching_up``, a distrusted peer
+        whose feed is being read before it is trusted again)."""
+        rows = await conn.fetch(
+            "SELECT code, jwks FROM peers WHERE removed_at IS NULL OR code = $1", catching_up
+        )
         return {row["code"]: row["jwks"] for row in rows}
 
     # --- member credentials --------------------------------------------------------------------
@@ -359,16 +443,7 @@ class RecognitionService:
                     verify.check_credential_holder(credential, claims)
                 current = await self._lock(conn, origin, code)
                 if current is not None:
-                    issued = datetime.fromtimestamp(int(claims["iat"]), tz=UTC)
-                    if current["origin_state"] == "delisted" or (
-                        current["revoked_before"] is not None
-                        and issued <= current["revoked_before"]
-                    ):
-                        raise verify.CertificateRevoked(
-                            f"{origin} {current['origin_state']} {code} after issuing this"
-                            " certificate",
-                            extensions={"origin_state": current["origin_state"]},
-                        )
+                    await self._check_not_revoked(conn, current, claims, request.certificate)
                     if int(claims["revision"]) < current["revision"]:
                         raise verify.RevisionReplayed(
                             f"revision {claims['revision']} of {code} is older than revision"
@@ -391,6 +466,37 @@ class RecognitionService:
                             "policy": result.refusal},
             )  # fmt: skip
         return result
+
+    async def _check_not_revoked(
+        self, conn: Connection, current: Any, claims: dict[str, Any], certificate: str
+    ) -> None:
+        """A certificate issued no later than the origin's last suspension or delisting of the
+        product (whole seconds: its ``iat``) is revoked, unless it is the very certificate the
+        origin's feed published since, which this exchange lists the product under now (a
+        reinstatement in the second of the suspension still has its fresh certificate accepted).
+        """
+        origin, code = current["origin"], current["product_code"]
+        if current["origin_state"] == "delisted":
+            raise verify.CertificateRevoked(
+                f"{origin} delisted {code}: every certificate it issued for it is revoked",
+                extensions={"origin_state": "delisted"},
+            )
+        revoked_before = current["revoked_before"]
+        issued = datetime.fromtimestamp(int(claims["iat"]), tz=UTC)
+        if revoked_before is None or issued > revoked_before:
+            return
+        if current["origin_state"] == "listed" and current["outcome"] == "recognised":
+            listed_under = await conn.fetchval(
+                "SELECT certificate FROM products WHERE id = $1", current["product_id"]
+            )
+            if listed_under == certificate:
+                return
+        raise verify.CertificateRevoked(
+            f"{origin} suspended {code} at {revoked_before.isoformat()}, after issuing this"
+            f" certificate (at {issued.isoformat()}): present the one it issued since",
+            extensions={"origin_state": current["origin_state"],
+                        "revoked_before": revoked_before.isoformat()},
+        )  # fmt: skip
 
     async def _lock(self, conn: Connection, origin: str, code: str) -> Any:
         return await conn.fetchrow(
@@ -421,8 +527,11 @@ class RecognitionService:
         current: Any,
         *,
         seq: int | None,
+        hold: str | None = None,
     ) -> Recognition:
-        """Apply a verified revision: under the local negative list, then list it here."""
+        """Apply a verified revision: under the local negative list, then list it here (or,
+        with ``hold``, keep it off the market for withdrawn trust until the origin's feed has
+        been read to its end)."""
         now = self.clock.now()
         code, revision = str(claims["sub"]), int(claims["revision"])
         digest = str(claims["revision_digest"])
@@ -469,6 +578,7 @@ class RecognitionService:
         product_id = await self.listings.recognise(
             conn, product_id=product_id, seller_id=seller_id, code=code, origin=origin,
             revision=revision, metadata=metadata, digest=digest, certificate=certificate, at=now,
+            hold=hold,
         )  # fmt: skip
         row = await self._upsert(
             conn, origin, code, product_id, revision, digest, "listed", "recognised", None, seq,
@@ -543,49 +653,59 @@ class RecognitionService:
 
     # --- the peer's feed, applied here ---------------------------------------------------------
 
-    async def pull(self, peer_code: str, fetch: Any, actor: Actor) -> int:
-        """Fetch one page of a peer's feed after our cursor and apply it; returns items applied.
+    async def pull(self, peer_code: str, fetch: Fetch, actor: Actor) -> int:
+        """Fetch one page of a trusted peer's feed after our cursor and apply it; returns items
+        applied.
 
         ``fetch(url)`` returns the decoded JSON body (an HTTP GET; a parameter so the caller
         chooses the client). Items at or below the cursor are skipped, so two replicas pulling
         the same peer apply each item once."""
+        return await self._pull(peer_code, fetch, actor, catching_up=False)
+
+    async def _pull(self, peer_code: str, fetch: Fetch, actor: Actor, *, catching_up: bool) -> int:
+        """One page, of a trusted peer or (``catching_up``) of a distrusted one being read to
+        its end before it is trusted again, its products held here meanwhile."""
         peer = await self.pool.fetchrow(
-            "SELECT * FROM peers WHERE code = $1 AND removed_at IS NULL", peer_code
-        )
+            "SELECT * FROM peers WHERE code = $1 AND (removed_at IS NULL OR $2)",
+            peer_code, catching_up,
+        )  # fmt: skip
         if peer is None:
             return 0
-        url = f"{peer['feed_url']}?after={peer['cursor']}&limit=100"
-        try:
-            body = await fetch(url)
-            verified = verify.verify_signed(str(body["jws"]), peer_code, peer["jwks"],
-                                            typ=FEED_TYPE)  # fmt: skip
-            page = feed.feed_claims(verified.claims)
-        except Exception as error:
-            await self.pool.execute(
-                "UPDATE peers SET last_error = $2, last_pull_at = $3 WHERE code = $1",
-                peer_code, f"{type(error).__name__}: {error}"[:500], self.clock.now(),
-            )  # fmt: skip
-            raise
+        page = await self._fetch_page(peer, fetch)
         applied = 0
         for item in page.items:
-            applied += await self._apply_item(peer_code, page, item, actor)
+            applied += await self._apply_item(peer_code, item, actor, catching_up=catching_up)
         await self.pool.execute(
             "UPDATE peers SET last_error = NULL, last_pull_at = $2 WHERE code = $1",
             peer_code, self.clock.now(),
         )  # fmt: skip
         return applied
 
-    async def _apply_item(self, origin: str, page: FeedClaims, item: FeedItem, actor: Actor) -> int:
+    async def _fetch_page(self, peer: Any, fetch: Fetch) -> FeedClaims:
+        """`_read_page`; a failure is kept on the peer (``last_error``) and raised."""
+        try:
+            return await _read_page(peer, fetch)
+        except Exception as error:
+            await self.pool.execute(
+                "UPDATE peers SET last_error = $2, last_pull_at = $3 WHERE code = $1",
+                peer["code"], _error_text(error), self.clock.now(),
+            )  # fmt: skip
+            raise
+
+    async def _apply_item(
+        self, origin: str, item: FeedItem, actor: Actor, *, catching_up: bool
+    ) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
             cursor = await conn.fetchval(
-                "SELECT cursor FROM peers WHERE code = $1 AND removed_at IS NULL FOR UPDATE",
-                origin,
-            )
+                "SELECT cursor FROM peers WHERE code = $1 AND (removed_at IS NULL OR $2)"
+                " FOR UPDATE",
+                origin, catching_up,
+            )  # fmt: skip
             if cursor is None or item.seq <= cursor:
                 return 0
             try:
                 async with conn.transaction():  # a savepoint: a refused item still moves on
-                    await self._apply_event(conn, origin, item, actor)
+                    await self._apply_event(conn, origin, item, actor, catching_up=catching_up)
             except verify.RecognitionError as error:
                 log.warning("feed_item_refused", origin=origin, seq=item.seq,
                             code=error.code, detail=error.detail)  # fmt: skip
@@ -599,7 +719,7 @@ class RecognitionService:
         return 1
 
     async def _apply_event(
-        self, conn: Connection, origin: str, item: FeedItem, actor: Actor
+        self, conn: Connection, origin: str, item: FeedItem, actor: Actor, *, catching_up: bool
     ) -> None:
         current = await self._lock(conn, origin, item.product_code)
         if current is not None and item.seq <= current["feed_seq"]:
@@ -607,7 +727,7 @@ class RecognitionService:
         if item.event == "published":
             if item.certificate is None or item.metadata is None:
                 raise verify.BadSignature(f"feed item {item.seq} has no certificate or metadata")
-            peers = await self.trusted_keys(conn)
+            peers = await self.trusted_keys(conn, origin if catching_up else None)
             claims = verify.verify_signed(
                 item.certificate, origin, peers[origin], typ=CERTIFICATE_TYPE
             ).claims
@@ -627,6 +747,7 @@ class RecognitionService:
             await self._publish(
                 conn, actor, origin, claims, metadata, credential, item.credential,
                 item.certificate, current, seq=item.seq,
+                hold=_distrusted(origin) if catching_up else None,
             )  # fmt: skip
             return
         # suspended / delisted: every certificate issued so far is revoked.

@@ -69,6 +69,12 @@ class RefusedByLocalPolicy(RecognitionError):
     title = "Refused by this exchange's negative list"
 
 
+class FeedUnavailable(RecognitionError):
+    status = 503
+    code = "recognition_feed_unavailable"
+    title = "The peer's feed could not be read to its end"
+
+
 class CredentialInvalid(RecognitionError):
     code = "credential_invalid"
     title = "The member credential is not accepted"

@@ -6,18 +6,22 @@ A's signed listing feed. Timings are bounds the issue sets (within 5 s), not spe
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from typing import Any
 
 import pytest
 
 from tests.kit.documents import metadata
 from tests.kit.market import Signer, order_body
-from tests.kit.recognition import Exchange, two_exchanges
-
-PROPAGATION_BOUND_S = 5.0
+from tests.kit.recognition import (
+    credentialed_seller,
+    list_on,
+    ok,
+    register,
+    token,
+    trust,
+    two_exchanges,
+    until,
+)
 
 STRICTER_RULE = """
 [[rules]]
@@ -39,104 +43,6 @@ basis = "local exchange rule"
 async def exchanges(settings, servers, tmp_path):
     async with two_exchanges(settings, servers.admin_database_url, tmp_path) as pair:
         yield pair
-
-
-async def ok(response: Any, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json()
-
-
-async def register(ex: Exchange, uscc: str, roles: list[str], name: str) -> dict[str, Any]:
-    body = {
-        "name": name,
-        "uscc": uscc,
-        "roles": roles,
-        "region": "310000",
-        "contact": {"name": "张三", "email": "zhang@example.cn", "phone": "+86 21 5555 0000"},
-    }
-    org: dict[str, Any] = await ok(
-        await ex.http.post("/v1/organisations", json=body, headers=ex.headers(ex.admin)), 201
-    )
-    return org
-
-
-async def token(ex: Exchange, org_id: str, roles: list[str]) -> str:
-    issued = await ok(
-        await ex.http.post(
-            f"/v1/organisations/{org_id}/tokens",
-            json={"name": "t", "roles": roles, "expires_in_days": 30},
-            headers=ex.headers(ex.admin),
-        ),
-        201,
-    )
-    return str(issued["token"])
-
-
-async def trust(b: Exchange, a: Exchange) -> dict[str, Any]:
-    """B's admin pins A's JWKS (obtained out of band: here, read from A) and trusts A."""
-    keys = (await a.http.get("/.well-known/jwks.json")).json()
-    peer: dict[str, Any] = await ok(
-        await b.http.post(
-            "/v1/peers",
-            json={"code": a.code, "base_url": a.url, "jwks": keys},
-            headers=b.headers(b.admin),
-        ),
-        201,
-    )
-    return peer
-
-
-async def credentialed_seller(a: Exchange, uscc: str) -> dict[str, Any]:
-    """A seller on A with its own key and a member credential carrying that key."""
-    org = await register(a, uscc, ["seller"], "上海示例数据科技有限公司")
-    seller = await token(a, org["id"], ["seller"])
-    signer = Signer()
-    key = await ok(
-        await a.http.post("/v1/keys", json=signer.public, headers=a.headers(seller)), 201
-    )
-    signer.kid = key["kid"]
-    credential = await ok(
-        await a.http.post(
-            "/v1/member-credentials", json={"org_id": org["id"]}, headers=a.headers(a.admin)
-        ),
-        201,
-    )
-    operator = (await a.http.get("/v1/me", headers=a.headers(a.admin))).json()["organisation"]
-    reviewer = await token(a, operator["id"], ["reviewer"])
-    return {"org": org, "token": seller, "signer": signer, "credential": credential,
-            "reviewer": reviewer}  # fmt: skip
-
-
-async def list_on(a: Exchange, seller: dict[str, Any], document: dict[str, Any]) -> dict[str, Any]:
-    """Create, submit and approve a product on A; returns it listed."""
-    headers = a.headers(seller["token"])
-    created = await ok(await a.http.post("/v1/products", json=document, headers=headers), 201)
-    submitted = await ok(await a.http.post(f"/v1/products/{created['id']}/submit", headers=headers))
-    case_id = submitted["review"]["case_id"]
-    reviewer = a.headers(seller["reviewer"])
-    await ok(await a.http.post(f"/v1/reviews/{case_id}/claim", headers=reviewer))
-    await ok(
-        await a.http.post(
-            f"/v1/reviews/{case_id}/decisions",
-            json={"verdict": "approve", "reason": "ok", "evidence": []},
-            headers=reviewer,
-        )
-    )
-    listed: dict[str, Any] = await ok(
-        await a.http.get(f"/v1/products/{created['id']}", headers=headers)
-    )
-    assert listed["state"] == "listed"
-    return listed
-
-
-async def until(check: Any, bound: float = PROPAGATION_BOUND_S) -> float:
-    """Seconds until ``check()`` is truthy; fails past ``bound``."""
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > bound:
-            raise AssertionError(f"not within {bound}s")
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
 
 
 async def test_listed_on_a_recognised_on_b_ordered_and_suspended(exchanges):

@@ -233,6 +233,50 @@ async def test_a_certificate_revoked_at_the_origin_is_refused_and_the_feed_appli
     assert seen["origin_state"] == "delisted" and seen["product_id"] is not None
 
 
+async def test_a_reinstatement_certificate_of_the_suspensions_second_is_accepted_once_fed(here):
+    """A certificate's ``iat`` is in whole seconds: one issued in the second of a suspension
+    cannot be told from one the suspension revoked, until the feed brings it as the certificate
+    of the reinstatement; from then on it is accepted by hand, the revoked one still refused."""
+    peer: Peer = here["peer"]
+    clock = here["clock"]
+    document = metadata()
+    code = product_code(PEER, 2026, 1)
+    digest = sha256_digest(msgspec.convert(document, ProductMetadata))
+    suspended_at = clock.now().replace(microsecond=500_000)
+    before = peer.certificate(document, 1, suspended_at - timedelta(minutes=1))
+    fresh = peer.certificate(document, 1, suspended_at + timedelta(milliseconds=300))
+    peer.items = [
+        FeedItem(seq=1, event="published", product_code=code,
+                 at=suspended_at - timedelta(minutes=1), revision=1, revision_digest=digest,
+                 certificate=before, metadata=document, credential=peer.credential(clock.now())),
+        FeedItem(seq=2, event="suspended", product_code=code, at=suspended_at, reason="核查"),
+    ]  # fmt: skip
+
+    async def fetch(url: str) -> dict[str, str]:
+        return peer.page(int(url.split("after=")[1].split("&", maxsplit=1)[0]))
+
+    service = wiring.recognition(here["pool"], clock, here["settings"], None)  # type: ignore[arg-type]
+    actor = Actor(label="system:peer-feed")
+    assert await service.pull(PEER, fetch, actor) == 2
+    early = await present(here, fresh, document)
+    assert early.status_code == 409, early.text
+    assert early.json()["code"] == "recognition_certificate_revoked"
+
+    peer.items.append(
+        FeedItem(seq=3, event="published", product_code=code,
+                 at=suspended_at + timedelta(milliseconds=300), revision=1,
+                 revision_digest=digest, certificate=fresh, metadata=document,
+                 credential=peer.credential(clock.now()))
+    )  # fmt: skip
+    assert await service.pull(PEER, fetch, actor) == 1
+    accepted = await present(here, fresh, document)
+    assert accepted.status_code == 201, accepted.text
+    assert accepted.json()["origin_state"] == "listed"
+    revoked = await present(here, before, document)
+    assert revoked.status_code == 409, revoked.text
+    assert "present the one it issued since" in revoked.json()["detail"]
+
+
 async def test_a_feed_page_not_signed_by_the_peer_is_refused_and_nothing_applies(here):
     peer, clock = here["peer"], here["clock"]
     impostor = Peer(here["settings"])

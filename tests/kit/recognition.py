@@ -8,7 +8,9 @@ certificates, feed pages), signed with keys the test holds so that it can forge 
 Exchange A uses the run's database and stream (emptied per test by the `settings` fixture);
 exchange B gets a second database on the same PostgreSQL and a NATS server of its own (embedded,
 under the test's folder). Each API is `dataex serve api` (granian) on a port of its own, with its
-own state folder (so its own master key and signing key).
+own state folder (so its own master key and signing key); `stop_api` / `start_api` take one
+down and bring it back. `trust`, `credentialed_seller`, `list_on`, `until` … are the steps the
+two-exchange tests take through the APIs.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from exchange.recognition.schemas import (
     FeedItem,
 )
 from exchange.runtime import ensure_signing_key
+from tests.kit.market import Signer
 from tests.kit.processes import ROOT, clean_env, free_port
 from tests.kit.servers import create_database, drop_database, prepare_servers, with_database
 
@@ -184,6 +187,122 @@ async def two_exchanges(
         await drop_database(admin_database_url, database_b)
 
 
+# --- what a test does through the two exchanges' APIs ------------------------------------------
+
+PROPAGATION_BOUND_S = 5.0  # the issue's bound for a listing event to reach a peer
+
+
+def stop_api(exchange: Exchange) -> None:
+    """Stop the exchange's API process (its database and NATS stay up)."""
+    _stop(exchange.process)
+    exchange.process = None
+
+
+async def start_api(exchange: Exchange) -> None:
+    """Start the exchange's API process again, on the same port and state folder."""
+    log = exchange.settings.state_dir / f"api.{uuid.uuid4().hex[:6]}.log"
+    exchange.process = _start_api(exchange.settings, log)
+    await _wait_ready(exchange, log)
+
+
+async def ok(response: Any, status: int = 200) -> Any:
+    assert response.status_code == status, response.text
+    return response.json()
+
+
+async def register(ex: Exchange, uscc: str, roles: list[str], name: str) -> dict[str, Any]:
+    body = {
+        "name": name,
+        "uscc": uscc,
+        "roles": roles,
+        "region": "310000",
+        "contact": {"name": "张三", "email": "zhang@example.cn", "phone": "+86 21 5555 0000"},
+    }
+    org: dict[str, Any] = await ok(
+        await ex.http.post("/v1/organisations", json=body, headers=ex.headers(ex.admin)), 201
+    )
+    return org
+
+
+async def token(ex: Exchange, org_id: str, roles: list[str]) -> str:
+    issued = await ok(
+        await ex.http.post(
+            f"/v1/organisations/{org_id}/tokens",
+            json={"name": "t", "roles": roles, "expires_in_days": 30},
+            headers=ex.headers(ex.admin),
+        ),
+        201,
+    )
+    return str(issued["token"])
+
+
+async def trust(b: Exchange, a: Exchange) -> dict[str, Any]:
+    """B's admin pins A's JWKS (obtained out of band: here, read from A) and trusts A."""
+    keys = (await a.http.get("/.well-known/jwks.json")).json()
+    peer: dict[str, Any] = await ok(
+        await b.http.post(
+            "/v1/peers",
+            json={"code": a.code, "base_url": a.url, "jwks": keys},
+            headers=b.headers(b.admin),
+        ),
+        201,
+    )
+    return peer
+
+
+async def credentialed_seller(a: Exchange, uscc: str) -> dict[str, Any]:
+    """A seller on A with its own key and a member credential carrying that key."""
+    org = await register(a, uscc, ["seller"], "上海示例数据科技有限公司")
+    seller = await token(a, org["id"], ["seller"])
+    signer = Signer()
+    key = await ok(
+        await a.http.post("/v1/keys", json=signer.public, headers=a.headers(seller)), 201
+    )
+    signer.kid = key["kid"]
+    credential = await ok(
+        await a.http.post(
+            "/v1/member-credentials", json={"org_id": org["id"]}, headers=a.headers(a.admin)
+        ),
+        201,
+    )
+    operator = (await a.http.get("/v1/me", headers=a.headers(a.admin))).json()["organisation"]
+    reviewer = await token(a, operator["id"], ["reviewer"])
+    return {"org": org, "token": seller, "signer": signer, "credential": credential,
+            "reviewer": reviewer}  # fmt: skip
+
+
+async def list_on(a: Exchange, seller: dict[str, Any], document: dict[str, Any]) -> dict[str, Any]:
+    """Create, submit and approve a product on A; returns it listed."""
+    headers = a.headers(seller["token"])
+    created = await ok(await a.http.post("/v1/products", json=document, headers=headers), 201)
+    submitted = await ok(await a.http.post(f"/v1/products/{created['id']}/submit", headers=headers))
+    case_id = submitted["review"]["case_id"]
+    reviewer = a.headers(seller["reviewer"])
+    await ok(await a.http.post(f"/v1/reviews/{case_id}/claim", headers=reviewer))
+    await ok(
+        await a.http.post(
+            f"/v1/reviews/{case_id}/decisions",
+            json={"verdict": "approve", "reason": "ok", "evidence": []},
+            headers=reviewer,
+        )
+    )
+    listed: dict[str, Any] = await ok(
+        await a.http.get(f"/v1/products/{created['id']}", headers=headers)
+    )
+    assert listed["state"] == "listed"
+    return listed
+
+
+async def until(check: Any, bound: float = PROPAGATION_BOUND_S) -> float:
+    """Seconds until ``check()`` is truthy; fails past ``bound``."""
+    started = time.monotonic()
+    while not await check():
+        if time.monotonic() - started > bound:
+            raise AssertionError(f"not within {bound}s")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
 # --- a peer the test holds the keys of ----------------------------------------------------------
 
 PEER = "SHDX"
@@ -224,7 +343,12 @@ class Peer:
         return (key or self.key).sign_compact(claims, typ=CREDENTIAL_TYPE)
 
     def certificate(
-        self, document: dict[str, Any], revision: int, at: datetime, key: SigningKey | None = None
+        self,
+        document: dict[str, Any],
+        revision: int,
+        at: datetime,
+        key: SigningKey | None = None,
+        code: str = product_code(PEER, 2026, 1),
     ) -> str:
         typed = msgspec.convert(document, ProductMetadata)
         info = RevisionInfo(
@@ -232,13 +356,12 @@ class Peer:
             metadata=typed,
         )  # fmt: skip
         claims = certificate_claims(
-            self.settings, product_code(PEER, 2026, 1), info, "上海示例数据科技有限公司",
-            SELLER_USCC, at,
-        )  # fmt: skip
+            self.settings, code, info, "上海示例数据科技有限公司", SELLER_USCC, at
+        )
         return (key or self.key).sign_compact(claims, typ=CERTIFICATE_TYPE)
 
-    def page(self, after: int) -> dict[str, str]:
-        items = [i for i in self.items if i.seq > after]
+    def page(self, after: int, limit: int | None = None) -> dict[str, str]:
+        items = [i for i in self.items if i.seq > after][:limit]
         claims = FeedClaims(iss=PEER, after=after, items=items,
                             next_after=items[-1].seq if items else after, iat=0)  # fmt: skip
         return {"jws": self.key.sign_compact(msgspec.to_builtins(claims), typ=FEED_TYPE)}
