@@ -132,6 +132,9 @@ async def test_every_process_killed_at_once_then_up_is_ready_at_the_first_attemp
     )
     assert cut["killed"] >= 8  # up, five parts (and granian's workers), PostgreSQL, NATS
     assert cut["ready_after_s"] < 30.0
+    print(
+        f"\n{cut['killed']:.0f} processes killed at once; up ready in {cut['ready_after_s']:.2f} s"
+    )
     assert "HTTP 500" not in load.statuses, load.statuses
     await settle_check(exchange, load)
 
