@@ -64,7 +64,7 @@ from exchange.recognition.api import (
     PeerController,
     RecognitionController,
 )
-from exchange.review.api import ReviewController
+from exchange.review.api import ExporterStatusController, ReviewController
 from exchange.wiring import DEPENDENCIES as ROOM_SERVICES
 from exchange.wiring import provide_reports
 from settlement.api import (
@@ -87,6 +87,7 @@ ROUTE_HANDLERS: list[Any] = [
     CertificateController,
     CatalogController,
     ReviewController,
+    ExporterStatusController,
     WellKnownController,
     OrderController,
     ContractController,

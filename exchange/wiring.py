@@ -7,9 +7,15 @@ and the process runtime, fills it in:
 
 - listings → the catalog projection (`catalog.sync`) and the signed feed peers follow
   (`recognition.feed.on_listing_event`);
-- the review queue → the listing and order rooms' `on_case_decided`;
+- the review queue → the listing and order rooms' `on_case_decided`, and the handlers of staff
+  proposals: the listing room's `on_prohibition_decided` (a product's legal prohibition) and
+  the review room's own `on_exporter_status_decided` (an organisation's exporter status, which
+  the identity room records);
 - recognition → the listing room, through which recognised products are written;
-- settlement → the orders room's `mark_unfunded` for trades whose payment failed;
+- settlement → the orders room's `mark_unfunded` for trades whose payment failed, and for
+  trades it voids the orders room's `uncount_exports` for those the delivery room delivered
+  nothing under (`exports_released`); the same for a metered trade that delivery's billing
+  releases unused (settlement voids it there, in the delivery room's transaction);
 - delivery → the listing room's re-check of the negative list (before a delivery token),
   settlement's top-up of a metered trade's reserve, and settlement's posting of each closed
   billing period and release of what was not spent when the grant ends;
@@ -19,8 +25,9 @@ and the process runtime, fills it in:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -32,19 +39,25 @@ from exchange.delivery.billing import Billing, BillingHooks
 from exchange.delivery.files import FileDeliveries, FileUploads
 from exchange.delivery.quota import LeaseBook
 from exchange.delivery.schemas import GrantSnapshot
-from exchange.delivery.service import DeliveryHooks, GrantService, revoked_jtis
+from exchange.delivery.service import (
+    DeliveryHooks,
+    GrantService,
+    revoked_jtis,
+    trades_delivered,
+)
 from exchange.delivery.storage import LocalFolderStore
 from exchange.delivery.tokens import TokenVerifier
 from exchange.delivery.usage import UsageRecorder
 from exchange.listings.service import ListingHooks, ListingService, fetch_revision
 from exchange.platform.clock import Clock
 from exchange.platform.context import Platform
-from exchange.platform.db import Executor
+from exchange.platform.db import Connection, Executor
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing, jwks, load_master_key
 from exchange.platform.status import provide
 from exchange.recognition import feed
 from exchange.recognition.service import RecognitionService
+from exchange.review.proposals import on_exporter_status_decided
 from exchange.review.service import ReviewService
 from settlement import reconciler
 from settlement.metered import MeteredSettlement
@@ -66,9 +79,12 @@ def orders(pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRin
 def reviews(
     pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing
 ) -> ReviewService:
+    listing_room = listings(pool, clock, settings, keyring)
     handlers = {
-        "listing": listings(pool, clock, settings, keyring).on_case_decided,
+        "listing": listing_room.on_case_decided,
         "order": orders(pool, clock, settings, keyring).on_case_decided,
+        "legal_prohibition": listing_room.on_prohibition_decided,
+        "exporter_status": on_exporter_status_decided,
     }
     return ReviewService(pool, clock, handlers)
 
@@ -81,11 +97,30 @@ def recognition(
     )
 
 
+def exports_released(
+    order_service: OrderService,
+) -> Callable[[Connection, Sequence[uuid.UUID]], Awaitable[None]]:
+    """Trades just voided: those the delivery room delivered nothing under stop counting
+    towards their sellers' cross-border totals (the orders room's `uncount_exports`); once
+    data reached the buyer, its individuals were exported whatever became of the money."""
+
+    async def voided(conn: Connection, trade_ids: Sequence[uuid.UUID]) -> None:
+        delivered = await trades_delivered(conn, trade_ids)
+        await order_service.uncount_exports(
+            conn, [t for t in trade_ids if t not in delivered], "voided"
+        )
+
+    return voided
+
+
 def settlement(
     pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing
 ) -> SettlementService:
-    unfunded = orders(pool, clock, settings, keyring).mark_unfunded
-    return SettlementService(pool, clock, settings, keyring, on_unfunded=unfunded)
+    order_service = orders(pool, clock, settings, keyring)
+    return SettlementService(
+        pool, clock, settings, keyring, on_unfunded=order_service.mark_unfunded,
+        on_voided=exports_released(order_service),
+    )  # fmt: skip
 
 
 def provide_reports(platform: Platform) -> None:
@@ -103,7 +138,16 @@ def grants(pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRin
 
 def billing(pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing) -> Billing:
     metered = MeteredSettlement(settings)
-    hooks = BillingHooks(post_usage=metered.post_usage, release=metered.release)
+    voided = exports_released(orders(pool, clock, settings, keyring))
+
+    async def release(conn: Connection, trade_id: uuid.UUID, at: datetime, reason: str) -> str:
+        """Settlement releases a metered trade whose grant ended; unused, it is voided."""
+        state = await metered.release(conn, trade_id, at, reason)
+        if state == "voided":
+            await voided(conn, [trade_id])
+        return state
+
+    hooks = BillingHooks(post_usage=metered.post_usage, release=release)
     return Billing(pool, clock, settings, keyring, hooks)
 
 

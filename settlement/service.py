@@ -111,6 +111,10 @@ class MovementView(msgspec.Struct, frozen=True):
 # Called in the settlement's transaction with the trades (contract ids) whose payment could
 # not be reserved: the orders room voids their contracts. The composition root passes it.
 UnfundedHook = Callable[[Connection, Sequence[uuid.UUID]], Awaitable[None]]
+# Called in the settlement's transaction with the trades (contract ids) it has just voided
+# (``dx.trade.voided``): the orders room stops counting the exports of those that delivered
+# nothing. The composition root passes it.
+VoidedHook = Callable[[Connection, Sequence[uuid.UUID]], Awaitable[None]]
 
 
 class SettlementTradeRow(Row, frozen=True):
@@ -150,12 +154,14 @@ class SettlementService:
         settings: Settings,
         keyring: KeyRing,
         on_unfunded: UnfundedHook,
+        on_voided: VoidedHook,
     ) -> None:
         self.pool = pool
         self.clock = clock
         self.settings = settings
         self.keyring = keyring
         self.on_unfunded = on_unfunded
+        self.on_voided = on_voided
         self.tree = ledger.tree_for(settings.database_url)
         # A metered trade's steps, which the delivery room takes in its own transactions.
         self.metered = MeteredSettlement(settings)
@@ -315,6 +321,8 @@ class SettlementService:
             at,
             request_id,
         )
+        if step == "voided":
+            await self.on_voided(conn, ids)
         return seqs
 
     async def settle_due(self, limit: int = 500) -> int:

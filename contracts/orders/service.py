@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import asyncpg
 import msgspec
@@ -61,10 +61,11 @@ SIGNATURE_TYPE = "dataex-contract-signature+jws"
 # Everything placing orders reads, in one round trip: for each order (a row of the arrays $1
 # product, $2 plan, $3 buyer organisation, $5 Idempotency-Key; numbered n from 1) the product
 # (locked FOR SHARE so it cannot be suspended or revised under the order), its live revision,
-# both parties, the plan's standing offer, the buyer's custodial key, the exchange's current
-# key, the policy list in effect at $4, the fee rule in effect, the listing review that may
-# have cleared cautious hits, and the key's advisory lock and stored result. An order whose
-# product does not exist has no row.
+# both parties (the seller with what staff recorded of it as a data exporter), the plan's
+# standing offer, the buyer's custodial key, the exchange's current key, the policy list in
+# effect at $4, the fee rule in effect, the listing review that may have cleared cautious hits,
+# and the key's advisory lock and stored result. An order whose product does not exist has no
+# row.
 #
 # The order room's one declared cross-room read model: it reads tables the listing, identity,
 # review, agreements and policy rooms own (never writes them) in one statement, because the
@@ -77,7 +78,8 @@ SELECT j.n, p.id, p.seller_org_id, p.state, p.live_revision, p.product_code, p.l
        p.recognised_from, p.certificate AS listing_certificate, pe.name AS origin_name,
        rg.cleared AS origin_cleared, r.digest AS revision_digest,
        s.name AS seller_name, s.uscc AS seller_uscc, b.name AS buyer_name, b.uscc AS buyer_uscc,
-       so.offer_digest, so.jws AS offer_jws,
+       s.ciio AS seller_ciio, s.export_exemption AS seller_exemption,
+       s.ftz_exempt AS seller_ftz_exempt, so.offer_digest, so.jws AS offer_jws,
        bk.kid AS buyer_kid, bk.sealed_private AS buyer_sealed,
        ek.kid AS exchange_kid, ek.sealed_private AS exchange_sealed,
        pl.version AS list_version, pl.digest AS list_digest,
@@ -118,10 +120,17 @@ LEFT JOIN LATERAL (
     ORDER BY product_id IS NULL, effective_from DESC, id DESC LIMIT 1
 ) fee ON true
 LEFT JOIN LATERAL (
+    -- Material revisions after the approved one that went live unreviewed here (a recognised
+    -- product's); one the review refused (rejected, changes requested) never went live, and a
+    -- cosmetic revision after it carries the approved revision's classification.
     SELECT c.rules AS case_rules, d.list_version AS case_list_version,
            (SELECT count(*) FROM product_revisions x WHERE x.product_id = p.id
               AND x.number > c.revision AND x.number <= p.live_revision
-              AND x.change <> 'cosmetic') AS material_since
+              AND x.change <> 'cosmetic'
+              AND NOT EXISTS (SELECT 1 FROM review_cases xc WHERE xc.kind = 'listing'
+                                AND xc.subject_id = p.id AND xc.revision = x.number
+                                AND xc.state IN ('rejected', 'changes_requested')))
+             AS material_since
     FROM review_cases c JOIN policy_decisions d ON d.id = c.policy_decision_id
     WHERE c.kind = 'listing' AND c.subject_id = p.id AND c.state = 'approved'
       AND c.revision <= p.live_revision
@@ -423,10 +432,12 @@ class OrderService:
 
     async def exporter_counts(self, conn: Executor, seller_org_id: uuid.UUID) -> tuple[int, int]:
         """Individuals whose personal information the seller exported this year, from its
-        executed cross-border trades: (non-sensitive, sensitive)."""
+        executed cross-border trades: (non-sensitive, sensitive). Only identifiable personal
+        information counts, and not a trade voided or failed before any delivery
+        (``counted_pi_subjects``)."""
         row = await _one(conn,
-            "SELECT coalesce(sum(pi_subject_count) FILTER (WHERE NOT sensitive_pi), 0) AS n,"
-            "       coalesce(sum(pi_subject_count) FILTER (WHERE sensitive_pi), 0) AS s"
+            "SELECT coalesce(sum(counted_pi_subjects) FILTER (WHERE NOT sensitive_pi), 0) AS n,"
+            "       coalesce(sum(counted_pi_subjects) FILTER (WHERE sensitive_pi), 0) AS s"
             " FROM orders WHERE seller_org_id = $1 AND state = 'executed' AND cross_border"
             " AND executed_at >= $2",
             seller_org_id, counting_year_start(self.clock.now()),
@@ -618,12 +629,14 @@ class OrderService:
             if contract.executed:
                 state = ORDER.next(state, "execute")
         cross_border = decision.cross_border is not None and decision.cross_border.route != "none"
-        sensitive = pi.present and pi.sensitive and pi.state != "anonymised"
-        if state == "executed" and cross_border:  # counts for the group's next orders
+        identifiable = pi.present and pi.state != "anonymised"  # personal information
+        sensitive = identifiable and pi.sensitive
+        # What it adds to the seller's totals once executed: anonymised or non-personal data
+        # moves no personal information abroad, whatever number of individuals it declares.
+        counted = data.pi_subject_count if cross_border and identifiable else 0
+        if state == "executed" and counted:  # counts for the group's next orders
             n, s = exported.get(ctx["seller_org_id"], (0, 0))
-            exported[ctx["seller_org_id"]] = (
-                (n, s + data.pi_subject_count) if sensitive else (n + data.pi_subject_count, s)
-            )
+            exported[ctx["seller_org_id"]] = (n, s + counted) if sensitive else (n + counted, s)
         writes.decisions.append(DecisionRow(
             subject_type="order", subject_id=str(order_id), list_version=decision.list_version,
             list_digest=decision.list_digest, outcome=decision.decision,
@@ -634,7 +647,8 @@ class OrderService:
             id=order_id, buyer_org_id=principal.org_id, seller_org_id=ctx["seller_org_id"],
             product_id=ctx["id"], revision=ctx["live_revision"], plan_id=plan.id,
             terms=msgspec.to_builtins(data), state=state, cross_border=cross_border,
-            sensitive_pi=sensitive, pi_subject_count=data.pi_subject_count, price_fen=price,
+            sensitive_pi=sensitive, pi_subject_count=data.pi_subject_count,
+            counted_pi_subjects=counted, price_fen=price,
             fee_fen=fee, decision=decision_doc, created_at=now, updated_at=now,
             executed_at=now if state == "executed" else None, fee_bps=paid.fee_bps,
         ))  # fmt: skip
@@ -685,8 +699,10 @@ class OrderService:
                 buyer_country=data.buyer_country, delivery_country=data.delivery_country,
                 redistribution=data.redistribution, pi_subject_count=data.pi_subject_count,
             ),
-            exporter=Exporter(ciio=False, ytd_pi_subjects=n, ytd_sensitive_pi_subjects=s,
-                              exemption=None, ftz_exempt=False),
+            # What staff recorded of the seller as a data exporter (route steps 2 and 3).
+            exporter=Exporter(ciio=ctx["seller_ciio"], ytd_pi_subjects=n,
+                              ytd_sensitive_pi_subjects=s, exemption=ctx["seller_exemption"],
+                              ftz_exempt=ctx["seller_ftz_exempt"]),
         )  # fmt: skip
         if ctx["list_version"] is None:
             raise Unavailable(
@@ -1030,12 +1046,51 @@ class OrderService:
 
     async def mark_unfunded(self, conn: Connection, contract_ids: Sequence[uuid.UUID]) -> None:
         """Settlement could not reserve the buyer's payment for these executed trades (their
-        contract ids): the contracts are void. Called by the settlement room through the
-        composition root, in the settlement's transaction."""
+        contract ids): the contracts are void, and since nothing was delivered their exports
+        no longer count. Called by the settlement room through the composition root, in the
+        settlement's transaction."""
         await conn.execute(
             "UPDATE trade_contracts SET state = $2 WHERE id = ANY($1::uuid[]) AND state = $3",
             list(contract_ids), CONTRACT.next("executed", "unfund"), "executed",
         )  # fmt: skip
+        await self.uncount_exports(conn, contract_ids, "failed")
+
+    async def uncount_exports(
+        self,
+        conn: Connection,
+        contract_ids: Sequence[uuid.UUID],
+        outcome: Literal["voided", "failed"],
+    ) -> int:
+        """These trades (contract ids) ended ``outcome`` (``voided``, ``failed``) before any
+        delivery: no personal information left China under them, so their individuals leave
+        the sellers' cross-border totals for the year. Called through the composition root in
+        the transaction that ends the trades (settlement's, or the delivery room's for a
+        metered trade released unused). Returns how many orders stopped counting; a trade
+        already uncounted, or that never counted, changes nothing."""
+        if not contract_ids:
+            return 0
+        now = self.clock.now()
+        rows = await conn.fetch(
+            "WITH ended AS (SELECT o.id, c.id AS contract_id, o.counted_pi_subjects,"
+            " o.sensitive_pi FROM orders o JOIN trade_contracts c ON c.order_id = o.id"
+            " WHERE c.id = ANY($1::uuid[]) AND o.counted_pi_subjects > 0 FOR UPDATE OF o)"
+            " UPDATE orders SET counted_pi_subjects = 0, updated_at = $2 FROM ended"
+            " WHERE orders.id = ended.id"
+            " RETURNING ended.id, ended.contract_id, ended.counted_pi_subjects,"
+            " ended.sensitive_pi",
+            list(contract_ids), now,
+        )  # fmt: skip
+        writes = Writes()
+        actor = Actor(label="system:settlement")
+        for row in rows:
+            writes.record(
+                actor, at=now, action="order.export_uncounted", subject_type="order",
+                subject_id=row["id"],
+                detail={"trade": outcome, "trade_id": str(row["contract_id"]),
+                        "subjects": row["counted_pi_subjects"], "sensitive": row["sensitive_pi"]},
+            )  # fmt: skip
+        await writes.flush(conn)
+        return len(rows)
 
     async def cancel(
         self, actor: Actor, principal: Principal, order_id: uuid.UUID, reason: str

@@ -41,6 +41,7 @@ class OrderRow(Row, frozen=True):
     cross_border: bool
     sensitive_pi: bool
     pi_subject_count: int
+    counted_pi_subjects: int  # what it adds to the seller's cross-border totals once executed
     price_fen: int
     fee_fen: int
     decision: dict[str, Any]

@@ -723,6 +723,17 @@ class GrantService:
         return value
 
 
+async def trades_delivered(conn: Executor, trade_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """The trades among ``trade_ids`` under which anything was delivered: a call served or a
+    byte of a file sent on any of their grants (every one is recorded before it goes out)."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT g.trade_id FROM grants g WHERE g.trade_id = ANY($1::uuid[])"
+        " AND EXISTS (SELECT 1 FROM usage_records u WHERE u.grant_id = g.id)",
+        list(trade_ids),
+    )
+    return {row["trade_id"] for row in rows}
+
+
 async def revoked_jtis(pool: Executor) -> set[str]:
     """The jtis of revoked delivery tokens that have not expired yet (what a delivery point
     refuses besides what the token itself says)."""

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from exchange.identity.schemas import Contact, Organisation, Token, TokenStatus
+from exchange.identity.schemas import Contact, ExporterStatus, Organisation, Token, TokenStatus
 from exchange.platform.db import Executor
 
 
@@ -26,6 +26,9 @@ def _organisation(row: asyncpg.Record) -> Organisation:
         updated_at=row["updated_at"],
         suspended_at=row["suspended_at"],
         suspended_reason=row["suspended_reason"],
+        exporter=ExporterStatus(
+            ciio=row["ciio"], exemption=row["export_exemption"], ftz_exempt=row["ftz_exempt"]
+        ),
     )
 
 
@@ -143,6 +146,18 @@ async def set_suspension(
         " ELSE $3::timestamptz END,"
         " suspended_reason = $2, updated_at = $3 WHERE id = $1 RETURNING *",
         org_id, reason, at,
+    )  # fmt: skip
+    assert row is not None
+    return _organisation(row)
+
+
+async def set_exporter_status(
+    conn: Executor, org_id: uuid.UUID, status: ExporterStatus, at: datetime
+) -> Organisation:
+    row = await conn.fetchrow(
+        "UPDATE organisations SET ciio = $2, export_exemption = $3, ftz_exempt = $4,"
+        " updated_at = $5 WHERE id = $1 RETURNING *",
+        org_id, status.ciio, status.exemption, status.ftz_exempt, at,
     )  # fmt: skip
     assert row is not None
     return _organisation(row)

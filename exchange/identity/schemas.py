@@ -17,6 +17,10 @@ RegionCode = Annotated[
     Meta(pattern=r"^[0-9]{6}$", description="six-digit administrative division code (GB/T 2260)"),
 ]
 Roles = Annotated[list[Role], Meta(min_length=1, max_length=4)]
+# Why an exporter's personal information may leave China without a standard contract or an
+# assessment (CAC Order No. 16, 2024, Art. 5): the policy attribute ``exporter.exemption``
+# (`contracts.policy.attributes.Exemption`, which a unit test keeps equal to this).
+ExportExemption = Literal["contract_with_individual", "cross_border_hr", "emergency", "re_export"]
 
 
 class Contact(Struct, forbid_unknown_fields=True):
@@ -46,6 +50,16 @@ class SuspensionIn(Struct, forbid_unknown_fields=True):
     reason: Annotated[str, Meta(min_length=1, max_length=2000)]
 
 
+class ExporterStatus(Struct, forbid_unknown_fields=True, frozen=True):
+    """What staff recorded of an organisation as a data exporter, for the cross-border route of
+    its exports (policy-rules.md, route steps 2 and 3): a critical information infrastructure
+    operator, an exemption, or a free-trade-zone exemption."""
+
+    ciio: bool = False
+    exemption: ExportExemption | None = None
+    ftz_exempt: bool = False
+
+
 class Organisation(Struct):
     id: uuid.UUID
     name: str
@@ -58,6 +72,7 @@ class Organisation(Struct):
     updated_at: datetime
     suspended_at: datetime | None = None
     suspended_reason: str | None = None
+    exporter: ExporterStatus = ExporterStatus()
 
 
 class OrganisationPage(Struct):

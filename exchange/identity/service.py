@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 import msgspec
@@ -11,6 +11,7 @@ import msgspec
 from exchange.identity import repository as repo
 from exchange.identity.schemas import (
     Contact,
+    ExporterStatus,
     Organisation,
     OrganisationCreate,
     OrganisationUpdate,
@@ -54,6 +55,29 @@ def _uscc(raw: str) -> str:
             errors=[FieldError(path="uscc", message=error.message, source="body")],
             extensions={"rule": error.rule},
         ) from error
+
+
+async def record_exporter_status(
+    conn: Connection,
+    actor: Actor,
+    org_id: uuid.UUID,
+    status: ExporterStatus,
+    at: datetime,
+    detail: dict[str, object],
+) -> Organisation:
+    """Record what staff decided about an organisation as a data exporter, in the caller's
+    transaction (the review room's, when the second reviewer approves the proposal), audited
+    with the state before and after."""
+    before = await repo.get_organisation(conn, org_id, for_update=True)
+    if before is None:
+        raise NotFound(f"no organisation {org_id}")
+    after = await repo.set_exporter_status(conn, org_id, status, at)
+    await record(
+        conn, actor, at=at, action="organisation.exporter_status_recorded",
+        subject_type="organisation", subject_id=org_id, before=before.exporter,
+        after=after.exporter, detail={**detail, "exporter": msgspec.to_builtins(status)},
+    )  # fmt: skip
+    return after
 
 
 class IdentityService:

@@ -12,6 +12,7 @@ from litestar.params import FromPath, JSONBody
 from exchange.listings.schemas import (
     Certificate,
     CertificateStatus,
+    LegalProhibitionProposal,
     Product,
     ProductDraft,
     ProductMetadata,
@@ -24,6 +25,7 @@ from exchange.platform.auth import PUBLIC, Principal, requires
 from exchange.platform.context import Platform
 from exchange.platform.paging import encode_cursor
 from exchange.platform.signing import jwks
+from exchange.review.schemas import ReviewCase
 
 Listings = NamedDependency[ListingService]
 ActorDep = NamedDependency[Actor]
@@ -155,6 +157,26 @@ class ProductController(Controller):
     ) -> Product:
         """The seller delists its own product; staff may delist any."""
         return await listings.transition(actor, principal, product_id, "delist", data.reason)
+
+    @post(
+        "/{product_id:uuid}/legal-prohibition",
+        operation_id="proposeLegalProhibition",
+        opt=requires("reviewer", "admin"),
+        status_code=201,
+    )
+    async def propose_legal_prohibition(
+        self,
+        product_id: FromPath[uuid.UUID],
+        data: JSONBody[LegalProhibitionProposal],
+        listings: Listings,
+        actor: ActorDep,
+    ) -> ReviewCase:
+        """Propose that a law, regulation, sector rule or contract forbids (or no longer
+        forbids) trading the product, with the reason and what says so. Opens a four-eyes
+        review case (kind ``legal_prohibition``, rule NEG-08); when two reviewers approve it,
+        the product's ``legal_prohibition`` is recorded and orders for it are rejected (NEG-08)
+        until a later proposal lifts it. 409 while another proposal for the product is open."""
+        return await listings.propose_prohibition(actor, product_id, data)
 
     @get("/{product_id:uuid}/certificate", operation_id="getCertificate", opt=PUBLIC)
     async def certificate(self, product_id: FromPath[uuid.UUID], listings: Listings) -> Certificate:

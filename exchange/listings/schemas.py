@@ -207,6 +207,8 @@ class Product(Struct, frozen=True):
     policy: dict[str, Any] | None
     created_at: datetime
     updated_at: datetime
+    # Staff recorded that a law, regulation, sector rule or contract forbids trading it (NEG-08).
+    legal_prohibition: bool = False
 
 
 class ProductPage(Struct):
@@ -216,6 +218,19 @@ class ProductPage(Struct):
 
 class Reason(Struct, forbid_unknown_fields=True):
     reason: Annotated[str, Meta(min_length=1, max_length=2000)]
+
+
+class LegalProhibitionProposal(Struct, forbid_unknown_fields=True, frozen=True):
+    """Whether a law, regulation, sector rule or contract forbids trading the product (the
+    policy attribute ``product.legal_prohibition``, NEG-08), why, and what says so."""
+
+    prohibited: bool
+    reason: Annotated[str, Meta(min_length=1, max_length=4000)]
+    reference: Annotated[
+        str,
+        Meta(min_length=1, max_length=500,
+             description="the law, regulation, sector rule or contract, or the notice"),
+    ]  # fmt: skip
 
 
 class Certificate(Struct, frozen=True):

@@ -30,6 +30,7 @@ from exchange.listings.lifecycle import (
 from exchange.listings.schemas import (
     Certificate,
     CertificateStatus,
+    LegalProhibitionProposal,
     Product,
     ProductDraft,
     ProductMetadata,
@@ -49,7 +50,12 @@ from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing, jws_header
 from exchange.platform.validation import collect_errors
 from exchange.review.schemas import ReviewCase
-from exchange.review.service import latest_case_for, open_case, withdraw_open_cases
+from exchange.review.service import (
+    latest_case_for,
+    open_case,
+    open_proposal,
+    withdraw_open_cases,
+)
 
 CERTIFICATE_TYPE = "dataex-listing-certificate+jws"
 # A certificate is valid this long; every new revision, reinstatement or re-issue renews it.
@@ -206,6 +212,7 @@ class ListingService:
             policy=policy,
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            legal_prohibition=row["legal_prohibition"],
         )
 
     async def get(self, principal: Principal, product_id: uuid.UUID) -> Product:
@@ -528,6 +535,54 @@ class ListingService:
             subject_id=row["id"],
             detail={"case_id": str(case.id), "revision": case.revision},
         )
+
+    # --- a legal prohibition (NEG-08), proposed by staff and decided by two reviewers ------
+
+    async def propose_prohibition(
+        self, actor: Actor, product_id: uuid.UUID, data: LegalProhibitionProposal
+    ) -> ReviewCase:
+        """Open the four-eyes case that decides ``data``; 404 for an unknown product, 409 while
+        another proposal for it is open."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await self._row(conn, product_id, lock=True)
+            if row is None:
+                raise NotFound(f"no product {product_id}")
+            proposal = msgspec.to_builtins(data)
+            case = await open_proposal(
+                conn, kind="legal_prohibition", subject_id=product_id,
+                subject_org_id=row["seller_org_id"], rules=["NEG-08"], proposal=proposal, at=now,
+            )  # fmt: skip
+            await record(
+                conn, actor, at=now, action="product.legal_prohibition_proposed",
+                subject_type="product", subject_id=product_id,
+                detail={"case_id": str(case.id), **proposal},
+            )  # fmt: skip
+        return case
+
+    async def on_prohibition_decided(
+        self, conn: Connection, case: ReviewCase, verdict: str, actor: Actor, at: datetime
+    ) -> None:
+        """Called by the review queue when a legal-prohibition case closes: approved, the
+        product's prohibition is recorded (orders, submissions, revisions and delivery tokens
+        evaluate it from then on)."""
+        if verdict != "approve" or case.proposal is None:
+            return
+        proposal = msgspec.convert(case.proposal, LegalProhibitionProposal)
+        before = await self._row(conn, case.subject_id, lock=True)
+        assert before is not None
+        await conn.execute(
+            "UPDATE products SET legal_prohibition = $2, updated_at = $3 WHERE id = $1",
+            case.subject_id, proposal.prohibited, at,
+        )  # fmt: skip
+        await record(
+            conn, actor, at=at, action="product.legal_prohibition_recorded",
+            subject_type="product", subject_id=case.subject_id,
+            before={"legal_prohibition": before["legal_prohibition"]},
+            after={"legal_prohibition": proposal.prohibited},
+            detail={"case_id": str(case.id), "prohibited": proposal.prohibited,
+                    "reason": proposal.reason, "reference": proposal.reference},
+        )  # fmt: skip
 
     # --- listing, certificates, events --------------------------------------------------
 

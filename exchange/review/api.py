@@ -1,4 +1,5 @@
-"""HTTP routes of the review queue (role ``reviewer``)."""
+"""HTTP routes of the review queue (role ``reviewer``), and staff proposals of an organisation's
+status as a data exporter, which the queue decides."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from litestar import Controller, get, post
-from litestar.di import NamedDependency
+from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from exchange.platform.audit import Actor
 from exchange.platform.auth import Principal, requires
+from exchange.platform.context import Platform
 from exchange.platform.paging import DEFAULT_PAGE, check_limit, decode_cursor, encode_cursor
+from exchange.review.proposals import ExporterStatusDesk, ExporterStatusProposal
 from exchange.review.schemas import DecisionCreate, ReviewCase, ReviewCasePage
 from exchange.review.service import ReviewService
 
@@ -28,7 +31,10 @@ class ReviewController(Controller):
     async def queue(
         self,
         reviews: Reviews,
-        kind: Annotated[str | None, QueryParameter(description="listing or order")] = None,
+        kind: Annotated[
+            str | None,
+            QueryParameter(description="listing, order, legal_prohibition or exporter_status"),
+        ] = None,
         case_state: Annotated[
             str | None, QueryParameter(name="state", description="open (default), approved, …")
         ] = "open",
@@ -93,3 +99,36 @@ class ReviewController(Controller):
         """approve (with evidence for every cautious hit), request_changes or reject, with a
         reason. Final and audited."""
         return await reviews.decide(actor, principal, case_id, data)
+
+
+def provide_exporter_desk(platform: NamedDependency[Platform]) -> ExporterStatusDesk:
+    return ExporterStatusDesk(platform.pool, platform.clock)
+
+
+class ExporterStatusController(Controller):
+    """Staff propose an organisation's status as a data exporter; two reviewers decide it in
+    the queue above (the identity room, which owns organisations, records it)."""
+
+    path = "/v1/organisations"
+    tags = ["organisations"]
+    dependencies = {"exporters": Provide(provide_exporter_desk, sync_to_thread=False)}
+
+    @post(
+        "/{org_id:uuid}/exporter-status",
+        operation_id="proposeExporterStatus",
+        opt=requires("reviewer", "admin"),
+        status_code=201,
+    )
+    async def propose(
+        self,
+        org_id: FromPath[uuid.UUID],
+        data: JSONBody[ExporterStatusProposal],
+        exporters: NamedDependency[ExporterStatusDesk],
+        actor: NamedDependency[Actor],
+    ) -> ReviewCase:
+        """Propose the organisation's whole exporter status (critical information
+        infrastructure operator, exemption, free-trade-zone exemption) with the reason and the
+        document it rests on. Opens a four-eyes review case (kind ``exporter_status``); the
+        status is recorded, and orders routed by it, once two reviewers approve. 409 while
+        another proposal for the organisation is open."""
+        return await exporters.propose(actor, org_id, data)

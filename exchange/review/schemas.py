@@ -9,6 +9,10 @@ from msgspec import Meta, Struct
 from exchange.review.states import CaseState
 
 Verdict = Literal["approve", "request_changes", "reject"]
+# What a case decides: a listing (its revision's hits), an order (its hits), or a staff
+# proposal (a product's legal prohibition, an organisation's status as a data exporter).
+CaseKind = Literal["listing", "order", "legal_prohibition", "exporter_status"]
+PROPOSAL_KINDS: tuple[CaseKind, ...] = ("legal_prohibition", "exporter_status")
 
 
 class EvidenceGiven(Struct, forbid_unknown_fields=True, frozen=True):
@@ -35,7 +39,7 @@ class ReviewDecision(Struct, frozen=True):
 
 class ReviewCase(Struct, frozen=True):
     id: uuid.UUID
-    kind: Literal["listing", "order"]
+    kind: CaseKind
     subject_id: uuid.UUID
     subject_org_id: uuid.UUID
     revision: int | None
@@ -48,6 +52,8 @@ class ReviewCase(Struct, frozen=True):
     opened_at: datetime
     closed_at: datetime | None
     decisions: list[ReviewDecision]
+    # A staff proposal's case: what is proposed (applied when the case is approved).
+    proposal: dict[str, Any] | None = None
 
 
 class ReviewCasePage(Struct):

@@ -5,6 +5,11 @@ Decisions are append-only. One ``request_changes`` or ``reject`` closes a case; 
 closes it when the case has as many approvals from distinct reviewers as it needs (two for
 four-eyes cases). Closing calls the handler registered for the case's kind, in the same
 transaction, so the listing (or order) changes together with the case.
+
+Besides listings and orders, a case may decide a staff proposal (`open_proposal`): a fact staff
+record that the policy lists read (a product's legal prohibition, an organisation's status as
+a data exporter). Such a case is always four-eyes, and its handler applies the proposal when
+two reviewers have approved it.
 """
 
 from __future__ import annotations
@@ -23,7 +28,14 @@ from exchange.platform.auth import Principal
 from exchange.platform.clock import Clock
 from exchange.platform.db import Connection, Executor
 from exchange.platform.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound
-from exchange.review.schemas import DecisionCreate, EvidenceGiven, ReviewCase, ReviewDecision
+from exchange.review.schemas import (
+    PROPOSAL_KINDS,
+    CaseKind,
+    DecisionCreate,
+    EvidenceGiven,
+    ReviewCase,
+    ReviewDecision,
+)
 from exchange.review.states import CASE
 
 CLAIM_TIMEOUT = timedelta(minutes=30)
@@ -66,6 +78,45 @@ async def open_case(
         at,
     )
     return case_id
+
+
+async def open_proposal(
+    conn: Connection,
+    *,
+    kind: CaseKind,
+    subject_id: uuid.UUID,
+    subject_org_id: uuid.UUID,
+    rules: list[str],
+    proposal: dict[str, Any],
+    at: datetime,
+) -> ReviewCase:
+    """Open a four-eyes case deciding a staff ``proposal`` about a subject (``rules``: the
+    policy rules it bears on, for the queue's filter). 409 while another proposal of the kind is
+    open for the subject."""
+    assert kind in PROPOSAL_KINDS
+    case_id = uuid.uuid4()
+    try:
+        async with conn.transaction():  # a savepoint: the caller's transaction goes on
+            await conn.execute(
+                """
+                INSERT INTO review_cases (id, kind, subject_id, subject_org_id, state, hits,
+                                          rules, four_eyes, proposal, opened_at)
+                VALUES ($1, $2, $3, $4, 'open', '[]'::jsonb, $5, true, $6, $7)
+                """,
+                case_id, kind, subject_id, subject_org_id, rules, proposal, at,
+            )  # fmt: skip
+    except asyncpg.UniqueViolationError as error:
+        open_id = await conn.fetchval(
+            "SELECT id FROM review_cases WHERE kind = $1 AND subject_id = $2 AND state = 'open'",
+            kind, subject_id,
+        )  # fmt: skip
+        raise Conflict(
+            f"a {kind.replace('_', ' ')} proposal for {subject_id} is already open"
+            f" (review case {open_id}); decide it first",
+            extensions={"case_id": str(open_id)},
+        ) from error
+    row = await conn.fetchrow("SELECT * FROM review_cases WHERE id = $1", case_id)
+    return (await cases_by_rows(conn, [row]))[0]
 
 
 async def withdraw_open_cases(
@@ -117,6 +168,7 @@ def _case(row: Any, decisions: list[ReviewDecision]) -> ReviewCase:
         opened_at=row["opened_at"],
         closed_at=row["closed_at"],
         decisions=decisions,
+        proposal=row["proposal"],
     )
 
 
@@ -125,11 +177,14 @@ async def cases_by_rows(conn: Executor, rows: list[Any]) -> list[ReviewCase]:
     return [_case(row, decisions.get(row["id"], [])) for row in rows]
 
 
-async def latest_case_for(conn: Executor, subject_id: uuid.UUID) -> ReviewCase | None:
+async def latest_case_for(
+    conn: Executor, subject_id: uuid.UUID, kind: CaseKind = "listing"
+) -> ReviewCase | None:
     row = await conn.fetchrow(
-        "SELECT * FROM review_cases WHERE subject_id = $1 ORDER BY opened_at DESC, id LIMIT 1",
-        subject_id,
-    )
+        "SELECT * FROM review_cases WHERE subject_id = $1 AND kind = $2"
+        " ORDER BY opened_at DESC, id LIMIT 1",
+        subject_id, kind,
+    )  # fmt: skip
     return None if row is None else (await cases_by_rows(conn, [row]))[0]
 
 

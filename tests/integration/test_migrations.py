@@ -2,6 +2,7 @@
 numbering: tests/unit/test_migrations.py)."""
 
 import asyncio
+import json
 import uuid
 
 import asyncpg
@@ -138,5 +139,108 @@ async def test_0009_reads_the_suspension_cause_out_of_the_old_reasons(scratch_db
             await conn.execute(
                 "UPDATE products SET suspended_by = NULL WHERE id = $1", ids["origin"]
             )
+    finally:
+        await conn.close()
+
+
+async def test_0017_counts_only_what_earlier_orders_exported(scratch_db):
+    """Orders placed before 0017 counted every declared individual of every executed export.
+    The migration keeps in the seller's totals only identifiable personal information (from
+    each order's own policy decision) of trades not unfunded, nor voided with nothing
+    delivered under them."""
+    from exchange.identity.uscc import synthetic_uscc
+
+    migrations = load_migrations()
+    conn = await asyncpg.connect(scratch_db)
+    try:
+        await migrate(conn, [m for m in migrations if m.version < 17])
+        seller, buyer, product = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        for org, seed, role in ((seller, 17, "seller"), (buyer, 18, "buyer")):
+            await conn.execute(
+                "INSERT INTO organisations (id, name, uscc, roles, region, contact, created_at,"
+                " updated_at) VALUES ($1, '机构', $2, ARRAY[$3], '310000', '{}', now(), now())",
+                org, synthetic_uscc(seed), role,
+            )  # fmt: skip
+        await conn.execute(
+            "INSERT INTO products (id, seller_org_id, state, live_revision, product_code,"
+            " created_at, updated_at) VALUES ($1, $2, 'listed', 1, 'DX-2026-0000017', now(),"
+            " now())",
+            product, seller,
+        )  # fmt: skip
+        await conn.execute(
+            "INSERT INTO policy_lists (version, digest, title, source, document, effective_from,"
+            " published_at, published_by) VALUES ('2026.1', $1, 't', '', '{}', now(), now(), 't')",
+            "sha256:" + "0" * 64,
+        )  # fmt: skip
+        # label: (cross-border, present, state, contract, trade, delivered) -> counted after
+        cases = {
+            "identifiable": ((True, True, "deidentified", "executed", "settled", False), 50_000),
+            "anonymised": ((True, True, "anonymised", "executed", "settled", False), 0),
+            "no_pi": ((True, False, "anonymised", "executed", "settled", False), 0),
+            "unfunded": ((True, True, "identified", "unfunded", "failed", False), 0),
+            "voided": ((True, True, "deidentified", "executed", "voided", False), 0),
+            "voided_delivered": ((True, True, "deidentified", "executed", "voided", True), 50_000),
+            "domestic": ((False, True, "identified", "executed", "settled", False), 0),
+        }  # fmt: skip
+        ids = {}
+        for label, ((abroad, present, state, contract, trade, delivered), _) in cases.items():
+            order, trade_id = uuid.uuid4(), uuid.uuid4()
+            ids[label] = order
+            await conn.execute(
+                "INSERT INTO orders (id, buyer_org_id, seller_org_id, product_id, revision,"
+                " plan_id, terms, state, cross_border, sensitive_pi, pi_subject_count,"
+                " price_fen, fee_fen, decision, created_at, updated_at, executed_at)"
+                " VALUES ($1, $2, $3, $4, 1, 'std', '{}', 'executed', $5, false, 50000, 0, 0,"
+                " '{}', now(), now(), now())",
+                order, buyer, seller, product, abroad,
+            )  # fmt: skip
+            document = json.dumps({"product": {"personal_info": {"present": present,
+                                                                  "state": state}}})  # fmt: skip
+            await conn.execute(
+                "WITH d AS (INSERT INTO policy_decisions (subject_type, subject_id, list_version,"
+                " list_digest, outcome, document, decision, decided_at) VALUES ('order', $1,"
+                " '2026.1', $2, 'allow', $3::jsonb, '{}', now()) RETURNING id)"
+                " INSERT INTO policy_subjects (subject_type, subject_id, open, latest_decision)"
+                " SELECT 'order', $1, false, id FROM d",
+                str(order), "sha256:" + "0" * 64, document,
+            )  # fmt: skip
+            await conn.execute(
+                "INSERT INTO trade_contracts (id, order_id, template, document, digest, text_zh,"
+                " state, created_at, expires_at, executed_at) VALUES ($1, $2, 'data-provision',"
+                " '{}', 'sha256:x', '合同', $3, now(), now(), now())",
+                trade_id, order, contract,
+            )  # fmt: skip
+            await conn.execute(
+                "INSERT INTO settlement_trades (trade_id, order_id, buyer_org_id, seller_org_id,"
+                " contract_digest, product_code, price_fen, fee_fen, state, executed_at,"
+                " acceptance_due, updated_at) VALUES ($1, $2, $3, $4, 'sha256:x',"
+                " 'DX-2026-0000017', 0, 0, $5, now(), now(), now())",
+                trade_id, order, buyer, seller, trade,
+            )  # fmt: skip
+            grant = uuid.uuid4()
+            await conn.execute(
+                "INSERT INTO grants (id, trade_id, mode, buyer_org_id, seller_org_id, product_id,"
+                " product_code, revision, revision_digest, plan_id, pricing, purpose, territory,"
+                " valid_from, valid_until, dimensions, state, created_at, updated_at)"
+                " VALUES ($1, $2, 'file', $3, $4, $5, 'DX-2026-0000017', 1, 'sha256:x', 'std',"
+                " 'one_off', 'research', ARRAY['CN'], now(), now() + interval '1 day', '[]',"
+                " 'revoked', now(), now())",
+                grant, trade_id, buyer, seller, product,
+            )  # fmt: skip
+            if delivered:
+                await conn.execute(
+                    "INSERT INTO usage_records (id, grant_id, served_at, units, leases,"
+                    " cost_millifen, detail) VALUES ($1, $2, now(), '{\"bytes\": 1}', '{}', 0,"
+                    " '{}')",
+                    uuid.uuid4(), grant,
+                )  # fmt: skip
+        await migrate(conn, migrations)
+        counted = {
+            label: await conn.fetchval(
+                "SELECT counted_pi_subjects FROM orders WHERE id = $1", order
+            )
+            for label, order in ids.items()
+        }
+        assert counted == {label: expected for label, (_, expected) in cases.items()}
     finally:
         await conn.close()

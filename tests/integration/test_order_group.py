@@ -100,3 +100,45 @@ async def test_a_group_judges_each_order_and_counts_its_own_exports(
         settings.subject("trade", "executed"), [str(alone.id), str(export.id)],
     )  # fmt: skip
     assert (contracts, events) == (2, 2)
+
+
+async def test_a_group_counts_only_identifiable_exports_of_its_earlier_orders(
+    client, trade, pool, clock, settings
+):
+    """An export of anonymised data executed earlier in the group declares individuals that
+    are not personal information: they do not count towards the next export's threshold."""
+    anonymised_pi = DEIDENTIFIED_PI | {"state": "anonymised", "separate_consent_for_supply": False}
+    anonymised = await list_product(
+        client, trade, metadata(classification__personal_info=anonymised_pi)
+    )
+    personal = await list_product(
+        client, trade, metadata(classification__personal_info=DEIDENTIFIED_PI), evidence=("CAU-02",)
+    )
+    for product in (anonymised, personal):
+        await standing_offer(client, trade, product)
+    assert (
+        await client.post("/v1/keys/custodial", headers=bearer(trade["buyer"]))
+    ).status_code == 201
+    principal = await _principal(client, trade["buyer"])
+    group = OrderGroup(concurrency=1)
+    service = OrderService(
+        pool, clock, settings, KeyRing(load_master_key(settings.state_dir)), group=group
+    )
+
+    def place(product: str, subjects: int) -> asyncio.Future[Order | Replay]:
+        body = order_body(product, buyer_country="SG", pi_subject_count=subjects)
+        data = msgspec.convert(body, OrderCreate)
+        return asyncio.ensure_future(service.place(Actor.of(principal, None), principal, data))
+
+    first = place(personal, 1)  # alone: nothing else was waiting
+    await asyncio.sleep(0)
+    together = [place(anonymised, 90_000), place(personal, 60_000)]
+    alone, anonymous, second = await asyncio.gather(first, *together)
+    assert (group.groups, group.grouped) == (1, 2)
+    assert isinstance(alone, Order) and isinstance(anonymous, Order)
+    assert anonymous.state == "executed"
+    assert isinstance(second, Order)
+    assert second.state == "executed", second.policy
+    assert second.policy["cross_border"]["basis"].startswith(
+        "5: personal information of 60,001 individuals"
+    )

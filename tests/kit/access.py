@@ -247,6 +247,14 @@ MATRIX = {
     ("POST", "/v1/products/{product_id:uuid}/standing-offers"): "401 422 403 422 403 403 422 401",
     ("POST", "/v1/products/{product_id:uuid}/submit"): "401 404 403 404 403 403 404 401",
     ("POST", "/v1/products/{product_id:uuid}/suspend"): "401 403 403 403 422 422 403 401",
+    (
+        "POST",
+        "/v1/products/{product_id:uuid}/legal-prohibition",
+    ): "401 403 403 403 422 422 403 401",
+    (
+        "POST",
+        "/v1/organisations/{org_id:uuid}/exporter-status",
+    ): "401 403 403 403 422 422 403 401",
     ("POST", "/v1/reviews/{case_id:uuid}/claim"): "401 403 403 403 404 404 403 401",
     ("POST", "/v1/reviews/{case_id:uuid}/decisions"): "401 403 403 403 422 422 403 401",
     ("POST", "/v1/tokens"): "401 422 422 422 422 422 422 401",

@@ -123,3 +123,16 @@ def test_counts_restart_on_1_january_in_shanghai():
     assert counting_year_start(datetime(2026, 12, 31, 15, 59, tzinfo=UTC)) == datetime(
         2025, 12, 31, 16, 0, tzinfo=UTC
     )
+
+
+def test_the_exemptions_staff_record_are_the_policy_attributes_values():
+    """The identity room records an exporter's exemption (it cannot import the policy room,
+    above it); the values must be the ones ``exporter.exemption`` takes."""
+    import typing
+
+    from contracts.policy.attributes import Exemption, Exporter
+    from exchange.identity.schemas import ExporterStatus, ExportExemption
+
+    assert set(typing.get_args(ExportExemption)) == set(typing.get_args(Exemption))
+    recorded = {"ciio", "exemption", "ftz_exempt"}
+    assert set(ExporterStatus.__struct_fields__) == recorded < set(Exporter.__struct_fields__)
