@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -274,11 +274,18 @@ def stop_parts(children: dict[str, subprocess.Popen[bytes]], budget: float) -> N
             child.wait(timeout=0.5)
 
 
-def wait_ready(url: str, timeout: float, children: dict[str, subprocess.Popen[bytes]]) -> bool:
+def wait_ready(
+    url: str,
+    timeout: float,
+    children: dict[str, subprocess.Popen[bytes]],
+    probe: Callable[[], object] | None = None,
+) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if any(child.poll() is not None for child in children.values()):
             return False
+        if probe is not None:
+            probe()
         with (
             contextlib.suppress(urllib.error.URLError, OSError),
             urllib.request.urlopen(f"{url}/health/ready", timeout=1) as response,  # noqa: S310
@@ -323,7 +330,9 @@ def up(settings: Settings) -> int:
             return 0
         supervisor.start_all()
         # At start-up a part that exits is a configuration problem, not a crash: say so.
-        if not wait_ready(running.settings.public_url, 15.0, supervisor.processes()):
+        if not wait_ready(
+            running.settings.public_url, 15.0, supervisor.processes(), supervisor.step_startup
+        ):
             failed = [
                 part for part, child in supervisor.processes().items() if child.poll() is not None
             ]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections import deque
@@ -46,6 +47,15 @@ OUTAGE_GRACE_SECONDS = 15.0
 SERVER_START_ATTEMPTS = 5
 FIRST_BACKOFF_SECONDS = 0.25
 MAX_BACKOFF_SECONDS = 8.0
+
+
+def _answers(host: str, port: int) -> bool:
+    """Whether something accepts connections on ``host:port`` (within 0.2 s)."""
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 class Server(Protocol):
@@ -89,6 +99,8 @@ class Supervisor:
             for name, server in servers.items()
         }
         self.outage_until = 0.0
+        host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host  # noqa: S104
+        self.ports = {"api": (host, settings.http_port), "gateway": (host, settings.gateway_port)}
 
     # -- the parts ------------------------------------------------------------------------
 
@@ -103,7 +115,9 @@ class Supervisor:
     def _start(self, part: _Part) -> None:
         part.process = self.spawn(part.name, self.settings)
         part.due = None
-        part.status.state = "running"
+        # A server part counts once its port answers; a worker once its process runs (the
+        # API then also waits for the worker's first heartbeat: see exchange.health).
+        part.status.state = "starting" if part.name in self.ports else "running"
         part.status.pid = part.process.pid
         if part.status.restarts:
             log.info("part_restarted", part=part.name, pid=part.process.pid,
@@ -185,8 +199,23 @@ class Supervisor:
             if part.process is None and part.due is not None and now >= part.due:
                 self._start(part)
                 changed = True
-        if changed:
+        if self.probe() or changed:
             self.write()
+
+    def step_startup(self) -> None:
+        """At start-up only the probes: a part that exits then is a configuration problem, which
+        `dataex up` reports instead of restarting it."""
+        if self.probe():
+            self.write()
+
+    def probe(self) -> bool:
+        """Count a starting server part as running once its port answers; whether any did."""
+        promoted = False
+        for part in self.parts.values():
+            if part.status.state == "starting" and _answers(*self.ports[part.name]):
+                part.status.state = "running"
+                promoted = True
+        return promoted
 
     def status(self) -> SupervisorStatus:
         return SupervisorStatus(
