@@ -622,3 +622,23 @@ async def test_a_reviewed_metered_order_keeps_the_fee_rule_it_was_placed_under(
     terms = contract["document"]["delivery_terms"]
     assert (terms["spend_cap_fen"], terms["fee_bps"]) == (9_000, 100)
     assert contract["document"]["fees"]["price_fen"] == 9_000
+
+
+async def test_the_key_list_says_which_keys_the_exchange_holds(client, trade):
+    """Issue 18: GET /v1/keys listed a custodial key with custodial: false. Whether a key is
+    custodial is a fact of its stored row (the exchange holds its sealed private key), so every
+    answer about a key says it the same way."""
+    buyer = bearer(trade["buyer"])
+    created = await client.post("/v1/keys/custodial", headers=buyer)
+    assert created.status_code == 201 and created.json()["custodial"] is True
+    custodial_kid = created.json()["kid"]
+    listed = {k["kid"]: k for k in (await client.get("/v1/keys", headers=buyer)).json()}
+    assert listed[custodial_kid]["custodial"] is True
+    own_kid = trade["signers"]["buyer"].kid
+    assert listed[own_kid]["custodial"] is False
+    # Asking again, or registering the custodial key's public JWK, answers the same key.
+    again = await client.post("/v1/keys/custodial", headers=buyer)
+    assert again.json()["kid"] == custodial_kid and again.json()["custodial"] is True
+    registered = await client.post("/v1/keys", json=created.json()["jwk"], headers=buyer)
+    assert registered.status_code == 201, registered.text
+    assert registered.json() == created.json()
