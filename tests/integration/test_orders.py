@@ -52,7 +52,10 @@ async def test_auto_accept_order_executes_and_announces_the_trade(client, trade,
     assert contract["digest"] == "sha256:" + hashlib.sha256(rfc8785.dumps(document)).hexdigest()
     assert document["parties"]["recipient"]["uscc"] == make_uscc(3)
     assert document["seller_acceptance"]["standing_offer_digest"] == terms["digest"]
-    assert "第6条 费用" in contract["text_zh"] and "20000" in contract["text_zh"]
+    assert "第5条 费用" in contract["text_zh"] and "20000" in contract["text_zh"]
+    # Rendered from the corrected version: articles 1..10 (2025.1 skipped 第4条).
+    assert document["template"]["version"] == "2025.2"
+    assert [c["article"] for c in document["clauses"]] == list(range(1, 11))
     assert [s["party"] for s in contract["signatures"]] == ["seller"]
 
     buyer = trade["signers"]["buyer"]
