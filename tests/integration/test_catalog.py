@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from pyshacl import validate
-from rdflib import DCAT, Graph, Namespace, URIRef
+from rdflib import DCAT, Graph, Literal, Namespace, URIRef
 
 from tests.kit.api import bearer
 from tests.kit.documents import metadata
@@ -215,7 +215,9 @@ async def test_each_keyword_is_tagged_with_its_own_language(client, market):
                        ((await client.get("/v1/catalog", headers={"Accept": "text/turtle"})).text,
                         "turtle")):  # fmt: skip
         graph = Graph().parse(data=text, format=form)
-        found = {(str(o), o.language) for o in graph.objects(None, DCAT.keyword)}
+        keywords = list(graph.objects(None, DCAT.keyword))
+        assert all(isinstance(o, Literal) for o in keywords)
+        found = {(str(o), o.language) for o in keywords if isinstance(o, Literal)}
         assert found == {("气象", "zh"), ("weather", "en"), ("5G基站", "zh"),
                          ("Open Data", "en"), ("2025", None)}  # fmt: skip
 
