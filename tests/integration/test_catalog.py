@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from pyshacl import validate
-from rdflib import DCAT, Graph, Literal, Namespace, URIRef
+from rdflib import Graph, Literal, Namespace, URIRef
 
 from tests.kit.api import bearer
 from tests.kit.documents import metadata
@@ -15,6 +15,7 @@ from tests.kit.market import list_product
 
 SHAPES = Path(__file__).parent / "data" / "dcat-ap-3.0.0" / "dcat-ap-SHACL.ttl"
 HYDRA = Namespace("http://www.w3.org/ns/hydra/core#")
+DCAT = Namespace("http://www.w3.org/ns/dcat#")
 
 
 def plan(price, free=False, plan_id="std"):
