@@ -69,6 +69,7 @@ from exchange.wiring import DEPENDENCIES as ROOM_SERVICES
 from exchange.wiring import provide_reports
 from settlement.api import (
     AccountController,
+    ExchangeAccountController,
     LedgerController,
     SettlementFailureController,
     TradeController,
@@ -96,6 +97,7 @@ ROUTE_HANDLERS: list[Any] = [
     FeeScheduleController,
     TradeController,
     AccountController,
+    ExchangeAccountController,
     LedgerController,
     SettlementFailureController,
     ExchangeIdentityController,

@@ -24,7 +24,13 @@ from exchange.platform.paging import (
     encode_cursor,
 )
 from settlement import ledger
-from settlement.service import Accounts, MovementView, SettlementService, TradeView
+from settlement.service import (
+    Accounts,
+    ExchangeAccounts,
+    MovementView,
+    SettlementService,
+    TradeView,
+)
 from settlement.states import TradeState
 
 Settlement = NamedDependency[SettlementService]
@@ -227,6 +233,19 @@ class AccountController(Controller):
         """Money paid out to the organisation's bank from its available balance (422 when it
         does not cover it); idempotent by ``external_ref`` like deposits."""
         return await _external(settlement, actor, "withdrawal", org_id, data)
+
+
+class ExchangeAccountController(Controller):
+    path = "/v1/exchange/accounts"
+    tags = ["accounts"]
+
+    @get("/", operation_id="getExchangeAccounts", opt=requires("reviewer", "admin"))
+    async def own(self, settlement: Settlement) -> ExchangeAccounts:
+        """The exchange's own accounts (staff): fee revenue and clearing, each with its balance
+        in fen, and the totals of the books they balance: every organisation's available and
+        escrow balances summed, the money held (minus the clearing balance) and whether the
+        books balance."""
+        return await settlement.exchange_accounts()
 
 
 async def _external(

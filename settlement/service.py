@@ -66,6 +66,36 @@ class Accounts(msgspec.Struct, frozen=True):
     escrow_fen: int
 
 
+class ExchangeAccount(msgspec.Struct, frozen=True):
+    """One of the exchange's own accounts: ``fee_revenue`` (the fees of posted trades and of
+    metered trades' billing periods) or ``clearing`` (the external side of deposits and
+    withdrawals: its balance is minus the money that came in and has not gone out)."""
+
+    kind: Literal["fee_revenue", "clearing"]
+    balance_fen: int
+
+
+class BookTotals(msgspec.Struct, frozen=True):
+    """The books the exchange's accounts balance: ``held_fen`` (minus the clearing balance) is
+    what the organisations' available and escrow accounts and the fee revenue hold between
+    them; ``balanced`` says they do (every balance sums to zero)."""
+
+    held_fen: int
+    available_fen: int  # every organisation's available balance, summed
+    escrow_fen: int  # every organisation's escrow, summed
+    fee_revenue_fen: int
+    organisations: int  # organisations with an account
+    balanced: bool
+
+
+class ExchangeAccounts(msgspec.Struct, frozen=True):
+    """The exchange's own accounts and the totals of the books, read in one snapshot."""
+
+    accounts: list[ExchangeAccount]
+    totals: BookTotals
+    as_of: datetime
+
+
 class PostingView(msgspec.Struct, frozen=True):
     movement: str
     step: str
@@ -506,6 +536,40 @@ class SettlementService:
             org_id=org_id,
             available_fen=balances.get("available", 0),
             escrow_fen=balances.get("escrow", 0),
+        )
+
+    async def exchange_accounts(self) -> ExchangeAccounts:
+        """The exchange's own accounts (0 until a movement first touches one) and the totals of
+        every balance, from one statement (one snapshot: the books balance in it)."""
+        row = await self.pool.fetchrow(
+            "SELECT"
+            " coalesce(sum(balance) FILTER (WHERE org_id IS NULL AND kind = 'fee_revenue'), 0)"
+            "::bigint AS fee_revenue,"
+            " coalesce(sum(balance) FILTER (WHERE org_id IS NULL AND kind = 'clearing'), 0)"
+            "::bigint AS clearing,"
+            " coalesce(sum(balance) FILTER (WHERE org_id IS NOT NULL AND kind = 'available'), 0)"
+            "::bigint AS available,"
+            " coalesce(sum(balance) FILTER (WHERE org_id IS NOT NULL AND kind = 'escrow'), 0)"
+            "::bigint AS escrow,"
+            " coalesce(sum(balance), 0) = 0 AS balanced,"
+            " count(DISTINCT org_id) AS organisations"
+            " FROM accounts"
+        )
+        assert row is not None
+        return ExchangeAccounts(
+            accounts=[
+                ExchangeAccount(kind="fee_revenue", balance_fen=row["fee_revenue"]),
+                ExchangeAccount(kind="clearing", balance_fen=row["clearing"]),
+            ],
+            totals=BookTotals(
+                held_fen=-row["clearing"],
+                available_fen=row["available"],
+                escrow_fen=row["escrow"],
+                fee_revenue_fen=row["fee_revenue"],
+                organisations=row["organisations"],
+                balanced=row["balanced"],
+            ),
+            as_of=self.clock.now(),
         )
 
     # --- reading trades -----------------------------------------------------------------------

@@ -12,6 +12,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
+import asyncpg
 import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -41,7 +42,23 @@ class OrgKey(msgspec.Struct, frozen=True):
     org_id: uuid.UUID
     jwk: dict[str, str]
     created_at: datetime
-    custodial: bool = False
+    # True when the exchange holds the key's private half (sealed under the master key) and
+    # signs with it on the organisation's request. No default: it is always read from the row.
+    custodial: bool
+
+
+_KEY_COLUMNS = "kid, org_id, jwk, created_at, sealed_private IS NOT NULL AS custodial"
+
+
+def _org_key(row: asyncpg.Record) -> OrgKey:
+    """The one way a stored key becomes an answer: custodial is a fact of the row."""
+    return OrgKey(
+        kid=row["kid"],
+        org_id=row["org_id"],
+        jwk=row["jwk"],
+        created_at=row["created_at"],
+        custodial=row["custodial"],
+    )
 
 
 def thumbprint_kid(x: str) -> str:
@@ -79,10 +96,12 @@ async def register_key(
         " ON CONFLICT (kid) DO NOTHING",
         kid, org_id, jwk, now,
     )  # fmt: skip
-    owner = await conn.fetchval("SELECT org_id FROM org_keys WHERE kid = $1", kid)
-    if owner != org_id:
+    # The stored row, which may be older (the same key registered again, or the public half of
+    # the organisation's custodial key): it says when the key was registered and who holds it.
+    row = await conn.fetchrow(f"SELECT {_KEY_COLUMNS} FROM org_keys WHERE kid = $1", kid)
+    if row is None or row["org_id"] != org_id:
         raise InvalidInput("this public key is registered to another organisation")
-    return OrgKey(kid=kid, org_id=org_id, jwk=jwk, created_at=now)
+    return _org_key(row)
 
 
 async def create_custodial_key(
@@ -91,28 +110,23 @@ async def create_custodial_key(
     """A key the exchange holds for the organisation (sealed under the master key) and signs
     with when that organisation asks it to. One per organisation."""
     existing = await conn.fetchrow(
-        "SELECT * FROM org_keys WHERE org_id = $1 AND sealed_private IS NOT NULL"
-        " AND revoked_at IS NULL",
+        f"SELECT {_KEY_COLUMNS} FROM org_keys WHERE org_id = $1"
+        " AND sealed_private IS NOT NULL AND revoked_at IS NULL",
         org_id,
     )
     if existing is not None:
-        return OrgKey(
-            kid=existing["kid"],
-            org_id=org_id,
-            jwk=existing["jwk"],
-            created_at=existing["created_at"],
-            custodial=True,
-        )
+        return _org_key(existing)
     private = Ed25519PrivateKey.generate()
     x = b64url(private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
     kid = thumbprint_kid(x)
     jwk = public_jwk(private.public_key(), kid)
-    await conn.execute(
+    row = await conn.fetchrow(
         "INSERT INTO org_keys (kid, org_id, jwk, created_at, sealed_private)"
-        " VALUES ($1, $2, $3, $4, $5)",
+        f" VALUES ($1, $2, $3, $4, $5) RETURNING {_KEY_COLUMNS}",
         kid, org_id, jwk, now, keyring.seal(kid, private),
     )  # fmt: skip
-    return OrgKey(kid=kid, org_id=org_id, jwk=jwk, created_at=now, custodial=True)
+    assert row is not None
+    return _org_key(row)
 
 
 async def custodial_key(conn: Executor, org_id: uuid.UUID, keyring: KeyRing) -> SigningKey | None:
@@ -126,13 +140,11 @@ async def custodial_key(conn: Executor, org_id: uuid.UUID, keyring: KeyRing) -> 
 
 async def list_keys(conn: Executor, org_id: uuid.UUID) -> list[OrgKey]:
     rows = await conn.fetch(
-        "SELECT * FROM org_keys WHERE org_id = $1 AND revoked_at IS NULL ORDER BY created_at",
+        f"SELECT {_KEY_COLUMNS} FROM org_keys WHERE org_id = $1 AND revoked_at IS NULL"
+        " ORDER BY created_at",
         org_id,
     )
-    return [
-        OrgKey(kid=r["kid"], org_id=r["org_id"], jwk=r["jwk"], created_at=r["created_at"])
-        for r in rows
-    ]
+    return [_org_key(r) for r in rows]
 
 
 def _parts(token: str) -> tuple[str, dict[str, Any], bytes]:

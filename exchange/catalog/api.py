@@ -188,8 +188,8 @@ class CatalogController(Controller):
         cursor: Annotated[str | None, QueryParameter()] = None,
     ) -> Response[Any]:
         """The resource list as DCAT-AP 3 JSON-LD (`application/ld+json`, the default) or
-        Turtle (`Accept: text/turtle`), newest first, paged: `hydra:view` / `hydra:next` give the
-        next page."""
+        Turtle (`Accept: text/turtle`), newest first, paged: `hydra:view` is this page (its
+        `@id`), with `hydra:first` and, unless this is the last page, `hydra:next`."""
         after = None
         if cursor:
             try:
@@ -230,12 +230,16 @@ async def dataset_page(
 async def catalog_document(
     conn: Executor, settings: Settings, base: str, after: tuple[Any, ...] | None, limit: int
 ) -> dict[str, Any]:
-    """One page of the resource list (datasets newest first), with its `hydra:next` link."""
+    """One page of the resource list (datasets newest first), with its `hydra:view`: this
+    page's URL, the first page's and the next page's."""
     datasets, next_key = await dataset_page(conn, base, after, limit)
-    next_url = None
-    if next_key is not None:
-        next_url = f"{base}/v1/catalog?limit={limit}&cursor={encode_cursor(*next_key)}"
-    return dcat.catalog(base, settings.exchange_name, settings.exchange_code, datasets, next_url)
+    first = f"{base}/v1/catalog?limit={limit}"
+    page = dcat.PageLinks(
+        current=first if after is None else f"{first}&cursor={encode_cursor(*after)}",
+        first=first,
+        next=None if next_key is None else f"{first}&cursor={encode_cursor(*next_key)}",
+    )
+    return dcat.catalog(base, settings.exchange_name, settings.exchange_code, datasets, page)
 
 
 class ProductCatalogController(ProductController):

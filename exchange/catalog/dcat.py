@@ -11,6 +11,7 @@ no network.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -48,8 +49,44 @@ SECTOR_LABELS = {
 DELIVERY_LABELS = {"file": "文件交付", "api": "接口交付", "sandbox": "沙箱交付"}
 
 
+@dataclass(frozen=True, slots=True)
+class PageLinks:
+    """The URLs of a page of the catalog: this one, the first, and the next (None on the last)."""
+
+    current: str
+    first: str
+    next: str | None
+
+
 def _lang(text: str, language: str) -> dict[str, str]:
     return {"@value": text, "@language": language}
+
+
+def _is_han(char: str) -> bool:
+    code = ord(char)
+    return (
+        0x4E00 <= code <= 0x9FFF  # CJK Unified Ideographs
+        or 0x3400 <= code <= 0x4DBF  # Extension A
+        or 0xF900 <= code <= 0xFAFF  # Compatibility Ideographs
+        or 0x20000 <= code <= 0x3134F  # Extensions B to H, and the supplement
+    )
+
+
+def keyword_language(keyword: str) -> str | None:
+    """The language a seller's tag is in, by its own characters (tags carry no language):
+    any Chinese character makes it ``zh`` (医疗, 5G基站), Latin letters without one ``en``
+    (weather, AI), and a tag of neither (2025, ISO-3166 digits) is in no language."""
+    if any(_is_han(char) for char in keyword):
+        return "zh"
+    if any("a" <= char.lower() <= "z" for char in keyword):
+        return "en"
+    return None
+
+
+def keyword(text: str) -> dict[str, str] | str:
+    """A `dcat:keyword` tagged with its own language (a plain literal when it has none)."""
+    language = keyword_language(text)
+    return text if language is None else _lang(text, language)
 
 
 def _datetime(value: str) -> dict[str, str]:
@@ -115,7 +152,7 @@ def dataset(
     }
     if seller_uscc:
         publisher["dct:identifier"] = seller_uscc
-    keywords = [_lang(tag, "zh") for tag in metadata.tags]
+    keywords = [keyword(tag) for tag in metadata.tags]
     return {
         "@id": f"{base}/v1/catalog/{code}",
         "@type": "dcat:Dataset",
@@ -149,8 +186,11 @@ def dataset(
 
 def catalog(
     base: str, exchange_name: str, exchange_code: str, datasets: list[dict[str, Any]],
-    next_url: str | None = None, modified: str | None = None,
+    page: PageLinks | None = None, modified: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
+    """The catalog; with ``page``, one page of it, and its `hydra:view` (Hydra's
+    PartialCollectionView: its ``@id`` is this page, `hydra:first` the first page and
+    `hydra:next` the next one, when there is one)."""
     document: dict[str, Any] = {
         "@context": CONTEXT,
         "@id": f"{base}/v1/catalog",
@@ -177,9 +217,15 @@ def catalog(
     }
     if modified:
         document["dct:modified"] = _datetime(modified)
-    if next_url:
-        document["hydra:view"] = {"@id": next_url, "@type": "hydra:PartialCollectionView",
-                                  "hydra:next": {"@id": next_url}}  # fmt: skip
+    if page is not None:
+        view: dict[str, Any] = {
+            "@id": page.current,
+            "@type": "hydra:PartialCollectionView",
+            "hydra:first": {"@id": page.first},
+        }
+        if page.next is not None:
+            view["hydra:next"] = {"@id": page.next}
+        document["hydra:view"] = view
     return document
 
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from pyshacl import validate
-from rdflib import Graph
+from rdflib import Graph, Literal, Namespace, URIRef
 
 from tests.kit.api import bearer
 from tests.kit.documents import metadata
 from tests.kit.market import list_product
 
 SHAPES = Path(__file__).parent / "data" / "dcat-ap-3.0.0" / "dcat-ap-SHACL.ttl"
+HYDRA = Namespace("http://www.w3.org/ns/hydra/core#")
+DCAT = Namespace("http://www.w3.org/ns/dcat#")
 
 
 def plan(price, free=False, plan_id="std"):
@@ -192,3 +195,54 @@ async def test_the_resource_list_is_valid_dcat_ap_3(client, catalog):
     nxt = first.json()["hydra:view"]["hydra:next"]["@id"]
     rest = await client.get(nxt.replace("http://testserver.local", ""))
     assert len(rest.json()["dcat:dataset"]) == 1
+
+
+async def test_each_keyword_is_tagged_with_its_own_language(client, market):
+    """Issue 18: every keyword was tagged @zh, English ones too. Tags carry no language, so each
+    is tagged by its own characters: Chinese → zh, Latin letters → en, neither → none."""
+    tags = ["气象", "weather", "5G基站", "Open Data", "2025"]
+    await list_product(client, market, metadata(tags=tags))
+    document = (await client.get("/v1/catalog")).json()
+    (dataset,) = document["dcat:dataset"]
+    assert dataset["dcat:keyword"] == [
+        {"@value": "气象", "@language": "zh"},
+        {"@value": "weather", "@language": "en"},
+        {"@value": "5G基站", "@language": "zh"},
+        {"@value": "Open Data", "@language": "en"},
+        "2025",
+    ]
+    # As RDF, in JSON-LD and in Turtle alike.
+    for text, form in ((json.dumps(document), "json-ld"),
+                       ((await client.get("/v1/catalog", headers={"Accept": "text/turtle"})).text,
+                        "turtle")):  # fmt: skip
+        graph = Graph().parse(data=text, format=form)
+        keywords = list(graph.objects(None, DCAT.keyword))
+        assert all(isinstance(o, Literal) for o in keywords)
+        found = {(str(o), o.language) for o in keywords if isinstance(o, Literal)}
+        assert found == {("气象", "zh"), ("weather", "en"), ("5G基站", "zh"),
+                         ("Open Data", "en"), ("2025", None)}  # fmt: skip
+
+
+async def test_hydra_view_is_the_page_itself_and_next_the_next_page(client, catalog):
+    """Issue 18: hydra:view's @id was the next page's URL. Per Hydra, the view is the page
+    served (its @id is this page's URL), hydra:next the next page, hydra:first the first."""
+    base = "http://testserver.local"
+    first = (await client.get("/v1/catalog", params={"limit": 3})).json()
+    view = first["hydra:view"]
+    assert view["@type"] == "hydra:PartialCollectionView"
+    assert view["@id"] == f"{base}/v1/catalog?limit=3"
+    assert view["hydra:first"]["@id"] == f"{base}/v1/catalog?limit=3"
+    next_url = view["hydra:next"]["@id"]
+    assert next_url != view["@id"] and "cursor=" in next_url
+    second = (await client.get(next_url.removeprefix(base))).json()
+    assert len(second["dcat:dataset"]) == 1
+    assert second["hydra:view"]["@id"] == next_url  # the page served is the page linked
+    assert second["hydra:view"]["hydra:first"]["@id"] == f"{base}/v1/catalog?limit=3"
+    assert "hydra:next" not in second["hydra:view"]  # the last page
+    whole = (await client.get("/v1/catalog")).json()
+    assert whole["hydra:view"]["@id"] == f"{base}/v1/catalog?limit=100"
+    assert "hydra:next" not in whole["hydra:view"]
+    # In RDF: the catalog has the view; the view links to the next page.
+    graph = Graph().parse(data=json.dumps(first), format="json-ld")
+    assert set(graph.objects(URIRef(f"{base}/v1/catalog"), HYDRA.view)) == {URIRef(view["@id"])}
+    assert set(graph.objects(URIRef(view["@id"]), HYDRA.next)) == {URIRef(next_url)}

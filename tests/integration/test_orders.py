@@ -52,7 +52,10 @@ async def test_auto_accept_order_executes_and_announces_the_trade(client, trade,
     assert contract["digest"] == "sha256:" + hashlib.sha256(rfc8785.dumps(document)).hexdigest()
     assert document["parties"]["recipient"]["uscc"] == make_uscc(3)
     assert document["seller_acceptance"]["standing_offer_digest"] == terms["digest"]
-    assert "第6条 费用" in contract["text_zh"] and "20000" in contract["text_zh"]
+    assert "第5条 费用" in contract["text_zh"] and "20000" in contract["text_zh"]
+    # Rendered from the corrected version: articles 1..10 (2025.1 skipped 第4条).
+    assert document["template"]["version"] == "2025.2"
+    assert [c["article"] for c in document["clauses"]] == list(range(1, 11))
     assert [s["party"] for s in contract["signatures"]] == ["seller"]
 
     buyer = trade["signers"]["buyer"]
@@ -458,6 +461,8 @@ async def test_unsigned_contracts_expire(client, trade, pool, clock, settings):
     assert await service.expire_due(Actor.cli("test")) == 0
     seen = (await client.get(f"/v1/orders/{order['id']}", headers=bearer(trade["buyer"]))).json()
     assert seen["state"] == "expired"
+    document = (await client.get("/schema/openapi.json")).json()
+    assert seen["state"] in _served_order_states(document)["getOrder"]
     buyer = trade["signers"]["buyer"]
     late = await client.post(
         f"/v1/contracts/{order['contract_id']}/signatures",
@@ -622,3 +627,98 @@ async def test_a_reviewed_metered_order_keeps_the_fee_rule_it_was_placed_under(
     terms = contract["document"]["delivery_terms"]
     assert (terms["spend_cap_fen"], terms["fee_bps"]) == (9_000, 100)
     assert contract["document"]["fees"]["price_fen"] == 9_000
+
+
+async def test_the_key_list_says_which_keys_the_exchange_holds(client, trade):
+    """Issue 18: GET /v1/keys listed a custodial key with custodial: false. Whether a key is
+    custodial is a fact of its stored row (the exchange holds its sealed private key), so every
+    answer about a key says it the same way."""
+    buyer = bearer(trade["buyer"])
+    created = await client.post("/v1/keys/custodial", headers=buyer)
+    assert created.status_code == 201 and created.json()["custodial"] is True
+    custodial_kid = created.json()["kid"]
+    listed = {k["kid"]: k for k in (await client.get("/v1/keys", headers=buyer)).json()}
+    assert listed[custodial_kid]["custodial"] is True
+    own_kid = trade["signers"]["buyer"].kid
+    assert listed[own_kid]["custodial"] is False
+    # Asking again, or registering the custodial key's public JWK, answers the same key.
+    again = await client.post("/v1/keys/custodial", headers=buyer)
+    assert again.json()["kid"] == custodial_kid and again.json()["custodial"] is True
+    registered = await client.post("/v1/keys", json=created.json()["jwk"], headers=buyer)
+    assert registered.status_code == 201, registered.text
+    assert registered.json() == created.json()
+
+
+def _reachable(machine, starts):
+    seen, todo = set(starts), list(starts)
+    while todo:
+        for after in machine.transitions[todo.pop()].values():
+            if after not in seen:
+                seen.add(after)
+                todo.append(after)
+    return seen
+
+
+def _served_states(document, operations):
+    """The enum of the state of what each of ``operations`` answers, as served (None where the
+    answer declares no state)."""
+    components = document["components"]["schemas"]
+
+    def resolve(schema):
+        while "$ref" in schema:
+            schema = components[schema["$ref"].rsplit("/", 1)[1]]
+        return schema
+
+    def enum(prop):
+        options = prop.get("oneOf") or prop.get("anyOf") or [prop]
+        return {value for option in options for value in option.get("enum", [])}
+
+    found = {}
+    for methods in document["paths"].values():
+        for operation in methods.values():
+            if operation["operationId"] not in operations:
+                continue
+            body = resolve(
+                next(
+                    r["content"]["application/json"]["schema"]
+                    for status, r in operation["responses"].items()
+                    if status.startswith("2")
+                )
+            )
+            if "items" in body.get("properties", {}):  # a page
+                body = resolve(body["properties"]["items"]["items"])
+            state = body.get("properties", {}).get("state")
+            found[operation["operationId"]] = None if state is None else enum(state)
+    assert set(found) == set(operations)
+    return found
+
+
+def _served_order_states(document):
+    return _served_states(document, {"getOrder", "cancelOrder", "listOrders"})
+
+
+async def test_every_state_an_order_can_reach_is_in_the_served_documents_enum(client):
+    """Issue 18: the API answered an order state (expired) its document did not name. Every
+    state the order's machine reaches from where an order is placed is in the enum of every
+    operation that answers an order, and the enum names no state the machine lacks."""
+    from typing import get_args
+
+    from contracts.orders.states import CONTRACT, ORDER, placed_state
+
+    starts = {
+        placed_state(decision, held) for decision in ("allow", "review", "reject")
+        for held in (False, True)
+    }  # fmt: skip
+    reachable = _reachable(ORDER, starts)
+    assert {"expired", "executed", "cancelled", "rejected"} <= reachable
+    document = (await client.get("/schema/openapi.json")).json()
+    for operation, states in _served_order_states(document).items():
+        assert states is not None, operation
+        assert reachable <= states, (operation, reachable - states)
+        assert states <= set(get_args(ORDER.states)), (operation, states)
+    # A contract's state likewise, wherever its answer declares one (it shows expired too).
+    contract_reachable = _reachable(CONTRACT, {"awaiting_signatures", "executed"})
+    assert "expired" in contract_reachable
+    for operation, states in _served_states(document, {"getContract", "signContract"}).items():
+        if states is not None:
+            assert contract_reachable <= states, (operation, contract_reachable - states)

@@ -311,3 +311,45 @@ async def test_the_fee_schedule_is_fixed_into_each_contract(client, trade, admin
     seller = await client.post("/v1/fee-schedules", json={"bps": 0, "min_fen": 0},
                                headers=bearer(trade["seller"]))  # fmt: skip
     assert seller.status_code == 403
+
+
+async def test_staff_see_the_exchanges_own_accounts_and_the_fee_a_settled_trade_earned(
+    client, trade, admin_token, settings, pool, clock
+):
+    """Issue 18: no API reported the exchange's own accounts. GET /v1/exchange/accounts
+    (staff) gives each one's kind and balance, and the totals of the books they balance."""
+    reviewer = bearer(trade["alice"])
+    empty = await client.get("/v1/exchange/accounts", headers=reviewer)
+    assert empty.status_code == 200, empty.text
+    assert [(a["kind"], a["balance_fen"]) for a in empty.json()["accounts"]] == [
+        ("fee_revenue", 0), ("clearing", 0),
+    ]  # fmt: skip
+    product_id = await auto_accept_product(client, trade)
+    await deposit(client, admin_token, trade["buyer_org"]["id"], 5_000_000, "bank-fees")
+    trade_id = await buy(client, trade, product_id)
+    async with worker(settings, pool, clock) as w:
+        await w.drain()
+    reserved = (await client.get("/v1/exchange/accounts", headers=bearer(admin_token))).json()
+    accounts = {a["kind"]: a["balance_fen"] for a in reserved["accounts"]}
+    assert accounts == {"fee_revenue": 0, "clearing": -5_000_000}  # the fee is still in escrow
+    assert reserved["totals"]["escrow_fen"] == PRICE + FEE
+    accepted = await client.post(f"/v1/trades/{trade_id}/accept", headers=bearer(trade["buyer"]))
+    assert accepted.json()["state"] == "settled"
+    body = (await client.get("/v1/exchange/accounts", headers=reviewer)).json()
+    accounts = {a["kind"]: a["balance_fen"] for a in body["accounts"]}
+    assert accounts == {"fee_revenue": FEE, "clearing": -5_000_000}
+    assert body["totals"] == {
+        "held_fen": 5_000_000,  # what came in through clearing and has not gone out
+        "available_fen": 5_000_000 - PRICE - FEE + PRICE,  # buyer's rest, seller's price
+        "escrow_fen": 0,
+        "fee_revenue_fen": FEE,
+        "organisations": 2,
+        "balanced": True,
+    }
+    # The balances are the sums of the accounts' postings.
+    rows = {(r["org_id"], r["kind"]): r for r in await org_balance_rows(pool)}
+    assert rows[None, "fee_revenue"]["s"] == FEE and rows[None, "clearing"]["s"] == -5_000_000
+    for market in ("seller", "buyer"):
+        refused = await client.get("/v1/exchange/accounts", headers=bearer(trade[market]))
+        assert refused.status_code == 403
+    assert (await client.get("/v1/exchange/accounts")).status_code == 401
