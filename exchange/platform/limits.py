@@ -395,38 +395,33 @@ def _too_long(path: str, source: str) -> ParameterTooLong:
     )
 
 
-def _nul_path(node: Any) -> str | None:
-    if isinstance(node, str):
-        return "$" if "\x00" in node else None
+def _first_path(node: Any, leaf: Callable[[Any], bool], key: Callable[[str], bool]) -> str | None:
+    """The path of the first value ``leaf`` refuses, or of the first object key ``key``
+    refuses (the key itself, shown readably), in document order; None when all pass."""
     if isinstance(node, dict):
         items: Any = node.items()
     elif isinstance(node, list):
         items = enumerate(node)
     else:
-        return None
-    for key, child in items:
-        if isinstance(key, str) and "\x00" in key:
-            return str(key).replace("\x00", "\\u0000")
-        inner = _nul_path(child)
+        return "$" if leaf(node) else None
+    for name, child in items:
+        if isinstance(name, str) and key(name):
+            return name.replace("\x00", "\\u0000")
+        inner = _first_path(child, leaf, key)
         if inner is not None:
-            return _step(key, inner)
+            return _step(name, inner)
     return None
+
+
+def _nul_path(node: Any) -> str | None:
+    return _first_path(node, lambda v: isinstance(v, str) and "\x00" in v, lambda k: "\x00" in k)
 
 
 def _integer_path(node: Any) -> str | None:
-    if type(node) is int:  # a bool is no integer here
-        return "$" if abs(node) > MAX_JSON_INTEGER else None
-    if isinstance(node, dict):
-        items: Any = node.items()
-    elif isinstance(node, list):
-        items = enumerate(node)
-    else:
-        return None
-    for key, child in items:
-        inner = _integer_path(child)
-        if inner is not None:
-            return _step(key, inner)
-    return None
+    # type() is int: a bool is no integer here
+    return _first_path(
+        node, lambda v: type(v) is int and abs(v) > MAX_JSON_INTEGER, lambda _k: False
+    )
 
 
 class IntegerOutOfRange(DataexError):
