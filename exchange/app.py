@@ -9,7 +9,6 @@ from typing import Any
 
 from litestar import Litestar, Router
 from litestar.middleware import DefineMiddleware
-from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.routes import HTTPRoute
 
@@ -42,6 +41,7 @@ from exchange.platform.heartbeat import forget, run_heartbeat
 from exchange.platform.http import (
     EXCEPTION_HANDLERS,
     ApiRequest,
+    DocumentedOpenAPIConfig,
     RequestContextMiddleware,
     add_request_id_header,
     declare_problem_responses,
@@ -197,7 +197,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         before_send=[add_request_id_header],
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(
+        openapi_config=DocumentedOpenAPIConfig(
             title="dataex",
             version="0.1.0",
             description=(

@@ -10,7 +10,7 @@ trades are being republished, so they do not make the exchange "not ready".
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from litestar import Controller, Response, get
@@ -42,8 +42,15 @@ class PartHeartbeat(msgspec.Struct):
     seen_seconds_ago: float
 
 
+class Liveness(msgspec.Struct, frozen=True):
+    status: Literal["live"]
+
+
+LIVE = Liveness(status="live")
+
+
 class Readiness(msgspec.Struct, omit_defaults=True):
-    status: str
+    status: Literal["ready", "not_ready"]
     checks: dict[str, Check]
     parts: list[PartHeartbeat]
     supervisor: SupervisorStatus | None = None  # under `dataex up`: its parts and servers
@@ -157,9 +164,9 @@ class HealthController(Controller):
     opt = PUBLIC
 
     @get("/live", operation_id="live", opt=PUBLIC)
-    async def live(self) -> dict[str, str]:
+    async def live(self) -> Liveness:
         """The process answers. Says nothing about its dependencies."""
-        return {"status": "live"}
+        return LIVE
 
     @get(
         "/ready",

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 import msgspec
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from exchange.platform.audit import Actor
@@ -39,6 +40,12 @@ PrincipalDep = NamedDependency[Principal]
 PlatformDep = NamedDependency[Platform]
 
 Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
+
+
+REPLAYED = (
+    "The {kind} made earlier with this external_ref (the same amount and organisation): nothing"
+    " new is moved"
+)
 
 
 class ReasonIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -186,7 +193,20 @@ class TradeController(Controller):
         state = await settlement.resolve(actor, trade_id, data.outcome, data.note)
         return ResolutionOut(trade_id=trade_id, state=state)
 
-    @get("/{trade_id:uuid}/receipt", operation_id="getTradeReceipt", opt=requires())
+    @get(
+        "/{trade_id:uuid}/receipt",
+        operation_id="getTradeReceipt",
+        opt=requires(),
+        responses={
+            200: ResponseSpec(
+                ledger.Receipt,
+                generate_examples=False,
+                description="The receipt, as canonical JSON (RFC 8785): keep its bytes as they"
+                " are. ``tree_head`` is a compact JWS (EdDSA) by a key of"
+                " /.well-known/jwks.json; each entry's ``inclusion_proof`` leads to its root",
+            )
+        },
+    )
     async def receipt(
         self, trade_id: FromPath[uuid.UUID], settlement: Settlement, principal: PrincipalDep
     ) -> Response[bytes]:
@@ -210,7 +230,13 @@ class AccountController(Controller):
     async def of_org(self, org_id: FromPath[uuid.UUID], settlement: Settlement) -> Accounts:
         return await settlement.accounts(org_id)
 
-    @post("/{org_id:uuid}/deposits", operation_id="deposit", opt=requires("admin"))
+    @post(
+        "/{org_id:uuid}/deposits",
+        operation_id="deposit",
+        opt=requires("admin"),
+        responses={200: ResponseSpec(MovementView, generate_examples=False,
+                                     description=REPLAYED.format(kind="deposit"))},
+    )  # fmt: skip
     async def deposit(
         self,
         org_id: FromPath[uuid.UUID],
@@ -222,7 +248,13 @@ class AccountController(Controller):
         returns the first deposit (200); the reference with another amount is 409."""
         return await _external(settlement, actor, "deposit", org_id, data)
 
-    @post("/{org_id:uuid}/withdrawals", operation_id="withdraw", opt=requires("admin"))
+    @post(
+        "/{org_id:uuid}/withdrawals",
+        operation_id="withdraw",
+        opt=requires("admin"),
+        responses={200: ResponseSpec(MovementView, generate_examples=False,
+                                     description=REPLAYED.format(kind="withdrawal"))},
+    )  # fmt: skip
     async def withdraw(
         self,
         org_id: FromPath[uuid.UUID],

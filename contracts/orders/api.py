@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
@@ -21,13 +22,25 @@ from contracts.agreements.signatures import (
 from contracts.orders import fees, idempotency
 from contracts.orders.fees import FeeRule
 from contracts.orders.group import OrderGroup
-from contracts.orders.schemas import CancelRequest, Order, OrderCreate, OrderPage
+from contracts.orders.schemas import (
+    CancelRequest,
+    Contract,
+    ContractDocument,
+    ContractSignature,
+    OfferTerms,
+    Order,
+    OrderCreate,
+    OrderPage,
+    StandingOffer,
+    StandingOfferTerms,
+)
 from contracts.orders.service import OrderService
 from exchange.platform.audit import Actor, record
 from exchange.platform.auth import PUBLIC, Principal, provide_principal, requires
 from exchange.platform.context import Platform
 from exchange.platform.deps import provide_actor
 from exchange.platform.errors import FieldError, InvalidInput, NotFound
+from exchange.platform.http import required_headers
 from exchange.platform.paging import DEFAULT_PAGE, check_limit, decode_cursor, encode_cursor
 
 Orders = NamedDependency[OrderService]
@@ -63,19 +76,44 @@ class OrderController(Controller):
     tags = ["orders"]
     dependencies = {"orders": Provide(provide_orders, sync_to_thread=False)}
 
-    @post("/", operation_id="placeOrder", opt=requires("buyer"), status_code=201)
+    @post(
+        "/",
+        operation_id="placeOrder",
+        opt=requires("buyer") | required_headers("Idempotency-Key"),
+        status_code=201,
+        response_headers=[
+            ResponseHeader(
+                name="Idempotent-Replayed",
+                value="true",
+                documentation_only=True,
+                description="Sent (true) when the answer replays the first result of a request"
+                " with this Idempotency-Key and body",
+            )
+        ],
+    )
     async def place(
         self,
         request: Request[Any, Any, Any],
         data: JSONBody[OrderCreate],
         orders: Orders,
         idempotency_key: Annotated[
-            str | None, HeaderParameter(name="Idempotency-Key", required=False)
+            str | None,
+            HeaderParameter(
+                name="Idempotency-Key",
+                # Documented as required; read as optional so that its absence is our own 400
+                # (idempotency_key_missing) and a bad one our own 422, not Litestar's 400.
+                required=False,
+                schema_extra={"min_length": 1, "max_length": idempotency.MAX_KEY_LENGTH},
+                description="A unique value per intended order (a UUID, say). Required: 400"
+                " idempotency_key_missing without it",
+            ),
         ] = None,
-    ) -> Response[Any]:
+    ) -> Response[Order]:
         """Place an order. Requires ``Idempotency-Key``: the same key and body replay the first
-        result; another body with the key is 422; while the first runs, 409. Keys are per
-        organisation and kept 24 hours."""
+        result (with ``Idempotent-Replayed: true``); another body with the key is 422; while the
+        first runs, 409. Keys are per organisation and kept 24 hours. An order that executes at
+        once (an auto-accepting plan and a custodial buyer) carries its ``trade_id``, which is
+        its contract's id."""
         # The hot path: principal and actor are taken from the request rather than injected,
         # since Litestar resolves sibling dependencies in an anyio task group per request.
         principal, actor = provide_principal(request), provide_actor(request)
@@ -83,9 +121,10 @@ class OrderController(Controller):
         keyed = idempotency.Keyed(key, idempotency.request_hash(data), "POST /v1/orders")
         result = await orders.place(actor, principal, data, keyed)
         if isinstance(result, idempotency.Replay):
+            # The first answer's bytes, as stored: an Order.
             return Response(
-                content=result.body, status_code=result.status, media_type="application/json",
-                headers={"Idempotent-Replayed": "true"},
+                content=cast(Order, result.body), status_code=result.status,
+                media_type="application/json", headers={"Idempotent-Replayed": "true"},
             )  # fmt: skip
         return Response(content=result, status_code=201)
 
@@ -136,10 +175,10 @@ class ContractController(Controller):
     @get("/{contract_id:uuid}", operation_id="getContract", opt=requires())
     async def get_contract(
         self, contract_id: FromPath[uuid.UUID], orders: Orders, principal: PrincipalDep
-    ) -> dict[str, Any]:
+    ) -> Contract:
         """The canonical document, its digest, the Chinese text and the signatures (parties
-        only)."""
-        return await orders.contract(principal, contract_id)
+        only). The contract's id is the trade's id (``trade_id``, once executed)."""
+        return contract_view(await orders.contract(principal, contract_id))
 
     @post(
         "/{contract_id:uuid}/signatures",
@@ -154,9 +193,10 @@ class ContractController(Controller):
         orders: Orders,
         actor: ActorDep,
         principal: PrincipalDep,
-    ) -> dict[str, Any]:
+    ) -> Contract:
         """A detached JWS over the contract digest (ASCII) with a registered key; when both
-        parties have signed the exchange countersigns and the trade is executed."""
+        parties have signed the exchange countersigns and the trade is executed (its id, the
+        ``trade_id``, is the contract's)."""
         if (data.jws is None) == (not data.custodial):
             raise InvalidInput(
                 "give either jws or custodial: true",
@@ -164,7 +204,29 @@ class ContractController(Controller):
                     FieldError(path="jws", message="exactly one of jws, custodial", source="body")
                 ],
             )
-        return await orders.sign(actor, principal, contract_id, data.jws, custodial=data.custodial)
+        return contract_view(
+            await orders.sign(actor, principal, contract_id, data.jws, custodial=data.custodial)
+        )
+
+
+def contract_view(raw: dict[str, Any]) -> Contract:
+    """The service's contract as the API's `Contract`. The document is passed on exactly as
+    stored (every key, as signed: its digest must still check), `ContractDocument` describing
+    it; the rest is converted."""
+    executed_at = raw["executed_at"]
+    contract_id = uuid.UUID(raw["id"])
+    return Contract(
+        id=contract_id,
+        trade_id=contract_id if executed_at is not None else None,
+        order_id=uuid.UUID(raw["order_id"]),
+        state=raw["state"],
+        digest=raw["digest"],
+        document=cast(ContractDocument, raw["document"]),
+        text_zh=raw["text_zh"],
+        standing_offer=cast(StandingOfferTerms | None, raw["standing_offer"]),
+        signatures=msgspec.convert(raw["signatures"], list[ContractSignature]),
+        executed_at=datetime.fromisoformat(executed_at) if executed_at else None,
+    )
 
 
 class KeyController(Controller):
@@ -231,10 +293,10 @@ class OfferController(Controller):
         plan_id: FromPath[str],
         orders: Orders,
         principal: PrincipalDep,
-    ) -> dict[str, Any]:
+    ) -> OfferTerms:
         """The terms a seller signs to accept every matching order automatically, and their
         canonical JSON (the detached JWS payload)."""
-        return await orders.offer(principal, product_id, plan_id)
+        return msgspec.convert(await orders.offer(principal, product_id, plan_id), OfferTerms)
 
     @post("/standing-offers", operation_id="makeStandingOffer", opt=requires("seller"))
     async def standing_offer(
@@ -244,10 +306,14 @@ class OfferController(Controller):
         orders: Orders,
         actor: ActorDep,
         principal: PrincipalDep,
-    ) -> dict[str, Any]:
-        return await orders.make_standing_offer(
+    ) -> StandingOffer:
+        """Make the plan's terms (``GET …/plans/{plan_id}/offer``) a standing offer with the
+        seller's detached JWS over their canonical JSON: matching orders are then signed on the
+        seller's side by it."""
+        offer = await orders.make_standing_offer(
             actor, principal, product_id, data.plan_id, data.jws
         )
+        return msgspec.convert(offer, StandingOffer)
 
 
 class FeeScheduleController(Controller):

@@ -397,6 +397,7 @@ class OrderService:
             cleared=decision["cleared"],
             contract_id=contract["id"] if contract else None,
             contract_digest=contract["digest"] if contract else None,
+            trade_id=contract["id"] if contract and row["state"] == "executed" else None,
             review_case_id=case_id,
             reason=row["reason"],
             created_at=row["created_at"],
@@ -666,6 +667,7 @@ class OrderService:
             price_fen=price, fee_fen=fee, policy=decision_doc["policy"], cleared=cleared,
             contract_id=contract.id if contract else None,
             contract_digest=contract.digest if contract else None,
+            trade_id=contract.id if contract and state == "executed" else None,
             review_case_id=uuid.uuid4() if review is not None else None,
             reason=None, created_at=now, updated_at=now,
         )  # fmt: skip

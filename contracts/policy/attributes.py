@@ -70,6 +70,9 @@ class PublicData(Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class Product(Struct, forbid_unknown_fields=True, frozen=True):
+    # The API's documents name it apart from the listing room's Product (`SchemaNameClash`).
+    __schema_name__ = "ProductAttributes"
+
     data_level: DataLevel
     personal_info: PersonalInfo
     content_flags: list[ContentFlag]
@@ -82,6 +85,9 @@ class Product(Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class Order(Struct, forbid_unknown_fields=True, frozen=True):
+    # The API's documents name it apart from the orders room's Order (`SchemaNameClash`).
+    __schema_name__ = "OrderAttributes"
+
     buyer_country: Country
     delivery_country: Country
     redistribution: bool

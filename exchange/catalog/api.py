@@ -11,11 +11,13 @@ from typing import Annotated, Any, ClassVar
 import msgspec
 from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Schema
 from litestar.params import QueryParameter
 
 from contracts.policy.attributes import DataLevel
 from exchange.catalog import dcat
+from exchange.catalog.schemas import DcatCatalog
 from exchange.catalog.service import (
     CURSOR_TYPES,
     CatalogItem,
@@ -42,6 +44,8 @@ from exchange.platform.errors import DataexError, FieldError, Forbidden, Invalid
 from exchange.platform.http import DocumentedOperation
 from exchange.platform.paging import check_limit, decode_cursor, encode_cursor
 from exchange.platform.settings import Settings
+
+JSON_LD = "application/ld+json"
 
 
 class BadParameter(DataexError):
@@ -163,14 +167,15 @@ SortQ = Annotated[
 
 @dataclasses.dataclass
 class CatalogOperation(DocumentedOperation):
-    """The resource list comes as JSON-LD or, asked for, as Turtle: both are documented."""
+    """The resource list comes as JSON-LD (`DcatCatalog`) or, asked for, as Turtle: both are
+    documented."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         ok = (self.responses or {}).get("200")
         if isinstance(ok, OpenAPIResponse):
             ok.content = {
-                "application/ld+json": OpenAPIMediaType(schema=Schema(type=OpenAPIType.OBJECT)),
+                **(ok.content or {}),
                 "text/turtle": OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING)),
             }
 
@@ -179,7 +184,21 @@ class CatalogController(Controller):
     path = "/v1/catalog"
     tags = ["catalog"]
 
-    @get("/", operation_id="getCatalog", opt=PUBLIC, operation_class=CatalogOperation)
+    @get(
+        "/",
+        operation_id="getCatalog",
+        opt=PUBLIC,
+        operation_class=CatalogOperation,
+        responses={
+            200: ResponseSpec(
+                DcatCatalog,
+                generate_examples=False,
+                media_type=JSON_LD,
+                description="A page of the resource list: DCAT-AP 3 JSON-LD (the default), or"
+                " Turtle with Accept: text/turtle",
+            )
+        },
+    )
     async def published(
         self,
         request: Request[Any, Any, Any],
@@ -203,7 +222,7 @@ class CatalogController(Controller):
         accept = request.headers.get("accept", "")
         if "text/turtle" in accept:
             return Response(content=dcat.to_turtle(document), media_type="text/turtle")
-        return Response(content=msgspec.json.encode(document), media_type="application/ld+json")
+        return Response(content=msgspec.json.encode(document), media_type=JSON_LD)
 
 
 async def dataset_page(

@@ -32,7 +32,13 @@ from exchange.delivery.files import (
 from exchange.delivery.storage import MAX_CHUNK_BYTES
 from exchange.platform.audit import Actor
 from exchange.platform.auth import DELIVERY_TOKEN, Principal, requires
-from exchange.platform.http import PROBLEM_JSON, DocumentedOperation, Problem, handle_dataex_error
+from exchange.platform.http import (
+    PROBLEM_JSON,
+    DocumentedOperation,
+    Problem,
+    handle_dataex_error,
+    response_headers,
+)
 
 Uploads = NamedDependency[FileUploads]
 Deliveries = NamedDependency[FileDeliveries]
@@ -73,6 +79,25 @@ _FILE_RESPONSES = {
                       description="The range is past the end, malformed, or several ranges"
                       " (Content-Range: bytes */size)"),
 }  # fmt: skip
+
+
+_ETAG = ("The file's SHA-256, quoted: send it in If-None-Match (304) or If-Range", True)
+_KEPT = {
+    "ETag": _ETAG,
+    "Accept-Ranges": ("bytes: one Range of bytes may be asked for", True),
+    "Cache-Control": ("private: the bytes are the buyer's alone", True),
+}
+_SENT = {
+    **_KEPT,
+    "Content-Length": ("Bytes in this answer", True),
+    "Content-Disposition": ('attachment; filename="<name>"', True),
+}
+_FILE_HEADERS = {
+    200: _SENT,
+    206: {**_SENT, "Content-Range": ("bytes <first>-<last>/<size>", True)},
+    304: _KEPT,
+    416: {"Content-Range": ("bytes */<size>", True)},
+}
 
 
 class RevisionFileController(Controller):
@@ -196,7 +221,7 @@ class GrantFileController(Controller):
     @get(
         "/{name:str}",
         operation_id="downloadGrantFile",
-        opt=DELIVERY_TOKEN,
+        opt=DELIVERY_TOKEN | response_headers(_FILE_HEADERS),
         responses=_FILE_RESPONSES,
     )
     async def download(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
+import msgspec
 from litestar import Controller, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
@@ -12,6 +12,7 @@ from litestar.params import FromPath, JSONBody
 from exchange.listings.schemas import (
     Certificate,
     CertificateStatus,
+    JwkSet,
     LegalProhibitionProposal,
     Product,
     ProductDraft,
@@ -27,6 +28,7 @@ from exchange.platform.paging import encode_cursor
 from exchange.platform.signing import jwks
 from exchange.review.schemas import ReviewCase
 
+JWK_SET = "application/jwk-set+json"
 Listings = NamedDependency[ListingService]
 ActorDep = NamedDependency[Actor]
 PrincipalDep = NamedDependency[Principal]
@@ -198,7 +200,9 @@ class WellKnownController(Controller):
     path = "/.well-known"
     tags = ["keys"]
 
-    @get("/jwks.json", operation_id="jwks", opt=PUBLIC)
-    async def keys(self, platform: NamedDependency[Platform]) -> dict[str, Any]:
-        """The exchange's current and previous public signing keys."""
-        return await jwks(platform.pool)
+    @get("/jwks.json", operation_id="jwks", opt=PUBLIC, media_type=JWK_SET)
+    async def keys(self, platform: NamedDependency[Platform]) -> JwkSet:
+        """The exchange's current and previous public signing keys, a JWK Set (RFC 7517,
+        ``application/jwk-set+json``): verify certificates, receipts, tree heads, the identity
+        document and the feed with them, and delivery tokens with the delivery key's."""
+        return msgspec.convert(await jwks(platform.pool), JwkSet)

@@ -250,3 +250,26 @@ class CertificateStatus(Struct, frozen=True):
     revision_digest: str | None
     checked_at: datetime
     jws: str
+
+
+# --- the exchange's public keys -----------------------------------------------------------------
+
+
+class PublicJwk(Struct, frozen=True, omit_defaults=True):
+    """An Ed25519 public key (RFC 8037). ``dataex_purpose`` marks a delivery key (delivery
+    tokens, the gateway's HTTP message signatures); absent for the exchange's signing key
+    (certificates, receipts, tree heads, identity, feed)."""
+
+    kty: Literal["OKP"]
+    crv: Literal["Ed25519"]
+    x: str
+    kid: str
+    use: Literal["sig"]
+    alg: Literal["EdDSA"]
+    dataex_purpose: Literal["delivery"] | None = None
+
+
+class JwkSet(Struct, frozen=True):
+    """A JWK Set (RFC 7517): current and previous public keys, newest first."""
+
+    keys: list[PublicJwk]

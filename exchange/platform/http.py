@@ -8,19 +8,32 @@ import re
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 from litestar import Request, Response
-from litestar.enums import ScopeType
+from litestar.enums import ParamType, ScopeType
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.handlers import HTTPRouteHandler
+from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIResponse, OpenAPIType, Operation, Parameter, Schema
+from litestar.openapi.spec import (
+    Components,
+    OpenAPI,
+    OpenAPIHeader,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Parameter,
+    Reference,
+    Schema,
+    SecurityScheme,
+)
 from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Empty, Message, Receive, Scope, Send
 from structlog.contextvars import bound_contextvars
 
+from exchange.platform.auth import route_access
 from exchange.platform.db import database_unreachable
 from exchange.platform.errors import DataexError, DependencyUnavailable, FieldError
 from exchange.platform.limits import EXEMPT_PREFIXES, MAX_PARAMETER_CHARS
@@ -400,13 +413,109 @@ def problem_statuses(handler: HTTPRouteHandler, path: str) -> list[int]:
     return sorted(statuses)
 
 
+# Handler ``opt`` key: request headers the operation needs although the handler reads them as
+# optional, so that a request without one gets the operation's own problem (a named code and a
+# detail saying what to send) rather than Litestar's generic 400. See `required_headers`.
+REQUIRED_HEADERS = "dataex_required_headers"
+# Handler ``opt`` key: headers of its answers, per status, beyond those every answer carries.
+RESPONSE_HEADERS = "dataex_response_headers"
+# What every answer carries, and how long to wait after a 429 or a 503.
+_REQUEST_ID = "X-Request-ID"
+_HEADER_COMPONENTS: dict[str, OpenAPIHeader | Reference] = {
+    _REQUEST_ID: OpenAPIHeader(
+        schema=Schema(type=OpenAPIType.STRING, max_length=128),
+        required=True,
+        description="The request's id: the client's own X-Request-ID when it sent a well-formed"
+        " one (8-128 of A-Z a-z 0-9 . _ : -), else a new one. Logs and problems quote it.",
+    ),
+}
+# Inline in each operation (not a $ref): readers of the parameters need not resolve it.
+_REQUEST_ID_PARAMETER = Parameter(
+    name=_REQUEST_ID,
+    param_in=ParamType.HEADER,
+    required=False,
+    schema=Schema(type=OpenAPIType.STRING, max_length=MAX_PARAMETER_CHARS),
+    description="Optional id of this request (8-128 of A-Z a-z 0-9 . _ : -), echoed in"
+    " X-Request-ID and logged; any other value is replaced by a new id.",
+)
+_RETRY_AFTER = Schema(type=OpenAPIType.STRING, pattern=r"^[0-9]+$", description="seconds to wait")
+_PROBLEM_HEADERS: dict[str, dict[str, OpenAPIHeader | Reference]] = {
+    "401": {
+        "WWW-Authenticate": OpenAPIHeader(
+            schema=Schema(type=OpenAPIType.STRING, const='Bearer realm="dataex"'),
+            required=True,
+            description="The scheme to authenticate with: a bearer token",
+        )
+    },
+    "429": {
+        "Retry-After": OpenAPIHeader(
+            schema=_RETRY_AFTER,
+            required=True,
+            description="Seconds until the token's or the address's bucket allows a request again",
+        )
+    },
+    "503": {
+        "Retry-After": OpenAPIHeader(
+            schema=_RETRY_AFTER,
+            required=False,
+            description="Seconds after which the same request is likely to succeed, when the"
+            " dependency is expected back soon (PostgreSQL restarting or failing over: 5)",
+        )
+    },
+}
+
+
+# How a caller authenticates (``Authorization: Bearer …``), by the route's access policy.
+_SECURITY_SCHEMES: dict[str, SecurityScheme | Reference] = {
+    "apiToken": SecurityScheme(
+        type="http",
+        scheme="bearer",
+        bearer_format="dxt_<id>_<secret>",
+        description="An API token of an organisation, with the roles the operation needs"
+        " (401 without one or with a bad one, 403 without the role)",
+    ),
+    "deliveryToken": SecurityScheme(
+        type="http",
+        scheme="bearer",
+        bearer_format="JWS",
+        description="A delivery token of the grant (POST /v1/grants/{grant_id}/tokens): a"
+        " compact JWS of at most 15 minutes",
+    ),
+}
+
+
+def _security(handler: HTTPRouteHandler) -> list[dict[str, list[str]]] | None:
+    access = route_access(handler)
+    if access == "delivery_token":
+        return [{"deliveryToken": []}]
+    if access == "public":
+        return None
+    return [{"apiToken": []}]
+
+
+def required_headers(*names: str) -> dict[str, Any]:
+    """Route ``opt`` declaring request headers the operation cannot do without, which its
+    handler nevertheless reads as optional in order to answer their absence itself (merge it
+    with the access policy: ``opt=requires("buyer") | required_headers("Idempotency-Key")``).
+    The document then marks them required."""
+    return {REQUIRED_HEADERS: names}
+
+
+def response_headers(headers: dict[int, dict[str, tuple[str, bool]]]) -> dict[str, Any]:
+    """Route ``opt`` documenting the headers of the operation's answers: per status, each
+    header's description and whether every answer of that status carries it. (Litestar's
+    ``response_headers`` document the success status only.)"""
+    return {RESPONSE_HEADERS: headers}
+
+
 def declare_problem_responses(routes: Iterable[Any]) -> None:
     """Declare every operation's problem responses in the OpenAPI document.
 
     Litestar would document only a 400 with its own error shape; the API answers every error
     as an RFC 9457 problem (`Problem`, ``application/problem+json``), so clients and contract
     tests (schemathesis) can check each answer against the document. A handler's own
-    ``responses`` win.
+    ``responses`` win. Each operation is documented by `DocumentedOperation` (or the handler's
+    own subclass of it), with the headers `required_headers` names marked required.
     """
     for route in routes:
         if not isinstance(route, HTTPRoute):
@@ -422,8 +531,30 @@ def declare_problem_responses(routes: Iterable[Any]) -> None:
                 for status in problem_statuses(handler, route.path)
             }
             handler.responses = {**specs, **(handler.responses or {})}
-            if handler.operation_class is Operation:
-                handler.operation_class = DocumentedOperation
+            if handler.security is None:
+                handler.security = _security(handler)
+            operation_class = handler.operation_class
+            if operation_class is Operation:
+                operation_class = DocumentedOperation
+            names = tuple(handler.opt.get(REQUIRED_HEADERS, ()))
+            answers = {
+                str(status): {
+                    name: OpenAPIHeader(
+                        schema=Schema(type=OpenAPIType.STRING),
+                        description=description,
+                        required=required,
+                    )
+                    for name, (description, required) in headers.items()
+                }
+                for status, headers in handler.opt.get(RESPONSE_HEADERS, {}).items()
+            }
+            if names or answers:
+                operation_class = type(
+                    f"{operation_class.__name__}Of{handler.handler_name.title()}",
+                    (operation_class,),
+                    {"required_headers": names, "answer_headers": answers},
+                )
+            handler.operation_class = operation_class
 
 
 @dataclasses.dataclass
@@ -435,23 +566,56 @@ class DocumentedOperation(Operation):
       says ``anyOf``: the body is at least one of them.
     - Every string path or query parameter without a ``maxLength`` gets the platform's limit
       (`MAX_PARAMETER_CHARS`), which `InputGuardMiddleware` enforces.
+    - The headers every answer carries (``X-Request-ID``, which a request may also send), and
+      those of its problems: ``WWW-Authenticate`` on a 401, ``Retry-After`` on a 429 (always)
+      and on a 503 (when the dependency is expected back soon).
+    - The request headers in ``required_headers`` (see `required_headers`) are required, and
+      the answers carry the headers of ``answer_headers`` (see `response_headers`).
     """
 
+    required_headers: ClassVar[tuple[str, ...]] = ()
+    answer_headers: ClassVar[dict[str, dict[str, OpenAPIHeader | Reference]]] = {}
+
     def __post_init__(self) -> None:
+        required = {name.lower() for name in self.required_headers}
         for parameter in self.parameters or []:
-            if (
-                isinstance(parameter, Parameter)
-                and parameter.param_in in ("path", "query")
-                and isinstance(parameter.schema, Schema)
-            ):
+            if not isinstance(parameter, Parameter):
+                continue
+            if parameter.param_in == "header" and parameter.name.lower() in required:
+                parameter.required = True
+                parameter.schema = _not_null(parameter.schema)
+            if parameter.param_in in ("path", "query") and isinstance(parameter.schema, Schema):
                 _bound_strings(parameter.schema)
-        for response in (self.responses or {}).values():
+        self.parameters = [*(self.parameters or []), _REQUEST_ID_PARAMETER]
+        for status, response in (self.responses or {}).items():
             if not isinstance(response, OpenAPIResponse):
                 continue
+            response.headers = {
+                **(response.headers or {}),
+                _REQUEST_ID: Reference(ref=f"#/components/headers/{_REQUEST_ID}"),
+                **_PROBLEM_HEADERS.get(str(status), {}),
+                **self.answer_headers.get(str(status), {}),
+            }
             for media in (response.content or {}).values():
                 schema = media.schema
                 if isinstance(schema, Schema) and schema.one_of and not schema.discriminator:
                     schema.any_of, schema.one_of = schema.one_of, None
+
+
+def _not_null(schema: Schema | Reference | None) -> Schema | Reference | None:
+    """A required header's schema without the ``null`` its optional annotation brought: a
+    header is absent or a string, never null."""
+    if not isinstance(schema, Schema) or not schema.one_of:
+        return schema
+    kept = [s for s in schema.one_of if not (isinstance(s, Schema) and s.type == OpenAPIType.NULL)]
+    if len(kept) != 1 or not isinstance(kept[0], Schema):
+        return schema
+    return dataclasses.replace(
+        kept[0],
+        min_length=schema.min_length if kept[0].min_length is None else kept[0].min_length,
+        max_length=schema.max_length if kept[0].max_length is None else kept[0].max_length,
+        description=schema.description or kept[0].description,
+    )
 
 
 def _bound_strings(schema: Schema) -> None:
@@ -463,3 +627,90 @@ def _bound_strings(schema: Schema) -> None:
     kinds = schema.type if isinstance(schema.type, list) else [schema.type]
     if OpenAPIType.STRING in kinds and schema.max_length is None and not schema.enum:
         schema.max_length = MAX_PARAMETER_CHARS
+
+
+# --- the document as a whole ------------------------------------------------------------------
+
+
+class SchemaNameClash(RuntimeError):
+    """Two types of the API would be documented under one name: a client generator would make
+    one class of them and drop the other (and everything that refers to it)."""
+
+
+@dataclasses.dataclass
+class DocumentedOpenAPIConfig(OpenAPIConfig):
+    """Litestar's configuration, building `DocumentedOpenAPI` with the platform's shared
+    header and security scheme components."""
+
+    def to_openapi_schema(self) -> OpenAPI:
+        built = super().to_openapi_schema()
+        components = built.components or Components()
+        components.headers = {**(components.headers or {}), **_HEADER_COMPONENTS}
+        components.security_schemes = {
+            **(components.security_schemes or {}),
+            **_SECURITY_SCHEMES,
+        }
+        built.components = components
+        return DocumentedOpenAPI(
+            **{f.name: getattr(built, f.name) for f in dataclasses.fields(built) if f.init}
+        )
+
+
+@dataclasses.dataclass
+class DocumentedOpenAPI(OpenAPI):
+    """The document, each schema component named by its title.
+
+    Litestar keys the components of two types sharing a class name by their module paths
+    (``exchange_listings_schemas_Product``) and leaves both titled ``Product``: a client
+    generator, which names its classes by the title, then makes one class of the two and drops
+    the other and every schema and operation that refers to it. Here every component is named
+    by its title (the class name, or the type's ``__schema_name__``), and two components of one
+    title are refused (`SchemaNameClash`) so a clash is fixed where it starts: by giving one of
+    the types a ``__schema_name__`` of its own.
+    """
+
+    def to_schema(self) -> dict[str, Any]:
+        return name_components(super().to_schema())
+
+
+_COMPONENT_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def name_components(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with every schema component keyed by its title, and references following;
+    raises `SchemaNameClash` when two components share a title."""
+    schemas: dict[str, Any] = document.get("components", {}).get("schemas", {})
+    names: dict[str, str] = {}
+    owners: dict[str, list[str]] = {}
+    for key, schema in schemas.items():
+        title = schema.get("title") if isinstance(schema, dict) else None
+        name = title if isinstance(title, str) and _COMPONENT_NAME.match(title) else key
+        names[key] = name
+        owners.setdefault(title if isinstance(title, str) else name, []).append(key)
+    clashes = {title: keys for title, keys in owners.items() if len(keys) > 1}
+    if clashes:
+        raise SchemaNameClash(
+            "types documented under one name (give one a __schema_name__): "
+            + "; ".join(f"{title}: {', '.join(sorted(keys))}" for title, keys in clashes.items())
+        )
+    if all(key == name for key, name in names.items()):
+        return document
+    refs = {
+        f"#/components/schemas/{key}": f"#/components/schemas/{name}" for key, name in names.items()
+    }
+
+    def rename(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                k: refs.get(v, v) if k == "$ref" and isinstance(v, str) else rename(v)
+                for k, v in value.items()
+            }
+        if isinstance(value, list):
+            return [rename(v) for v in value]
+        return value
+
+    renamed: dict[str, Any] = rename(document)
+    renamed["components"]["schemas"] = dict(
+        sorted((names[key], schema) for key, schema in renamed["components"]["schemas"].items())
+    )
+    return renamed
