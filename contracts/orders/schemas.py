@@ -8,7 +8,7 @@ from msgspec import Meta, Struct
 
 from contracts.orders.states import ContractState, OrderState
 from contracts.policy.attributes import Country
-from contracts.policy.schemas import Outcome, Route
+from contracts.policy.schemas import Decision, Outcome, Route
 from exchange.listings.schemas import DeliveryMode, Plan, Pricing, Rights
 from exchange.platform.metering import Dimension
 from exchange.platform.money import fen
@@ -56,7 +56,7 @@ class Order(Struct, frozen=True):
     terms: OrderCreate
     price_fen: int
     fee_fen: int
-    policy: dict[str, Any]  # the policy decision (contracts.policy Decision), as stored
+    policy: Decision  # the order-time policy decision, as recorded when it was placed
     cleared: list[str]
     contract_id: uuid.UUID | None
     contract_digest: str | None

@@ -18,6 +18,7 @@ from contracts.policy.attributes import (
     SourceKind,
     ThirdPartyRights,
 )
+from contracts.policy.schemas import Decision
 from exchange.identity.schemas import Contact
 from exchange.listings.states import ProductState, SuspendedBy
 from exchange.platform.metering import Dimension
@@ -204,7 +205,7 @@ class Product(Struct, frozen=True):
     suspended_reason: str | None
     suspended_by: SuspendedBy | None
     review: ReviewSummary | None
-    policy: dict[str, Any] | None
+    policy: Decision | None  # the latest listing-time policy decision
     created_at: datetime
     updated_at: datetime
     # Staff recorded that a law, regulation, sector rule or contract forbids trading it (NEG-08).

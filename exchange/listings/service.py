@@ -209,7 +209,7 @@ class ListingService:
             suspended_reason=row["suspended_reason"],
             suspended_by=row["suspended_by"],
             review=None if case is None else _summary(case),
-            policy=policy,
+            policy=None if policy is None else msgspec.convert(policy, Decision),
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             legal_prohibition=row["legal_prohibition"],

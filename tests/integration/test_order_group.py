@@ -68,7 +68,8 @@ async def test_a_group_judges_each_order_and_counts_its_own_exports(
     alone, export, mismatch, missing, second_export = results
     assert isinstance(alone, Order) and alone.state == "executed"
     assert isinstance(export, Order) and export.state == "executed"
-    assert export.policy["cross_border"]["route"] == "exempt"
+    assert export.policy.cross_border is not None
+    assert export.policy.cross_border.route == "exempt"
     assert (
         isinstance(mismatch, InvalidInput)
         and mismatch.extensions["mismatches"][0]["term"] == "purpose"
@@ -76,7 +77,8 @@ async def test_a_group_judges_each_order_and_counts_its_own_exports(
     assert isinstance(missing, NotFound)
     # 60,000 executed earlier in this group + 40,000 = 100,000: CAU-05, to review.
     assert isinstance(second_export, Order) and second_export.state == "in_review"
-    assert second_export.policy["cross_border"]["route"] == "standard_contract_or_certification"
+    assert second_export.policy.cross_border is not None
+    assert second_export.policy.cross_border.route == "standard_contract_or_certification"
     case = await pool.fetchrow(
         "SELECT kind, rules FROM review_cases WHERE id = $1", second_export.review_case_id
     )
@@ -139,6 +141,7 @@ async def test_a_group_counts_only_identifiable_exports_of_its_earlier_orders(
     assert anonymous.state == "executed"
     assert isinstance(second, Order)
     assert second.state == "executed", second.policy
-    assert second.policy["cross_border"]["basis"].startswith(
+    assert second.policy.cross_border is not None
+    assert second.policy.cross_border.basis.startswith(
         "5: personal information of 60,001 individuals"
     )
