@@ -186,12 +186,20 @@ class RevisionInfo(Struct, frozen=True):
     metadata: ProductMetadata
 
 
+class ReviewVerdict(Struct, frozen=True):
+    """One reviewer's decision on the product's case (who decided is in the case and audit)."""
+
+    verdict: str
+    reason: str
+    decided_at: datetime
+
+
 class ReviewSummary(Struct, frozen=True):
     case_id: uuid.UUID
     state: str
     revision: int
     hits: list[str]
-    decisions: list[dict[str, Any]]
+    decisions: list[ReviewVerdict]
 
 
 class Product(Struct, frozen=True):

@@ -35,6 +35,7 @@ from exchange.listings.schemas import (
     ProductDraft,
     ProductMetadata,
     ReviewSummary,
+    ReviewVerdict,
     RevisionInfo,
 )
 from exchange.listings.states import PRODUCT, SUSPENDING, held_here, next_state
@@ -892,7 +893,7 @@ def _summary(case: ReviewCase) -> ReviewSummary:
         revision=case.revision or 0,
         hits=case.rules,
         decisions=[
-            {"verdict": d.verdict, "reason": d.reason, "decided_at": d.decided_at.isoformat()}
+            ReviewVerdict(verdict=d.verdict, reason=d.reason, decided_at=d.decided_at)
             for d in case.decisions
         ],
     )
