@@ -56,7 +56,7 @@ def test_the_backoff_doubles_with_each_death_in_the_window(tmp_path: Path):
     spawn, _ = spawner("import sys; sys.exit(1)")
     sup = Supervisor(Settings(), ("relay",), spawn, {}, tmp_path / "status.json")
     sup.start_all()
-    delays = []
+    delays: list[float] = []
     while len(delays) < 3:
         sup.step()
         part = sup.parts["relay"]
