@@ -27,7 +27,7 @@ from exchange.delivery.files_api import (
     RevisionFileController,
     UploadController,
 )
-from exchange.health import HealthController
+from exchange.health import HealthController, MetricsController
 from exchange.identity.api import OrganisationController, TokenController
 from exchange.listings.api import CertificateController, WellKnownController
 from exchange.platform.audit.api import AuditController
@@ -80,6 +80,7 @@ OPENAPI_PATH = "/schema"
 
 ROUTE_HANDLERS: list[Any] = [
     HealthController,
+    MetricsController,
     OrganisationController,
     TokenController,
     AuditController,

@@ -16,8 +16,10 @@ import msgspec
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from exchange.platform.auth import PUBLIC
+from exchange.platform.auth import PUBLIC, requires
 from exchange.platform.context import Platform
 from exchange.platform.db import migration_status
 from exchange.platform.heartbeat import INTERVAL_SECONDS
@@ -27,6 +29,7 @@ from exchange.platform.supervision import SupervisorStatus, read_status
 
 log = get_logger(__name__)
 CHECK_TIMEOUT = 2.0
+PROMETHEUS_TEXT = "text/plain; version=0.0.4"  # litestar adds the charset
 HEARTBEAT_PARTS = frozenset({"relay", "settlement", "delivery"})  # the others have no beat
 
 
@@ -178,3 +181,69 @@ class HealthController(Controller):
         """200 when PostgreSQL, migrations, NATS and JetStream are good; else 503 saying which."""
         result = await readiness(platform)
         return Response(result, status_code=200 if result.status == "ready" else 503)
+
+
+class _Families:
+    """A one-scrape collector: the metric families read for this request."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
+async def metric_families(platform: Platform) -> list[Metric]:
+    """What an operator graphs and alerts on, read fresh at each scrape (one process of many
+    answers it, so nothing is kept in one process's memory): the settlement reconciler's work
+    and, under `dataex up`, the supervisor's restarts."""
+    families: list[Metric] = []
+    settlement = await asyncio.wait_for(report(platform, "settlement"), CHECK_TIMEOUT)
+    if settlement is not None:
+        republished = CounterMetricFamily(
+            "dataex_settlement_trades_republished",
+            "Executed trades' events the reconciler published again (no outcome past the bound)",
+        )
+        republished.add_metric([], settlement.republished_total)
+        overdue = GaugeMetricFamily(
+            "dataex_settlement_trades_overdue",
+            "Executed trades without a settlement outcome past the bound, now",
+        )
+        overdue.add_metric([], settlement.overdue)
+        families += [republished, overdue]
+    if platform.settings.supervisor_status is not None:
+        status = read_status(platform.settings.supervisor_status)
+        if status is not None:
+            restarts = CounterMetricFamily(
+                "dataex_restarts", "Restarts by `dataex up` since it started", labels=["process"]
+            )
+            running = GaugeMetricFamily(
+                "dataex_running", "1 when the part or server runs, else 0", labels=["process"]
+            )
+            for name, part in status.parts.items():
+                restarts.add_metric([name], part.restarts)
+                running.add_metric([name], 1 if part.state == "running" else 0)
+            for name, server in status.servers.items():
+                restarts.add_metric([name], server.restarts)
+                running.add_metric([name], 0 if server.state == "restarting" else 1)
+            families += [restarts, running]
+    return families
+
+
+class MetricsController(Controller):
+    path = "/metrics"
+    tags = ["health"]
+
+    @get(
+        "/",
+        operation_id="metrics",
+        opt=requires("reviewer", "admin"),
+        media_type=PROMETHEUS_TEXT,
+    )
+    async def metrics(self, platform: NamedDependency[Platform]) -> str:
+        """Prometheus text exposition (version 0.0.4) for staff and their scrapers (a bearer
+        token of a reviewer or admin): the settlement reconciler's republished and overdue
+        trades and, under `dataex up`, each part's and server's restarts and whether it runs."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Families(await metric_families(platform)))
+        return generate_latest(registry).decode()

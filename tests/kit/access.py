@@ -197,6 +197,7 @@ MATRIX = {
     ("GET", "/v1/certificates/{product_code:str}/status"): "404 404 404 404 404 404 404 404",
     ("GET", "/v1/contracts/{contract_id:uuid}"): "401 404 404 404 404 404 404 401",
     ("GET", "/v1/exchange/accounts"): "401 403 403 403 200 200 403 401",
+    ("GET", "/metrics"): "401 403 403 403 200 200 403 401",
     ("GET", "/v1/fee-schedules"): "200 200 200 200 200 200 200 200",
     ("GET", "/v1/keys"): "401 200 200 200 403 403 200 401",
     ("GET", "/v1/ledger/consistency"): "400 400 400 400 400 400 400 400",
