@@ -21,6 +21,8 @@ from contracts.orders.api import (
 )
 from contracts.policy.api import PolicyController
 from exchange.catalog.api import CatalogController, ProductCatalogController
+from exchange.console.router import console_routers
+from exchange.console.web import template_config
 from exchange.delivery.api import GrantController, ProductUsageController, UpstreamController
 from exchange.delivery.files_api import (
     GrantFileController,
@@ -183,7 +185,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     )
     openapi_router = Router(OPENAPI_PATH, route_handlers=[], include_in_schema=False, opt=PUBLIC)
     app = Litestar(
-        route_handlers=ROUTE_HANDLERS,
+        route_handlers=[*ROUTE_HANDLERS, *console_routers()],
         guards=[access_guard],
         dependencies=DEPENDENCIES | ROOM_SERVICES,
         exception_handlers=EXCEPTION_HANDLERS,
@@ -197,6 +199,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         ],
         before_send=[add_request_id_header],
         lifespan=[lifespan],
+        template_config=template_config(),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=DocumentedOpenAPIConfig(
             title="dataex",

@@ -160,6 +160,10 @@ def provide_listings(platform: NamedDependency[Platform]) -> ListingService:
     return listings(platform.pool, platform.clock, platform.settings, platform.keyring)
 
 
+def provide_orders(platform: NamedDependency[Platform]) -> OrderService:
+    return orders(platform.pool, platform.clock, platform.settings, platform.keyring)
+
+
 def provide_reviews(platform: NamedDependency[Platform]) -> ReviewService:
     return reviews(platform.pool, platform.clock, platform.settings, platform.keyring)
 
@@ -249,6 +253,7 @@ def provide_file_deliveries(platform: NamedDependency[Platform]) -> FileDeliveri
 DEPENDENCIES = {
     "listings": Provide(provide_listings, sync_to_thread=False),
     "reviews": Provide(provide_reviews, sync_to_thread=False),
+    "orders": Provide(provide_orders, sync_to_thread=False),
     "recognition": Provide(provide_recognition, sync_to_thread=False),
     "settlement": Provide(provide_settlement, sync_to_thread=False),
     "grants": Provide(provide_grants, sync_to_thread=False),

@@ -11,6 +11,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final, Literal
 
 from litestar import Request
@@ -29,6 +30,10 @@ PUBLIC: Final[dict[str, Any]] = {ACCESS_KEY: "public"}
 # Routes that take a delivery token (a short-lived JWS for one grant, not an API token): the
 # guard lets them through and the route checks the token itself.
 DELIVERY_TOKEN: Final[dict[str, Any]] = {ACCESS_KEY: "delivery_token"}
+# The staff console's pages: a server-side session (a cookie), not a bearer token; the console's
+# own guard resolves it to the same `Principal` and checks the staff roles.
+CONSOLE: Final[dict[str, Any]] = {ACCESS_KEY: "console"}
+PASSED_THROUGH: Final = frozenset({"public", "delivery_token", "console"})
 _PREFIX: Final = "dxt_"
 
 
@@ -38,8 +43,8 @@ def requires(*roles: Role) -> dict[str, Any]:
 
 
 def route_access(handler: BaseRouteHandler) -> str | tuple[str, ...] | None:
-    """The declared access of a route: "public", "delivery_token", "authenticated", a tuple of
-    roles, or None."""
+    """The declared access of a route: "public", "delivery_token", "console", "authenticated", a
+    tuple of roles, or None."""
     value = handler.opt.get(ACCESS_KEY)
     if value is None and is_automatic_options(handler):
         return "public"  # Litestar's own OPTIONS answer: an Allow header and nothing else
@@ -100,15 +105,26 @@ WHERE t.token_hash = $1
 
 async def authenticate(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     """Resolve the bearer token to a principal, or raise `Unauthenticated` saying why."""
-    token = bearer_token(connection)
     platform = connection.app.state.platform
-    row = await platform.pool.fetchrow(_AUTH_SQL, hash_token(token))
+    return await principal_for(platform.pool, platform.clock.now(), bearer_token(connection))
+
+
+async def principal_for(pool: Any, now: datetime, token: str) -> Principal:
+    """The principal a token stands for now, or `Unauthenticated` saying why not."""
+    if not token.startswith(_PREFIX) or len(token) > 200:
+        raise Unauthenticated("unknown token")
+    row = await pool.fetchrow(_AUTH_SQL, hash_token(token))
     if row is None:
         raise Unauthenticated("unknown token")
     if row["revoked_at"] is not None:
         raise Unauthenticated(f"token revoked at {row['revoked_at'].isoformat()}")
-    if row["expires_at"] <= platform.clock.now():
+    if row["expires_at"] <= now:
         raise Unauthenticated(f"token expired at {row['expires_at'].isoformat()}")
+    return principal_of(row)
+
+
+def principal_of(row: Any) -> Principal:
+    """A principal from a row of token and organisation (`_AUTH_SQL`'s columns)."""
     # A token never holds more than its organisation holds now: removing a role from an
     # organisation takes it away from every token at once.
     roles = frozenset(row["token_roles"]).intersection(row["org_roles"])
@@ -126,7 +142,7 @@ async def access_guard(
 ) -> None:
     """The app-wide guard: authenticate unless public, then check the route's roles."""
     access = route_access(handler)
-    if access in ("public", "delivery_token"):
+    if access in PASSED_THROUGH:
         return
     principal = await authenticate(connection)
     connection.state.principal = principal

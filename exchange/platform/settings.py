@@ -76,6 +76,10 @@ class Settings:
     rate_limit_burst: int = 400
     rate_limit_anonymous_per_second: int = 500
     peer_poll_ms: int = 1000  # how often each API process pulls trusted peers' feeds; 0: never
+    # The staff console: a session ends after this long without a request, and at the latest
+    # after console_lifetime_hours however busy.
+    console_idle_minutes: int = 30
+    console_lifetime_hours: int = 12
     public_base_url: str | None = None  # where others reach this API (certificates, identity)
     # Set by `dataex up` for its parts: the file where it says what runs (exchange.supervisor).
     supervisor_status: Path | None = None
@@ -190,6 +194,8 @@ class Settings:
             "DATAEX_RATE_LIMIT_ANONYMOUS_PER_SECOND", 0, 1_000_000
         )
         values["peer_poll_ms"] = integer("DATAEX_PEER_POLL_MS", 0, 3_600_000)
+        values["console_idle_minutes"] = integer("DATAEX_CONSOLE_IDLE_MINUTES", 1, 24 * 60)
+        values["console_lifetime_hours"] = integer("DATAEX_CONSOLE_LIFETIME_HOURS", 1, 24 * 7)
         values["public_base_url"] = url("DATAEX_PUBLIC_URL", ("http", "https"))
         status = text("DATAEX_SUPERVISOR_STATUS")
         values["supervisor_status"] = Path(status) if status else None
@@ -224,6 +230,8 @@ class Settings:
             "DATAEX_RATE_LIMIT_BURST": str(self.rate_limit_burst),
             "DATAEX_RATE_LIMIT_ANONYMOUS_PER_SECOND": str(self.rate_limit_anonymous_per_second),
             "DATAEX_PEER_POLL_MS": str(self.peer_poll_ms),
+            "DATAEX_CONSOLE_IDLE_MINUTES": str(self.console_idle_minutes),
+            "DATAEX_CONSOLE_LIFETIME_HOURS": str(self.console_lifetime_hours),
             "DATAEX_RECONCILE_AFTER_SECONDS": str(self.reconcile_after_seconds),
         }
         if self.stream_replicas is not None:

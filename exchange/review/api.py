@@ -42,6 +42,9 @@ class ReviewController(Controller):
         older_than_hours: Annotated[int | None, QueryParameter(ge=0, le=24 * 366 * 100)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = DEFAULT_PAGE,
         cursor: Annotated[str | None, QueryParameter()] = None,
+        claimed_by: Annotated[
+            uuid.UUID | None, QueryParameter(description="cases claimed by this reviewer token")
+        ] = None,
     ) -> ReviewCasePage:
         """Oldest first."""
         after = decode_cursor(cursor, (datetime, uuid.UUID)) if cursor else None
@@ -57,6 +60,7 @@ class ReviewController(Controller):
             opened_before=before,
             after=after,
             limit=check_limit(limit),
+            claimed_by=claimed_by,
         )
         cursor_out = (
             encode_cursor(items[-1].opened_at, items[-1].id) if len(items) == limit else None
@@ -81,6 +85,22 @@ class ReviewController(Controller):
         principal: NamedDependency[Principal],
     ) -> ReviewCase:
         return await reviews.claim(actor, principal, case_id)
+
+    @post(
+        "/{case_id:uuid}/release",
+        operation_id="releaseReviewCase",
+        opt=requires("reviewer"),
+        status_code=200,
+    )
+    async def release(
+        self,
+        case_id: FromPath[uuid.UUID],
+        reviews: Reviews,
+        actor: NamedDependency[Actor],
+        principal: NamedDependency[Principal],
+    ) -> ReviewCase:
+        """Give back a case this reviewer claimed, so another may take it."""
+        return await reviews.release(actor, principal, case_id)
 
     @post(
         "/{case_id:uuid}/decisions",

@@ -202,6 +202,14 @@ class ReviewService:
             raise NotFound(f"no review case {case_id}")
         return (await cases_by_rows(self.pool, [row]))[0]
 
+    async def depth(self) -> list[tuple[str, int, datetime]]:
+        """The open cases by kind: (kind, how many, when the oldest was opened)."""
+        rows = await self.pool.fetch(
+            "SELECT kind, count(*) AS n, min(opened_at) AS oldest FROM review_cases"
+            " WHERE state = 'open' GROUP BY kind ORDER BY kind"
+        )
+        return [(row["kind"], row["n"], row["oldest"]) for row in rows]
+
     async def queue(
         self,
         *,
@@ -211,8 +219,9 @@ class ReviewService:
         opened_before: datetime | None,
         after: tuple[datetime, uuid.UUID] | None,
         limit: int,
+        claimed_by: uuid.UUID | None = None,
     ) -> list[ReviewCase]:
-        """Oldest first; every filter optional."""
+        """Oldest first; every filter optional (``claimed_by``: a reviewer's token)."""
         args: list[object] = []
         clauses: list[str] = []
         for clause, value in (
@@ -220,6 +229,7 @@ class ReviewService:
             ("state = ${}", state),
             ("${} = ANY(rules)", rule),
             ("opened_at < ${}", opened_before),
+            ("claimed_by = ${}", claimed_by),
         ):
             if value is not None:
                 args.append(value)
@@ -268,6 +278,34 @@ class ReviewService:
                 actor,
                 at=now,
                 action="review.claimed",
+                subject_type="review_case",
+                subject_id=case_id,
+            )
+        return await self.get(case_id)
+
+    async def release(self, actor: Actor, principal: Principal, case_id: uuid.UUID) -> ReviewCase:
+        """Give back a case this reviewer claimed, for another to take."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT * FROM review_cases WHERE id = $1 FOR UPDATE", case_id
+            )
+            if row is None:
+                raise NotFound(f"no review case {case_id}")
+            self._check_may_review(row, principal)
+            if row["state"] != "open":
+                raise Conflict(f"the case is {row['state']}; only open cases are claimed")
+            if row["claimed_by"] != principal.token_id:
+                raise Conflict("the case is not claimed by this reviewer; nothing to release")
+            await conn.execute(
+                "UPDATE review_cases SET claimed_by = NULL, claimed_at = NULL WHERE id = $1",
+                case_id,
+            )
+            await record(
+                conn,
+                actor,
+                at=now,
+                action="review.released",
                 subject_type="review_case",
                 subject_id=case_id,
             )

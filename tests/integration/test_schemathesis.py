@@ -71,8 +71,8 @@ def _operations() -> list[tuple[str, str, tuple[str, ...]]]:
     app = create_app(Settings())
     table: list[tuple[str, str, tuple[str, ...]]] = []
     for route in app.routes:
-        if not isinstance(route, HTTPRoute) or route.path.startswith("/schema"):
-            continue  # the document itself and its viewers: not operations of the API
+        if not isinstance(route, HTTPRoute) or route.path.startswith(("/schema", "/console")):
+            continue  # the document, its viewers and the staff console: not the API
         for handler in route.route_handlers:
             if handler.http_methods == {"OPTIONS"}:
                 continue  # Litestar's automatic OPTIONS (an Allow header), not documented

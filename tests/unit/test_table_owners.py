@@ -41,6 +41,8 @@ TABLE_OWNERS = {
     # the review queue
     "review_cases": "exchange.review",
     "review_decisions": "exchange.review",
+    # the staff console's sessions
+    "console_sessions": "exchange.console",
     # the catalog projection
     "catalog_entries": "exchange.catalog",
     "catalog_counts": "exchange.catalog",

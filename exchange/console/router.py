@@ -1,0 +1,28 @@
+"""The console as the app factory composes it: one router under ``/console`` (left out of the
+API's OpenAPI document), its static files, its templates and its error pages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Router
+
+from exchange.console.home import HomePage
+from exchange.console.review import ReviewPages
+from exchange.console.signin import SignInController
+from exchange.console.web import EXCEPTION_HANDLERS, console_guard, static_router
+from exchange.platform.auth import CONSOLE
+
+PAGES: list[Any] = [SignInController, HomePage, ReviewPages]
+
+
+def console_routers() -> list[Router]:
+    pages = Router(
+        "/",
+        route_handlers=PAGES,
+        guards=[console_guard],
+        exception_handlers=dict(EXCEPTION_HANDLERS),
+        include_in_schema=False,
+        opt=CONSOLE,
+    )
+    return [pages, static_router()]
