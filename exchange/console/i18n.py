@@ -50,7 +50,7 @@ def language_of(value: str | None) -> Language:
 
 
 class Translator:
-    """``t("queue.title")`` or ``t("case.approvals", n=1, of=2)`` in one language."""
+    """``t("queue.title")`` or ``t("case.progress", n=1, of=2)`` in one language."""
 
     def __init__(self, language: Language) -> None:
         self.language = language

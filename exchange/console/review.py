@@ -325,6 +325,7 @@ async def _case_page(
         order=order,
         rows=rows,
         changed=[row.name for row in rows if row.changed],
+        has_live=any(row.live is not None for row in rows),
         list_version=list_version,
         revision_number=revision_number,
         approvals=approvals,
