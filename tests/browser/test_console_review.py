@@ -105,9 +105,7 @@ def test_a_form_without_its_csrf_token_is_refused(console: Console, staff, page:
     case_id = product["review"]["case_id"]
     sign_in(page, console, staff["alice"], f"/console/reviews/{case_id}")
     # DevTools may change the page whatever its CSP says: drop the form's hidden token.
-    page.evaluate(
-        "document.querySelectorAll('input[name=_csrf]').forEach(input => input.remove())"
-    )
+    page.evaluate("document.querySelectorAll('input[name=_csrf]').forEach(input => input.remove())")
     page.get_by_role("button", name="认领").click()
     expect(page.get_by_role("alert")).to_contain_text("CSRF")
     case = console.run(_case(console, staff["alice"], case_id))
