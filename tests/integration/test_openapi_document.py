@@ -203,7 +203,8 @@ def _routes() -> list[tuple[str, str, Any]]:
     return [
         (method.lower(), route.path_format, handler)
         for route in app.routes
-        if isinstance(route, HTTPRoute) and not route.path.startswith("/schema")
+        # the document and its viewers, and the staff console's pages: not the API
+        if isinstance(route, HTTPRoute) and not route.path.startswith(("/schema", "/console"))
         for handler in route.route_handlers
         for method in handler.http_methods
         if method != "OPTIONS"
