@@ -30,10 +30,10 @@ import asyncpg
 import msgspec
 
 from exchange.platform.audit import Actor, record
-from exchange.platform.auth import Principal
+from exchange.platform.auth import STAFF_ROLES, Principal
 from exchange.platform.clock import Clock
 from exchange.platform.db import Connection, Executor
-from exchange.platform.errors import Conflict, NotFound
+from exchange.platform.errors import Conflict, Forbidden, NotFound
 from exchange.platform.events import TradeExecutedData, TradeSettlementData
 from exchange.platform.rows import Row, SqlType, arrays, insert_sql
 from exchange.platform.settings import Settings
@@ -126,6 +126,34 @@ class TradeView(msgspec.Struct, frozen=True):
     metered: bool = False
     reserved_fen: int | None = None
     posted_fen: int | None = None
+
+
+class TradeSummary(msgspec.Struct, frozen=True):
+    """A trade as staff list it: either party's, in any state, with its objection if any."""
+
+    trade_id: uuid.UUID
+    order_id: uuid.UUID
+    state: TradeState
+    reason: str | None
+    product_code: str
+    buyer_org_id: uuid.UUID
+    seller_org_id: uuid.UUID
+    price_fen: int
+    fee_fen: int
+    executed_at: datetime
+    acceptance_due: datetime
+    objection: str | None
+    objected_at: datetime | None
+    metered: bool
+    updated_at: datetime
+
+
+class RegisteredEntry(msgspec.Struct, frozen=True):
+    """One of a trade's ledger entries as registered, with its leaf hash (hex)."""
+
+    seq: int
+    entry: ledger.LedgerEntry
+    leaf_hash: str
 
 
 class MovementView(msgspec.Struct, frozen=True):
@@ -370,13 +398,22 @@ class SettlementService:
         return len(trades)
 
     async def _party_trade(
-        self, conn: Executor, principal: Principal, trade_id: uuid.UUID, *, lock: bool = False
+        self,
+        conn: Executor,
+        principal: Principal,
+        trade_id: uuid.UUID,
+        *,
+        lock: bool = False,
+        staff_may: bool = False,
     ) -> Any:
+        """The trade if the caller's organisation is a party to it (or, with ``staff_may``,
+        the caller is exchange staff); otherwise 404."""
         row = await conn.fetchrow(
             "SELECT * FROM settlement_trades WHERE trade_id = $1" + (" FOR UPDATE" if lock else ""),
             trade_id,
         )
-        if row is None or principal.org_id not in (row["buyer_org_id"], row["seller_org_id"]):
+        party = row is not None and principal.org_id in (row["buyer_org_id"], row["seller_org_id"])
+        if row is None or not (party or (staff_may and principal.has(*STAFF_ROLES))):
             raise NotFound(f"no trade {trade_id}")
         return row
 
@@ -574,9 +611,12 @@ class SettlementService:
 
     # --- reading trades -----------------------------------------------------------------------
 
-    async def get(self, principal: Principal, trade_id: uuid.UUID) -> TradeView:
+    async def get(
+        self, principal: Principal, trade_id: uuid.UUID, *, staff_may: bool = False
+    ) -> TradeView:
+        """A trade for its parties; with ``staff_may`` (the staff console) for staff too."""
         async with self.pool.acquire() as conn:
-            await self._party_trade(conn, principal, trade_id)
+            await self._party_trade(conn, principal, trade_id, staff_may=staff_may)
             return await self._view(conn, principal, trade_id)
 
     async def _view(self, conn: Executor, principal: Principal, trade_id: uuid.UUID) -> TradeView:
@@ -636,11 +676,56 @@ class SettlementService:
             )  # fmt: skip
             return await self._views(conn, principal, [row["trade_id"] for row in rows])
 
-    async def receipt(self, principal: Principal, trade_id: uuid.UUID) -> bytes:
-        """The trade's entries with inclusion proofs against a signed tree head that covers
-        them (one is signed now if the latest does not yet)."""
+    async def list_all(
+        self,
+        principal: Principal,
+        state: TradeState | None,
+        after: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> list[TradeSummary]:
+        """Every trade, for staff only, newest first (keyset on ``executed_at, trade_id``);
+        with ``state``, those in it (``disputed``: the objections waiting for staff)."""
+        if not principal.has(*STAFF_ROLES):
+            raise Forbidden(
+                "only exchange staff (reviewer or admin) list every trade",
+                extensions={"required_roles": sorted(STAFF_ROLES)},
+            )
+        rows = await self.pool.fetch(
+            "SELECT * FROM settlement_trades WHERE ($1::text IS NULL OR state = $1)"
+            " AND ($2::timestamptz IS NULL OR (executed_at, trade_id) < ($2, $3::uuid))"
+            " ORDER BY executed_at DESC, trade_id DESC LIMIT $4",
+            state, after[0] if after else None, after[1] if after else None, limit,
+        )  # fmt: skip
+        return [_summary(row) for row in rows]
+
+    async def ledger_entries(
+        self, principal: Principal, trade_id: uuid.UUID, *, staff_may: bool = False
+    ) -> list[RegisteredEntry]:
+        """The trade's ledger entries in order, for its parties (and staff with
+        ``staff_may``)."""
         async with self.pool.acquire() as conn:
-            await self._party_trade(conn, principal, trade_id)
+            await self._party_trade(conn, principal, trade_id, staff_may=staff_may)
+            rows = await conn.fetch(
+                "SELECT seq, entry, leaf_hash FROM ledger_entries WHERE trade_id = $1 ORDER BY seq",
+                trade_id,
+            )
+        return [
+            RegisteredEntry(
+                seq=row["seq"],
+                entry=msgspec.json.decode(bytes(row["entry"]), type=ledger.LedgerEntry),
+                leaf_hash=bytes(row["leaf_hash"]).hex(),
+            )
+            for row in rows
+        ]
+
+    async def receipt(
+        self, principal: Principal, trade_id: uuid.UUID, *, staff_may: bool = False
+    ) -> bytes:
+        """The trade's entries with inclusion proofs against a signed tree head that covers
+        them (one is signed now if the latest does not yet). For its parties; with
+        ``staff_may`` (the staff console) for staff too."""
+        async with self.pool.acquire() as conn:
+            await self._party_trade(conn, principal, trade_id, staff_may=staff_may)
             rows = await conn.fetch(
                 "SELECT seq, entry FROM ledger_entries WHERE trade_id = $1 ORDER BY seq", trade_id
             )
@@ -671,6 +756,17 @@ class SettlementService:
                 conn, self.tree, self.keyring, self.settings.exchange_code, self.clock.now(),
                 min_new=min_new, max_age_seconds=max_age_seconds,
             )  # fmt: skip
+
+
+def _summary(row: Any) -> TradeSummary:
+    return TradeSummary(
+        trade_id=row["trade_id"], order_id=row["order_id"], state=row["state"],
+        reason=row["reason"], product_code=row["product_code"],
+        buyer_org_id=row["buyer_org_id"], seller_org_id=row["seller_org_id"],
+        price_fen=row["price_fen"], fee_fen=row["fee_fen"], executed_at=row["executed_at"],
+        acceptance_due=row["acceptance_due"], objection=row["objection"],
+        objected_at=row["objected_at"], metered=row["metered"], updated_at=row["updated_at"],
+    )  # fmt: skip
 
 
 def _trade_view(

@@ -908,13 +908,17 @@ class OrderService:
             subject_id=contract_id, detail={"digest": digest},
         )  # fmt: skip
 
-    async def contract(self, principal: Principal, contract_id: uuid.UUID) -> dict[str, Any]:
+    async def contract(
+        self, principal: Principal, contract_id: uuid.UUID, *, staff_may: bool = False
+    ) -> dict[str, Any]:
+        """A contract for its parties; with ``staff_may`` (the staff console) for staff too."""
         row = await self.pool.fetchrow(
             "SELECT c.*, o.buyer_org_id, o.seller_org_id FROM trade_contracts c"
             " JOIN orders o ON o.id = c.order_id WHERE c.id = $1",
             contract_id,
         )
-        if row is None or principal.org_id not in (row["buyer_org_id"], row["seller_org_id"]):
+        party = row is not None and principal.org_id in (row["buyer_org_id"], row["seller_org_id"])
+        if row is None or not (party or (staff_may and principal.has(*STAFF))):
             raise NotFound(f"no contract {contract_id}")
         signatures = await self.pool.fetch(
             "SELECT party, kind, kid, jws, signed_at FROM contract_signatures"

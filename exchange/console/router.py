@@ -8,12 +8,14 @@ from typing import Any
 from litestar import Router
 
 from exchange.console.home import HomePage
+from exchange.console.products import ProductPages
 from exchange.console.review import ReviewPages
 from exchange.console.signin import SignInController
+from exchange.console.trades import TradePages
 from exchange.console.web import EXCEPTION_HANDLERS, console_guard, static_router
 from exchange.platform.auth import CONSOLE
 
-PAGES: list[Any] = [SignInController, HomePage, ReviewPages]
+PAGES: list[Any] = [SignInController, HomePage, ReviewPages, ProductPages, TradePages]
 
 
 def console_routers() -> list[Router]:

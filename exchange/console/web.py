@@ -67,6 +67,8 @@ SECURITY_HEADERS: Final = {
 NAV: Final[list[tuple[str, str]]] = [
     ("nav.dashboard", f"{ROOT}/"),
     ("nav.queue", f"{ROOT}/reviews"),
+    ("nav.products", f"{ROOT}/products"),
+    ("nav.trades", f"{ROOT}/trades"),
 ]
 # Route opt of the pages anyone may open (sign-in, the language switch).
 OPEN: Final = {"console_open": True}

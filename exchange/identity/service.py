@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -23,7 +24,7 @@ from exchange.identity.uscc import UsccError, normalise_uscc
 from exchange.platform.audit import Actor, record
 from exchange.platform.auth import MARKET_ROLES, STAFF_ROLES, Principal, new_token
 from exchange.platform.clock import Clock
-from exchange.platform.db import Connection
+from exchange.platform.db import Connection, Executor
 from exchange.platform.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound
 from exchange.platform.events import OrganisationEventData
 from exchange.platform.outbox import enqueue
@@ -78,6 +79,16 @@ async def record_exporter_status(
         after=after.exporter, detail={**detail, "exporter": msgspec.to_builtins(status)},
     )  # fmt: skip
     return after
+
+
+async def organisation_names(conn: Executor, org_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The names of these organisations, by id (unknown ids are left out): for pages that
+    show who bought or sold, staff's console among them."""
+    ids = list(set(org_ids))
+    if not ids:
+        return {}
+    rows = await conn.fetch("SELECT id, name FROM organisations WHERE id = ANY($1::uuid[])", ids)
+    return {row["id"]: row["name"] for row in rows}
 
 
 class IdentityService:

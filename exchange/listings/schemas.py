@@ -220,6 +220,24 @@ class Product(Struct, frozen=True):
     legal_prohibition: bool = False
 
 
+class ProductRow(Struct, frozen=True):
+    """A product as staff list it, in any state: what tells it apart at a glance. The names
+    are the live revision's, else the pending one's, else the draft's (None in an empty draft)."""
+
+    id: uuid.UUID
+    product_code: str | None
+    name_zh: str | None
+    name_en: str | None
+    seller_org_id: uuid.UUID
+    seller_name: str
+    state: ProductState
+    suspended_by: SuspendedBy | None
+    legal_prohibition: bool
+    recognised_from: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
 class ProductPage(Struct):
     items: list[Product]
     next_cursor: str | None

@@ -34,17 +34,18 @@ from exchange.listings.schemas import (
     Product,
     ProductDraft,
     ProductMetadata,
+    ProductRow,
     ReviewSummary,
     ReviewVerdict,
     RevisionInfo,
 )
-from exchange.listings.states import PRODUCT, SUSPENDING, held_here, next_state
+from exchange.listings.states import PRODUCT, SUSPENDING, ProductState, held_here, next_state
 from exchange.platform.audit import Actor, record
 from exchange.platform.auth import Principal
 from exchange.platform.canonical import sha256_digest
 from exchange.platform.clock import Clock
 from exchange.platform.db import Connection, Executor
-from exchange.platform.errors import Conflict, InvalidInput, NotFound
+from exchange.platform.errors import Conflict, Forbidden, InvalidInput, NotFound
 from exchange.platform.events import ListingEventData
 from exchange.platform.outbox import enqueue
 from exchange.platform.settings import Settings
@@ -251,6 +252,60 @@ class ListingService:
             *args,
         )
         return [await self._view(self.pool, row, with_draft=False) for row in rows]
+
+    async def staff_search(
+        self,
+        principal: Principal,
+        *,
+        text: str | None = None,
+        state: ProductState | None = None,
+        after: tuple[datetime, uuid.UUID] | None = None,
+        limit: int,
+    ) -> list[ProductRow]:
+        """Products in every state, for staff only, newest first (keyset on ``created_at, id``).
+        ``text`` matches, case-insensitively and anywhere in them, the product code, the id,
+        the names of the live and pending revisions and of the draft, and the seller's name."""
+        _staff_only(principal)
+        pattern = None if not text else f"%{_like_escaped(text)}%"
+        return await self._staff_rows(
+            "($1::text IS NULL OR p.state = $1)"
+            " AND ($2::text IS NULL OR p.product_code ILIKE $2 OR p.id::text ILIKE $2"
+            " OR l.metadata->>'name_zh' ILIKE $2 OR l.metadata->>'name_en' ILIKE $2"
+            " OR r.metadata->>'name_zh' ILIKE $2 OR r.metadata->>'name_en' ILIKE $2"
+            " OR p.draft->>'name_zh' ILIKE $2 OR p.draft->>'name_en' ILIKE $2"
+            " OR o.name ILIKE $2)"
+            " AND ($3::timestamptz IS NULL OR (p.created_at, p.id) < ($3, $4::uuid))"
+            " ORDER BY p.created_at DESC, p.id DESC LIMIT $5",
+            state, pattern, after[0] if after else None, after[1] if after else None, limit,
+        )  # fmt: skip
+
+    async def staff_rows_by_code(
+        self, principal: Principal, codes: Sequence[str]
+    ) -> dict[str, ProductRow]:
+        """The products with these product codes (staff only), by code; unknown codes are
+        left out."""
+        _staff_only(principal)
+        if not codes:
+            return {}
+        rows = await self._staff_rows("p.product_code = ANY($1::text[])", list(set(codes)))
+        return {row.product_code: row for row in rows if row.product_code is not None}
+
+    async def _staff_rows(self, where: str, *args: object) -> list[ProductRow]:
+        rows = await self.pool.fetch(
+            "SELECT p.id, p.product_code, p.seller_org_id, o.name AS seller_name, p.state,"
+            " p.suspended_by, p.legal_prohibition, p.recognised_from, p.created_at, p.updated_at,"
+            " coalesce(l.metadata->>'name_zh', r.metadata->>'name_zh', p.draft->>'name_zh')"
+            " AS name_zh,"
+            " coalesce(l.metadata->>'name_en', r.metadata->>'name_en', p.draft->>'name_en')"
+            " AS name_en"
+            " FROM products p JOIN organisations o ON o.id = p.seller_org_id"
+            " LEFT JOIN product_revisions l ON l.product_id = p.id AND l.number = p.live_revision"
+            " LEFT JOIN product_revisions r"
+            " ON r.product_id = p.id AND r.number = p.pending_revision"
+            f" WHERE {where}",
+            *args,
+        )
+        return [msgspec.convert(dict(row), ProductRow) for row in rows]
 
     # --- the seller's drafts ------------------------------------------------------------
 
@@ -878,6 +933,19 @@ class ListingService:
         for product in restored:
             await self.changed(conn, product["id"], at)
         return len(restored)
+
+
+def _staff_only(principal: Principal) -> None:
+    if not principal.has(*STAFF):
+        raise Forbidden(
+            "only exchange staff (reviewer or admin) list products in every state",
+            extensions={"required_roles": list(STAFF)},
+        )
+
+
+def _like_escaped(text: str) -> str:
+    """``text`` as a literal inside a LIKE pattern (its own % and _ match themselves)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def check_metadata(metadata: ProductMetadata) -> None:
