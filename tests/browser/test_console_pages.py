@@ -37,7 +37,8 @@ def _pages(console: Console, staff: dict[str, Any]) -> list[str]:
     listing = submitted(console, staff["seller"], metadata(**IMPORTANT))
     submitted(console, staff["other"], metadata(name_zh="第二个产品"))
     case = f"/console/reviews/{listing['review']['case_id']}"
-    return [*(href for _, href in NAV), "/console/reviews/?kind=listing", case]
+    product = f"/console/products/{listing['id']}"
+    return [*(href for _, href in NAV), "/console/reviews/?kind=listing", case, product]
 
 
 @pytest.mark.parametrize("language", ["zh", "en"])
