@@ -67,6 +67,9 @@ SECURITY_HEADERS: Final = {
 NAV: Final[list[tuple[str, str]]] = [
     ("nav.dashboard", f"{ROOT}/"),
     ("nav.queue", f"{ROOT}/reviews"),
+    ("nav.recognition", f"{ROOT}/recognition"),
+    ("nav.grants", f"{ROOT}/grants"),
+    ("nav.audit", f"{ROOT}/audit"),
 ]
 # Route opt of the pages anyone may open (sign-in, the language switch).
 OPEN: Final = {"console_open": True}
