@@ -7,15 +7,27 @@ from typing import Any
 
 from litestar import Router
 
+from exchange.console.audit import AuditPages
+from exchange.console.grants import GrantPages
 from exchange.console.home import HomePage
 from exchange.console.products import ProductPages
+from exchange.console.recognition import RecognitionPages
 from exchange.console.review import ReviewPages
 from exchange.console.signin import SignInController
 from exchange.console.trades import TradePages
 from exchange.console.web import EXCEPTION_HANDLERS, console_guard, static_router
 from exchange.platform.auth import CONSOLE
 
-PAGES: list[Any] = [SignInController, HomePage, ReviewPages, ProductPages, TradePages]
+PAGES: list[Any] = [
+    SignInController,
+    HomePage,
+    ReviewPages,
+    ProductPages,
+    TradePages,
+    RecognitionPages,
+    GrantPages,
+    AuditPages,
+]
 
 
 def console_routers() -> list[Router]:

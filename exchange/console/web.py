@@ -69,6 +69,9 @@ NAV: Final[list[tuple[str, str]]] = [
     ("nav.queue", f"{ROOT}/reviews"),
     ("nav.products", f"{ROOT}/products"),
     ("nav.trades", f"{ROOT}/trades"),
+    ("nav.recognition", f"{ROOT}/recognition"),
+    ("nav.grants", f"{ROOT}/grants"),
+    ("nav.audit", f"{ROOT}/audit"),
 ]
 # Route opt of the pages anyone may open (sign-in, the language switch).
 OPEN: Final = {"console_open": True}

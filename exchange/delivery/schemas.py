@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
@@ -126,3 +126,20 @@ class ProductUsage(Struct, frozen=True):
     cost_millifen: int
     charged_fen: int
     grants: list[UsageTotals]
+
+
+UsageGrouping = Literal["product", "buyer"]
+
+
+class UsageGroup(Struct, frozen=True):
+    """Usage across the grants of one product or of one buyer (staff's view): ``key`` is the
+    product's or the buyer's id, ``label`` its product code or USCC."""
+
+    key: uuid.UUID
+    label: str
+    grants: int
+    live: int
+    records: int
+    totals: dict[str, int]
+    cost_millifen: int
+    charged_fen: int

@@ -31,11 +31,13 @@ from exchange.delivery.schemas import (
     ProductUsage,
     QuotaView,
     Upstream,
+    UsageGroup,
+    UsageGrouping,
     UsageTotals,
 )
 from exchange.delivery.states import EVENT_OF, GRANT, LIVE, GrantAction, SuspendCause
 from exchange.platform.audit import Actor, record
-from exchange.platform.auth import Principal
+from exchange.platform.auth import Principal, require_roles
 from exchange.platform.clock import Clock
 from exchange.platform.db import Connection, Executor
 from exchange.platform.errors import Conflict, DataexError, InvalidInput, NotFound
@@ -71,6 +73,11 @@ class DeliveryHooks:
 
 
 _SELECT = "SELECT * FROM grants"
+# Usage across grants, grouped: the grants' column it is grouped by, and the one that names it.
+_USAGE_GROUPS: dict[str, tuple[str, str]] = {
+    "product": ("product_id", "product_code"),
+    "buyer": ("buyer_org_id", "buyer_uscc"),
+}
 _DIMENSIONS = msgspec.json.Decoder(list[Dimension])
 
 
@@ -609,17 +616,20 @@ class GrantService:
         product_code: str | None,
         after: tuple[datetime, uuid.UUID] | None,
         limit: int,
+        buyer_org_id: uuid.UUID | None = None,
     ) -> list[Grant]:
-        """The caller's grants (as buyer or seller); staff see every grant."""
+        """The caller's grants (as buyer or seller); staff see every grant. Newest first;
+        ``buyer_org_id`` narrows to one buyer's."""
         staff = principal.has("admin", "reviewer")
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT id FROM grants WHERE ($1 OR buyer_org_id = $2 OR seller_org_id = $2)"
                 " AND ($3::text IS NULL OR state = $3) AND ($4::text IS NULL OR product_code = $4)"
                 " AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6::uuid))"
+                " AND ($8::uuid IS NULL OR buyer_org_id = $8)"
                 " ORDER BY created_at DESC, id DESC LIMIT $7",
                 staff, principal.org_id, state, product_code, after[0] if after else None,
-                after[1] if after else None, limit,
+                after[1] if after else None, limit, buyer_org_id,
             )  # fmt: skip
             return await self._views(conn, [row["id"] for row in rows])
 
@@ -691,6 +701,56 @@ class GrantService:
             cost_millifen=sum(g.cost_millifen for g in per_grant),
             charged_fen=sum(g.charged_fen for g in per_grant), grants=per_grant,
         )  # fmt: skip
+
+    async def usage_by(
+        self,
+        principal: Principal,
+        by: UsageGrouping,
+        *,
+        after: tuple[str, uuid.UUID] | None,
+        limit: int,
+    ) -> list[UsageGroup]:
+        """Staff's view of usage across grants, per product or per buyer: grants (and how many
+        are live), records, units per dimension, cost, and what closed periods charged.
+        Keyset-paged by (product code, product id) or (buyer's USCC, buyer id), ascending."""
+        require_roles(principal, ("admin", "reviewer"))
+        key, label = _USAGE_GROUPS[by]
+        rows = await self.pool.fetch(
+            f"""
+            SELECT g.{key} AS key, coalesce(g.{label}, '') AS label, count(*) AS grants,
+                   count(*) FILTER (WHERE g.state = ANY($4::text[])) AS live,
+                   coalesce(sum(r.n), 0)::bigint AS records,
+                   coalesce(sum(r.cost), 0)::bigint AS cost,
+                   coalesce(sum(p.charged), 0)::bigint AS charged
+              FROM grants g
+              LEFT JOIN LATERAL (SELECT count(*) AS n, sum(cost_millifen) AS cost
+                                   FROM usage_records WHERE grant_id = g.id) r ON true
+              LEFT JOIN LATERAL (SELECT sum(charge_fen) AS charged
+                                   FROM usage_periods WHERE grant_id = g.id) p ON true
+             WHERE $1::text IS NULL OR (coalesce(g.{label}, ''), g.{key}) > ($1, $2::uuid)
+             GROUP BY g.{key}, coalesce(g.{label}, '')
+             ORDER BY label, key LIMIT $3
+            """,
+            *(after or (None, None)), limit, list(LIVE),
+        )  # fmt: skip
+        totals = await self.pool.fetch(
+            f"""
+            SELECT g.{key} AS key, u.key AS dimension, sum(u.value::bigint)::bigint AS total
+              FROM grants g JOIN usage_records r ON r.grant_id = g.id,
+                   jsonb_each_text(r.units) u
+             WHERE g.{key} = ANY($1::uuid[]) GROUP BY g.{key}, u.key ORDER BY u.key
+            """,
+            [row["key"] for row in rows],
+        )  # fmt: skip
+        by_key: dict[uuid.UUID, dict[str, int]] = {}
+        for total in totals:
+            by_key.setdefault(total["key"], {})[total["dimension"]] = total["total"]
+        return [
+            UsageGroup(key=r["key"], label=r["label"], grants=r["grants"], live=r["live"],
+                       records=r["records"], totals=by_key.get(r["key"], {}),
+                       cost_millifen=r["cost"], charged_fen=r["charged"])
+            for r in rows
+        ]  # fmt: skip
 
     # --- upstreams (API delivery) -------------------------------------------------------------
 

@@ -149,11 +149,18 @@ async def access_guard(
     from structlog.contextvars import bind_contextvars
 
     bind_contextvars(org_id=str(principal.org_id), token_id=str(principal.token_id))
-    if isinstance(access, tuple) and not principal.has(*access):
+    if isinstance(access, tuple):
+        require_roles(principal, access)
+
+
+def require_roles(principal: Principal, roles: tuple[str, ...]) -> None:
+    """What ``requires(*roles)`` asks of a caller: one of ``roles``, or a 403 naming them.
+    The API's guard applies it per route; the console applies it to the same actions."""
+    if not principal.has(*roles):
         raise Forbidden(
-            f"this route needs one of the roles {', '.join(access)};"
+            f"this route needs one of the roles {', '.join(roles)};"
             f" the token has {', '.join(sorted(principal.roles)) or 'none'}",
-            extensions={"required_roles": list(access)},
+            extensions={"required_roles": list(roles)},
         )
 
 

@@ -418,6 +418,36 @@ class RecognitionService:
         )
         return [_recognition(row) for row in rows]
 
+    async def recognitions_page(
+        self,
+        *,
+        origin: str | None,
+        outcome: str | None,
+        after: tuple[datetime, str, str] | None,
+        limit: int,
+    ) -> list[Recognition]:
+        """Recognitions newest first, keyset-paged by (``updated_at``, origin, product code):
+        ``after`` is the last row of the previous page. For the staff console."""
+        rows = await self.pool.fetch(
+            "SELECT * FROM recognitions WHERE ($1::text IS NULL OR origin = $1)"
+            " AND ($2::text IS NULL OR outcome = $2)"
+            " AND ($3::timestamptz IS NULL"
+            "      OR (updated_at, origin, product_code) < ($3, $4::text, $5::text))"
+            " ORDER BY updated_at DESC, origin DESC, product_code DESC LIMIT $6",
+            origin, outcome, *(after or (None, None, None)), limit,
+        )  # fmt: skip
+        return [_recognition(row) for row in rows]
+
+    async def outcome_counts(self) -> dict[str, dict[str, int]]:
+        """Per peer, how many of its products are recognised here and how many refused."""
+        rows = await self.pool.fetch(
+            "SELECT origin, outcome, count(*) AS n FROM recognitions GROUP BY origin, outcome"
+        )
+        counts: dict[str, dict[str, int]] = {}
+        for row in rows:
+            counts.setdefault(row["origin"], {})[row["outcome"]] = row["n"]
+        return counts
+
     async def recognise(self, actor: Actor, request: RecognitionRequest) -> Recognition:
         """``POST /v1/recognitions``: verify the certificate with the pinned key of its issuer,
         the digest against the metadata, expiry and revocation, the revision against the one
