@@ -73,6 +73,8 @@ NAV: Final[list[tuple[str, str]]] = [
     ("nav.grants", f"{ROOT}/grants"),
     ("nav.audit", f"{ROOT}/audit"),
 ]
+# Pages only some staff may open (as their /v1 routes): shown in the navigation to those only.
+NAV_ROLES: Final[dict[str, tuple[str, ...]]] = {f"{ROOT}/audit": ("admin",)}
 # Route opt of the pages anyone may open (sign-in, the language switch).
 OPEN: Final = {"console_open": True}
 
@@ -167,7 +169,11 @@ def render(
             "csrf": session.csrf if isinstance(session, Session) else None,
             "csrf_field": CSRF_FIELD,
             "principal": principal,
-            "nav": NAV,
+            "nav": [
+                (key, href)
+                for key, href in NAV
+                if principal is not None and principal.has(*NAV_ROLES.get(href, STAFF_ROLES))
+            ],
             "path": request.url.path,
             "full_path": _here(request),
             "htmx_integrity": HTMX_INTEGRITY,

@@ -183,3 +183,11 @@ async def test_four_eyes_in_the_console_lists_the_product(client, market, admin_
         await client.get("/v1/audit", params={"subject_id": case_id}, headers=bearer(admin_token))
     ).json()["items"]
     assert sorted(e["action"] for e in audit).count("review.decided") == 2
+
+
+async def test_the_navigation_offers_the_audit_trail_to_admins_only(client, market, admin_token):
+    await sign_in(client, market["alice"])
+    assert 'href="/console/audit"' not in (await client.get("/console/")).text
+    client.cookies.clear()
+    await sign_in(client, admin_token)
+    assert 'href="/console/audit"' in (await client.get("/console/")).text
