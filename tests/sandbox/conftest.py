@@ -32,24 +32,16 @@ def _missing() -> str | None:
     return None
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    sandbox_items = [item for item in items if "tests/sandbox/" in str(item.fspath)]
-    if not sandbox_items:
-        return
+@pytest.fixture(autouse=True)
+def _sandbox_available() -> None:
+    # An autouse fixture rather than markers added at collection: a `usefixtures` mark added
+    # then does not reach a test's fixtures, so it would neither skip nor fail.
     reason = _missing()
     if reason is None:
         return
     if os.environ.get("DATAEX_REQUIRE_SANDBOX") == "1":
-        for item in sandbox_items:
-            item.add_marker(pytest.mark.usefixtures("_sandbox_required"))
-        return
-    for item in sandbox_items:
-        item.add_marker(pytest.mark.skip(reason=reason))
-
-
-@pytest.fixture
-def _sandbox_required() -> None:
-    pytest.fail(f"DATAEX_REQUIRE_SANDBOX=1 but {_missing()}")
+        pytest.fail(f"DATAEX_REQUIRE_SANDBOX=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
