@@ -1,0 +1,4 @@
+"""Hostile: loops forever on one core."""
+
+while True:
+    pass
