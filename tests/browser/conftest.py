@@ -33,7 +33,7 @@ from tests.kit.market import open_market
 from tests.kit.processes import ROOT, clean_env, free_port
 from tests.kit.servers import TestServers, clean
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("DATAEX_CHROMIUM", "/usr/bin/chromium"))
 
 
 def _missing() -> str | None:
@@ -48,22 +48,21 @@ def _missing() -> str | None:
     return None
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def _stop_unless_available() -> None:
+    """Skip (a developer's machine) or fail (CI) when the browser cannot run here."""
     reason = _missing()
     if reason is None:
         return
-    browser_items = [item for item in items if "tests/browser/" in str(item.fspath)]
     if os.environ.get("DATAEX_REQUIRE_BROWSER") == "1":
-        for item in browser_items:
-            item.add_marker(pytest.mark.usefixtures("_browser_required"))
-        return
-    for item in browser_items:
-        item.add_marker(pytest.mark.skip(reason=reason))
+        pytest.fail(f"DATAEX_REQUIRE_BROWSER=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
-@pytest.fixture
-def _browser_required() -> None:
-    pytest.fail(f"DATAEX_REQUIRE_BROWSER=1 but {_missing()}")
+@pytest.fixture(autouse=True)
+def _browser_available() -> None:
+    # An autouse fixture, not markers added at collection: a `usefixtures` mark added then does
+    # not reach the test's fixtures, so it would neither skip nor fail.
+    _stop_unless_available()
 
 
 @pytest.fixture(scope="session")
@@ -126,8 +125,7 @@ def run_async(coroutine: Any) -> Any:
 def console_server(
     servers: TestServers, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Console]:
-    if _missing() is not None:
-        pytest.skip(_missing() or "")
+    _stop_unless_available()
     state = tmp_path_factory.mktemp("console_state")
     settings = replace(servers.settings, state_dir=state, http_port=free_port(), peer_poll_ms=0)
     log = state / "api.log"
