@@ -10,7 +10,12 @@ from litestar import Router
 from exchange.console.home import HomePage
 from exchange.console.review import ReviewPages
 from exchange.console.signin import SignInController
-from exchange.console.web import EXCEPTION_HANDLERS, console_guard, static_router
+from exchange.console.web import (
+    EXCEPTION_HANDLERS,
+    ServerTiming,
+    console_guard,
+    static_router,
+)
 from exchange.platform.auth import CONSOLE
 
 PAGES: list[Any] = [SignInController, HomePage, ReviewPages]
@@ -21,6 +26,7 @@ def console_routers() -> list[Router]:
         "/",
         route_handlers=PAGES,
         guards=[console_guard],
+        middleware=[ServerTiming],
         exception_handlers=dict(EXCEPTION_HANDLERS),
         include_in_schema=False,
         opt=CONSOLE,
