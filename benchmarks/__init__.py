@@ -21,6 +21,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "delivery": ("rich", "matplotlib"),
     "orders": ("httpx",),
     "catalog": ("httpx",),
+    "console": ("httpx",),
 }
 
 

@@ -91,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     _trades_command(bench_commands)
     _settlement_commands(commands, bench_commands)
     _catalog_commands(commands, bench_commands)
+    _console_command(bench_commands)
     keys = commands.add_parser("keys", help="the exchange's signing keys")
     key_commands = keys.add_subparsers(dest="keys_command", metavar="TASK", required=True)
     key_commands.add_parser(
@@ -161,6 +162,27 @@ def _catalog_commands(commands: Any, bench_commands: Any) -> None:
     bench_catalog.add_argument("--url", default="http://127.0.0.1:8000")
     bench_catalog.add_argument("--requests", type=int, default=2000)
     bench_catalog.add_argument("--concurrency", type=int, default=4)
+
+
+def _console_command(bench_commands: Any) -> None:
+    console = bench_commands.add_parser(
+        "console",
+        help="the staff console's queue and case pages with N open review cases: p50/p95/p99,"
+        " client and server time, beside a static file and /health/live; EXPLAIN of the queue",
+        description="Seeds --cases open review cases into a database of its own on the"
+        " configured (or embedded) servers, starts `dataex serve api`, signs in as a reviewer"
+        " and measures every page kind (unless --url names a running exchange, whose database"
+        " it seeds only with --seed). Writes console-<stamp>.json under --out.",
+    )
+    console.add_argument("--cases", type=int, default=10_000, help="open review cases to seed")
+    console.add_argument("--requests", type=int, default=1000, help="requests of each page kind")
+    console.add_argument("--concurrency", type=int, default=1, help="requests at a time")
+    console.add_argument("--api-workers", type=int, default=1, help="granian workers it starts")
+    console.add_argument("--url", default=None, help="measure this running exchange instead")
+    console.add_argument(
+        "--seed", action="store_true", help="with --url: seed --cases into its database first"
+    )
+    console.add_argument("--out", default="ops/bench", help="folder for the JSON ('' for none)")
 
 
 def _settlement_commands(commands: Any, bench_commands: Any) -> None:
@@ -266,7 +288,7 @@ def _online(args: argparse.Namespace) -> int:
                 return asyncio.run(runtime.policy_task(live, args))
         if args.command in ("seed", "catalog", "ledger", "peers", "grants") or (
             args.command == "bench"
-            and args.bench_command in ("catalog", "settlement", "ledger", "delivery")
+            and args.bench_command in ("catalog", "settlement", "ledger", "delivery", "console")
         ):
             return _server_task(args, settings)
         if args.command == "admin" and args.admin_command == "bootstrap":
@@ -312,6 +334,14 @@ def _server_task(args: argparse.Namespace, settings: Settings) -> int:
 
         with runtime.servers(settings) as live:
             return uvloop.run(bench_delivery(live, args, sys.stdout))
+    if getattr(args, "bench_command", None) == "console":
+        import uvloop
+
+        from benchmarks.console import bench_console
+        from exchange import runtime
+
+        with runtime.servers(settings) as live:
+            return uvloop.run(bench_console(live, args, sys.stdout))
     if args.command in ("seed", "catalog") or getattr(args, "bench_command", None) == "catalog":
         return _catalog_task(args, settings)
     return _settlement_task(args, settings)

@@ -15,7 +15,12 @@ from exchange.console.recognition import RecognitionPages
 from exchange.console.review import ReviewPages
 from exchange.console.signin import SignInController
 from exchange.console.trades import TradePages
-from exchange.console.web import EXCEPTION_HANDLERS, console_guard, static_router
+from exchange.console.web import (
+    EXCEPTION_HANDLERS,
+    ServerTiming,
+    console_guard,
+    static_router,
+)
 from exchange.platform.auth import CONSOLE
 
 PAGES: list[Any] = [
@@ -35,6 +40,7 @@ def console_routers() -> list[Router]:
         "/",
         route_handlers=PAGES,
         guards=[console_guard],
+        middleware=[ServerTiming],
         exception_handlers=dict(EXCEPTION_HANDLERS),
         include_in_schema=False,
         opt=CONSOLE,

@@ -188,6 +188,38 @@ async def latest_case_for(
     return None if row is None else (await cases_by_rows(conn, [row]))[0]
 
 
+def queue_sql(
+    *,
+    kind: str | None,
+    state: str | None,
+    rule: str | None,
+    opened_before: datetime | None,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+    claimed_by: uuid.UUID | None = None,
+) -> tuple[str, list[object]]:
+    """The queue's statement and its arguments: only the filters given, oldest first, keyset
+    paged by ``(opened_at, id)`` (``dataex bench console`` prints its plans)."""
+    args: list[object] = []
+    clauses: list[str] = []
+    for clause, value in (
+        ("kind = ${}", kind),
+        ("state = ${}", state),
+        ("${} = ANY(rules)", rule),
+        ("opened_at < ${}", opened_before),
+        ("claimed_by = ${}", claimed_by),
+    ):
+        if value is not None:
+            args.append(value)
+            clauses.append(clause.format(len(args)))
+    if after is not None:
+        args.extend(after)
+        clauses.append(f"(opened_at, id) > (${len(args) - 1}, ${len(args)})")
+    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+    args.append(limit)
+    return f"SELECT * FROM review_cases {where} ORDER BY opened_at, id LIMIT ${len(args)}", args
+
+
 class ReviewService:
     def __init__(
         self, pool: asyncpg.Pool, clock: Clock, handlers: Mapping[str, CaseHandler]
@@ -222,27 +254,11 @@ class ReviewService:
         claimed_by: uuid.UUID | None = None,
     ) -> list[ReviewCase]:
         """Oldest first; every filter optional (``claimed_by``: a reviewer's token)."""
-        args: list[object] = []
-        clauses: list[str] = []
-        for clause, value in (
-            ("kind = ${}", kind),
-            ("state = ${}", state),
-            ("${} = ANY(rules)", rule),
-            ("opened_at < ${}", opened_before),
-            ("claimed_by = ${}", claimed_by),
-        ):
-            if value is not None:
-                args.append(value)
-                clauses.append(clause.format(len(args)))
-        if after is not None:
-            args.extend(after)
-            clauses.append(f"(opened_at, id) > (${len(args) - 1}, ${len(args)})")
-        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-        args.append(limit)
-        rows = await self.pool.fetch(
-            f"SELECT * FROM review_cases {where} ORDER BY opened_at, id LIMIT ${len(args)}", *args
-        )
-        return await cases_by_rows(self.pool, rows)
+        sql, args = queue_sql(
+            kind=kind, state=state, rule=rule, opened_before=opened_before, after=after,
+            limit=limit, claimed_by=claimed_by,
+        )  # fmt: skip
+        return await cases_by_rows(self.pool, await self.pool.fetch(sql, *args))
 
     async def claim(self, actor: Actor, principal: Principal, case_id: uuid.UUID) -> ReviewCase:
         now = self.clock.now()

@@ -191,3 +191,17 @@ async def test_the_navigation_offers_the_audit_trail_to_admins_only(client, mark
     client.cookies.clear()
     await sign_in(client, admin_token)
     assert 'href="/console/audit"' in (await client.get("/console/")).text
+
+
+async def test_signed_in_pages_carry_the_servers_own_time(client, market):
+    """`Server-Timing: app;dur=<ms>` (what `dataex bench console` reports beside its client's
+    time) on a signed-in staff member's pages, error pages included; never before sign-in."""
+    sign_in_page = await client.get("/console/sign-in")
+    assert "server-timing" not in sign_in_page.headers
+    assert "server-timing" not in (await sign_in(client, market["alice"])).headers
+    for path, status in (("/console/reviews/", 200), (f"/console/reviews/{uuid.uuid4()}", 404)):
+        page = await client.get(path)
+        assert page.status_code == status, page.text
+        name, _, duration = page.headers["server-timing"].partition(";dur=")
+        assert name == "app" and float(duration) > 0
+    assert "server-timing" not in (await client.get("/console/static/console.css")).headers
