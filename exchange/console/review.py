@@ -130,12 +130,12 @@ class ReviewPages(Controller):
             rule=rule,
             opened_before=now - timedelta(hours=older_than) if older_than else None,
             after=after,
-            limit=PAGE,
+            limit=PAGE + 1,  # one more: is there a next page at all?
             claimed_by=session.principal.token_id if mine else None,
         )
-        next_cursor = (
-            encode_cursor(items[-1].opened_at, items[-1].id) if len(items) == PAGE else None
-        )
+        more = len(items) > PAGE
+        items = items[:PAGE]
+        next_cursor = encode_cursor(items[-1].opened_at, items[-1].id) if more else None
         filters = {"kind": kind, "rule": rule, "older_than": older_than, "mine": mine}
         query = "&".join(f"{k}={v}" for k, v in filters.items() if v not in (None, False))
         return render(

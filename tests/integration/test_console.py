@@ -205,3 +205,18 @@ async def test_signed_in_pages_carry_the_servers_own_time(client, market):
         name, _, duration = page.headers["server-timing"].partition(";dur=")
         assert name == "app" and float(duration) > 0
     assert "server-timing" not in (await client.get("/console/static/console.css")).headers
+
+
+async def test_the_queue_offers_a_next_page_only_when_there_is_one(client, market):
+    for index in range(50):
+        await submit(client, market["seller"], metadata(name_zh=f"产品 {index}"))
+    await sign_in(client, market["alice"])
+    first = await client.get("/console/reviews/")
+    assert first.text.count('<tr id="case-') == 50
+    assert 'rel="next"' not in first.text
+    await submit(client, market["seller"], metadata(name_zh="第五十一个"))
+    first = await client.get("/console/reviews/")
+    assert 'rel="next"' in first.text
+    href = first.text.split('rel="next"')[0].rpartition('href="')[2].split('"')[0]
+    second = await client.get(href.replace("&amp;", "&"))
+    assert second.text.count('<tr id="case-') == 1
