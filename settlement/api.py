@@ -24,7 +24,7 @@ from exchange.platform.paging import (
     decode_cursor,
     encode_cursor,
 )
-from settlement import ledger
+from settlement import figures, ledger
 from settlement.service import (
     Accounts,
     ExchangeAccounts,
@@ -378,15 +378,11 @@ class SettlementFailureController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = DEFAULT_PAGE,
     ) -> list[FailureOut]:
         """Executed-trade events the worker gave up on, newest first, with why."""
-        async with platform.pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT * FROM settlement_failures ORDER BY failed_at DESC, id DESC LIMIT $1",
-                check_limit(limit),
-            )
+        rows = await figures.dead_letters(platform.pool, limit=check_limit(limit))
         return [
             FailureOut(
-                id=r["id"], subject=r["subject"], event_id=r["event_id"], trade_id=r["trade_id"],
-                deliveries=r["deliveries"], error=r["error"], failed_at=r["failed_at"],
+                id=r.id, subject=r.subject, event_id=r.event_id, trade_id=r.trade_id,
+                deliveries=r.deliveries, error=r.error, failed_at=r.failed_at,
             )
             for r in rows
         ]  # fmt: skip

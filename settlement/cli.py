@@ -9,7 +9,8 @@ are what its movements say (never more posted than reserved); and that every tra
 has exactly one settlement outcome: a ``settlement_trades`` row and one ledger entry opening it
 (reserved or failed), not none (lost, or dead-lettered) and not two. ``verify-receipt`` needs only
 the receipt and the exchange's JWKS. Exit status: 0 verified, 1 a problem found (each named by
-sequence number), 2 unreadable input.
+sequence number), 2 unreadable input. The database's checks are `settlement.verification`'s,
+which the staff console runs too.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,9 +26,9 @@ import msgspec
 
 from exchange.platform.signing import b64url_decode
 from settlement.ledger import Problem, ReceiptInvalid, Verifier, verify_receipt
+from settlement.verification import CHUNK, DEFAULT_AFTER_SECONDS, entry_chunks, verify_snapshot
 
 EXPORT_TYPE = "dataex.ledger.export.v1"
-CHUNK = 50_000
 
 
 class ExportHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -44,123 +45,6 @@ class ExportTreeHead(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tree_head: str
 
 
-async def _chunks(conn: Any) -> Any:
-    """(seq, entry, leaf hash) rows in order, a chunk at a time."""
-    after = -1
-    while True:
-        rows = await conn.fetch(
-            "SELECT seq, entry, leaf_hash FROM ledger_entries WHERE seq > $1 ORDER BY seq LIMIT $2",
-            after,
-            CHUNK,
-        )
-        if not rows:
-            return
-        yield [(row[0], bytes(row[1]), bytes(row[2])) for row in rows]
-        after = rows[-1][0]
-
-
-BOOK_CHECKS: tuple[tuple[str, Callable[[Any], str]], ...] = (
-    (
-        "SELECT a.id, a.kind, a.org_id, a.balance, coalesce(s.total, 0) AS total FROM accounts a"
-        " LEFT JOIN (SELECT account_id, sum(amount_fen) AS total FROM postings GROUP BY 1) s"
-        " ON s.account_id = a.id WHERE a.balance <> coalesce(s.total, 0)",
-        lambda r: (
-            f"account {r['id']} ({r['kind']} of {r['org_id'] or 'the exchange'}): balance"
-            f" {r['balance']} fen, postings sum to {r['total']} fen"
-        ),
-    ),
-    (
-        "SELECT movement_id, sum(amount_fen) AS total FROM postings GROUP BY 1"
-        " HAVING sum(amount_fen) <> 0",
-        lambda r: f"movement {r['movement_id']}: postings sum to {r['total']} fen, not zero",
-    ),
-    (
-        # A metered trade's reservation is its reserve and top-ups, what it posted its usage
-        # periods; together with what it released they never exceed it, and once it has ended
-        # they account for all of it.
-        "SELECT t.trade_id, t.reserved_fen, t.posted_fen, m.* FROM settlement_trades t"
-        " CROSS JOIN LATERAL (SELECT"
-        " coalesce(sum(amount_fen) FILTER (WHERE kind IN ('reserve', 'top_up')), 0)::bigint"
-        " AS held,"
-        " coalesce(sum(amount_fen) FILTER (WHERE kind = 'usage'), 0)::bigint AS used,"
-        " coalesce(sum(amount_fen) FILTER (WHERE kind = 'release'), 0)::bigint AS released"
-        " FROM movements WHERE trade_id = t.trade_id) m"
-        " WHERE t.metered AND (t.reserved_fen <> m.held OR t.posted_fen <> m.used"
-        " OR m.used + m.released > m.held"
-        " OR (t.state IN ('settled', 'voided') AND m.used + m.released <> m.held))",
-        lambda r: (
-            f"metered trade {r['trade_id']}: reserved {r['reserved_fen']} fen and posted"
-            f" {r['posted_fen']}, but its movements reserve {r['held']}, post {r['used']}"
-            f" and release {r['released']}"
-        ),
-    ),
-)
-
-
-# The executed trades of a page (ids) that have no settlement outcome, or more than one: the
-# trade's row, and how many ledger entries open it (reserved or failed; each trade has one).
-OUTCOME_CHECK = (
-    "SELECT x.trade_id, s.state, o.opened FROM unnest($1::uuid[]) AS x(trade_id)"
-    " LEFT JOIN settlement_trades s ON s.trade_id = x.trade_id"
-    " CROSS JOIN LATERAL (SELECT count(*) AS opened FROM ledger_entries e"
-    " WHERE e.trade_id = x.trade_id AND e.step IN ('reserved', 'failed')) o"
-    " WHERE s.trade_id IS NULL OR o.opened <> 1"
-)
-DEFAULT_AFTER_SECONDS = 60.0  # DATAEX_RECONCILE_AFTER_SECONDS's default
-
-
-async def _outcome_problems(
-    conn: Any, subject: str | None, after_seconds: float
-) -> tuple[int, list[Problem]]:
-    """(executed trades checked, a problem per trade executed more than ``after_seconds`` ago
-    without exactly one settlement outcome), in the caller's snapshot."""
-    import uuid
-
-    from exchange.platform import outbox
-
-    cutoff = await conn.fetchval("SELECT now() - make_interval(secs => $1)", after_seconds)
-    checked = 0
-    problems: list[Problem] = []
-    cursor: tuple[Any, Any] | None = None
-    while True:
-        page = await outbox.published(
-            conn, "trade.executed", subject=subject, after=cursor, before=cutoff, limit=CHUNK
-        )
-        if not page:
-            return checked, problems
-        cursor = (page[-1].published_at, page[-1].id)
-        trades: dict[uuid.UUID, Any] = {}
-        for event in page:
-            try:
-                trades.setdefault(uuid.UUID(event.event_subject or ""), event)
-            except ValueError:
-                why = f"its subject {event.event_subject!r} is not a trade id"
-                problems.append(Problem(None, f"executed event {event.id}: {why}"))
-        checked += len(trades)
-        rows = await conn.fetch(OUTCOME_CHECK, list(trades))
-        lost = [r["trade_id"] for r in rows if r["state"] is None]
-        dead = {
-            r["trade_id"]: r["error"]
-            for r in await conn.fetch(
-                "SELECT DISTINCT ON (trade_id) trade_id, error FROM settlement_failures"
-                " WHERE trade_id = ANY($1::uuid[]) ORDER BY trade_id, id DESC",
-                lost,
-            )
-        } if lost else {}  # fmt: skip
-        for row in rows:
-            trade, event = row["trade_id"], trades[row["trade_id"]]
-            published = event.published_at.isoformat(timespec="seconds")
-            if row["state"] is None:
-                why = (f"dead-lettered ({dead[trade]})" if trade in dead
-                       else "never settled")  # fmt: skip
-                message = (f"executed trade {trade} has no settlement outcome: its"
-                           f" dx.trade.executed was published {published}, {why}")  # fmt: skip
-            else:
-                message = (f"executed trade {trade} ({row['state']}) has {row['opened']}"
-                           " ledger entries opening it (reserved or failed), not one")  # fmt: skip
-            problems.append(Problem(None, message))
-
-
 async def verify_database(
     database_url: str,
     out: IO[str],
@@ -170,35 +54,21 @@ async def verify_database(
 ) -> int:
     """Verify the ledger and the books in one snapshot, and that every trade executed (on
     ``executed_subject``; None: any subject prefix) more than ``after_seconds`` ago has exactly
-    one settlement outcome."""
+    one settlement outcome (`settlement.verification`)."""
     from exchange.platform.db import connect  # verifying a file or a receipt needs no driver
 
     started = time.perf_counter()
     conn = await connect(database_url)
     try:
-        verifier = Verifier()
-        async with conn.transaction(isolation="repeatable_read", readonly=True):
-            async for rows in _chunks(conn):
-                verifier.feed(rows)
-            keys = {"keys": [r["public_jwk"] for r in await conn.fetch(
-                "SELECT public_jwk FROM signing_keys")]}  # fmt: skip
-            heads = await conn.fetch(
-                "SELECT tree_size, root_hash, jws FROM ledger_tree_heads ORDER BY tree_size"
-            )
-            checked = verifier.tree_heads(
-                ((h["tree_size"], bytes(h["root_hash"]), h["jws"]) for h in heads), keys
-            )
-            book_problems = [
-                Problem(None, describe(row))
-                for query, describe in BOOK_CHECKS
-                for row in await conn.fetch(query)
-            ]
-            trades, trade_problems = await _outcome_problems(conn, executed_subject, after_seconds)
+        result = await verify_snapshot(
+            conn, executed_subject=executed_subject, after_seconds=after_seconds
+        )
     finally:
         await conn.close()
-    verifier.problems.extend(book_problems)
-    verifier.problems.extend(trade_problems)
-    return _report(verifier, checked, time.perf_counter() - started, out, books=True, trades=trades)
+    return _report(
+        result.verifier, result.tree_heads, time.perf_counter() - started, out, books=True,
+        trades=result.trades,
+    )  # fmt: skip
 
 
 def _lines(path: Path) -> Iterator[bytes]:
@@ -280,7 +150,7 @@ async def export(database_url: str, path: Path, out: IO[str]) -> int:
                 "SELECT public_jwk FROM signing_keys ORDER BY created_at DESC, kid")]}  # fmt: skip
             with path.open("wb") as handle:
                 handle.write(msgspec.json.encode(ExportHeader(EXPORT_TYPE, keys)) + b"\n")
-                async for rows in _chunks(conn):
+                async for rows in entry_chunks(conn):
                     handle.writelines(b'{"seq":%d,"entry":%b}\n' % (seq, body)
                                       for seq, body, _leaf in rows)  # fmt: skip
                     count += len(rows)
