@@ -34,6 +34,7 @@ import asyncpg
 from litestar.di import NamedDependency, Provide
 
 from contracts.orders.service import OrderService
+from contracts.policy.service import PolicyService
 from exchange.catalog import service as catalog
 from exchange.delivery.billing import Billing, BillingHooks
 from exchange.delivery.files import FileDeliveries, FileUploads
@@ -156,6 +157,10 @@ def period_closer(platform: Platform) -> Callable[[], Awaitable[int]]:
     return billing(platform.pool, platform.clock, platform.settings, platform.keyring).close_due
 
 
+def provide_policy(platform: NamedDependency[Platform]) -> PolicyService:
+    return PolicyService(platform.pool, platform.clock)
+
+
 def provide_listings(platform: NamedDependency[Platform]) -> ListingService:
     return listings(platform.pool, platform.clock, platform.settings, platform.keyring)
 
@@ -251,6 +256,7 @@ def provide_file_deliveries(platform: NamedDependency[Platform]) -> FileDeliveri
 
 # The services the rooms' controllers ask for by name, built per request from the platform.
 DEPENDENCIES = {
+    "policy": Provide(provide_policy, sync_to_thread=False),
     "listings": Provide(provide_listings, sync_to_thread=False),
     "reviews": Provide(provide_reviews, sync_to_thread=False),
     "orders": Provide(provide_orders, sync_to_thread=False),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, Response, get, post
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from msgspec import Meta, Struct
 
@@ -21,16 +21,11 @@ from contracts.policy.schemas import (
 from contracts.policy.service import PolicyService
 from exchange.platform.audit import Actor
 from exchange.platform.auth import PUBLIC, requires
-from exchange.platform.context import Platform
 
 
 class EvaluationRequest(Struct, forbid_unknown_fields=True):
     document: EvaluationDocument
     version: Annotated[str, Meta(max_length=64)] | None = None
-
-
-def provide_policy(platform: NamedDependency[Platform]) -> PolicyService:
-    return PolicyService(platform.pool, platform.clock)
 
 
 Policy = NamedDependency[PolicyService]
@@ -39,7 +34,6 @@ Policy = NamedDependency[PolicyService]
 class PolicyController(Controller):
     path = "/v1/policy"
     tags = ["policy"]
-    dependencies = {"policy": Provide(provide_policy, sync_to_thread=False)}
 
     @get("/lists", operation_id="listPolicyLists", opt=PUBLIC)
     async def lists(self, policy: Policy) -> list[PolicyListInfo]:
