@@ -13,6 +13,7 @@ from exchange.console.home import HomePage
 from exchange.console.products import ProductPages
 from exchange.console.recognition import RecognitionPages
 from exchange.console.review import ReviewPages
+from exchange.console.settlement import SettlementPages
 from exchange.console.signin import SignInController
 from exchange.console.trades import TradePages
 from exchange.console.web import (
@@ -32,6 +33,7 @@ PAGES: list[Any] = [
     RecognitionPages,
     GrantPages,
     AuditPages,
+    SettlementPages,
 ]
 
 
