@@ -10,6 +10,7 @@ from litestar import Router
 from exchange.console.audit import AuditPages
 from exchange.console.grants import GrantPages
 from exchange.console.home import HomePage
+from exchange.console.policy import PolicyPages
 from exchange.console.products import ProductPages
 from exchange.console.recognition import RecognitionPages
 from exchange.console.review import ReviewPages
@@ -34,6 +35,7 @@ PAGES: list[Any] = [
     GrantPages,
     AuditPages,
     SettlementPages,
+    PolicyPages,
 ]
 
 

@@ -76,6 +76,7 @@ NAV: Final[list[tuple[str, str]]] = [
     ("nav.grants", f"{ROOT}/grants"),
     ("nav.audit", f"{ROOT}/audit"),
     ("nav.settlement", f"{ROOT}/settlement"),
+    ("nav.policy", f"{ROOT}/policy"),
 ]
 # Pages only some staff may open (as their /v1 routes): shown in the navigation to those only.
 NAV_ROLES: Final[dict[str, tuple[str, ...]]] = {f"{ROOT}/audit": ("admin",)}
