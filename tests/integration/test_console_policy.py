@@ -9,37 +9,11 @@ import html
 import re
 from datetime import timedelta
 
-from contracts.policy.rules import POLICY_DIR
 from tests.kit.api import bearer
 from tests.kit.console import csrf_of, hidden_fields, sign_in
 from tests.kit.documents import DEIDENTIFIED_PI, metadata
 from tests.kit.market import submit
-
-SOURCE = (POLICY_DIR / "2026.1.toml").read_text(encoding="utf-8")
-NEG_09 = """
-[[rules]]
-id = "NEG-09"
-list = "negative"
-scope = "product"
-title_zh = "医疗健康数据暂停交易"
-title_en = "Health data suspended"
-when = { field = "product.regulated_domains", any_of = ["health"] }
-explanation_zh = "医疗健康数据暂停交易"
-explanation_en = "Health data is suspended from trading"
-remedy_zh = "暂停期间不能交易"
-remedy_en = "It cannot be traded during the suspension"
-basis = "exchange decision"
-"""
-
-
-def candidate() -> str:
-    """2026.2: health data becomes a negative rule (NEG-09), and CAU-02 (identifiable personal
-    information) is dropped, so open decisions gain a rule or lose one."""
-    head, *rules = SOURCE.replace('version = "2026.1"', 'version = "2026.2"').split("\n[[rules]]\n")
-    kept = [rule for rule in rules if not rule.startswith('id = "CAU-02"')]
-    assert len(kept) == len(rules) - 1
-    return "\n[[rules]]\n".join([head, *kept]) + NEG_09
-
+from tests.kit.policy import candidate
 
 ROW = re.compile(
     r'<tr data-subject-type="(?P<type>[^"]*)" data-subject="(?P<id>[^"]*)"'
