@@ -94,14 +94,15 @@ async def _page(
     finished: bool = True,
 ) -> Template:
     before = _cursor(cursor)
-    letters = await figures.dead_letters(platform.pool, before=before, limit=PAGE)
+    # One more than a page: is there a next page at all?
+    letters = await figures.dead_letters(platform.pool, before=before, limit=PAGE + 1)
+    more = len(letters) > PAGE
+    letters = letters[:PAGE]
     counts = await figures.dead_letter_counts(platform.pool)
     async with platform.pool.acquire() as conn:
         head = await ledger.latest_tree_head(conn)
     entries = await figures.ledger_size(platform.pool)
-    next_cursor = (
-        encode_cursor(letters[-1].failed_at, letters[-1].id) if len(letters) == PAGE else None
-    )
+    next_cursor = encode_cursor(letters[-1].failed_at, letters[-1].id) if more else None
     return render(
         request,
         "settlement.html",

@@ -119,20 +119,29 @@ async def test_dead_letters_are_listed_as_the_api_lists_them_fifty_a_page(
         events = await seed_trades(conn, 1, seller, buyers, product)
     forged = msgspec.structs.replace(events[0], price_fen=1)
     await publish_executed(settings, [forged])
+    await sign_in(client, market["alice"])
     async with worker(settings, pool, OffsetClock()) as w:
         js = w.platform.nats.jetstream()
-        for _ in range(50):
-            await js.publish(
-                settings.subject("trade", "executed"), b"{not json", stream=settings.stream_name
-            )
-        assert await w.drain() == 51
+
+        async def undecodable(n):
+            for _ in range(n):
+                await js.publish(
+                    settings.subject("trade", "executed"), b"{not json",
+                    stream=settings.stream_name,
+                )  # fmt: skip
+            return await w.drain()
+
+        assert await undecodable(49) == 50
+        exactly_a_page = await client.get("/console/settlement/")
+        assert len(ROW.findall(exactly_a_page.text)) == 50
+        assert 'rel="next"' not in exactly_a_page.text  # no next page to link to
+        assert await undecodable(1) == 1
     api = await client.get(
         "/v1/settlement/failures", params={"limit": 200}, headers=bearer(admin_token)
     )
     expected = [str(f["id"]) for f in api.json()]
     assert len(expected) == 51
 
-    await sign_in(client, market["alice"])
     first = await client.get("/console/settlement/")
     assert first.status_code == 200, first.text
     assert 'id="dead-total">51<' in first.text
