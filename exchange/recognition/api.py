@@ -139,7 +139,10 @@ class FeedController(Controller):
     async def page(
         self,
         recognition: Recognitions,
-        after: Annotated[int, QueryParameter(ge=0, description="last seq already read")] = 0,
+        # The cursor is signed into the page as RFC 8785 JSON, whose integers stop at 2^53 - 1.
+        after: Annotated[
+            int, QueryParameter(ge=0, le=2**53 - 1, description="last seq already read")
+        ] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
     ) -> FeedPage:
         """This exchange's listing events after ``after``, oldest first, as one compact JWS
