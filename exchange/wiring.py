@@ -35,6 +35,14 @@ from litestar.di import NamedDependency, Provide
 
 from contracts.orders.service import OrderService
 from exchange.catalog import service as catalog
+from exchange.compute.service import (
+    ComputeHooks,
+    ComputeTerms,
+    FieldSpec,
+    GrantView,
+    JobService,
+    SandboxTerms,
+)
 from exchange.delivery.billing import Billing, BillingHooks
 from exchange.delivery.files import FileDeliveries, FileUploads
 from exchange.delivery.quota import LeaseBook
@@ -185,6 +193,64 @@ async def revision_files(conn: Executor, product_id: uuid.UUID, revision: int) -
     return (await fetch_revision(conn, product_id, revision)).metadata.manual.files
 
 
+async def compute_terms(
+    conn: Executor, product_id: uuid.UUID, revision: int, plan_id: str
+) -> ComputeTerms:
+    """What a revision says of sandbox jobs, for the compute room: the plan's sandbox terms,
+    the manual's fields (sensitivity, bounds, categories) and the files it delivers."""
+    metadata = (await fetch_revision(conn, product_id, revision)).metadata
+    plan = next((p for p in metadata.plans if p.id == plan_id), None)
+    terms = plan.sandbox if plan is not None else None
+    return ComputeTerms(
+        sandbox=None
+        if terms is None
+        else SandboxTerms(
+            cpu_seconds=terms.cpu_seconds,
+            wall_seconds=terms.wall_seconds,
+            memory_mb=terms.memory_mb,
+            pids=terms.pids,
+            output_kb=terms.output_kb,
+            k=terms.k,
+            epsilon_total=terms.epsilon_total,
+            epsilon_per_job=terms.epsilon_per_job,
+            max_rows=terms.max_rows,
+        ),
+        fields=tuple(
+            FieldSpec(
+                name=f.name,
+                sensitivity=f.sensitivity,
+                lower=f.bounds.lower if f.bounds else None,
+                upper=f.bounds.upper if f.bounds else None,
+                categories=tuple(f.categories),
+            )
+            for f in metadata.manual.fields
+        ),
+        files=tuple(f.name for f in metadata.manual.files),
+    )
+
+
+def compute_hooks(grant_service: GrantService) -> ComputeHooks:
+    async def grant(grant_id: uuid.UUID) -> GrantView | None:
+        g = await grant_service.read(grant_id)
+        if g is None:
+            return None
+        return GrantView(
+            id=g.id, mode=g.mode, state=g.state, buyer_org_id=g.buyer_org_id,
+            seller_org_id=g.seller_org_id, product_id=g.product_id, product_code=g.product_code,
+            revision=g.revision, revision_digest=g.revision_digest, plan_id=g.plan_id,
+        )  # fmt: skip
+
+    return ComputeHooks(grant=grant, terms=compute_terms)
+
+
+def jobs(pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing) -> JobService:
+    return JobService(pool, clock, settings, compute_hooks(grants(pool, clock, settings, keyring)))
+
+
+def provide_jobs(platform: NamedDependency[Platform]) -> JobService:
+    return jobs(platform.pool, platform.clock, platform.settings, platform.keyring)
+
+
 class GrantDesk:
     """File delivery's view of grants: snapshots from the grant service, tokens checked with the
     delivery keys (fetched again on an unknown kid) and the revoked jtis."""
@@ -259,4 +325,5 @@ DEPENDENCIES = {
     "grants": Provide(provide_grants, sync_to_thread=False),
     "file_uploads": Provide(provide_file_uploads, sync_to_thread=False),
     "file_deliveries": Provide(provide_file_deliveries, sync_to_thread=False),
+    "jobs": Provide(provide_jobs, sync_to_thread=False),
 }
