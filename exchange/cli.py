@@ -41,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
         help="run one part in this process (for deployments that scale parts separately)",
         description="Run one part against DATAEX_DATABASE_URL and DATAEX_NATS_URL.",
     )
-    serve.add_argument("part", choices=["api", "relay", "settlement", "delivery", "gateway"])
+    serve.add_argument(
+        "part", choices=["api", "relay", "settlement", "delivery", "gateway", "runner"]
+    )
     commands.add_parser(
         "migrate",
         help="apply database migrations and provision JetStream streams, then exit",

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -35,6 +36,7 @@ from litestar.di import NamedDependency, Provide
 
 from contracts.orders.service import OrderService
 from exchange.catalog import service as catalog
+from exchange.compute.runner import JobRunner
 from exchange.compute.service import (
     ComputeHooks,
     ComputeTerms,
@@ -44,7 +46,7 @@ from exchange.compute.service import (
     SandboxTerms,
 )
 from exchange.delivery.billing import Billing, BillingHooks
-from exchange.delivery.files import FileDeliveries, FileUploads
+from exchange.delivery.files import FileDeliveries, FileUploads, stage_revision_files
 from exchange.delivery.quota import LeaseBook
 from exchange.delivery.schemas import GrantSnapshot
 from exchange.delivery.service import (
@@ -245,6 +247,20 @@ def compute_hooks(grant_service: GrantService) -> ComputeHooks:
 
 def jobs(pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing) -> JobService:
     return JobService(pool, clock, settings, compute_hooks(grants(pool, clock, settings, keyring)))
+
+
+def runner(platform: Platform) -> JobRunner:
+    """A compute job runner: jobs' grants and terms as the API sees them, the revision's files
+    decrypted from delivery's blob store into the runner's private folder."""
+    store = LocalFolderStore(platform.settings.state_dir / "blobs",
+                             load_master_key(platform.settings.state_dir))  # fmt: skip
+    grant_service = grants(platform.pool, platform.clock, platform.settings, platform.keyring)
+
+    async def stage(product_id: uuid.UUID, revision: int, folder: Path) -> dict[str, Path]:
+        return await stage_revision_files(platform.pool, store, product_id, revision, folder)
+
+    return JobRunner(platform.pool, platform.clock, platform.settings,
+                     compute_hooks(grant_service), stage)  # fmt: skip
 
 
 def provide_jobs(platform: NamedDependency[Platform]) -> JobService:

@@ -360,15 +360,16 @@ class JobService:
                 return job_view(first, with_result=True), True
             self._live(grant)
             terms = await self.hooks.terms(conn, grant.product_id, grant.revision, grant.plan_id)
-            if terms.sandbox is None:
-                raise SandboxNotGranted(f"plan {grant.plan_id} offers no sandbox jobs")
-            row = await self._insert(conn, actor, grant, terms.sandbox, data, key, digest, at)
+            row = await self._insert(conn, actor, grant, terms, data, key, digest, at)
         return job_view(row, with_result=True), False
 
     async def _insert(
-        self, conn: Connection, actor: Actor, grant: GrantView, terms: SandboxTerms,
+        self, conn: Connection, actor: Actor, grant: GrantView, manual: ComputeTerms,
         data: JobIn, key: str, digest: str, at: datetime,
     ) -> Any:  # fmt: skip
+        terms = manual.sandbox
+        if terms is None:
+            raise SandboxNotGranted(f"plan {grant.plan_id} offers no sandbox jobs")
         epsilon = 0
         query: str | None = None
         if data.kind == "algorithm":
@@ -388,6 +389,7 @@ class JobService:
         else:
             if data.query is None or data.algorithm_sha256 is not None or data.params:
                 raise _bad("query", "a query job gives its query only")
+            dp.check_query(data.query, manual.bounds())  # 422 before any ε is spent
             query = dp.canonical(data.query).decode()
             epsilon = dp.micro_epsilon(data.query.epsilon)
             await self._spend(conn, grant.id, terms, epsilon, at)

@@ -3,9 +3,17 @@ sandbox terms and a manual declaring identifiers, bounds and categories, and an 
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from pathlib import Path
 from typing import Any
 
+from exchange import wiring
+from exchange.compute.runner import JobRunner
+from exchange.delivery.files import stage_revision_files
+from exchange.delivery.storage import LocalFolderStore
+from exchange.platform.settings import Settings
+from exchange.platform.signing import load_master_key
 from tests.kit.delivery import active_grant, executed, grant_service
 from tests.kit.documents import metadata
 from tests.kit.market import list_product
@@ -43,6 +51,12 @@ async def sandbox_grant(
 ) -> uuid.UUID:  # fmt: skip
     """An active sandbox grant of a freshly listed product to the trade's buyer; its id."""
     product_id = await list_product(client, trade, sandbox_document(files))
+    return await _grant(client, trade, pool, clock, settings, product_id)
+
+
+async def _grant(
+    client: Any, trade: dict[str, Any], pool: Any, clock: Any, settings: Any, product_id: str
+) -> uuid.UUID:
     product = (await client.get(f"/v1/products/{product_id}", headers={
         "Authorization": f"Bearer {trade['seller']}"})).json()  # fmt: skip
     data = executed(
@@ -50,3 +64,62 @@ async def sandbox_grant(
         seller_org=trade["seller_org"], modes=("sandbox",),
     )  # fmt: skip
     return await active_grant(pool, grant_service(pool, clock, settings), data)
+
+
+# --- data and a runner -------------------------------------------------------------------------
+
+REGIONS = ("north", "south", "east")
+
+
+def sales_csv(rows_per_region: int = 20) -> bytes:
+    """Sales rows with an identifier column: 20 per region, amounts 10.0-59.5."""
+    lines = ["id_number,region,amount"]
+    for i in range(rows_per_region * len(REGIONS)):
+        lines.append(f"1101011990{i:08d},{REGIONS[i % len(REGIONS)]},{10 + (i % 100) / 2}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def declared(name: str, data: bytes) -> dict[str, Any]:
+    return {"name": name, "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
+
+
+async def upload(client: Any, token: str, product_id: str, name: str, data: bytes) -> None:
+    """The seller uploads one declared file of revision 1, in one chunk."""
+    started = await client.post(
+        f"/v1/products/{product_id}/revisions/1/files/{name}/uploads",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert started.status_code == 201, started.text
+    upload_id = started.json()["id"]
+    put = await client.put(
+        f"/v1/uploads/{upload_id}/chunks/0", content=data,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream",
+                 "X-Chunk-SHA256": hashlib.sha256(data).hexdigest()},
+    )  # fmt: skip
+    assert put.status_code == 200, put.text
+    done = await client.post(
+        f"/v1/uploads/{upload_id}/complete", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert done.status_code == 200, done.text
+
+
+async def grant_with_data(
+    client: Any, trade: dict[str, Any], pool: Any, clock: Any, settings: Any,
+    data: bytes | None = None,
+) -> uuid.UUID:  # fmt: skip
+    """`sandbox_grant` over a stored ``sales.csv``."""
+    data = data or sales_csv()
+    product_id = await list_product(client, trade, sandbox_document([declared("sales.csv", data)]))
+    await upload(client, trade["seller"], product_id, "sales.csv", data)
+    return await _grant(client, trade, pool, clock, settings, product_id)
+
+
+def runner(pool: Any, clock: Any, settings: Settings, name: str | None = None) -> JobRunner:
+    """A job runner in this process, as `dataex serve runner` makes one."""
+    store = LocalFolderStore(settings.state_dir / "blobs", load_master_key(settings.state_dir))
+
+    async def stage(product_id: uuid.UUID, revision: int, folder: Path) -> dict[str, Path]:
+        return await stage_revision_files(pool, store, product_id, revision, folder)
+
+    hooks = wiring.compute_hooks(grant_service(pool, clock, settings))
+    return JobRunner(pool, clock, settings, hooks, stage, name=name)

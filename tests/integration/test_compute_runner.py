@@ -1,0 +1,234 @@
+"""Jobs run for real, through the API: approved algorithms in the bubblewrap sandbox over a
+grant's stored files, DP queries, the output checks, and the hostile suite. A runner runs in
+this process (`tests.kit.compute.runner`), taking each job as a queue message would hand it.
+
+These need PostgreSQL and NATS (the integration fixtures) and bubblewrap: without bubblewrap
+they skip with one line saying so, and under ``DATAEX_REQUIRE_SANDBOX=1`` they fail instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exchange.compute import sandbox
+from tests.kit.api import bearer
+from tests.kit.compute import SANDBOX_PLAN, grant_with_data, runner
+
+
+@functools.cache
+def _missing() -> str | None:
+    problem = sandbox.platform_problem()
+    if problem is not None:
+        return f"the sandbox cannot run: {problem}"
+    with tempfile.TemporaryDirectory(prefix="dataex-probe-") as folder:
+        program = Path(folder) / "probe.py"
+        program.write_text("pass\n")
+        outcome = sandbox.run(program, {}, b"{}", sandbox.Limits(), Path(folder))
+    if outcome.status != "exited" or outcome.exit_code != 0:
+        return f"bubblewrap cannot make its namespaces here: {outcome.stderr_tail.strip()}"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _sandbox_available() -> None:
+    reason = _missing()
+    if reason is None:
+        return
+    if os.environ.get("DATAEX_REQUIRE_SANDBOX") == "1":
+        pytest.fail(f"DATAEX_REQUIRE_SANDBOX=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+AGGREGATE = """
+import csv, json
+counts = {}
+with open('/data/inputs/sales.csv', newline='') as f:
+    for row in csv.DictReader(f):
+        counts[row['region']] = counts.get(row['region'], 0) + 1
+rows = [[k, v] for k, v in sorted(counts.items())]
+json.dump({'columns': ['region', 'count'], 'rows': rows}, open('/data/output/result.json', 'w'))
+"""
+
+
+def report(expression: str) -> str:
+    """A program that releases one computed value (the outcome of a probe) as an aggregate."""
+    return f"""
+import json, os
+def probe():
+{expression}
+try:
+    outcome = str(probe())
+except BaseException as error:
+    outcome = type(error).__name__
+json.dump({{'columns': ['outcome', 'count'], 'rows': [[outcome, 10]]}},
+          open('/data/output/result.json', 'w'))
+"""
+
+
+HOSTILE_OUTCOMES = {
+    "network": (
+        "    import socket\n    s = socket.socket()\n    s.connect(('127.0.0.1', 5432))\n"
+        "    return 'connected'",
+        "PermissionError",
+    ),
+    "shadow": ("    return open('/etc/shadow').read()[:5]", "FileNotFoundError"),
+    "init_environ": (
+        "    text = open('/proc/1/environ').read()\n"
+        "    return 'DATAEX' in text or '/root' in text or 'PATH=/work' in text",
+        "False",
+    ),
+    "state_folder": ("    return os.listdir('/work') or os.listdir('/root')", "FileNotFoundError"),
+    "other_inputs": (
+        "    return sorted(os.listdir('/data/inputs'))",
+        "['params.json', 'sales.csv']",
+    ),
+}
+
+
+class Jobs:
+    """The buyer and seller of one sandbox grant, and a runner."""
+
+    def __init__(self, client: Any, trade: dict[str, Any], grant_id: uuid.UUID, run: Any):
+        self.client, self.trade, self.grant_id, self.runner = client, trade, grant_id, run
+
+    async def approve(self, source: str) -> str:
+        buyer, seller = bearer(self.trade["buyer"]), bearer(self.trade["seller"])
+        base = f"/v1/grants/{self.grant_id}/algorithms"
+        up = await self.client.post(base, json={"source": source}, headers=buyer)
+        assert up.status_code == 201, up.text
+        sha = hashlib.sha256(source.encode()).hexdigest()
+        decided = await self.client.post(
+            f"{base}/{sha}/decision", json={"decision": "approve"}, headers=seller
+        )
+        assert decided.status_code == 200, decided.text
+        return sha
+
+    async def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        made = await self.client.post(
+            f"/v1/grants/{self.grant_id}/jobs", json=body,
+            headers={**bearer(self.trade["buyer"]), "Idempotency-Key": str(uuid.uuid4())},
+        )  # fmt: skip
+        assert made.status_code == 201, made.text
+        job: dict[str, Any] = made.json()
+        return job
+
+    async def run(self, source: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Approve, submit, run and read the job as its buyer."""
+        sha = await self.approve(source)
+        job = await self.submit({"kind": "algorithm", "algorithm_sha256": sha,
+                                 "params": params or {}})  # fmt: skip
+        await self.runner.handle(uuid.UUID(job["id"]))
+        return await self.read(job["id"])
+
+    async def read(self, job_id: str, token: str | None = None) -> dict[str, Any]:
+        answer = await self.client.get(
+            f"/v1/jobs/{job_id}", headers=bearer(token or self.trade["buyer"])
+        )
+        assert answer.status_code == 200, answer.text
+        job: dict[str, Any] = answer.json()
+        return job
+
+
+@pytest.fixture
+async def jobs(client, trade, settings, pool, clock) -> Jobs:
+    grant_id = await grant_with_data(client, trade, pool, clock, settings)
+    return Jobs(client, trade, grant_id, runner(pool, clock, settings))
+
+
+async def test_an_approved_aggregate_succeeds_and_only_its_buyer_reads_the_values(
+    jobs, admin_token
+):
+    job = await jobs.run(AGGREGATE)
+    assert job["state"] == "succeeded", job
+    assert job["result"]["rows"] == [["east", 20], ["north", 20], ["south", 20]]
+    assert job["result_sha256"] and job["cpu_ms"] is not None and job["attempts"] == 1
+    for token in (jobs.trade["seller"], admin_token):
+        seen = await jobs.read(job["id"], token)
+        assert seen["result"] is None and seen["state"] == "succeeded"
+    # A redelivered message for a finished job is ignored.
+    assert await jobs.runner.handle(uuid.UUID(job["id"])) is None
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_OUTCOMES))
+async def test_the_sandbox_hides_the_host_network_secrets_and_other_grants(jobs, name):
+    probe, expected = HOSTILE_OUTCOMES[name]
+    job = await jobs.run(report(probe))
+    assert job["state"] == "succeeded", job
+    outcome = job["result"]["rows"][0][0]
+    assert outcome == expected  # /proc/1 is the sandbox's own init, its environment cleared
+
+
+@pytest.mark.parametrize(
+    ("program", "reason"),
+    [
+        ("copy_inputs.py", "row_level"),
+        ("group_by_identifier.py", "identifier"),
+        ("small_group.py", "k"),
+        ("copy_file.py", "schema"),
+    ],
+)
+async def test_outputs_that_are_not_aggregates_are_refused(jobs, program, reason):
+    source = (Path(__file__).parents[1] / "sandbox" / "algorithms" / program).read_text()
+    source = (
+        source.replace("customer_id", "id_number")  # this product's identifier
+        .replace('["region", "month", "amount", "age"]', '["region", "amount"]')
+        .replace('row["age"]', 'row["amount"]')  # small groups: region and amount
+    )
+    job = await jobs.run(source)
+    assert (job["state"], job["rejection_reason"]) == ("output_rejected", reason), job
+    assert job["result"] is None
+
+
+async def test_an_infinite_loop_times_out_within_the_wall_limit_and_the_next_job_runs(jobs):
+    started = time.monotonic()
+    job = await jobs.run("while True:\n    pass\n")
+    took = time.monotonic() - started
+    assert job["state"] == "timed_out", job
+    wall, cpu = SANDBOX_PLAN["sandbox"]["wall_seconds"], SANDBOX_PLAN["sandbox"]["cpu_seconds"]
+    assert took < wall + 3  # staging, the API and the database around the job's own wall+1 s
+    assert job["cpu_ms"] <= (cpu + 1) * 1000
+    assert (await jobs.run(AGGREGATE))["state"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("source", "limit"),
+    [
+        ("block = bytearray(2 * 2**30)\nblock[::4096] = b'x' * len(block[::4096])\n", "memory"),
+        ("import os\nwhile True:\n    os.fork()\n", "pids"),
+        (
+            "chunk = b'x' * 2**20\nwith open('/data/output/result.json', 'wb') as f:\n"
+            "    for _ in range(100):\n        f.write(chunk)\n",
+            "output",
+        ),
+    ],
+    ids=["2GiB", "fork_bomb", "100MiB"],
+)
+async def test_limits_end_the_job_and_the_next_one_runs_normally(jobs, source, limit):
+    job = await jobs.run(source)
+    assert (job["state"], job["limit_kind"]) == ("limit_exceeded", limit), job
+    assert (await jobs.run(AGGREGATE))["state"] == "succeeded"
+
+
+async def test_a_dp_count_by_region_releases_noisy_counts_and_spends_epsilon(jobs):
+    query = {"aggregate": "count", "group_by": ["region"], "epsilon": 0.5}
+    job = await jobs.submit({"kind": "query", "query": query})
+    assert await jobs.runner.handle(uuid.UUID(job["id"])) == "succeeded"
+    done = await jobs.read(job["id"])
+    assert done["result"]["columns"] == ["region", "count"]
+    assert sorted(row[0] for row in done["result"]["rows"]) == ["east", "north", "south"]
+    assert done["epsilon"] == 0.5 and done["result"]["epsilon"] == 0.5
+    grouped_by_id = {"aggregate": "count", "group_by": ["id_number"], "epsilon": 0.1}
+    refused = await jobs.client.post(
+        f"/v1/grants/{jobs.grant_id}/jobs", json={"kind": "query", "query": grouped_by_id},
+        headers={**bearer(jobs.trade["buyer"]), "Idempotency-Key": "id"},
+    )  # fmt: skip
+    assert refused.status_code == 422, refused.text
