@@ -8,6 +8,7 @@ they skip with one line saying so, and under ``DATAEX_REQUIRE_SANDBOX=1`` they f
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import os
@@ -17,9 +18,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 
 from exchange.compute import sandbox
+from exchange.platform.context import Platform
+from exchange.platform.outbox import relay_batch
+from exchange.platform.signing import KeyRing, load_master_key
 from tests.kit.api import bearer
 from tests.kit.compute import SANDBOX_PLAN, grant_with_data, runner
 
@@ -232,3 +237,49 @@ async def test_a_dp_count_by_region_releases_noisy_counts_and_spends_epsilon(job
         headers={**bearer(jobs.trade["buyer"]), "Idempotency-Key": "id"},
     )  # fmt: skip
     assert refused.status_code == 422, refused.text
+
+
+async def test_a_job_goes_through_the_work_queue_to_a_runner_and_a_lost_runners_job_is_rerun(
+    jobs, settings, pool, clock
+):
+    """Through the outbox relay and the JetStream work queue to `JobRunner.serve`; then a job
+    left running by a runner that died is taken again, once, and never charged twice."""
+    sha = await jobs.approve(AGGREGATE)
+    job = await jobs.submit({"kind": "algorithm", "algorithm_sha256": sha})
+    client = await nats.connect(settings.nats_url)
+    try:
+        platform = Platform(settings=settings, clock=clock, pool=pool, nats=client,
+                            keyring=KeyRing(load_master_key(settings.state_dir)))  # fmt: skip
+        while await relay_batch(platform):
+            pass
+        stop = asyncio.Event()
+        serving = asyncio.create_task(jobs.runner.serve(client, stop, 2))
+        deadline = time.monotonic() + 20
+        while (await jobs.read(job["id"]))["state"] != "succeeded":
+            assert time.monotonic() < deadline, await jobs.read(job["id"])
+            await asyncio.sleep(0.1)
+        stop.set()
+        await asyncio.wait_for(serving, 5)
+    finally:
+        await client.close()
+
+    # A runner died mid-job: the row says running, by a runner that is gone.
+    lost = await jobs.submit({"kind": "algorithm", "algorithm_sha256": sha})
+    await pool.execute(
+        "UPDATE compute_jobs SET state = 'running', attempts = 1, runner = 'dead' WHERE id = $1",
+        uuid.UUID(lost["id"]),
+    )
+    assert await jobs.runner.handle(uuid.UUID(lost["id"])) == "succeeded"
+    again = await jobs.read(lost["id"])
+    assert (again["state"], again["attempts"]) == ("succeeded", 2)
+    # At the last attempt, it fails on the platform instead (nothing charged).
+    last = await jobs.submit({"kind": "algorithm", "algorithm_sha256": sha})
+    await pool.execute(
+        "UPDATE compute_jobs SET state = 'running', attempts = 2, runner = 'dead' WHERE id = $1",
+        uuid.UUID(last["id"]),
+    )
+    assert await jobs.runner.handle(uuid.UUID(last["id"])) is None
+    failed = await jobs.read(last["id"])
+    assert (failed["state"], failed["rejection_reason"], failed["cpu_ms"]) == (
+        "failed_platform", "runner_lost", 0,
+    )  # fmt: skip
