@@ -45,6 +45,7 @@ from exchange.compute.service import (
     JobService,
     SandboxTerms,
 )
+from exchange.delivery import jobs_metering
 from exchange.delivery.billing import Billing, BillingHooks
 from exchange.delivery.files import FileDeliveries, FileUploads, stage_revision_files
 from exchange.delivery.quota import LeaseBook
@@ -237,16 +238,24 @@ def compute_hooks(grant_service: GrantService) -> ComputeHooks:
         if g is None:
             return None
         return GrantView(
-            id=g.id, mode=g.mode, state=g.state, buyer_org_id=g.buyer_org_id,
+            id=g.id, trade_id=g.trade_id, mode=g.mode, state=g.state,
+            buyer_org_id=g.buyer_org_id,
             seller_org_id=g.seller_org_id, product_id=g.product_id, product_code=g.product_code,
             revision=g.revision, revision_digest=g.revision_digest, plan_id=g.plan_id,
         )  # fmt: skip
 
-    return ComputeHooks(grant=grant, terms=compute_terms)
+    return ComputeHooks(
+        grant=grant,
+        terms=compute_terms,
+        reserve=jobs_metering.reserve,
+        settle=jobs_metering.settle,
+        register=MeteredSettlement(grant_service.settings).register_job_receipt,
+    )
 
 
 def jobs(pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing) -> JobService:
-    return JobService(pool, clock, settings, compute_hooks(grants(pool, clock, settings, keyring)))
+    hooks = compute_hooks(grants(pool, clock, settings, keyring))
+    return JobService(pool, clock, settings, hooks, keyring)
 
 
 def runner(platform: Platform) -> JobRunner:
@@ -260,7 +269,7 @@ def runner(platform: Platform) -> JobRunner:
         return await stage_revision_files(platform.pool, store, product_id, revision, folder)
 
     return JobRunner(platform.pool, platform.clock, platform.settings,
-                     compute_hooks(grant_service), stage)  # fmt: skip
+                     compute_hooks(grant_service), stage, platform.keyring)  # fmt: skip
 
 
 def provide_jobs(platform: NamedDependency[Platform]) -> JobService:

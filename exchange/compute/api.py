@@ -113,6 +113,16 @@ class JobController(Controller):
         """A job: its result for the buyer; metadata only for the seller and staff."""
         return await jobs.get(principal, job_id)
 
+    @get("/{job_id:uuid}/receipt", operation_id="getJobReceipt", opt=requires(),
+         media_type="application/json")  # fmt: skip
+    async def receipt(
+        self, job_id: FromPath[uuid.UUID], jobs: Jobs, principal: PrincipalDep
+    ) -> Response[bytes]:
+        """The job's signed receipt (canonical JSON): what ran, over which inputs, under which
+        limits, with what outcome; verify it offline with the exchange's JWKS
+        (`exchange.compute.receipts.verify`). Its parties and staff."""
+        return Response(await jobs.receipt(principal, job_id), media_type="application/json")
+
     @post("/{job_id:uuid}/cancel", operation_id="cancelJob", opt=requires("buyer"),
           status_code=200)  # fmt: skip
     async def cancel_job(

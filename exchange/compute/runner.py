@@ -38,13 +38,20 @@ import asyncpg
 import msgspec
 
 from exchange.compute import dp, outputs, sandbox
-from exchange.compute.service import ComputeHooks, ComputeTerms, refund_epsilon, transition
+from exchange.compute.service import (
+    ComputeHooks,
+    ComputeTerms,
+    conclude,
+    refund_epsilon,
+    transition,
+)
 from exchange.compute.states import FINAL, MAX_ATTEMPTS, JobAction
 from exchange.platform.bus import fetch_batch, job_queue_subject, jobs_stream_name
 from exchange.platform.canonical import canonical_json
 from exchange.platform.clock import Clock
 from exchange.platform.logging import get_logger
 from exchange.platform.settings import Settings
+from exchange.platform.signing import KeyRing
 
 log = get_logger(__name__)
 
@@ -61,7 +68,8 @@ class Verdict:
 
     actions: tuple[JobAction, ...]
     columns: dict[str, Any] = field(default_factory=dict)
-    refund: bool = False
+    refund: bool = False  # the exchange failed: no CPU charged, the ε given back
+    inputs: dict[str, str] = field(default_factory=dict)  # name -> SHA-256 of what it read
 
 
 class JobRunner:
@@ -72,6 +80,7 @@ class JobRunner:
         settings: Settings,
         hooks: ComputeHooks,
         stage_inputs: InputStager,
+        keyring: KeyRing,
         *,
         name: str | None = None,
         workroot: Path | None = None,
@@ -81,6 +90,7 @@ class JobRunner:
         self.settings = settings
         self.hooks = hooks
         self.stage_inputs = stage_inputs
+        self.keyring = keyring
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.workroot = workroot or Path(tempfile.gettempdir())
 
@@ -111,6 +121,7 @@ class JobRunner:
                                            finished_at=at, cpu_ms=0,
                                            rejection_reason="runner_lost")  # fmt: skip
                     await refund_epsilon(conn, row, at)
+                    await conclude(conn, self.settings, self.hooks, self.keyring, row, 0, {}, at)
                     return None
                 row = await transition(conn, self.settings, row, "requeue", at)
             return await transition(
@@ -138,6 +149,11 @@ class JobRunner:
                                        **(columns if last else {}))  # fmt: skip
             if verdict.refund:
                 await refund_epsilon(conn, row, at)
+            limit_ms = int(_json(row["limits"])["cpu_seconds"]) * 1000
+            # Only the limit's CPU is charged (a job of many processes may use more in all).
+            charged = 0 if verdict.refund else min(row["cpu_ms"] or 0, limit_ms)
+            row = await conclude(conn, self.settings, self.hooks, self.keyring, row, charged,
+                                 verdict.inputs, at)  # fmt: skip
         log.info("job_finished", job_id=str(row["id"]), state=row["state"])
         return str(row["state"])
 
@@ -153,20 +169,26 @@ class JobRunner:
         folder = await asyncio.to_thread(_private_folder, self.workroot)
         try:
             inputs = await self.stage_inputs(row["product_id"], row["revision"], folder / "inputs")
-            if row["kind"] == "query":
-                return await asyncio.to_thread(_run_query, row, terms, inputs)
-            source = await self.pool.fetchval(
-                "SELECT source FROM compute_algorithms WHERE grant_id = $1 AND sha256 = $2"
-                " AND state = 'approved'",
-                row["grant_id"], row["algorithm_sha256"],
-            )  # fmt: skip
-            if source is None:  # approved at submission: a changed row is the exchange's fault
-                return Verdict(("fail_platform",), {"cpu_ms": 0}, refund=True)
-            return await asyncio.to_thread(
-                _run_algorithm, row, terms, inputs, bytes(source), folder
-            )
+            hashes = await asyncio.to_thread(_hashes, inputs)
+            verdict = await self._run(row, terms, inputs, folder)
+            verdict.inputs = hashes
+            return verdict
         finally:
             await asyncio.to_thread(shutil.rmtree, folder, True)
+
+    async def _run(
+        self, row: Any, terms: ComputeTerms, inputs: dict[str, Path], folder: Path
+    ) -> Verdict:
+        if row["kind"] == "query":
+            return await asyncio.to_thread(_run_query, row, terms, inputs)
+        source = await self.pool.fetchval(
+            "SELECT source FROM compute_algorithms WHERE grant_id = $1 AND sha256 = $2"
+            " AND state = 'approved'",
+            row["grant_id"], row["algorithm_sha256"],
+        )  # fmt: skip
+        if source is None:  # approved at submission: a changed row is the exchange's fault
+            return Verdict(("fail_platform",), {"cpu_ms": 0}, refund=True)
+        return await asyncio.to_thread(_run_algorithm, row, terms, inputs, bytes(source), folder)
 
     # --- the queue -------------------------------------------------------------------------------
 
@@ -215,6 +237,17 @@ class JobRunner:
                 await message.nak(delay=1.0)
         finally:
             alive.cancel()
+
+
+def _hashes(inputs: Mapping[str, Path]) -> dict[str, str]:
+    hashes = {}
+    for name, path in inputs.items():
+        digest = hashlib.sha256()
+        with path.open("rb") as file:
+            while block := file.read(1 << 20):
+                digest.update(block)
+        hashes[name] = digest.hexdigest()
+    return hashes
 
 
 def _private_folder(root: Path) -> Path:

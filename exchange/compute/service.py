@@ -24,7 +24,7 @@ from typing import Any, Final
 import asyncpg
 import msgspec
 
-from exchange.compute import dp
+from exchange.compute import dp, receipts
 from exchange.compute.schemas import (
     Algorithm,
     AlgorithmIn,
@@ -50,6 +50,7 @@ from exchange.platform.errors import (
 from exchange.platform.events import JobEventData
 from exchange.platform.outbox import enqueue, enqueue_message
 from exchange.platform.settings import Settings
+from exchange.platform.signing import KeyRing
 
 MAX_KEY_LENGTH: Final = 255
 MAX_PARAMS_BYTES: Final = 64 * 1024
@@ -79,6 +80,7 @@ class GrantView:
     """What compute needs of a delivery grant."""
 
     id: uuid.UUID
+    trade_id: uuid.UUID
     mode: str
     state: str
     buyer_org_id: uuid.UUID
@@ -143,12 +145,25 @@ class ComputeTerms:
 
 GrantLookup = Callable[[uuid.UUID], Awaitable[GrantView | None]]
 TermsLookup = Callable[[Executor, uuid.UUID, int, str], Awaitable[ComputeTerms]]
+# Delivery leases the job's CPU limit (grant, cpu ms, ttl seconds) in the caller's transaction.
+Reserve = Callable[[Connection, uuid.UUID, int, float], Awaitable[list[uuid.UUID]]]
+# Delivery records what the job used (grant, job, leases, cpu ms charged) and closes the leases.
+Settle = Callable[
+    [Connection, uuid.UUID, uuid.UUID, list[uuid.UUID], int, datetime], Awaitable[int]
+]
+# Settlement appends the receipt's digest to the ledger (trade, digest); its sequence number.
+Register = Callable[[Connection, uuid.UUID, str, datetime], Awaitable[int | None]]
+# Queueing allowance on top of the wall limit: a job's CPU lease must outlive its wait.
+LEASE_SLACK_SECONDS: Final = 600.0
 
 
 @dataclass(frozen=True, slots=True)
 class ComputeHooks:
     grant: GrantLookup
     terms: TermsLookup
+    reserve: Reserve | None = None
+    settle: Settle | None = None
+    register: Register | None = None
 
 
 def limits_of(terms: SandboxTerms) -> dict[str, Any]:
@@ -232,12 +247,14 @@ async def announce(
 
 class JobService:
     def __init__(
-        self, pool: asyncpg.Pool, clock: Clock, settings: Settings, hooks: ComputeHooks
-    ) -> None:
+        self, pool: asyncpg.Pool, clock: Clock, settings: Settings, hooks: ComputeHooks,
+        keyring: KeyRing,
+    ) -> None:  # fmt: skip
         self.pool = pool
         self.clock = clock
         self.settings = settings
         self.hooks = hooks
+        self.keyring = keyring
 
     # --- grants and who may see what -----------------------------------------------------------
 
@@ -393,16 +410,22 @@ class JobService:
             query = dp.canonical(data.query).decode()
             epsilon = dp.micro_epsilon(data.query.epsilon)
             await self._spend(conn, grant.id, terms, epsilon, at)
+        leases: list[uuid.UUID] = []
+        if self.hooks.reserve is not None:
+            leases = await self.hooks.reserve(
+                conn, grant.id, terms.cpu_seconds * 1000,
+                terms.wall_seconds + LEASE_SLACK_SECONDS,
+            )  # fmt: skip
         row: Any = await conn.fetchrow(
             "INSERT INTO compute_jobs (id, grant_id, buyer_org_id, seller_org_id, product_id,"
             " product_code, revision, revision_digest, kind, algorithm_sha256, query, params,"
             " idempotency_key, request_digest, state, limits, epsilon_micro, k, queued_at,"
-            " updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,"
-            " 'queued', $15, $16, $17, $18, $18) RETURNING *",
+            " updated_at, leases) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
+            " $13, $14, 'queued', $15, $16, $17, $18, $18, $19) RETURNING *",
             uuid.uuid4(), grant.id, grant.buyer_org_id, grant.seller_org_id, grant.product_id,
             grant.product_code, grant.revision, grant.revision_digest, data.kind,
             data.algorithm_sha256, query, canonical_json(data.params).decode(), key, digest,
-            canonical_json(limits_of(terms)).decode(), epsilon, terms.k, at,
+            canonical_json(limits_of(terms)).decode(), epsilon, terms.k, at, leases,
         )  # fmt: skip
         await announce(conn, self.settings, row, at, actor.request_id)
         await self.queue(conn, row["id"], at)
@@ -488,7 +511,18 @@ class JobService:
             row = await transition(conn, self.settings, row, "cancel", at,
                                    request_id=actor.request_id, finished_at=at)  # fmt: skip
             await refund_epsilon(conn, row, at)
+            await conclude(conn, self.settings, self.hooks, self.keyring, row, 0, {}, at)
         return job_view(row, with_result=True)
+
+    async def receipt(self, principal: Principal, job_id: uuid.UUID) -> bytes:
+        """The job's signed receipt (its parties and staff), as canonical JSON."""
+        row = await self.pool.fetchrow("SELECT * FROM compute_jobs WHERE id = $1", job_id)
+        self._visible(principal, row, job_id)
+        if row is None or row["receipt"] is None:
+            raise NotFound(f"job {job_id} has no receipt yet (it has not ended)")
+        stored = _json(row["receipt"])
+        return receipts.document(stored["receipt"], stored["digest"], stored["jws"],
+                                 stored["ledger_seq"])  # fmt: skip
 
     async def jobs(self, ids: Sequence[uuid.UUID]) -> list[Any]:
         return list(await self.pool.fetch("SELECT * FROM compute_jobs WHERE id = ANY($1)", ids))
@@ -502,6 +536,32 @@ async def refund_epsilon(conn: Connection, row: Any, at: datetime) -> None:
             " WHERE grant_id = $1",
             row["grant_id"], row["epsilon_micro"], at,
         )  # fmt: skip
+
+
+async def conclude(
+    conn: Connection, settings: Settings, hooks: ComputeHooks, keyring: KeyRing, row: Any,
+    charged_cpu_ms: int, inputs: dict[str, str], at: datetime,
+) -> Any:  # fmt: skip
+    """A job just ended: charge what it used (delivery's usage record under its leases, 0 for
+    a failure of the exchange's), and sign its receipt and register it in the ledger."""
+    if hooks.settle is not None:
+        await hooks.settle(conn, row["grant_id"], row["id"], list(row["leases"]),
+                           charged_cpu_ms, at)  # fmt: skip
+    grant = await hooks.grant(row["grant_id"])
+    trade_id = grant.trade_id if grant is not None else None
+    receipt = receipts.build(
+        row, exchange=settings.exchange_code, trade_id=None if trade_id is None else str(trade_id),
+        inputs=inputs, charged_cpu_ms=charged_cpu_ms,
+    )  # fmt: skip
+    digest, jws = receipts.sign(receipt, await keyring.current(conn))
+    seq = None
+    if hooks.register is not None and trade_id is not None:
+        seq = await hooks.register(conn, trade_id, digest, at)
+    stored = {"receipt": receipt, "digest": digest, "jws": jws, "ledger_seq": seq}
+    return await conn.fetchrow(
+        "UPDATE compute_jobs SET receipt = $2, inputs = $3 WHERE id = $1 RETURNING *",
+        row["id"], canonical_json(stored).decode(), canonical_json(inputs).decode(),
+    )  # fmt: skip
 
 
 def is_final(state: str) -> bool:

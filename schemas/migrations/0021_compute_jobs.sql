@@ -53,7 +53,9 @@ CREATE TABLE compute_jobs (
     exit_code        integer,
     result           jsonb,                     -- the buyer's only: never in events or metadata
     result_sha256    text,
-    receipt          jsonb,                     -- {receipt, digest, jws} once final
+    leases           uuid[] NOT NULL DEFAULT '{}',  -- delivery's quota leases of its CPU limit
+    inputs           jsonb,                     -- {name: sha256} of the files it read
+    receipt          jsonb,                     -- {receipt, digest, jws, ledger_seq} once final
     version          bigint NOT NULL DEFAULT 1,
     updated_at       timestamptz NOT NULL,
     UNIQUE (buyer_org_id, idempotency_key),

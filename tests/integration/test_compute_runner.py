@@ -18,15 +18,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats
 import pytest
 
-from exchange.compute import sandbox
+from exchange.compute import receipts, sandbox
 from exchange.platform.context import Platform
+from exchange.platform.metering import Dimension
 from exchange.platform.outbox import relay_batch
 from exchange.platform.signing import KeyRing, load_master_key
 from tests.kit.api import bearer
-from tests.kit.compute import SANDBOX_PLAN, grant_with_data, runner
+from tests.kit.compute import SANDBOX_PLAN, grant_with_data, runner, sales_csv
 
 
 @functools.cache
@@ -283,3 +285,79 @@ async def test_a_job_goes_through_the_work_queue_to_a_runner_and_a_lost_runners_
     assert (failed["state"], failed["rejection_reason"], failed["cpu_ms"]) == (
         "failed_platform", "runner_lost", 0,
     )  # fmt: skip
+
+
+CPU = Dimension("cpu_ms", unit_price_millifen=10, quota=1_000_000)
+
+
+@pytest.fixture
+async def metered(client, trade, settings, pool, clock) -> Jobs:
+    grant_id = await grant_with_data(client, trade, pool, clock, settings, dimensions=[CPU])
+    return Jobs(client, trade, grant_id, runner(pool, clock, settings))
+
+
+async def _quota(pool: Any, grant_id: uuid.UUID) -> tuple[int, int]:
+    row = await pool.fetchrow(
+        "SELECT used_units, leased_units FROM grant_quotas WHERE grant_id = $1"
+        " AND dimension = 'cpu_ms'",
+        grant_id,
+    )
+    return row["used_units"], row["leased_units"]
+
+
+async def test_a_job_reserves_its_cpu_limit_and_is_charged_what_it_used_once(metered, pool):
+    limit_ms = SANDBOX_PLAN["sandbox"]["cpu_seconds"] * 1000
+    sha = await metered.approve("while True:\n    pass\n")
+    job = await metered.submit({"kind": "algorithm", "algorithm_sha256": sha})
+    assert await _quota(pool, metered.grant_id) == (0, limit_ms)  # reserved at submission
+    await metered.runner.handle(uuid.UUID(job["id"]))
+    done = await metered.read(job["id"])
+    assert done["state"] == "timed_out"
+    used, leased = await _quota(pool, metered.grant_id)
+    assert leased == 0 and 0 < used <= limit_ms  # only the limit's CPU is charged
+    records = await pool.fetch(
+        "SELECT units, cost_millifen FROM usage_records WHERE grant_id = $1", metered.grant_id
+    )
+    assert len(records) == 1
+    units = records[0]["units"]
+    units = msgspec.json.decode(units) if isinstance(units, str) else units
+    assert units == {"cpu_ms": used} and records[0]["cost_millifen"] == used * 10
+    # Redelivered: nothing runs or is charged again.
+    assert await metered.runner.handle(uuid.UUID(job["id"])) is None
+    assert await _quota(pool, metered.grant_id) == (used, 0)
+
+
+async def test_a_platform_failure_charges_nothing_and_returns_the_reservation(metered, pool):
+    sha = await metered.approve(AGGREGATE)
+    job = await metered.submit({"kind": "algorithm", "algorithm_sha256": sha})
+    await pool.execute(
+        "UPDATE compute_jobs SET state = 'running', attempts = 2, runner = 'dead' WHERE id = $1",
+        uuid.UUID(job["id"]),
+    )
+    assert await metered.runner.handle(uuid.UUID(job["id"])) is None
+    assert (await metered.read(job["id"]))["state"] == "failed_platform"
+    assert await _quota(pool, metered.grant_id) == (0, 0)
+    assert await pool.fetchval("SELECT count(*) FROM usage_records") == 0
+
+
+async def test_a_job_receipt_verifies_offline_and_fails_after_any_changed_byte(jobs, client):
+    job = await jobs.run(AGGREGATE)
+    answer = await client.get(f"/v1/jobs/{job['id']}/receipt", headers=bearer(jobs.trade["buyer"]))
+    assert answer.status_code == 200, answer.text
+    data = answer.content
+    keys = (await client.get("/.well-known/jwks.json")).json()
+    receipt = receipts.verify(data, keys)
+    assert receipt["job_id"] == job["id"] and receipt["state"] == "succeeded"
+    assert receipt["algorithm_sha256"] == hashlib.sha256(AGGREGATE.encode()).hexdigest()
+    assert receipt["inputs"] == {"sales.csv": hashlib.sha256(sales_csv()).hexdigest()}
+    assert receipt["output_sha256"] == job["result_sha256"] and receipt["k"] == 10
+    assert receipt["limits"]["cpu_seconds"] == SANDBOX_PLAN["sandbox"]["cpu_seconds"]
+    for index in range(len(data)):
+        for flip in (0x01, 0x20):
+            changed = bytearray(data)
+            changed[index] ^= flip
+            with pytest.raises(receipts.ReceiptInvalid):
+                receipts.verify(bytes(changed), keys)
+    # The seller may read it too.
+    seen = await client.get(f"/v1/jobs/{job['id']}/receipt", headers=bearer(jobs.trade["seller"]))
+    assert seen.content == data

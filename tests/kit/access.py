@@ -113,6 +113,7 @@ OWNED_ELSEWHERE = {
             ("GET", "/v1/grants/{grant_id:uuid}/jobs"),
             ("GET", "/v1/grants/{grant_id:uuid}/budget"),
             ("GET", "/v1/jobs/{job_id:uuid}"),
+            ("GET", "/v1/jobs/{job_id:uuid}/receipt"),
             ("POST", "/v1/jobs/{job_id:uuid}/cancel"),
         ),
         "tests/integration/test_compute_jobs.py::"
@@ -197,6 +198,7 @@ MATRIX = {
     ("GET", "/v1/grants/{grant_id:uuid}/jobs"): "401 404 404 404 404 404 404 401",
     ("GET", "/v1/grants/{grant_id:uuid}/budget"): "401 404 404 404 404 404 404 401",
     ("GET", "/v1/jobs/{job_id:uuid}"): "401 404 404 404 404 404 404 401",
+    ("GET", "/v1/jobs/{job_id:uuid}/receipt"): "401 404 404 404 404 404 404 401",
     ("POST", "/v1/jobs/{job_id:uuid}/cancel"): "401 403 404 404 403 403 404 401",
     ("DELETE", "/v1/peers/{code:str}"): "401 403 403 403 403 404 403 401",
     ("GET", "/.well-known/dataex-exchange"): "200 200 200 200 200 200 200 200",

@@ -12,8 +12,9 @@ from exchange import wiring
 from exchange.compute.runner import JobRunner
 from exchange.delivery.files import stage_revision_files
 from exchange.delivery.storage import LocalFolderStore
+from exchange.platform.metering import Dimension
 from exchange.platform.settings import Settings
-from exchange.platform.signing import load_master_key
+from exchange.platform.signing import KeyRing, load_master_key
 from tests.kit.delivery import active_grant, executed, grant_service
 from tests.kit.documents import metadata
 from tests.kit.market import list_product
@@ -55,13 +56,14 @@ async def sandbox_grant(
 
 
 async def _grant(
-    client: Any, trade: dict[str, Any], pool: Any, clock: Any, settings: Any, product_id: str
-) -> uuid.UUID:
+    client: Any, trade: dict[str, Any], pool: Any, clock: Any, settings: Any, product_id: str,
+    dimensions: list[Dimension] | None = None,
+) -> uuid.UUID:  # fmt: skip
     product = (await client.get(f"/v1/products/{product_id}", headers={
         "Authorization": f"Bearer {trade['seller']}"})).json()  # fmt: skip
     data = executed(
         product_id=product_id, product_code=product["product_code"] or "X", buyer_org=trade["buyer_org"],
-        seller_org=trade["seller_org"], modes=("sandbox",),
+        seller_org=trade["seller_org"], modes=("sandbox",), dimensions=dimensions,
     )  # fmt: skip
     return await active_grant(pool, grant_service(pool, clock, settings), data)
 
@@ -105,13 +107,13 @@ async def upload(client: Any, token: str, product_id: str, name: str, data: byte
 
 async def grant_with_data(
     client: Any, trade: dict[str, Any], pool: Any, clock: Any, settings: Any,
-    data: bytes | None = None,
+    data: bytes | None = None, dimensions: list[Dimension] | None = None,
 ) -> uuid.UUID:  # fmt: skip
-    """`sandbox_grant` over a stored ``sales.csv``."""
+    """`sandbox_grant` over a stored ``sales.csv`` (``dimensions``: the grant's metering)."""
     data = data or sales_csv()
     product_id = await list_product(client, trade, sandbox_document([declared("sales.csv", data)]))
     await upload(client, trade["seller"], product_id, "sales.csv", data)
-    return await _grant(client, trade, pool, clock, settings, product_id)
+    return await _grant(client, trade, pool, clock, settings, product_id, dimensions)
 
 
 def runner(pool: Any, clock: Any, settings: Settings, name: str | None = None) -> JobRunner:
@@ -122,4 +124,5 @@ def runner(pool: Any, clock: Any, settings: Settings, name: str | None = None) -
         return await stage_revision_files(pool, store, product_id, revision, folder)
 
     hooks = wiring.compute_hooks(grant_service(pool, clock, settings))
-    return JobRunner(pool, clock, settings, hooks, stage, name=name)
+    keyring = KeyRing(load_master_key(settings.state_dir))
+    return JobRunner(pool, clock, settings, hooks, stage, keyring, name=name)
