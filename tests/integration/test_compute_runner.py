@@ -9,10 +9,7 @@ they skip with one line saying so, and under ``DATAEX_REQUIRE_SANDBOX=1`` they f
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
-import os
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -22,37 +19,18 @@ import msgspec
 import nats
 import pytest
 
-from exchange.compute import receipts, sandbox
+from exchange.compute import receipts
 from exchange.platform.context import Platform
 from exchange.platform.metering import Dimension
 from exchange.platform.outbox import relay_batch
 from exchange.platform.signing import KeyRing, load_master_key
 from tests.kit.api import bearer
-from tests.kit.compute import SANDBOX_PLAN, grant_with_data, runner, sales_csv
-
-
-@functools.cache
-def _missing() -> str | None:
-    problem = sandbox.platform_problem()
-    if problem is not None:
-        return f"the sandbox cannot run: {problem}"
-    with tempfile.TemporaryDirectory(prefix="dataex-probe-") as folder:
-        program = Path(folder) / "probe.py"
-        program.write_text("pass\n")
-        outcome = sandbox.run(program, {}, b"{}", sandbox.Limits(), Path(folder))
-    if outcome.status != "exited" or outcome.exit_code != 0:
-        return f"bubblewrap cannot make its namespaces here: {outcome.stderr_tail.strip()}"
-    return None
+from tests.kit.compute import SANDBOX_PLAN, grant_with_data, require_sandbox, runner, sales_csv
 
 
 @pytest.fixture(autouse=True)
 def _sandbox_available() -> None:
-    reason = _missing()
-    if reason is None:
-        return
-    if os.environ.get("DATAEX_REQUIRE_SANDBOX") == "1":
-        pytest.fail(f"DATAEX_REQUIRE_SANDBOX=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
+    require_sandbox()
 
 
 AGGREGATE = """

@@ -3,12 +3,18 @@ sandbox terms and a manual declaring identifiers, bounds and categories, and an 
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from exchange import wiring
+from exchange.compute import sandbox
 from exchange.compute.runner import JobRunner
 from exchange.delivery.files import stage_revision_files
 from exchange.delivery.storage import LocalFolderStore
@@ -126,3 +132,28 @@ def runner(pool: Any, clock: Any, settings: Settings, name: str | None = None) -
     hooks = wiring.compute_hooks(grant_service(pool, clock, settings))
     keyring = KeyRing(load_master_key(settings.state_dir))
     return JobRunner(pool, clock, settings, hooks, stage, keyring, name=name)
+
+
+@functools.cache
+def _missing() -> str | None:
+    problem = sandbox.platform_problem()
+    if problem is not None:
+        return f"the sandbox cannot run: {problem}"
+    with tempfile.TemporaryDirectory(prefix="dataex-probe-") as folder:
+        program = Path(folder) / "probe.py"
+        program.write_text("pass\n")
+        outcome = sandbox.run(program, {}, b"{}", sandbox.Limits(), Path(folder))
+    if outcome.status != "exited" or outcome.exit_code != 0:
+        return f"bubblewrap cannot make its namespaces here: {outcome.stderr_tail.strip()}"
+    return None
+
+
+def require_sandbox() -> None:
+    """Skip the test without bubblewrap (one line saying why); fail instead under
+    ``DATAEX_REQUIRE_SANDBOX=1``, as tests/sandbox does."""
+    reason = _missing()
+    if reason is None:
+        return
+    if os.environ.get("DATAEX_REQUIRE_SANDBOX") == "1":
+        pytest.fail(f"DATAEX_REQUIRE_SANDBOX=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
