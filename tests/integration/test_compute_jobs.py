@@ -4,13 +4,21 @@ privacy budget, who sees what, and every change a ``dx.job.*`` event in the outb
 from __future__ import annotations
 
 import hashlib
+import io
 import uuid
 from typing import Any
 
 import msgspec
 
+from exchange.compute import receipts
+from exchange.platform.signing import jwks
+from settlement.cli import verify_database
+from settlement.ledger import verify_receipt
 from tests.kit.api import assert_problem, bearer, issue_token, make_uscc, register_org
-from tests.kit.compute import SANDBOX_PLAN, sandbox_grant
+from tests.kit.compute import SANDBOX_PLAN, runner, sandbox_document, sandbox_grant
+from tests.kit.delivery import deliver, grant_service
+from tests.kit.market import buy, deposit, list_product, standing_offer
+from tests.kit.settlement import worker
 
 PROGRAM = "import json\nopen('/data/output/result.json','w').write('{}')\n"
 
@@ -135,3 +143,53 @@ async def test_algorithms_jobs_and_budgets_are_for_the_grants_parties_only(
     for token in (trade["seller"], admin_token):
         seen = (await client.get(f"/v1/jobs/{job_id}", headers=bearer(token))).json()
         assert seen["id"] == job_id and seen["result"] is None
+
+
+async def test_a_jobs_receipt_is_registered_in_the_ledger_under_its_trade(
+    client, trade, settings, pool, clock, admin_token
+):
+    """A real trade of a sandbox product: the job's receipt digest is a ledger entry (step
+    ``job``) of that trade, and the ledger and the trade's receipt still verify."""
+    product_id = await list_product(client, trade, sandbox_document())
+    await standing_offer(client, trade, product_id)
+    assert (
+        await client.post("/v1/keys/custodial", headers=bearer(trade["buyer"]))
+    ).status_code == 201
+    await deposit(client, admin_token, trade["buyer_org"]["id"], 10**7, "bank-compute")
+    trade_id = uuid.UUID(await buy(client, trade, product_id))
+    grants = grant_service(pool, clock, settings)
+    async with worker(settings, pool, clock) as w:
+        await w.drain()  # dx.trade.reserved
+    rows = await pool.fetch(
+        "SELECT subject, payload FROM outbox WHERE subject LIKE '%.trade.%' ORDER BY created_at, id"
+    )
+    for row in rows:
+        event = msgspec.json.decode(bytes(row["payload"]))
+        await deliver(pool, grants, row["subject"], event["type"], event["data"])
+    grant_id = await pool.fetchval(
+        "SELECT id FROM grants WHERE trade_id = $1 AND state = 'active'", trade_id
+    )
+    query = {"kind": "query", "query": {"aggregate": "count", "epsilon": 0.1}}
+    made = await _job(client, trade["buyer"], grant_id, query, "ledger")
+    assert made.status_code == 201, made.text
+    await runner(pool, clock, settings).handle(uuid.UUID(made.json()["id"]))
+    document = await client.get(
+        f"/v1/jobs/{made.json()['id']}/receipt", headers=bearer(trade["buyer"])
+    )
+    keys = await jwks(pool)
+    job_receipt = receipts.verify(document.content, keys)
+    assert job_receipt["trade_id"] == str(trade_id) and job_receipt["state"] == "succeeded"
+    seq = msgspec.json.decode(document.content)["ledger_seq"]
+    entry = await pool.fetchrow("SELECT step, entry FROM ledger_entries WHERE seq = $1", seq)
+    assert entry["step"] == "job"
+    assert (
+        msgspec.json.decode(bytes(entry["entry"]))["statement_digest"]
+        == (msgspec.json.decode(document.content)["digest"])
+    )
+    out = io.StringIO()
+    assert await verify_database(settings.database_url, out) == 0, out.getvalue()
+    trade_receipt = await client.get(
+        f"/v1/trades/{trade_id}/receipt", headers=bearer(trade["buyer"])
+    )
+    assert trade_receipt.status_code == 200, trade_receipt.text
+    verify_receipt(trade_receipt.content, keys)
