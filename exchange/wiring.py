@@ -44,6 +44,7 @@ from exchange.compute.service import (
     GrantView,
     JobService,
     SandboxTerms,
+    jobs_status,
 )
 from exchange.delivery import jobs_metering
 from exchange.delivery.billing import Billing, BillingHooks
@@ -137,6 +138,7 @@ def settlement(
 def provide_reports(platform: Platform) -> None:
     """What rooms report on ``/health/ready`` beside its checks (`exchange.platform.status`)."""
     provide(platform, "settlement", reconciler.report)
+    provide(platform, "compute", jobs_status)
 
 
 def grants(pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing) -> GrantService:

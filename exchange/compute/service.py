@@ -39,6 +39,7 @@ from exchange.platform.auth import Principal
 from exchange.platform.bus import job_queue_subject
 from exchange.platform.canonical import canonical_json
 from exchange.platform.clock import Clock
+from exchange.platform.context import Platform
 from exchange.platform.db import Connection, Executor
 from exchange.platform.errors import (
     Conflict,
@@ -51,6 +52,7 @@ from exchange.platform.events import JobEventData
 from exchange.platform.outbox import enqueue, enqueue_message
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing
+from exchange.platform.status import ComputeStatus
 
 MAX_KEY_LENGTH: Final = 255
 MAX_PARAMS_BYTES: Final = 64 * 1024
@@ -561,6 +563,20 @@ async def conclude(
     return await conn.fetchrow(
         "UPDATE compute_jobs SET receipt = $2, inputs = $3 WHERE id = $1 RETURNING *",
         row["id"], canonical_json(stored).decode(), canonical_json(inputs).decode(),
+    )  # fmt: skip
+
+
+async def jobs_status(platform: Platform) -> ComputeStatus:
+    """Jobs not yet ended, by state (`exchange.platform.status`: the composition root provides
+    it to the metrics)."""
+    rows = await platform.pool.fetch(
+        "SELECT state, count(*) AS n FROM compute_jobs"
+        " WHERE state IN ('queued', 'running', 'checking_output') GROUP BY state"
+    )
+    counts = {row["state"]: row["n"] for row in rows}
+    return ComputeStatus(
+        queued=counts.get("queued", 0), running=counts.get("running", 0),
+        checking_output=counts.get("checking_output", 0),
     )  # fmt: skip
 
 

@@ -39,7 +39,7 @@ async def _events(pool: Any, job_id: str) -> list[str]:
 
 
 async def test_an_algorithm_runs_only_once_the_seller_approved_its_hash(
-    client, trade, settings, pool, clock
+    client, trade, settings, pool, clock, admin_token
 ):
     grant_id = await sandbox_grant(client, trade, pool, clock, settings)
     buyer, seller = trade["buyer"], trade["seller"]
@@ -80,6 +80,8 @@ async def test_an_algorithm_runs_only_once_the_seller_approved_its_hash(
     assert_problem(missing, 400, "idempotency_key_missing")
 
     assert await _events(pool, job["id"]) == ["dx.job.queued"]
+    metrics = await client.get("/metrics", headers=bearer(admin_token))
+    assert 'dataex_compute_jobs{state="queued"} 1.0' in metrics.text, metrics.text
     queued = await pool.fetchval(
         "SELECT count(*) FROM outbox WHERE subject = $1 AND payload = $2",
         f"{settings.subject_prefix}_jobs.run", job["id"].encode(),
