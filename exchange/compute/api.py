@@ -6,6 +6,7 @@ import uuid
 from typing import Annotated
 
 from litestar import Controller, Response, get, post
+from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody
 
@@ -61,8 +62,21 @@ class GrantComputeController(Controller):
             actor, principal, grant_id, sha256, data.decision == "approve", data.reason
         )
 
-    @post("/jobs", operation_id="submitJob",
-          opt=requires("buyer") | required_headers("Idempotency-Key"), status_code=201)  # fmt: skip
+    @post(
+        "/jobs",
+        operation_id="submitJob",
+        opt=requires("buyer") | required_headers("Idempotency-Key"),
+        status_code=201,
+        response_headers=[
+            ResponseHeader(
+                name="Idempotent-Replayed",
+                value="true",
+                documentation_only=True,
+                description="Sent (true) when the answer is the job a request with this"
+                " Idempotency-Key and body queued first",
+            )
+        ],
+    )
     async def submit_job(
         self,
         grant_id: FromPath[uuid.UUID],
@@ -81,12 +95,12 @@ class GrantComputeController(Controller):
         ] = None,
     ) -> Response[Job]:  # fmt: skip
         """Queue a job: an approved algorithm with its parameters, or a DP aggregate query
-        (which spends the grant's ε now). The same key and body return the first job (200,
-        ``Idempotent-Replayed: true``); another body with the key is 422."""
+        (which spends the grant's ε now). The same key and body return the first job (201
+        again, with ``Idempotent-Replayed: true``, as it stands now); another body with the key
+        is 422."""
         job, replayed = await jobs.submit(actor, principal, grant_id, data, idempotency_key)
-        if replayed:
-            return Response(job, status_code=200, headers={"Idempotent-Replayed": "true"})
-        return Response(job, status_code=201)
+        headers = {"Idempotent-Replayed": "true"} if replayed else {}
+        return Response(job, status_code=201, headers=headers)
 
     @get("/jobs", operation_id="listGrantJobs", opt=requires())
     async def list_jobs(

@@ -13,8 +13,9 @@ The compute room calls these through hooks (`exchange.wiring`), in its own trans
   failure), then the leases close: *used* is counted from that record, the rest returns.
 
 A runner killed mid-job never settles: its leases expire and the reaper closes them counting
-only records written under them (none), so the buyer pays nothing for that attempt. A job
-re-run after that reserves again (`reserve` at start of the new attempt).
+only records written under them (none), so the buyer pays nothing for that attempt; the run
+that finishes settles once. A record whose leases were closed first (expired while the job
+waited, or closed by a billing period) is written without them: billed all the same.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from typing import Any, Final
+
+import msgspec
 
 from exchange.delivery.quota import _close, holder_name, needs_for
 from exchange.delivery.service import _dimensions
@@ -93,7 +96,10 @@ async def settle(
             units=units, leases=leases, cost_millifen=cost,
             detail={"job_id": str(job_id), "kind": "compute_job"},
         )  # fmt: skip
-        await write(conn, [record])
+        if not await write(conn, [record]):
+            # Its leases were closed first (they expired while it waited in the queue, or a
+            # billing period closed them): it is billed all the same, outside any lease.
+            await write(conn, [msgspec.structs.replace(record, leases=[])])
     for lease_id in sorted(leases):
         await _close(conn, lease_id, None)
     return cost

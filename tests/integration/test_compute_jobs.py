@@ -72,7 +72,7 @@ async def test_an_algorithm_runs_only_once_the_seller_approved_its_hash(
     assert job["limits"]["cpu_seconds"] == SANDBOX_PLAN["sandbox"]["cpu_seconds"]
 
     again = await _job(client, buyer, grant_id, body, "k2")
-    assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
     assert again.json()["id"] == job["id"]
     other_body = await _job(client, buyer, grant_id, {**body, "params": {"n": 2}}, "k2")
     assert_problem(other_body, 422, "invalid_input")

@@ -20,6 +20,7 @@ import nats
 import pytest
 
 from exchange.compute import receipts
+from exchange.delivery.quota import reap_expired
 from exchange.platform.context import Platform
 from exchange.platform.metering import Dimension
 from exchange.platform.outbox import relay_batch
@@ -339,3 +340,18 @@ async def test_a_job_receipt_verifies_offline_and_fails_after_any_changed_byte(j
     # The seller may read it too.
     seen = await client.get(f"/v1/jobs/{job['id']}/receipt", headers=bearer(jobs.trade["seller"]))
     assert seen.content == data
+
+
+async def test_a_job_whose_lease_expired_while_queued_is_billed_all_the_same(metered, pool):
+    sha = await metered.approve(AGGREGATE)
+    job = await metered.submit({"kind": "algorithm", "algorithm_sha256": sha})
+    await pool.execute("UPDATE quota_leases SET expires_at = now() - interval '1 second'")
+    assert await reap_expired(pool) == 1  # the reaper returns the reservation, used 0
+    assert await _quota(pool, metered.grant_id) == (0, 0)
+    await metered.runner.handle(uuid.UUID(job["id"]))
+    done = await metered.read(job["id"])
+    assert done["state"] == "succeeded"
+    records = await pool.fetch(
+        "SELECT leases, cost_millifen FROM usage_records WHERE grant_id = $1", metered.grant_id
+    )
+    assert [(list(r["leases"]), r["cost_millifen"]) for r in records] == [([], done["cpu_ms"] * 10)]
