@@ -21,6 +21,7 @@ from contracts.orders.api import (
 )
 from contracts.policy.api import PolicyController
 from exchange.catalog.api import CatalogController, ProductCatalogController
+from exchange.compute.api import GrantComputeController, JobController
 from exchange.console.router import console_routers
 from exchange.console.web import template_config
 from exchange.delivery.api import GrantController, ProductUsageController, UpstreamController
@@ -114,6 +115,8 @@ ROUTE_HANDLERS: list[Any] = [
     UploadController,
     ProductUsageController,
     UpstreamController,
+    GrantComputeController,
+    JobController,
 ]
 
 

@@ -41,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
         help="run one part in this process (for deployments that scale parts separately)",
         description="Run one part against DATAEX_DATABASE_URL and DATAEX_NATS_URL.",
     )
-    serve.add_argument("part", choices=["api", "relay", "settlement", "delivery", "gateway"])
+    serve.add_argument(
+        "part", choices=["api", "relay", "settlement", "delivery", "gateway", "runner"]
+    )
     commands.add_parser(
         "migrate",
         help="apply database migrations and provision JetStream streams, then exit",
@@ -212,6 +214,15 @@ def _settlement_commands(commands: Any, bench_commands: Any) -> None:
     bench_delivery.add_argument("--samples", type=int, default=1000, help="token issues")
     bench_delivery.add_argument("--suspensions", type=int, default=5)
     bench_delivery.add_argument("--out", default="ops/bench")
+    bench_jobs = bench_commands.add_parser(
+        "jobs",
+        help="compute jobs: sandbox start overhead beside plain Python, trivial job submit →"
+        " result median and p95, jobs/s with one and two runners",
+    )
+    bench_jobs.add_argument("--starts", type=int, default=100, help="sandbox starts each way")
+    bench_jobs.add_argument("--jobs", type=int, default=50, help="one at a time, for latency")
+    bench_jobs.add_argument("--burst", type=int, default=40, help="at once, for jobs/s")
+    bench_jobs.add_argument("--out", default="ops/bench")
     bench_ledger = bench_commands.add_parser(
         "ledger", help="append N synthetic entries (and tree heads) and time `ledger verify`"
     )
@@ -288,7 +299,8 @@ def _online(args: argparse.Namespace) -> int:
                 return asyncio.run(runtime.policy_task(live, args))
         if args.command in ("seed", "catalog", "ledger", "peers", "grants") or (
             args.command == "bench"
-            and args.bench_command in ("catalog", "settlement", "ledger", "delivery", "console")
+            and args.bench_command
+            in ("catalog", "settlement", "ledger", "delivery", "console", "jobs")
         ):
             return _server_task(args, settings)
         if args.command == "admin" and args.admin_command == "bootstrap":
@@ -326,6 +338,14 @@ def _server_task(args: argparse.Namespace, settings: Settings) -> int:
 
         with runtime.servers(settings) as live:
             return asyncio.run(peers_task(live, args, wiring.recognition))
+    if getattr(args, "bench_command", None) == "jobs":
+        import asyncio
+
+        from benchmarks.jobs import bench_jobs
+        from exchange import runtime
+
+        with runtime.servers(settings) as live:
+            return asyncio.run(bench_jobs(live, args, sys.stdout))
     if getattr(args, "bench_command", None) == "delivery":
         import uvloop
 

@@ -195,8 +195,8 @@ class _Families:
 
 async def metric_families(platform: Platform) -> list[Metric]:
     """What an operator graphs and alerts on, read fresh at each scrape (one process of many
-    answers it, so nothing is kept in one process's memory): the settlement reconciler's work
-    and, under `dataex up`, the supervisor's restarts."""
+    answers it, so nothing is kept in one process's memory): the settlement reconciler's work,
+    the compute jobs waiting and running, and, under `dataex up`, the supervisor's restarts."""
     families: list[Metric] = []
     settlement = await asyncio.wait_for(report(platform, "settlement"), CHECK_TIMEOUT)
     if settlement is not None:
@@ -211,6 +211,16 @@ async def metric_families(platform: Platform) -> list[Metric]:
         )
         overdue.add_metric([], settlement.overdue)
         families += [republished, overdue]
+    jobs = await asyncio.wait_for(report(platform, "compute"), CHECK_TIMEOUT)
+    if jobs is not None:
+        live = GaugeMetricFamily(
+            "dataex_compute_jobs",
+            "Compute jobs not yet ended, by state (queued: the work queue's length)",
+            labels=["state"],
+        )
+        for state in ("queued", "running", "checking_output"):
+            live.add_metric([state], getattr(jobs, state))
+        families.append(live)
     if platform.settings.supervisor_status is not None:
         status = read_status(platform.settings.supervisor_status)
         if status is not None:

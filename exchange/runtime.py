@@ -30,7 +30,7 @@ from exchange.platform.statefolder import seal_state
 
 log = get_logger("dataex.runtime")
 
-PARTS = ("api", "relay", "settlement", "delivery", "gateway")
+PARTS = ("api", "relay", "settlement", "delivery", "gateway", "runner")
 STOP_BUDGET_SECONDS = 2.5  # for the parts; the embedded servers get the rest of the 5 s
 
 
@@ -484,6 +484,14 @@ def serve(part: str, settings: Settings) -> int:
             await delivery_loop(platform, stop, grants, wiring.period_closer(platform))
 
         asyncio.run(run_part(settings, "delivery", deliver))
+    elif part == "runner":
+        from exchange import wiring
+
+        async def run_jobs(platform: Any, stop: asyncio.Event) -> None:
+            slots = platform.settings.runner_slots or os.cpu_count() or 1
+            await wiring.runner(platform).serve(platform.nats, stop, slots)
+
+        asyncio.run(run_part(settings, "runner", run_jobs))
     else:
         raise StartupError(f"unknown part {part!r}: one of {', '.join(PARTS)}")
     return 0

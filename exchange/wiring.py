@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -36,8 +37,19 @@ from litestar.di import NamedDependency, Provide
 from contracts.orders.service import OrderService
 from contracts.policy.service import PolicyService
 from exchange.catalog import service as catalog
+from exchange.compute.runner import JobRunner
+from exchange.compute.service import (
+    ComputeHooks,
+    ComputeTerms,
+    FieldSpec,
+    GrantView,
+    JobService,
+    SandboxTerms,
+    jobs_status,
+)
+from exchange.delivery import jobs_metering
 from exchange.delivery.billing import Billing, BillingHooks
-from exchange.delivery.files import FileDeliveries, FileUploads
+from exchange.delivery.files import FileDeliveries, FileUploads, stage_revision_files
 from exchange.delivery.quota import LeaseBook
 from exchange.delivery.schemas import GrantSnapshot
 from exchange.delivery.service import (
@@ -127,6 +139,7 @@ def settlement(
 def provide_reports(platform: Platform) -> None:
     """What rooms report on ``/health/ready`` beside its checks (`exchange.platform.status`)."""
     provide(platform, "settlement", reconciler.report)
+    provide(platform, "compute", jobs_status)
 
 
 def grants(pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing) -> GrantService:
@@ -188,6 +201,86 @@ def provide_grants(platform: NamedDependency[Platform]) -> GrantService:
 async def revision_files(conn: Executor, product_id: uuid.UUID, revision: int) -> Any:
     """The files a revision declares, for the delivery room (which does not import listings)."""
     return (await fetch_revision(conn, product_id, revision)).metadata.manual.files
+
+
+async def compute_terms(
+    conn: Executor, product_id: uuid.UUID, revision: int, plan_id: str
+) -> ComputeTerms:
+    """What a revision says of sandbox jobs, for the compute room: the plan's sandbox terms,
+    the manual's fields (sensitivity, bounds, categories) and the files it delivers."""
+    metadata = (await fetch_revision(conn, product_id, revision)).metadata
+    plan = next((p for p in metadata.plans if p.id == plan_id), None)
+    terms = plan.sandbox if plan is not None else None
+    return ComputeTerms(
+        sandbox=None
+        if terms is None
+        else SandboxTerms(
+            cpu_seconds=terms.cpu_seconds,
+            wall_seconds=terms.wall_seconds,
+            memory_mb=terms.memory_mb,
+            pids=terms.pids,
+            output_kb=terms.output_kb,
+            k=terms.k,
+            epsilon_total=terms.epsilon_total,
+            epsilon_per_job=terms.epsilon_per_job,
+            max_rows=terms.max_rows,
+        ),
+        fields=tuple(
+            FieldSpec(
+                name=f.name,
+                sensitivity=f.sensitivity,
+                lower=f.bounds.lower if f.bounds else None,
+                upper=f.bounds.upper if f.bounds else None,
+                categories=tuple(f.categories),
+            )
+            for f in metadata.manual.fields
+        ),
+        files=tuple(f.name for f in metadata.manual.files),
+    )
+
+
+def compute_hooks(grant_service: GrantService) -> ComputeHooks:
+    async def grant(grant_id: uuid.UUID) -> GrantView | None:
+        g = await grant_service.read(grant_id)
+        if g is None:
+            return None
+        return GrantView(
+            id=g.id, trade_id=g.trade_id, mode=g.mode, state=g.state,
+            buyer_org_id=g.buyer_org_id,
+            seller_org_id=g.seller_org_id, product_id=g.product_id, product_code=g.product_code,
+            revision=g.revision, revision_digest=g.revision_digest, plan_id=g.plan_id,
+        )  # fmt: skip
+
+    return ComputeHooks(
+        grant=grant,
+        terms=compute_terms,
+        reserve=jobs_metering.reserve,
+        settle=jobs_metering.settle,
+        register=MeteredSettlement(grant_service.settings).register_job_receipt,
+    )
+
+
+def jobs(pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing) -> JobService:
+    hooks = compute_hooks(grants(pool, clock, settings, keyring))
+    return JobService(pool, clock, settings, hooks, keyring)
+
+
+def runner(platform: Platform) -> JobRunner:
+    """A compute job runner: jobs' grants and terms as the API sees them, the revision's files
+    decrypted from delivery's blob store into the runner's private folder."""
+    store = LocalFolderStore(platform.settings.state_dir / "blobs",
+                             load_master_key(platform.settings.state_dir))  # fmt: skip
+    grant_service = grants(platform.pool, platform.clock, platform.settings, platform.keyring)
+
+    async def stage(product_id: uuid.UUID, revision: int, folder: Path) -> dict[str, Path]:
+        return await stage_revision_files(platform.pool, store, product_id, revision, folder)
+
+    return JobRunner(platform.pool, platform.clock, platform.settings,
+                     compute_hooks(grant_service), stage, platform.keyring)  # fmt: skip
+
+
+def provide_jobs(platform: NamedDependency[Platform]) -> JobService:
+    return jobs(platform.pool, platform.clock, platform.settings, platform.keyring)
 
 
 class GrantDesk:
@@ -265,4 +358,5 @@ DEPENDENCIES = {
     "grants": Provide(provide_grants, sync_to_thread=False),
     "file_uploads": Provide(provide_file_uploads, sync_to_thread=False),
     "file_deliveries": Provide(provide_file_deliveries, sync_to_thread=False),
+    "jobs": Provide(provide_jobs, sync_to_thread=False),
 }

@@ -51,7 +51,8 @@ GENESIS_PREV = "0" * 64
 # A trade's steps: reserved or failed, then settled or voided. A metered trade also registers
 # each billing period (usage), each top-up of its reservation, and its end (released: what was
 # not used goes back to the buyer; the trade is then settled, or voided if nothing was used).
-Step = Literal["reserved", "failed", "settled", "voided", "usage", "top_up", "released"]
+# "job": a compute job's receipt under the trade's grant (its digest is statement_digest).
+Step = Literal["reserved", "failed", "settled", "voided", "usage", "top_up", "released", "job"]
 
 
 class EntryParty(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -290,6 +290,21 @@ class MeteredSettlement:
         await announce(conn, self.settings, [outcome_row(row, state, seq, reason)], at, request_id)
         return state
 
+    async def register_job_receipt(
+        self, conn: Connection, trade_id: uuid.UUID, digest: str, at: datetime
+    ) -> int | None:
+        """Append a compute job's receipt digest to the ledger under its trade (step ``job``,
+        no money moved: the job's CPU is posted with its grant's usage periods); its sequence
+        number, or None for a trade settlement does not know."""
+        row = await conn.fetchrow("SELECT * FROM settlement_trades WHERE trade_id = $1", trade_id)
+        if row is None:
+            return None
+        [seq] = await ledger.append(
+            conn, self.settings.exchange_code,
+            [draft_row(row, "job", None, price_fen=0, fee_fen=0, statement_digest=digest)], at,
+        )  # fmt: skip
+        return seq
+
     async def usage_statements(self, conn: Executor, trade_id: uuid.UUID) -> list[PostedStatement]:
         """The trade's posted usage statements, in the order they were posted."""
         rows = await conn.fetch(

@@ -219,6 +219,12 @@ def run_query(
     )
 
 
+def check_query(query: Query, bounds: Mapping[str, FieldBounds]) -> None:
+    """`QueryRefused` now, before any ε is charged, when the bounds do not support ``query``
+    (what `run_query` would refuse first)."""
+    _plan(query, bounds)
+
+
 def micro_epsilon(value: float) -> int:
     """``value`` (ε, as written: its shortest decimal form) in micro-ε; ValueError unless it is a
     non-negative, finite multiple of 0.000001."""

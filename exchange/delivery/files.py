@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import time
 import uuid
@@ -59,6 +60,7 @@ from collections.abc import (
     Sequence,
 )
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 
 import asyncpg
@@ -704,6 +706,32 @@ def _retrieved(task: asyncio.Future[None]) -> None:
     outcome is read, so asyncio does not log it as lost."""
     if not task.cancelled():
         task.exception()
+
+
+async def stage_revision_files(
+    pool: asyncpg.Pool, store: BlobStore, product_id: uuid.UUID, revision: int, folder: Path,
+) -> dict[str, Path]:  # fmt: skip
+    """Decrypt every stored file of a revision into ``folder`` (the caller's private folder) as
+    files everyone may read (0644, so the compute sandbox can hard-link them); name → path."""
+    rows = await pool.fetch(
+        "SELECT f.name, b.sha256, b.size_bytes, b.wrapped_key, b.chunk_bytes"
+        "  FROM delivery_files f JOIN delivery_blobs b ON b.sha256 = f.sha256"
+        " WHERE f.product_id = $1 AND f.revision = $2 ORDER BY f.name",
+        product_id, revision,
+    )  # fmt: skip
+    staged: dict[str, Path] = {}
+    for row in rows:
+        blob = StoredBlob(row["sha256"], row["size_bytes"], bytes(row["wrapped_key"]),
+                          row["chunk_bytes"])  # fmt: skip
+        path = folder / row["name"]
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "wb") as out:
+            if blob.size_bytes:
+                async for piece in store.read(blob, 0, blob.size_bytes):
+                    out.write(piece)
+        path.chmod(0o644)  # whatever the umask
+        staged[row["name"]] = path
+    return staged
 
 
 async def _nothing() -> AsyncIterator[bytes]:

@@ -581,6 +581,12 @@ class GrantService:
         row = await self.pool.fetchrow(f"{_SELECT} WHERE id = $1", grant_id)
         return None if row is None else snapshot_of(row)
 
+    async def read(self, grant_id: uuid.UUID) -> Grant | None:
+        """A grant for another room's own checks (the compute room's), without a caller."""
+        async with self.pool.acquire() as conn:
+            views = await self._views(conn, [grant_id])
+        return views[0] if views else None
+
     async def snapshots(self, ids: Sequence[uuid.UUID]) -> list[GrantSnapshot]:
         rows = await self.pool.fetch(f"{_SELECT} WHERE id = ANY($1::uuid[])", list(ids))
         return [snapshot_of(row) for row in rows]

@@ -5,6 +5,7 @@ Its states and transition table are in `exchange.listings.states`.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Final
 
 import msgspec
@@ -12,7 +13,7 @@ import msgspec
 from contracts.policy.attributes import EvaluationDocument
 from contracts.policy.attributes import Product as PolicyProduct
 from contracts.policy.attributes import Source as PolicySource
-from exchange.listings.schemas import ProductMetadata
+from exchange.listings.schemas import ProductMetadata, SandboxTerms
 from exchange.platform.errors import FieldError
 
 # A change to any of these needs review before it goes live; the others are cosmetic.
@@ -99,6 +100,33 @@ def _plan_problems(m: ProductMetadata) -> list[FieldError]:
                 f"plans[{i}].redistribution",
                 "redistribution needs the operating right (rights.operating)",
             )
+        if plan.sandbox is not None:
+            problems += _sandbox_problems(m, i, plan.sandbox)
+    for i, spec in enumerate(m.manual.fields):
+        if spec.bounds is not None and not spec.bounds.lower < spec.bounds.upper:
+            bad(f"manual.fields[{i}].bounds", "lower must be below upper")
+        if len(set(spec.categories)) != len(spec.categories):
+            bad(f"manual.fields[{i}].categories", "each category once")
+    return problems
+
+
+def _sandbox_problems(m: ProductMetadata, i: int, terms: SandboxTerms) -> list[FieldError]:
+    """Sandbox terms belong to a product delivered by sandbox; ε is counted in micro-ε."""
+    problems: list[FieldError] = []
+
+    def bad(path: str, message: str) -> None:
+        problems.append(FieldError(path=path, message=message, source="body"))
+
+    if "sandbox" not in m.delivery:
+        bad(f"plans[{i}].sandbox", "sandbox terms need sandbox delivery (delivery: sandbox)")
+    if terms.wall_seconds < terms.cpu_seconds:
+        bad(f"plans[{i}].sandbox.wall_seconds", "the wall limit is at least the CPU limit")
+    if terms.epsilon_per_job > terms.epsilon_total:
+        bad(f"plans[{i}].sandbox.epsilon_per_job", "one job spends at most the total ε")
+    for name in ("epsilon_total", "epsilon_per_job"):
+        micro = Decimal(repr(float(getattr(terms, name)))) * 1_000_000
+        if micro != micro.to_integral_value():
+            bad(f"plans[{i}].sandbox.{name}", "ε is a multiple of 0.000001")
     return problems
 
 

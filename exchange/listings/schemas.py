@@ -51,10 +51,27 @@ class EvidenceRef(Struct, forbid_unknown_fields=True, frozen=True):
     sha256: Sha256
 
 
-class FieldSpec(Struct, forbid_unknown_fields=True, frozen=True):
+class FieldBoundsSpec(Struct, forbid_unknown_fields=True, frozen=True):
+    """The range a numeric field's values lie in, public: DP aggregates clamp to it."""
+
+    lower: float
+    upper: float
+
+
+class FieldSpec(Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """A field of the data. ``sensitivity`` marks identifiers and personal information (never
+    in a sandbox job's output); ``bounds`` and ``categories`` are what DP aggregate queries may
+    use (a numeric range; the public values a group-by field takes). All three are omitted when
+    unset, so revisions from before them keep their digests."""
+
     name: Annotated[str, Meta(min_length=1, max_length=100)]
     type: Annotated[str, Meta(min_length=1, max_length=50)]
     meaning: Annotated[str, Meta(min_length=1, max_length=500)]
+    sensitivity: Literal["identifier", "personal_info"] | None = None
+    bounds: FieldBoundsSpec | None = None
+    categories: Annotated[
+        list[Annotated[str, Meta(min_length=1, max_length=200)]], Meta(max_length=1000)
+    ] = []
 
 
 class Scale(Struct, forbid_unknown_fields=True, frozen=True):
@@ -121,6 +138,20 @@ class Rights(Struct, forbid_unknown_fields=True, frozen=True):
     operating: bool
 
 
+class SandboxTerms(Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """What one sandbox job of the plan may use, and the grant's privacy budget (ε)."""
+
+    cpu_seconds: Annotated[int, Meta(ge=1, le=3600)] = 10
+    wall_seconds: Annotated[int, Meta(ge=1, le=3600)] = 15
+    memory_mb: Annotated[int, Meta(ge=64, le=65536)] = 512
+    pids: Annotated[int, Meta(ge=3, le=1024)] = 32
+    output_kb: Annotated[int, Meta(ge=1, le=1048576)] = 1024
+    k: Annotated[int, Meta(ge=1, le=1_000_000)] = 10
+    epsilon_total: Annotated[float, Meta(ge=0, le=1000)] = 0.0
+    epsilon_per_job: Annotated[float, Meta(ge=0, le=1000)] = 0.0
+    max_rows: Annotated[int, Meta(ge=1, le=10**10)] = 1_000_000
+
+
 class Plan(Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
     """A plan of the product. ``dimensions``: what delivery meters, with quotas per grant and
     unit prices (a metered plan's price is then the buyer's spend cap); omitted when empty."""
@@ -138,6 +169,7 @@ class Plan(Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
     redistribution: bool
     acceptance_days: Annotated[int, Meta(ge=0, le=90)]
     dimensions: Annotated[list[Dimension], Meta(max_length=16)] = []
+    sandbox: SandboxTerms | None = None  # sandbox delivery: limits per job, the ε budget
 
 
 class ProductMetadata(Struct, forbid_unknown_fields=True, frozen=True):

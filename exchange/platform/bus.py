@@ -94,9 +94,46 @@ def stream_config(settings: Settings) -> StreamConfig:
     )
 
 
+def jobs_stream_name(settings: Settings) -> str:
+    """The work-queue stream compute jobs are queued on (one message per job to run)."""
+    return f"{settings.stream_name}_JOBS"
+
+
+def job_queue_subject(settings: Settings) -> str:
+    """The subject of the job queue: outside ``<prefix>.>``, which the events stream holds
+    (two streams may not share a subject)."""
+    return f"{settings.subject_prefix}_jobs.run"
+
+
+def stream_for(settings: Settings, subject: str) -> str:
+    """The stream an outbox row's subject is published to."""
+    if subject == job_queue_subject(settings):
+        return jobs_stream_name(settings)
+    return settings.stream_name
+
+
+def jobs_stream_config(settings: Settings) -> StreamConfig:
+    """The job queue: a work-queue stream, so a job's message goes when a runner acks it."""
+    return StreamConfig(
+        name=jobs_stream_name(settings),
+        description="dataex compute jobs to run (work queue; the message is the job id)",
+        subjects=[job_queue_subject(settings)],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        num_replicas=settings.stream_replicas or 1,
+    )
+
+
 async def ensure_stream(client: NatsClient, settings: Settings) -> str:
-    """Create the stream, or bring an existing one to the wanted configuration. Idempotent."""
+    """Create the streams (the events' and the job queue's), or bring an existing events
+    stream to the wanted configuration. Idempotent."""
     js = client.jetstream()
+    try:
+        await js.stream_info(jobs_stream_name(settings))
+    except NotFoundError:
+        await js.add_stream(jobs_stream_config(settings))
+        log.info("stream_created", stream=jobs_stream_name(settings))
     wanted = stream_config(settings)
     try:
         info = await js.stream_info(settings.stream_name)

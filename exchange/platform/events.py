@@ -4,7 +4,7 @@ Every event is a CloudEvents 1.0 envelope (`exchange.platform.outbox.CloudEvent`
 ``dx.<aggregate>.<event>``. The orders room emits ``dx.order.*`` and ``dx.trade.executed``; the
 listing room ``dx.listing.*``; the settlement room ``dx.trade.reserved`` / ``settled`` / ``failed``
 / ``voided``; the delivery room ``dx.grant.*`` and ``dx.usage.closed``; the identity room
-``dx.organisation.*``.
+``dx.organisation.*``; the compute room ``dx.job.*``.
 A consumer reads the type here, never the producing room's internals. The JSON Schemas under
 ``schemas/events`` are generated from these types (``uv run python -m exchange.platform.events``)
 and a test checks they are current.
@@ -230,6 +230,46 @@ def usage_schema() -> dict[str, object]:
     return _schema(UsageEvent, "dx.usage")
 
 
+JobState = Literal[
+    "queued", "running", "checking_output", "succeeded", "failed_algorithm", "failed_platform",
+    "timed_out", "limit_exceeded", "output_rejected", "cancelled",
+]  # fmt: skip
+JobEventType = Literal[
+    "dx.job.queued", "dx.job.running", "dx.job.checking_output", "dx.job.succeeded",
+    "dx.job.failed_algorithm", "dx.job.failed_platform", "dx.job.timed_out",
+    "dx.job.limit_exceeded", "dx.job.output_rejected", "dx.job.cancelled",
+]  # fmt: skip
+
+
+class JobEventData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A compute job as it stands after a change: metadata only, never its result."""
+
+    job_id: str
+    grant_id: str
+    buyer_org_id: str
+    seller_org_id: str
+    product_code: str
+    kind: Literal["algorithm", "query"]
+    state: JobState
+    attempts: int
+    limit_kind: str | None = None
+    rejection_reason: str | None = None
+    epsilon_micro: int | None = None
+    cpu_ms: int | None = None
+    result_sha256: str | None = None
+
+
+class JobEvent(CloudEvent, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Every transition of a compute job (the compute room): ``dx.job.<state>``."""
+
+    type: JobEventType
+    data: JobEventData
+
+
+def job_schema() -> dict[str, object]:
+    return _schema(JobEvent, "dx.job")
+
+
 def _schema(kind: type[msgspec.Struct], name: str) -> dict[str, object]:
     schema = msgspec.json.schema(kind)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
@@ -246,6 +286,7 @@ def generators() -> dict[str, Callable[[], dict[str, object]]]:
         "dx.organisation.schema.json": organisation_schema,
         "dx.grant.schema.json": grant_schema,
         "dx.usage.schema.json": usage_schema,
+        "dx.job.schema.json": job_schema,
     }
 
 

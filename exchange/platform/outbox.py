@@ -24,6 +24,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from exchange.platform.bus import stream_for
 from exchange.platform.context import Platform
 from exchange.platform.db import Connection, Executor, connect
 from exchange.platform.logging import get_logger
@@ -105,6 +106,18 @@ async def enqueue(
         event_id, subject, payload, request_id, at,
     )  # fmt: skip
     return str(event_id)
+
+
+async def enqueue_message(conn: Connection, *, subject: str, payload: bytes, at: datetime) -> str:
+    """Write a message that is not an event (a job for the work queue) in the caller's
+    transaction: the relay publishes it after the commit, its row id as ``Nats-Msg-Id``."""
+    message_id = uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO outbox (id, subject, payload, request_id, created_at)"
+        " VALUES ($1, $2, $3, NULL, $4)",
+        message_id, subject, payload, at,
+    )  # fmt: skip
+    return str(message_id)
 
 
 async def enqueue_many(
@@ -216,7 +229,7 @@ async def relay_batch(platform: Platform, limit: int = BATCH) -> int:
                 row["subject"],
                 bytes(row["payload"]),
                 headers=headers,
-                stream=platform.settings.stream_name,
+                stream=stream_for(platform.settings, row["subject"]),
             )
 
         await asyncio.gather(*(publish(row) for row in rows))

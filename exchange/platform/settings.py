@@ -59,6 +59,7 @@ class Settings:
     api_workers: int = 1
     gateway_port: int = 8100  # the data gateway (API delivery), a part of its own
     gateway_workers: int = 1
+    runner_slots: int | None = None  # compute jobs at once per runner; None: one per core
     state_dir: Path = field(default_factory=lambda: Path(".dataex"))
     log_format: LogFormat = "auto"
     log_level: LogLevel = "info"
@@ -166,6 +167,7 @@ class Settings:
         values["api_workers"] = integer("DATAEX_API_WORKERS", 1, 64)
         values["gateway_port"] = integer("DATAEX_GATEWAY_PORT", 1, 65535)
         values["gateway_workers"] = integer("DATAEX_GATEWAY_WORKERS", 1, 64)
+        values["runner_slots"] = integer("DATAEX_RUNNER_SLOTS", 1, 256)
         state = text("DATAEX_STATE_DIR")
         values["state_dir"] = Path(state) if state else None
         values["log_format"] = choice("DATAEX_LOG_FORMAT", ("auto", "console", "json"))
@@ -234,6 +236,8 @@ class Settings:
             "DATAEX_CONSOLE_LIFETIME_HOURS": str(self.console_lifetime_hours),
             "DATAEX_RECONCILE_AFTER_SECONDS": str(self.reconcile_after_seconds),
         }
+        if self.runner_slots is not None:
+            env["DATAEX_RUNNER_SLOTS"] = str(self.runner_slots)
         if self.stream_replicas is not None:
             env["DATAEX_STREAM_REPLICAS"] = str(self.stream_replicas)
         if self.database_url:

@@ -29,6 +29,14 @@ class SettlementStatus(msgspec.Struct, frozen=True):
     checked_until: datetime | None
 
 
+class ComputeStatus(msgspec.Struct, frozen=True):
+    """The compute room's jobs not yet ended, by state: the work queue's length is ``queued``."""
+
+    queued: int
+    running: int
+    checking_output: int
+
+
 Report = Callable[[Platform], Awaitable[Any]]
 
 

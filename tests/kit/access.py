@@ -104,6 +104,21 @@ OWNED_ELSEWHERE = {
             ("POST", "/top-ups"),
         )
     },
+    **dict.fromkeys(
+        (
+            ("POST", "/v1/grants/{grant_id:uuid}/algorithms"),
+            ("GET", "/v1/grants/{grant_id:uuid}/algorithms"),
+            ("POST", "/v1/grants/{grant_id:uuid}/algorithms/{sha256:str}/decision"),
+            ("POST", "/v1/grants/{grant_id:uuid}/jobs"),
+            ("GET", "/v1/grants/{grant_id:uuid}/jobs"),
+            ("GET", "/v1/grants/{grant_id:uuid}/budget"),
+            ("GET", "/v1/jobs/{job_id:uuid}"),
+            ("GET", "/v1/jobs/{job_id:uuid}/receipt"),
+            ("POST", "/v1/jobs/{job_id:uuid}/cancel"),
+        ),
+        "tests/integration/test_compute_jobs.py::"
+        "test_algorithms_jobs_and_budgets_are_for_the_grants_parties_only",
+    ),
     ("GET", "/v1/products/{product_id:uuid}/usage"): (
         "tests/integration/test_delivery_metered.py::"
         "test_a_metered_plan_bills_by_period_stops_at_the_cap_and_releases_the_rest"
@@ -173,6 +188,18 @@ MATRIX = {
     ): "401 403 404 404 403 404 404 401",
     ("POST", "/v1/grants/{grant_id:uuid}/top-ups"): "401 403 422 422 403 403 422 401",
     ("PUT", "/v1/products/{product_id:uuid}/upstream"): "401 422 403 422 403 403 422 401",
+    ("POST", "/v1/grants/{grant_id:uuid}/algorithms"): "401 403 422 422 403 403 422 401",
+    ("GET", "/v1/grants/{grant_id:uuid}/algorithms"): "401 404 404 404 404 404 404 401",
+    (
+        "POST",
+        "/v1/grants/{grant_id:uuid}/algorithms/{sha256:str}/decision",
+    ): "401 422 403 422 403 403 422 401",
+    ("POST", "/v1/grants/{grant_id:uuid}/jobs"): "401 403 422 422 403 403 422 401",
+    ("GET", "/v1/grants/{grant_id:uuid}/jobs"): "401 404 404 404 404 404 404 401",
+    ("GET", "/v1/grants/{grant_id:uuid}/budget"): "401 404 404 404 404 404 404 401",
+    ("GET", "/v1/jobs/{job_id:uuid}"): "401 404 404 404 404 404 404 401",
+    ("GET", "/v1/jobs/{job_id:uuid}/receipt"): "401 404 404 404 404 404 404 401",
+    ("POST", "/v1/jobs/{job_id:uuid}/cancel"): "401 403 404 404 403 403 404 401",
     ("DELETE", "/v1/peers/{code:str}"): "401 403 403 403 403 404 403 401",
     ("GET", "/.well-known/dataex-exchange"): "200 200 200 200 200 200 200 200",
     ("GET", "/v1/peers"): "401 403 403 403 200 200 403 401",

@@ -9,13 +9,15 @@ these servers are in tests.kit.fixtures.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import nats
+from nats.js.errors import NotFoundError
 
-from exchange.platform.bus import ensure_stream
+from exchange.platform.bus import ensure_stream, jobs_stream_name
 from exchange.platform.db import connect, migrate
 from exchange.platform.settings import Settings
 
@@ -89,6 +91,9 @@ async def clean(settings: Settings) -> None:
         await conn.close()
     client = await nats.connect(settings.nats_url)
     try:
-        await client.jetstream().purge_stream(settings.stream_name)
+        js = client.jetstream()
+        await js.purge_stream(settings.stream_name)
+        with contextlib.suppress(NotFoundError):  # made by ensure_stream, where it ran
+            await js.purge_stream(jobs_stream_name(settings))
     finally:
         await client.close()

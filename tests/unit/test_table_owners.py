@@ -87,6 +87,10 @@ TABLE_OWNERS = {
     "delivery_blobs": "exchange.delivery",
     "delivery_files": "exchange.delivery",
     "delivery_uploads": "exchange.delivery",
+    # compute-to-data: algorithms, jobs, privacy budgets
+    "compute_algorithms": "exchange.compute",
+    "compute_jobs": "exchange.compute",
+    "compute_budgets": "exchange.compute",
 }
 
 _WRITE = re.compile(
