@@ -44,6 +44,7 @@ from exchange.platform.http import (
     DocumentedOpenAPIConfig,
     RequestContextMiddleware,
     add_request_id_header,
+    add_traceparent_header,
     declare_problem_responses,
 )
 from exchange.platform.limits import (
@@ -195,7 +196,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             DefineMiddleware(RateLimitMiddleware, limits=rate_limits),
             InputGuardMiddleware,
         ],
-        before_send=[add_request_id_header],
+        before_send=[add_request_id_header, add_traceparent_header],
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=DocumentedOpenAPIConfig(

@@ -16,14 +16,15 @@ import msgspec
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from exchange.platform import exposition
 from exchange.platform.auth import PUBLIC, requires
 from exchange.platform.context import Platform
 from exchange.platform.db import migration_status
 from exchange.platform.heartbeat import INTERVAL_SECONDS
 from exchange.platform.logging import get_logger
+from exchange.platform.outbox import backlog
 from exchange.platform.status import SettlementStatus, report
 from exchange.platform.supervision import SupervisorStatus, read_status
 
@@ -183,21 +184,24 @@ class HealthController(Controller):
         return Response(result, status_code=200 if result.status == "ready" else 503)
 
 
-class _Families:
-    """A one-scrape collector: the metric families read for this request."""
-
-    def __init__(self, families: list[Metric]) -> None:
-        self.families = families
-
-    def collect(self) -> list[Metric]:
-        return self.families
-
-
 async def metric_families(platform: Platform) -> list[Metric]:
-    """What an operator graphs and alerts on, read fresh at each scrape (one process of many
-    answers it, so nothing is kept in one process's memory): the settlement reconciler's work
+    """What an operator graphs and alerts on that is read fresh at each scrape (one process of
+    many answers it, so none of this is kept in one process's memory): the settlement
+    reconciler's work, the outbox's backlog, each room's levels (`exchange.platform.exposition`)
     and, under `dataex up`, the supervisor's restarts."""
     families: list[Metric] = []
+    pending, oldest = await asyncio.wait_for(backlog(platform.pool), CHECK_TIMEOUT)
+    outbox_pending = GaugeMetricFamily(
+        "dataex_outbox_pending", "Events written to the outbox and not yet published"
+    )
+    outbox_pending.add_metric([], pending)
+    outbox_oldest = GaugeMetricFamily(
+        "dataex_outbox_oldest_pending_age_seconds",
+        "How long the oldest unpublished outbox event has waited (0: none waits)",
+    )
+    outbox_oldest.add_metric([], oldest)
+    families += [outbox_pending, outbox_oldest]
+    families += await exposition.gauges(platform)
     settlement = await asyncio.wait_for(report(platform, "settlement"), CHECK_TIMEOUT)
     if settlement is not None:
         republished = CounterMetricFamily(
@@ -242,8 +246,10 @@ class MetricsController(Controller):
     )
     async def metrics(self, platform: NamedDependency[Platform]) -> str:
         """Prometheus text exposition (version 0.0.4) for staff and their scrapers (a bearer
-        token of a reviewer or admin): the settlement reconciler's republished and overdue
-        trades and, under `dataex up`, each part's and server's restarts and whether it runs."""
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Families(await metric_families(platform)))
-        return generate_latest(registry).decode()
+        token of a reviewer or admin): what every process of the exchange counted (HTTP
+        requests, orders, policy decisions, the relay's and consumers' work), summed over the
+        processes under `dataex up`, and the levels read now (review queue, outbox backlog,
+        ledger, settlement failures, the reconciler, restarts). The README lists them."""
+        read_now = await metric_families(platform)
+        text = await asyncio.to_thread(exposition.render, platform.settings.metrics_dir, read_now)
+        return text.decode()
