@@ -17,15 +17,14 @@ No spans are exported anywhere: the logs are the trace.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import secrets
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from structlog.contextvars import bound_contextvars
+from structlog.contextvars import bind_contextvars, reset_contextvars
 
 HEADER = "traceparent"
 # version 00: exactly this; a later version may append "-..." fields, which are ignored.
@@ -116,14 +115,30 @@ def current_traceparent() -> str | None:
     return None if span is None else span.header
 
 
-@contextlib.contextmanager
-def bound(span: TraceContext, **fields: Any) -> Iterator[TraceContext]:
+class _Bound:
+    """`bound`'s context manager: a class, since every request enters one (a generator-based
+    one costs about 2 µs more)."""
+
+    __slots__ = ("_fields", "_span", "_token", "_tokens")
+
+    def __init__(self, span: TraceContext, fields: dict[str, Any]) -> None:
+        self._span = span
+        self._fields = fields
+
+    def __enter__(self) -> TraceContext:
+        self._token = _current.set(self._span)
+        self._tokens = bind_contextvars(
+            trace_id=self._span.trace_id, span_id=self._span.span_id, **self._fields
+        )
+        return self._span
+
+    def __exit__(self, *_exc: object) -> None:
+        reset_contextvars(**self._tokens)
+        _current.reset(self._token)
+
+
+def bound(span: TraceContext, **fields: Any) -> AbstractContextManager[TraceContext]:
     """Within the block, ``span`` is the current span and every log line carries its
     ``trace_id`` and ``span_id`` (and ``fields``: binding them here, in one go, costs less
     than binding them apart)."""
-    token = _current.set(span)
-    try:
-        with bound_contextvars(trace_id=span.trace_id, span_id=span.span_id, **fields):
-            yield span
-    finally:
-        _current.reset(token)
+    return _Bound(span, fields)
