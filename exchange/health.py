@@ -186,11 +186,17 @@ class HealthController(Controller):
 
 async def metric_families(platform: Platform) -> list[Metric]:
     """What an operator graphs and alerts on that is read fresh at each scrape (one process of
-    many answers it, so none of this is kept in one process's memory): the settlement
-    reconciler's work, the outbox's backlog, each room's levels (`exchange.platform.exposition`)
-    and, under `dataex up`, the supervisor's restarts."""
-    families: list[Metric] = []
-    pending, oldest = await asyncio.wait_for(backlog(platform.pool), CHECK_TIMEOUT)
+    many answers it, so none of this is kept in one process's memory): the outbox's backlog,
+    the settlement reconciler's work, each room's levels (`exchange.platform.exposition`) and,
+    under `dataex up`, the supervisor's restarts. What cannot be read now (the database is
+    away) is left out, not made an error: the processes' counts still answer."""
+    readers = {"outbox": _outbox_levels, "reconciler": _reconciler_levels}
+    families = await exposition.gauges(platform, readers | exposition.provided(platform))
+    return families + _supervisor_levels(platform)
+
+
+async def _outbox_levels(platform: Platform) -> list[Metric]:
+    pending, oldest = await backlog(platform.pool)
     outbox_pending = GaugeMetricFamily(
         "dataex_outbox_pending", "Events written to the outbox and not yet published"
     )
@@ -200,38 +206,45 @@ async def metric_families(platform: Platform) -> list[Metric]:
         "How long the oldest unpublished outbox event has waited (0: none waits)",
     )
     outbox_oldest.add_metric([], oldest)
-    families += [outbox_pending, outbox_oldest]
-    families += await exposition.gauges(platform)
-    settlement = await asyncio.wait_for(report(platform, "settlement"), CHECK_TIMEOUT)
-    if settlement is not None:
-        republished = CounterMetricFamily(
-            "dataex_settlement_trades_republished",
-            "Executed trades' events the reconciler published again (no outcome past the bound)",
-        )
-        republished.add_metric([], settlement.republished_total)
-        overdue = GaugeMetricFamily(
-            "dataex_settlement_trades_overdue",
-            "Executed trades without a settlement outcome past the bound, now",
-        )
-        overdue.add_metric([], settlement.overdue)
-        families += [republished, overdue]
-    if platform.settings.supervisor_status is not None:
-        status = read_status(platform.settings.supervisor_status)
-        if status is not None:
-            restarts = CounterMetricFamily(
-                "dataex_restarts", "Restarts by `dataex up` since it started", labels=["process"]
-            )
-            running = GaugeMetricFamily(
-                "dataex_running", "1 when the part or server runs, else 0", labels=["process"]
-            )
-            for name, part in status.parts.items():
-                restarts.add_metric([name], part.restarts)
-                running.add_metric([name], 1 if part.state == "running" else 0)
-            for name, server in status.servers.items():
-                restarts.add_metric([name], server.restarts)
-                running.add_metric([name], 0 if server.state == "restarting" else 1)
-            families += [restarts, running]
-    return families
+    return [outbox_pending, outbox_oldest]
+
+
+async def _reconciler_levels(platform: Platform) -> list[Metric]:
+    settlement = await report(platform, "settlement")
+    if settlement is None:
+        return []
+    republished = CounterMetricFamily(
+        "dataex_settlement_trades_republished",
+        "Executed trades' events the reconciler published again (no outcome past the bound)",
+    )
+    republished.add_metric([], settlement.republished_total)
+    overdue = GaugeMetricFamily(
+        "dataex_settlement_trades_overdue",
+        "Executed trades without a settlement outcome past the bound, now",
+    )
+    overdue.add_metric([], settlement.overdue)
+    return [republished, overdue]
+
+
+def _supervisor_levels(platform: Platform) -> list[Metric]:
+    if platform.settings.supervisor_status is None:
+        return []
+    status = read_status(platform.settings.supervisor_status)
+    if status is None:
+        return []
+    restarts = CounterMetricFamily(
+        "dataex_restarts", "Restarts by `dataex up` since it started", labels=["process"]
+    )
+    running = GaugeMetricFamily(
+        "dataex_running", "1 when the part or server runs, else 0", labels=["process"]
+    )
+    for name, part in status.parts.items():
+        restarts.add_metric([name], part.restarts)
+        running.add_metric([name], 1 if part.state == "running" else 0)
+    for name, server in status.servers.items():
+        restarts.add_metric([name], server.restarts)
+        running.add_metric([name], 0 if server.state == "restarting" else 1)
+    return [restarts, running]
 
 
 class MetricsController(Controller):

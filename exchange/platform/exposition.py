@@ -10,7 +10,8 @@ variable (one process: the tests, a plain `dataex serve api`) this process's reg
 **Levels read at the scrape.** What PostgreSQL or JetStream already know (the review queue, the
 outbox's backlog, the ledger's size, failures on record) is read when Prometheus asks, by the
 room that owns it: the composition root hands each room's reader to the platform (`provide`),
-and ``/metrics`` asks them all (`gauges`). Such a level is right whichever process answers and
+and ``/metrics`` asks them all (`gauges`; one that fails is left out of that scrape). Such a
+level is right whichever process answers and
 needs no gauge in the files (a live gauge there would need its dead processes' files removed,
 which `forget_dead` does for any that a part still defines).
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
@@ -81,21 +82,26 @@ def provide(platform: Platform, room: str, gauges: Gauges) -> None:
     platform.shared.setdefault(_SHARED_KEY, {})[room] = gauges
 
 
-async def gauges(platform: Platform) -> list[Metric]:
-    """Every room's levels, read now. A reader that fails or hangs is logged and left out: the
-    rest of the scrape still answers."""
-    readers: dict[str, Gauges] = platform.shared.get(_SHARED_KEY, {})
+def provided(platform: Platform) -> dict[str, Gauges]:
+    """The rooms' readers, by room."""
+    return dict(platform.shared.get(_SHARED_KEY, {}))
 
-    async def read(room: str, reader: Gauges) -> list[Metric]:
+
+async def gauges(platform: Platform, readers: Mapping[str, Gauges]) -> list[Metric]:
+    """The levels of every reader, read now, side by side. A reader that fails or hangs (the
+    database is away) is logged and left out: the rest of the scrape still answers, the
+    processes' counts among it."""
+
+    async def read(name: str, reader: Gauges) -> list[Metric]:
         try:
             return await asyncio.wait_for(reader(platform), GAUGE_TIMEOUT_SECONDS)
-        except Exception as error:  # noqa: BLE001 - one room's levels missing, said in the log
+        except Exception as error:  # noqa: BLE001 - these levels missing, said in the log
             log.warning(
-                "metrics_gauges_failed", room=room, error=f"{type(error).__name__}: {error}"
+                "metrics_gauges_failed", reader=name, error=f"{type(error).__name__}: {error}"
             )
             return []
 
-    found = await asyncio.gather(*(read(room, reader) for room, reader in readers.items()))
+    found = await asyncio.gather(*(read(name, reader) for name, reader in readers.items()))
     return [family for families in found for family in families]
 
 

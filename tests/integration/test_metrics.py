@@ -5,7 +5,9 @@ record. Several processes: tests/unit/test_exposition.py and tests/integration/t
 from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
+from exchange.platform import exposition
 from tests.kit.api import bearer
 from tests.kit.documents import metadata
 from tests.kit.market import auto_accept_product, order_body, place, submit
@@ -104,3 +106,16 @@ async def test_the_review_queue_depth_and_age_by_kind(client, admin_token, marke
 async def test_metrics_stay_staff_only(client, trade):
     assert (await client.get("/metrics")).status_code == 401
     assert (await client.get("/metrics", headers=bearer(trade["buyer"]))).status_code == 403
+
+
+async def test_a_level_that_cannot_be_read_is_left_out_and_the_rest_answers(client, admin_token):
+    async def away(platform):
+        raise ConnectionRefusedError("PostgreSQL is away")
+
+    exposition.provide(client.app.state.platform, "broken", away)
+    with capture_logs() as logs:
+        found = await scrape(client, admin_token)
+    assert found["dataex_ledger_entries", ()] == 0  # the other readers still answered
+    assert any(name == "dataex_http_requests_total" for name, _ in found)
+    [failed] = [e for e in logs if e["event"] == "metrics_gauges_failed"]
+    assert failed["reader"] == "broken" and "PostgreSQL is away" in failed["error"]
