@@ -47,6 +47,7 @@ from exchange.platform.http import (
     DocumentedOpenAPIConfig,
     RequestContextMiddleware,
     add_request_id_header,
+    add_traceparent_header,
     declare_problem_responses,
 )
 from exchange.platform.limits import (
@@ -200,7 +201,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             DefineMiddleware(RateLimitMiddleware, limits=rate_limits),
             InputGuardMiddleware,
         ],
-        before_send=[add_request_id_header],
+        before_send=[add_request_id_header, add_traceparent_header],
         lifespan=[lifespan],
         template_config=template_config(),
         request_max_body_size=settings.max_body_bytes,

@@ -16,14 +16,15 @@ import msgspec
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from exchange.platform import exposition
 from exchange.platform.auth import PUBLIC, requires
 from exchange.platform.context import Platform
 from exchange.platform.db import migration_status
 from exchange.platform.heartbeat import INTERVAL_SECONDS
 from exchange.platform.logging import get_logger
+from exchange.platform.outbox import backlog
 from exchange.platform.status import SettlementStatus, report
 from exchange.platform.supervision import SupervisorStatus, read_status
 
@@ -183,61 +184,85 @@ class HealthController(Controller):
         return Response(result, status_code=200 if result.status == "ready" else 503)
 
 
-class _Families:
-    """A one-scrape collector: the metric families read for this request."""
-
-    def __init__(self, families: list[Metric]) -> None:
-        self.families = families
-
-    def collect(self) -> list[Metric]:
-        return self.families
-
-
 async def metric_families(platform: Platform) -> list[Metric]:
-    """What an operator graphs and alerts on, read fresh at each scrape (one process of many
-    answers it, so nothing is kept in one process's memory): the settlement reconciler's work,
-    the compute jobs waiting and running, and, under `dataex up`, the supervisor's restarts."""
-    families: list[Metric] = []
-    settlement = await asyncio.wait_for(report(platform, "settlement"), CHECK_TIMEOUT)
-    if settlement is not None:
-        republished = CounterMetricFamily(
-            "dataex_settlement_trades_republished",
-            "Executed trades' events the reconciler published again (no outcome past the bound)",
-        )
-        republished.add_metric([], settlement.republished_total)
-        overdue = GaugeMetricFamily(
-            "dataex_settlement_trades_overdue",
-            "Executed trades without a settlement outcome past the bound, now",
-        )
-        overdue.add_metric([], settlement.overdue)
-        families += [republished, overdue]
-    jobs = await asyncio.wait_for(report(platform, "compute"), CHECK_TIMEOUT)
-    if jobs is not None:
-        live = GaugeMetricFamily(
-            "dataex_compute_jobs",
-            "Compute jobs not yet ended, by state (queued: the work queue's length)",
-            labels=["state"],
-        )
-        for state in ("queued", "running", "checking_output"):
-            live.add_metric([state], getattr(jobs, state))
-        families.append(live)
-    if platform.settings.supervisor_status is not None:
-        status = read_status(platform.settings.supervisor_status)
-        if status is not None:
-            restarts = CounterMetricFamily(
-                "dataex_restarts", "Restarts by `dataex up` since it started", labels=["process"]
-            )
-            running = GaugeMetricFamily(
-                "dataex_running", "1 when the part or server runs, else 0", labels=["process"]
-            )
-            for name, part in status.parts.items():
-                restarts.add_metric([name], part.restarts)
-                running.add_metric([name], 1 if part.state == "running" else 0)
-            for name, server in status.servers.items():
-                restarts.add_metric([name], server.restarts)
-                running.add_metric([name], 0 if server.state == "restarting" else 1)
-            families += [restarts, running]
-    return families
+    """What an operator graphs and alerts on that is read fresh at each scrape (one process of
+    many answers it, so none of this is kept in one process's memory): the outbox's backlog,
+    the settlement reconciler's work, each room's levels (`exchange.platform.exposition`) and,
+    under `dataex up`, the supervisor's restarts. What cannot be read now (the database is
+    away) is left out, not made an error: the processes' counts still answer."""
+    readers = {
+        "outbox": _outbox_levels,
+        "reconciler": _reconciler_levels,
+        "compute": _compute_levels,
+    }
+    families = await exposition.gauges(platform, readers | exposition.provided(platform))
+    return families + _supervisor_levels(platform)
+
+
+async def _outbox_levels(platform: Platform) -> list[Metric]:
+    pending, oldest = await backlog(platform.pool)
+    outbox_pending = GaugeMetricFamily(
+        "dataex_outbox_pending", "Events written to the outbox and not yet published"
+    )
+    outbox_pending.add_metric([], pending)
+    outbox_oldest = GaugeMetricFamily(
+        "dataex_outbox_oldest_pending_age_seconds",
+        "How long the oldest unpublished outbox event has waited (0: none waits)",
+    )
+    outbox_oldest.add_metric([], oldest)
+    return [outbox_pending, outbox_oldest]
+
+
+async def _reconciler_levels(platform: Platform) -> list[Metric]:
+    settlement = await report(platform, "settlement")
+    if settlement is None:
+        return []
+    republished = CounterMetricFamily(
+        "dataex_settlement_trades_republished",
+        "Executed trades' events the reconciler published again (no outcome past the bound)",
+    )
+    republished.add_metric([], settlement.republished_total)
+    overdue = GaugeMetricFamily(
+        "dataex_settlement_trades_overdue",
+        "Executed trades without a settlement outcome past the bound, now",
+    )
+    overdue.add_metric([], settlement.overdue)
+    return [republished, overdue]
+
+
+async def _compute_levels(platform: Platform) -> list[Metric]:
+    jobs = await report(platform, "compute")
+    if jobs is None:
+        return []
+    live = GaugeMetricFamily(
+        "dataex_compute_jobs",
+        "Compute jobs not yet ended, by state (queued: the work queue's length)",
+        labels=["state"],
+    )
+    for state in ("queued", "running", "checking_output"):
+        live.add_metric([state], getattr(jobs, state))
+    return [live]
+
+
+def _supervisor_levels(platform: Platform) -> list[Metric]:
+    if platform.settings.supervisor_status is None:
+        return []
+    status = read_status(platform.settings.supervisor_status)
+    if status is None:
+        return []
+    restarts = CounterMetricFamily(
+        "dataex_restarts", "Restarts by `dataex up` since it started", labels=["process"]
+    )
+    running = GaugeMetricFamily(
+        "dataex_running", "1 when the part or server runs, else 0", labels=["process"]
+    )
+    for name, part in status.parts.items():
+        restarts.add_metric([name], part.restarts)
+        running.add_metric([name], 1 if part.state == "running" else 0)
+    for name, server in status.servers.items():
+        restarts.add_metric([name], server.restarts)
+        running.add_metric([name], 0 if server.state == "restarting" else 1)
+    return [restarts, running]
 
 
 class MetricsController(Controller):
@@ -252,8 +277,10 @@ class MetricsController(Controller):
     )
     async def metrics(self, platform: NamedDependency[Platform]) -> str:
         """Prometheus text exposition (version 0.0.4) for staff and their scrapers (a bearer
-        token of a reviewer or admin): the settlement reconciler's republished and overdue
-        trades and, under `dataex up`, each part's and server's restarts and whether it runs."""
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Families(await metric_families(platform)))
-        return generate_latest(registry).decode()
+        token of a reviewer or admin): what every process of the exchange counted (HTTP
+        requests, orders, policy decisions, the relay's and consumers' work), summed over the
+        processes under `dataex up`, and the levels read now (review queue, outbox backlog,
+        ledger, settlement failures, the reconciler, restarts). The README lists them."""
+        read_now = await metric_families(platform)
+        text = await asyncio.to_thread(exposition.render, platform.settings.metrics_dir, read_now)
+        return text.decode()

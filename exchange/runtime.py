@@ -24,6 +24,7 @@ from exchange.platform.bus import connect_nats, ensure_stream
 from exchange.platform.clock import SystemClock
 from exchange.platform.db import connect, create_pool, migrate
 from exchange.platform.embedded import EmbeddedNats, EmbeddedPostgres
+from exchange.platform.exposition import reset as reset_metrics
 from exchange.platform.logging import get_logger
 from exchange.platform.settings import Settings
 from exchange.platform.statefolder import seal_state
@@ -315,7 +316,10 @@ def up(settings: Settings) -> int:
     lock = _lock_state_folder(settings)  # held until this process ends, however it ends
     running = start_servers(settings)
     status_path = Path(settings.state_dir).resolve() / "supervisor.json"
-    supervised = replace(running.settings, supervisor_status=status_path)
+    # Every part writes its metrics there and /metrics sums them; emptied before any part
+    # starts, since the files of an earlier run's processes would count twice.
+    metrics_dir = reset_metrics(Path(settings.state_dir).resolve() / "metrics")
+    supervised = replace(running.settings, supervisor_status=status_path, metrics_dir=metrics_dir)
     supervisor = Supervisor(
         supervised,
         PARTS,
@@ -433,6 +437,14 @@ def serve(part: str, settings: Settings) -> int:
     if part == "api":
         from granian.constants import Interfaces
         from granian.server import Server
+
+        if settings.api_workers > 1 and settings.metrics_dir is None:
+            log.warning(
+                "metrics_per_worker",
+                detail="each API worker would answer /metrics with its own counts: set"
+                " PROMETHEUS_MULTIPROC_DIR to a folder emptied before the parts start (the"
+                " README's Observability; `dataex up` does it)",
+            )
 
         Server(
             "exchange.app:create_app_from_env",

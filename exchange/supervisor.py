@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Protocol
 
 from exchange.platform.embedded import EmbeddedServerError
+from exchange.platform.exposition import forget_dead
 from exchange.platform.logging import get_logger
 from exchange.platform.settings import Settings
 from exchange.platform.supervision import (
@@ -130,6 +131,9 @@ class Supervisor:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(part.process.pid, signal.SIGKILL)
         part.process = None
+        if self.settings.metrics_dir is not None:  # its processes' live gauges go with them
+            with contextlib.suppress(OSError):
+                forget_dead(self.settings.metrics_dir)
         part.status.state = "restarting"
         part.status.pid = None
         part.status.last_exit = code

@@ -62,6 +62,7 @@ from exchange.delivery.storage import LocalFolderStore
 from exchange.delivery.tokens import TokenVerifier
 from exchange.delivery.usage import UsageRecorder
 from exchange.listings.service import ListingHooks, ListingService, fetch_revision
+from exchange.platform import exposition
 from exchange.platform.clock import Clock
 from exchange.platform.context import Platform
 from exchange.platform.db import Connection, Executor
@@ -70,8 +71,10 @@ from exchange.platform.signing import KeyRing, jwks, load_master_key
 from exchange.platform.status import provide
 from exchange.recognition import feed
 from exchange.recognition.service import RecognitionService
+from exchange.review import metrics as review_metrics
 from exchange.review.proposals import on_exporter_status_decided
 from exchange.review.service import ReviewService
+from settlement import metrics as settlement_metrics
 from settlement import reconciler
 from settlement.metered import MeteredSettlement
 from settlement.service import SettlementService
@@ -137,9 +140,12 @@ def settlement(
 
 
 def provide_reports(platform: Platform) -> None:
-    """What rooms report on ``/health/ready`` beside its checks (`exchange.platform.status`)."""
+    """What rooms report on ``/health/ready`` beside its checks (`exchange.platform.status`),
+    and the levels they read for ``/metrics`` (`exchange.platform.exposition`)."""
     provide(platform, "settlement", reconciler.report)
     provide(platform, "compute", jobs_status)
+    exposition.provide(platform, "review", review_metrics.gauges)
+    exposition.provide(platform, "settlement", settlement_metrics.gauges)
 
 
 def grants(pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing) -> GrantService:

@@ -13,6 +13,10 @@ redelivery or a duplicate publish past JetStream's dedup window changes nothing.
 While PostgreSQL cannot be reached (a restart, a failover) a batch is not a failing batch: it is
 held, its messages kept from redelivery with "in progress" acks, and settled once the database
 answers again. Counting those attempts as deliveries would dead-letter good trades.
+
+Each trade's handling continues the trace its event carries (``traceparent``): one log line per
+registered trade (``trade_registered``, with its ``trace_id``), the lines about a message
+handled alone, and its ``dx.trade.reserved`` / ``failed`` event carry it.
 """
 
 from __future__ import annotations
@@ -21,13 +25,15 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from exchange.platform import metrics, tracing
 from exchange.platform.bus import fetch_batch
 from exchange.platform.context import Platform
 from exchange.platform.db import is_unavailable
@@ -84,11 +90,18 @@ async def subscribe(platform: Platform) -> Any:
 async def backlog(platform: Platform) -> int | None:
     """How many executed events the durable consumer has not handed out yet (None: it does not
     exist yet). The reconciler waits while there are any: their trades are queued, not lost."""
+    state = await consumer_state(platform)
+    return None if state is None else state[0]
+
+
+async def consumer_state(platform: Platform) -> tuple[int, int] | None:
+    """The durable consumer's events not handed out yet and those handed out but not
+    acknowledged (None: it does not exist yet)."""
     try:
         info = await platform.nats.jetstream().consumer_info(platform.settings.stream_name, DURABLE)
     except NotFoundError:
         return None
-    return int(info.num_pending or 0)
+    return int(info.num_pending or 0), int(info.num_ack_pending or 0)
 
 
 class Consumer:
@@ -146,12 +159,15 @@ class Consumer:
             log.warning("settlement_tree_head_failed", error=f"{type(error).__name__}: {error}")
 
     async def handle(self, messages: Sequence[Any]) -> None:
+        metrics.count_deliveries(DURABLE, (m.metadata.num_delivered for m in messages))
         decoded: list[tuple[Any, TradeExecuted]] = []
         for message in messages:
             try:
                 event = msgspec.json.decode(message.data, type=TradeExecuted)
             except (msgspec.DecodeError, msgspec.ValidationError) as error:
-                await self.dead_letter(message, None, f"undecodable event: {error}")
+                # its trace, if any, from the header the relay sent it with
+                with tracing.bound(tracing.continued((message.headers or {}).get("traceparent"))):
+                    await self.dead_letter(message, None, f"undecodable event: {error}")
                 continue
             decoded.append((message, event))
         if not decoded:
@@ -162,10 +178,11 @@ class Consumer:
             log.warning("settlement_batch_failed", size=len(decoded),
                         error=f"{type(error).__name__}: {error}")  # fmt: skip
             for item in decoded:
-                try:
-                    await self._settle_when_available([item])
-                except Exception as single:  # noqa: BLE001 - retried, then dead-lettered
-                    await self.retry_or_give_up(item[0], item[1], single)
+                with tracing.bound(tracing.continued(item[1].traceparent)):
+                    try:
+                        await self._settle_when_available([item])
+                    except Exception as single:  # noqa: BLE001 - retried, then dead-lettered
+                        await self.retry_or_give_up(item[0], item[1], single)
 
     async def _settle_when_available(self, items: Sequence[tuple[Any, TradeExecuted]]) -> None:
         """`_settle`, waiting out an unreachable database (see the module's docstring).
@@ -198,7 +215,13 @@ class Consumer:
 
     async def _settle(self, items: Sequence[tuple[Any, TradeExecuted]]) -> None:
         request_id = items[0][1].dxrequestid if len(items) == 1 else None
-        result = await self.service.settle_executed([e.data for _, e in items], request_id)
+        # Each trade's span: the one bound when it is handled alone, else a child of its event's.
+        here = tracing.current() if len(items) == 1 else None
+        spans = {e.data.trade_id: here or tracing.continued(e.traceparent) for _, e in items}
+        result = await self.service.settle_executed(
+            [e.data for _, e in items], request_id, {t: s.header for t, s in spans.items()}
+        )
+        _registered(items, result.registered, spans)
         for message, event in items:
             why = result.invalid.get(event.data.trade_id)
             if why is not None:
@@ -223,6 +246,7 @@ class Consumer:
             with contextlib.suppress(ValueError):
                 trade_id = uuid.UUID(event.data.trade_id)
         meta = message.metadata
+        metrics.CONSUMER_DEAD_LETTERS.labels(DURABLE).inc()
         log.error("settlement_dead_letter", subject=message.subject, trade_id=str(trade_id),
                   deliveries=meta.num_delivered, error=why)  # fmt: skip
         async with self.platform.pool.acquire() as conn:
@@ -243,6 +267,31 @@ class Consumer:
             stream=settings.stream_name,
         )
         await message.term()
+
+
+def _registered(
+    items: Sequence[tuple[Any, TradeExecuted]],
+    outcomes: Mapping[str, str],
+    spans: Mapping[str, tracing.TraceContext],
+) -> None:
+    """Count a committed batch, and log each trade it registered with its trace: the line that
+    follows an order's trace into settlement."""
+    metrics.SETTLEMENT_BATCH_SIZE.observe(len(items))
+    now = datetime.now(UTC)
+    for _message, event in items:
+        trade_id = event.data.trade_id
+        outcome = outcomes.get(trade_id)
+        if outcome is None:  # seen before, or invalid (dead-lettered)
+            continue
+        executed = event.time if event.time.tzinfo else event.time.replace(tzinfo=UTC)
+        lag = max(0.0, (now - executed).total_seconds())
+        metrics.SETTLEMENT_REGISTERED.labels(outcome).inc()
+        metrics.SETTLEMENT_LAG.observe(lag)
+        span = spans[trade_id]
+        log.info(
+            "trade_registered", trade_id=trade_id, order_id=event.data.order_id, outcome=outcome,
+            lag_ms=round(lag * 1000, 1), trace_id=span.trace_id, span_id=span.span_id,
+        )  # fmt: skip
 
 
 async def _in_progress(items: Sequence[tuple[Any, TradeExecuted]]) -> None:

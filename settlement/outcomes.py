@@ -61,8 +61,10 @@ async def announce(
     outcomes: Sequence[TradeSettlementData],
     at: datetime,
     request_id: str | None,
+    traceparents: Sequence[str | None] | None = None,
 ) -> None:
-    """``dx.trade.<state>`` for each outcome, through the outbox in the caller's transaction."""
+    """``dx.trade.<state>`` for each outcome, through the outbox in the caller's transaction;
+    ``traceparents``: each one's trace (None: the current span's)."""
     from exchange.platform.outbox import enqueue_many
 
     if not outcomes:
@@ -74,4 +76,5 @@ async def announce(
         source=f"urn:dataex:exchange:{settings.exchange_code}",
         at=at,
         request_id=request_id,
+        traceparents=traceparents,
     )  # fmt: skip

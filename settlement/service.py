@@ -21,7 +21,7 @@ redelivered or retried step finds the trade already past it and changes nothing.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, cast
@@ -42,7 +42,7 @@ from exchange.platform.states import IllegalTransition
 from settlement import book, ledger
 from settlement.book import InsufficientFunds
 from settlement.metered import MeteredSettlement
-from settlement.outcomes import announce, draft_row, outcome_row
+from settlement.outcomes import Outcome, announce, draft_row, outcome_row
 from settlement.states import METERED_TRADE, TRADE, TradeAction, TradeState
 
 FinalStep = Literal["settled", "voided"]
@@ -58,6 +58,7 @@ class BatchResult:
     failed: int = 0
     duplicates: int = 0
     invalid: dict[str, str] = field(default_factory=dict)  # trade id -> why
+    registered: dict[str, Outcome] = field(default_factory=dict)  # trade id -> reserved, failed
 
 
 class Accounts(msgspec.Struct, frozen=True):
@@ -227,9 +228,14 @@ class SettlementService:
     # --- phase one: executed trades, in batches from the consumer ---------------------------
 
     async def settle_executed(
-        self, events: Sequence[TradeExecutedData], request_id: str | None = None
+        self,
+        events: Sequence[TradeExecutedData],
+        request_id: str | None = None,
+        traces: Mapping[str, str] | None = None,
     ) -> BatchResult:
-        """Reserve (or fail) each executed trade not seen before, in one transaction."""
+        """Reserve (or fail) each executed trade not seen before, in one transaction.
+        ``traces``: by trade id, the traceparent its outcome event carries (the span that
+        handles its executed event)."""
         result = BatchResult()
         unique: dict[uuid.UUID, TradeExecutedData] = {}
         for event in events:
@@ -324,9 +330,11 @@ class SettlementService:
                 [_outcome(valid[t], "failed" if t in reasons else "reserved", reasons.get(t), seq)
                  for t, seq in zip(new, seqs, strict=True)],
                 now, request_id,
+                [traces.get(str(t)) for t in new] if traces else None,
             )  # fmt: skip
             result.reserved = len(new) - len(reasons)
             result.failed = len(reasons)
+            result.registered = {str(t): "failed" if t in reasons else "reserved" for t in new}
         return result
 
     # --- phase two: post or void -------------------------------------------------------------

@@ -33,6 +33,8 @@ from typing import Any
 
 import structlog
 
+from exchange.platform.metrics import ORDER_GROUP_SIZE
+
 log = structlog.get_logger("dataex.orders.group")
 
 GROUP_SIZE = 64  # orders in one transaction at most
@@ -125,6 +127,7 @@ class OrderGroup:
                 return
             self.groups += 1
             self.grouped += len(jobs)
+            ORDER_GROUP_SIZE.observe(len(jobs))
             for job, result in zip(jobs, results, strict=True):
                 if job.future.done():
                     continue
@@ -145,5 +148,6 @@ async def _settle(job: Job, alone: AloneRunner) -> None:
         if not job.future.done():
             job.future.set_exception(error)
         return
+    ORDER_GROUP_SIZE.observe(1)
     if not job.future.done():
         job.future.set_result(result)

@@ -37,6 +37,7 @@ from exchange.identity import repository as identity_repo
 from exchange.listings.lifecycle import evaluation_document
 from exchange.listings.schemas import Plan, ProductMetadata
 from exchange.listings.service import fetch_revision
+from exchange.platform import metrics
 from exchange.platform.audit import Actor, record
 from exchange.platform.auth import Principal
 from exchange.platform.canonical import canonical_json, sha256_digest
@@ -476,9 +477,16 @@ class OrderService:
             (actor, principal, data, idempotency),
         )
         if self.group is None:
-            return await self._place_alone(job)
-        placed = await self.group.place(job, self._place_group, self._place_alone)
-        return cast(Order | Replay, placed)
+            placed = await self._place_alone(job)
+        else:
+            placed = cast(
+                Order | Replay, await self.group.place(job, self._place_group, self._place_alone)
+            )
+        if isinstance(placed, Order):  # committed: counted once, whichever way it was placed
+            metrics.ORDERS_PLACED.labels(placed.state).inc()
+            metrics.count_decision("order", placed.policy.decision,
+                                   (hit.rule for hit in placed.policy.hits))  # fmt: skip
+        return placed
 
     async def _place_alone(self, job: Job) -> Order | Replay:
         _actor, principal, _data, idempotency = job.args
@@ -769,7 +777,7 @@ class OrderService:
             subject=self.settings.subject("order", event), event_type=f"dx.order.{event}",
             source=f"urn:dataex:exchange:{self.settings.exchange_code}",
             event_subject=str(order_id), data=OrderEventData(order_id=str(order_id), **data), at=at,
-            request_id=actor.request_id,
+            actor=actor,
         )  # fmt: skip
 
     async def on_case_decided(
@@ -911,7 +919,7 @@ class OrderService:
                 acceptance_days=document["acceptance_days"], executed_at=at.isoformat(),
                 delivery=delivery_terms(document),
             ),
-            at=at, request_id=actor.request_id,
+            at=at, actor=actor,
         )  # fmt: skip
         writes.record(
             actor, at=at, action="contract.executed", subject_type="contract",

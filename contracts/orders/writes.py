@@ -26,6 +26,7 @@ from exchange.platform.canonical import sha256_digest
 from exchange.platform.db import Connection
 from exchange.platform.outbox import OutboxRow, envelope
 from exchange.platform.rows import Row, SqlType, arrays, insert_sql
+from exchange.platform.tracing import current_traceparent
 
 
 class OrderRow(Row, frozen=True):
@@ -136,15 +137,18 @@ class Writes:
         data: Any,
         at: datetime,
         event_subject: str | None,
-        request_id: str | None,
+        actor: Actor,
     ) -> str:
-        """An outbox row, as `exchange.platform.outbox.enqueue` writes it."""
+        """An outbox row, as `exchange.platform.outbox.enqueue` writes it, with the request id
+        and trace of ``actor`` (a group's orders come from many requests, so never the
+        current span's unless the actor has none)."""
         event_id = uuid.uuid4()
+        trace = actor.traceparent or current_traceparent()
         payload = envelope(
             event_id, source=source, event_type=event_type, event_subject=event_subject,
-            data=data, at=at, request_id=request_id,
+            data=data, at=at, request_id=actor.request_id, traceparent=trace,
         )  # fmt: skip
-        self.events.append(OutboxRow(event_id, subject, payload, request_id, at))
+        self.events.append(OutboxRow(event_id, subject, payload, actor.request_id, at, trace))
         return str(event_id)
 
     def extend(self, other: Writes) -> None:

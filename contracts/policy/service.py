@@ -27,6 +27,7 @@ from contracts.policy.schemas import (
     ReplayReport,
     RuleSummary,
 )
+from exchange.platform import metrics
 from exchange.platform.audit import Actor, record
 from exchange.platform.clock import Clock
 from exchange.platform.db import Connection, Executor
@@ -230,8 +231,10 @@ class PolicyService:
         document: EvaluationDocument,
         decision: Decision,
     ) -> int:
-        """Store a decision about a listing or an order, inside the caller's transaction."""
-        return await store.insert_decision(
+        """Store a decision about a listing or an order, inside the caller's transaction (and
+        count it: `exchange.platform.metrics.count_decision`; a transaction that fails after
+        this is rare enough not to be uncounted)."""
+        decision_id = await store.insert_decision(
             conn,
             subject_type=subject_type,
             subject_id=subject_id,
@@ -239,6 +242,8 @@ class PolicyService:
             decision=decision,
             at=self.clock.now(),
         )
+        metrics.count_decision(subject_type, decision.decision, (h.rule for h in decision.hits))
+        return decision_id
 
     async def candidate(self, version: str | None, source: str | None) -> PolicyList:
         """The list a replay runs: a published version, a bundled file, or a candidate source."""

@@ -24,6 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from exchange.delivery import quota
 from exchange.delivery.service import GrantService
+from exchange.platform import metrics, tracing
 from exchange.platform.bus import fetch_batch
 from exchange.platform.context import Platform
 from exchange.platform.db import Connection
@@ -140,19 +141,24 @@ class Consumer:
         self.grants = grants
 
     async def handle(self, messages: Sequence[Any]) -> None:
+        metrics.count_deliveries(DURABLE, (m.metadata.num_delivered for m in messages))
         try:
             async with self.platform.pool.acquire() as conn, conn.transaction():
                 await apply_batch(conn, self.grants, messages)
         except Exception as error:  # noqa: BLE001 - isolate the message that fails
             log.warning("delivery_batch_failed", size=len(messages), error=repr(error))
             for message in messages:
-                try:
-                    async with self.platform.pool.acquire() as conn, conn.transaction():
-                        await apply(conn, self.grants, message.subject, message.data)
-                except Exception as single:  # noqa: BLE001 - retried, then given up
-                    await self._retry_or_give_up(message, single)
-                else:
-                    await _ack(message)
+                # Alone, a message's lines (and the events it causes) continue its trace, from
+                # the header the relay sent it with.
+                trace = (message.headers or {}).get("traceparent")
+                with tracing.bound(tracing.continued(trace)):
+                    try:
+                        async with self.platform.pool.acquire() as conn, conn.transaction():
+                            await apply(conn, self.grants, message.subject, message.data)
+                    except Exception as single:  # noqa: BLE001 - retried, then given up
+                        await self._retry_or_give_up(message, single)
+                    else:
+                        await _ack(message)
             return
         for message in messages:
             await _ack(message)
@@ -161,6 +167,7 @@ class Consumer:
         deliveries = message.metadata.num_delivered
         undecodable = isinstance(error, (msgspec.DecodeError, msgspec.ValidationError))
         if undecodable or deliveries >= MAX_DELIVER:
+            metrics.CONSUMER_DEAD_LETTERS.labels(DURABLE).inc()
             log.error(
                 "delivery_event_dropped", subject=message.subject, deliveries=deliveries,
                 error=repr(error), payload=bytes(message.data)[:2000].decode(errors="replace"),

@@ -10,7 +10,7 @@ from litestar.di import Provide
 from exchange.platform.audit.repository import Actor
 from exchange.platform.auth import Principal, provide_principal
 from exchange.platform.context import Platform
-from exchange.platform.http import request_id_of
+from exchange.platform.http import request_id_of, trace_of
 
 
 def provide_platform(request: Request[Any, Any, Any]) -> Platform:
@@ -19,7 +19,7 @@ def provide_platform(request: Request[Any, Any, Any]) -> Platform:
 
 def provide_actor(request: Request[Any, Any, Any]) -> Actor:
     principal: Principal = provide_principal(request)
-    return Actor.of(principal, request_id_of(request.scope))
+    return Actor.of(principal, request_id_of(request.scope), trace_of(request.scope).header)
 
 
 DEPENDENCIES = {

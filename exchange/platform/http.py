@@ -1,5 +1,5 @@
-"""HTTP platform: request ids, RFC 9457 problem details for every error, strictly decoded
-request bodies, and the access log."""
+"""HTTP platform: request ids and trace context, RFC 9457 problem details for every error,
+strictly decoded request bodies, the access log and the requests' metrics."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ from litestar.openapi.spec import (
 )
 from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Empty, Message, Receive, Scope, Send
-from structlog.contextvars import bound_contextvars
 
+from exchange.platform import metrics, tracing
 from exchange.platform.auth import route_access
 from exchange.platform.db import database_unreachable
 from exchange.platform.errors import DataexError, DependencyUnavailable, FieldError
@@ -83,9 +83,24 @@ def request_id_of(scope: Scope) -> str:
     return str(rid)
 
 
+def trace_of(scope: Scope) -> tracing.TraceContext:
+    """The request's span: a child of the client's ``traceparent`` when it sent one valid
+    header, else the first span of a new trace (a bad header is ignored, never refused); stable
+    per request."""
+    state = scope.setdefault("state", {})
+    span = state.get("trace")
+    if span is None:
+        sent = [value for name, value in scope.get("headers", []) if name == b"traceparent"]
+        span = tracing.continued(sent[0].decode("latin-1") if len(sent) == 1 else None)
+        state["trace"] = span
+    assert isinstance(span, tracing.TraceContext)
+    return span
+
+
 class RequestContextMiddleware:
-    """Binds the request id and route to every log line and writes one access-log line, with
-    the status the client was actually sent.
+    """Binds the request id, the trace (`trace_of`) and the route to every log line, writes one
+    access-log line with the status the client was actually sent, and counts the request by its
+    route's template (`metrics.observe_request`).
 
     Litestar's exception boundary for a route sits inside the middlewares, around the handler:
     what the middlewares after this one raise (429 from the rate limiter, 400 and 422 from the
@@ -102,6 +117,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         rid = request_id_of(scope)
+        span = trace_of(scope)
         status: int | None = None
         started = time.perf_counter()
 
@@ -111,7 +127,8 @@ class RequestContextMiddleware:
                 status = message["status"]
             await send(message)
 
-        with bound_contextvars(request_id=rid, method=scope.get("method"), route=scope["path"]):
+        method = scope.get("method", "")
+        with tracing.bound(span, request_id=rid, method=method, route=scope["path"]):
             try:
                 try:
                     await self.app(scope, receive, send_with_status)
@@ -120,11 +137,14 @@ class RequestContextMiddleware:
                         raise  # the answer had begun: nothing better can be sent now
                     await _answer_error(scope, receive, send_with_status, error)
             finally:
+                seconds = time.perf_counter() - started
+                answered = 500 if status is None else status
                 log.info(
-                    "request",
-                    status=500 if status is None else status,
-                    path=scope["path"],
-                    ms=round((time.perf_counter() - started) * 1000, 2),
+                    "request", status=answered, path=scope["path"], ms=round(seconds * 1000, 2)
+                )
+                # The route's template (path parameters as such), never the raw path.
+                metrics.observe_request(
+                    method, scope.get("path_template", "unmatched"), answered, seconds
                 )
 
 
@@ -179,6 +199,15 @@ async def add_request_id_header(message: Message, scope: Scope) -> None:
     if message["type"] == "http.response.start":
         headers = list(message.get("headers", []))
         headers.append((b"x-request-id", request_id_of(scope).encode()))
+        message["headers"] = headers
+
+
+async def add_traceparent_header(message: Message, scope: Scope) -> None:
+    """``before_send`` hook: every response, matched route or not, carries the ``traceparent``
+    of the exchange's span handling it (`trace_of`)."""
+    if message["type"] == "http.response.start":
+        headers = list(message.get("headers", []))
+        headers.append((b"traceparent", trace_of(scope).header.encode()))
         message["headers"] = headers
 
 
@@ -421,12 +450,21 @@ REQUIRED_HEADERS = "dataex_required_headers"
 RESPONSE_HEADERS = "dataex_response_headers"
 # What every answer carries, and how long to wait after a 429 or a 503.
 _REQUEST_ID = "X-Request-ID"
+_TRACEPARENT = "traceparent"
+_TRACEPARENT_PATTERN = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 _HEADER_COMPONENTS: dict[str, OpenAPIHeader | Reference] = {
     _REQUEST_ID: OpenAPIHeader(
         schema=Schema(type=OpenAPIType.STRING, max_length=128),
         required=True,
         description="The request's id: the client's own X-Request-ID when it sent a well-formed"
         " one (8-128 of A-Z a-z 0-9 . _ : -), else a new one. Logs and problems quote it.",
+    ),
+    _TRACEPARENT: OpenAPIHeader(
+        schema=Schema(type=OpenAPIType.STRING, pattern=_TRACEPARENT_PATTERN),
+        required=True,
+        description="W3C Trace Context of the exchange's span handling the request: in the"
+        " client's trace when it sent a valid traceparent, else in a new one. Logs and the"
+        " events the request causes carry its trace id.",
     ),
 }
 # Inline in each operation (not a $ref): readers of the parameters need not resolve it.
@@ -437,6 +475,14 @@ _REQUEST_ID_PARAMETER = Parameter(
     schema=Schema(type=OpenAPIType.STRING, max_length=MAX_PARAMETER_CHARS),
     description="Optional id of this request (8-128 of A-Z a-z 0-9 . _ : -), echoed in"
     " X-Request-ID and logged; any other value is replaced by a new id.",
+)
+_TRACEPARENT_PARAMETER = Parameter(
+    name=_TRACEPARENT,
+    param_in=ParamType.HEADER,
+    required=False,
+    schema=Schema(type=OpenAPIType.STRING, max_length=MAX_PARAMETER_CHARS),
+    description="Optional W3C Trace Context of the caller's span: a valid one is continued,"
+    " anything else ignored (a new trace is started); never refused.",
 )
 _RETRY_AFTER = Schema(type=OpenAPIType.STRING, pattern=r"^[0-9]+$", description="seconds to wait")
 _PROBLEM_HEADERS: dict[str, dict[str, OpenAPIHeader | Reference]] = {
@@ -566,7 +612,8 @@ class DocumentedOperation(Operation):
       says ``anyOf``: the body is at least one of them.
     - Every string path or query parameter without a ``maxLength`` gets the platform's limit
       (`MAX_PARAMETER_CHARS`), which `InputGuardMiddleware` enforces.
-    - The headers every answer carries (``X-Request-ID``, which a request may also send), and
+    - The headers every answer carries (``X-Request-ID`` and ``traceparent``, which a request
+      may also send), and
       those of its problems: ``WWW-Authenticate`` on a 401, ``Retry-After`` on a 429 (always)
       and on a 503 (when the dependency is expected back soon).
     - The request headers in ``required_headers`` (see `required_headers`) are required, and
@@ -586,13 +633,14 @@ class DocumentedOperation(Operation):
                 parameter.schema = _not_null(parameter.schema)
             if parameter.param_in in ("path", "query") and isinstance(parameter.schema, Schema):
                 _bound_strings(parameter.schema)
-        self.parameters = [*(self.parameters or []), _REQUEST_ID_PARAMETER]
+        self.parameters = [*(self.parameters or []), _REQUEST_ID_PARAMETER, _TRACEPARENT_PARAMETER]
         for status, response in (self.responses or {}).items():
             if not isinstance(response, OpenAPIResponse):
                 continue
             response.headers = {
                 **(response.headers or {}),
                 _REQUEST_ID: Reference(ref=f"#/components/headers/{_REQUEST_ID}"),
+                _TRACEPARENT: Reference(ref=f"#/components/headers/{_TRACEPARENT}"),
                 **_PROBLEM_HEADERS.get(str(status), {}),
                 **self.answer_headers.get(str(status), {}),
             }

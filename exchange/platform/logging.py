@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import re
@@ -20,9 +21,18 @@ _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s/@:]*:)[^\s/@]+@", re.I)
 
 def _redact(value: Any) -> Any:
     if isinstance(value, str):
-        value = _URL_PASSWORD.sub(r"\1[redacted]@", value)
-        return _TOKEN_VALUE.sub("dxt_[redacted]", value)
+        # Most values hold neither a URL nor a token: skip the expressions (every log line
+        # passes here, each of its values).
+        if "://" in value:
+            value = _URL_PASSWORD.sub(r"\1[redacted]@", value)
+        if "dxt_" in value:
+            value = _TOKEN_VALUE.sub("dxt_[redacted]", value)
     return value
+
+
+@functools.lru_cache(maxsize=1024)
+def _secret_key(key: str) -> bool:
+    return bool(_SECRET_KEYS.search(key)) and not key.endswith(("_id", "_count"))
 
 
 def redact_secrets(
@@ -30,7 +40,7 @@ def redact_secrets(
 ) -> MutableMapping[str, Any]:
     """Drop values of secret-looking keys and mask anything shaped like a dataex token."""
     for key in list(event_dict):
-        if key != "event" and _SECRET_KEYS.search(key) and not key.endswith(("_id", "_count")):
+        if key != "event" and _secret_key(key):
             event_dict[key] = "[redacted]"
         else:
             event_dict[key] = _redact(event_dict[key])

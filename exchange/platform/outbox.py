@@ -7,6 +7,10 @@ duplicate window; consumers are idempotent beyond it), and marks the rows in the
 transaction. Rows are never read by ``id > last_seen``: transactions commit out of order.
 LISTEN/NOTIFY only wakes the relay early; it polls every second regardless.
 
+Each event carries the W3C ``traceparent`` of the span that wrote it (`exchange.platform.tracing`)
+in its row, in the CloudEvent's ``traceparent`` extension attribute and in the message's
+``traceparent`` header, so whoever handles it continues that trace.
+
 Rows are kept after they are published. A room that must find again events it may have missed
 (the settlement room's reconciler: an executed trade whose event never reached its consumer)
 reads them with `published`, a page of one kind of event by when it was published, over a
@@ -17,18 +21,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import msgspec
 
+from exchange.platform import metrics
 from exchange.platform.bus import stream_for
 from exchange.platform.context import Platform
 from exchange.platform.db import Connection, Executor, connect
 from exchange.platform.logging import get_logger
 from exchange.platform.rows import Row
+from exchange.platform.tracing import current_traceparent, parse
 
 log = get_logger(__name__)
 
@@ -50,6 +58,9 @@ class CloudEvent(msgspec.Struct, frozen=True, kw_only=True):
     datacontenttype: str = "application/json"
     dataschema: str | None = None
     dxrequestid: str | None = None  # extension attribute: the request that caused the event
+    # extension attribute (CloudEvents distributed tracing): the W3C traceparent of the span
+    # that wrote the event
+    traceparent: str | None = None
     data: Any
 
 
@@ -62,6 +73,7 @@ class OutboxRow(Row, frozen=True):
     payload: bytes
     request_id: str | None
     created_at: datetime
+    traceparent: str | None
 
 
 def envelope(
@@ -73,12 +85,14 @@ def envelope(
     data: Any,
     at: datetime,
     request_id: str | None,
+    traceparent: str | None = None,
 ) -> bytes:
     """The outbox payload: the event in its CloudEvents envelope, as JSON."""
     return msgspec.json.encode(
         CloudEvent(
             id=str(event_id), source=source, type=event_type, subject=event_subject, time=at,
-            dataschema=f"urn:dataex:schema:{event_type}", dxrequestid=request_id, data=data,
+            dataschema=f"urn:dataex:schema:{event_type}", dxrequestid=request_id,
+            traceparent=traceparent, data=data,
         )
     )  # fmt: skip
 
@@ -93,17 +107,20 @@ async def enqueue(
     at: datetime,
     event_subject: str | None = None,
     request_id: str | None = None,
+    traceparent: str | None = None,
 ) -> str:
-    """Write an event in the caller's transaction; returns the event id."""
+    """Write an event in the caller's transaction; returns the event id. ``traceparent``:
+    None for the current span's (the request or event being handled), if any."""
     event_id = uuid.uuid4()
+    traceparent = traceparent or current_traceparent()
     payload = envelope(
         event_id, source=source, event_type=event_type, event_subject=event_subject, data=data,
-        at=at, request_id=request_id,
+        at=at, request_id=request_id, traceparent=traceparent,
     )  # fmt: skip
     await conn.execute(
-        "INSERT INTO outbox (id, subject, payload, request_id, created_at)"
-        " VALUES ($1, $2, $3, $4, $5)",
-        event_id, subject, payload, request_id, at,
+        "INSERT INTO outbox (id, subject, payload, request_id, created_at, traceparent)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        event_id, subject, payload, request_id, at, traceparent,
     )  # fmt: skip
     return str(event_id)
 
@@ -127,22 +144,29 @@ async def enqueue_many(
     source: str,
     at: datetime,
     request_id: str | None = None,
+    traceparents: Sequence[str | None] | None = None,
 ) -> list[str]:
-    """`enqueue` for many events in one statement: (subject, type, event subject, data) each."""
+    """`enqueue` for many events in one statement: (subject, type, event subject, data) each.
+    ``traceparents``: each event's (in the same order; a None in it, or None for all, is the
+    current span's)."""
     if not events:
         return []
     ids = [uuid.uuid4() for _ in events]
+    here = current_traceparent()
+    traces = [t or here for t in traceparents] if traceparents is not None else [here] * len(ids)
     payloads = [
         envelope(
             event_id, source=source, event_type=event_type, event_subject=event_subject,
-            data=data, at=at, request_id=request_id,
+            data=data, at=at, request_id=request_id, traceparent=trace,
         )
-        for event_id, (_subject, event_type, event_subject, data) in zip(ids, events, strict=True)
+        for event_id, (_subject, event_type, event_subject, data), trace
+        in zip(ids, events, traces, strict=True)
     ]  # fmt: skip
     await conn.execute(
-        "INSERT INTO outbox (id, subject, payload, request_id, created_at)"
-        " SELECT i, s, p, $4, $5 FROM unnest($1::uuid[], $2::text[], $3::bytea[]) AS x(i, s, p)",
-        ids, [e[0] for e in events], payloads, request_id, at,
+        "INSERT INTO outbox (id, subject, payload, request_id, created_at, traceparent)"
+        " SELECT i, s, p, $4, $5, t"
+        " FROM unnest($1::uuid[], $2::text[], $3::bytea[], $6::text[]) AS x(i, s, p, t)",
+        ids, [e[0] for e in events], payloads, request_id, at, traces,
     )  # fmt: skip
     return [str(i) for i in ids]
 
@@ -209,13 +233,25 @@ async def stored(conn: Executor, ids: list[uuid.UUID]) -> list[StoredEvent]:
     return [StoredEvent(r["id"], r["subject"], bytes(r["payload"]), r["request_id"]) for r in rows]
 
 
+async def backlog(conn: Executor) -> tuple[int, float]:
+    """Events not published yet, and how many seconds the oldest of them has waited (0: none).
+    Over the partial index of pending rows, so as cheap as the backlog is small."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS pending,"
+        " coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest"
+        " FROM outbox WHERE published_at IS NULL"
+    )
+    assert row is not None
+    return int(row["pending"]), max(0.0, float(row["oldest"]))
+
+
 async def relay_batch(platform: Platform, limit: int = BATCH) -> int:
     """Publish up to ``limit`` pending events; returns how many were published."""
     js = platform.nats.jetstream()
     async with platform.pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(
-            "SELECT id, subject, payload, request_id FROM outbox WHERE published_at IS NULL"
-            " ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            "SELECT id, subject, payload, request_id, created_at, traceparent FROM outbox"
+            " WHERE published_at IS NULL ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
             limit,
         )
         if not rows:
@@ -225,6 +261,8 @@ async def relay_batch(platform: Platform, limit: int = BATCH) -> int:
             headers = {"Nats-Msg-Id": str(row["id"])}
             if row["request_id"]:
                 headers["X-Request-ID"] = row["request_id"]
+            if row["traceparent"]:
+                headers["traceparent"] = row["traceparent"]
             await js.publish(
                 row["subject"],
                 bytes(row["payload"]),
@@ -237,7 +275,24 @@ async def relay_batch(platform: Platform, limit: int = BATCH) -> int:
             "UPDATE outbox SET published_at = now() WHERE id = ANY($1::uuid[])",
             [row["id"] for row in rows],
         )
+    _published(rows)
     return len(rows)
+
+
+def _published(rows: Sequence[Any]) -> None:
+    """Count what a round published and how long each waited; one debug line per event, with
+    its trace (`DATAEX_LOG_LEVEL=debug` to follow an event through the relay)."""
+    now = datetime.now(UTC)
+    metrics.OUTBOX_PUBLISHED.inc(len(rows))
+    for row in rows:
+        metrics.OUTBOX_PUBLISH_LAG.observe(max(0.0, (now - row["created_at"]).total_seconds()))
+    if log.is_enabled_for(logging.DEBUG):
+        for row in rows:
+            trace = parse(row["traceparent"])
+            log.debug(
+                "event_published", event_id=str(row["id"]), subject=row["subject"],
+                trace_id=trace.trace_id if trace else None,
+            )  # fmt: skip
 
 
 async def relay_loop(platform: Platform, stop: asyncio.Event) -> None:

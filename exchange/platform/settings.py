@@ -84,6 +84,10 @@ class Settings:
     public_base_url: str | None = None  # where others reach this API (certificates, identity)
     # Set by `dataex up` for its parts: the file where it says what runs (exchange.supervisor).
     supervisor_status: Path | None = None
+    # Set by `dataex up` for its parts (PROMETHEUS_MULTIPROC_DIR, prometheus_client's own
+    # variable): the folder where every process writes its metrics and from which /metrics sums
+    # them (exchange.platform.exposition). None: each process serves its own.
+    metrics_dir: Path | None = None
     # How long after its dx.trade.executed was published a trade may go without a settlement
     # outcome before the settlement room's reconciler publishes the event again (and
     # `dataex ledger verify` names it if it still has none).
@@ -201,6 +205,8 @@ class Settings:
         values["public_base_url"] = url("DATAEX_PUBLIC_URL", ("http", "https"))
         status = text("DATAEX_SUPERVISOR_STATUS")
         values["supervisor_status"] = Path(status) if status else None
+        metrics_dir = text("PROMETHEUS_MULTIPROC_DIR")
+        values["metrics_dir"] = Path(metrics_dir) if metrics_dir else None
         values["reconcile_after_seconds"] = integer("DATAEX_RECONCILE_AFTER_SECONDS", 1, 86_400)
 
         if problems:
@@ -248,4 +254,6 @@ class Settings:
             env["DATAEX_PUBLIC_URL"] = self.public_base_url
         if self.supervisor_status:
             env["DATAEX_SUPERVISOR_STATUS"] = str(self.supervisor_status)
+        if self.metrics_dir:
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         return env

@@ -9,6 +9,7 @@ needs no client library of its own.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import urllib.request
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,7 +38,8 @@ def get_json(url: str, timeout: float = FETCH_TIMEOUT) -> Any:
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             return decode_json(response.read())  # invalid UTF-8 too is a DecodeError
-    except (OSError, msgspec.DecodeError) as error:
+    # HTTPException: what http.client refuses (a URL with control characters) or cannot read
+    except (OSError, http.client.HTTPException, msgspec.DecodeError) as error:
         raise FetchError(f"GET {url}: {error}") from error
 
 

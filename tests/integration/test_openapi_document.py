@@ -43,7 +43,7 @@ ALSO_ANSWERS = {
     ("post", "/v1/products/{product_id}/revisions/{revision}/files/{name}/uploads"): {"200"},
     ("get", "/v1/grants/{grant_id}/files/{name}"): {"206", "304", "416"},
 }
-# Headers of answers beyond X-Request-ID (every answer) and the problems' own.
+# Headers of answers beyond X-Request-ID and traceparent (every answer) and the problems' own.
 ANSWER_HEADERS = {
     ("post", "/v1/orders", "201"): {"Idempotent-Replayed"},
     ("get", "/v1/grants/{grant_id}/files/{name}", "200"): {"ETag", "Content-Disposition"},
@@ -225,6 +225,7 @@ def test_every_request_header_a_handler_reads_is_declared(document):
             if p["in"] == "header"
         }
         assert "x-request-id" in declared, (method, path)  # any request may name itself
+        assert "traceparent" in declared, (method, path)  # ... and say which trace it is in
         required = {name.lower() for name in handler.opt.get(REQUIRED_HEADERS, ())}
         for field in handler.parsed_fn_signature.parameters.values():
             kwarg = field.kwarg_definition
@@ -260,7 +261,7 @@ def test_every_status_the_api_answers_is_declared(document):
             status: set(response.get("headers") or {}) for status, response in responses.items()
         }
         for status, names in headers.items():
-            assert "X-Request-ID" in names, (method, path, status)
+            assert {"X-Request-ID", "traceparent"} <= names, (method, path, status)
         if not path.startswith(EXEMPT_PREFIXES):
             # Throttled, or PostgreSQL away: when to come back.
             assert responses["429"]["headers"]["Retry-After"]["required"] is True

@@ -34,6 +34,14 @@ def test_values_are_read():
     assert settings.subject("listing", "published") == "dx.listing.published"
 
 
+def test_the_metrics_folder_is_prometheus_clients_own_variable_and_reaches_the_parts():
+    assert Settings.from_env({}).metrics_dir is None
+    assert "PROMETHEUS_MULTIPROC_DIR" not in Settings.from_env({}).to_env()
+    settings = Settings.from_env({"PROMETHEUS_MULTIPROC_DIR": "/tmp/state/metrics"})
+    assert settings.metrics_dir == Path("/tmp/state/metrics")
+    assert settings.to_env()["PROMETHEUS_MULTIPROC_DIR"] == "/tmp/state/metrics"
+
+
 @pytest.mark.parametrize(
     ("name", "value", "says"),
     [

@@ -22,14 +22,19 @@ class Actor:
     org_id: uuid.UUID | None = None
     token_id: uuid.UUID | None = None
     request_id: str | None = None
+    # The W3C traceparent of the request's span: the events it causes carry it (outbox).
+    traceparent: str | None = None
 
     @classmethod
-    def of(cls, principal: Principal, request_id: str | None) -> Actor:
+    def of(
+        cls, principal: Principal, request_id: str | None, traceparent: str | None = None
+    ) -> Actor:
         return cls(
             label=f"token:{principal.token_id}",
             org_id=principal.org_id,
             token_id=principal.token_id,
             request_id=request_id,
+            traceparent=traceparent,
         )
 
     @classmethod
