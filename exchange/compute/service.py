@@ -290,6 +290,7 @@ class JobService:
         """The buyer uploads one Python file for review; the same file again is the same row."""
         grant = await self._buyers_grant(principal, grant_id)
         self._live(grant)
+        check_params_schema(data.params_schema)
         source = data.source.encode()
         sha = hashlib.sha256(source).hexdigest()
         at = self.clock.now()
@@ -394,17 +395,18 @@ class JobService:
         if data.kind == "algorithm":
             if data.algorithm_sha256 is None or data.query is not None:
                 raise _bad("algorithm_sha256", "an algorithm job names its approved sha256 only")
-            approved = await conn.fetchval(
-                "SELECT state = 'approved' FROM compute_algorithms"
+            algorithm = await conn.fetchrow(
+                "SELECT state, params_schema FROM compute_algorithms"
                 " WHERE grant_id = $1 AND sha256 = $2",
                 grant.id, data.algorithm_sha256,
             )  # fmt: skip
-            if not approved:
+            if algorithm is None or algorithm["state"] != "approved":
                 raise AlgorithmNotApproved(
                     f"algorithm {data.algorithm_sha256} is not approved for grant {grant.id}"
                 )
             if len(canonical_json(data.params)) > MAX_PARAMS_BYTES:
                 raise _bad("params", f"params are at most {MAX_PARAMS_BYTES} bytes")
+            check_params(_json(algorithm["params_schema"]), data.params)
         else:
             if data.query is None or data.algorithm_sha256 is not None or data.params:
                 raise _bad("query", "a query job gives its query only")
@@ -582,6 +584,44 @@ async def jobs_status(platform: Platform) -> ComputeStatus:
 
 def is_final(state: str) -> bool:
     return state in FINAL
+
+
+def check_params_schema(schema: dict[str, Any]) -> None:
+    """An algorithm's parameter schema must be a valid JSON Schema (2020-12): 422 otherwise."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as error:
+        where = ".".join(str(part) for part in error.absolute_path)
+        raise _bad(
+            "params_schema" + (f".{where}" if where else ""),
+            f"not a valid JSON Schema (2020-12): {error.message}",
+        ) from error
+
+
+def check_params(schema: dict[str, Any], params: Any) -> None:
+    """A job's parameters must match its approved algorithm's schema: 422 naming each place."""
+    from jsonschema import Draft202012Validator
+
+    problems = sorted(
+        Draft202012Validator(schema).iter_errors(params), key=lambda e: list(e.absolute_path)
+    )
+    if problems:
+        errors = [
+            FieldError(
+                path=".".join(["params", *(str(part) for part in e.absolute_path)]),
+                message=e.message,
+                source="body",
+            )
+            for e in problems[:20]
+        ]
+        raise InvalidInput(
+            "the parameters do not match the algorithm's parameter schema: "
+            + "; ".join(f"{e.path}: {e.message}" for e in errors[:3]),
+            errors=errors,
+        )
 
 
 def _bad(path: str, message: str) -> InvalidInput:

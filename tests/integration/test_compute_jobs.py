@@ -195,3 +195,41 @@ async def test_a_jobs_receipt_is_registered_in_the_ledger_under_its_trade(
     )
     assert trade_receipt.status_code == 200, trade_receipt.text
     verify_receipt(trade_receipt.content, keys)
+
+
+async def test_an_algorithms_parameters_must_match_its_schema(client, trade, settings, pool, clock):
+    grant_id = await sandbox_grant(client, trade, pool, clock, settings)
+    buyer, seller = trade["buyer"], trade["seller"]
+    broken = await client.post(
+        f"/v1/grants/{grant_id}/algorithms",
+        json={"source": PROGRAM, "params_schema": {"type": "no-such-type"}},
+        headers=bearer(buyer),
+    )
+    problem = assert_problem(broken, 422, "invalid_input")
+    assert problem["errors"][0]["path"].startswith("params_schema")
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer", "minimum": 1}},
+        "required": ["n"],
+        "additionalProperties": False,
+    }
+    up = await client.post(
+        f"/v1/grants/{grant_id}/algorithms",
+        json={"source": PROGRAM, "params_schema": schema},
+        headers=bearer(buyer),
+    )
+    assert up.status_code == 201, up.text
+    sha = up.json()["sha256"]
+    decided = await client.post(
+        f"/v1/grants/{grant_id}/algorithms/{sha}/decision",
+        json={"decision": "approve"},
+        headers=bearer(seller),
+    )
+    assert decided.status_code == 200, decided.text
+    body = {"kind": "algorithm", "algorithm_sha256": sha}
+    wrong = await _job(client, buyer, grant_id, {**body, "params": {"n": 0, "x": 1}}, "p1")
+    problem = assert_problem(wrong, 422, "invalid_input")
+    assert {e["path"] for e in problem["errors"]} == {"params", "params.n"}
+    assert await pool.fetchval("SELECT count(*) FROM compute_jobs") == 0  # nothing written
+    right = await _job(client, buyer, grant_id, {**body, "params": {"n": 3}}, "p2")
+    assert right.status_code == 201, right.text
