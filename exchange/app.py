@@ -30,6 +30,7 @@ from exchange.delivery.files_api import (
     RevisionFileController,
     UploadController,
 )
+from exchange.disputes.api import DisputeController, TradeDisputeController
 from exchange.health import HealthController, MetricsController
 from exchange.identity.api import OrganisationController, TokenController
 from exchange.listings.api import CertificateController, WellKnownController
@@ -118,6 +119,8 @@ ROUTE_HANDLERS: list[Any] = [
     UpstreamController,
     GrantComputeController,
     JobController,
+    TradeDisputeController,
+    DisputeController,
 ]
 
 

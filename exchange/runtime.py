@@ -476,13 +476,19 @@ def serve(part: str, settings: Settings) -> int:
         asyncio.run(run_part(settings, "relay", relay_and_housekeeping))
     elif part == "settlement":
         from exchange import wiring
+        from exchange.disputes.worker import deadline_loop
         from settlement.worker import settlement_loop
 
         async def settle(platform: Any, stop: asyncio.Event) -> None:
             service = wiring.settlement(
                 platform.pool, platform.clock, platform.settings, platform.keyring
             )
-            await settlement_loop(platform, stop, service)
+            disputes = wiring.disputes(
+                platform.pool, platform.clock, platform.settings, platform.keyring
+            )
+            await asyncio.gather(
+                settlement_loop(platform, stop, service), deadline_loop(stop, disputes)
+            )
 
         asyncio.run(run_part(settings, "settlement", settle))
     elif part == "delivery":

@@ -19,7 +19,10 @@ and the process runtime, fills it in:
 - delivery → the listing room's re-check of the negative list (before a delivery token),
   settlement's top-up of a metered trade's reserve, and settlement's posting of each closed
   billing period and release of what was not spent when the grant ends;
-- the health check → settlement's reconciler figures (overdue and republished trades).
+- the health check → settlement's reconciler figures (overdue and republished trades);
+- disputes → settlement's facts of a trade, its hold, release and posting of a resolution and
+  its ledger entries and proofs; every room's system evidence of a trade; delivery's
+  suspension of the trade's grants (`DisputeHooks`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 from litestar.di import NamedDependency, Provide
@@ -58,14 +61,24 @@ from exchange.delivery.service import (
     revoked_jtis,
     trades_delivered,
 )
+from exchange.delivery.states import LIVE
 from exchange.delivery.storage import LocalFolderStore
 from exchange.delivery.tokens import TokenVerifier
 from exchange.delivery.usage import UsageRecorder
+from exchange.disputes.hooks import DisputeHooks
+from exchange.disputes.service import DisputeService
 from exchange.listings.service import ListingHooks, ListingService, fetch_revision
 from exchange.platform import exposition
 from exchange.platform.clock import Clock
 from exchange.platform.context import Platform
 from exchange.platform.db import Connection, Executor
+from exchange.platform.disputes import (
+    LedgerProofs,
+    MoneyOutcome,
+    PeriodFacts,
+    SystemEvidence,
+    TradeFacts,
+)
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing, jwks, load_master_key
 from exchange.platform.status import provide
@@ -353,6 +366,126 @@ def provide_file_deliveries(platform: NamedDependency[Platform]) -> FileDeliveri
                           p.leases, p.usage)  # fmt: skip
 
 
+# TEMPORARY until H1/H4 merge (issue 21): the disputes room's hooks, read and written straight
+# from settlement's and delivery's tables and private steps. At merge they become settlement's
+# `DisputeSettlement` (facts/hold/unhold/resolve/register/proofs/receipt_evidence), the orders,
+# listings, delivery and compute rooms' *_evidence exports for `collect`, and delivery's
+# `GrantService.on_dispute_opened/on_dispute_closed` and `trade_has_live_grant`.
+def dispute_hooks(
+    pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing
+) -> DisputeHooks:  # TEMPORARY until H1/H4 merge
+    settle = settlement(pool, clock, settings, keyring)
+    grant_service = grants(pool, clock, settings, keyring)
+    metered = MeteredSettlement(settings)
+
+    async def facts(conn: Connection, trade_id: uuid.UUID, lock: bool) -> TradeFacts | None:
+        row = await conn.fetchrow(
+            "SELECT * FROM settlement_trades WHERE trade_id = $1" + (" FOR UPDATE" if lock else ""),
+            trade_id,
+        )
+        if row is None:
+            return None
+        held = 0
+        if row["state"] in ("reserved", "disputed"):
+            held = (row["reserved_fen"] or 0) - (row["posted_fen"] or 0) if row["metered"] \
+                else row["price_fen"] + row["fee_fen"]  # fmt: skip
+        periods = await conn.fetch(
+            "SELECT * FROM usage_statements WHERE trade_id = $1 ORDER BY period", trade_id
+        )
+        return TradeFacts(
+            trade_id=trade_id, state=row["state"], metered=row["metered"],
+            buyer_org_id=row["buyer_org_id"], seller_org_id=row["seller_org_id"],
+            product_code=row["product_code"], price_fen=row["price_fen"],
+            fee_fen=row["fee_fen"], held_fen=held, executed_at=row["executed_at"],
+            acceptance_due=row["acceptance_due"],
+            periods=tuple(
+                PeriodFacts(period=p["period"], grant_id=p["grant_id"],
+                            charge_fen=p["charge_fen"], fee_fen=p["fee_fen"],
+                            statement_digest=p["digest"], posted_at=p["posted_at"])
+                for p in periods
+            ),
+        )  # fmt: skip
+
+    # settlement alone writes its trades: holding and releasing await H1 (nothing moves here).
+    async def hold(conn: Connection, trade_id: uuid.UUID, dispute_id: uuid.UUID, at: datetime,
+                   request_id: str | None) -> None:  # fmt: skip
+        return None
+
+    async def unhold(
+        conn: Connection, trade_id: uuid.UUID, dispute_id: uuid.UUID, due: datetime | None,
+        at: datetime, request_id: str | None,
+    ) -> None:  # fmt: skip
+        return None
+
+    async def resolve(conn: Connection, trade_id: uuid.UUID, dispute_id: uuid.UUID, refund: int,
+                      periods: Sequence[int], at: datetime,
+                      request_id: str | None) -> MoneyOutcome:  # fmt: skip
+        row = await conn.fetchrow(
+            "SELECT * FROM settlement_trades WHERE trade_id = $1 FOR UPDATE", trade_id
+        )
+        assert row is not None
+        if row["state"] not in ("reserved", "disputed"):
+            return MoneyOutcome(state=row["state"], refund_fen=0, seller_fen=0, fee_fen=0,
+                                ledger_seq=None)  # fmt: skip
+        held = row["price_fen"] + row["fee_fen"]
+        if refund not in (0, held) or row["metered"]:
+            raise NotImplementedError("a split or a metered refund awaits settlement (H1)")
+        step: Literal["settled", "voided"] = "settled" if refund == 0 else "voided"
+        [seq] = await settle._finish(conn, [row], step, at, request_id)
+        return MoneyOutcome(
+            state=step, refund_fen=refund, seller_fen=row["price_fen"] if refund == 0 else 0,
+            fee_fen=row["fee_fen"] if refund == 0 else 0, ledger_seq=seq,
+        )  # fmt: skip
+
+    async def register(conn: Connection, trade_id: uuid.UUID, dispute_id: uuid.UUID, step: str,
+                       digest: str, at: datetime) -> int:  # fmt: skip
+        seq = await metered.register_job_receipt(conn, trade_id, digest, at)
+        assert seq is not None
+        return seq
+
+    async def proofs(conn: Connection, seqs: Sequence[int], at: datetime) -> LedgerProofs:
+        raise NotImplementedError("ledger proofs await settlement (H1)")
+
+    async def collect(conn: Connection, trade_id: uuid.UUID, at: datetime) -> list[SystemEvidence]:
+        return []  # the rooms' exports await H1/H4
+
+    async def suspend_grants(conn: Connection, trade_id: uuid.UUID, reason: str, at: datetime,
+                             request_id: str | None) -> None:  # fmt: skip
+        for row in await grant_service._rows(
+            conn, "trade_id = $1 AND state = ANY($2::text[])", trade_id, list(LIVE)
+        ):
+            await grant_service._suspend(conn, row, "dispute", at, reason, request_id)
+
+    async def lift_grants(conn: Connection, trade_id: uuid.UUID, at: datetime,
+                          request_id: str | None) -> None:  # fmt: skip
+        for row in await grant_service._rows(conn, "trade_id = $1", trade_id):
+            await grant_service._lift(conn, row, "dispute", at, request_id)
+
+    async def grant_live(conn: Connection, trade_id: uuid.UUID, at: datetime) -> bool:
+        return bool(await conn.fetchval(
+            "SELECT 1 FROM grants WHERE trade_id = $1 AND state = ANY($2::text[]) LIMIT 1",
+            trade_id, list(LIVE),
+        ))  # fmt: skip
+
+    return DisputeHooks(
+        facts=facts, hold=hold, unhold=unhold, resolve=resolve, register=register,
+        proofs=proofs, collect=collect, suspend_grants=suspend_grants, lift_grants=lift_grants,
+        grant_live=grant_live,
+    )  # fmt: skip
+
+
+def disputes(
+    pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing
+) -> DisputeService:
+    return DisputeService(pool, clock, settings, keyring,
+                          dispute_hooks(pool, clock, settings, keyring),
+                          settings.state_dir / "evidence")  # fmt: skip
+
+
+def provide_disputes(platform: NamedDependency[Platform]) -> DisputeService:
+    return disputes(platform.pool, platform.clock, platform.settings, platform.keyring)
+
+
 # The services the rooms' controllers ask for by name, built per request from the platform.
 DEPENDENCIES = {
     "policy": Provide(provide_policy, sync_to_thread=False),
@@ -365,4 +498,5 @@ DEPENDENCIES = {
     "file_uploads": Provide(provide_file_uploads, sync_to_thread=False),
     "file_deliveries": Provide(provide_file_deliveries, sync_to_thread=False),
     "jobs": Provide(provide_jobs, sync_to_thread=False),
+    "disputes": Provide(provide_disputes, sync_to_thread=False),
 }

@@ -4,7 +4,7 @@ Every event is a CloudEvents 1.0 envelope (`exchange.platform.outbox.CloudEvent`
 ``dx.<aggregate>.<event>``. The orders room emits ``dx.order.*`` and ``dx.trade.executed``; the
 listing room ``dx.listing.*``; the settlement room ``dx.trade.reserved`` / ``settled`` / ``failed``
 / ``voided``; the delivery room ``dx.grant.*`` and ``dx.usage.closed``; the identity room
-``dx.organisation.*``; the compute room ``dx.job.*``.
+``dx.organisation.*``; the compute room ``dx.job.*``; the disputes room ``dx.dispute.*``.
 A consumer reads the type here, never the producing room's internals. The JSON Schemas under
 ``schemas/events`` are generated from these types (``uv run python -m exchange.platform.events``)
 and a test checks they are current.
@@ -270,6 +270,51 @@ def job_schema() -> dict[str, object]:
     return _schema(JobEvent, "dx.job")
 
 
+DisputeState = Literal[
+    "opened", "awaiting_response", "under_review", "resolved", "settled_by_agreement",
+    "escalated", "closed",
+]  # fmt: skip
+DisputeReason = Literal[
+    "not_delivered", "not_as_described", "quality_below_report", "over_metered",
+    "terms_breach_by_buyer", "other",
+]  # fmt: skip
+DisputeEventType = Literal[
+    "dx.dispute.opened", "dx.dispute.awaiting_response", "dx.dispute.under_review",
+    "dx.dispute.resolved", "dx.dispute.settled_by_agreement", "dx.dispute.escalated",
+    "dx.dispute.closed",
+]  # fmt: skip
+
+
+class DisputeEventData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A dispute as it stands after a transition (``action`` is what moved it). The
+    resolution, once there is one, is its canonical JSON's digest and kind; the money it moved
+    is settlement's ``dx.trade.*`` event."""
+
+    dispute_id: str
+    trade_id: str
+    buyer_org_id: str
+    seller_org_id: str
+    claimant: Literal["buyer", "seller"]
+    reason: DisputeReason
+    claimed_fen: int
+    state: DisputeState
+    action: str
+    respond_by: str
+    resolution_kind: str | None = None
+    resolution_digest: str | None = None
+
+
+class DisputeEvent(CloudEvent, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Every transition of a dispute (the disputes room): ``dx.dispute.<state>``."""
+
+    type: DisputeEventType
+    data: DisputeEventData
+
+
+def dispute_schema() -> dict[str, object]:
+    return _schema(DisputeEvent, "dx.dispute")
+
+
 def _schema(kind: type[msgspec.Struct], name: str) -> dict[str, object]:
     schema = msgspec.json.schema(kind)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
@@ -287,6 +332,7 @@ def generators() -> dict[str, Callable[[], dict[str, object]]]:
         "dx.grant.schema.json": grant_schema,
         "dx.usage.schema.json": usage_schema,
         "dx.job.schema.json": job_schema,
+        "dx.dispute.schema.json": dispute_schema,
     }
 
 

@@ -92,6 +92,12 @@ class Settings:
     # outcome before the settlement room's reconciler publishes the event again (and
     # `dataex ledger verify` names it if it still has none).
     reconcile_after_seconds: int = 60
+    # Disputes: the respondent's days to answer before the case goes to review on its own; the
+    # claimed amount (fen) from which a resolution needs two reviewers; the largest evidence
+    # upload (bytes; a dispute holds at most DISPUTE_EVIDENCE_TOTAL_BYTES of party uploads).
+    dispute_response_days: int = 7
+    dispute_four_eyes_fen: int = 100_000
+    dispute_evidence_max_bytes: int = 10 * 1024 * 1024
 
     @property
     def public_url(self) -> str:
@@ -208,6 +214,11 @@ class Settings:
         metrics_dir = text("PROMETHEUS_MULTIPROC_DIR")
         values["metrics_dir"] = Path(metrics_dir) if metrics_dir else None
         values["reconcile_after_seconds"] = integer("DATAEX_RECONCILE_AFTER_SECONDS", 1, 86_400)
+        values["dispute_response_days"] = integer("DATAEX_DISPUTE_RESPONSE_DAYS", 1, 365)
+        values["dispute_four_eyes_fen"] = integer("DATAEX_DISPUTE_FOUR_EYES_FEN", 0, 10**15)
+        values["dispute_evidence_max_bytes"] = integer(
+            "DATAEX_DISPUTE_EVIDENCE_MAX_BYTES", 1024, 64 * 1024 * 1024
+        )
 
         if problems:
             raise SettingsError(problems)
@@ -241,6 +252,9 @@ class Settings:
             "DATAEX_CONSOLE_IDLE_MINUTES": str(self.console_idle_minutes),
             "DATAEX_CONSOLE_LIFETIME_HOURS": str(self.console_lifetime_hours),
             "DATAEX_RECONCILE_AFTER_SECONDS": str(self.reconcile_after_seconds),
+            "DATAEX_DISPUTE_RESPONSE_DAYS": str(self.dispute_response_days),
+            "DATAEX_DISPUTE_FOUR_EYES_FEN": str(self.dispute_four_eyes_fen),
+            "DATAEX_DISPUTE_EVIDENCE_MAX_BYTES": str(self.dispute_evidence_max_bytes),
         }
         if self.runner_slots is not None:
             env["DATAEX_RUNNER_SLOTS"] = str(self.runner_slots)

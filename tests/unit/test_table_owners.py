@@ -91,6 +91,12 @@ TABLE_OWNERS = {
     "compute_algorithms": "exchange.compute",
     "compute_jobs": "exchange.compute",
     "compute_budgets": "exchange.compute",
+    # disputes: claims over trades, their evidence, approvals and signatures
+    "disputes": "exchange.disputes",
+    "dispute_transitions": "exchange.disputes",
+    "dispute_evidence": "exchange.disputes",
+    "dispute_approvals": "exchange.disputes",
+    "dispute_signatures": "exchange.disputes",
 }
 
 _WRITE = re.compile(

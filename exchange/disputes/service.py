@@ -1,0 +1,865 @@
+"""Disputes: open one over a trade, bring evidence, answer, resolve (four-eyes at or above
+``dispute_four_eyes_fen``), agree, escalate, record an award, withdraw; and the respondent's
+deadline sweep. Every change goes through the one transition table
+(`exchange.disputes.states.DISPUTE`) with its ``dx.dispute.<state>`` event and an audit row,
+in the transaction that makes it; so do the money (settlement, through `DisputeHooks`) and the
+grants' suspension (delivery).
+
+Who may open: the buyer, for any reason but ``terms_breach_by_buyer``, while the trade is
+reserved and its acceptance period runs; the seller, for ``terms_breach_by_buyer`` only, while
+the trade has a live grant. The claimed amount is at most what escrow holds (an
+``over_metered`` claim: what the named posted periods charged).
+
+Grants by reason: suspended for ``not_as_described``, ``quality_below_report`` and
+``terms_breach_by_buyer`` (using the data is what is in question); kept for
+``not_delivered``, ``over_metered`` and ``other`` (the buyer still needs the delivery).
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import AsyncIterable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+import asyncpg
+import msgspec
+
+from contracts.agreements.signatures import custodial_key, verify_detached
+from exchange.disputes import bundle
+from exchange.disputes.evidence import EvidenceStore, EvidenceTooLarge
+from exchange.disputes.hooks import DisputeHooks
+from exchange.disputes.schemas import (
+    MEDIA_TYPES,
+    STAFF_TYPES,
+    AgreementIn,
+    AgreementSignature,
+    Dispute,
+    DisputeIn,
+    Escalation,
+    EvidenceItem,
+    EvidenceList,
+    ExtendAcceptance,
+    Money,
+    Proposal,
+    Redeliver,
+    RefundBuyer,
+    ReleaseToSeller,
+    Resolution,
+    Split,
+    kind_of,
+    normalised,
+    resolution_digest,
+)
+from exchange.disputes.states import DISPUTE, OPEN, DisputeAction
+from exchange.platform.audit import Actor, record
+from exchange.platform.auth import Principal
+from exchange.platform.canonical import canonical_json
+from exchange.platform.clock import Clock
+from exchange.platform.db import Connection, Executor
+from exchange.platform.disputes import MoneyOutcome, TradeFacts
+from exchange.platform.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound
+from exchange.platform.events import DisputeEventData
+from exchange.platform.outbox import enqueue
+from exchange.platform.settings import Settings
+from exchange.platform.signing import KeyRing
+
+STAFF: Final = ("reviewer", "admin")
+# Grants are suspended while a dispute over these is open; kept for the others.
+SUSPENDING: Final = frozenset({"not_as_described", "quality_below_report", "terms_breach_by_buyer"})
+DISPUTE_EVIDENCE_TOTAL_BYTES: Final = 64 * 1024 * 1024
+AGREEMENT_TYPE: Final = "dataex-dispute-agreement+jws"
+BUNDLE_TYPE: Final = "dataex-dispute-bundle+jws"
+_RESOLUTION: Final = msgspec.json.Decoder(Resolution)
+_CONCLUDED: Final[dict[str, str]] = {
+    "resolve": "dispute.resolved",
+    "record_award": "dispute.award_recorded",
+    "agree": "dispute.settled_by_agreement",
+}
+
+
+class DisputeTooLate(Conflict):
+    code = "acceptance_period_ended"
+    title = "The acceptance period has ended"
+
+
+class DisputeOpen(Conflict):
+    code = "dispute_open"
+    title = "The trade already has an open dispute"
+
+
+class ProposalPending(Conflict):
+    code = "resolution_pending"
+    title = "Another resolution waits for a second reviewer"
+
+
+def _bad(path: str, message: str) -> InvalidInput:
+    return InvalidInput(message, errors=[FieldError(path=path, message=message, source="body")])
+
+
+def _json(raw: Any) -> Any:
+    if raw is None:
+        return None
+    return msgspec.json.decode(raw) if isinstance(raw, (str, bytes)) else raw
+
+
+def _resolution(raw: Any) -> Resolution | None:
+    if raw is None:
+        return None
+    resolution: Resolution = _RESOLUTION.decode(
+        raw.encode() if isinstance(raw, str) else canonical_json(raw)
+    )
+    return resolution
+
+
+def _stamp(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class DisputeService:
+    def __init__(
+        self, pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing,
+        hooks: DisputeHooks, evidence_dir: Path,
+    ) -> None:  # fmt: skip
+        self.pool = pool
+        self.clock = clock
+        self.settings = settings
+        self.keyring = keyring
+        self.hooks = hooks
+        self.store = EvidenceStore(evidence_dir)
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    async def get(self, principal: Principal, dispute_id: uuid.UUID) -> Dispute:
+        """A dispute, for its parties and staff; 404 to anyone else."""
+        row = await self.pool.fetchrow("SELECT * FROM disputes WHERE id = $1", dispute_id)
+        self._visible(principal, row, dispute_id)
+        return await self._view(self.pool, row)
+
+    async def find(
+        self, principal: Principal, state: str | None = None, trade_id: uuid.UUID | None = None,
+        limit: int = 100,
+    ) -> list[Dispute]:  # fmt: skip
+        """Newest first: the caller's organisation's disputes (staff: every one)."""
+        rows = await self.pool.fetch(
+            "SELECT * FROM disputes WHERE ($1::text IS NULL OR state = $1)"
+            " AND ($2::uuid IS NULL OR trade_id = $2)"
+            " AND ($3::boolean OR buyer_org_id = $4 OR seller_org_id = $4)"
+            " ORDER BY opened_at DESC, id DESC LIMIT $5",
+            state, trade_id, principal.has(*STAFF), principal.org_id, limit,
+        )  # fmt: skip
+        return [await self._view(self.pool, row) for row in rows]
+
+    async def for_trade(self, principal: Principal, trade_id: uuid.UUID) -> list[Dispute]:
+        """A trade's disputes (its parties and staff: 404 for a trade that has none visible)."""
+        items = await self.find(principal, trade_id=trade_id)
+        if not items and not principal.has(*STAFF):
+            async with self.pool.acquire() as conn:
+                facts = await self.hooks.facts(conn, trade_id, False)
+            if facts is None or principal.org_id not in (facts.buyer_org_id, facts.seller_org_id):
+                raise NotFound(f"no trade {trade_id}")
+        return items
+
+    def _visible(self, principal: Principal, row: Any, dispute_id: uuid.UUID) -> None:
+        if row is None or not (
+            principal.org_id in (row["buyer_org_id"], row["seller_org_id"]) or principal.has(*STAFF)
+        ):
+            raise NotFound(f"no dispute {dispute_id}")
+
+    async def _view(self, conn: Executor, row: Any) -> Dispute:
+        approvals = await conn.fetch(
+            "SELECT * FROM dispute_approvals WHERE dispute_id = $1 ORDER BY approved_at",
+            row["id"],
+        )
+        signatures = await conn.fetch(
+            "SELECT * FROM dispute_signatures WHERE dispute_id = $1 ORDER BY party", row["id"]
+        )
+        items = await conn.fetchval(
+            "SELECT count(*) FROM dispute_evidence WHERE dispute_id = $1", row["id"]
+        )
+        pending = None
+        if row["state"] == "under_review" and approvals:
+            first = approvals[0]
+            pending = Proposal(
+                resolution=_resolution(first["resolution"]),  # type: ignore[arg-type]
+                digest=first["digest"], proposed_by=first["reviewer"],
+                proposed_at=first["approved_at"],
+            )  # fmt: skip
+        money = _json(row["money"])
+        escalation = None
+        if row["escalated_at"] is not None:
+            escalation = Escalation(
+                forum=row["escalation_forum"], note=row["escalation_note"],
+                escalated_at=row["escalated_at"], award_sha256=row["award_sha256"],
+            )  # fmt: skip
+        return Dispute(
+            id=row["id"], trade_id=row["trade_id"], buyer_org_id=row["buyer_org_id"],
+            seller_org_id=row["seller_org_id"], claimant=row["claimant"], reason=row["reason"],
+            claimed_fen=row["claimed_fen"], held_fen=row["held_fen"], metered=row["metered"],
+            periods=list(row["periods"]), statement=row["statement"], state=row["state"],
+            allowed_actions=list[str](DISPUTE.allowed(row["state"])), respond_by=row["respond_by"],
+            response=row["response"], responded_at=row["responded_at"],
+            acceptance_due=row["acceptance_due"], grants_suspended=row["grants_suspended"],
+            four_eyes=row["four_eyes"], approvals_needed=2 if row["four_eyes"] else 1,
+            pending=pending,
+            signatures=[
+                AgreementSignature(
+                    party=s["party"], digest=s["digest"],
+                    resolution=_resolution(s["resolution"]),  # type: ignore[arg-type]
+                    kind=s["kind"], kid=s["kid"], jws=s["jws"], signed_at=s["signed_at"],
+                )
+                for s in signatures
+            ],
+            resolution=_resolution(row["resolution"]),
+            resolution_digest=row["resolution_digest"], resolution_note=row["resolution_note"],
+            resolved_by=row["resolved_by"],
+            money=None if money is None else msgspec.convert(money, Money),
+            escalation=escalation, evidence_items=items, opened_at=row["opened_at"],
+            updated_at=row["updated_at"], closed_at=row["closed_at"],
+        )  # fmt: skip
+
+    # --- transitions -----------------------------------------------------------------------------
+
+    async def _step(
+        self, conn: Connection, row: Any, action: DisputeAction, actor: str, at: datetime,
+        request_id: str | None, **columns: Any,
+    ) -> Any:  # fmt: skip
+        """Apply ``action`` to a locked dispute row, set ``columns``, keep the transition and
+        write ``dx.dispute.<state>``."""
+        state = DISPUTE.next(row["state"], action)
+        if state == "closed":
+            columns.setdefault("closed_at", at)
+        names = sorted(columns)
+        sets = "".join(f", {name} = ${i}" for i, name in enumerate(names, start=4))
+        new = await conn.fetchrow(
+            f"UPDATE disputes SET state = $2, updated_at = $3, version = version + 1{sets}"
+            " WHERE id = $1 RETURNING *",
+            row["id"], state, at, *(columns[name] for name in names),
+        )  # fmt: skip
+        await self._announce(conn, new, row["state"], action, actor, at, request_id)
+        return new
+
+    async def _announce(
+        self, conn: Connection, row: Any, before: str | None, action: str, actor: str,
+        at: datetime, request_id: str | None,
+    ) -> None:  # fmt: skip
+        state = row["state"]
+        await conn.execute(
+            "INSERT INTO dispute_transitions (dispute_id, seq, from_state, action, to_state,"
+            " actor, at, request_id) VALUES ($1, (SELECT count(*) FROM dispute_transitions"
+            " WHERE dispute_id = $1), $2, $3, $4, $5, $6, $7)",
+            row["id"], before, action, state, actor, at, request_id,
+        )  # fmt: skip
+        resolution = _resolution(row["resolution"])
+        await enqueue(
+            conn, subject=self.settings.subject("dispute", state),
+            event_type=f"dx.dispute.{state}",
+            source=f"urn:dataex:exchange:{self.settings.exchange_code}",
+            event_subject=str(row["id"]),
+            data=DisputeEventData(
+                dispute_id=str(row["id"]), trade_id=str(row["trade_id"]),
+                buyer_org_id=str(row["buyer_org_id"]), seller_org_id=str(row["seller_org_id"]),
+                claimant=row["claimant"], reason=row["reason"], claimed_fen=row["claimed_fen"],
+                state=state, action=action, respond_by=_stamp(row["respond_by"]),
+                resolution_kind=None if resolution is None else kind_of(resolution),
+                resolution_digest=row["resolution_digest"],
+            ),
+            at=at, request_id=request_id,
+        )  # fmt: skip
+
+    async def _locked(self, conn: Connection, principal: Principal, dispute_id: uuid.UUID) -> Any:
+        row = await conn.fetchrow("SELECT * FROM disputes WHERE id = $1 FOR UPDATE", dispute_id)
+        self._visible(principal, row, dispute_id)
+        return row
+
+    @staticmethod
+    def _party(principal: Principal, row: Any) -> str | None:
+        if principal.org_id == row["buyer_org_id"]:
+            return "buyer"
+        if principal.org_id == row["seller_org_id"]:
+            return "seller"
+        return None
+
+    # --- opening ---------------------------------------------------------------------------------
+
+    async def open(
+        self, actor: Actor, principal: Principal, trade_id: uuid.UUID, data: DisputeIn
+    ) -> Dispute:
+        """A party opens a dispute over a trade: the money is held, the grants suspended or
+        kept by reason, the exchange's system evidence attached, the respondent notified."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            facts = await self.hooks.facts(conn, trade_id, True)
+            if facts is None or principal.org_id not in (facts.buyer_org_id, facts.seller_org_id):
+                raise NotFound(f"no trade {trade_id}")
+            party = "buyer" if principal.org_id == facts.buyer_org_id else "seller"
+            if not principal.has(party):
+                raise Forbidden(f"disputing as the {party} needs the {party} role")
+            await self._may_open(conn, facts, party, data, now)
+            dispute_id = uuid.uuid4()
+            suspend = data.reason in SUSPENDING
+            row = await conn.fetchrow(
+                "INSERT INTO disputes (id, trade_id, buyer_org_id, seller_org_id, claimant,"
+                " reason, claimed_fen, held_fen, metered, periods, statement, state, respond_by,"
+                " acceptance_due, grants_suspended, four_eyes, opened_by, opened_at, updated_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'opened', $12, $13, $14,"
+                " $15, $16, $17, $17) RETURNING *",
+                dispute_id, trade_id, facts.buyer_org_id, facts.seller_org_id, party,
+                data.reason, data.claimed_fen, facts.held_fen, facts.metered,
+                sorted(set(data.periods or ())), data.statement,
+                now + timedelta(days=self.settings.dispute_response_days),
+                facts.acceptance_due, suspend,
+                data.claimed_fen >= self.settings.dispute_four_eyes_fen, actor.label, now,
+            )  # fmt: skip
+            await self._announce(conn, row, None, "open", actor.label, now, actor.request_id)
+            row = await self._step(conn, row, "notify", actor.label, now, actor.request_id)
+            await self.hooks.hold(conn, trade_id, dispute_id, now, actor.request_id)
+            if suspend:
+                await self.hooks.suspend_grants(
+                    conn, trade_id, f"dispute {dispute_id}: {data.reason}", now,
+                    actor.request_id,
+                )  # fmt: skip
+            for item in await self.hooks.collect(conn, trade_id, now):
+                stored = self.store.put_bytes(item.body)
+                await self._register_item(
+                    conn, row, item.kind, item.name, item.media_type, stored.sha256,
+                    stored.size, "exchange", None, "exchange", now,
+                )  # fmt: skip
+            await record(conn, actor, at=now, action="dispute.opened", subject_type="dispute",
+                         subject_id=dispute_id,
+                         detail={"trade_id": str(trade_id), "reason": data.reason,
+                                 "claimed_fen": data.claimed_fen, "party": party})  # fmt: skip
+            return await self._view(conn, row)
+
+    async def _may_open(
+        self, conn: Connection, facts: TradeFacts, party: str, data: DisputeIn, now: datetime
+    ) -> None:
+        if party == "buyer":
+            if data.reason == "terms_breach_by_buyer":
+                raise _bad("reason", "the buyer cannot claim a breach of terms by the buyer")
+            if facts.state != "reserved":
+                raise Conflict(
+                    f"trade {facts.trade_id} is {facts.state}: a buyer disputes a reserved trade",
+                    extensions={"trade_state": facts.state},
+                )
+            if now >= facts.acceptance_due:
+                raise DisputeTooLate(
+                    f"the acceptance period ended at {facts.acceptance_due.isoformat()};"
+                    " a dispute is too late",
+                    extensions={"acceptance_due": facts.acceptance_due.isoformat()},
+                )
+        else:
+            if data.reason != "terms_breach_by_buyer":
+                raise _bad("reason", "the seller may only claim terms_breach_by_buyer")
+            if facts.state in ("pending", "failed"):
+                raise Conflict(
+                    f"trade {facts.trade_id} is {facts.state}: nothing to dispute",
+                    extensions={"trade_state": facts.state},
+                )
+            if not await self.hooks.grant_live(conn, facts.trade_id, now):
+                raise Conflict(
+                    f"trade {facts.trade_id} has no live grant: the seller disputes a breach"
+                    " of terms during the grant"
+                )
+        limit = facts.held_fen
+        if data.reason == "over_metered":
+            limit = self._disputed_charges(facts, data.periods)
+        elif data.periods is not None:
+            raise _bad("periods", "only an over_metered dispute names billing periods")
+        if data.claimed_fen > limit:
+            raise _bad(
+                "claimed_fen",
+                f"at most {limit} fen"
+                + (" (what the named periods charged)" if data.reason == "over_metered"
+                   else " (what escrow holds for the trade)"),
+            )  # fmt: skip
+        open_one = await conn.fetchval(
+            "SELECT id FROM disputes WHERE trade_id = $1 AND state <> 'closed'", facts.trade_id
+        )
+        if open_one is not None:
+            raise DisputeOpen(
+                f"trade {facts.trade_id} already has open dispute {open_one}",
+                extensions={"dispute_id": str(open_one)},
+            )
+
+    @staticmethod
+    def _disputed_charges(facts: TradeFacts, periods: Sequence[int] | None) -> int:
+        """What the named posted periods of a metered trade charged; 422 naming what is wrong."""
+        if not facts.metered:
+            raise _bad("reason", "over_metered is for a metered trade (billed by use)")
+        if not periods:
+            raise _bad("periods", "an over_metered dispute names the billing periods it disputes")
+        posted = {p.period: p for p in facts.periods}
+        unknown = sorted({p for p in periods if p not in posted})
+        if unknown:
+            raise InvalidInput(
+                f"not posted billing periods of trade {facts.trade_id}: "
+                + ", ".join(map(str, unknown)),
+                errors=[FieldError(path="periods", source="body",
+                                   message=f"unknown periods {unknown}")],
+                extensions={"unknown_periods": unknown},
+            )  # fmt: skip
+        return sum(posted[p].charge_fen for p in set(periods))
+
+    # --- evidence --------------------------------------------------------------------------------
+
+    async def _register_item(
+        self, conn: Connection, row: Any, kind: str, name: str, media_type: str, sha256: str,
+        size: int, submitter: str, org_id: uuid.UUID | None, by: str, at: datetime,
+    ) -> tuple[Any, bool]:  # fmt: skip
+        """Register one item (the dispute row locked): an existing one with the same bytes is
+        returned as it is (False)."""
+        existing = await conn.fetchrow(
+            "SELECT * FROM dispute_evidence WHERE dispute_id = $1 AND sha256 = $2",
+            row["id"], sha256,
+        )  # fmt: skip
+        if existing is not None:
+            return existing, False
+        seq = await self.hooks.register(conn, row["trade_id"], row["id"], "evidence", sha256, at)
+        item = await conn.fetchrow(
+            "INSERT INTO dispute_evidence (dispute_id, idx, sha256, kind, name, media_type, size,"
+            " submitter, submitter_org_id, submitted_by, submitted_at, ledger_seq) VALUES ($1,"
+            " (SELECT count(*) FROM dispute_evidence WHERE dispute_id = $1), $2, $3, $4, $5, $6,"
+            " $7, $8, $9, $10, $11) RETURNING *",
+            row["id"], sha256, kind, name, media_type, size, submitter, org_id, by, at, seq,
+        )  # fmt: skip
+        return item, True
+
+    async def add_evidence(
+        self, actor: Actor, principal: Principal, dispute_id: uuid.UUID, kind: str, name: str,
+        media_type: str, body: AsyncIterable[bytes],
+    ) -> tuple[EvidenceItem, bool]:  # fmt: skip
+        """A party (or staff: ``award``, ``expert_report``) adds an item while the dispute is
+        not closed; the same bytes again return the item there is (False: not added)."""
+        media_type = media_type.split(";", 1)[0].strip().lower()
+        if media_type not in MEDIA_TYPES:
+            raise InvalidInput(
+                f"Content-Type {media_type!r} is not accepted for evidence; one of "
+                + ", ".join(sorted(MEDIA_TYPES)),
+                errors=[FieldError(path="Content-Type", source="header",
+                                   message="not an accepted media type")],
+            )  # fmt: skip
+        row = await self.pool.fetchrow("SELECT * FROM disputes WHERE id = $1", dispute_id)
+        self._visible(principal, row, dispute_id)
+        submitter = self._submitter(principal, row, kind)
+        stored = await self.store.put_stream(body, self.settings.dispute_evidence_max_bytes)
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await self._locked(conn, principal, dispute_id)
+            if row["state"] == "closed":
+                raise Conflict(f"dispute {dispute_id} is closed: no more evidence",
+                               extensions={"state": row["state"]})  # fmt: skip
+            total = await conn.fetchval(
+                "SELECT coalesce(sum(size), 0) FROM dispute_evidence"
+                " WHERE dispute_id = $1 AND submitter <> 'exchange'",
+                dispute_id,
+            )  # fmt: skip
+            if total + stored.size > DISPUTE_EVIDENCE_TOTAL_BYTES and not await conn.fetchval(
+                "SELECT 1 FROM dispute_evidence WHERE dispute_id = $1 AND sha256 = $2",
+                dispute_id, stored.sha256,
+            ):  # fmt: skip
+                raise EvidenceTooLarge(
+                    f"a dispute holds at most {DISPUTE_EVIDENCE_TOTAL_BYTES} bytes of uploaded"
+                    f" evidence; {total} are taken",
+                    extensions={"max_total_bytes": DISPUTE_EVIDENCE_TOTAL_BYTES,
+                                "total_bytes": total},
+                )  # fmt: skip
+            item, created = await self._register_item(
+                conn, row, kind, name, media_type, stored.sha256, stored.size, submitter,
+                principal.org_id, actor.label, now,
+            )  # fmt: skip
+            if created:
+                await record(conn, actor, at=now, action="dispute.evidence_added",
+                             subject_type="dispute", subject_id=dispute_id,
+                             detail={"sha256": stored.sha256, "kind": kind, "name": name,
+                                     "size": stored.size, "submitter": submitter})  # fmt: skip
+        return _item(item), created
+
+    def _submitter(self, principal: Principal, row: Any, kind: str) -> str:
+        party = self._party(principal, row)
+        if party is not None:
+            if kind == "award":
+                raise _bad("type", "an award is recorded by staff")
+            return party
+        if kind not in STAFF_TYPES:
+            raise _bad("type", "staff add evidence of type award or expert_report")
+        return "staff"
+
+    async def evidence(self, principal: Principal, dispute_id: uuid.UUID) -> EvidenceList:
+        row = await self.pool.fetchrow("SELECT * FROM disputes WHERE id = $1", dispute_id)
+        self._visible(principal, row, dispute_id)
+        rows = await self.pool.fetch(
+            "SELECT * FROM dispute_evidence WHERE dispute_id = $1 ORDER BY idx", dispute_id
+        )
+        return EvidenceList(items=[_item(r) for r in rows],
+                            total_bytes=sum(r["size"] for r in rows))  # fmt: skip
+
+    async def evidence_file(
+        self, principal: Principal, dispute_id: uuid.UUID, sha256: str
+    ) -> tuple[EvidenceItem, Path]:
+        """An item's bytes (where they are), for the parties and staff."""
+        row = await self.pool.fetchrow("SELECT * FROM disputes WHERE id = $1", dispute_id)
+        self._visible(principal, row, dispute_id)
+        item = await self.pool.fetchrow(
+            "SELECT * FROM dispute_evidence WHERE dispute_id = $1 AND sha256 = $2",
+            dispute_id, sha256,
+        )  # fmt: skip
+        if item is None:
+            raise NotFound(f"dispute {dispute_id} has no evidence item {sha256}")
+        return _item(item), self.store.path(sha256)
+
+    # --- the respondent, the parties -------------------------------------------------------------
+
+    async def respond(
+        self, actor: Actor, principal: Principal, dispute_id: uuid.UUID, statement: str
+    ) -> Dispute:
+        """The respondent answers: the case goes to review."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await self._locked(conn, principal, dispute_id)
+            party = self._party(principal, row)
+            if party is None or party == row["claimant"]:
+                raise Forbidden("only the respondent (the other party) answers a dispute")
+            row = await self._step(conn, row, "respond", actor.label, now, actor.request_id,
+                                   response=statement, responded_at=now)  # fmt: skip
+            await record(conn, actor, at=now, action="dispute.responded", subject_type="dispute",
+                         subject_id=dispute_id, detail={"party": party})  # fmt: skip
+            return await self._view(conn, row)
+
+    async def escalate(
+        self, actor: Actor, principal: Principal, dispute_id: uuid.UUID, forum: str, note: str
+    ) -> Dispute:
+        """A party takes the case to arbitration outside the exchange: escrow stays frozen
+        until staff record the award."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await self._locked(conn, principal, dispute_id)
+            party = self._party(principal, row)
+            if party is None:
+                raise Forbidden("only a party escalates a dispute")
+            row = await self._step(
+                conn, row, "escalate", actor.label, now, actor.request_id,
+                escalation_forum=forum, escalation_note=note, escalated_at=now,
+            )  # fmt: skip
+            await record(conn, actor, at=now, action="dispute.escalated",
+                         subject_type="dispute", subject_id=dispute_id,
+                         detail={"party": party, "forum": forum})  # fmt: skip
+            return await self._view(conn, row)
+
+    async def withdraw(self, actor: Actor, principal: Principal, dispute_id: uuid.UUID) -> Dispute:
+        """The claimant withdraws: closed, the hold released (the acceptance deadline as it
+        was: if it has passed, the next settlement round posts the trade), grants lifted."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await self._locked(conn, principal, dispute_id)
+            if self._party(principal, row) != row["claimant"]:
+                raise Forbidden("only the claimant withdraws a dispute")
+            row = await self._step(conn, row, "withdraw", actor.label, now, actor.request_id)
+            await self.hooks.unhold(conn, row["trade_id"], row["id"], None, now, actor.request_id)
+            await self._lift(conn, row, now, actor.request_id)
+            await record(conn, actor, at=now, action="dispute.withdrawn", subject_type="dispute",
+                         subject_id=dispute_id)  # fmt: skip
+            return await self._view(conn, row)
+
+    async def agree(
+        self, actor: Actor, principal: Principal, dispute_id: uuid.UUID, data: AgreementIn
+    ) -> Dispute:
+        """A party signs a resolution's digest; once both parties have signed the same one, it
+        is settled by agreement and the money moves."""
+        if (data.jws is None) == (not data.custodial):
+            raise _bad("jws", "send a detached JWS over the resolution digest, or custodial")
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await self._locked(conn, principal, dispute_id)
+            party = self._party(principal, row)
+            if party is None:
+                raise Forbidden("only a party signs an agreement")
+            if not DISPUTE.allows(row["state"], "agree"):
+                DISPUTE.next(row["state"], "agree")  # the 409 naming what is allowed
+            resolution = normalised(data.resolution)
+            facts = await self._facts(conn, row)
+            self._check(resolution, row, facts, now)
+            digest = resolution_digest(row["id"], row["trade_id"], resolution)
+            kid, token, kind = await self._signature(conn, principal, data, digest)
+            await conn.execute(
+                "INSERT INTO dispute_signatures (dispute_id, party, resolution, digest, kind,"
+                " kid, jws, signed_by, signed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                " ON CONFLICT (dispute_id, party) DO UPDATE SET resolution = $3, digest = $4,"
+                " kind = $5, kid = $6, jws = $7, signed_by = $8, signed_at = $9",
+                row["id"], party, canonical_json(resolution).decode(), digest, kind, kid, token,
+                actor.label, now,
+            )  # fmt: skip
+            await record(conn, actor, at=now, action="dispute.agreement_signed",
+                         subject_type="dispute", subject_id=dispute_id,
+                         detail={"party": party, "digest": digest, "kid": kid,
+                                 "kind": kind})  # fmt: skip
+            digests = await conn.fetch(
+                "SELECT DISTINCT digest FROM dispute_signatures WHERE dispute_id = $1", row["id"]
+            )
+            signed = await conn.fetchval(
+                "SELECT count(*) FROM dispute_signatures WHERE dispute_id = $1", row["id"]
+            )
+            if signed == 2 and len(digests) == 1:
+                row = await self._conclude(
+                    conn, row, "agree", resolution, digest, "both parties signed",
+                    "agreement", actor, now,
+                )  # fmt: skip
+            return await self._view(conn, row)
+
+    async def _signature(
+        self, conn: Connection, principal: Principal, data: AgreementIn, digest: str
+    ) -> tuple[str, str, str]:
+        if data.custodial:
+            key = await custodial_key(conn, principal.org_id, self.keyring)
+            if key is None:
+                raise _bad("custodial", "the organisation has no custodial key"
+                                        " (POST /v1/keys/custodial to opt in)")  # fmt: skip
+            return key.kid, key.sign_detached(digest.encode(), typ=AGREEMENT_TYPE), "custodial"
+        assert data.jws is not None
+        kid = await verify_detached(conn, principal.org_id, data.jws, digest.encode())
+        return kid, data.jws, "signature"
+
+    # --- staff -----------------------------------------------------------------------------------
+
+    async def resolve(
+        self, actor: Actor, principal: Principal, dispute_id: uuid.UUID, resolution: Resolution,
+        note: str,
+    ) -> tuple[Dispute, bool]:  # fmt: skip
+        """A reviewer decides. Below the four-eyes amount this resolves it (True); at or above
+        it, the first reviewer's resolution waits (False) for a second, distinct reviewer with
+        the same resolution (409 for the same reviewer again, or another resolution)."""
+        now = self.clock.now()
+        resolution = normalised(resolution)
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await self._locked(conn, principal, dispute_id)
+            DISPUTE.next(row["state"], "resolve")
+            facts = await self._facts(conn, row)
+            self._check(resolution, row, facts, now)
+            digest = resolution_digest(row["id"], row["trade_id"], resolution)
+            if row["four_eyes"]:
+                approvals = await conn.fetch(
+                    "SELECT * FROM dispute_approvals WHERE dispute_id = $1 ORDER BY approved_at",
+                    dispute_id,
+                )
+                if any(a["reviewer"] == actor.label for a in approvals):
+                    raise Conflict(
+                        "you have already approved a resolution of this dispute: a second,"
+                        " different reviewer must approve it (four-eyes)",
+                        extensions={"digest": approvals[0]["digest"]},
+                    )
+                if approvals and approvals[0]["digest"] != digest:
+                    raise ProposalPending(
+                        f"reviewer {approvals[0]['reviewer']} proposed another resolution"
+                        f" ({approvals[0]['digest']}): approve that one, or have it withdrawn",
+                        extensions={"pending_digest": approvals[0]["digest"]},
+                    )
+                await conn.execute(
+                    "INSERT INTO dispute_approvals (dispute_id, reviewer, resolution, digest,"
+                    " note, approved_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                    dispute_id, actor.label, canonical_json(resolution).decode(), digest, note,
+                    now,
+                )  # fmt: skip
+                await record(conn, actor, at=now, action="dispute.resolution_approved",
+                             subject_type="dispute", subject_id=dispute_id,
+                             detail={"digest": digest, "note": note})  # fmt: skip
+                if not approvals:
+                    return await self._view(conn, row), False
+            row = await self._conclude(conn, row, "resolve", resolution, digest, note,
+                                       actor.label, actor, now)  # fmt: skip
+            return await self._view(conn, row), True
+
+    async def award(
+        self, actor: Actor, principal: Principal, dispute_id: uuid.UUID, resolution: Resolution,
+        document_sha256: str, note: str,
+    ) -> Dispute:  # fmt: skip
+        """Staff record an escalated dispute's award (its document an evidence item of type
+        ``award``): resolved as the award says, money moved, closed."""
+        now = self.clock.now()
+        resolution = normalised(resolution)
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await self._locked(conn, principal, dispute_id)
+            DISPUTE.next(row["state"], "record_award")
+            document = await conn.fetchrow(
+                "SELECT kind FROM dispute_evidence WHERE dispute_id = $1 AND sha256 = $2",
+                dispute_id, document_sha256,
+            )  # fmt: skip
+            if document is None or document["kind"] != "award":
+                raise _bad(
+                    "document_sha256",
+                    "not an evidence item of type award of this dispute: upload it first",
+                )
+            facts = await self._facts(conn, row)
+            self._check(resolution, row, facts, now)
+            digest = resolution_digest(row["id"], row["trade_id"], resolution)
+            row = await conn.fetchrow(
+                "UPDATE disputes SET award_sha256 = $2 WHERE id = $1 RETURNING *",
+                dispute_id, document_sha256,
+            )  # fmt: skip
+            row = await self._conclude(conn, row, "record_award", resolution, digest, note,
+                                       f"award:{document_sha256}", actor, now)  # fmt: skip
+            return await self._view(conn, row)
+
+    async def _facts(self, conn: Connection, row: Any) -> TradeFacts:
+        facts = await self.hooks.facts(conn, row["trade_id"], True)
+        if facts is None:  # settlement knew the trade when the dispute opened
+            raise RuntimeError(f"settlement no longer knows trade {row['trade_id']}")
+        return facts
+
+    def _refund_limit(self, row: Any, facts: TradeFacts) -> int:
+        """The most a refund may be: what escrow holds; a metered trade's, what the disputed
+        periods charged."""
+        if facts.metered:
+            posted = {p.period: p.charge_fen for p in facts.periods}
+            return sum(posted.get(p, 0) for p in row["periods"])
+        return facts.held_fen
+
+    def _check(self, resolution: Resolution, row: Any, facts: TradeFacts, now: datetime) -> None:
+        """422 for a resolution the trade cannot take."""
+        limit = self._refund_limit(row, facts)
+        if isinstance(resolution, Split) and not 0 < resolution.refund_fen < limit:
+            raise _bad("resolution.refund_fen", f"a split refunds more than 0 and less than"
+                                                f" {limit} fen")  # fmt: skip
+        if isinstance(resolution, Redeliver) and resolution.by <= now:
+            raise _bad("resolution.by", "the new delivery deadline must be in the future")
+        if isinstance(resolution, (Redeliver, ExtendAcceptance)) and facts.state not in (
+            "reserved",
+            "disputed",
+        ):
+            raise _bad("resolution.kind", f"trade {facts.trade_id} is {facts.state}: there is"
+                                          " no acceptance period left to move")  # fmt: skip
+
+    async def _conclude(
+        self, conn: Connection, row: Any, action: DisputeAction, resolution: Resolution,
+        digest: str, note: str, resolved_by: str, actor: Actor, now: datetime,
+    ) -> Any:  # fmt: skip
+        """Resolve (or settle by agreement), register the digest, move the money exactly once
+        and close, in the caller's transaction."""
+        rid = actor.request_id
+        row = await self._step(
+            conn, row, action, actor.label, now, rid,
+            resolution=canonical_json(resolution).decode(), resolution_digest=digest,
+            resolution_note=note, resolved_by=resolved_by,
+        )  # fmt: skip
+        await self.hooks.register(conn, row["trade_id"], row["id"], "resolution", digest, now)
+        outcome = await self._move_money(conn, row, resolution, now, rid)
+        await self._lift(conn, row, now, rid)
+        money = None if outcome is None else canonical_json(
+            Money(state=outcome.state, refund_fen=outcome.refund_fen,
+                  seller_fen=outcome.seller_fen, fee_fen=outcome.fee_fen,
+                  ledger_seq=outcome.ledger_seq)
+        ).decode()  # fmt: skip
+        row = await self._step(conn, row, "close", actor.label, now, rid, money=money)
+        await record(conn, actor, at=now, action=_CONCLUDED[action], subject_type="dispute",
+                     subject_id=row["id"],
+                     detail={"digest": digest, "kind": kind_of(resolution), "by": resolved_by,
+                             "note": note, "money": _json(money)})  # fmt: skip
+        return row
+
+    async def _move_money(
+        self, conn: Connection, row: Any, resolution: Resolution, now: datetime,
+        rid: str | None,
+    ) -> MoneyOutcome | None:  # fmt: skip
+        trade, dispute = row["trade_id"], row["id"]
+        periods: Sequence[int] = list(row["periods"])
+        if isinstance(resolution, ReleaseToSeller):
+            return await self.hooks.resolve(conn, trade, dispute, 0, periods, now, rid)
+        if isinstance(resolution, RefundBuyer):
+            facts = await self._facts(conn, row)
+            refund = self._refund_limit(row, facts)
+            return await self.hooks.resolve(conn, trade, dispute, refund, periods, now, rid)
+        if isinstance(resolution, Split):
+            return await self.hooks.resolve(
+                conn, trade, dispute, resolution.refund_fen, periods, now, rid
+            )
+        if isinstance(resolution, Redeliver):
+            await self.hooks.unhold(conn, trade, dispute, resolution.by, now, rid)
+            return None
+        assert isinstance(resolution, ExtendAcceptance)
+        facts = await self._facts(conn, row)
+        due = max(facts.acceptance_due, now) + timedelta(days=resolution.days)
+        await self.hooks.unhold(conn, trade, dispute, due, now, rid)
+        return None
+
+    async def _lift(self, conn: Connection, row: Any, now: datetime, rid: str | None) -> None:
+        if row["grants_suspended"]:
+            await self.hooks.lift_grants(conn, row["trade_id"], now, rid)
+
+    # --- the deadline sweep ----------------------------------------------------------------------
+
+    async def move_due(self, limit: int = 500) -> int:
+        """Move disputes whose respondent did not answer by ``respond_by`` to review; how many."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT * FROM disputes WHERE state = 'awaiting_response' AND respond_by <= $1"
+                " ORDER BY respond_by, id LIMIT $2 FOR UPDATE SKIP LOCKED",
+                now, limit,
+            )  # fmt: skip
+            for row in rows:
+                await self._step(conn, row, "respondent_deadline", "exchange", now, None)
+                await record(conn, Actor(label="exchange:disputes"), at=now,
+                             action="dispute.respondent_deadline", subject_type="dispute",
+                             subject_id=row["id"],
+                             detail={"respond_by": row["respond_by"].isoformat()})  # fmt: skip
+        return len(rows)
+
+    # --- the bundle ------------------------------------------------------------------------------
+
+    async def bundle(self, principal: Principal, dispute_id: uuid.UUID) -> bytes:
+        """The dispute's evidence bundle (`exchange.disputes.bundle`): a signed manifest of
+        every item, the items, and the ledger's inclusion proofs of their entries."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow("SELECT * FROM disputes WHERE id = $1", dispute_id)
+            self._visible(principal, row, dispute_id)
+            rows = await conn.fetch(
+                "SELECT * FROM dispute_evidence WHERE dispute_id = $1 ORDER BY idx", dispute_id
+            )
+            items = [_item(r) for r in rows]
+            proofs = await self.hooks.proofs(conn, [i.ledger_seq for i in items], now)
+            key = await self.keyring.current(conn)
+        out = io.BytesIO()
+        bundle.write_bundle(
+            out, exchange=self.settings.exchange_code, dispute=_bundle_dispute(row),
+            items=[
+                bundle.BundleItem(
+                    index=i.index, kind=i.kind, name=i.name, media_type=i.media_type,
+                    sha256=i.sha256, size=i.size, submitter=i.submitter,
+                    submitter_org_id=None if i.submitter_org_id is None
+                    else str(i.submitter_org_id),
+                    submitted_at=_stamp(i.submitted_at), ledger_seq=i.ledger_seq,
+                    path=self.store.path(i.sha256),
+                )
+                for i in items
+            ],
+            proofs=proofs,
+            sign=lambda payload: key.sign_detached(payload, typ=BUNDLE_TYPE),
+            exported_at=_stamp(now),
+        )  # fmt: skip
+        return out.getvalue()
+
+
+def _bundle_dispute(row: Any) -> dict[str, Any]:
+    """The dispute as the bundle's manifest states it."""
+    return {
+        "id": str(row["id"]), "trade_id": str(row["trade_id"]),
+        "buyer_org_id": str(row["buyer_org_id"]), "seller_org_id": str(row["seller_org_id"]),
+        "claimant": row["claimant"], "reason": row["reason"], "claimed_fen": row["claimed_fen"],
+        "state": row["state"], "opened_at": _stamp(row["opened_at"]),
+        "resolution": _json(row["resolution"]), "resolution_digest": row["resolution_digest"],
+    }  # fmt: skip
+
+
+def _item(row: Any) -> EvidenceItem:
+    return EvidenceItem(
+        index=row["idx"], kind=row["kind"], name=row["name"], media_type=row["media_type"],
+        sha256=row["sha256"], size=row["size"], submitter=row["submitter"],
+        submitter_org_id=row["submitter_org_id"], submitted_at=row["submitted_at"],
+        ledger_seq=row["ledger_seq"],
+    )  # fmt: skip
+
+
+def is_open(state: str) -> bool:
+    return state in OPEN
