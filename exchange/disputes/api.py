@@ -21,13 +21,13 @@ from exchange.disputes.schemas import (
     AgreementIn,
     AwardIn,
     Dispute,
+    DisputeEvidenceItem,
+    DisputeEvidenceList,
     DisputeIn,
     DisputeList,
+    DisputeResolutionIn,
     EscalationIn,
-    EvidenceItem,
-    EvidenceList,
     EvidenceType,
-    ResolutionIn,
     ResponseIn,
 )
 from exchange.disputes.service import DISPUTE_EVIDENCE_TOTAL_BYTES, DisputeService
@@ -44,7 +44,7 @@ ItemName = Annotated[
     str, Parameter(min_length=1, max_length=128, pattern=r"^[^/\\\x00-\x1f]{1,128}$",
                    description="The item's file name (no slashes)")
 ]  # fmt: skip
-Sha256Path = Annotated[str, Parameter(pattern=r"^[0-9a-f]{64}$", max_length=64)]
+Sha256Path = Annotated[str, Parameter(max_length=64, description="The item's hex SHA-256")]
 
 
 @dataclasses.dataclass
@@ -121,7 +121,7 @@ class DisputeController(Controller):
         operation_class=EvidenceOperation,
         responses={
             200: ResponseSpec(
-                EvidenceItem,
+                DisputeEvidenceItem,
                 description="The same bytes were already evidence of this dispute: that item",
             )
         },
@@ -135,7 +135,7 @@ class DisputeController(Controller):
         disputes: Disputes,
         actor: ActorDep,
         principal: PrincipalDep,
-    ) -> Response[EvidenceItem]:
+    ) -> Response[DisputeEvidenceItem]:
         """A party adds an item (raw body, Content-Type one of the accepted types) while the
         dispute is not closed; staff add ``award`` and ``expert_report`` items. Stored once by
         its SHA-256 and registered in the ledger; the same bytes again answer 200 with the
@@ -149,7 +149,7 @@ class DisputeController(Controller):
     @get("/{dispute_id:uuid}/evidence", operation_id="listDisputeEvidence", opt=requires())
     async def list_evidence(
         self, dispute_id: FromPath[uuid.UUID], disputes: Disputes, principal: PrincipalDep
-    ) -> EvidenceList:
+    ) -> DisputeEvidenceList:
         """Every item, the exchange's and the parties', in registration (bundle) order."""
         return await disputes.evidence(principal, dispute_id)
 
@@ -192,8 +192,8 @@ class DisputeController(Controller):
         },
     )
     async def resolve(
-        self, dispute_id: FromPath[uuid.UUID], data: JSONBody[ResolutionIn], disputes: Disputes,
-        actor: ActorDep, principal: PrincipalDep,
+        self, dispute_id: FromPath[uuid.UUID], data: JSONBody[DisputeResolutionIn],
+        disputes: Disputes, actor: ActorDep, principal: PrincipalDep,
     ) -> Response[Dispute]:  # fmt: skip
         """A reviewer resolves a dispute under review: resolved, the money moved, closed
         (200). At or above DATAEX_DISPUTE_FOUR_EYES_FEN claimed, the first reviewer's

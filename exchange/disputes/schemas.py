@@ -116,7 +116,7 @@ class ResponseIn(Struct, forbid_unknown_fields=True):
     statement: Statement
 
 
-class ResolutionIn(Struct, forbid_unknown_fields=True):
+class DisputeResolutionIn(Struct, forbid_unknown_fields=True):
     resolution: Resolution
     note: Note
 
@@ -222,7 +222,7 @@ class DisputeList(Struct, frozen=True):
     items: list[Dispute]
 
 
-class EvidenceItem(Struct, frozen=True, kw_only=True):
+class DisputeEvidenceItem(Struct, frozen=True, kw_only=True):
     """One evidence item: ``index`` is its place in the bundle (registration order),
     ``ledger_seq`` the ledger entry that registered its SHA-256."""
 
@@ -238,6 +238,6 @@ class EvidenceItem(Struct, frozen=True, kw_only=True):
     ledger_seq: int
 
 
-class EvidenceList(Struct, frozen=True):
-    items: list[EvidenceItem]
+class DisputeEvidenceList(Struct, frozen=True):
+    items: list[DisputeEvidenceItem]
     total_bytes: int

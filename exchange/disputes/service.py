@@ -37,10 +37,10 @@ from exchange.disputes.schemas import (
     AgreementIn,
     AgreementSignature,
     Dispute,
+    DisputeEvidenceItem,
+    DisputeEvidenceList,
     DisputeIn,
     Escalation,
-    EvidenceItem,
-    EvidenceList,
     ExtendAcceptance,
     Money,
     Proposal,
@@ -155,10 +155,13 @@ class DisputeService:
     async def for_trade(self, principal: Principal, trade_id: uuid.UUID) -> list[Dispute]:
         """A trade's disputes (its parties and staff: 404 for a trade that has none visible)."""
         items = await self.find(principal, trade_id=trade_id)
-        if not items and not principal.has(*STAFF):
+        if not items:
             async with self.pool.acquire() as conn:
                 facts = await self.hooks.facts(conn, trade_id, False)
-            if facts is None or principal.org_id not in (facts.buyer_org_id, facts.seller_org_id):
+            party = facts is not None and principal.org_id in (
+                facts.buyer_org_id, facts.seller_org_id
+            )  # fmt: skip
+            if facts is None or not (party or principal.has(*STAFF)):
                 raise NotFound(f"no trade {trade_id}")
         return items
 
@@ -430,7 +433,7 @@ class DisputeService:
     async def add_evidence(
         self, actor: Actor, principal: Principal, dispute_id: uuid.UUID, kind: str, name: str,
         media_type: str, body: AsyncIterable[bytes],
-    ) -> tuple[EvidenceItem, bool]:  # fmt: skip
+    ) -> tuple[DisputeEvidenceItem, bool]:  # fmt: skip
         """A party (or staff: ``award``, ``expert_report``) adds an item while the dispute is
         not closed; the same bytes again return the item there is (False: not added)."""
         media_type = media_type.split(";", 1)[0].strip().lower()
@@ -487,18 +490,18 @@ class DisputeService:
             raise _bad("type", "staff add evidence of type award or expert_report")
         return "staff"
 
-    async def evidence(self, principal: Principal, dispute_id: uuid.UUID) -> EvidenceList:
+    async def evidence(self, principal: Principal, dispute_id: uuid.UUID) -> DisputeEvidenceList:
         row = await self.pool.fetchrow("SELECT * FROM disputes WHERE id = $1", dispute_id)
         self._visible(principal, row, dispute_id)
         rows = await self.pool.fetch(
             "SELECT * FROM dispute_evidence WHERE dispute_id = $1 ORDER BY idx", dispute_id
         )
-        return EvidenceList(items=[_item(r) for r in rows],
+        return DisputeEvidenceList(items=[_item(r) for r in rows],
                             total_bytes=sum(r["size"] for r in rows))  # fmt: skip
 
     async def evidence_file(
         self, principal: Principal, dispute_id: uuid.UUID, sha256: str
-    ) -> tuple[EvidenceItem, Path]:
+    ) -> tuple[DisputeEvidenceItem, Path]:
         """An item's bytes (where they are), for the parties and staff."""
         row = await self.pool.fetchrow("SELECT * FROM disputes WHERE id = $1", dispute_id)
         self._visible(principal, row, dispute_id)
@@ -852,8 +855,8 @@ def _bundle_dispute(row: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _item(row: Any) -> EvidenceItem:
-    return EvidenceItem(
+def _item(row: Any) -> DisputeEvidenceItem:
+    return DisputeEvidenceItem(
         index=row["idx"], kind=row["kind"], name=row["name"], media_type=row["media_type"],
         sha256=row["sha256"], size=row["size"], submitter=row["submitter"],
         submitter_org_id=row["submitter_org_id"], submitted_at=row["submitted_at"],

@@ -119,6 +119,22 @@ OWNED_ELSEWHERE = {
         "tests/integration/test_compute_jobs.py::"
         "test_algorithms_jobs_and_budgets_are_for_the_grants_parties_only",
     ),
+    **dict.fromkeys(
+        (
+            ("POST", "/v1/trades/{trade_id:uuid}/disputes"),
+            ("GET", "/v1/trades/{trade_id:uuid}/disputes"),
+            ("GET", "/v1/disputes/{dispute_id:uuid}"),
+            ("GET", "/v1/disputes/{dispute_id:uuid}/bundle"),
+            ("GET", "/v1/disputes/{dispute_id:uuid}/evidence"),
+            ("POST", "/v1/disputes/{dispute_id:uuid}/evidence"),
+            ("GET", "/v1/disputes/{dispute_id:uuid}/evidence/{sha256:str}"),
+            ("POST", "/v1/disputes/{dispute_id:uuid}/response"),
+            ("POST", "/v1/disputes/{dispute_id:uuid}/agreement"),
+            ("POST", "/v1/disputes/{dispute_id:uuid}/escalation"),
+            ("POST", "/v1/disputes/{dispute_id:uuid}/withdrawal"),
+        ),
+        "tests/integration/test_disputes.py::test_disputes_are_for_the_parties_only",
+    ),
     ("GET", "/v1/products/{product_id:uuid}/usage"): (
         "tests/integration/test_delivery_metered.py::"
         "test_a_metered_plan_bills_by_period_stops_at_the_cap_and_releases_the_rest"
@@ -163,6 +179,23 @@ def matrix_routes() -> list[tuple[str, str, object]]:
 # token with that role alone. Public routes ignore a token, even a revoked one. A new route must
 # be added here (test_every_route_has_a_row_in_the_matrix), with the statuses it should give.
 MATRIX = {
+    ("POST", "/v1/trades/{trade_id:uuid}/disputes"): "401 422 422 422 403 403 422 401",
+    ("GET", "/v1/trades/{trade_id:uuid}/disputes"): "401 404 404 404 404 404 404 401",
+    ("GET", "/v1/disputes"): "401 200 200 200 200 200 200 401",
+    ("GET", "/v1/disputes/{dispute_id:uuid}"): "401 404 404 404 404 404 404 401",
+    ("GET", "/v1/disputes/{dispute_id:uuid}/bundle"): "401 404 404 404 404 404 404 401",
+    ("GET", "/v1/disputes/{dispute_id:uuid}/evidence"): "401 404 404 404 404 404 404 401",
+    ("POST", "/v1/disputes/{dispute_id:uuid}/evidence"): "401 400 400 400 400 400 400 401",
+    (
+        "GET",
+        "/v1/disputes/{dispute_id:uuid}/evidence/{sha256:str}",
+    ): "401 404 404 404 404 404 404 401",
+    ("POST", "/v1/disputes/{dispute_id:uuid}/response"): "401 422 422 422 403 403 422 401",
+    ("POST", "/v1/disputes/{dispute_id:uuid}/resolution"): "401 403 403 403 422 422 403 401",
+    ("POST", "/v1/disputes/{dispute_id:uuid}/agreement"): "401 422 422 422 403 403 422 401",
+    ("POST", "/v1/disputes/{dispute_id:uuid}/escalation"): "401 422 422 422 403 403 422 401",
+    ("POST", "/v1/disputes/{dispute_id:uuid}/award"): "401 403 403 403 403 422 403 401",
+    ("POST", "/v1/disputes/{dispute_id:uuid}/withdrawal"): "401 404 404 404 403 403 404 401",
     ("GET", "/v1/products/{product_id:uuid}/usage"): "401 404 403 404 404 404 404 401",
     ("POST", "/v1/organisations/{org_id:uuid}/reinstate"): "401 403 403 403 403 404 403 401",
     ("POST", "/v1/organisations/{org_id:uuid}/suspend"): "401 403 403 403 403 422 403 401",

@@ -9,13 +9,16 @@ import pytest
 
 from contracts.orders.states import CONTRACT, ORDER, placed_state
 from exchange.app import create_app
+from exchange.disputes.states import DISPUTE
 from exchange.listings.states import PRODUCT, held_here
 from exchange.platform.settings import Settings
 from exchange.platform.states import IllegalTransition, StateMachine
 from exchange.review.states import CASE
 from settlement.states import METERED_TRADE, TRADE
 
-MACHINES: list[StateMachine[Any, Any]] = [PRODUCT, CASE, ORDER, CONTRACT, TRADE, METERED_TRADE]
+MACHINES: list[StateMachine[Any, Any]] = [
+    PRODUCT, CASE, ORDER, CONTRACT, TRADE, METERED_TRADE, DISPUTE,
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("machine", MACHINES, ids=lambda m: m.aggregate)

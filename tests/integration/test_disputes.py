@@ -1,0 +1,525 @@
+"""Disputes over real PostgreSQL and JetStream: opening, evidence, the respondent's deadline,
+four-eyes resolution, agreement, escalation and award, withdrawal, and their events."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+
+from exchange import wiring
+from exchange.delivery.worker import apply
+from exchange.disputes.schemas import RefundBuyer, ReleaseToSeller, resolution_digest
+from exchange.platform.events import DisputeEvent
+from exchange.platform.signing import KeyRing, load_master_key
+from tests.kit.api import assert_problem, bearer
+from tests.kit.delivery import grant_service
+from tests.kit.market import auto_accept_product, buy, deposit
+from tests.kit.settlement import worker
+
+PRICE = 1_000_000  # the 'std' plan, one unit
+FEE = 10_000
+HELD = PRICE + FEE
+PNG = b"\x89PNG\r\n\x1a\n" + b"screenshot of the delivered table" * 10
+
+
+async def reserved_trade(
+    client, trade, admin_token, settings, pool, clock, n: int = 1
+) -> list[str]:
+    """``n`` trades executed and reserved by the settlement worker."""
+    product_id = await auto_accept_product(client, trade)
+    ref = f"bank-{uuid.uuid4()}"
+    response = await deposit(client, admin_token, trade["buyer_org"]["id"], n * HELD, ref)
+    assert response.status_code == 201, response.text
+    trade_ids = [await buy(client, trade, product_id) for _ in range(n)]
+    async with worker(settings, pool, clock) as w:
+        assert await w.drain() == n
+    return trade_ids
+
+
+def service(pool, clock, settings):
+    return wiring.disputes(pool, clock, settings, KeyRing(load_master_key(settings.state_dir)))
+
+
+async def open_dispute(client, token, trade_id, **body: Any):
+    return await client.post(
+        f"/v1/trades/{trade_id}/disputes",
+        json={"reason": "not_as_described", "claimed_fen": 50_000,
+              "statement": "字段与说明书不符"} | body,
+        headers=bearer(token),
+    )  # fmt: skip
+
+
+async def dispute_events(pool, dispute_id: str) -> list[tuple[str, str]]:
+    """The dispute's events (type, action) in the order of its transitions; every transition
+    has its event in the outbox."""
+    rows = await pool.fetch("SELECT payload FROM outbox WHERE subject LIKE '%.dispute.%'")
+    events = [msgspec.json.decode(r["payload"], type=DisputeEvent) for r in rows]
+    mine = sorted((e.type, e.data.action) for e in events if e.data.dispute_id == dispute_id)
+    steps = [
+        (f"dx.dispute.{r['to_state']}", r["action"])
+        for r in await pool.fetch(
+            "SELECT to_state, action FROM dispute_transitions WHERE dispute_id = $1 ORDER BY seq",
+            uuid.UUID(dispute_id),
+        )
+    ]
+    assert sorted(steps) == mine
+    return steps
+
+
+async def trade_state(client, token, trade_id) -> str:
+    view = await client.get(f"/v1/trades/{trade_id}", headers=bearer(token))
+    assert view.status_code == 200, view.text
+    state: str = view.json()["state"]
+    return state
+
+
+async def give_grants(pool, clock, settings, trade_id: str) -> None:
+    """Hand the trade's executed and reserved events to the delivery room, as its worker
+    would: the trade gets its (active) grants."""
+    grants = grant_service(pool, clock, settings)
+    for event in ("executed", "reserved"):
+        subject = settings.subject("trade", event)
+        for row in await pool.fetch(
+            "SELECT subject, payload FROM outbox WHERE subject = $1", subject
+        ):
+            if msgspec.json.decode(row["payload"])["data"]["trade_id"] == trade_id:
+                async with pool.acquire() as conn, conn.transaction():
+                    await apply(conn, grants, row["subject"], bytes(row["payload"]))
+
+
+# --- opening -----------------------------------------------------------------------------------
+
+
+async def test_a_buyer_disputes_within_the_acceptance_period_and_not_after(
+    client, trade, admin_token, settings, pool, clock
+):
+    first, second = await reserved_trade(client, trade, admin_token, settings, pool, clock, 2)
+    opened = await open_dispute(client, trade["buyer"], first)
+    assert opened.status_code == 201, opened.text
+    dispute = opened.json()
+    assert dispute["state"] == "awaiting_response" and dispute["claimant"] == "buyer"
+    assert dispute["held_fen"] == HELD and dispute["grants_suspended"] is True
+    assert dispute["four_eyes"] is False and dispute["approvals_needed"] == 1
+    assert sorted(dispute["allowed_actions"]) == ["agree", "escalate", "respond", "withdraw"]
+    assert await dispute_events(pool, dispute["id"]) == [
+        ("dx.dispute.opened", "open"),
+        ("dx.dispute.awaiting_response", "notify"),
+    ]
+    again = await open_dispute(client, trade["buyer"], first, reason="other")
+    problem = assert_problem(again, 409, "dispute_open")
+    assert problem["dispute_id"] == dispute["id"]
+    clock.advance(timedelta(days=7, seconds=1))
+    late = await open_dispute(client, trade["buyer"], second)
+    problem = assert_problem(late, 409, "acceptance_period_ended")
+    assert problem["acceptance_due"] in problem["detail"]
+    listed = await client.get(f"/v1/trades/{first}/disputes", headers=bearer(trade["seller"]))
+    assert [d["id"] for d in listed.json()["items"]] == [dispute["id"]]
+    mine = await client.get("/v1/disputes?state=awaiting_response", headers=bearer(trade["buyer"]))
+    assert [d["id"] for d in mine.json()["items"]] == [dispute["id"]]
+
+
+async def test_the_seller_only_claims_a_breach_of_terms_by_the_buyer_during_the_grant(
+    client, trade, admin_token, settings, pool, clock
+):
+    (trade_id,) = await reserved_trade(client, trade, admin_token, settings, pool, clock)
+    wrong = await open_dispute(client, trade["seller"], trade_id, reason="not_delivered")
+    assert_problem(wrong, 422, "invalid_input")
+    buyer_breach = await open_dispute(client, trade["buyer"], trade_id,
+                                      reason="terms_breach_by_buyer")  # fmt: skip
+    assert_problem(buyer_breach, 422, "invalid_input")
+    no_grant = await open_dispute(client, trade["seller"], trade_id,
+                                  reason="terms_breach_by_buyer")  # fmt: skip
+    assert_problem(no_grant, 409, "conflict")
+    await give_grants(pool, clock, settings, trade_id)
+    opened = await open_dispute(client, trade["seller"], trade_id, reason="terms_breach_by_buyer",
+                                claimed_fen=0)  # fmt: skip
+    assert opened.status_code == 201, opened.text
+    assert opened.json()["claimant"] == "seller" and opened.json()["grants_suspended"]
+    grants = await pool.fetch("SELECT state, suspended_by FROM grants WHERE trade_id = $1",
+                              uuid.UUID(trade_id))  # fmt: skip
+    assert grants and all(
+        g["state"] == "suspended" and "dispute" in g["suspended_by"] for g in grants
+    )
+
+
+async def test_the_claim_is_at_most_what_is_held_and_only_over_metered_names_periods(
+    client, trade, admin_token, settings, pool, clock
+):
+    (trade_id,) = await reserved_trade(client, trade, admin_token, settings, pool, clock)
+    too_much = await open_dispute(client, trade["buyer"], trade_id, claimed_fen=HELD + 1)
+    problem = assert_problem(too_much, 422, "invalid_input")
+    assert [e["path"] for e in problem["errors"]] == ["claimed_fen"]
+    periods = await open_dispute(client, trade["buyer"], trade_id, periods=[1])
+    assert [e["path"] for e in assert_problem(periods, 422, "invalid_input")["errors"]] == [
+        "periods"
+    ]
+    fixed = await open_dispute(client, trade["buyer"], trade_id, reason="over_metered",
+                               periods=[1])  # fmt: skip
+    assert [e["path"] for e in assert_problem(fixed, 422, "invalid_input")["errors"]] == ["reason"]
+    negative = await open_dispute(client, trade["buyer"], trade_id, claimed_fen=-1)
+    assert negative.status_code == 422
+    exact = await open_dispute(client, trade["buyer"], trade_id, claimed_fen=HELD)
+    assert exact.status_code == 201, exact.text
+    assert exact.json()["four_eyes"] is True
+
+
+async def test_disputes_are_for_the_parties_only(client, trade, admin_token, settings, pool, clock):
+    (trade_id,) = await reserved_trade(client, trade, admin_token, settings, pool, clock)
+    other = trade["other"]  # another seller: neither party
+    assert (await open_dispute(client, other, trade_id,
+                               reason="terms_breach_by_buyer")).status_code == 404  # fmt: skip
+    dispute = (await open_dispute(client, trade["buyer"], trade_id)).json()
+    base = f"/v1/disputes/{dispute['id']}"
+    sha = hashlib.sha256(PNG).hexdigest()
+    added = await client.post(f"{base}/evidence?type=screenshot&name=table.png", content=PNG,
+                              headers={**bearer(trade["buyer"]), "content-type": "image/png"})  # fmt: skip
+    assert added.status_code == 201, added.text
+    for method, path, body in (
+        ("GET", f"/v1/trades/{trade_id}/disputes", None),
+        ("GET", base, None),
+        ("GET", f"{base}/evidence", None),
+        ("GET", f"{base}/evidence/{sha}", None),
+        ("GET", f"{base}/bundle", None),
+        ("POST", f"{base}/response", {"statement": "x"}),
+        ("POST", f"{base}/agreement", {"resolution": {"kind": "refund_buyer"},
+                                       "custodial": True}),
+        ("POST", f"{base}/escalation", {"forum": "上海仲裁委员会", "note": "x"}),
+        ("POST", f"{base}/withdrawal", None),
+    ):  # fmt: skip
+        response = await client.request(method, path, json=body, headers=bearer(other))
+        assert response.status_code == 404, (method, path, response.text)
+    upload = await client.post(f"{base}/evidence?type=other&name=x.txt", content=b"x",
+                               headers={**bearer(other), "content-type": "text/plain"})  # fmt: skip
+    assert upload.status_code == 404
+    listed = await client.get("/v1/disputes", headers=bearer(other))
+    assert listed.json()["items"] == []
+    for staff in (trade["alice"], admin_token):
+        seen = await client.get(base, headers=bearer(staff))
+        assert seen.status_code == 200 and seen.json()["id"] == dispute["id"]
+    assert (await client.get(base, headers=bearer(trade["seller"]))).status_code == 200
+
+
+# --- evidence ----------------------------------------------------------------------------------
+
+
+async def test_evidence_is_content_addressed_typed_and_size_limited(
+    client, trade, admin_token, settings, pool, clock
+):
+    (trade_id,) = await reserved_trade(client, trade, admin_token, settings, pool, clock)
+    dispute = (await open_dispute(client, trade["buyer"], trade_id)).json()
+    base = f"/v1/disputes/{dispute['id']}/evidence"
+    png = {**bearer(trade["buyer"]), "content-type": "image/png"}
+    first = await client.post(f"{base}?type=screenshot&name=table.png", content=PNG, headers=png)
+    assert first.status_code == 201, first.text
+    item = first.json()
+    sha = hashlib.sha256(PNG).hexdigest()
+    assert (item["sha256"], item["size"], item["submitter"]) == (sha, len(PNG), "buyer")
+    assert item["ledger_seq"] >= 0
+    stored = settings.state_dir / "evidence" / sha[:2] / sha
+    assert stored.read_bytes() == PNG
+    again = await client.post(f"{base}?type=report&name=again.png", content=PNG, headers=png)
+    assert again.status_code == 200 and again.json() == item
+    text = {**bearer(trade["seller"]), "content-type": "text/plain; charset=utf-8"}
+    answer = await client.post(f"{base}?type=statement&name=答辩.txt",
+                               content="已按约定交付".encode(), headers=text)  # fmt: skip
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["submitter"] == "seller" and answer.json()["media_type"] == "text/plain"
+    listed = (await client.get(base, headers=bearer(trade["seller"]))).json()
+    assert [i["sha256"] for i in listed["items"]][-2:] == [sha, answer.json()["sha256"]]
+    assert [i["index"] for i in listed["items"]] == list(range(len(listed["items"])))
+    body = await client.get(f"{base}/{sha}", headers=bearer(trade["seller"]))
+    assert body.status_code == 200 and body.content == PNG
+    assert body.headers["content-type"] == "image/png"
+    assert (
+        await client.get(f"{base}/{'0' * 64}", headers=bearer(trade["buyer"]))
+    ).status_code == 404
+    assert (await client.get(f"{base}/not-hex", headers=bearer(trade["buyer"]))).status_code == 404
+    html = await client.post(f"{base}?type=other&name=x.html", content=b"<p>",
+                             headers={**bearer(trade["buyer"]), "content-type": "text/html"})  # fmt: skip
+    assert_problem(html, 422, "invalid_input")
+    big = b"\0" * (settings.dispute_evidence_max_bytes + 1)
+    too_big = await client.post(f"{base}?type=data_sample&name=big.bin", content=big,
+                                headers={**bearer(trade["buyer"]),
+                                         "content-type": "application/octet-stream"})  # fmt: skip
+    assert_problem(too_big, 413, "evidence_too_large")
+    assert hashlib.sha256(big).hexdigest() not in {
+        i["sha256"]
+        for i in (await client.get(base, headers=bearer(trade["buyer"]))).json()["items"]
+    }
+    staff_pdf = {**bearer(admin_token), "content-type": "application/pdf"}
+    staff_statement = await client.post(f"{base}?type=statement&name=s.pdf", content=b"%PDF-1",
+                                        headers=staff_pdf)  # fmt: skip
+    assert_problem(staff_statement, 422, "invalid_input")
+    award = await client.post(f"{base}?type=award&name=award.pdf", content=b"%PDF-1 award",
+                              headers=staff_pdf)  # fmt: skip
+    assert award.status_code == 201 and award.json()["submitter"] == "staff"
+    buyer_award = await client.post(f"{base}?type=award&name=a.pdf", content=b"%PDF-2",
+                                    headers={**png, "content-type": "application/pdf"})  # fmt: skip
+    assert_problem(buyer_award, 422, "invalid_input")
+
+
+# --- the respondent's deadline -----------------------------------------------------------------
+
+
+async def test_the_respondents_deadline_passing_moves_the_case_to_review(
+    client, trade, admin_token, settings, pool, clock
+):
+    first, second = await reserved_trade(client, trade, admin_token, settings, pool, clock, 2)
+    silent = (await open_dispute(client, trade["buyer"], first)).json()
+    answered = (await open_dispute(client, trade["buyer"], second)).json()
+    buyer_answer = await client.post(f"/v1/disputes/{answered['id']}/response",
+                                     json={"statement": "x"}, headers=bearer(trade["buyer"]))  # fmt: skip
+    assert buyer_answer.status_code == 403  # the claimant does not answer its own claim
+    response = await client.post(f"/v1/disputes/{answered['id']}/response",
+                                 json={"statement": "已交付,见日志"},
+                                 headers=bearer(trade["seller"]))  # fmt: skip
+    assert response.status_code == 200 and response.json()["state"] == "under_review"
+    disputes = service(pool, clock, settings)
+    assert await disputes.move_due() == 0
+    clock.advance(timedelta(days=settings.dispute_response_days, seconds=1))
+    assert await disputes.move_due() == 1
+    assert await disputes.move_due() == 0
+    moved = await client.get(f"/v1/disputes/{silent['id']}", headers=bearer(trade["buyer"]))
+    assert moved.json()["state"] == "under_review" and moved.json()["response"] is None
+    assert (await dispute_events(pool, silent["id"]))[-1] == (
+        "dx.dispute.under_review",
+        "respondent_deadline",
+    )
+
+
+# --- resolution by staff -----------------------------------------------------------------------
+
+
+async def test_four_eyes_one_reviewer_twice_is_refused_two_reviewers_resolve(
+    client, trade, admin_token, settings, pool, clock
+):
+    (trade_id,) = await reserved_trade(client, trade, admin_token, settings, pool, clock)
+    dispute = (await open_dispute(client, trade["buyer"], trade_id, claimed_fen=200_000)).json()
+    assert dispute["four_eyes"] and dispute["approvals_needed"] == 2
+    base = f"/v1/disputes/{dispute['id']}"
+    release = {"resolution": {"kind": "release_to_seller"}, "note": "交付记录完整"}
+    early = await client.post(f"{base}/resolution", json=release, headers=bearer(trade["alice"]))
+    assert_problem(early, 409, "illegal_transition")  # still awaiting the seller's answer
+    await client.post(f"{base}/response", json={"statement": "已交付"},
+                      headers=bearer(trade["seller"]))  # fmt: skip
+    seller_try = await client.post(f"{base}/resolution", json=release,
+                                   headers=bearer(trade["seller"]))  # fmt: skip
+    assert seller_try.status_code == 403
+    proposed = await client.post(f"{base}/resolution", json=release,
+                                 headers=bearer(trade["alice"]))  # fmt: skip
+    assert proposed.status_code == 202, proposed.text
+    digest = resolution_digest(uuid.UUID(dispute["id"]), uuid.UUID(trade_id), ReleaseToSeller())
+    assert proposed.json()["state"] == "under_review"
+    assert proposed.json()["pending"]["digest"] == digest
+    twice = await client.post(f"{base}/resolution", json=release, headers=bearer(trade["alice"]))
+    assert twice.status_code == 409
+    other = await client.post(f"{base}/resolution",
+                              json={"resolution": {"kind": "refund_buyer"}, "note": "x"},
+                              headers=bearer(trade["bob"]))  # fmt: skip
+    assert assert_problem(other, 409, "resolution_pending")["pending_digest"] == digest
+    resolved = await client.post(f"{base}/resolution", json=release, headers=bearer(trade["bob"]))
+    assert resolved.status_code == 200, resolved.text
+    body = resolved.json()
+    assert body["state"] == "closed" and body["resolution"] == {"kind": "release_to_seller"}
+    assert body["resolution_digest"] == digest and body["closed_at"] is not None
+    assert body["money"]["state"] == "settled" and body["money"]["refund_fen"] == 0
+    assert await trade_state(client, trade["buyer"], trade_id) == "settled"
+    repeat = await client.post(f"{base}/resolution", json=release, headers=bearer(admin_token))
+    assert_problem(repeat, 409, "illegal_transition")
+    assert [t for t, _ in await dispute_events(pool, dispute["id"])] == [
+        "dx.dispute.opened", "dx.dispute.awaiting_response", "dx.dispute.under_review",
+        "dx.dispute.resolved", "dx.dispute.closed",
+    ]  # fmt: skip
+    grants_lifted = await pool.fetchval(
+        "SELECT count(*) FROM grants WHERE trade_id = $1 AND 'dispute' = ANY(suspended_by)",
+        uuid.UUID(trade_id),
+    )
+    assert grants_lifted == 0
+
+
+async def test_below_the_four_eyes_amount_one_reviewer_resolves(
+    client, trade, admin_token, settings, pool, clock
+):
+    (trade_id,) = await reserved_trade(client, trade, admin_token, settings, pool, clock)
+    dispute = (await open_dispute(client, trade["buyer"], trade_id, claimed_fen=99_999)).json()
+    base = f"/v1/disputes/{dispute['id']}"
+    clock.advance(timedelta(days=8))
+    assert await service(pool, clock, settings).move_due() == 1
+    past = await client.post(f"{base}/resolution", headers=bearer(trade["alice"]),
+                             json={"resolution": {"kind": "redeliver",
+                                                  "by": "2020-01-01T00:00:00Z"}, "note": "x"})  # fmt: skip
+    assert_problem(past, 422, "invalid_input")
+    refund = await client.post(f"{base}/resolution", headers=bearer(trade["alice"]),
+                               json={"resolution": {"kind": "refund_buyer"}, "note": "未交付"})  # fmt: skip
+    assert refund.status_code == 200, refund.text
+    assert refund.json()["money"]["state"] == "voided"
+    assert refund.json()["money"]["refund_fen"] == HELD
+    assert await trade_state(client, trade["buyer"], trade_id) == "voided"
+
+
+# --- agreement, escalation, withdrawal ----------------------------------------------------------
+
+
+async def test_both_parties_sign_the_same_resolution_and_it_is_settled_by_agreement(
+    client, trade, admin_token, settings, pool, clock
+):
+    (trade_id,) = await reserved_trade(client, trade, admin_token, settings, pool, clock)
+    key = await client.post("/v1/keys/custodial", headers=bearer(trade["seller"]))
+    assert key.status_code == 201, key.text
+    dispute = (await open_dispute(client, trade["buyer"], trade_id)).json()
+    base = f"/v1/disputes/{dispute['id']}"
+    refund = {"resolution": {"kind": "refund_buyer"}, "custodial": True}
+    digest = resolution_digest(uuid.UUID(dispute["id"]), uuid.UUID(trade_id), RefundBuyer())
+    buyer = await client.post(f"{base}/agreement", json=refund, headers=bearer(trade["buyer"]))
+    assert buyer.status_code == 200, buyer.text
+    assert buyer.json()["state"] == "awaiting_response"
+    assert [(s["party"], s["digest"], s["kind"]) for s in buyer.json()["signatures"]] == [
+        ("buyer", digest, "custodial")
+    ]
+    signer = trade["signers"]["seller"]
+    release = {"kind": "release_to_seller"}
+    bad = await client.post(f"{base}/agreement", headers=bearer(trade["seller"]),
+                            json={"resolution": release,
+                                  "jws": signer.detached(signer.kid, digest.encode())})  # fmt: skip
+    assert bad.status_code == 422, bad.text  # signed another digest than the one it names
+    other = await client.post(f"{base}/agreement", headers=bearer(trade["seller"]), json={
+        "resolution": release,
+        "jws": signer.detached(signer.kid, resolution_digest(
+            uuid.UUID(dispute["id"]), uuid.UUID(trade_id), ReleaseToSeller()).encode()),
+    })  # fmt: skip
+    assert other.status_code == 200 and other.json()["state"] == "awaiting_response"
+    agreed = await client.post(f"{base}/agreement", json=refund, headers=bearer(trade["seller"]))
+    assert agreed.status_code == 200, agreed.text
+    body = agreed.json()
+    assert body["state"] == "closed" and body["resolved_by"] == "agreement"
+    assert body["resolution_digest"] == digest and body["money"]["state"] == "voided"
+    assert [t for t, _ in await dispute_events(pool, dispute["id"])][-2:] == [
+        "dx.dispute.settled_by_agreement", "dx.dispute.closed",
+    ]  # fmt: skip
+
+
+async def test_escalation_keeps_escrow_until_staff_record_the_award(
+    client, trade, admin_token, settings, pool, clock
+):
+    (trade_id,) = await reserved_trade(client, trade, admin_token, settings, pool, clock)
+    dispute = (await open_dispute(client, trade["buyer"], trade_id)).json()
+    base = f"/v1/disputes/{dispute['id']}"
+    escalated = await client.post(f"{base}/escalation", headers=bearer(trade["seller"]),
+                                  json={"forum": "上海仲裁委员会", "note": "申请仲裁"})  # fmt: skip
+    assert escalated.status_code == 200, escalated.text
+    assert escalated.json()["state"] == "escalated"
+    assert escalated.json()["escalation"]["forum"] == "上海仲裁委员会"
+    clock.advance(timedelta(days=8))
+    async with worker(settings, pool, clock) as w:
+        await w.service.settle_due()
+    assert await trade_state(client, trade["buyer"], trade_id) == "disputed"  # awaits H1's hold
+    resolution = await client.post(f"{base}/resolution", headers=bearer(trade["alice"]),
+                                   json={"resolution": {"kind": "refund_buyer"}, "note": "x"})  # fmt: skip
+    assert_problem(resolution, 409, "illegal_transition")
+    award_body = {"resolution": {"kind": "release_to_seller"},
+                  "document_sha256": hashlib.sha256(b"%PDF award").hexdigest(), "note": "裁决"}  # fmt: skip
+    missing = await client.post(f"{base}/award", json=award_body, headers=bearer(admin_token))
+    assert_problem(missing, 422, "invalid_input")
+    uploaded = await client.post(f"{base}/evidence?type=award&name=award.pdf",
+                                 content=b"%PDF award",
+                                 headers={**bearer(admin_token),
+                                          "content-type": "application/pdf"})  # fmt: skip
+    assert uploaded.status_code == 201, uploaded.text
+    reviewer_award = await client.post(f"{base}/award", json=award_body,
+                                       headers=bearer(trade["alice"]))  # fmt: skip
+    assert reviewer_award.status_code == 403
+    recorded = await client.post(f"{base}/award", json=award_body, headers=bearer(admin_token))
+    assert recorded.status_code == 200, recorded.text
+    body = recorded.json()
+    assert (
+        body["state"] == "closed"
+        and body["escalation"]["award_sha256"] == (award_body["document_sha256"])
+    )
+    assert body["money"]["state"] == "settled"
+
+
+async def test_the_claimant_withdraws_and_the_hold_is_released(
+    client, trade, admin_token, settings, pool, clock
+):
+    (trade_id,) = await reserved_trade(client, trade, admin_token, settings, pool, clock)
+    dispute = (await open_dispute(client, trade["buyer"], trade_id)).json()
+    base = f"/v1/disputes/{dispute['id']}"
+    by_seller = await client.post(f"{base}/withdrawal", headers=bearer(trade["seller"]))
+    assert by_seller.status_code == 403
+    withdrawn = await client.post(f"{base}/withdrawal", headers=bearer(trade["buyer"]))
+    assert withdrawn.status_code == 200, withdrawn.text
+    assert withdrawn.json()["state"] == "closed" and withdrawn.json()["money"] is None
+    assert await trade_state(client, trade["buyer"], trade_id) == "reserved"
+    late = await client.post(f"{base}/evidence?type=other&name=x.txt", content=b"late",
+                             headers={**bearer(trade["buyer"]), "content-type": "text/plain"})  # fmt: skip
+    assert_problem(late, 409, "conflict")
+    reopened = await open_dispute(client, trade["buyer"], trade_id, reason="other")
+    assert reopened.status_code == 201, reopened.text  # closed ones do not count
+
+
+# --- what awaits settlement (H1) and the evidence exports (H4) ---------------------------------
+
+
+async def test_nothing_is_posted_while_a_dispute_is_open_past_the_acceptance_period(
+    client, trade, admin_token, settings, pool, clock
+):
+    (trade_id,) = await reserved_trade(client, trade, admin_token, settings, pool, clock)
+    dispute = (await open_dispute(client, trade["buyer"], trade_id)).json()
+    assert await trade_state(client, trade["buyer"], trade_id) == "disputed"
+    clock.advance(timedelta(days=7, seconds=1))
+    async with worker(settings, pool, clock) as w:
+        assert await w.service.settle_due() == 0
+    assert await trade_state(client, trade["buyer"], trade_id) == "disputed"
+    extended = await client.post(
+        f"/v1/disputes/{dispute['id']}/agreement", headers=bearer(trade["buyer"]),
+        json={"resolution": {"kind": "extend_acceptance", "days": 3}, "custodial": True},
+    )  # fmt: skip
+    assert extended.status_code == 200, extended.text
+
+
+async def test_a_split_pays_the_refund_to_the_buyer_and_the_rest_by_the_rule(
+    client, trade, admin_token, settings, pool, clock
+):
+    (trade_id,) = await reserved_trade(client, trade, admin_token, settings, pool, clock)
+    dispute = (await open_dispute(client, trade["buyer"], trade_id, claimed_fen=99_000)).json()
+    base = f"/v1/disputes/{dispute['id']}"
+    await client.post(f"{base}/response", json={"statement": "x"},
+                      headers=bearer(trade["seller"]))  # fmt: skip
+    whole = await client.post(f"{base}/resolution", headers=bearer(trade["alice"]),
+                              json={"resolution": {"kind": "split", "refund_fen": HELD},
+                                    "note": "x"})  # fmt: skip
+    assert_problem(whole, 422, "invalid_input")
+    split = await client.post(f"{base}/resolution", headers=bearer(trade["alice"]),
+                              json={"resolution": {"kind": "split", "refund_fen": 333_300},
+                                    "note": "部分不符"})  # fmt: skip
+    assert split.status_code == 200, split.text
+    money = split.json()["money"]
+    assert money["state"] == "split" and money["refund_fen"] == 333_300
+    assert money["refund_fen"] + money["seller_fen"] + money["fee_fen"] == HELD
+    assert await trade_state(client, trade["buyer"], trade_id) == "split"
+
+
+async def test_the_exchange_attaches_its_evidence_and_the_bundle_verifies(
+    client, trade, admin_token, settings, pool, clock
+):
+    from exchange.disputes.bundle import verify_bundle  # type: ignore[attr-defined]
+    from exchange.platform.signing import jwks
+
+    (trade_id,) = await reserved_trade(client, trade, admin_token, settings, pool, clock)
+    dispute = (await open_dispute(client, trade["buyer"], trade_id)).json()
+    base = f"/v1/disputes/{dispute['id']}"
+    items = (await client.get(f"{base}/evidence", headers=bearer(trade["buyer"]))).json()["items"]
+    kinds = {i["kind"] for i in items}
+    assert {"contract", "ledger_receipt"} <= kinds and {i["submitter"] for i in items} == {
+        "exchange"
+    }
+    await client.post(f"{base}/evidence?type=screenshot&name=t.png", content=PNG,
+                      headers={**bearer(trade["buyer"]), "content-type": "image/png"})  # fmt: skip
+    tar = await client.get(f"{base}/bundle", headers=bearer(trade["seller"]))
+    assert tar.status_code == 200 and tar.headers["content-type"] == "application/x-tar"
+    verified = verify_bundle(tar.content, await jwks(pool))
+    assert verified is not None
