@@ -55,6 +55,8 @@ def test_the_metrics_folder_is_prometheus_clients_own_variable_and_reaches_the_p
         ("DATAEX_EXCHANGE_CODE", "sz", "2-8 upper-case letters"),
         ("DATAEX_SUBJECT_PREFIX", "DX.>", "lower-case NATS subject token"),
         ("DATAEX_RECONCILE_AFTER_SECONDS", "0", "between 1 and 86400"),
+        ("DATAEX_DISPUTE_RESPONSE_DAYS", "0", "between 1 and 365"),
+        ("DATAEX_DISPUTE_EVIDENCE_MAX_BYTES", "100", "between 1024 and 67108864"),
     ],
 )
 def test_each_bad_value_is_named(name, value, says):
