@@ -1,0 +1,1 @@
+"""Disputes over trades: claims, evidence, resolutions and the signed evidence bundle."""
