@@ -22,8 +22,12 @@ other reads a dispute needs of this room.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
+from datetime import datetime
 from typing import Any, Final
 
 import msgspec
@@ -76,10 +80,42 @@ async def delivery_evidence(conn: Executor, trade_id: uuid.UUID) -> list[SystemE
     ]
 
 
+class _UsageLine(msgspec.Struct, frozen=True, gc=False):
+    """One line of ``usage-records.jsonl`` (the encoder sorts the fields)."""
+
+    id: uuid.UUID
+    grant_id: uuid.UUID
+    served_at: datetime
+    units: dict[str, Any]
+    cost_millifen: int
+    detail: dict[str, Any]
+    period_seq: int | None
+
+
 async def usage_lines(conn: Executor, trade_id: uuid.UUID) -> bytes:
-    """Every usage record of the trade's grants, one canonical JSON line each."""
-    rows = await conn.fetch(_USAGE, trade_id)
-    return canonical_lines(dict(row.items()) for row in rows)
+    """Every usage record of the trade's grants, one canonical JSON line each. Only the
+    free-form columns (units, detail) and the cost are checked for what RFC 8785 writes
+    differently (`canonical_lines`); ids, times and the period number are plain by type."""
+    with _collector_paused():
+        rows = await conn.fetch(_USAGE, trade_id)
+        records = [_UsageLine(*row) for row in rows]
+        parts = [(r.units, r.detail, r.cost_millifen) for r in records]
+        return canonical_lines(records, parts=parts)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector held off meanwhile: 10,000 records are some 40,000 new
+    container objects (records, decoded JSON), which set off its passes over the process's
+    whole heap again and again — three to five times the export's own time here. None of them
+    is in a cycle; the collector runs as usual once enabled again."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 async def _grants(conn: Executor, trade_id: uuid.UUID, grants: list[Any]) -> bytes:
