@@ -77,6 +77,16 @@ async def entry_chunks(conn: Any) -> Any:
         after = rows[-1][0]
 
 
+def _split_problem(r: Any) -> str:
+    kind = "metered" if r["metered"] else "fixed"
+    if r["movement"] is None:
+        return f"trade {r['trade_id']} ({r['state']}, {kind}): split, but no split movement"
+    return (
+        f"trade {r['trade_id']} ({r['state']}, {kind}): its split movement {r['movement']}"
+        f" took {r['taken']} fen of escrow, the trade held {r['total']}"
+    )
+
+
 BOOK_CHECKS: tuple[tuple[str, Callable[[Any], str]], ...] = (
     (
         "SELECT a.id, a.kind, a.org_id, a.balance, coalesce(s.total, 0) AS total FROM accounts a"
@@ -125,12 +135,7 @@ BOOK_CHECKS: tuple[tuple[str, Callable[[Any], str]], ...] = (
         " AND a.kind = 'escrow') e ON true"
         " WHERE (t.state = 'split' OR m.id IS NOT NULL) AND (t.state <> 'split' OR t.metered"
         " OR m.id IS NULL OR coalesce(e.escrow, 0) <> -(t.price_fen + t.fee_fen))",
-        lambda r: (
-            f"trade {r['trade_id']} ({r['state']}, {'metered' if r['metered'] else 'fixed'}):"
-            + (" split, but no split movement" if r["movement"] is None else
-               f" its split movement {r['movement']} took {r['taken']} fen of escrow, the"
-               f" trade held {r['total']}")
-        ),  # fmt: skip
+        _split_problem,
     ),
 )
 

@@ -417,7 +417,7 @@ async def test_ledger_verify_names_a_metered_trade_its_movements_do_not_bear_out
     assert await verify_database(settings.database_url, report) == 1
     assert (
         f"metered trade {meter.trade_id}: reserved {CAP} fen and posted 400, but its movements"
-        f" reserve {CAP}, post 500 and release 0"
+        f" reserve {CAP}, post 500, release 0 and refund 0"
     ) in report.getvalue()
 
 
