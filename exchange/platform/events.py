@@ -115,23 +115,34 @@ def order_schema() -> dict[str, object]:
     return _schema(OrderEvent, "dx.order")
 
 
-class TradeSettlementData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class TradeSettlementData(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True
+):
     trade_id: str
     order_id: str
     buyer_org_id: str
     seller_org_id: str
     price_fen: int
     fee_fen: int
-    state: Literal["reserved", "settled", "failed", "voided"]
+    state: Literal["reserved", "settled", "failed", "voided", "split"]
     reason: str | None
     ledger_seq: int
+    # split: what a dispute's resolution gave back to the buyer (left out otherwise)
+    refund_fen: int | None = None
 
 
 class TradeSettlementEvent(CloudEvent, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A settlement step's outcome: the payment held in escrow (delivery may start), money
-    posted to the seller, the trade unfunded, or voided."""
+    posted to the seller, the trade unfunded, voided, or split by a dispute's resolution
+    (``refund_fen`` to the buyer, the rest to the seller and the exchange's fee pro rata)."""
 
-    type: Literal["dx.trade.reserved", "dx.trade.settled", "dx.trade.failed", "dx.trade.voided"]
+    type: Literal[
+        "dx.trade.reserved",
+        "dx.trade.settled",
+        "dx.trade.failed",
+        "dx.trade.voided",
+        "dx.trade.split",
+    ]
     data: TradeSettlementData
 
 

@@ -88,7 +88,6 @@ OWNED_ELSEWHERE = {
             ("GET", ""),
             ("GET", "/receipt"),
             ("POST", "/accept"),
-            ("POST", "/objections"),
             ("POST", "/cancel"),
         )
     },
@@ -293,6 +292,4 @@ MATRIX = {
     ("POST", "/v1/tokens/{token_id:uuid}/revoke"): "401 404 404 404 404 404 404 401",
     ("POST", "/v1/trades/{trade_id:uuid}/accept"): "401 403 404 404 403 403 404 401",
     ("POST", "/v1/trades/{trade_id:uuid}/cancel"): "401 422 422 422 403 403 422 401",
-    ("POST", "/v1/trades/{trade_id:uuid}/objection/resolution"): "401 403 403 403 422 422 403 401",
-    ("POST", "/v1/trades/{trade_id:uuid}/objections"): "401 403 422 422 403 403 422 401",
 }
