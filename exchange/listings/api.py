@@ -17,10 +17,10 @@ from exchange.listings.schemas import (
     CertificateStatus,
     JwkSet,
     LegalProhibitionProposal,
-    Objection,
-    ObjectionDecision,
-    ObjectionFiling,
-    ObjectionPage,
+    ListingObjection,
+    ListingObjectionDecision,
+    ListingObjectionFiling,
+    ListingObjectionPage,
     Product,
     ProductDraft,
     ProductMetadata,
@@ -198,11 +198,11 @@ class ProductController(Controller):
     async def register_objection(
         self,
         product_id: FromPath[uuid.UUID],
-        data: JSONBody[ObjectionFiling],
+        data: JSONBody[ListingObjectionFiling],
         objections: Objections,
         actor: ActorDep,
         principal: PrincipalDep,
-    ) -> Objection:
+    ) -> ListingObjection:
         """Object to a listed (or suspended) product's registration (异议登记): claim rights in
         it, with a statement and the SHA-256 of each document held. Any market organisation
         but the seller (403); one open objection per organisation and product (409); a
@@ -232,12 +232,12 @@ class ListingObjectionController(Controller):
         ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
         cursor: Annotated[str | None, QueryParameter()] = None,
-    ) -> ObjectionPage:
+    ) -> ListingObjectionPage:
         """Objections oldest first (staff)."""
         after = decode_cursor(cursor, (datetime, uuid.UUID)) if cursor else None
         items = await objections.find(state=objection_state, after=after, limit=limit)
         last = items[-1] if len(items) == limit else None
-        return ObjectionPage(
+        return ListingObjectionPage(
             items=items,
             next_cursor=None if last is None else encode_cursor(last.registered_at, last.id),
         )
@@ -245,7 +245,7 @@ class ListingObjectionController(Controller):
     @get("/{objection_id:uuid}", operation_id="getListingObjection", opt=requires())
     async def read(
         self, objection_id: FromPath[uuid.UUID], objections: Objections, principal: PrincipalDep
-    ) -> Objection:
+    ) -> ListingObjection:
         """The objection, for staff, the organisation that objected and the product's seller;
         404 for anyone else."""
         return await objections.get(principal, objection_id)
@@ -262,7 +262,7 @@ class ListingObjectionController(Controller):
         data: JSONBody[Reason],
         objections: Objections,
         actor: ActorDep,
-    ) -> Objection:
+    ) -> ListingObjection:
         """Suspend the listing until the objection is decided (the product's own suspension:
         its certificates revoked, ``dx.listing.suspended``, its grants suspended). 409 once
         decided, when it already holds the listing, or when the product is suspended for
@@ -278,10 +278,10 @@ class ListingObjectionController(Controller):
     async def decide(
         self,
         objection_id: FromPath[uuid.UUID],
-        data: JSONBody[ObjectionDecision],
+        data: JSONBody[ListingObjectionDecision],
         objections: Objections,
         actor: ActorDep,
-    ) -> Objection:
+    ) -> ListingObjection:
         """Uphold or dismiss, with a reason shown on the product's public status. Dismissed:
         the listing is reinstated if this objection suspended it and no other open objection
         holds it. Upheld: the listing stays suspended (as the staff's own suspension; delist

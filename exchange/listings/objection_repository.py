@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from exchange.listings.schemas import Objection, PublicObjection
+from exchange.listings.schemas import ListingObjection, PublicListingObjection
 from exchange.listings.states import ObjectionClaim, ObjectionState
 from exchange.platform.db import Connection, Executor
 
@@ -23,9 +23,9 @@ _SELECT = (
 )
 
 
-def objection(row: Any, note: str | None = None) -> Objection:
+def objection(row: Any, note: str | None = None) -> ListingObjection:
     decided = row["state"] != "registered"
-    return Objection(
+    return ListingObjection(
         id=row["id"], product_id=row["product_id"], product_code=row["product_code"],
         seller_org_id=row["seller_org_id"], claimant_org_id=row["claimant_org_id"],
         claim=row["claim"], statement=row["statement"],
@@ -110,7 +110,7 @@ async def by_state(
     state: ObjectionState | None,
     after: tuple[datetime, uuid.UUID] | None,
     limit: int,
-) -> list[Objection]:
+) -> list[ListingObjection]:
     """Objections (in ``state``, or all), oldest first, keyset on ``registered_at, id``."""
     rows = await conn.fetch(
         f"{_SELECT} WHERE ($1::text IS NULL OR o.state = $1)"
@@ -121,7 +121,7 @@ async def by_state(
     return [objection(row) for row in rows]
 
 
-async def public_for(conn: Executor, product_id: uuid.UUID) -> list[PublicObjection]:
+async def public_for(conn: Executor, product_id: uuid.UUID) -> list[PublicListingObjection]:
     """The product's objections as its public status shows them, oldest first: no claimant,
     no statement, no evidence."""
     rows = await conn.fetch(
@@ -130,4 +130,4 @@ async def public_for(conn: Executor, product_id: uuid.UUID) -> list[PublicObject
         " FROM listing_objections WHERE product_id = $1 ORDER BY registered_at, id",
         product_id,
     )
-    return [msgspec.convert(dict(row), PublicObjection) for row in rows]
+    return [msgspec.convert(dict(row), PublicListingObjection) for row in rows]

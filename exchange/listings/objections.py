@@ -19,7 +19,11 @@ from typing import Any, Final
 
 from exchange.listings import objection_repository as repository
 from exchange.listings.objection_repository import objection
-from exchange.listings.schemas import Objection, ObjectionDecision, ObjectionFiling
+from exchange.listings.schemas import (
+    ListingObjection,
+    ListingObjectionDecision,
+    ListingObjectionFiling,
+)
 from exchange.listings.service import ListingService
 from exchange.listings.states import DECIDING, OBJECTION, ObjectionState
 from exchange.platform.audit import Actor, record
@@ -44,8 +48,12 @@ class ObjectionService:
         self.settings = listings.settings
 
     async def register(
-        self, actor: Actor, principal: Principal, product_id: uuid.UUID, filing: ObjectionFiling
-    ) -> Objection:
+        self,
+        actor: Actor,
+        principal: Principal,
+        product_id: uuid.UUID,
+        filing: ListingObjectionFiling,
+    ) -> ListingObjection:
         """Register ``principal``'s objection to a listed or suspended product: 404 for one
         never listed, 403 for its seller, 409 naming the state otherwise (delisted) and 409
         while the organisation's earlier objection to it is open."""
@@ -92,7 +100,7 @@ class ObjectionService:
 
     async def suspend_listing(
         self, actor: Actor, objection_id: uuid.UUID, reason: str
-    ) -> Objection:
+    ) -> ListingObjection:
         """Staff suspend the objection's listing until it is decided, through the product's
         suspension (``hold_for_objection``). A listing other open objections hold already is
         held by this one too; one suspended for another cause is a 409 (the objection would
@@ -131,8 +139,8 @@ class ObjectionService:
             return await self._announce(conn, actor, objection_id, "suspended_listing", now)
 
     async def decide(
-        self, actor: Actor, objection_id: uuid.UUID, decision: ObjectionDecision
-    ) -> Objection:
+        self, actor: Actor, objection_id: uuid.UUID, decision: ListingObjectionDecision
+    ) -> ListingObjection:
         """Uphold or dismiss a registered objection (409 once decided). Dismissed: the listing
         is reinstated if this objection suspended it and no other open objection holds it.
         Upheld: a listing it holds stays suspended, as the staff's own suspension."""
@@ -169,7 +177,7 @@ class ObjectionService:
 
     # --- reading ----------------------------------------------------------------------------
 
-    async def get(self, principal: Principal, objection_id: uuid.UUID) -> Objection:
+    async def get(self, principal: Principal, objection_id: uuid.UUID) -> ListingObjection:
         """Staff, the claimant and the seller see the objection; anyone else gets 404."""
         row = await repository.fetch(self.pool, objection_id)
         if row is None or not (
@@ -185,7 +193,7 @@ class ObjectionService:
         state: ObjectionState | None,
         after: tuple[datetime, uuid.UUID] | None,
         limit: int,
-    ) -> list[Objection]:
+    ) -> list[ListingObjection]:
         """Objections (in ``state``, or all) oldest first, for staff."""
         return await repository.by_state(self.pool, state, after, limit)
 
@@ -207,7 +215,7 @@ class ObjectionService:
         *,
         reinstated: bool = False,
         note: str | None = None,
-    ) -> Objection:
+    ) -> ListingObjection:
         """The objection as it now stands, announced as ``dx.listing.objection_<event>``."""
         row = await repository.fetch(conn, objection_id)
         data = ListingObjectionEventData(

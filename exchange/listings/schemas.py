@@ -310,7 +310,7 @@ class Certificate(Struct, frozen=True):
 Outcome = Literal["upheld", "dismissed"]
 
 
-class ObjectionFiling(Struct, forbid_unknown_fields=True, frozen=True):
+class ListingObjectionFiling(Struct, forbid_unknown_fields=True, frozen=True):
     """A third party's claim of rights in a listed product: what it claims, in its own words,
     and the SHA-256 of each document it holds (the documents stay with it)."""
 
@@ -319,7 +319,7 @@ class ObjectionFiling(Struct, forbid_unknown_fields=True, frozen=True):
     evidence_sha256: Annotated[list[Sha256], Meta(max_length=50)] = []
 
 
-class ObjectionDecision(Struct, forbid_unknown_fields=True, frozen=True):
+class ListingObjectionDecision(Struct, forbid_unknown_fields=True, frozen=True):
     outcome: Outcome
     reason: Annotated[
         str,
@@ -328,7 +328,7 @@ class ObjectionDecision(Struct, forbid_unknown_fields=True, frozen=True):
     ]  # fmt: skip
 
 
-class Objection(Struct, frozen=True):
+class ListingObjection(Struct, frozen=True):
     """An objection as staff, the claimant and the seller see it. ``suspended_listing``: staff
     suspended the listing pending the decision; ``listing_state``: the product's state now;
     ``note``: what follows from the decision for the listing."""
@@ -353,12 +353,12 @@ class Objection(Struct, frozen=True):
     note: str | None = None
 
 
-class ObjectionPage(Struct):
-    items: list[Objection]
+class ListingObjectionPage(Struct):
+    items: list[ListingObjection]
     next_cursor: str | None
 
 
-class PublicObjection(Struct, frozen=True):
+class PublicListingObjection(Struct, frozen=True):
     """An objection on the product's public status: that it is registered, whether it holds
     the listing suspended, and its decision. Never who objected or what they wrote."""
 
@@ -383,7 +383,7 @@ class CertificateStatus(Struct, frozen=True):
     revision_digest: str | None
     checked_at: datetime
     jws: str
-    objections: list[PublicObjection] = []
+    objections: list[PublicListingObjection] = []
 
 
 # --- the exchange's public keys -----------------------------------------------------------------
