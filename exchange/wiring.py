@@ -61,6 +61,7 @@ from exchange.delivery.service import (
 from exchange.delivery.storage import LocalFolderStore
 from exchange.delivery.tokens import TokenVerifier
 from exchange.delivery.usage import UsageRecorder
+from exchange.listings.objections import ObjectionService
 from exchange.listings.service import ListingHooks, ListingService, fetch_revision
 from exchange.platform import exposition
 from exchange.platform.clock import Clock
@@ -182,6 +183,10 @@ def provide_policy(platform: NamedDependency[Platform]) -> PolicyService:
 
 def provide_listings(platform: NamedDependency[Platform]) -> ListingService:
     return listings(platform.pool, platform.clock, platform.settings, platform.keyring)
+
+
+def provide_objections(platform: NamedDependency[Platform]) -> ObjectionService:
+    return ObjectionService(provide_listings(platform))
 
 
 def provide_orders(platform: NamedDependency[Platform]) -> OrderService:
@@ -357,6 +362,7 @@ def provide_file_deliveries(platform: NamedDependency[Platform]) -> FileDeliveri
 DEPENDENCIES = {
     "policy": Provide(provide_policy, sync_to_thread=False),
     "listings": Provide(provide_listings, sync_to_thread=False),
+    "objections": Provide(provide_objections, sync_to_thread=False),
     "reviews": Provide(provide_reviews, sync_to_thread=False),
     "orders": Provide(provide_orders, sync_to_thread=False),
     "recognition": Provide(provide_recognition, sync_to_thread=False),
