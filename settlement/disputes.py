@@ -23,7 +23,8 @@ is idempotent:
   A metered trade: the refund comes back from what the named posted periods paid (movement
   ``refund``: the seller's available balance gives refund - fee_back, the exchange's fee
   revenue gives fee_back = ceil(sum of the periods' fees x refund / sum of their charges):
-  rounding never in the exchange's favour, as for a split; the buyer gets refund); then the hold is lifted (``reserved``) and the grant's billing goes on.
+  rounding never in the exchange's favour, as for a split; the buyer gets refund); then the
+  hold is lifted (``reserved``) and the grant's billing goes on.
 - `register`: a dispute's evidence item or resolution as a ledger entry (by digest).
 - `proofs`: entries with RFC 6962 inclusion proofs against a signed tree head covering them.
 - `receipt_evidence`: the trade's ledger receipt, as evidence.
