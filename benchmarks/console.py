@@ -49,7 +49,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -57,8 +57,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 import asyncpg
 
 from benchmarks.console_seed import Reviewer, open_through_api, seed_listing_cases
-from benchmarks.delivery import Processes, _free_port, _spawn, _wait_answering, _with_database
-from benchmarks.settlement import drop_scratch
+from benchmarks.delivery import Processes, _spawn, _wait_answering
+from benchmarks.scratch import UNLIMITED, drop_scratch, free_port, scratch_settings
 from exchange.platform.audit import Actor
 from exchange.platform.clock import SystemClock
 from exchange.platform.db import connect, create_pool
@@ -101,33 +101,10 @@ class Samples:
 
 
 async def _scratch(live: Settings, tag: str, state: Path, api_workers: int) -> Settings:
-    assert live.database_url
-    name = f"dataex_bench_console_{tag}"
-    admin = await asyncpg.connect(live.database_url)
-    try:
-        await admin.execute(f"CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'UTF8'")
-    finally:
-        await admin.close()
-    settings = replace(
-        live,
-        database_url=_with_database(live.database_url, name),
-        stream_name=f"DATAEX_BENCH_CONSOLE_{tag}",
-        subject_prefix=f"dxbenchc{tag}",
-        state_dir=state,
-        http_host="127.0.0.1",
-        http_port=_free_port(),
-        api_workers=api_workers,
-        log_level="warning",
-        log_format="json",
-        peer_poll_ms=0,
-        # One client from one address, faster than any person: the limits would refuse it.
-        rate_limit_per_second=1_000_000,
-        rate_limit_burst=10_000_000,
-        rate_limit_anonymous_per_second=1_000_000,
-    )
-    from exchange.runtime import prepare
-
-    await prepare(settings, bootstrap="never")
+    settings, _ = await scratch_settings(
+        live, f"console_{tag}", state_dir=state, http_host="127.0.0.1", http_port=free_port(),
+        api_workers=api_workers, peer_poll_ms=0, **UNLIMITED,
+    )  # fmt: skip
     return settings
 
 

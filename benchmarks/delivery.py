@@ -39,16 +39,15 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-import asyncpg
 import msgspec
 
-from benchmarks.settlement import drop_scratch
+from benchmarks.scratch import UNLIMITED, drop_scratch, free_port, scratch_settings
 from benchmarks.trades import _Http, _org
 from exchange.platform.settings import Settings
 
@@ -61,14 +60,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- processes ----------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _answers(url: str) -> bool:
@@ -118,36 +109,11 @@ class Processes:
 # --- the exchange's own database, stream and state --------------------------------------------
 
 
-def _with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
 async def _bench_settings(live: Settings, tag: str, state: Path) -> tuple[Settings, str]:
-    assert live.database_url
-    name = f"dataex_bench_delivery_{tag}"
-    admin = await asyncpg.connect(live.database_url)
-    try:
-        await admin.execute(f"CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'UTF8'")
-    finally:
-        await admin.close()
-    settings = replace(
-        live,
-        database_url=_with_database(live.database_url, name),
-        stream_name=f"DATAEX_BENCH_DELIVERY_{tag}",
-        subject_prefix=f"dxbenchd{tag}",
-        state_dir=state,
-        http_host="127.0.0.1",
-        http_port=_free_port(),
-        api_workers=1,
-        log_level="warning",
-        log_format="json",
-        rate_limit_per_second=1_000_000,
-        rate_limit_burst=10_000_000,
-        rate_limit_anonymous_per_second=1_000_000,
-    )
-    from exchange.runtime import prepare
-
-    token = await prepare(settings, bootstrap="always")
+    settings, token = await scratch_settings(
+        live, f"delivery_{tag}", bootstrap="always", state_dir=state, http_host="127.0.0.1",
+        http_port=free_port(), api_workers=1, **UNLIMITED,
+    )  # fmt: skip
     assert token
     return settings, token
 
@@ -479,7 +445,7 @@ async def bench_delivery(live: Settings, args: Any, out: TextIO) -> int:
             procs.children[part] = _spawn(
                 [sys.executable, "-m", "exchange.cli", "serve", part], env
             )
-        up_port, static_port = _free_port(), _free_port()
+        up_port, static_port = free_port(), free_port()
         procs.children["upstream"] = _spawn(_granian(up_port), env)
         procs.children["static"] = _spawn(
             _granian(static_port, "--static-path-route", "/static",
@@ -547,7 +513,7 @@ async def _measure(
 async def _start_gateway(
     procs: Processes, env: dict[str, str], workers: int
 ) -> tuple[str, subprocess.Popen[bytes]]:
-    port = _free_port()
+    port = free_port()
     process = _spawn([sys.executable, "-m", "exchange.delivery.gateway", "--port", str(port),
                       "--workers", str(workers)], env)  # fmt: skip
     procs.children[f"gateway-{workers}"] = process

@@ -16,7 +16,6 @@ ledger: appends N entries (a signed tree head every 1,000) and times ``dataex le
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import io
 import os
@@ -31,6 +30,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import asyncpg
 import msgspec
 
+from benchmarks.scratch import drop_scratch, scratch_settings
 from exchange.identity.uscc import synthetic_uscc
 from exchange.platform.bus import connect_nats
 from exchange.platform.clock import SystemClock
@@ -42,53 +42,6 @@ from settlement import book, ledger
 
 PRICE = 10_000
 FEE = 100
-
-
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-async def _bench_settings(live: Settings, tag: str) -> Settings:
-    assert live.database_url
-    admin = await asyncpg.connect(live.database_url)
-    name = f"dataex_bench_{tag}"
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f"CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'UTF8'")
-    finally:
-        await admin.close()
-    from dataclasses import replace
-
-    settings = replace(
-        live,
-        database_url=_with_database(live.database_url, name),
-        stream_name=f"DATAEX_BENCH_{tag}",
-        subject_prefix=f"dxbench{tag}",
-        log_level="warning",
-        log_format="json",
-    )
-    from exchange.runtime import prepare
-
-    await prepare(settings, bootstrap="never")
-    return settings
-
-
-async def drop_scratch(live: Settings, settings: Settings) -> None:
-    """Remove a benchmark's own database and stream."""
-    assert live.database_url and settings.database_url and settings.nats_url
-    admin = await asyncpg.connect(live.database_url)
-    try:
-        name = urlsplit(settings.database_url).path.lstrip("/")
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-    client = await connect_nats(settings.nats_url, name="dataex-bench")
-    try:
-        with contextlib.suppress(Exception):  # a run that failed early may have made none
-            await client.jetstream().delete_stream(settings.stream_name)
-    finally:
-        await client.close()
 
 
 async def seed_parties(
@@ -263,7 +216,7 @@ def pgbench(database_url: str, seconds: int, out: IO[str]) -> float:
 
 async def bench_settlement(live: Settings, args: Any, out: IO[str]) -> int:
     tag = uuid.uuid4().hex[:8]
-    settings = await _bench_settings(live, tag)
+    settings, _ = await scratch_settings(live, tag)
     assert settings.database_url
     conn = await connect(settings.database_url)
     results = []
@@ -312,7 +265,7 @@ async def bench_settlement(live: Settings, args: Any, out: IO[str]) -> int:
 
 async def bench_ledger(live: Settings, entries: int, out: IO[str]) -> int:
     tag = uuid.uuid4().hex[:8]
-    settings = await _bench_settings(live, tag)
+    settings, _ = await scratch_settings(live, tag)
     assert settings.database_url
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
     try:

@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,11 +37,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 import msgspec
 
+from benchmarks.scratch import free_port, with_database
 from exchange.identity.uscc import synthetic_uscc
 from exchange.platform.settings import Settings
 
@@ -535,19 +535,13 @@ def _peak_rss(pids: list[int]) -> list[tuple[str, int, float]]:
     return sorted(rows)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def exchange_up(api_workers: int) -> Iterator[tuple[str, str, Path, subprocess.Popen[str]]]:
     """A fresh `dataex up` in a temporary state folder: (url, admin token, state dir, process)."""
     state = Path(tempfile.mkdtemp(prefix="dataex-bench-"))
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DATAEX_STATE_DIR": str(state), "DATAEX_HTTP_PORT": str(port),
-           "DATAEX_GATEWAY_PORT": str(_free_port()), "DATAEX_API_WORKERS": str(api_workers),
+           "DATAEX_GATEWAY_PORT": str(free_port()), "DATAEX_API_WORKERS": str(api_workers),
            "DATAEX_LOG_LEVEL": "warning"}  # fmt: skip
     for name in ("DATAEX_DATABASE_URL", "DATAEX_NATS_URL"):
         env.pop(name, None)
@@ -608,23 +602,19 @@ def _wait_ready(url: str) -> None:
     raise RuntimeError(f"{url} did not become ready")
 
 
-def _with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
 async def run_pgbench(database_url: str, seconds: int, out: TextIO) -> float:
     """pgbench TPC-B on the same server, in a database of its own (dropped after)."""
     from benchmarks.settlement import pgbench
 
     name = f"dataex_pgbench_{uuid.uuid4().hex[:8]}"
-    admin = _with_database(database_url, "postgres")
+    admin = with_database(database_url, "postgres")
     conn = await asyncpg.connect(admin)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
     try:
-        return await asyncio.to_thread(pgbench, _with_database(database_url, name), seconds, out)
+        return await asyncio.to_thread(pgbench, with_database(database_url, name), seconds, out)
     finally:
         conn = await asyncpg.connect(admin)
         try:

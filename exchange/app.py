@@ -33,7 +33,11 @@ from exchange.delivery.files_api import (
 from exchange.disputes.api import DisputeController, TradeDisputeController
 from exchange.health import HealthController, MetricsController
 from exchange.identity.api import OrganisationController, TokenController
-from exchange.listings.api import CertificateController, WellKnownController
+from exchange.listings.api import (
+    CertificateController,
+    ListingObjectionController,
+    WellKnownController,
+)
 from exchange.platform.audit.api import AuditController
 from exchange.platform.auth import PUBLIC, access_guard, route_access
 from exchange.platform.bus import connect_nats
@@ -92,6 +96,7 @@ ROUTE_HANDLERS: list[Any] = [
     PolicyController,
     ProductCatalogController,
     CertificateController,
+    ListingObjectionController,
     CatalogController,
     ReviewController,
     ExporterStatusController,

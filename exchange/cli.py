@@ -2,8 +2,8 @@
 
 Only argparse is imported here at start; each command imports what it runs inside its function,
 so `dataex --help` and the offline commands (policy evaluate and check, ledger verify-receipt and
-verify --export) start without the web framework, the database and NATS drivers or the logging
-set-up (tests/test_cli_imports.py keeps it so).
+verify --export, dispute verify-bundle) start without the web framework, the database and NATS
+drivers or the logging set-up (tests/test_cli_imports.py keeps it so).
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     _settlement_commands(commands, bench_commands)
     _catalog_commands(commands, bench_commands)
     _console_command(bench_commands)
+    _dispute_commands(commands)
     keys = commands.add_parser("keys", help="the exchange's signing keys")
     key_commands = keys.add_subparsers(dest="keys_command", metavar="TASK", required=True)
     key_commands.add_parser(
@@ -164,6 +165,22 @@ def _catalog_commands(commands: Any, bench_commands: Any) -> None:
     bench_catalog.add_argument("--url", default="http://127.0.0.1:8000")
     bench_catalog.add_argument("--requests", type=int, default=2000)
     bench_catalog.add_argument("--concurrency", type=int, default=4)
+
+
+def _dispute_commands(commands: Any) -> None:
+    dispute = commands.add_parser("dispute", help="disputes over trades: check an evidence bundle")
+    dispute_commands = dispute.add_subparsers(dest="dispute_command", metavar="TASK", required=True)
+    bundle = dispute_commands.add_parser(
+        "verify-bundle",
+        help="check a dispute's evidence bundle with only the exchange's JWKS",
+        description="The manifest's signature, the signed tree head, and every item: its place,"
+        " size, SHA-256 and the ledger entry registering it, included in the signed tree. Exit 0"
+        " verified, 1 a problem (the first, named), 2 unreadable input.",
+    )
+    bundle.add_argument("file")
+    bundle.add_argument(
+        "--jwks", required=True, help="a JWKS file, or the exchange's /.well-known/jwks.json URL"
+    )
 
 
 def _console_command(bench_commands: Any) -> None:
@@ -442,6 +459,13 @@ def _offline(args: argparse.Namespace) -> int | None:
         or (args.ledger_command == "verify" and args.export_file)
     ):
         return _ledger_offline(args)
+    if args.command == "dispute" and args.dispute_command == "verify-bundle":
+        from pathlib import Path
+
+        from exchange.disputes.cli import verify_bundle_file
+        from settlement.cli import load_jwks
+
+        return verify_bundle_file(Path(args.file), args.jwks, sys.stdout, load_jwks)
     if args.command == "bench":
         return _bench_offline(args)
     return None

@@ -32,14 +32,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 from litestar.di import NamedDependency, Provide
 
+from contracts.orders.evidence import contract_evidence, trade_listing
 from contracts.orders.service import OrderService
 from contracts.policy.service import PolicyService
 from exchange.catalog import service as catalog
+from exchange.compute.evidence import job_evidence
 from exchange.compute.runner import JobRunner
 from exchange.compute.service import (
     ComputeHooks,
@@ -52,6 +54,7 @@ from exchange.compute.service import (
 )
 from exchange.delivery import jobs_metering
 from exchange.delivery.billing import Billing, BillingHooks
+from exchange.delivery.evidence import delivery_evidence, trade_grant_ids
 from exchange.delivery.files import FileDeliveries, FileUploads, stage_revision_files
 from exchange.delivery.quota import LeaseBook
 from exchange.delivery.schemas import GrantSnapshot
@@ -59,26 +62,22 @@ from exchange.delivery.service import (
     DeliveryHooks,
     GrantService,
     revoked_jtis,
+    trade_has_live_grant,
     trades_delivered,
 )
-from exchange.delivery.states import LIVE
 from exchange.delivery.storage import LocalFolderStore
 from exchange.delivery.tokens import TokenVerifier
 from exchange.delivery.usage import UsageRecorder
 from exchange.disputes.hooks import DisputeHooks
 from exchange.disputes.service import DisputeService
+from exchange.listings.evidence import listing_evidence
+from exchange.listings.objections import ObjectionService
 from exchange.listings.service import ListingHooks, ListingService, fetch_revision
 from exchange.platform import exposition
 from exchange.platform.clock import Clock
 from exchange.platform.context import Platform
 from exchange.platform.db import Connection, Executor
-from exchange.platform.disputes import (
-    LedgerProofs,
-    MoneyOutcome,
-    PeriodFacts,
-    SystemEvidence,
-    TradeFacts,
-)
+from exchange.platform.disputes import SystemEvidence
 from exchange.platform.settings import Settings
 from exchange.platform.signing import KeyRing, jwks, load_master_key
 from exchange.platform.status import provide
@@ -195,6 +194,10 @@ def provide_policy(platform: NamedDependency[Platform]) -> PolicyService:
 
 def provide_listings(platform: NamedDependency[Platform]) -> ListingService:
     return listings(platform.pool, platform.clock, platform.settings, platform.keyring)
+
+
+def provide_objections(platform: NamedDependency[Platform]) -> ObjectionService:
+    return ObjectionService(provide_listings(platform))
 
 
 def provide_orders(platform: NamedDependency[Platform]) -> OrderService:
@@ -366,111 +369,32 @@ def provide_file_deliveries(platform: NamedDependency[Platform]) -> FileDeliveri
                           p.leases, p.usage)  # fmt: skip
 
 
-# TEMPORARY until H1/H4 merge (issue 21): the disputes room's hooks, read and written straight
-# from settlement's and delivery's tables and private steps. At merge they become settlement's
-# `DisputeSettlement` (facts/hold/unhold/resolve/register/proofs/receipt_evidence), the orders,
-# listings, delivery and compute rooms' *_evidence exports for `collect`, and delivery's
-# `GrantService.on_dispute_opened/on_dispute_closed` and `trade_has_live_grant`.
 def dispute_hooks(
     pool: asyncpg.Pool, clock: Clock, settings: Settings, keyring: KeyRing
-) -> DisputeHooks:  # TEMPORARY until H1/H4 merge
-    settle = settlement(pool, clock, settings, keyring)
+) -> DisputeHooks:
+    """The disputes room's hooks: settlement's facts, hold, resolution, ledger entries and
+    proofs; each room's system evidence; delivery's suspension of the trade's grants."""
+    money = settlement(pool, clock, settings, keyring).disputes
     grant_service = grants(pool, clock, settings, keyring)
-    metered = MeteredSettlement(settings)
-
-    async def facts(conn: Connection, trade_id: uuid.UUID, lock: bool) -> TradeFacts | None:
-        row = await conn.fetchrow(
-            "SELECT * FROM settlement_trades WHERE trade_id = $1" + (" FOR UPDATE" if lock else ""),
-            trade_id,
-        )
-        if row is None:
-            return None
-        held = 0
-        if row["state"] in ("reserved", "disputed"):
-            held = (row["reserved_fen"] or 0) - (row["posted_fen"] or 0) if row["metered"] \
-                else row["price_fen"] + row["fee_fen"]  # fmt: skip
-        periods = await conn.fetch(
-            "SELECT * FROM usage_statements WHERE trade_id = $1 ORDER BY period", trade_id
-        )
-        return TradeFacts(
-            trade_id=trade_id, state=row["state"], metered=row["metered"],
-            buyer_org_id=row["buyer_org_id"], seller_org_id=row["seller_org_id"],
-            product_code=row["product_code"], price_fen=row["price_fen"],
-            fee_fen=row["fee_fen"], held_fen=held, executed_at=row["executed_at"],
-            acceptance_due=row["acceptance_due"],
-            periods=tuple(
-                PeriodFacts(period=p["period"], grant_id=p["grant_id"],
-                            charge_fen=p["charge_fen"], fee_fen=p["fee_fen"],
-                            statement_digest=p["digest"], posted_at=p["posted_at"])
-                for p in periods
-            ),
-        )  # fmt: skip
-
-    # settlement alone writes its trades: holding and releasing await H1 (nothing moves here).
-    async def hold(conn: Connection, trade_id: uuid.UUID, dispute_id: uuid.UUID, at: datetime,
-                   request_id: str | None) -> None:  # fmt: skip
-        return None
-
-    async def unhold(
-        conn: Connection, trade_id: uuid.UUID, dispute_id: uuid.UUID, due: datetime | None,
-        at: datetime, request_id: str | None,
-    ) -> None:  # fmt: skip
-        return None
-
-    async def resolve(conn: Connection, trade_id: uuid.UUID, dispute_id: uuid.UUID, refund: int,
-                      periods: Sequence[int], at: datetime,
-                      request_id: str | None) -> MoneyOutcome:  # fmt: skip
-        row = await conn.fetchrow(
-            "SELECT * FROM settlement_trades WHERE trade_id = $1 FOR UPDATE", trade_id
-        )
-        assert row is not None
-        if row["state"] not in ("reserved", "disputed"):
-            return MoneyOutcome(state=row["state"], refund_fen=0, seller_fen=0, fee_fen=0,
-                                ledger_seq=None)  # fmt: skip
-        held = row["price_fen"] + row["fee_fen"]
-        if refund not in (0, held) or row["metered"]:
-            raise NotImplementedError("a split or a metered refund awaits settlement (H1)")
-        step: Literal["settled", "voided"] = "settled" if refund == 0 else "voided"
-        [seq] = await settle._finish(conn, [row], step, at, request_id)
-        return MoneyOutcome(
-            state=step, refund_fen=refund, seller_fen=row["price_fen"] if refund == 0 else 0,
-            fee_fen=row["fee_fen"] if refund == 0 else 0, ledger_seq=seq,
-        )  # fmt: skip
-
-    async def register(conn: Connection, trade_id: uuid.UUID, dispute_id: uuid.UUID, step: str,
-                       digest: str, at: datetime) -> int:  # fmt: skip
-        seq = await metered.register_job_receipt(conn, trade_id, digest, at)
-        assert seq is not None
-        return seq
-
-    async def proofs(conn: Connection, seqs: Sequence[int], at: datetime) -> LedgerProofs:
-        raise NotImplementedError("ledger proofs await settlement (H1)")
 
     async def collect(conn: Connection, trade_id: uuid.UUID, at: datetime) -> list[SystemEvidence]:
-        return []  # the rooms' exports await H1/H4
-
-    async def suspend_grants(conn: Connection, trade_id: uuid.UUID, reason: str, at: datetime,
-                             request_id: str | None) -> None:  # fmt: skip
-        for row in await grant_service._rows(
-            conn, "trade_id = $1 AND state = ANY($2::text[])", trade_id, list(LIVE)
-        ):
-            await grant_service._suspend(conn, row, "dispute", at, reason, request_id)
-
-    async def lift_grants(conn: Connection, trade_id: uuid.UUID, at: datetime,
-                          request_id: str | None) -> None:  # fmt: skip
-        for row in await grant_service._rows(conn, "trade_id = $1", trade_id):
-            await grant_service._lift(conn, row, "dispute", at, request_id)
-
-    async def grant_live(conn: Connection, trade_id: uuid.UUID, at: datetime) -> bool:
-        return bool(await conn.fetchval(
-            "SELECT 1 FROM grants WHERE trade_id = $1 AND state = ANY($2::text[]) LIMIT 1",
-            trade_id, list(LIVE),
-        ))  # fmt: skip
+        """Everything the exchange holds of the trade: the signed contract, the listing it
+        bought (certificate, revision, manual and sample digests), its grants, token issues
+        and usage records, its compute jobs' receipts, and its ledger receipt."""
+        items = await contract_evidence(conn, trade_id)
+        listing = await trade_listing(conn, trade_id)
+        if listing is not None:
+            items += await listing_evidence(conn, *listing)
+        items += await delivery_evidence(conn, trade_id)
+        items += await job_evidence(conn, trade_id, await trade_grant_ids(conn, trade_id))
+        items += await money.receipt_evidence(conn, trade_id, at)
+        return items
 
     return DisputeHooks(
-        facts=facts, hold=hold, unhold=unhold, resolve=resolve, register=register,
-        proofs=proofs, collect=collect, suspend_grants=suspend_grants, lift_grants=lift_grants,
-        grant_live=grant_live,
+        facts=money.facts, hold=money.hold, unhold=money.unhold, resolve=money.resolve,
+        register=money.register, proofs=money.proofs, collect=collect,
+        suspend_grants=grant_service.on_dispute_opened,
+        lift_grants=grant_service.on_dispute_closed, grant_live=trade_has_live_grant,
     )  # fmt: skip
 
 
@@ -490,6 +414,7 @@ def provide_disputes(platform: NamedDependency[Platform]) -> DisputeService:
 DEPENDENCIES = {
     "policy": Provide(provide_policy, sync_to_thread=False),
     "listings": Provide(provide_listings, sync_to_thread=False),
+    "objections": Provide(provide_objections, sync_to_thread=False),
     "reviews": Provide(provide_reviews, sync_to_thread=False),
     "orders": Provide(provide_orders, sync_to_thread=False),
     "recognition": Provide(provide_recognition, sync_to_thread=False),

@@ -52,18 +52,6 @@ class ReasonIn(msgspec.Struct, forbid_unknown_fields=True):
     reason: Reason
 
 
-class ResolutionIn(msgspec.Struct, forbid_unknown_fields=True):
-    """``buyer``: the objection is upheld, escrow goes back; ``seller``: dismissed, posted."""
-
-    outcome: Literal["buyer", "seller"]
-    note: Reason
-
-
-class ResolutionOut(msgspec.Struct, frozen=True):
-    trade_id: uuid.UUID
-    state: TradeState
-
-
 class ExternalMovementIn(msgspec.Struct, forbid_unknown_fields=True):
     """Money from or to the organisation's bank account. ``external_ref`` (the bank's
     reference) makes the request idempotent."""
@@ -154,19 +142,6 @@ class TradeController(Controller):
         """The buyer accepts delivery: price to the seller, fee to the exchange."""
         return await settlement.accept(actor, principal, trade_id)
 
-    @post("/{trade_id:uuid}/objections", operation_id="objectToTrade", opt=requires("buyer"),
-          status_code=200)  # fmt: skip
-    async def object_to(
-        self,
-        trade_id: FromPath[uuid.UUID],
-        data: JSONBody[ReasonIn],
-        settlement: Settlement,
-        actor: ActorDep,
-        principal: PrincipalDep,
-    ) -> TradeView:
-        """Object within the acceptance period: the money stays in escrow until staff decide."""
-        return await settlement.object(actor, principal, trade_id, data.reason)
-
     @post("/{trade_id:uuid}/cancel", operation_id="cancelTrade", opt=requires("buyer", "seller"),
           status_code=200)  # fmt: skip
     async def cancel(
@@ -179,19 +154,6 @@ class TradeController(Controller):
     ) -> TradeView:
         """Ask to cancel; once both parties have, escrow goes back to the buyer."""
         return await settlement.cancel(actor, principal, trade_id, data.reason)
-
-    @post("/{trade_id:uuid}/objection/resolution", operation_id="resolveObjection",
-          opt=requires("reviewer"), status_code=200)  # fmt: skip
-    async def resolve(
-        self,
-        trade_id: FromPath[uuid.UUID],
-        data: JSONBody[ResolutionIn],
-        settlement: Settlement,
-        actor: ActorDep,
-    ) -> ResolutionOut:
-        """Staff decide an objection: for the buyer voids the trade, for the seller posts it."""
-        state = await settlement.resolve(actor, trade_id, data.outcome, data.note)
-        return ResolutionOut(trade_id=trade_id, state=state)
 
     @get(
         "/{trade_id:uuid}/receipt",

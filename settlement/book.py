@@ -21,7 +21,16 @@ from exchange.platform.errors import DataexError
 
 AccountKind = Literal["available", "escrow", "fee_revenue", "clearing"]
 MovementKind = Literal[
-    "deposit", "withdrawal", "reserve", "post", "void", "top_up", "usage", "release"
+    "deposit",
+    "withdrawal",
+    "reserve",
+    "post",
+    "void",
+    "top_up",
+    "usage",
+    "release",
+    "split",
+    "refund",
 ]
 Owner = uuid.UUID | None  # None: the exchange
 AccountKey = tuple[Owner, AccountKind]
@@ -146,6 +155,46 @@ def release(trade: uuid.UUID, buyer: uuid.UUID, amount: int) -> Movement:
         trade_movement_id(trade, "release"), "release",
         _legs(Leg(buyer, "escrow", -amount), Leg(buyer, "available", amount)),
         trade_id=trade, org_id=buyer,
+    )  # fmt: skip
+
+
+def split_shares(held: int, fee: int, refund: int) -> tuple[int, int]:
+    """A disputed trade split by a resolution: of what escrow holds (``held`` = price + fee)
+    the buyer gets ``refund`` back; of the rest P = held - refund the exchange keeps its fee
+    pro rata, ``fee_kept = floor(fee * P / held)`` (rounding never in the exchange's favour),
+    and the seller gets P - fee_kept. Returns (seller, fee_kept)."""
+    assert 0 < refund < held and 0 <= fee <= held
+    rest = held - refund
+    fee_kept = fee * rest // held
+    return rest - fee_kept, fee_kept
+
+
+def split(
+    trade: uuid.UUID, buyer: uuid.UUID, seller: uuid.UUID, held: int, fee: int, refund: int
+) -> Movement:
+    """A disputed trade's escrow divided by a resolution (`split_shares`): ``refund`` back to
+    the buyer, the seller's share and the fee kept."""
+    seller_share, fee_kept = split_shares(held, fee, refund)
+    return Movement(
+        trade_movement_id(trade, "split"), "split",
+        _legs(Leg(buyer, "escrow", -held), Leg(buyer, "available", refund),
+              Leg(seller, "available", seller_share), Leg(None, "fee_revenue", fee_kept)),
+        trade_id=trade, org_id=buyer,
+    )  # fmt: skip
+
+
+def refund(
+    trade: uuid.UUID, buyer: uuid.UUID, seller: uuid.UUID, amount: int, fee_back: int, key: str
+) -> Movement:
+    """A metered trade's dispute resolved for the buyer: ``amount`` back to the buyer from what
+    its periods paid, the seller's share (``amount - fee_back``) out of the seller's available
+    balance and ``fee_back`` out of the exchange's fee revenue. Keyed by the dispute."""
+    assert 0 <= fee_back <= amount
+    return Movement(
+        trade_movement_id(trade, "refund", key), "refund",
+        _legs(Leg(seller, "available", -(amount - fee_back)), Leg(None, "fee_revenue", -fee_back),
+              Leg(buyer, "available", amount)),
+        trade_id=trade, org_id=seller, step_key=key,
     )  # fmt: skip
 
 

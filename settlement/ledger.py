@@ -9,8 +9,9 @@ the database.
 
 Entries hold only strings, integers and null, so their RFC 8785 form is msgspec's sorted-key
 compact JSON (tested against the `rfc8785` package); that keeps verifying a million entries in
-seconds. Fields added since the first entries (a metered trade's period and statement digest)
-are optional and left out when unset, so every entry written before them keeps its bytes.
+seconds. Fields added since the first entries (a metered trade's period and statement digest,
+a dispute's id and refund) are optional and left out when unset, so every entry written
+before them keeps its bytes.
 
 A metered trade's receipt also carries its usage statements (each signed by the exchange): a
 verifier checks each statement's signature and that its digest is the one its ledger entry
@@ -52,7 +53,24 @@ GENESIS_PREV = "0" * 64
 # each billing period (usage), each top-up of its reservation, and its end (released: what was
 # not used goes back to the buyer; the trade is then settled, or voided if nothing was used).
 # "job": a compute job's receipt under the trade's grant (its digest is statement_digest).
-Step = Literal["reserved", "failed", "settled", "voided", "usage", "top_up", "released", "job"]
+# A dispute over the trade registers each piece of evidence ("evidence") and its resolution
+# ("resolution"), both by digest with the dispute's id and no money; a resolution that divides
+# the escrow is "split", one that pays a metered trade's buyer back is "refund" (both with
+# refund_fen); one that releases or refunds all of it is "settled" or "voided", as ever.
+Step = Literal[
+    "reserved",
+    "failed",
+    "settled",
+    "voided",
+    "usage",
+    "top_up",
+    "released",
+    "job",
+    "evidence",
+    "resolution",
+    "split",
+    "refund",
+]
 
 
 class EntryParty(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -86,6 +104,8 @@ class LedgerEntry(
     at: str  # RFC 3339 UTC
     period: int | None = None  # usage: the billing period
     statement_digest: str | None = None  # usage: sha256 of the statement's canonical JSON
+    dispute_id: str | None = None  # a dispute's steps (evidence, resolution, its money)
+    refund_fen: int | None = None  # split, refund: what went back to the buyer
 
 
 _CANONICAL = msgspec.json.Encoder(order="sorted")
@@ -115,6 +135,8 @@ class EntryDraft:
     movement_id: uuid.UUID | None
     period: int | None = None
     statement_digest: str | None = None
+    dispute_id: uuid.UUID | None = None
+    refund_fen: int | None = None
 
 
 async def append(
@@ -152,6 +174,8 @@ async def append(
                 at=when,
                 period=draft.period,
                 statement_digest=draft.statement_digest,
+                dispute_id=None if draft.dispute_id is None else str(draft.dispute_id),
+                refund_fen=draft.refund_fen,
             )
         )
         leaf = leaf_hash(body)

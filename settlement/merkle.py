@@ -3,6 +3,8 @@
 Pure functions and one append-only in-memory tree. Leaf hash = SHA-256(0x00 || entry), node
 hash = SHA-256(0x01 || left || right), the tree of n leaves splits at the largest power of two
 smaller than n. The verification algorithms are RFC 9162 §2.1.3.2 and §2.1.4.2 word for word.
+The hashes and the inclusion check live on the floor (`exchange.platform.merkle`), where rooms
+that may not import settlement find them; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -10,15 +12,19 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 
+from exchange.platform.merkle import leaf_hash, node_hash, verify_inclusion
+
+__all__ = [
+    "EMPTY_ROOT",
+    "MerkleTree",
+    "leaf_hash",
+    "node_hash",
+    "root_of",
+    "verify_consistency",
+    "verify_inclusion",
+]
+
 EMPTY_ROOT = hashlib.sha256(b"").digest()
-
-
-def leaf_hash(entry: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + entry).digest()
-
-
-def node_hash(left: bytes, right: bytes) -> bytes:
-    return hashlib.sha256(b"\x01" + left + right).digest()
 
 
 def _split(n: int) -> int:
@@ -123,29 +129,6 @@ class MerkleTree:
 
 def root_of(leaves: Sequence[bytes]) -> bytes:
     return MerkleTree(leaves).root()
-
-
-def verify_inclusion(
-    leaf: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes
-) -> bool:
-    """RFC 9162 §2.1.3.2."""
-    if index >= size or index < 0:
-        return False
-    fn, sn, r = index, size - 1, leaf
-    for p in proof:
-        if sn == 0:
-            return False
-        if fn & 1 or fn == sn:
-            r = node_hash(p, r)
-            if not fn & 1:
-                while not (fn & 1 or fn == 0):
-                    fn >>= 1
-                    sn >>= 1
-        else:
-            r = node_hash(r, p)
-        fn >>= 1
-        sn >>= 1
-    return sn == 0 and r == root
 
 
 def verify_consistency(

@@ -14,6 +14,9 @@ A metered plan bills by use. At execution the settlement worker reserves the buy
   to the buyer, and the trade is settled (something was posted) or voided (nothing was).
 - `MeteredSettlement.usage_statements`: the statements posted, for the trade's receipt.
 
+While a dispute holds the trade (``disputed``) a period is not posted and the trade is not
+released: both raise `TradeDisputed` (409) and the delivery room tries again later.
+
 Each runs inside the caller's transaction (the delivery room closes a period, or takes a
 top-up, in its own), so a period is posted if and only if the delivery room's close commits.
 Each takes the same locks in the same order as every settlement step (the trade's row, the
@@ -32,6 +35,7 @@ import msgspec
 
 from exchange.platform.canonical import canonical_json, sha256_digest
 from exchange.platform.db import Connection, Executor
+from exchange.platform.disputes import TradeDisputed
 from exchange.platform.errors import Conflict, FieldError, InvalidInput, NotFound
 from exchange.platform.events import UsageStatement
 from exchange.platform.metering import fee_fen
@@ -115,7 +119,8 @@ class MeteredSettlement:
         Refused, with nothing written: a statement that does not hash to ``digest``, is not
         signed by the exchange, or names another exchange or other parties
         (`StatementRejected`, 422); another statement for a period already posted, a trade
-        that is not metered or has ended (409); a charge beyond what is reserved and not yet
+        that is not metered or has ended (409); a trade a dispute holds (`TradeDisputed`, 409:
+        the period waits for the resolution); a charge beyond what is reserved and not yet
         posted (`ReservationExceeded`, 409: the delivery room stops at the cap, so this means
         it did not)."""
         problems = _statement_problems(statement, digest, self.settings.exchange_code)
@@ -148,6 +153,7 @@ class MeteredSettlement:
                     extensions={"ledger_seq": posted["ledger_seq"], "digest": posted["digest"]},
                 )
             return None
+        _not_disputed(row, f"post period {statement.period} of")
         METERED_TRADE.next(row["state"], "post_usage")
         charge = statement.charge_fen
         left = row["reserved_fen"] - row["posted_fen"]
@@ -262,10 +268,12 @@ class MeteredSettlement:
         """The trade's grant has ended (expired, exhausted, revoked): what was reserved and not
         posted goes back to the buyer, and the trade is settled if any period was posted, else
         voided (``dx.trade.settled`` / ``dx.trade.voided``). Returns the trade's state. A trade
-        already ended (or failed) is left as it is and its state returned."""
+        already ended (or failed) is left as it is and its state returned; a trade a dispute
+        holds is not released yet (`TradeDisputed`, 409)."""
         row = await _metered_trade(conn, trade_id)
         if METERED_TRADE.is_final(row["state"]):
             return str(row["state"])
+        _not_disputed(row, "release")
         posted = row["posted_fen"]
         state = cast(
             Outcome,
@@ -319,6 +327,17 @@ class MeteredSettlement:
             )
             for r in rows
         ]  # fmt: skip
+
+
+def _not_disputed(row: Any, what: str) -> None:
+    """A disputed trade's money waits for the dispute: `TradeDisputed` (409), which the
+    delivery room takes as "later" (the period stays open, its records unposted)."""
+    if row["state"] == "disputed":
+        raise TradeDisputed(
+            f"cannot {what} trade {row['trade_id']} now: a dispute holds it; the period waits"
+            " for its resolution",
+            extensions={"trade_id": str(row["trade_id"]), "state": "disputed"},
+        )
 
 
 async def _write(

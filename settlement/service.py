@@ -5,9 +5,10 @@ Two phases, each exactly once (TigerBeetle's pending transfers):
 - ``dx.trade.executed`` reserves price + fee from the buyer's available account into its escrow
   (``dx.trade.reserved``: delivery may start); a buyer without the funds fails the trade
   (``dx.trade.failed``; the contract is unfunded).
-- Acceptance (the buyer's, or the acceptance period passing with no objection) posts: price to
-  the seller, fee to the exchange (``dx.trade.settled``). An objection upheld for the buyer, or
-  cancellation by both parties, voids: escrow back to the buyer (``dx.trade.voided``).
+- Acceptance (the buyer's, or the acceptance period passing with no dispute open) posts: price
+  to the seller, fee to the exchange (``dx.trade.settled``). Cancellation by both parties voids:
+  escrow back to the buyer (``dx.trade.voided``). A dispute holds the trade until its
+  resolution releases, refunds or splits it (`settlement.disputes`).
 
 A metered trade (a plan billed by use) reserves the buyer's spend cap the same way, but is never
 posted whole: its billing periods are posted one by one and what is left is released when its
@@ -24,7 +25,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 import asyncpg
 import msgspec
@@ -41,11 +42,10 @@ from exchange.platform.signing import KeyRing
 from exchange.platform.states import IllegalTransition
 from settlement import book, ledger
 from settlement.book import InsufficientFunds
+from settlement.disputes import DisputeSettlement, trade_receipt
 from settlement.metered import MeteredSettlement
-from settlement.outcomes import Outcome, announce, draft_row, outcome_row
+from settlement.outcomes import FinalStep, Outcome, VoidedHook, announce, finish
 from settlement.states import METERED_TRADE, TRADE, TradeAction, TradeState
-
-FinalStep = Literal["settled", "voided"]
 
 
 class ConcurrentSettlement(RuntimeError):
@@ -117,7 +117,6 @@ class TradeView(msgspec.Struct, frozen=True):
     fee_fen: int
     executed_at: datetime
     acceptance_due: datetime
-    objection: str | None
     cancellation_requested_by: list[str]
     postings: list[PostingView]
     ledger_seqs: list[int]
@@ -130,7 +129,7 @@ class TradeView(msgspec.Struct, frozen=True):
 
 
 class TradeSummary(msgspec.Struct, frozen=True):
-    """A trade as staff list it: either party's, in any state, with its objection if any."""
+    """A trade as staff list it: either party's, in any state."""
 
     trade_id: uuid.UUID
     order_id: uuid.UUID
@@ -143,8 +142,6 @@ class TradeSummary(msgspec.Struct, frozen=True):
     fee_fen: int
     executed_at: datetime
     acceptance_due: datetime
-    objection: str | None
-    objected_at: datetime | None
     metered: bool
     updated_at: datetime
 
@@ -170,10 +167,6 @@ class MovementView(msgspec.Struct, frozen=True):
 # Called in the settlement's transaction with the trades (contract ids) whose payment could
 # not be reserved: the orders room voids their contracts. The composition root passes it.
 UnfundedHook = Callable[[Connection, Sequence[uuid.UUID]], Awaitable[None]]
-# Called in the settlement's transaction with the trades (contract ids) it has just voided
-# (``dx.trade.voided``): the orders room stops counting the exports of those that delivered
-# nothing. The composition root passes it.
-VoidedHook = Callable[[Connection, Sequence[uuid.UUID]], Awaitable[None]]
 
 
 class SettlementTradeRow(Row, frozen=True):
@@ -224,6 +217,9 @@ class SettlementService:
         self.tree = ledger.tree_for(settings.database_url)
         # A metered trade's steps, which the delivery room takes in its own transactions.
         self.metered = MeteredSettlement(settings)
+        # A dispute's holds, resolutions and registrations, which the disputes room takes in
+        # its own transactions (through the hooks the composition root makes of them).
+        self.disputes = DisputeSettlement(settings, keyring, self.tree, on_voided)
 
     # --- phase one: executed trades, in batches from the consumer ---------------------------
 
@@ -347,53 +343,13 @@ class SettlementService:
         at: datetime,
         request_id: str | None,
     ) -> list[int]:
-        """Post (settled) or void locked trades in the caller's transaction. Never a metered
-        trade: it is not paid as a whole (`settlement.metered`)."""
-        if not trades:
-            return []
-        if any(t["metered"] for t in trades):
-            raise RuntimeError("a metered trade is released, never posted or voided whole")
-        movements: dict[uuid.UUID, book.Movement] = {}
-        for t in trades:
-            if t["price_fen"] + t["fee_fen"] == 0:
-                continue
-            movements[t["trade_id"]] = (
-                book.post(t["trade_id"], t["buyer_org_id"], t["seller_org_id"],
-                          t["price_fen"], t["fee_fen"])
-                if step == "settled"
-                else book.void(t["trade_id"], t["buyer_org_id"], t["price_fen"], t["fee_fen"])
-            )  # fmt: skip
-        accounts = book.Book(conn)
-        await accounts.lock(list(movements.values()))
-        made, short = accounts.plan(list(movements.values()))
-        if short:  # escrow always holds the reserved amount; anything else is a broken book
-            raise RuntimeError(f"escrow does not cover trade {short[0].movement.trade_id}")
-        await accounts.write(made, at, request_id)
-        ids = [t["trade_id"] for t in trades]
-        await conn.execute(
-            "UPDATE settlement_trades SET state = $2, updated_at = $3"
-            " WHERE trade_id = ANY($1::uuid[])",
-            ids, step, at,
-        )  # fmt: skip
-        drafts = [
-            draft_row(t, step, movements[t["trade_id"]].id if t["trade_id"] in movements else None)
-            for t in trades
-        ]
-        seqs = await ledger.append(conn, self.settings.exchange_code, drafts, at)
-        await announce(
-            conn,
-            self.settings,
-            [outcome_row(t, step, seq) for t, seq in zip(trades, seqs, strict=True)],
-            at,
-            request_id,
-        )
-        if step == "voided":
-            await self.on_voided(conn, ids)
-        return seqs
+        """Post (settled) or void locked trades in the caller's transaction (`outcomes.finish`)."""
+        return await finish(conn, self.settings, trades, step, at, request_id, self.on_voided)
 
     async def settle_due(self, limit: int = 500) -> int:
-        """Post every reserved trade whose acceptance period has passed without objection
-        (a metered trade is posted period by period instead, so it is not one of them)."""
+        """Post every reserved trade whose acceptance period has passed (a disputed trade is
+        not reserved, so it waits for its dispute; a metered trade is posted period by period
+        instead, so it is not one of them)."""
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
             trades = await conn.fetch(
@@ -437,53 +393,6 @@ class SettlementService:
             await record(conn, actor, at=now, action="trade.accepted",
                          subject_type="trade", subject_id=trade_id)  # fmt: skip
             return await self._view(conn, principal, trade_id)
-
-    async def object(
-        self, actor: Actor, principal: Principal, trade_id: uuid.UUID, reason: str
-    ) -> TradeView:
-        """The buyer objects within the acceptance period: the money stays in escrow until
-        staff resolve the objection."""
-        now = self.clock.now()
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await self._party_trade(conn, principal, trade_id, lock=True)
-            if row["buyer_org_id"] != principal.org_id:
-                raise NotFound(f"no trade {trade_id}")
-            state = _next(row, "object")
-            if row["acceptance_due"] <= now:
-                raise Conflict(
-                    "the acceptance period ended at"
-                    f" {row['acceptance_due'].isoformat()}; an objection is too late",
-                    extensions={"acceptance_due": row["acceptance_due"].isoformat()},
-                )
-            await conn.execute(
-                "UPDATE settlement_trades SET state = $4, objection = $2,"
-                " objected_at = $3, updated_at = $3 WHERE trade_id = $1",
-                trade_id, reason, now, state,
-            )  # fmt: skip
-            await record(conn, actor, at=now, action="trade.objected", subject_type="trade",
-                         subject_id=trade_id, detail={"reason": reason})  # fmt: skip
-            return await self._view(conn, principal, trade_id)
-
-    async def resolve(
-        self, actor: Actor, trade_id: uuid.UUID, outcome: Literal["buyer", "seller"], note: str
-    ) -> FinalStep:
-        """Staff resolve an objection: for the buyer voids, for the seller posts."""
-        now = self.clock.now()
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT * FROM settlement_trades WHERE trade_id = $1 FOR UPDATE", trade_id
-            )
-            if row is None:
-                raise NotFound(f"no trade {trade_id}")
-            step = cast(
-                FinalStep,
-                _next(row, "resolve_for_buyer" if outcome == "buyer" else "resolve_for_seller"),
-            )  # fmt: skip
-            await self._finish(conn, [row], step, now, actor.request_id)
-            await record(conn, actor, at=now, action="trade.objection_resolved",
-                         subject_type="trade", subject_id=trade_id,
-                         detail={"outcome": outcome, "note": note, "step": step})  # fmt: skip
-            return step
 
     async def cancel(
         self, actor: Actor, principal: Principal, trade_id: uuid.UUID, reason: str
@@ -692,7 +601,7 @@ class SettlementService:
         limit: int,
     ) -> list[TradeSummary]:
         """Every trade, for staff only, newest first (keyset on ``executed_at, trade_id``);
-        with ``state``, those in it (``disputed``: the objections waiting for staff)."""
+        with ``state``, those in it (``disputed``: held by an open dispute)."""
         if not principal.has(*STAFF_ROLES):
             raise Forbidden(
                 "only exchange staff (reviewer or admin) list every trade",
@@ -734,27 +643,12 @@ class SettlementService:
         ``staff_may`` (the staff console) for staff too."""
         async with self.pool.acquire() as conn:
             await self._party_trade(conn, principal, trade_id, staff_may=staff_may)
-            rows = await conn.fetch(
-                "SELECT seq, entry FROM ledger_entries WHERE trade_id = $1 ORDER BY seq", trade_id
+            body = await trade_receipt(
+                conn, self.settings, self.keyring, self.tree, trade_id, self.clock.now()
             )
-            if not rows:
+            if body is None:
                 raise NotFound(f"trade {trade_id} has no ledger entries yet")
-            statements = await self.metered.usage_statements(conn, trade_id)
-            head = await ledger.latest_tree_head(conn)
-            if head is None or head.tree_size <= rows[-1]["seq"]:
-                async with conn.transaction():
-                    await ledger.sign_tree_head(
-                        conn, self.tree, self.keyring, self.settings.exchange_code,
-                        self.clock.now(),
-                    )  # fmt: skip
-                head = await ledger.latest_tree_head(conn)
-            assert head is not None
-            tree = await self.tree.sync(conn)
-            return ledger.build_receipt(
-                self.settings.exchange_code, str(trade_id),
-                [bytes(r["entry"]) for r in rows], tree, head,
-                [(s.body, s.digest, s.jws) for s in statements],
-            )  # fmt: skip
+            return body
 
     async def sign_tree_head(
         self, *, min_new: int = 1, max_age_seconds: float | None = None
@@ -772,8 +666,8 @@ def _summary(row: Any) -> TradeSummary:
         reason=row["reason"], product_code=row["product_code"],
         buyer_org_id=row["buyer_org_id"], seller_org_id=row["seller_org_id"],
         price_fen=row["price_fen"], fee_fen=row["fee_fen"], executed_at=row["executed_at"],
-        acceptance_due=row["acceptance_due"], objection=row["objection"],
-        objected_at=row["objected_at"], metered=row["metered"], updated_at=row["updated_at"],
+        acceptance_due=row["acceptance_due"], metered=row["metered"],
+        updated_at=row["updated_at"],
     )  # fmt: skip
 
 
@@ -800,7 +694,6 @@ def _trade_view(
         fee_fen=row["fee_fen"],
         executed_at=row["executed_at"],
         acceptance_due=row["acceptance_due"],
-        objection=row["objection"],
         cancellation_requested_by=[c["party"] for c in cancels if c["trade_id"] == trade_id],
         postings=[
             PostingView(movement=str(p["id"]), step=p["step"],
@@ -891,7 +784,7 @@ def _next(row: Any, action: TradeAction) -> TradeState:
         raise IllegalTransition(
             f"cannot {action.replace('_', ' ')} trade {row['trade_id']}: it is metered, so it is"
             " paid period by period from its usage statements and what is left goes back to"
-            " the buyer when its grant ends; it is never accepted, objected to, cancelled or"
+            " the buyer when its grant ends; it is never accepted, cancelled or"
             " posted as a whole",
             extensions={"aggregate": METERED_TRADE.aggregate, "state": row["state"],
                         "action": action, "allowed_actions": METERED_TRADE.allowed(row["state"])},

@@ -2,8 +2,10 @@
 
 Every leaf hash, the hash chain, the Merkle root at every signed tree head, each head's
 signature (with the keys in the database) and the consistency of successive heads; the books:
-every movement sums to zero, every balance equals the sum of its postings, and each metered
-trade's reservation and postings are what its movements say (never more posted than reserved);
+every movement sums to zero, every balance equals the sum of its postings, each metered
+trade's reservation and postings are what its movements say (never more posted than reserved,
+never more refunded by disputes than posted), and a trade split by a dispute's resolution took
+all it held out of escrow;
 and every trade executed (its dx.trade.executed published, as the outbox keeps it) longer than
 the reconciler's bound ago has exactly one settlement outcome: a ``settlement_trades`` row and
 one ledger entry opening it (reserved or failed), not none (lost, or dead-lettered) and not two.
@@ -75,6 +77,16 @@ async def entry_chunks(conn: Any) -> Any:
         after = rows[-1][0]
 
 
+def _split_problem(r: Any) -> str:
+    kind = "metered" if r["metered"] else "fixed"
+    if r["movement"] is None:
+        return f"trade {r['trade_id']} ({r['state']}, {kind}): split, but no split movement"
+    return (
+        f"trade {r['trade_id']} ({r['state']}, {kind}): its split movement {r['movement']}"
+        f" took {r['taken']} fen of escrow, the trade held {r['total']}"
+    )
+
+
 BOOK_CHECKS: tuple[tuple[str, Callable[[Any], str]], ...] = (
     (
         "SELECT a.id, a.kind, a.org_id, a.balance, coalesce(s.total, 0) AS total FROM accounts a"
@@ -99,16 +111,31 @@ BOOK_CHECKS: tuple[tuple[str, Callable[[Any], str]], ...] = (
         " coalesce(sum(amount_fen) FILTER (WHERE kind IN ('reserve', 'top_up')), 0)::bigint"
         " AS held,"
         " coalesce(sum(amount_fen) FILTER (WHERE kind = 'usage'), 0)::bigint AS used,"
-        " coalesce(sum(amount_fen) FILTER (WHERE kind = 'release'), 0)::bigint AS released"
+        " coalesce(sum(amount_fen) FILTER (WHERE kind = 'release'), 0)::bigint AS released,"
+        " coalesce(sum(amount_fen) FILTER (WHERE kind = 'refund'), 0)::bigint AS refunded"
         " FROM movements WHERE trade_id = t.trade_id) m"
         " WHERE t.metered AND (t.reserved_fen <> m.held OR t.posted_fen <> m.used"
-        " OR m.used + m.released > m.held"
+        " OR m.used + m.released > m.held OR m.refunded > m.used"
         " OR (t.state IN ('settled', 'voided') AND m.used + m.released <> m.held))",
         lambda r: (
             f"metered trade {r['trade_id']}: reserved {r['reserved_fen']} fen and posted"
-            f" {r['posted_fen']}, but its movements reserve {r['held']}, post {r['used']}"
-            f" and release {r['released']}"
+            f" {r['posted_fen']}, but its movements reserve {r['held']}, post {r['used']},"
+            f" release {r['released']} and refund {r['refunded']}"
         ),
+    ),
+    (
+        # A trade a dispute's resolution split is in state split, not metered, and its split
+        # movement took all of its escrow (price + fee); a split trade has that movement.
+        "SELECT t.trade_id, t.state, t.metered, t.price_fen + t.fee_fen AS total,"
+        " m.id AS movement, -coalesce(e.escrow, 0)::bigint AS taken"
+        " FROM settlement_trades t"
+        " LEFT JOIN movements m ON m.trade_id = t.trade_id AND m.kind = 'split'"
+        " LEFT JOIN LATERAL (SELECT sum(p.amount_fen) AS escrow FROM postings p"
+        " JOIN accounts a ON a.id = p.account_id WHERE p.movement_id = m.id"
+        " AND a.kind = 'escrow') e ON true"
+        " WHERE (t.state = 'split' OR m.id IS NOT NULL) AND (t.state <> 'split' OR t.metered"
+        " OR m.id IS NULL OR coalesce(e.escrow, 0) <> -(t.price_fen + t.fee_fen))",
+        _split_problem,
     ),
 )
 

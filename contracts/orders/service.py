@@ -930,35 +930,11 @@ class OrderService:
         self, principal: Principal, contract_id: uuid.UUID, *, staff_may: bool = False
     ) -> dict[str, Any]:
         """A contract for its parties; with ``staff_may`` (the staff console) for staff too."""
-        row = await self.pool.fetchrow(
-            "SELECT c.*, o.buyer_org_id, o.seller_org_id FROM trade_contracts c"
-            " JOIN orders o ON o.id = c.order_id WHERE c.id = $1",
-            contract_id,
-        )
-        party = row is not None and principal.org_id in (row["buyer_org_id"], row["seller_org_id"])
-        if row is None or not (party or (staff_may and principal.has(*STAFF))):
+        found = await read_contract(self.pool, contract_id)
+        party = found is not None and principal.org_id in found[1]
+        if found is None or not (party or (staff_may and principal.has(*STAFF))):
             raise NotFound(f"no contract {contract_id}")
-        signatures = await self.pool.fetch(
-            "SELECT party, kind, kid, jws, signed_at FROM contract_signatures"
-            " WHERE contract_id = $1 ORDER BY signed_at, party",
-            contract_id,
-        )
-        offer = await self.pool.fetchrow(
-            "SELECT s.offer FROM standing_offers s JOIN orders o ON o.product_id = s.product_id"
-            " AND o.revision = s.revision AND o.plan_id = s.plan_id WHERE o.id = $1",
-            row["order_id"],
-        )
-        return {
-            "id": str(row["id"]),
-            "order_id": str(row["order_id"]),
-            "state": row["state"],
-            "digest": row["digest"],
-            "document": row["document"],
-            "text_zh": row["text_zh"],
-            "standing_offer": offer["offer"] if offer else None,
-            "signatures": [dict(s) | {"signed_at": s["signed_at"].isoformat()} for s in signatures],
-            "executed_at": row["executed_at"].isoformat() if row["executed_at"] else None,
-        }
+        return found[0]
 
     async def sign(
         self,
@@ -1206,6 +1182,43 @@ class OrderService:
                 detail={"plan_id": plan_id, "digest": offer["digest"]},
             )
         return offer | {"jws": token}
+
+
+async def read_contract(
+    conn: Executor, contract_id: uuid.UUID
+) -> tuple[dict[str, Any], tuple[uuid.UUID, uuid.UUID]] | None:
+    """A contract as ``GET /v1/contracts/{id}`` shows it (the document as stored, its digest,
+    the Chinese text, the standing offer that signed for the seller, every signature), and its
+    (buyer, seller) organisations; None when there is no such contract."""
+    row = await conn.fetchrow(
+        "SELECT c.*, o.buyer_org_id, o.seller_org_id FROM trade_contracts c"
+        " JOIN orders o ON o.id = c.order_id WHERE c.id = $1",
+        contract_id,
+    )
+    if row is None:
+        return None
+    signatures = await conn.fetch(
+        "SELECT party, kind, kid, jws, signed_at FROM contract_signatures"
+        " WHERE contract_id = $1 ORDER BY signed_at, party",
+        contract_id,
+    )
+    offer = await conn.fetchrow(
+        "SELECT s.offer FROM standing_offers s JOIN orders o ON o.product_id = s.product_id"
+        " AND o.revision = s.revision AND o.plan_id = s.plan_id WHERE o.id = $1",
+        row["order_id"],
+    )
+    view = {
+        "id": str(row["id"]),
+        "order_id": str(row["order_id"]),
+        "state": row["state"],
+        "digest": row["digest"],
+        "document": row["document"],
+        "text_zh": row["text_zh"],
+        "standing_offer": offer["offer"] if offer else None,
+        "signatures": [dict(s) | {"signed_at": s["signed_at"].isoformat()} for s in signatures],
+        "executed_at": row["executed_at"].isoformat() if row["executed_at"] else None,
+    }
+    return view, (row["buyer_org_id"], row["seller_org_id"])
 
 
 def delivery_terms(document: dict[str, Any]) -> DeliveryTerms | None:

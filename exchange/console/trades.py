@@ -1,13 +1,13 @@
-"""Trades for staff: every trade and its state, a trade's page (the order and its contract, the
-settlement state, postings and ledger entries, the receipt) and resolving a buyer's objection, as
-``POST /v1/trades/{id}/objection/resolution`` does."""
+"""Trades for staff: every trade and its state, and a trade's page (the order and its contract,
+the settlement state, postings and ledger entries, the receipt). Disputes over a trade (which
+replaced objections, issue 21) have pages of their own."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Final, Literal, get_args
+from typing import Annotated, Any, Final, get_args
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Template
@@ -15,13 +15,12 @@ from litestar.response import Template
 from contracts.orders.service import OrderService
 from exchange.console.i18n import Translator
 from exchange.console.products import keyset, page_link
-from exchange.console.web import ROOT, SECURITY_HEADERS, attempt, render
+from exchange.console.web import ROOT, SECURITY_HEADERS, render
 from exchange.identity.service import organisation_names
 from exchange.listings.service import ListingService
-from exchange.platform.audit import Actor
 from exchange.platform.audit.repository import list_entries
 from exchange.platform.auth import Principal
-from exchange.platform.errors import DataexError, FieldError, Forbidden, InvalidInput, NotFound
+from exchange.platform.errors import DataexError, NotFound
 from exchange.platform.paging import encode_cursor
 from settlement.service import SettlementService
 from settlement.states import TradeState
@@ -30,10 +29,6 @@ PAGE: Final = 50
 # The states a listed trade can be in: "pending" (executed, not yet taken by the settlement
 # worker) is never stored, so it is no filter; such a trade's page says so.
 STATES: Final[tuple[TradeState, ...]] = tuple(s for s in get_args(TradeState) if s != "pending")
-OUTCOMES: Final = ("buyer", "seller")
-MAX_NOTE: Final = 2000  # as the API's ResolutionIn.note
-# The role `POST /v1/trades/{id}/objection/resolution` requires (the console lets admins in too).
-RESOLVER: Final = "reviewer"
 
 
 def yuan(fen: int) -> str:
@@ -45,24 +40,6 @@ def yuan(fen: int) -> str:
 def money(t: Translator, fen: int) -> str:
     """An amount in the reader's words (a negative one, money going out, with its sign)."""
     return ("-" if fen < 0 else "") + t("money.yuan", amount=yuan(fen))
-
-
-def resolution_of(form: Any) -> tuple[Literal["buyer", "seller"], str]:
-    """The resolution form as the API's body requires it: an outcome and a 1-2,000 char note."""
-    outcome = form.get("outcome")
-    raw = form.get("note")
-    note = raw.strip() if isinstance(raw, str) else ""
-    errors = []
-    if outcome not in OUTCOMES:
-        errors.append(FieldError(path="outcome", message="choose buyer or seller", source="form"))
-    if not 1 <= len(note) <= MAX_NOTE:
-        errors.append(FieldError(path="note", message=f"1 to {MAX_NOTE} characters", source="form"))
-    if errors:
-        raise InvalidInput(
-            "the resolution needs an outcome (for the buyer or the seller) and a note",
-            errors=errors,
-        )
-    return ("buyer" if outcome == "buyer" else "seller"), note
 
 
 class TradePages(Controller):
@@ -135,37 +112,6 @@ class TradePages(Controller):
             },
         )
 
-    @post("/{trade_id:uuid}/objection/resolution")
-    async def resolve(
-        self,
-        request: Request[Any, Any, Any],
-        trade_id: FromPath[uuid.UUID],
-        settlement: NamedDependency[SettlementService],
-        orders: NamedDependency[OrderService],
-        listings: NamedDependency[ListingService],
-        actor: NamedDependency[Actor],
-        principal: NamedDependency[Principal],
-    ) -> Response[Any]:
-        form = await request.form()
-
-        async def act() -> None:
-            if not principal.has(RESOLVER):  # the API route's `requires("reviewer")`
-                raise Forbidden(
-                    f"resolving an objection needs the role {RESOLVER};"
-                    f" the token has {', '.join(sorted(principal.roles)) or 'none'}",
-                    extensions={"required_roles": [RESOLVER]},
-                )
-            outcome, note = resolution_of(form)
-            await settlement.resolve(actor, trade_id, outcome, note)
-
-        async def page(problem: DataexError) -> Template:
-            return await trade_page(
-                request, trade_id, settlement, orders, listings, principal,
-                problem=problem, form=form,
-            )  # fmt: skip
-
-        return await attempt(request, act, then=f"{ROOT}/trades/{trade_id}", page=page)
-
 
 async def trade_page(
     request: Request[Any, Any, Any],
@@ -194,7 +140,6 @@ async def trade_page(
     history = await list_entries(
         settlement.pool, limit=50, subject_type="trade", subject_id=str(trade_id)
     )
-    objected = next((e for e in history if e.action == "trade.objected"), None)
     return render(
         request,
         "trade.html",
@@ -208,10 +153,6 @@ async def trade_page(
         product_name=(shown.metadata.name_zh, shown.metadata.name_en) if shown else None,
         names=names,
         history=list(reversed(history)),  # oldest first
-        objected_at=objected.at if objected else None,
-        can_resolve=view is not None and view.state == "disputed",
-        may_resolve=principal.has(RESOLVER),
-        outcomes=OUTCOMES,
         money=money,
         problem=problem,
         form=form or {},

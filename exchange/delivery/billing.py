@@ -13,7 +13,8 @@ the rounding rule of `exchange.platform.metering`), signed by the exchange's key
 announced as ``dx.usage.closed``. For a metered grant the composition root's hook hands it to
 settlement in the same transaction, which posts it exactly once keyed by (trade, period) and
 appends it to the Merkle ledger; the final period is followed by settlement's release of what
-was reserved and not spent.
+was reserved and not spent. While a dispute holds the trade, settlement refuses both
+(`TradeDisputed`) and the grant's period waits, unclosed, for a later round.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from exchange.delivery import quota
 from exchange.platform.canonical import canonical_json
 from exchange.platform.clock import Clock
 from exchange.platform.db import Connection
+from exchange.platform.disputes import TradeDisputed
 from exchange.platform.events import UsageClosedData, UsageStatement
 from exchange.platform.metering import period_charge_fen
 from exchange.platform.outbox import enqueue
@@ -101,7 +103,16 @@ class Billing:
         return closed
 
     async def close(self, grant_id: uuid.UUID) -> UsageStatement | None:
-        """Close the grant's due period now, if one is due; its statement."""
+        """Close the grant's due period now, if one is due; its statement. A metered grant
+        whose trade a dispute holds is not closed (settlement refuses to post the period or
+        release the trade, `TradeDisputed`): the whole close rolls back, its records stay
+        unposted, and a later round closes the period once the dispute is resolved."""
+        try:
+            return await self._close(grant_id)
+        except TradeDisputed:
+            return None
+
+    async def _close(self, grant_id: uuid.UUID) -> UsageStatement | None:
         async with self.pool.acquire() as conn, conn.transaction():
             grant: Any = await conn.fetchrow(
                 "SELECT * FROM grants WHERE id = $1 FOR UPDATE", grant_id

@@ -376,6 +376,27 @@ class GrantService:
                 await self._lift(conn, row, cause, now)
         return len(rows)
 
+    async def on_dispute_opened(
+        self, conn: Connection, trade_id: uuid.UUID, reason: str, at: datetime,
+        request_id: str | None,
+    ) -> None:  # fmt: skip
+        """A dispute over the trade suspends its live grants (cause ``dispute``, in the
+        dispute's transaction): other causes stay as they are, and an exhausted or ended grant
+        is left alone, as for a listing's suspension. Opening it twice changes nothing."""
+        rows = await self._rows(conn, "trade_id = $1 AND state = ANY($2::text[])", trade_id,
+                                list(LIVE))  # fmt: skip
+        for row in rows:
+            await self._suspend(conn, row, "dispute", at, reason, request_id)
+
+    async def on_dispute_closed(
+        self, conn: Connection, trade_id: uuid.UUID, at: datetime, request_id: str | None
+    ) -> None:
+        """The dispute is over (or its resolution gives the buyer time again): the ``dispute``
+        cause is lifted from the trade's grants, which resume when no other cause holds."""
+        rows = await self._rows(conn, "trade_id = $1 AND state = 'suspended'", trade_id)
+        for row in rows:
+            await self._lift(conn, row, "dispute", at, request_id)
+
     async def expire_due(self, limit: int = 500) -> int:
         """End grants whose term is over."""
         now = self.clock.now()
@@ -798,6 +819,18 @@ async def trades_delivered(conn: Executor, trade_ids: Sequence[uuid.UUID]) -> se
         list(trade_ids),
     )
     return {row["trade_id"] for row in rows}
+
+
+async def trade_has_live_grant(conn: Executor, trade_id: uuid.UUID, at: datetime) -> bool:
+    """Whether the trade is within a grant's term: a grant pending, active, suspended or
+    exhausted (the buyer holds what it received) whose term has not ended at ``at`` — the
+    window in which the seller may open a dispute over the buyer's breach of the terms."""
+    found = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM grants WHERE trade_id = $1 AND state = ANY($2::text[])"
+        " AND valid_until > $3)",
+        trade_id, [*LIVE, "exhausted"], at,
+    )  # fmt: skip
+    return bool(found)
 
 
 async def revoked_jtis(pool: Executor) -> set[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 from uuid import UUID
 
 from exchange.platform.db import Connection
@@ -27,7 +28,9 @@ class DisputeHooks:
         [Connection, UUID, UUID, int, Sequence[int], datetime, str | None], Awaitable[MoneyOutcome]
     ]
     # settlement: a ledger entry (trade, dispute, step "evidence"|"resolution", digest, at): seq
-    register: Callable[[Connection, UUID, UUID, str, str, datetime], Awaitable[int]]
+    register: Callable[
+        [Connection, UUID, UUID, Literal["evidence", "resolution"], str, datetime], Awaitable[int]
+    ]
     # settlement: a signed tree head covering the entries and each one's inclusion proof
     proofs: Callable[[Connection, Sequence[int], datetime], Awaitable[LedgerProofs]]
     # every room: the trade's system evidence (contract, listing, grants, usage, receipts…)

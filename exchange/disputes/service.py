@@ -17,6 +17,7 @@ Grants by reason: suspended for ``not_as_described``, ``quality_below_report`` a
 
 from __future__ import annotations
 
+import asyncio
 import io
 import uuid
 from collections.abc import AsyncIterable, Sequence
@@ -71,7 +72,6 @@ STAFF: Final = ("reviewer", "admin")
 SUSPENDING: Final = frozenset({"not_as_described", "quality_below_report", "terms_breach_by_buyer"})
 DISPUTE_EVIDENCE_TOTAL_BYTES: Final = 64 * 1024 * 1024
 AGREEMENT_TYPE: Final = "dataex-dispute-agreement+jws"
-BUNDLE_TYPE: Final = "dataex-dispute-bundle+jws"
 _RESOLUTION: Final = msgspec.json.Decoder(Resolution)
 _CONCLUDED: Final[dict[str, str]] = {
     "resolve": "dispute.resolved",
@@ -325,7 +325,7 @@ class DisputeService:
                     actor.request_id,
                 )  # fmt: skip
             for item in await self.hooks.collect(conn, trade_id, now):
-                stored = self.store.put_bytes(item.body)
+                stored = await asyncio.to_thread(self.store.put_bytes, item.body)
                 await self._register_item(
                     conn, row, item.kind, item.name, item.media_type, stored.sha256,
                     stored.size, "exchange", None, "exchange", now,
@@ -339,6 +339,14 @@ class DisputeService:
     async def _may_open(
         self, conn: Connection, facts: TradeFacts, party: str, data: DisputeIn, now: datetime
     ) -> None:
+        open_one = await conn.fetchval(
+            "SELECT id FROM disputes WHERE trade_id = $1 AND state <> 'closed'", facts.trade_id
+        )
+        if open_one is not None:  # first: the trade is disputed because of it
+            raise DisputeOpen(
+                f"trade {facts.trade_id} already has open dispute {open_one}",
+                extensions={"dispute_id": str(open_one)},
+            )
         if party == "buyer":
             if data.reason == "terms_breach_by_buyer":
                 raise _bad("reason", "the buyer cannot claim a breach of terms by the buyer")
@@ -378,14 +386,6 @@ class DisputeService:
                 + (" (what the named periods charged)" if data.reason == "over_metered"
                    else " (what escrow holds for the trade)"),
             )  # fmt: skip
-        open_one = await conn.fetchval(
-            "SELECT id FROM disputes WHERE trade_id = $1 AND state <> 'closed'", facts.trade_id
-        )
-        if open_one is not None:
-            raise DisputeOpen(
-                f"trade {facts.trade_id} already has open dispute {open_one}",
-                extensions={"dispute_id": str(open_one)},
-            )
 
     @staticmethod
     def _disputed_charges(facts: TradeFacts, periods: Sequence[int] | None) -> int:
@@ -420,7 +420,9 @@ class DisputeService:
         )  # fmt: skip
         if existing is not None:
             return existing, False
-        seq = await self.hooks.register(conn, row["trade_id"], row["id"], "evidence", sha256, at)
+        seq = await self.hooks.register(
+            conn, row["trade_id"], row["id"], "evidence", bundle.evidence_digest(sha256), at
+        )
         item = await conn.fetchrow(
             "INSERT INTO dispute_evidence (dispute_id, idx, sha256, kind, name, media_type, size,"
             " submitter, submitter_org_id, submitted_by, submitted_at, ledger_seq) VALUES ($1,"
@@ -740,12 +742,12 @@ class DisputeService:
         """Resolve (or settle by agreement), register the digest, move the money exactly once
         and close, in the caller's transaction."""
         rid = actor.request_id
+        seq = await self.hooks.register(conn, row["trade_id"], row["id"], "resolution", digest, now)
         row = await self._step(
             conn, row, action, actor.label, now, rid,
             resolution=canonical_json(resolution).decode(), resolution_digest=digest,
-            resolution_note=note, resolved_by=resolved_by,
+            resolution_seq=seq, resolution_note=note, resolved_by=resolved_by,
         )  # fmt: skip
-        await self.hooks.register(conn, row["trade_id"], row["id"], "resolution", digest, now)
         outcome = await self._move_money(conn, row, resolution, now, rid)
         await self._lift(conn, row, now, rid)
         money = None if outcome is None else canonical_json(
@@ -817,14 +819,23 @@ class DisputeService:
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow("SELECT * FROM disputes WHERE id = $1", dispute_id)
             self._visible(principal, row, dispute_id)
+            assert row is not None
             rows = await conn.fetch(
                 "SELECT * FROM dispute_evidence WHERE dispute_id = $1 ORDER BY idx", dispute_id
             )
             items = [_item(r) for r in rows]
-            proofs = await self.hooks.proofs(conn, [i.ledger_seq for i in items], now)
+            # The items' entries, and the resolution's and the money's once it is resolved.
+            seqs = [i.ledger_seq for i in items]
+            if row["resolution_seq"] is not None:
+                seqs.append(row["resolution_seq"])
+            money = _json(row["money"])
+            if isinstance(money, dict) and isinstance(money.get("ledger_seq"), int):
+                seqs.append(money["ledger_seq"])
+            proofs = await self.hooks.proofs(conn, sorted(set(seqs)), now)
             key = await self.keyring.current(conn)
         out = io.BytesIO()
-        bundle.write_bundle(
+        await asyncio.to_thread(
+            bundle.write_bundle,
             out, exchange=self.settings.exchange_code, dispute=_bundle_dispute(row),
             items=[
                 bundle.BundleItem(
@@ -838,7 +849,7 @@ class DisputeService:
                 for i in items
             ],
             proofs=proofs,
-            sign=lambda payload: key.sign_detached(payload, typ=BUNDLE_TYPE),
+            sign=lambda payload: key.sign_detached(payload, typ=bundle.MANIFEST_JWS_TYPE),
             exported_at=_stamp(now),
         )  # fmt: skip
         return out.getvalue()

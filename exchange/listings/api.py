@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
+from typing import Annotated
 
 import msgspec
 from litestar import Controller, get, patch, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, QueryParameter
 
+from exchange.listings.objections import ObjectionService
 from exchange.listings.schemas import (
     Certificate,
     CertificateStatus,
     JwkSet,
     LegalProhibitionProposal,
+    ListingObjection,
+    ListingObjectionDecision,
+    ListingObjectionFiling,
+    ListingObjectionPage,
     Product,
     ProductDraft,
     ProductMetadata,
@@ -21,15 +28,17 @@ from exchange.listings.schemas import (
     Reason,
 )
 from exchange.listings.service import ListingService
+from exchange.listings.states import ObjectionState
 from exchange.platform.audit import Actor
 from exchange.platform.auth import PUBLIC, Principal, requires
 from exchange.platform.context import Platform
-from exchange.platform.paging import encode_cursor
+from exchange.platform.paging import DEFAULT_PAGE, MAX_PAGE, decode_cursor, encode_cursor
 from exchange.platform.signing import jwks
 from exchange.review.schemas import ReviewCase
 
 JWK_SET = "application/jwk-set+json"
 Listings = NamedDependency[ListingService]
+Objections = NamedDependency[ObjectionService]
 ActorDep = NamedDependency[Actor]
 PrincipalDep = NamedDependency[Principal]
 
@@ -180,10 +189,104 @@ class ProductController(Controller):
         until a later proposal lifts it. 409 while another proposal for the product is open."""
         return await listings.propose_prohibition(actor, product_id, data)
 
+    @post(
+        "/{product_id:uuid}/objections",
+        operation_id="registerListingObjection",
+        opt=requires("seller", "buyer"),
+        status_code=201,
+    )
+    async def register_objection(
+        self,
+        product_id: FromPath[uuid.UUID],
+        data: JSONBody[ListingObjectionFiling],
+        objections: Objections,
+        actor: ActorDep,
+        principal: PrincipalDep,
+    ) -> ListingObjection:
+        """Object to a listed (or suspended) product's registration (异议登记): claim rights in
+        it, with a statement and the SHA-256 of each document held. Any market organisation
+        but the seller (403); one open objection per organisation and product (409); a
+        delisted product is a 409 naming its state. The product's public status shows that an
+        objection is registered and its decision, never who objected or the statement."""
+        return await objections.register(actor, principal, product_id, data)
+
     @get("/{product_id:uuid}/certificate", operation_id="getCertificate", opt=PUBLIC)
     async def certificate(self, product_id: FromPath[uuid.UUID], listings: Listings) -> Certificate:
         """The listing certificate (compact JWS, EdDSA); verify it with /.well-known/jwks.json."""
         return await listings.certificate(product_id)
+
+
+class ListingObjectionController(Controller):
+    """Objections to registrations: staff's list and decisions; the parties read their own."""
+
+    path = "/v1/listing-objections"
+    tags = ["products"]
+
+    @get("/", operation_id="listListingObjections", opt=requires("reviewer", "admin"))
+    async def queue(
+        self,
+        objections: Objections,
+        objection_state: Annotated[
+            ObjectionState | None,
+            QueryParameter(name="state", description="registered, upheld or dismissed (all)"),
+        ] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
+        cursor: Annotated[str | None, QueryParameter()] = None,
+    ) -> ListingObjectionPage:
+        """Objections oldest first (staff)."""
+        after = decode_cursor(cursor, (datetime, uuid.UUID)) if cursor else None
+        items = await objections.find(state=objection_state, after=after, limit=limit)
+        last = items[-1] if len(items) == limit else None
+        return ListingObjectionPage(
+            items=items,
+            next_cursor=None if last is None else encode_cursor(last.registered_at, last.id),
+        )
+
+    @get("/{objection_id:uuid}", operation_id="getListingObjection", opt=requires())
+    async def read(
+        self, objection_id: FromPath[uuid.UUID], objections: Objections, principal: PrincipalDep
+    ) -> ListingObjection:
+        """The objection, for staff, the organisation that objected and the product's seller;
+        404 for anyone else."""
+        return await objections.get(principal, objection_id)
+
+    @post(
+        "/{objection_id:uuid}/suspension",
+        operation_id="suspendListingForObjection",
+        opt=requires("reviewer"),
+        status_code=200,
+    )
+    async def suspend(
+        self,
+        objection_id: FromPath[uuid.UUID],
+        data: JSONBody[Reason],
+        objections: Objections,
+        actor: ActorDep,
+    ) -> ListingObjection:
+        """Suspend the listing until the objection is decided (the product's own suspension:
+        its certificates revoked, ``dx.listing.suspended``, its grants suspended). 409 once
+        decided, when it already holds the listing, or when the product is suspended for
+        another cause."""
+        return await objections.suspend_listing(actor, objection_id, data.reason)
+
+    @post(
+        "/{objection_id:uuid}/decision",
+        operation_id="decideListingObjection",
+        opt=requires("reviewer", "admin"),
+        status_code=200,
+    )
+    async def decide(
+        self,
+        objection_id: FromPath[uuid.UUID],
+        data: JSONBody[ListingObjectionDecision],
+        objections: Objections,
+        actor: ActorDep,
+    ) -> ListingObjection:
+        """Uphold or dismiss, with a reason shown on the product's public status. Dismissed:
+        the listing is reinstated if this objection suspended it and no other open objection
+        holds it. Upheld: the listing stays suspended (as the staff's own suspension; delist
+        it through the product). ``note`` says which."""
+        return await objections.decide(actor, objection_id, data)
 
 
 class CertificateController(Controller):
@@ -192,7 +295,8 @@ class CertificateController(Controller):
 
     @get("/{product_code:str}/status", operation_id="certificateStatus", opt=PUBLIC)
     async def status(self, product_code: FromPath[str], listings: Listings) -> CertificateStatus:
-        """Anyone may check a certificate: the product's state and live revision now, signed."""
+        """Anyone may check a certificate: the product's state and live revision now, and the
+        objections to its registration with their decisions (never who objected), signed."""
         return await listings.certificate_status(product_code)
 
 

@@ -20,7 +20,12 @@ from contracts.policy.attributes import (
 )
 from contracts.policy.schemas import Decision
 from exchange.identity.schemas import Contact
-from exchange.listings.states import ProductState, SuspendedBy
+from exchange.listings.states import (
+    ObjectionClaim,
+    ObjectionState,
+    ProductState,
+    SuspendedBy,
+)
 from exchange.platform.metering import Dimension
 from exchange.platform.money import fen
 
@@ -300,8 +305,77 @@ class Certificate(Struct, frozen=True):
     kid: str
 
 
+# --- objections to a registration (异议登记) ---------------------------------------------------
+
+Outcome = Literal["upheld", "dismissed"]
+
+
+class ListingObjectionFiling(Struct, forbid_unknown_fields=True, frozen=True):
+    """A third party's claim of rights in a listed product: what it claims, in its own words,
+    and the SHA-256 of each document it holds (the documents stay with it)."""
+
+    claim: ObjectionClaim
+    statement: Annotated[str, Meta(min_length=1, max_length=5000)]
+    evidence_sha256: Annotated[list[Sha256], Meta(max_length=50)] = []
+
+
+class ListingObjectionDecision(Struct, forbid_unknown_fields=True, frozen=True):
+    outcome: Outcome
+    reason: Annotated[
+        str,
+        Meta(min_length=1, max_length=2000,
+             description="public, on the product's status: name no person"),
+    ]  # fmt: skip
+
+
+class ListingObjection(Struct, frozen=True):
+    """An objection as staff, the claimant and the seller see it. ``suspended_listing``: staff
+    suspended the listing pending the decision; ``listing_state``: the product's state now;
+    ``note``: what follows from the decision for the listing."""
+
+    id: uuid.UUID
+    product_id: uuid.UUID
+    product_code: str
+    seller_org_id: uuid.UUID
+    claimant_org_id: uuid.UUID
+    claim: ObjectionClaim
+    statement: str
+    evidence_sha256: list[str]
+    state: ObjectionState
+    registered_at: datetime
+    suspended_listing: bool
+    suspension_reason: str | None
+    suspended_at: datetime | None
+    decided_at: datetime | None
+    outcome: Outcome | None
+    decision_reason: str | None
+    listing_state: ProductState
+    note: str | None = None
+
+
+class ListingObjectionPage(Struct):
+    items: list[ListingObjection]
+    next_cursor: str | None
+
+
+class PublicListingObjection(Struct, frozen=True):
+    """An objection on the product's public status: that it is registered, whether it holds
+    the listing suspended, and its decision. Never who objected or what they wrote."""
+
+    id: uuid.UUID
+    claim: ObjectionClaim
+    state: ObjectionState
+    suspended_listing: bool
+    registered_at: datetime
+    decided_at: datetime | None
+    outcome: Outcome | None
+    decision_reason: str | None
+
+
 class CertificateStatus(Struct, frozen=True):
-    """Whether a product code's certificate stands, signed so it can be relayed and kept."""
+    """Whether a product code's certificate stands, signed so it can be relayed and kept.
+    ``objections``: third parties' objections to the registration and their decisions, oldest
+    first (in the signed claims too)."""
 
     product_code: str
     state: ProductState
@@ -309,6 +383,7 @@ class CertificateStatus(Struct, frozen=True):
     revision_digest: str | None
     checked_at: datetime
     jws: str
+    objections: list[PublicListingObjection] = []
 
 
 # --- the exchange's public keys -----------------------------------------------------------------

@@ -20,6 +20,7 @@ from contracts.policy.schemas import Decision
 from contracts.policy.service import PolicyService
 from exchange.identity import repository as identity_repo
 from exchange.identity.schemas import Organisation
+from exchange.listings import objection_repository
 from exchange.listings.lifecycle import (
     changed_fields,
     evaluation_document,
@@ -63,6 +64,13 @@ CERTIFICATE_TYPE = "dataex-listing-certificate+jws"
 # A certificate is valid this long; every new revision, reinstatement or re-issue renews it.
 CERTIFICATE_VALIDITY = timedelta(days=365)
 STAFF = ("reviewer", "admin")
+# The listing event of each action staff or the seller take on a listed product.
+_EVENT_OF = {
+    "suspend": "suspended",
+    "hold_for_objection": "suspended",
+    "reinstate": "published",
+    "delist": "delisted",
+}
 
 # What other rooms keep in step with a product, called inside the transaction that changes it:
 # `on_state(conn, product_id, at)` after any change of its state or live revision (the catalog
@@ -167,6 +175,10 @@ class ListingService:
     async def _row(self, conn: Executor, product_id: uuid.UUID, *, lock: bool = False) -> Any:
         suffix = " FOR UPDATE" if lock else ""
         return await conn.fetchrow(f"SELECT * FROM products WHERE id = $1{suffix}", product_id)
+
+    async def locked(self, conn: Connection, product_id: uuid.UUID) -> Any:
+        """The product's row, locked (`FOR UPDATE`) in the caller's transaction; None if none."""
+        return await self._row(conn, product_id, lock=True)
 
     async def _visible_row(
         self,
@@ -756,6 +768,7 @@ class ListingService:
             raise NotFound(f"no product code {code}")
         digest = (await fetch_revision(self.pool, row["id"], row["live_revision"])).digest
         now = self.clock.now()
+        objections = await objection_repository.public_for(self.pool, row["id"])
         claims = {
             "iss": self.settings.exchange_code,
             "sub": code,
@@ -763,12 +776,14 @@ class ListingService:
             "revision": row["live_revision"],
             "revision_digest": digest,
             "iat": int(now.timestamp()),
+            "objections": msgspec.to_builtins(objections),
         }
         key = await self.keyring.current(self.pool)
         return CertificateStatus(
             product_code=code, state=row["state"], revision=row["live_revision"],
             revision_digest=digest, checked_at=now,
             jws=key.sign_compact(claims, typ="dataex-certificate-status+jws"),
+            objections=objections,
         )  # fmt: skip
 
     # --- staff and seller actions on listed products -------------------------------------
@@ -808,41 +823,74 @@ class ListingService:
             )
             if action != "delist" and not principal.has(*STAFF):
                 raise NotFound(f"no product {product_id}")
-            state = next_state(row["state"], action)  # type: ignore[arg-type]
-            revision = None
-            if row["live_revision"] is not None:
-                revision = await fetch_revision(conn, product_id, row["live_revision"])
-            detail: dict[str, Any] = {"reason": reason, "from": row["state"]}
-            if action == "reinstate" and row["recognised_from"] is None and revision is not None:
-                # The suspension revoked every certificate issued until then (peers refuse
-                # them): listed again, the product gets a fresh one, which its feed item carries.
-                jws, claims, _ = await self._certify(conn, row, row["product_code"], revision, now)
-                await conn.execute(
-                    "UPDATE products SET certificate = $2 WHERE id = $1", product_id, jws
-                )
-                detail["certificate_jti"] = claims["jti"]
-            await self._set_state(conn, product_id, state, action, reason, now)
-            if state == "delisted":
-                await policy_store.set_subject_open(conn, "listing", str(product_id), False)
-                # A change still under review dies with the listing.
-                if await withdraw_open_cases(conn, "listing", product_id, now):
-                    await conn.execute(
-                        "UPDATE products SET pending_revision = NULL WHERE id = $1", product_id
-                    )
-            await record(
-                conn,
-                actor,
-                at=now,
-                action=f"product.{action}",
-                subject_type="product",
-                subject_id=product_id,
-                detail=detail,
-            )
-            event = {"suspend": "suspended", "delist": "delisted", "reinstate": "published"}[action]
-            await self._event(
-                conn, actor, event, row["product_code"], product_id, revision, now, reason=reason
-            )
+            await self.take_action(conn, actor, row, action, reason, now)
             return await self._view(conn, await self._row(conn, product_id))
+
+    async def take_action(
+        self,
+        conn: Connection,
+        actor: Actor,
+        row: Any,
+        action: str,
+        reason: str | None,
+        at: datetime,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """Suspend (``suspend``, or ``hold_for_objection`` pending an objection), reinstate or
+        delist the product of ``row`` (locked by the caller) in the caller's transaction: the
+        transition table's next state, a fresh certificate on reinstatement, the audit row and
+        the listing event (``dx.listing.suspended|published|delisted``: grants follow it)."""
+        product_id, event = row["id"], _EVENT_OF[action]
+        state = next_state(row["state"], action)  # type: ignore[arg-type]
+        revision = None
+        if row["live_revision"] is not None:
+            revision = await fetch_revision(conn, product_id, row["live_revision"])
+        detail = {"reason": reason, "from": row["state"], **(detail or {})}
+        if action == "reinstate" and row["recognised_from"] is None and revision is not None:
+            # The suspension revoked every certificate issued until then (peers refuse
+            # them): listed again, the product gets a fresh one, which its feed item carries.
+            jws, claims, _ = await self._certify(conn, row, row["product_code"], revision, at)
+            await conn.execute(
+                "UPDATE products SET certificate = $2 WHERE id = $1", product_id, jws
+            )
+            detail["certificate_jti"] = claims["jti"]
+        await self._set_state(conn, product_id, state, action, reason, at)
+        if state == "delisted":
+            await policy_store.set_subject_open(conn, "listing", str(product_id), False)
+            # A change still under review dies with the listing.
+            if await withdraw_open_cases(conn, "listing", product_id, at):
+                await conn.execute(
+                    "UPDATE products SET pending_revision = NULL WHERE id = $1", product_id
+                )
+        await record(
+            conn,
+            actor,
+            at=at,
+            action=f"product.{action}",
+            subject_type="product",
+            subject_id=product_id,
+            detail=detail,
+        )
+        await self._event(
+            conn, actor, event, row["product_code"], product_id, revision, at, reason=reason
+        )
+
+    async def keep_suspended(
+        self, conn: Connection, actor: Actor, product_id: uuid.UUID, reason: str, at: datetime
+    ) -> None:
+        """A suspension pending an objection becomes the staff's own (``suspended_by``
+        exchange, ``reason``): the objection was upheld, so dismissing another one no longer
+        reinstates the listing. Not a transition: the product stays suspended."""
+        await conn.execute(
+            "UPDATE products SET suspended_by = $2, suspended_reason = $3, updated_at = $4"
+            " WHERE id = $1 AND state = 'suspended'",
+            product_id, SUSPENDING["suspend"], reason, at,
+        )  # fmt: skip
+        await self.changed(conn, product_id, at)
+        await record(
+            conn, actor, at=at, action="product.suspension_kept", subject_type="product",
+            subject_id=product_id, detail={"reason": reason, "suspended_by": SUSPENDING["suspend"]},
+        )  # fmt: skip
 
     # --- products recognised from a peer exchange (the recognition room's entry points) ------
 

@@ -23,13 +23,17 @@ Action = Literal[
     "policy_reject",
     # a product recognised from a peer exchange
     "recognise", "origin_suspend", "origin_delist", "distrust", "retrust", "refuse_here",
+    # staff suspend the listing pending a third party's objection (its decision reinstates it)
+    "hold_for_objection",
 ]  # fmt: skip
 
 # Who suspended a product: this exchange's staff, the origin exchange (its feed), withdrawn
-# trust in the origin, or this exchange's negative list refusing the origin's newer revision.
-SuspendedBy = Literal["exchange", "origin", "distrust", "local_policy"]
+# trust in the origin, this exchange's negative list refusing the origin's newer revision, or
+# staff pending a third party's objection (exchange.listings.objections).
+SuspendedBy = Literal["exchange", "origin", "distrust", "local_policy", "objection"]
 SUSPENDING: Final[dict[str, SuspendedBy]] = {
     "suspend": "exchange",
+    "hold_for_objection": "objection",
     "origin_suspend": "origin",
     "distrust": "distrust",
     "refuse_here": "local_policy",
@@ -57,6 +61,7 @@ PRODUCT: Final[StateMachine[ProductState, Action]] = StateMachine(
         },
         "listed": {
             "suspend": "suspended",
+            "hold_for_objection": "suspended",
             "delist": "delisted",
             "revise": "listed",
             "recognise": "listed",
@@ -86,6 +91,7 @@ PRODUCT: Final[StateMachine[ProductState, Action]] = StateMachine(
             "distrust",
             "retrust",
             "refuse_here",
+            "hold_for_objection",
         }
     ),
 )
@@ -98,6 +104,33 @@ def next_state(state: ProductState, action: Action) -> ProductState:
 
 def held_here(state: ProductState, suspended_by: SuspendedBy | None) -> bool:
     """Whether this exchange's own decision keeps the product off the market: delisted, or
-    suspended by its staff. The origin's news (a newer revision, a reinstatement) never
-    undoes that; it undoes an origin's suspension, distrust and a local refusal."""
-    return state == "delisted" or (state == "suspended" and suspended_by == "exchange")
+    suspended by its staff (on their own or pending an objection). The origin's news (a newer
+    revision, a reinstatement) never undoes that; it undoes an origin's suspension, distrust
+    and a local refusal."""
+    return state == "delisted" or (
+        state == "suspended" and suspended_by in ("exchange", "objection")
+    )
+
+
+# --- objections to a registration (异议登记) ---------------------------------------------------
+
+ObjectionClaim = Literal["ownership", "licence", "personal_information", "trade_secret", "other"]
+ObjectionState = Literal["registered", "upheld", "dismissed"]
+ObjectionAction = Literal["suspend_listing", "uphold", "dismiss"]
+
+# A third party's objection is registered, may hold the listing suspended meanwhile, and is
+# decided once: upheld or dismissed. Decided objections stay, as the record of the decision.
+OBJECTION: Final[StateMachine[ObjectionState, ObjectionAction]] = StateMachine(
+    aggregate="listing objection",
+    states=ObjectionState,
+    transitions={
+        "registered": {
+            "suspend_listing": "registered",
+            "uphold": "upheld",
+            "dismiss": "dismissed",
+        },
+        "upheld": {},
+        "dismissed": {},
+    },
+)
+DECIDING: Final[dict[str, ObjectionAction]] = {"upheld": "uphold", "dismissed": "dismiss"}

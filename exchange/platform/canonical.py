@@ -10,6 +10,7 @@ other document goes through `rfc8785` itself.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -44,6 +45,22 @@ def canonical_json(document: Any) -> bytes:
     if _plain(builtins):
         return _SORTED.encode(builtins)
     return bytes(rfc8785.dumps(builtins))
+
+
+def canonical_lines(documents: Sequence[Any], *, parts: Sequence[Any] | None = None) -> bytes:
+    """JSON lines: each document's RFC 8785 bytes and a newline, in the order given. One
+    encoder call for the lot when every document is plain (a usage log of 10,000 records).
+
+    ``parts``: when the caller knows its documents are plain but for these parts of them (rows
+    whose typed columns are strings, UUIDs, times and integers within ±2^53, beside free-form
+    JSON columns), only the parts are checked and the documents — structs too — are encoded as
+    they are, with no copy into dicts first."""
+    if parts is not None and _plain(list(parts)):
+        return _SORTED.encode_lines(documents)
+    builtins = msgspec.to_builtins(list(documents))
+    if _plain(builtins):
+        return _SORTED.encode_lines(builtins)
+    return b"".join(bytes(rfc8785.dumps(document)) + b"\n" for document in builtins)
 
 
 def sha256_digest(document: Any) -> str:

@@ -12,6 +12,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from exchange.platform.errors import Conflict
+
 
 @dataclass(frozen=True, slots=True)
 class PeriodFacts:
@@ -70,3 +72,12 @@ class SystemEvidence:
     name: str  # its file name in the bundle, e.g. "usage-records.jsonl"
     media_type: str
     body: bytes
+
+
+class TradeDisputed(Conflict):
+    """A step that would post or release money a dispute holds (a metered trade's billing
+    period, the release at the end of its grant): it must wait for the dispute's resolution.
+    The delivery room leaves the period unposted and tries again in a later round."""
+
+    code = "trade_disputed"
+    title = "The trade is held by an open dispute"

@@ -2,9 +2,10 @@
 
 Every event is a CloudEvents 1.0 envelope (`exchange.platform.outbox.CloudEvent`) on subject
 ``dx.<aggregate>.<event>``. The orders room emits ``dx.order.*`` and ``dx.trade.executed``; the
-listing room ``dx.listing.*``; the settlement room ``dx.trade.reserved`` / ``settled`` / ``failed``
-/ ``voided``; the delivery room ``dx.grant.*`` and ``dx.usage.closed``; the identity room
-``dx.organisation.*``; the compute room ``dx.job.*``; the disputes room ``dx.dispute.*``.
+listing room ``dx.listing.*`` and objections' ``dx.listing.objection.*``; the settlement room
+``dx.trade.reserved`` / ``settled`` / ``split`` / ``failed`` / ``voided``; the delivery room
+``dx.grant.*`` and ``dx.usage.closed``; the identity room ``dx.organisation.*``; the compute
+room ``dx.job.*``; the disputes room ``dx.dispute.*``.
 A consumer reads the type here, never the producing room's internals. The JSON Schemas under
 ``schemas/events`` are generated from these types (``uv run python -m exchange.platform.events``)
 and a test checks they are current.
@@ -47,6 +48,43 @@ class ListingEvent(CloudEvent, frozen=True, kw_only=True, forbid_unknown_fields=
 
 def listing_schema() -> dict[str, object]:
     return _schema(ListingEvent, "dx.listing")
+
+
+ObjectionEventType = Literal[
+    "dx.listing.objection_registered",
+    "dx.listing.objection_suspended_listing",
+    "dx.listing.objection_decided",
+]
+
+
+class ListingObjectionEventData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An objection to a product's registration (异议登记) as it stands after a change: never
+    the claimant's statement. Published on ``dx.listing.objection.<event>`` (one
+    token deeper than ``dx.listing.*``, so the listing's own consumers do not receive it)."""
+
+    objection_id: str
+    product_id: str
+    product_code: str
+    exchange: str
+    seller_org_id: str
+    claimant_org_id: str
+    claim: Literal["ownership", "licence", "personal_information", "trade_secret", "other"]
+    state: Literal["registered", "upheld", "dismissed"]
+    suspended_listing: bool
+    decision_reason: str | None = None
+    listing_reinstated: bool = False  # dismissed, and that reinstated the listing
+
+
+class ListingObjectionEvent(CloudEvent, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``dx.listing.objection_registered`` / ``objection_suspended_listing`` (staff suspended
+    the listing pending the decision) / ``objection_decided``."""
+
+    type: ObjectionEventType
+    data: ListingObjectionEventData
+
+
+def listing_objection_schema() -> dict[str, object]:
+    return _schema(ListingObjectionEvent, "dx.listing.objection")
 
 
 class TradeParty(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -115,23 +153,34 @@ def order_schema() -> dict[str, object]:
     return _schema(OrderEvent, "dx.order")
 
 
-class TradeSettlementData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class TradeSettlementData(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True
+):
     trade_id: str
     order_id: str
     buyer_org_id: str
     seller_org_id: str
     price_fen: int
     fee_fen: int
-    state: Literal["reserved", "settled", "failed", "voided"]
+    state: Literal["reserved", "settled", "failed", "voided", "split"]
     reason: str | None
     ledger_seq: int
+    # split: what a dispute's resolution gave back to the buyer (left out otherwise)
+    refund_fen: int | None = None
 
 
 class TradeSettlementEvent(CloudEvent, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A settlement step's outcome: the payment held in escrow (delivery may start), money
-    posted to the seller, the trade unfunded, or voided."""
+    posted to the seller, the trade unfunded, voided, or split by a dispute's resolution
+    (``refund_fen`` to the buyer, the rest to the seller and the exchange's fee pro rata)."""
 
-    type: Literal["dx.trade.reserved", "dx.trade.settled", "dx.trade.failed", "dx.trade.voided"]
+    type: Literal[
+        "dx.trade.reserved",
+        "dx.trade.settled",
+        "dx.trade.failed",
+        "dx.trade.voided",
+        "dx.trade.split",
+    ]
     data: TradeSettlementData
 
 
@@ -325,6 +374,7 @@ def _schema(kind: type[msgspec.Struct], name: str) -> dict[str, object]:
 def generators() -> dict[str, Callable[[], dict[str, object]]]:
     return {
         "dx.listing.schema.json": listing_schema,
+        "dx.listing.objection.schema.json": listing_objection_schema,
         "dx.trade.executed.schema.json": trade_schema,
         "dx.order.schema.json": order_schema,
         "dx.trade.settlement.schema.json": settlement_schema,

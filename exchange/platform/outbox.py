@@ -233,6 +233,20 @@ async def stored(conn: Executor, ids: list[uuid.UUID]) -> list[StoredEvent]:
     return [StoredEvent(r["id"], r["subject"], bytes(r["payload"]), r["request_id"]) for r in rows]
 
 
+async def about(conn: Executor, aggregate: str, event_subjects: Sequence[str]) -> list[StoredEvent]:
+    """Every event of one kind of aggregate (NATS subjects ``<prefix>.<aggregate>.<event>``)
+    whose CloudEvent subject is one of ``event_subjects``: an aggregate's history, as published
+    (a dispute's evidence of a trade's grants). No index serves it: the aggregate's events are
+    scanned, so it is for rare reads of few subjects, never a request's hot path."""
+    rows = await conn.fetch(
+        "SELECT id, subject, payload, request_id FROM outbox WHERE subject LIKE $1"
+        " AND convert_from(payload, 'UTF8')::json ->> 'subject' = ANY($2::text[])"
+        " ORDER BY created_at, id",
+        f"%.{aggregate}.%", list(event_subjects),
+    )  # fmt: skip
+    return [StoredEvent(r["id"], r["subject"], bytes(r["payload"]), r["request_id"]) for r in rows]
+
+
 async def backlog(conn: Executor) -> tuple[int, float]:
     """Events not published yet, and how many seconds the oldest of them has waited (0: none).
     Over the partial index of pending rows, so as cheap as the backlog is small."""

@@ -28,6 +28,7 @@ CREATE TABLE disputes (
     four_eyes         boolean NOT NULL,
     resolution        jsonb,
     resolution_digest text,
+    resolution_seq    bigint,                                   -- its ledger entry
     resolution_note   text,
     resolved_by       text,                                     -- actor, "agreement" or an award
     money             jsonb,                                    -- settlement's outcome

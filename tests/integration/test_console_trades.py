@@ -1,6 +1,6 @@
 """The console's trade pages over HTTP: every trade for staff, a trade's order, contract,
-settlement state, postings and ledger entries, its receipt, and resolving a buyer's objection
-through the settlement service (checked through ``/v1``)."""
+settlement state, postings and ledger entries, its receipt, and a trade a dispute holds and then
+splits (disputes replaced objections, issue 21)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from tests.kit.api import bearer, issue_token
-from tests.kit.console import csrf_of, hidden_fields, sign_in
+from tests.kit.api import bearer
+from tests.kit.console import sign_in
 from tests.kit.market import auto_accept_product, buy, deposit
 from tests.kit.settlement import enqueue_executed, seeded, worker
 
@@ -32,13 +32,6 @@ async def reserved(client, trade, admin_token, settings, pool, clock) -> str:
 
 def trade_rows(html: str) -> list[str]:
     return re.findall(r'data-trade="([0-9a-f-]{36})"', html)
-
-
-async def object_to(client, trade, trade_id: str, reason: str = "交付的数据缺少 2024 年") -> None:
-    response = await client.post(
-        f"/v1/trades/{trade_id}/objections", json={"reason": reason}, headers=bearer(trade["buyer"])
-    )
-    assert response.status_code == 200, response.text
 
 
 async def test_staff_see_every_trade_with_its_parties_and_price_in_yuan(client, trade, reserved):
@@ -75,7 +68,7 @@ async def test_a_trades_page_shows_order_contract_settlement_postings_and_ledger
     view = (await client.get(f"/v1/trades/{reserved}", headers=bearer(trade["buyer"]))).json()
     for seq in view["ledger_seqs"]:
         assert f'data-seq="{seq}" data-step="reserved"' in html
-    assert "买方未提出异议" in html and 'name="outcome"' not in html
+    assert 'name="outcome"' not in html and "objection" not in html  # disputes replaced them
     assert f'href="/console/trades/{reserved}/receipt"' in html
 
 
@@ -96,79 +89,35 @@ async def test_the_receipt_downloads_as_the_parties_get_it(client, trade, reserv
     assert missing.status_code == 404
 
 
-async def test_staff_resolve_an_objection_for_the_buyer(client, trade, reserved, admin_token):
-    await object_to(client, trade, reserved)
-    await sign_in(client, trade["alice"])
-    listing = await client.get("/console/trades/?state=disputed")
-    assert trade_rows(listing.text) == [reserved]
-    page = await client.get(f"/console/trades/{reserved}")
-    assert '<blockquote id="objection-text" class="objection">交付的数据缺少 2024 年' in page.text
-    assert 'id="outcome-buyer"' in page.text and 'id="outcome-seller"' in page.text
-    done = await client.post(
-        f"/console/trades/{reserved}/objection/resolution",
-        data={**hidden_fields(page.text), "outcome": "buyer", "note": "卖方确认漏交"},
-        follow_redirects=False,
-    )
-    assert done.status_code == 303, done.text
-    assert done.headers["location"] == f"/console/trades/{reserved}"
-    api = (await client.get(f"/v1/trades/{reserved}", headers=bearer(trade["buyer"]))).json()
-    assert api["state"] == "voided"
-    money = (await client.get("/v1/accounts/me", headers=bearer(trade["buyer"]))).json()
-    assert (money["available_fen"], money["escrow_fen"]) == (PRICE + FEE, 0)
-    page = await client.get(f"/console/trades/{reserved}")
-    assert 'id="settlement-state" data-state="voided"' in page.text
-    assert 'name="outcome"' not in page.text and "异议已处理" in page.text
-    assert "卖方确认漏交" in page.text  # the history
-    me = (await client.get("/v1/me", headers=bearer(trade["alice"]))).json()
-    audit = (
-        await client.get(
-            "/v1/audit",
-            params={"subject_id": reserved, "action": "trade.objection_resolved"},
-            headers=bearer(admin_token),
-        )
-    ).json()["items"]
-    assert [(e["actor_token_id"], e["detail"]["outcome"]) for e in audit] == [
-        (me["token_id"], "buyer")
-    ]
-
-
-async def test_a_resolution_is_refused_without_csrf_a_note_or_the_reviewer_role(
-    client, trade, reserved, admin_token
+async def test_a_trade_a_dispute_holds_is_listed_and_its_split_shows_in_its_postings(
+    client, trade, reserved, settings, pool, clock
 ):
-    await object_to(client, trade, reserved)
-    await sign_in(client, trade["alice"])
-    path = f"/console/trades/{reserved}/objection/resolution"
-    refused = await client.post(path, data={"outcome": "seller", "note": "无令牌"})
-    assert refused.status_code == 403 and "CSRF" in refused.text
-    csrf = await csrf_of(client, f"/console/trades/{reserved}")
-    no_note = await client.post(path, data={"_csrf": csrf, "outcome": "seller", "note": " "})
-    assert no_note.status_code == 422 and "<code>note</code>" in no_note.text
-    assert 'data-state="disputed"' in no_note.text  # the page again, the form still there
-    # An admin without the reviewer role: the API route needs it, so the console does too.
-    operator = (await client.get("/v1/me", headers=bearer(admin_token))).json()["organisation"]
-    admin_only = await issue_token(client, admin_token, operator["id"], ["admin"])
-    client.cookies.clear()
-    await sign_in(client, admin_only)
+    trade_id, dispute = uuid.UUID(reserved), uuid.uuid4()
+    async with worker(settings, pool, clock) as w:
+        async with pool.acquire() as conn, conn.transaction():
+            await w.service.disputes.hold(conn, trade_id, dispute, clock.now(), None)
+        await sign_in(client, trade["alice"])
+        listing = await client.get("/console/trades/?state=disputed")
+        assert trade_rows(listing.text) == [reserved]
+        assert "款项冻结" in listing.text
+        page = await client.get(f"/console/trades/{reserved}")
+        assert 'id="settlement-state" data-state="disputed"' in page.text
+        refund = (PRICE + FEE) // 2  # 505,000 of 1,010,000: fee kept 5,000, seller 500,000
+        async with pool.acquire() as conn, conn.transaction():
+            outcome = await w.service.disputes.resolve(
+                conn, trade_id, dispute, refund, (), clock.now(), None
+            )
+    assert (outcome.state, outcome.refund_fen, outcome.seller_fen, outcome.fee_fen) == (
+        "split", 505_000, 500_000, 5_000)  # fmt: skip
     page = await client.get(f"/console/trades/{reserved}")
-    assert page.status_code == 200 and 'name="outcome"' not in page.text
-    assert "需要审核员角色" in page.text
-    csrf = hidden_fields(page.text)["_csrf"]
-    forbidden = await client.post(path, data={"_csrf": csrf, "outcome": "seller", "note": "x"})
-    assert forbidden.status_code == 403
-    assert "needs the role reviewer" in forbidden.text
-    api = (await client.get(f"/v1/trades/{reserved}", headers=bearer(trade["buyer"]))).json()
-    assert api["state"] == "disputed"
-    # Resolved once by a reviewer, a second resolution is the service's own 409.
-    client.cookies.clear()
-    await sign_in(client, trade["bob"])
-    csrf = await csrf_of(client, f"/console/trades/{reserved}")
-    first = await client.post(path, data={"_csrf": csrf, "outcome": "seller", "note": "已核对"})
-    assert first.status_code == 200 and 'data-state="settled"' in first.text
-    second = await client.post(path, data={"_csrf": csrf, "outcome": "buyer", "note": "再来"})
-    assert second.status_code == 409
-    assert "cannot resolve for buyer a trade that is settled" in second.text
-    seller = (await client.get("/v1/accounts/me", headers=bearer(trade["seller"]))).json()
-    assert seller["available_fen"] == PRICE
+    html = page.text
+    assert 'id="settlement-state" data-state="split"' in html and "按争议裁决分割" in html
+    assert 'data-account="buyer.escrow" data-fen="-1010000"' in html
+    assert 'data-account="buyer.available" data-fen="505000"' in html
+    assert 'data-account="seller.available" data-fen="500000"' in html
+    assert 'data-account="exchange.fee_revenue" data-fen="5000"' in html
+    assert f'data-seq="{outcome.ledger_seq}" data-step="split"' in html
+    assert trade_rows((await client.get("/console/trades/?state=split")).text) == [reserved]
 
 
 async def test_an_unknown_trade_is_not_found(client, trade):

@@ -506,7 +506,7 @@ async def test_a_split_pays_the_refund_to_the_buyer_and_the_rest_by_the_rule(
 async def test_the_exchange_attaches_its_evidence_and_the_bundle_verifies(
     client, trade, admin_token, settings, pool, clock
 ):
-    from exchange.disputes.bundle import verify_bundle  # type: ignore[attr-defined]
+    from exchange.disputes.bundle import verify_bundle
     from exchange.platform.signing import jwks
 
     (trade_id,) = await reserved_trade(client, trade, admin_token, settings, pool, clock)

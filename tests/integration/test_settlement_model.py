@@ -1,5 +1,6 @@
 """A Hypothesis state machine over deposits, executed trades (and their redelivery), acceptances,
-objections, voids, cancellations, the acceptance period passing and withdrawals, against real
+disputes' holds and resolutions (release, refund, split), voids, cancellations, the acceptance
+period passing and withdrawals, against real
 PostgreSQL. After every step: postings sum to zero, every balance equals its postings and the
 model's figure, no balance but clearing is negative, each trade posts or voids at most once;
 at the end the ledger verifies."""
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import timedelta
-from typing import Literal
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings
@@ -74,6 +74,7 @@ class Settlement(RuleBasedStateMachine):
         self.cancels: dict[str, set[str]] = {}
         self.refs: dict[str, tuple[str, uuid.UUID, int]] = {}
         self.time_passed = False
+        self.resolved: dict[str, object] = {}
 
     def buyer_of(self, i):
         return uuid.UUID(self.events[i].buyer.org_id)
@@ -156,21 +157,71 @@ class Settlement(RuleBasedStateMachine):
         self._step(i, lambda: self.service.accept(ACTOR, principal(self.buyer_of(i)), trade_id),
                    {"reserved"}, lambda t: self._post(t, i))  # fmt: skip
 
-    @rule(i=st.integers(0, TRADES - 1))
-    def object(self, i):
-        trade_id = uuid.UUID(self.events[i].trade_id)
-        allowed = set() if self.time_passed else {"reserved"}
-        self._step(i, lambda: self.service.object(ACTOR, principal(self.buyer_of(i)), trade_id,
-                                                  "不符"),
-                   allowed, lambda t: self.state.__setitem__(t, "disputed"))  # fmt: skip
+    def dispute_id(self, i):
+        return uuid.uuid5(uuid.NAMESPACE_URL, f"dispute:{self.events[i].trade_id}")
 
-    @rule(i=st.integers(0, TRADES - 1), for_buyer=st.booleans())
-    def resolve(self, i, for_buyer):
-        trade_id = uuid.UUID(self.events[i].trade_id)
-        outcome: Literal["buyer", "seller"] = "buyer" if for_buyer else "seller"
-        self._step(i, lambda: self.service.resolve(ACTOR, trade_id, outcome, "裁定"),
-                   {"disputed"},
-                   lambda t: self._void(t, i) if for_buyer else self._post(t, i))  # fmt: skip
+    async def _in_transaction(self, call):
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await call(conn)
+
+    @rule(i=st.integers(0, TRADES - 1))
+    def dispute(self, i):
+        """A dispute holds a reserved trade; a trade in any other state is left as it is."""
+        trade = self.events[i].trade_id
+        if trade not in self.state:
+            return
+        self.run(self._in_transaction(lambda conn: self.service.disputes.hold(
+            conn, uuid.UUID(trade), self.dispute_id(i), self.clock.now(), None)))  # fmt: skip
+        if self.state[trade] == "reserved":
+            self.state[trade] = "disputed"
+
+    @rule(i=st.integers(0, TRADES - 1))
+    def unhold(self, i):
+        trade = self.events[i].trade_id
+        if trade not in self.state:
+            return
+        self.run(self._in_transaction(lambda conn: self.service.disputes.unhold(
+            conn, uuid.UUID(trade), self.dispute_id(i), None, self.clock.now(), None)))  # fmt: skip
+        if self.state[trade] == "disputed":
+            self.state[trade] = "reserved"
+
+    @rule(i=st.integers(0, TRADES - 1), refund=st.sampled_from([0, 3_333, TOTAL]))
+    def resolve(self, i, refund):
+        """A dispute's resolution: its money exactly once, whatever is asked again."""
+        trade = self.events[i].trade_id
+        if trade not in self.state:
+            return
+
+        def call():
+            return self._in_transaction(lambda conn: self.service.disputes.resolve(
+                conn, uuid.UUID(trade), self.dispute_id(i), refund, (), self.clock.now(),
+                None))  # fmt: skip
+
+        if trade in self.resolved:
+            assert self.run(call()) == self.resolved[trade]
+            return
+        if self.state[trade] != "disputed":
+            if refund == 0:
+                assert self.run(call()).ledger_seq is None
+            else:
+                with pytest.raises(Conflict):
+                    self.run(call())
+            return
+        outcome = self.run(call())
+        self.resolved[trade] = outcome
+        buyer = self.buyer_of(i)
+        if refund == 0:
+            self._post(trade, i)
+        elif refund == TOTAL:
+            self._void(trade, i)
+        else:
+            fee_kept = FEE * (TOTAL - refund) // TOTAL
+            self.escrow[buyer] -= TOTAL
+            self.available[buyer] += refund
+            self.available[self.seller] += TOTAL - refund - fee_kept
+            self.fees += fee_kept
+            self.state[trade] = "split"
+        assert outcome.refund_fen + outcome.seller_fen + outcome.fee_fen == TOTAL
 
     @rule(i=st.integers(0, TRADES - 1), seller=st.booleans())
     def cancel(self, i, seller):
@@ -221,7 +272,7 @@ class Settlement(RuleBasedStateMachine):
         rows = self.run(self.pool.fetch("SELECT trade_id::text, state FROM settlement_trades"))
         assert {r["trade_id"]: r["state"] for r in rows} == self.state
         twice = self.run(self.pool.fetchval(
-            "SELECT count(*) FROM (SELECT trade_id FROM movements WHERE kind IN ('post', 'void')"
+            "SELECT count(*) FROM (SELECT trade_id FROM movements WHERE kind IN ('post', 'void', 'split')"
             " GROUP BY trade_id HAVING count(*) > 1) x"))  # fmt: skip
         assert twice == 0
 
@@ -236,7 +287,7 @@ class Settlement(RuleBasedStateMachine):
         steps = [r["step"] for r in self.run(self.pool.fetch(
             "SELECT step FROM ledger_entries ORDER BY seq"))]  # fmt: skip
         assert len(steps) == len(self.state) + sum(
-            s in ("settled", "voided") for s in self.state.values()
+            s in ("settled", "voided", "split") for s in self.state.values()
         )
 
 

@@ -88,7 +88,6 @@ OWNED_ELSEWHERE = {
             ("GET", ""),
             ("GET", "/receipt"),
             ("POST", "/accept"),
-            ("POST", "/objections"),
             ("POST", "/cancel"),
         )
     },
@@ -141,6 +140,16 @@ OWNED_ELSEWHERE = {
     ),
     ("PUT", "/v1/products/{product_id:uuid}/upstream"): (
         "tests/integration/test_delivery.py::test_grants_and_their_tokens_are_for_the_parties_only"
+    ),
+    # Objecting to another's product is the point; the seller is refused, a product never
+    # listed is 404, and an objection is read by staff and its two parties only.
+    **dict.fromkeys(
+        (
+            ("POST", "/v1/products/{product_id:uuid}/objections"),
+            ("GET", "/v1/listing-objections/{objection_id:uuid}"),
+        ),
+        "tests/integration/test_listing_objections.py::"
+        "test_an_objection_is_read_by_staff_and_its_two_parties_only",
     ),
 }
 STAFF_ONLY = {"reviewer", "admin"}
@@ -323,9 +332,18 @@ MATRIX = {
     ("POST", "/v1/reviews/{case_id:uuid}/release"): "401 403 403 403 404 404 403 401",
     ("POST", "/v1/reviews/{case_id:uuid}/decisions"): "401 403 403 403 422 422 403 401",
     ("POST", "/v1/tokens"): "401 422 422 422 422 422 422 401",
+    ("POST", "/v1/products/{product_id:uuid}/objections"): "401 422 422 422 403 403 422 401",
+    ("GET", "/v1/listing-objections"): "401 403 403 403 200 200 403 401",
+    ("GET", "/v1/listing-objections/{objection_id:uuid}"): "401 404 404 404 404 404 404 401",
+    (
+        "POST",
+        "/v1/listing-objections/{objection_id:uuid}/suspension",
+    ): "401 403 403 403 422 422 403 401",
+    (
+        "POST",
+        "/v1/listing-objections/{objection_id:uuid}/decision",
+    ): "401 403 403 403 422 422 403 401",
     ("POST", "/v1/tokens/{token_id:uuid}/revoke"): "401 404 404 404 404 404 404 401",
     ("POST", "/v1/trades/{trade_id:uuid}/accept"): "401 403 404 404 403 403 404 401",
     ("POST", "/v1/trades/{trade_id:uuid}/cancel"): "401 422 422 422 403 403 422 401",
-    ("POST", "/v1/trades/{trade_id:uuid}/objection/resolution"): "401 403 403 403 422 422 403 401",
-    ("POST", "/v1/trades/{trade_id:uuid}/objections"): "401 403 422 422 403 403 422 401",
 }

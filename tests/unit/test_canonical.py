@@ -4,7 +4,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exchange.platform.canonical import _plain, canonical_json
+from exchange.platform.canonical import _plain, canonical_json, canonical_lines
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.text()
@@ -32,3 +32,13 @@ def test_the_fast_path_is_taken_only_where_it_is_exact():
     assert canonical_json({"b": "\b\t\n\f\r\x00\x1f\x7f\u2028", "a": "/é"}) == rfc8785.dumps(
         {"b": "\b\t\n\f\r\x00\x1f\x7f\u2028", "a": "/é"}
     )
+
+
+@settings(max_examples=200)
+@given(st.lists(json_values, max_size=5))
+def test_canonical_lines_are_each_documents_rfc8785_bytes(values):
+    try:
+        expected = b"".join(rfc8785.dumps(v) + b"\n" for v in values)
+    except rfc8785.CanonicalizationError:
+        return
+    assert canonical_lines(values) == expected

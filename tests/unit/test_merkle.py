@@ -124,3 +124,22 @@ def test_extending_in_chunks_equals_appending_one_by_one(chunks):
             one_by_one.append(leaf)
         chunked.extend(batch)
         assert chunked.levels == one_by_one.levels
+
+
+def test_the_platform_hashes_and_inclusion_check_are_settlements():
+    """The disputes room checks bundles with `exchange.platform.merkle` (it may not import
+    settlement): the same functions, and they verify every proof settlement's tree makes."""
+    from exchange.platform import merkle as floor
+    from settlement import merkle
+
+    assert (merkle.leaf_hash, merkle.node_hash, merkle.verify_inclusion) == (
+        floor.leaf_hash, floor.node_hash, floor.verify_inclusion,
+    )  # fmt: skip
+    all_leaves = [floor.leaf_hash(str(i).encode()) for i in range(21)]
+    tree = MerkleTree(all_leaves)
+    for size in (1, 2, 7, 8, 21):
+        root = tree.root(size)
+        for index in range(size):
+            proof = tree.inclusion_proof(index, size)
+            assert floor.verify_inclusion(all_leaves[index], index, size, proof, root)
+            assert not floor.verify_inclusion(all_leaves[index], index, size, proof, root[::-1])

@@ -4,6 +4,7 @@ own checker runs too where it is installed (Debian: ``apt-get install prometheus
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -72,9 +73,12 @@ def test_every_metric_a_process_records_is_documented():
 PROMTOOL = shutil.which("promtool")
 
 
-@pytest.mark.skipif(PROMTOOL is None, reason="Prometheus' promtool not installed")
 def test_promtool_accepts_the_configuration_and_the_rules(tmp_path):
-    assert PROMTOOL is not None
+    if PROMTOOL is None:
+        # CI fetches it (.ci/run) and must run this test; elsewhere it is optional.
+        if os.environ.get("DATAEX_REQUIRE_PROMTOOL") == "1":
+            pytest.fail("promtool is required here (DATAEX_REQUIRE_PROMTOOL=1) and not on PATH")
+        pytest.skip("promtool not installed (Debian package: prometheus)")
     for name in ("prometheus.yml", "alerts.yml"):
         shutil.copy(OPS / name, tmp_path / name)
     (tmp_path / "dataex.token").write_text("dxt_example_token\n")  # the file the job names

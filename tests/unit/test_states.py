@@ -10,14 +10,14 @@ import pytest
 from contracts.orders.states import CONTRACT, ORDER, placed_state
 from exchange.app import create_app
 from exchange.disputes.states import DISPUTE
-from exchange.listings.states import PRODUCT, held_here
+from exchange.listings.states import OBJECTION, PRODUCT, held_here
 from exchange.platform.settings import Settings
 from exchange.platform.states import IllegalTransition, StateMachine
 from exchange.review.states import CASE
 from settlement.states import METERED_TRADE, TRADE
 
 MACHINES: list[StateMachine[Any, Any]] = [
-    PRODUCT, CASE, ORDER, CONTRACT, TRADE, METERED_TRADE, DISPUTE,
+    PRODUCT, OBJECTION, CASE, ORDER, CONTRACT, TRADE, METERED_TRADE, DISPUTE,
 ]  # fmt: skip
 
 
@@ -51,6 +51,7 @@ def test_an_illegal_step_is_one_409_naming_state_action_and_what_is_allowed(mach
 def test_a_staff_hold_survives_the_origins_news_and_the_others_do_not():
     assert held_here("delisted", None)
     assert held_here("suspended", "exchange")
+    assert held_here("suspended", "objection")  # staff's, pending a third party's objection
     for cause in ("origin", "distrust", "local_policy"):
         assert not held_here("suspended", cause)
     assert not held_here("listed", None)
@@ -81,4 +82,5 @@ def test_every_state_the_api_returns_is_in_the_openapi_enums():
     assert "expired" in _enum_of(schema, "Order", "state")
     assert _enum_of(schema, "Product", "state") == set(get_args(PRODUCT.states))
     assert _enum_of(schema, "ReviewCase", "state") == set(get_args(CASE.states))
+    assert _enum_of(schema, "ListingObjection", "state") == set(get_args(OBJECTION.states))
     assert _enum_of(schema, "TradeView", "state") == set(get_args(TRADE.states))

@@ -38,6 +38,7 @@ TABLE_OWNERS = {
     "products": "exchange.listings",
     "product_revisions": "exchange.listings",
     "product_code_sequences": "exchange.listings",
+    "listing_objections": "exchange.listings",
     # the review queue
     "review_cases": "exchange.review",
     "review_decisions": "exchange.review",

@@ -14,8 +14,9 @@ Per call, with no database read for a grant already seen:
 5. when the answer is in, the units only it tells — ``bytes``, the upstream's custom units
    (declared dimensions only), ``spend`` (the cost, under a spend cap) — are taken from
    leases; if they cannot be, the answer is withheld and the buyer gets the refusal;
-6. the usage record is committed (`UsageRecorder`, group commit), and only then does the first
-   byte of the answer go out, with ``Dataex-Usage-Id``.
+6. the usage record — with the SHA-256 of the very body the buyer is sent, the proof of what
+   was delivered that a dispute's evidence carries — is committed (`UsageRecorder`, group
+   commit), and only then does the first byte of the answer go out, with ``Dataex-Usage-Id``.
 
 So every answer a buyer received has its record, and a crash between the commit and the answer
 leaves at most a record for an answer never delivered. Units taken for a call that is not
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -357,7 +359,8 @@ class Gateway:
                     id=usage_id, grant_id=grant.id, served_at=self.clock.now(), units=units,
                     leases=list(spent.values()), cost_millifen=cost,
                     detail={"method": scope["method"], "path": "/" + tail[:500],
-                            "status": answer.status},
+                            "status": answer.status,
+                            "sha256": hashlib.sha256(answer.body).hexdigest()},
                 ))  # fmt: skip
             except UsageNotRecorded:
                 # A lease closed under us (billing closed the grant's leases): lease afresh.
