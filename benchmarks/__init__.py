@@ -22,6 +22,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "orders": ("httpx",),
     "catalog": ("httpx",),
     "console": ("httpx",),
+    "disputes": ("httpx",),
 }
 
 

@@ -231,6 +231,15 @@ def _settlement_commands(commands: Any, bench_commands: Any) -> None:
     bench_delivery.add_argument("--samples", type=int, default=1000, help="token issues")
     bench_delivery.add_argument("--suspensions", type=int, default=5)
     bench_delivery.add_argument("--out", default="ops/bench")
+    bench_disputes = bench_commands.add_parser(
+        "disputes",
+        help="a dispute's evidence bundle: export through the API and offline verification",
+    )
+    bench_disputes.add_argument("--records", type=int, default=10_000, help="usage records")
+    bench_disputes.add_argument("--files", type=int, default=20, help="files the buyer uploads")
+    bench_disputes.add_argument("--total-mib", type=int, default=47, help="their size in all")
+    bench_disputes.add_argument("--repeat", type=int, default=5, help="exports and verifications")
+    bench_disputes.add_argument("--out", default="ops/bench")
     bench_jobs = bench_commands.add_parser(
         "jobs",
         help="compute jobs: sandbox start overhead beside plain Python, trivial job submit →"
@@ -317,7 +326,7 @@ def _online(args: argparse.Namespace) -> int:
         if args.command in ("seed", "catalog", "ledger", "peers", "grants") or (
             args.command == "bench"
             and args.bench_command
-            in ("catalog", "settlement", "ledger", "delivery", "console", "jobs")
+            in ("catalog", "settlement", "ledger", "delivery", "console", "jobs", "disputes")
         ):
             return _server_task(args, settings)
         if args.command == "admin" and args.admin_command == "bootstrap":
@@ -355,6 +364,14 @@ def _server_task(args: argparse.Namespace, settings: Settings) -> int:
 
         with runtime.servers(settings) as live:
             return asyncio.run(peers_task(live, args, wiring.recognition))
+    if getattr(args, "bench_command", None) == "disputes":
+        import asyncio
+
+        from benchmarks.disputes import bench_disputes
+        from exchange import runtime
+
+        with runtime.servers(settings) as live:
+            return asyncio.run(bench_disputes(live, args, sys.stdout))
     if getattr(args, "bench_command", None) == "jobs":
         import asyncio
 

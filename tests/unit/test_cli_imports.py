@@ -143,13 +143,15 @@ def test_no_service_module_imports_the_benchmarks():
 
 
 @pytest.mark.parametrize(
-    ("command", "missing"), [("trades", "rich"), ("catalog", "httpx"), ("console", "httpx")]
+    ("command", "missing"),
+    [("trades", "rich"), ("catalog", "httpx"), ("console", "httpx"), ("disputes", "httpx")],
 )
 def test_a_bench_command_without_the_bench_extra_says_what_to_install(command, missing):
     code = (
         f"import sys; sys.modules[{missing!r}] = None  # as if not installed\n"
         # Should the check not stop it, the command fails here rather than start an exchange.
         "for name in ('benchmarks.trades', 'benchmarks.catalog', 'benchmarks.console',"
+        " 'benchmarks.disputes',"
         " 'exchange.runtime'):\n"
         "    sys.modules[name] = None\n"
         "from exchange.cli import main\n"
