@@ -523,3 +523,120 @@ async def test_the_exchange_attaches_its_evidence_and_the_bundle_verifies(
     assert tar.status_code == 200 and tar.headers["content-type"] == "application/x-tar"
     verified = verify_bundle(tar.content, await jwks(pool))
     assert verified is not None
+
+
+async def test_the_bundle_holds_what_the_gateway_served_and_the_resolution_and_verifies(
+    client, trade, admin_token, settings, pool, clock
+):
+    """End to end: calls through the gateway, a dispute, uploads by both parties, a split;
+    the bundle verifies offline with the JWKS alone, its usage records are the very calls the
+    gateway served (the SHA-256 of each body the buyer received), the ledger part registers
+    every item, the resolution's digest and the money; a changed byte in the usage item fails
+    naming it."""
+    import io
+    import tarfile
+
+    from exchange.disputes.bundle import BundleInvalid, verify_bundle
+    from exchange.platform.signing import jwks
+    from tests.kit.gateway import bearer as gateway_bearer
+    from tests.kit.gateway import gateway_in_process, upstream
+
+    (trade_id,) = await reserved_trade(client, trade, admin_token, settings, pool, clock)
+    await give_grants(pool, clock, settings, trade_id)
+    grant_id = uuid.uuid5(uuid.UUID(trade_id), "api")
+    grant = await client.get(f"/v1/grants/{grant_id}", headers=bearer(trade["buyer"]))
+    assert grant.status_code == 200 and grant.json()["state"] == "active", grant.text
+    issued = await client.post(f"/v1/grants/{grant_id}/tokens", headers=bearer(trade["buyer"]))
+    assert issued.status_code == 201, issued.text
+    async with upstream() as seller:
+        put = await client.put(f"/v1/products/{grant.json()['product_id']}/upstream",
+                               json={"base_url": seller.url},
+                               headers=bearer(trade["seller"]))  # fmt: skip
+        assert put.status_code in (200, 201), put.text
+        async with gateway_in_process(settings) as (_, gateway):
+            answers = []
+            for tail in ("v1/rows?x=1", "v1/rows/2", "v1/other"):
+                answer = await gateway.get(f"/gateway/{grant_id}/{tail}",
+                                           headers=gateway_bearer(issued.json()["token"]))  # fmt: skip
+                assert answer.status_code == 200, answer.text
+                answers.append(answer)
+
+    opened = await open_dispute(client, trade["buyer"], trade_id, reason="not_delivered")
+    assert opened.status_code == 201, opened.text
+    dispute = opened.json()
+    assert dispute["grants_suspended"] is False  # not delivered: the seller may still deliver
+    base = f"/v1/disputes/{dispute['id']}"
+    buyer_upload = await client.post(
+        f"{base}/evidence?type=screenshot&name=t.png", content=PNG,
+        headers={**bearer(trade["buyer"]), "content-type": "image/png"},
+    )  # fmt: skip
+    seller_upload = await client.post(
+        f"{base}/evidence?type=correspondence&name=mail.txt", content="已按约交付".encode(),
+        headers={**bearer(trade["seller"]), "content-type": "text/plain"},
+    )  # fmt: skip
+    assert buyer_upload.status_code == 201 and seller_upload.status_code == 201
+    responded = await client.post(f"{base}/response", json={"statement": "已交付,见往来邮件"},
+                                  headers=bearer(trade["seller"]))  # fmt: skip
+    assert responded.status_code == 200, responded.text
+    split = await client.post(f"{base}/resolution", headers=bearer(trade["alice"]),
+                              json={"resolution": {"kind": "split", "refund_fen": 30_000},
+                                    "note": "部分未交付"})  # fmt: skip
+    assert split.status_code == 200, split.text
+    resolved = split.json()
+
+    tar = await client.get(f"{base}/bundle", headers=bearer(trade["buyer"]))
+    assert tar.status_code == 200, tar.text
+    keys = await jwks(pool)
+    verified = verify_bundle(tar.content, keys)
+    assert verified.dispute_id == dispute["id"] and verified.trade_id == trade_id
+    items = verified.manifest["items"]
+    by_name = {i["name"]: i for i in items}
+    assert {
+        "contract.json",
+        "listing.json",
+        "grants.json",
+        "tokens.json",
+        "usage-records.jsonl",
+        "ledger-receipt.json",
+        "t.png",
+        "mail.txt",
+    } <= set(by_name)
+    assert by_name["t.png"]["submitter"] == "buyer"
+    assert by_name["mail.txt"]["submitter"] == "seller"
+    assert by_name["t.png"]["sha256"] == hashlib.sha256(PNG).hexdigest()
+
+    with tarfile.open(fileobj=io.BytesIO(tar.content), mode="r:") as archive:
+
+        def member(name: str) -> bytes:
+            extracted = archive.extractfile(name)
+            assert extracted is not None
+            return extracted.read()
+
+        usage = [msgspec.json.decode(line) for line in
+                 member(by_name["usage-records.jsonl"]["path"]).splitlines()]  # fmt: skip
+        ledger_part = msgspec.json.decode(member("ledger.json"))
+    served = {a.headers["dataex-usage-id"]: hashlib.sha256(a.content).hexdigest()
+              for a in answers}  # fmt: skip
+    assert {r["id"]: r["detail"]["sha256"] for r in usage} == served
+    assert all(r["grant_id"] == str(grant_id) for r in usage)
+
+    entries = [e["entry"] for e in ledger_part["entries"]]
+    evidence = {e["statement_digest"] for e in entries if e["step"] == "evidence"}
+    assert evidence == {f"sha256:{i['sha256']}" for i in items}
+    [resolution] = [e for e in entries if e["step"] == "resolution"]
+    assert resolution["statement_digest"] == resolved["resolution_digest"]
+    [money] = [e for e in entries if e["step"] == "split"]
+    assert money["refund_fen"] == 30_000 and money["dispute_id"] == dispute["id"]
+    assert money["price_fen"] + money["fee_fen"] + money["refund_fen"] == HELD
+
+    # One byte of the usage item changed: the verifier names it.
+    data = bytearray(tar.content)
+    with tarfile.open(fileobj=io.BytesIO(tar.content), mode="r:") as archive:
+        offset = archive.getmember(by_name["usage-records.jsonl"]["path"]).offset_data
+    data[offset + 10] ^= 0x01
+    try:
+        verify_bundle(bytes(data), keys)
+    except BundleInvalid as error:
+        assert "usage-records.jsonl" in str(error), error
+    else:
+        raise AssertionError("a changed usage record verified")
