@@ -383,3 +383,57 @@ async def test_billing_leaves_a_disputed_metered_grants_period_for_a_later_round
         )
         assert posted == 3
     await verified(settings)
+
+
+async def test_an_over_metered_dispute_names_its_periods_and_refunds_from_them(
+    settings, pool, clock
+):
+    """Through the disputes room: an over_metered dispute names posted periods (an unknown
+    one is a 422 naming it; a claim above what they charged a 422 on claimed_fen); the
+    dispute shows them, the trade is held, and a refund comes back from those periods."""
+    from exchange.disputes.schemas import DisputeIn, Split
+    from exchange.platform.audit import Actor
+    from exchange.platform.auth import Principal
+
+    (meter,) = await reserved(settings, pool, clock, metered=True)
+    trade_id = uuid.UUID(meter.trade_id)
+    async with worker(settings, pool, clock) as w:
+        for period, charge in ((1, 1_234), (2, 4_321)):
+            await post(w, pool, settings, usage_statement(meter, period, charge), clock)
+    service = wiring.disputes(pool, clock, settings, KeyRing(load_master_key(settings.state_dir)))
+    buyer = principal(meter.buyer.org_id)
+
+    def claim(periods, claimed):
+        return DisputeIn(reason="over_metered", claimed_fen=claimed, statement="多计了调用次数",
+                         periods=periods)  # fmt: skip
+
+    for periods, claimed, path, match in (
+        ([2, 9], 10, "periods", r"9"), (None, 10, "periods", "names the billing periods"),
+        ([2], 4_322, "claimed_fen", "at most 4321 fen"),
+    ):  # fmt: skip
+        with pytest.raises(InvalidInput, match=match) as caught:
+            await service.open(ACTOR, buyer, trade_id, claim(periods, claimed))
+        assert caught.value.errors[0].path == path
+    opened = await service.open(ACTOR, buyer, trade_id, claim([2], 4_000))
+    assert opened.periods == [2] and opened.claimed_fen == 4_000 and opened.reason == "over_metered"
+    async with pool.acquire() as conn:
+        facts = await w.service.disputes.facts(conn, trade_id)
+    assert facts is not None and facts.state == "disputed"
+
+    staff = Principal(uuid.uuid4(), "exchange", uuid.uuid4(), frozenset({"reviewer"}), True)
+    seller = principal(meter.seller.org_id)
+    await service.respond(ACTOR, seller, opened.id, "计费按合同")
+    before = await balances(pool, meter)
+    resolved, done = await service.resolve(Actor(label="reviewer:a"), staff, opened.id,
+                                           Split(refund_fen=2_000), "核实多计")  # fmt: skip
+    assert done and resolved.state == "closed"
+    after = await balances(pool, meter)
+    moved = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    assert moved == {
+        "buyer.available": 2_000,
+        "seller.available": -1_950,
+        "exchange.fee_revenue": -50,
+    }  # ceil(108 x 2,000 / 4,321) = 50
+    async with pool.acquire() as conn:
+        facts = await w.service.disputes.facts(conn, trade_id)
+    assert facts is not None and facts.state == "reserved"  # billing goes on
