@@ -123,6 +123,9 @@ async def test_the_list_shows_open_disputes_oldest_first_with_filters_and_overdu
     assert re.findall(r'data-dispute="([^"]+)"', closed.text) == [second["id"]]
     other = await client.get("/console/disputes/", params={"reason": "other"})
     assert "data-dispute=" not in other.text and "没有符合条件的争议" in other.text
+    trade_page = await client.get(f"/console/trades/{third['trade_id']}")
+    link = f"/console/disputes/?state=any&amp;trade={third['trade_id']}"
+    assert f'id="disputes-link" href="{link}"' in trade_page.text
     mine = await client.get("/console/disputes/", params={"trade": third["trade_id"]})
     assert re.findall(r'data-dispute="([^"]+)"', mine.text) == [third["id"]]
     # The respondent's deadline passes (the sweep has not run yet): overdue, by the server clock.
