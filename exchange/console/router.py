@@ -8,6 +8,7 @@ from typing import Any
 from litestar import Router
 
 from exchange.console.audit import AuditPages
+from exchange.console.disputes import DisputePages
 from exchange.console.grants import GrantPages
 from exchange.console.home import HomePage
 from exchange.console.policy import PolicyPages
@@ -31,6 +32,7 @@ PAGES: list[Any] = [
     ReviewPages,
     ProductPages,
     TradePages,
+    DisputePages,
     RecognitionPages,
     GrantPages,
     AuditPages,

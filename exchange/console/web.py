@@ -72,6 +72,7 @@ NAV: Final[list[tuple[str, str]]] = [
     ("nav.queue", f"{ROOT}/reviews"),
     ("nav.products", f"{ROOT}/products"),
     ("nav.trades", f"{ROOT}/trades"),
+    ("nav.disputes", f"{ROOT}/disputes"),
     ("nav.recognition", f"{ROOT}/recognition"),
     ("nav.grants", f"{ROOT}/grants"),
     ("nav.audit", f"{ROOT}/audit"),

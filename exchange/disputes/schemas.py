@@ -222,6 +222,18 @@ class DisputeList(Struct, frozen=True):
     items: list[Dispute]
 
 
+class DisputeTransition(Struct, frozen=True, kw_only=True):
+    """One step of a dispute's transition table, as it was taken (``seq`` from 0: the
+    opening, whose ``from_state`` is none)."""
+
+    seq: int
+    from_state: DisputeState | None
+    action: str
+    to_state: DisputeState
+    actor: str
+    at: datetime
+
+
 class DisputeEvidenceItem(Struct, frozen=True, kw_only=True):
     """One evidence item: ``index`` is its place in the bundle (registration order),
     ``ledger_seq`` the ledger entry that registered its SHA-256."""

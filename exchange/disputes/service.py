@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import io
 import uuid
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -41,6 +41,7 @@ from exchange.disputes.schemas import (
     DisputeEvidenceItem,
     DisputeEvidenceList,
     DisputeIn,
+    DisputeTransition,
     Escalation,
     ExtendAcceptance,
     Money,
@@ -151,6 +152,41 @@ class DisputeService:
             state, trade_id, principal.has(*STAFF), principal.org_id, limit,
         )  # fmt: skip
         return [await self._view(self.pool, row) for row in rows]
+
+    async def oldest(
+        self, principal: Principal, *, states: Collection[str] | None = None,
+        reason: str | None = None, trade_id: uuid.UUID | None = None,
+        after: tuple[datetime, uuid.UUID] | None = None, limit: int = 50,
+    ) -> list[Dispute]:  # fmt: skip
+        """Oldest first (the staff's list), keyset-paged: those opened after ``after``
+        (``opened_at``, ``id``), in one of ``states`` (None: any), for ``reason`` and
+        ``trade_id`` when given; the caller's organisation's (staff: every one)."""
+        rows = await self.pool.fetch(
+            "SELECT * FROM disputes WHERE ($1::text[] IS NULL OR state = ANY($1))"
+            " AND ($2::text IS NULL OR reason = $2) AND ($3::uuid IS NULL OR trade_id = $3)"
+            " AND ($4::timestamptz IS NULL OR (opened_at, id) > ($4, $5::uuid))"
+            " AND ($6::boolean OR buyer_org_id = $7 OR seller_org_id = $7)"
+            " ORDER BY opened_at, id LIMIT $8",
+            None if states is None else sorted(states), reason, trade_id,
+            None if after is None else after[0], None if after is None else after[1],
+            principal.has(*STAFF), principal.org_id, limit,
+        )  # fmt: skip
+        return [await self._view(self.pool, row) for row in rows]
+
+    async def transitions(
+        self, principal: Principal, dispute_id: uuid.UUID
+    ) -> list[DisputeTransition]:
+        """The dispute's steps in the order they were taken (its parties and staff)."""
+        row = await self.pool.fetchrow("SELECT * FROM disputes WHERE id = $1", dispute_id)
+        self._visible(principal, row, dispute_id)
+        rows = await self.pool.fetch(
+            "SELECT * FROM dispute_transitions WHERE dispute_id = $1 ORDER BY seq", dispute_id
+        )
+        return [
+            DisputeTransition(seq=r["seq"], from_state=r["from_state"], action=r["action"],
+                              to_state=r["to_state"], actor=r["actor"], at=r["at"])
+            for r in rows
+        ]  # fmt: skip
 
     async def for_trade(self, principal: Principal, trade_id: uuid.UUID) -> list[Dispute]:
         """A trade's disputes (its parties and staff: 404 for a trade that has none visible)."""

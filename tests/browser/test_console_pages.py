@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +15,14 @@ from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Page, expect
 
 from exchange.console.web import NAV
+from exchange.platform.clock import SystemClock
+from exchange.platform.db import create_pool
 from tests.browser.conftest import Console
 from tests.browser.test_console_review import IMPORTANT, sign_in, submitted
+from tests.kit.api import bearer
+from tests.kit.disputes import open_dispute, reserved_trade
 from tests.kit.documents import metadata
+from tests.kit.market import add_buyer
 from tests.kit.processes import ROOT
 
 SCREENSHOTS = ROOT / "docs" / "console"
@@ -32,13 +39,61 @@ def violations(page: Page) -> list[str]:
     ]
 
 
+def _png() -> bytes:
+    """A real 2 by 2 PNG (grey), for the evidence viewer's image preview."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", 2, 2, 8, 0, 0, 0, 0)
+    pixels = zlib.compress(b"\x00\x80\x80" * 2)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
+def _dispute(console: Console, staff: dict[str, Any]) -> str:
+    """A reserved trade the buyer disputes, with a text and an image item: its dispute's id."""
+
+    async def run() -> str:
+        assert console.settings.database_url
+        pool = await create_pool(console.settings.database_url, max_size=2)
+        try:
+            async with console.client() as client:
+                trade = await add_buyer(client, staff["admin"], staff)
+                (trade_id,) = await reserved_trade(
+                    client, trade, staff["admin"], console.settings, pool, SystemClock()
+                )
+                opened = await open_dispute(client, trade["buyer"], trade_id)
+                assert opened.status_code == 201, opened.text
+                dispute_id: str = opened.json()["id"]
+                for kind, name, media_type, body in (
+                    ("statement", "statement.txt", "text/plain", "已按约定交付".encode()),
+                    ("screenshot", "table.png", "image/png", _png()),
+                ):
+                    added = await client.post(
+                        f"/v1/disputes/{dispute_id}/evidence?type={kind}&name={name}",
+                        content=body,
+                        headers={**bearer(trade["buyer"]), "content-type": media_type},
+                    )
+                    assert added.status_code == 201, added.text
+                return dispute_id
+        finally:
+            await pool.close()
+
+    dispute_id: str = console.run(run())
+    return dispute_id
+
+
 def _pages(console: Console, staff: dict[str, Any]) -> list[str]:
     """A path of every kind of console page, with data on it."""
     listing = submitted(console, staff["seller"], metadata(**IMPORTANT))
     submitted(console, staff["other"], metadata(name_zh="第二个产品"))
     case = f"/console/reviews/{listing['review']['case_id']}"
     product = f"/console/products/{listing['id']}"
-    return [*(href for _, href in NAV), "/console/reviews/?kind=listing", case, product]
+    dispute = f"/console/disputes/{_dispute(console, staff)}"
+    return [*(href for _, href in NAV), "/console/reviews/?kind=listing", case, product, dispute]
 
 
 @pytest.mark.parametrize("language", ["zh", "en"])
@@ -57,7 +112,17 @@ def test_no_serious_accessibility_violation_on_any_page(
         expect(page.locator("html")).to_have_attribute(
             "lang", "zh-CN" if language == "zh" else "en"
         )
+        # Previews folded in <details> (the evidence viewer's) are checked open.
+        page.locator("details").evaluate_all("all => all.forEach(d => { d.open = true; })")
         found[path] = violations(page)
+    # The evidence viewer's image preview loads from the console's own route under the CSP.
+    page.goto(console.url + paths[-1])
+    page.locator("details").evaluate_all("all => all.forEach(d => { d.open = true; })")
+    image = page.locator("img.evidence-image")
+    expect(image).to_be_visible()
+    image.scroll_into_view_if_needed()  # loading="lazy": fetched once in view
+    expect(image).to_have_js_property("complete", True)
+    assert image.evaluate("i => i.naturalWidth") == 2
     # An error page, too.
     page.goto(f"{console.url}/console/reviews/00000000-0000-0000-0000-000000000000")
     found["404"] = violations(page)

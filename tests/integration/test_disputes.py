@@ -6,51 +6,23 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import timedelta
-from typing import Any
 
 import msgspec
 
-from exchange import wiring
 from exchange.delivery.worker import apply
 from exchange.disputes.schemas import RefundBuyer, ReleaseToSeller, resolution_digest
 from exchange.platform.events import DisputeEvent
-from exchange.platform.signing import KeyRing, load_master_key
 from tests.kit.api import assert_problem, bearer
 from tests.kit.delivery import grant_service
-from tests.kit.market import auto_accept_product, buy, deposit
+from tests.kit.disputes import (
+    HELD,
+    PNG,
+    open_dispute,
+    reserved_trade,
+    service,
+    trade_state,
+)
 from tests.kit.settlement import worker
-
-PRICE = 1_000_000  # the 'std' plan, one unit
-FEE = 10_000
-HELD = PRICE + FEE
-PNG = b"\x89PNG\r\n\x1a\n" + b"screenshot of the delivered table" * 10
-
-
-async def reserved_trade(
-    client, trade, admin_token, settings, pool, clock, n: int = 1
-) -> list[str]:
-    """``n`` trades executed and reserved by the settlement worker."""
-    product_id = await auto_accept_product(client, trade)
-    ref = f"bank-{uuid.uuid4()}"
-    response = await deposit(client, admin_token, trade["buyer_org"]["id"], n * HELD, ref)
-    assert response.status_code == 201, response.text
-    trade_ids = [await buy(client, trade, product_id) for _ in range(n)]
-    async with worker(settings, pool, clock) as w:
-        assert await w.drain() == n
-    return trade_ids
-
-
-def service(pool, clock, settings):
-    return wiring.disputes(pool, clock, settings, KeyRing(load_master_key(settings.state_dir)))
-
-
-async def open_dispute(client, token, trade_id, **body: Any):
-    return await client.post(
-        f"/v1/trades/{trade_id}/disputes",
-        json={"reason": "not_as_described", "claimed_fen": 50_000,
-              "statement": "字段与说明书不符"} | body,
-        headers=bearer(token),
-    )  # fmt: skip
 
 
 async def dispute_events(pool, dispute_id: str) -> list[tuple[str, str]]:
@@ -68,13 +40,6 @@ async def dispute_events(pool, dispute_id: str) -> list[tuple[str, str]]:
     ]
     assert sorted(steps) == mine
     return steps
-
-
-async def trade_state(client, token, trade_id) -> str:
-    view = await client.get(f"/v1/trades/{trade_id}", headers=bearer(token))
-    assert view.status_code == 200, view.text
-    state: str = view.json()["state"]
-    return state
 
 
 async def give_grants(pool, clock, settings, trade_id: str) -> None:
