@@ -10,6 +10,7 @@ from litestar import Router
 from exchange.console.audit import AuditPages
 from exchange.console.grants import GrantPages
 from exchange.console.home import HomePage
+from exchange.console.objections import ObjectionPages
 from exchange.console.policy import PolicyPages
 from exchange.console.products import ProductPages
 from exchange.console.recognition import RecognitionPages
@@ -30,6 +31,7 @@ PAGES: list[Any] = [
     HomePage,
     ReviewPages,
     ProductPages,
+    ObjectionPages,
     TradePages,
     RecognitionPages,
     GrantPages,
