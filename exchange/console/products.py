@@ -16,6 +16,7 @@ from litestar.response import Template
 
 from exchange.console.web import ROOT, attempt, render
 from exchange.identity.service import organisation_names
+from exchange.listings.objections import ObjectionService
 from exchange.listings.schemas import Product, Reason
 from exchange.listings.service import ListingService
 from exchange.listings.states import PRODUCT, ProductState
@@ -26,6 +27,7 @@ from exchange.platform.errors import DataexError, FieldError, InvalidInput
 from exchange.platform.paging import decode_cursor, encode_cursor
 
 PAGE: Final = 50
+OBJECTIONS_SHOWN: Final = 20  # a product's objections on its page, oldest first
 STATES: Final[tuple[ProductState, ...]] = get_args(ProductState)
 MAX_TEXT: Final = 200  # a search text longer than any name or code is cut to this
 Transition = Literal["suspend", "reinstate"]
@@ -167,6 +169,9 @@ async def product_page(
     history = await list_entries(
         listings.pool, limit=50, subject_type="product", subject_id=str(product_id)
     )
+    objections = await ObjectionService(listings).find(
+        state=None, after=None, limit=OBJECTIONS_SHOWN, product_id=product_id
+    )
     shown = product.live or product.pending
     draft = product.draft or {}
     code = product.product_code
@@ -190,6 +195,8 @@ async def product_page(
         can_suspend=PRODUCT.allows(product.state, "suspend"),
         can_reinstate=PRODUCT.allows(product.state, "reinstate"),
         history=list(reversed(history)),  # oldest first
+        objections=objections,
+        objections_shown=OBJECTIONS_SHOWN,
         problem=problem,
         form=form or {},
         action=action,

@@ -11,6 +11,7 @@ from exchange.console.audit import AuditPages
 from exchange.console.disputes import DisputePages
 from exchange.console.grants import GrantPages
 from exchange.console.home import HomePage
+from exchange.console.objections import ObjectionPages
 from exchange.console.policy import PolicyPages
 from exchange.console.products import ProductPages
 from exchange.console.recognition import RecognitionPages
@@ -31,6 +32,7 @@ PAGES: list[Any] = [
     HomePage,
     ReviewPages,
     ProductPages,
+    ObjectionPages,
     TradePages,
     DisputePages,
     RecognitionPages,

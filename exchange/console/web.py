@@ -71,6 +71,7 @@ NAV: Final[list[tuple[str, str]]] = [
     ("nav.dashboard", f"{ROOT}/"),
     ("nav.queue", f"{ROOT}/reviews"),
     ("nav.products", f"{ROOT}/products"),
+    ("nav.objections", f"{ROOT}/objections"),
     ("nav.trades", f"{ROOT}/trades"),
     ("nav.disputes", f"{ROOT}/disputes"),
     ("nav.recognition", f"{ROOT}/recognition"),

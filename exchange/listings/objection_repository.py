@@ -107,16 +107,20 @@ async def others_holding(conn: Executor, product_id: uuid.UUID, objection_id: uu
 
 async def by_state(
     conn: Executor,
-    state: ObjectionState | None,
+    states: Sequence[ObjectionState] | None,
     after: tuple[datetime, uuid.UUID] | None,
     limit: int,
+    product_id: uuid.UUID | None = None,
 ) -> list[ListingObjection]:
-    """Objections (in ``state``, or all), oldest first, keyset on ``registered_at, id``."""
+    """Objections (in one of ``states``, or all; of one product, or all), oldest first,
+    keyset on ``registered_at, id``."""
     rows = await conn.fetch(
-        f"{_SELECT} WHERE ($1::text IS NULL OR o.state = $1)"
+        f"{_SELECT} WHERE ($1::text[] IS NULL OR o.state = ANY($1::text[]))"
         " AND ($2::timestamptz IS NULL OR (o.registered_at, o.id) > ($2, $3::uuid))"
+        " AND ($5::uuid IS NULL OR o.product_id = $5)"
         " ORDER BY o.registered_at, o.id LIMIT $4",
-        state, after[0] if after else None, after[1] if after else None, limit,
+        list(states) if states is not None else None, after[0] if after else None,
+        after[1] if after else None, limit, product_id,
     )  # fmt: skip
     return [objection(row) for row in rows]
 

@@ -14,6 +14,7 @@ Every change, its audit row and its event (``dx.listing.objection_*``) commit to
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final
 
@@ -190,12 +191,15 @@ class ObjectionService:
     async def find(
         self,
         *,
-        state: ObjectionState | None,
+        state: ObjectionState | Sequence[ObjectionState] | None,
         after: tuple[datetime, uuid.UUID] | None,
         limit: int,
+        product_id: uuid.UUID | None = None,
     ) -> list[ListingObjection]:
-        """Objections (in ``state``, or all) oldest first, for staff."""
-        return await repository.by_state(self.pool, state, after, limit)
+        """Objections (in ``state``, one of several, or all; to one product, or to any) oldest
+        first, for staff."""
+        states = [state] if isinstance(state, str) else state
+        return await repository.by_state(self.pool, states, after, limit, product_id)
 
     # --- inside the transaction -------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from tests.browser.test_console_review import IMPORTANT, sign_in, submitted
 from tests.kit.api import bearer
 from tests.kit.disputes import open_dispute, reserved_trade
 from tests.kit.documents import metadata
-from tests.kit.market import add_buyer
+from tests.kit.market import add_buyer, list_product
 from tests.kit.processes import ROOT
 
 SCREENSHOTS = ROOT / "docs" / "console"
@@ -93,7 +93,26 @@ def _pages(console: Console, staff: dict[str, Any]) -> list[str]:
     case = f"/console/reviews/{listing['review']['case_id']}"
     product = f"/console/products/{listing['id']}"
     dispute = f"/console/disputes/{_dispute(console, staff)}"
-    return [*(href for _, href in NAV), "/console/reviews/?kind=listing", case, product, dispute]
+    objected, objection = console.run(_objection(console, staff))
+    return [
+        *(href for _, href in NAV), "/console/reviews/?kind=listing", case, product, dispute,
+        f"/console/objections/{objection}", f"/console/products/{objected}",
+    ]  # fmt: skip
+
+
+async def _objection(console: Console, staff: dict[str, Any]) -> tuple[str, str]:
+    """A listed product of "other" and the seller's open objection to it: their ids."""
+    async with console.client() as client:
+        product_id = await list_product(
+            client, staff, metadata(name_zh="第三个产品"), seller=staff["other"]
+        )
+        response = await client.post(
+            f"/v1/products/{product_id}/objections",
+            json={"claim": "ownership", "statement": "权属争议", "evidence_sha256": ["ab" * 32]},
+            headers=bearer(staff["seller"]),
+        )
+        assert response.status_code == 201, response.text
+        return product_id, response.json()["id"]
 
 
 @pytest.mark.parametrize("language", ["zh", "en"])

@@ -41,6 +41,7 @@ async def test_every_console_page_needs_a_session(client, market):
     """Every console route but sign-in, the language switch and the static files sends a caller
     without a session (a bearer token does not count) to sign in, and does nothing."""
     walked = 0
+    seen: set[str] = set()
     for route in client.app.routes:
         if not isinstance(route, HTTPRoute) or not route.path.startswith("/console"):
             continue
@@ -56,7 +57,9 @@ async def test_every_console_page_needs_a_session(client, market):
                 assert answer.status_code == 303, (method, path, answer.status_code)
                 assert answer.headers["location"].startswith("/console/sign-in"), path
                 walked += 1
+                seen.add(route.path)
     assert walked >= 6
+    assert {"/console/objections", "/console/objections/{objection_id:uuid}/decide"} <= seen
 
 
 async def test_a_sellers_token_cannot_sign_in(client, market):
