@@ -61,6 +61,7 @@ from exchange.delivery.schemas import GrantSnapshot
 from exchange.delivery.service import (
     DeliveryHooks,
     GrantService,
+    lock_trade_grants,
     revoked_jtis,
     trade_has_live_grant,
     trades_delivered,
@@ -395,6 +396,7 @@ def dispute_hooks(
         register=money.register, proofs=money.proofs, collect=collect,
         suspend_grants=grant_service.on_dispute_opened,
         lift_grants=grant_service.on_dispute_closed, grant_live=trade_has_live_grant,
+        lock_grants=lock_trade_grants,
     )  # fmt: skip
 
 

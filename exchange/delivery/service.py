@@ -821,6 +821,13 @@ async def trades_delivered(conn: Executor, trade_ids: Sequence[uuid.UUID]) -> se
     return {row["trade_id"] for row in rows}
 
 
+async def lock_trade_grants(conn: Connection, trade_id: uuid.UUID) -> None:
+    """Lock the trade's grants (in id order) for the caller's transaction. The delivery room
+    locks a grant before its trade's settlement row (billing, top-ups), so a room that will
+    touch both — the disputes room — takes the grants first, and the two never deadlock."""
+    await conn.execute("SELECT 1 FROM grants WHERE trade_id = $1 ORDER BY id FOR UPDATE", trade_id)
+
+
 async def trade_has_live_grant(conn: Executor, trade_id: uuid.UUID, at: datetime) -> bool:
     """Whether the trade is within a grant's term: a grant pending, active, suspended or
     exhausted (the buyer holds what it received) whose term has not ended at ``at`` — the

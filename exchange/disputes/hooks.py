@@ -41,3 +41,7 @@ class DisputeHooks:
     lift_grants: Callable[[Connection, UUID, datetime, str | None], Awaitable[None]]
     # delivery: the trade has a live grant now (the seller may dispute only then)
     grant_live: Callable[[Connection, UUID, datetime], Awaitable[bool]]
+    # delivery: lock the trade's grants. Taken first (after the dispute's own row) in every
+    # transaction that changes a dispute: delivery locks a grant before its trade's settlement
+    # row, settlement a trade before its accounts and the ledger, and so the order is one.
+    lock_grants: Callable[[Connection, UUID], Awaitable[None]]

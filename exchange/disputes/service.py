@@ -309,8 +309,11 @@ class DisputeService:
         )  # fmt: skip
 
     async def _locked(self, conn: Connection, principal: Principal, dispute_id: uuid.UUID) -> Any:
+        """The dispute's row, then its trade's grants, locked (the order of `DisputeHooks`)."""
         row = await conn.fetchrow("SELECT * FROM disputes WHERE id = $1 FOR UPDATE", dispute_id)
         self._visible(principal, row, dispute_id)
+        assert row is not None
+        await self.hooks.lock_grants(conn, row["trade_id"])
         return row
 
     @staticmethod
@@ -330,6 +333,7 @@ class DisputeService:
         kept by reason, the exchange's system evidence attached, the respondent notified."""
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
+            await self.hooks.lock_grants(conn, trade_id)  # before the trade: see DisputeHooks
             facts = await self.hooks.facts(conn, trade_id, True)
             if facts is None or principal.org_id not in (facts.buyer_org_id, facts.seller_org_id):
                 raise NotFound(f"no trade {trade_id}")
@@ -778,20 +782,23 @@ class DisputeService:
         """Resolve (or settle by agreement), register the digest, move the money exactly once
         and close, in the caller's transaction."""
         rid = actor.request_id
-        seq = await self.hooks.register(conn, row["trade_id"], row["id"], "resolution", digest, now)
         row = await self._step(
             conn, row, action, actor.label, now, rid,
             resolution=canonical_json(resolution).decode(), resolution_digest=digest,
-            resolution_seq=seq, resolution_note=note, resolved_by=resolved_by,
+            resolution_note=note, resolved_by=resolved_by,
         )  # fmt: skip
+        # The money first (the trade, its accounts, then the ledger), then the resolution's
+        # entry: the ledger's lock is always taken last.
         outcome = await self._move_money(conn, row, resolution, now, rid)
+        seq = await self.hooks.register(conn, row["trade_id"], row["id"], "resolution", digest, now)
         await self._lift(conn, row, now, rid)
         money = None if outcome is None else canonical_json(
             Money(state=outcome.state, refund_fen=outcome.refund_fen,
                   seller_fen=outcome.seller_fen, fee_fen=outcome.fee_fen,
                   ledger_seq=outcome.ledger_seq)
         ).decode()  # fmt: skip
-        row = await self._step(conn, row, "close", actor.label, now, rid, money=money)
+        row = await self._step(conn, row, "close", actor.label, now, rid, money=money,
+                               resolution_seq=seq)  # fmt: skip
         await record(conn, actor, at=now, action=_CONCLUDED[action], subject_type="dispute",
                      subject_id=row["id"],
                      detail={"digest": digest, "kind": kind_of(resolution), "by": resolved_by,
