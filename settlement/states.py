@@ -47,7 +47,8 @@ TRADE: Final[StateMachine[TradeState, TradeAction]] = StateMachine(
             "resolve_release": "settled",  # for the seller
             "resolve_refund": "voided",  # for the buyer, all of it
             "resolve_split": "split",  # part to the buyer, the rest to the seller (and fee)
-            "cancel": "voided",
+            # no cancel: while a dispute holds the trade, its resolution (or the parties'
+            # agreement on one) is the only way out, so the two never disagree
         },
         "failed": {},
         "settled": {},

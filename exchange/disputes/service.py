@@ -333,10 +333,14 @@ class DisputeService:
         kept by reason, the exchange's system evidence attached, the respondent notified."""
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
-            await self.hooks.lock_grants(conn, trade_id)  # before the trade: see DisputeHooks
-            facts = await self.hooks.facts(conn, trade_id, True)
-            if facts is None or principal.org_id not in (facts.buyer_org_id, facts.seller_org_id):
+            # A party's trade (404 for anyone else, before anything is locked), then its grants
+            # and the trade locked in the order of `DisputeHooks`, and read again.
+            seen = await self.hooks.facts(conn, trade_id, False)
+            if seen is None or principal.org_id not in (seen.buyer_org_id, seen.seller_org_id):
                 raise NotFound(f"no trade {trade_id}")
+            await self.hooks.lock_grants(conn, trade_id)
+            facts = await self.hooks.facts(conn, trade_id, True)
+            assert facts is not None
             party = "buyer" if principal.org_id == facts.buyer_org_id else "seller"
             if not principal.has(party):
                 raise Forbidden(f"disputing as the {party} needs the {party} role")
@@ -354,7 +358,7 @@ class DisputeService:
                 sorted(set(data.periods or ())), data.statement,
                 now + timedelta(days=self.settings.dispute_response_days),
                 facts.acceptance_due, suspend,
-                data.claimed_fen >= self.settings.dispute_four_eyes_fen, actor.label, now,
+                _at_stake(facts, data) >= self.settings.dispute_four_eyes_fen, actor.label, now,
             )  # fmt: skip
             await self._announce(conn, row, None, "open", actor.label, now, actor.request_id)
             row = await self._step(conn, row, "notify", actor.label, now, actor.request_id)
@@ -417,6 +421,7 @@ class DisputeService:
         limit = facts.held_fen
         if data.reason == "over_metered":
             limit = self._disputed_charges(facts, data.periods)
+            await self._not_refunded_before(conn, facts.trade_id, data.periods or [])
         elif data.periods is not None:
             raise _bad("periods", "only an over_metered dispute names billing periods")
         if data.claimed_fen > limit:
@@ -425,6 +430,27 @@ class DisputeService:
                 f"at most {limit} fen"
                 + (" (what the named periods charged)" if data.reason == "over_metered"
                    else " (what escrow holds for the trade)"),
+            )  # fmt: skip
+
+    @staticmethod
+    async def _not_refunded_before(
+        conn: Connection, trade_id: uuid.UUID, periods: Sequence[int]
+    ) -> None:
+        """A billing period is refunded by one dispute at most: 422 naming the periods an
+        earlier dispute of the trade already paid back from."""
+        earlier = await conn.fetch(
+            "SELECT id, periods FROM disputes WHERE trade_id = $1 AND periods && $2::int[]"
+            " AND coalesce((money ->> 'refund_fen')::bigint, 0) > 0",
+            trade_id, sorted(set(periods)),
+        )  # fmt: skip
+        again = sorted({p for row in earlier for p in row["periods"]} & set(periods))
+        if again:
+            raise InvalidInput(
+                f"billing periods {again} of trade {trade_id} were refunded by dispute"
+                f" {earlier[0]['id']}: a period is refunded once",
+                errors=[FieldError(path="periods", source="body",
+                                   message=f"already refunded: {again}")],
+                extensions={"refunded_periods": again},
             )  # fmt: skip
 
     @staticmethod
@@ -602,7 +628,8 @@ class DisputeService:
             if self._party(principal, row) != row["claimant"]:
                 raise Forbidden("only the claimant withdraws a dispute")
             row = await self._step(conn, row, "withdraw", actor.label, now, actor.request_id)
-            await self.hooks.unhold(conn, row["trade_id"], row["id"], None, now, actor.request_id)
+            await self.hooks.unhold(conn, row["trade_id"], row["id"], _restored_due(row, now),
+                                    now, actor.request_id)  # fmt: skip
             await self._lift(conn, row, now, actor.request_id)
             await record(conn, actor, at=now, action="dispute.withdrawn", subject_type="dispute",
                          subject_id=dispute_id)  # fmt: skip
@@ -633,7 +660,7 @@ class DisputeService:
                 " kid, jws, signed_by, signed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
                 " ON CONFLICT (dispute_id, party) DO UPDATE SET resolution = $3, digest = $4,"
                 " kind = $5, kid = $6, jws = $7, signed_by = $8, signed_at = $9",
-                row["id"], party, canonical_json(resolution).decode(), digest, kind, kid, token,
+                row["id"], party, msgspec.to_builtins(resolution), digest, kind, kid, token,
                 actor.label, now,
             )  # fmt: skip
             await record(conn, actor, at=now, action="dispute.agreement_signed",
@@ -703,7 +730,7 @@ class DisputeService:
                 await conn.execute(
                     "INSERT INTO dispute_approvals (dispute_id, reviewer, resolution, digest,"
                     " note, approved_at) VALUES ($1, $2, $3, $4, $5, $6)",
-                    dispute_id, actor.label, canonical_json(resolution).decode(), digest, note,
+                    dispute_id, actor.label, msgspec.to_builtins(resolution), digest, note,
                     now,
                 )  # fmt: skip
                 await record(conn, actor, at=now, action="dispute.resolution_approved",
@@ -784,7 +811,7 @@ class DisputeService:
         rid = actor.request_id
         row = await self._step(
             conn, row, action, actor.label, now, rid,
-            resolution=canonical_json(resolution).decode(), resolution_digest=digest,
+            resolution=msgspec.to_builtins(resolution), resolution_digest=digest,
             resolution_note=note, resolved_by=resolved_by,
         )  # fmt: skip
         # The money first (the trade, its accounts, then the ledger), then the resolution's
@@ -792,11 +819,12 @@ class DisputeService:
         outcome = await self._move_money(conn, row, resolution, now, rid)
         seq = await self.hooks.register(conn, row["trade_id"], row["id"], "resolution", digest, now)
         await self._lift(conn, row, now, rid)
-        money = None if outcome is None else canonical_json(
+        # Stored as JSON objects (the jsonb columns), so SQL can read them.
+        money = None if outcome is None else msgspec.to_builtins(
             Money(state=outcome.state, refund_fen=outcome.refund_fen,
                   seller_fen=outcome.seller_fen, fee_fen=outcome.fee_fen,
                   ledger_seq=outcome.ledger_seq)
-        ).decode()  # fmt: skip
+        )  # fmt: skip
         row = await self._step(conn, row, "close", actor.label, now, rid, money=money,
                                resolution_seq=seq)  # fmt: skip
         await record(conn, actor, at=now, action=_CONCLUDED[action], subject_type="dispute",
@@ -822,7 +850,11 @@ class DisputeService:
                 conn, trade, dispute, resolution.refund_fen, periods, now, rid
             )
         if isinstance(resolution, Redeliver):
-            await self.hooks.unhold(conn, trade, dispute, resolution.by, now, rid)
+            # Delivered again by ``by``; the buyer then has its acceptance period again to
+            # inspect what came (as long as the trade's was: executed to the first deadline).
+            facts = await self._facts(conn, row)
+            period = max(facts.acceptance_due - facts.executed_at, timedelta(0))
+            await self.hooks.unhold(conn, trade, dispute, resolution.by + period, now, rid)
             return None
         assert isinstance(resolution, ExtendAcceptance)
         facts = await self._facts(conn, row)
@@ -896,6 +928,28 @@ class DisputeService:
             exported_at=_stamp(now),
         )  # fmt: skip
         return out.getvalue()
+
+
+def _restored_due(row: Any, now: datetime) -> datetime:
+    """The acceptance deadline when a hold is lifted without a resolution moving it: what was
+    left of the period when the dispute opened is left again from now (never earlier than
+    it was), so a dispute — a seller's above all — cannot use up the buyer's time to inspect."""
+    due: datetime = row["acceptance_due"]
+    opened: datetime = row["opened_at"]
+    left = max(due - opened, timedelta(0))
+    return max(due, now + left)
+
+
+def _at_stake(facts: TradeFacts, data: DisputeIn) -> int:
+    """What a resolution of the dispute could move, for the four-eyes rule: the claim or what
+    escrow holds (a metered trade's: what the named periods charged), the larger. A small claim
+    on a large trade still needs two reviewers, since one could refund it all."""
+    if facts.metered:
+        posted = {p.period: p.charge_fen for p in facts.periods}
+        held = sum(posted.get(p, 0) for p in set(data.periods or ()))
+    else:
+        held = facts.held_fen
+    return max(data.claimed_fen, held)
 
 
 def _bundle_dispute(row: Any) -> dict[str, Any]:

@@ -14,3 +14,12 @@ ALTER TABLE movements ADD CONSTRAINT movements_kind_check
 ALTER TABLE movements DROP CONSTRAINT movements_step_key;
 ALTER TABLE movements ADD CONSTRAINT movements_step_key
     CHECK ((step_key IS NOT NULL) = (kind IN ('top_up', 'usage', 'refund')));
+
+-- A trade objected to under the old flow is 'disputed' with no dispute to resolve it (the
+-- disputes room's tables come after this migration). It goes back to 'reserved' with at
+-- least seven days of its acceptance period ahead, so its buyer can open a dispute (and
+-- settlement posts it if none comes); its objection stays in `objection`.
+UPDATE settlement_trades
+   SET state = 'reserved', acceptance_due = greatest(acceptance_due, now() + interval '7 days'),
+       updated_at = now()
+ WHERE state = 'disputed';

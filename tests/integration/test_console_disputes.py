@@ -24,9 +24,10 @@ TEXT = "已按约定交付。<script>alert(1)</script>\n第二行".encode()
 JSON = b'{"rows":12,"fields":["a","b"]}'
 
 
-async def _disputed(client, trade, admin_token, settings, pool, clock, n=1, **body):
+async def _disputed(client, trade, admin_token, settings, pool, clock, n=1, quantity=1, **body):
     """``n`` reserved trades, each with a dispute opened by the buyer (a second apart)."""
-    trade_ids = await reserved_trade(client, trade, admin_token, settings, pool, clock, n)
+    trade_ids = await reserved_trade(client, trade, admin_token, settings, pool, clock, n,
+                                     quantity)  # fmt: skip
     disputes = []
     for trade_id in trade_ids:
         opened = await open_dispute(client, trade["buyer"], trade_id, **body)
@@ -292,7 +293,7 @@ async def test_four_eyes_in_the_console_one_reviewer_twice_then_a_second_one(
     client, trade, admin_token, settings, pool, clock
 ):
     (dispute,) = await _disputed(client, trade, admin_token, settings, pool, clock,
-                                 claimed_fen=200_000)  # fmt: skip
+                                 quantity=2, claimed_fen=200_000)  # fmt: skip
     await _respond(client, trade, dispute["id"])
     base = f"/console/disputes/{dispute['id']}"
     release = {"kind": "release_to_seller", "note": "交付记录完整"}

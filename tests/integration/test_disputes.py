@@ -129,7 +129,19 @@ async def test_the_claim_is_at_most_what_is_held_and_only_over_metered_names_per
     assert negative.status_code == 422
     exact = await open_dispute(client, trade["buyer"], trade_id, claimed_fen=HELD)
     assert exact.status_code == 201, exact.text
-    assert exact.json()["four_eyes"] is True
+    assert exact.json()["four_eyes"] is False  # 1,010,000 held: below the tests' 2,000,000
+
+
+async def test_four_eyes_follows_what_is_at_stake_not_only_the_claim(
+    client, trade, admin_token, settings, pool, clock
+):
+    """A claim of 1 fen on a trade holding 2,020,000 still needs two reviewers: one alone
+    could otherwise refund (or release) all of it."""
+    (trade_id,) = await reserved_trade(client, trade, admin_token, settings, pool, clock,
+                                       quantity=2)  # fmt: skip
+    small = await open_dispute(client, trade["buyer"], trade_id, claimed_fen=1)
+    assert small.status_code == 201, small.text
+    assert small.json()["four_eyes"] is True and small.json()["approvals_needed"] == 2
 
 
 async def test_disputes_are_for_the_parties_only(client, trade, admin_token, settings, pool, clock):
@@ -262,7 +274,8 @@ async def test_the_respondents_deadline_passing_moves_the_case_to_review(
 async def test_four_eyes_one_reviewer_twice_is_refused_two_reviewers_resolve(
     client, trade, admin_token, settings, pool, clock
 ):
-    (trade_id,) = await reserved_trade(client, trade, admin_token, settings, pool, clock)
+    (trade_id,) = await reserved_trade(client, trade, admin_token, settings, pool, clock,
+                                       quantity=2)  # fmt: skip
     dispute = (await open_dispute(client, trade["buyer"], trade_id, claimed_fen=200_000)).json()
     assert dispute["four_eyes"] and dispute["approvals_needed"] == 2
     base = f"/v1/disputes/{dispute['id']}"
@@ -424,6 +437,33 @@ async def test_the_claimant_withdraws_and_the_hold_is_released(
     assert_problem(late, 409, "conflict")
     reopened = await open_dispute(client, trade["buyer"], trade_id, reason="other")
     assert reopened.status_code == 201, reopened.text  # closed ones do not count
+
+
+async def test_a_withdrawn_dispute_gives_the_buyer_back_the_time_it_had_to_inspect(
+    client, trade, admin_token, settings, pool, clock
+):
+    """Opened with one day of the seven left, withdrawn three days later: the buyer has that
+    day again from the withdrawal, so nothing is posted until it passes. While the dispute
+    holds the trade, the parties cannot cancel it either: the resolution is the way out."""
+    (trade_id,) = await reserved_trade(client, trade, admin_token, settings, pool, clock)
+    clock.advance(timedelta(days=6))
+    dispute = (await open_dispute(client, trade["buyer"], trade_id)).json()
+    for party in ("buyer", "seller"):
+        cancel = await client.post(f"/v1/trades/{trade_id}/cancel", json={"reason": "协商"},
+                                   headers=bearer(trade[party]))  # fmt: skip
+        assert_problem(cancel, 409, "illegal_transition")
+    clock.advance(timedelta(days=3))
+    withdrawn = await client.post(f"/v1/disputes/{dispute['id']}/withdrawal",
+                                  headers=bearer(trade["buyer"]))  # fmt: skip
+    assert withdrawn.status_code == 200, withdrawn.text
+    clock.advance(timedelta(hours=23))
+    async with worker(settings, pool, clock) as w:
+        assert await w.service.settle_due() == 0  # a day from the withdrawal: not yet
+    assert await trade_state(client, trade["buyer"], trade_id) == "reserved"
+    clock.advance(timedelta(hours=1, seconds=1))
+    async with worker(settings, pool, clock) as w:
+        assert await w.service.settle_due() == 1
+    assert await trade_state(client, trade["buyer"], trade_id) == "settled"
 
 
 # --- what awaits settlement (H1) and the evidence exports (H4) ---------------------------------

@@ -437,3 +437,9 @@ async def test_an_over_metered_dispute_names_its_periods_and_refunds_from_them(
     async with pool.acquire() as conn:
         facts = await w.service.disputes.facts(conn, trade_id)
     assert facts is not None and facts.state == "reserved"  # billing goes on
+    # A period is refunded once: another dispute over period 2 is refused, naming it.
+    with pytest.raises(InvalidInput, match=r"\[2\] .* refunded by dispute") as caught:
+        await service.open(ACTOR, buyer, trade_id, claim([1, 2], 10))
+    assert caught.value.errors[0].path == "periods"
+    again = await service.open(ACTOR, buyer, trade_id, claim([1], 10))
+    assert again.periods == [1]

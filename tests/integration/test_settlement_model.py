@@ -235,7 +235,7 @@ class Settlement(RuleBasedStateMachine):
                 self._void(trade, i)
 
         self._step(i, lambda: self.service.cancel(ACTOR, principal(org), trade_id, "协商"),
-                   {"reserved", "disputed"}, then)  # fmt: skip
+                   {"reserved"}, then)  # fmt: skip
 
     @rule()
     def acceptance_period_passes(self):

@@ -19,14 +19,16 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"screenshot of the delivered table" * 10
 
 
 async def reserved_trade(
-    client, trade, admin_token, settings, pool, clock, n: int = 1
+    client, trade, admin_token, settings, pool, clock, n: int = 1, quantity: int = 1
 ) -> list[str]:
-    """``n`` trades executed and reserved by the settlement worker."""
+    """``n`` trades of ``quantity`` units (each holding ``quantity`` times HELD), executed and
+    reserved by the settlement worker. Two units are at the tests' four-eyes amount."""
     product_id = await auto_accept_product(client, trade)
     ref = f"bank-{uuid.uuid4()}"
-    response = await deposit(client, admin_token, trade["buyer_org"]["id"], n * HELD, ref)
+    amount = n * quantity * HELD
+    response = await deposit(client, admin_token, trade["buyer_org"]["id"], amount, ref)
     assert response.status_code == 201, response.text
-    trade_ids = [await buy(client, trade, product_id) for _ in range(n)]
+    trade_ids = [await buy(client, trade, product_id, quantity) for _ in range(n)]
     async with worker(settings, pool, clock) as w:
         assert await w.drain() == n
     return trade_ids

@@ -63,6 +63,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServers]:
             stream_name=f"DATAEX_TEST_{run}",
             subject_prefix=f"dxt{run.replace('_', '')}",
             log_format="json",
+            # A test trade of the 'std' plan holds 1,010,000 fen: one reviewer resolves its
+            # disputes; a trade of two units (2,020,000 fen) needs two (tests.kit.disputes).
+            dispute_four_eyes_fen=2_000_000,
         )
         asyncio.run(prepare_servers(settings))
         yield TestServers(settings, admin_url, embedded=postgres is not None)
