@@ -42,7 +42,7 @@ from typing import Any, BinaryIO
 
 import msgspec
 
-from exchange.platform.canonical import canonical_json
+from exchange.platform.canonical import canonical_json, sha256_digest
 from exchange.platform.disputes import LedgerProofs
 from exchange.platform.merkle import leaf_hash, verify_inclusion
 from exchange.platform.signing import (
@@ -167,6 +167,7 @@ class EntryView(msgspec.Struct, frozen=True, kw_only=True):
     step: str
     statement_digest: str | None = None
     dispute_id: str | None = None
+    refund_fen: int | None = None
 
 
 _SORTED = msgspec.json.Encoder(order="sorted")
@@ -382,6 +383,7 @@ def verify_bundle(source: Path | bytes, jwks: Mapping[str, Any]) -> VerifiedBund
             member = _expect(members, names, len(FIXED_MEMBERS) + item.index, item.path,
                              f"item {item.index} ({item.name})")  # fmt: skip
             _check_item(item, _body(data, member), ledger)
+        _check_outcome(manifest.dispute, ledger)
         ledger.check_the_rest()
         if len(members) > len(FIXED_MEMBERS) + len(manifest.items):
             extra = members[len(FIXED_MEMBERS) + len(manifest.items)]
@@ -522,6 +524,49 @@ class _Ledger:
             if entry.step == "evidence":
                 raise BundleInvalid(f"ledger entry {seq} in {LEDGER_NAME} registers evidence"
                                     " that is not in the manifest")  # fmt: skip
+
+
+MONEY_STEPS = ("settled", "voided", "split", "refund")
+
+
+def _check_outcome(dispute: Mapping[str, Any], ledger: _Ledger) -> None:
+    """A resolved dispute's resolution and money, as the manifest states them, are what the
+    ledger registered: the resolution's digest is the one over what the manifest says was
+    decided, and its entry and the money's are in ``ledger.json``, this dispute's and included
+    (so neither can be dropped from the bundle, nor the decision restated)."""
+    digest, resolution = dispute.get("resolution_digest"), dispute.get("resolution")
+    if digest is None and resolution is None:
+        return  # not resolved (or withdrawn): nothing was decided
+    what = "the dispute's resolution"
+    if not isinstance(digest, str) or not isinstance(resolution, dict):
+        raise BundleInvalid(f"{what} is incomplete in the manifest")
+    expected = sha256_digest({"dispute_id": ledger.dispute_id, "trade_id": ledger.trade_id,
+                              "resolution": resolution})  # fmt: skip
+    if digest != expected:
+        raise BundleInvalid(f"{what}: its digest is not the one over the resolution stated")
+    seq = dispute.get("resolution_seq")
+    if not isinstance(seq, int):
+        raise BundleInvalid(f"{what}: the manifest names no ledger entry for it")
+    entry = ledger.check(seq, what)
+    if entry.step != "resolution" or entry.statement_digest != digest:
+        raise BundleInvalid(f"{what}: ledger entry {seq} does not register its digest")
+    ledger.claimed[seq] = -1
+    money = dispute.get("money")
+    if not isinstance(money, dict) or money.get("ledger_seq") is None:
+        return  # nothing moved (a redelivery, an extension)
+    seq = money["ledger_seq"]
+    what = "the dispute's money"
+    if not isinstance(seq, int):
+        raise BundleInvalid(f"{what}: its ledger entry is not a number")
+    entry = ledger.check(seq, what)
+    refund = money.get("refund_fen")
+    if (
+        entry.step not in MONEY_STEPS
+        or entry.dispute_id != ledger.dispute_id
+        or (entry.step in ("split", "refund") and entry.refund_fen != refund)
+    ):
+        raise BundleInvalid(f"{what}: ledger entry {seq} is not the movement the manifest states")
+    ledger.claimed[seq] = -1
 
 
 def _tree_head(token: str, keys: dict[str, Any]) -> TreeHeadClaims:

@@ -960,6 +960,7 @@ def _bundle_dispute(row: Any) -> dict[str, Any]:
         "claimant": row["claimant"], "reason": row["reason"], "claimed_fen": row["claimed_fen"],
         "state": row["state"], "opened_at": _stamp(row["opened_at"]),
         "resolution": _json(row["resolution"]), "resolution_digest": row["resolution_digest"],
+        "resolution_seq": row["resolution_seq"], "money": _json(row["money"]),
     }  # fmt: skip
 
 

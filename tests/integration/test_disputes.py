@@ -8,9 +8,11 @@ import uuid
 from datetime import timedelta
 
 import msgspec
+import pytest
 
 from exchange.delivery.worker import apply
 from exchange.disputes.schemas import RefundBuyer, ReleaseToSeller, resolution_digest
+from exchange.platform.canonical import canonical_json
 from exchange.platform.events import DisputeEvent
 from tests.kit.api import assert_problem, bearer
 from tests.kit.delivery import grant_service
@@ -634,6 +636,14 @@ async def test_the_bundle_holds_what_the_gateway_served_and_the_resolution_and_v
     assert money["refund_fen"] == 30_000 and money["dispute_id"] == dispute["id"]
     assert money["price_fen"] + money["fee_fen"] + money["refund_fen"] == HELD
 
+    # The resolution's or the money's entry dropped from ledger.json (the rest intact and
+    # canonical): the verifier names what is missing.
+    for step, named in (("resolution", "resolution"), ("split", "money")):
+        kept = {**ledger_part, "entries": [e for e in ledger_part["entries"]
+                                            if e["entry"]["step"] != step]}  # fmt: skip
+        with pytest.raises(BundleInvalid, match=f"the dispute's {named}"):
+            verify_bundle(_replace_member(tar.content, "ledger.json", canonical_json(kept)), keys)
+
     # One byte of the usage item changed: the verifier names it.
     data = bytearray(tar.content)
     with tarfile.open(fileobj=io.BytesIO(tar.content), mode="r:") as archive:
@@ -645,3 +655,20 @@ async def test_the_bundle_holds_what_the_gateway_served_and_the_resolution_and_v
         assert "usage-records.jsonl" in str(error), error
     else:
         raise AssertionError("a changed usage record verified")
+
+
+def _replace_member(archive: bytes, name: str, body: bytes) -> bytes:
+    """The same tar with one member's bytes replaced, every member in its place."""
+    import io
+    import tarfile
+
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as source,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as target,
+    ):
+        for member in source.getmembers():
+            data = body if member.name == name else source.extractfile(member).read()  # type: ignore[union-attr]
+            member.size = len(data)
+            target.addfile(member, io.BytesIO(data))
+    return out.getvalue()
