@@ -61,12 +61,20 @@ from exchange.platform.auth import Principal
 from exchange.platform.canonical import canonical_json
 from exchange.platform.clock import Clock
 from exchange.platform.db import Connection, Executor
-from exchange.platform.disputes import MoneyOutcome, TradeFacts
-from exchange.platform.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound
+from exchange.platform.disputes import LedgerProofs, MoneyOutcome, TradeFacts
+from exchange.platform.errors import (
+    Conflict,
+    DataexError,
+    FieldError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+)
 from exchange.platform.events import DisputeEventData
+from exchange.platform.logging import get_logger
 from exchange.platform.outbox import enqueue
 from exchange.platform.settings import Settings
-from exchange.platform.signing import KeyRing
+from exchange.platform.signing import KeyRing, SigningKey
 
 STAFF: Final = ("reviewer", "admin")
 # Grants are suspended while a dispute over these is open; kept for the others.
@@ -81,6 +89,9 @@ _CONCLUDED: Final[dict[str, str]] = {
 }
 
 
+log = get_logger(__name__)
+
+
 class DisputeTooLate(Conflict):
     code = "acceptance_period_ended"
     title = "The acceptance period has ended"
@@ -89,6 +100,12 @@ class DisputeTooLate(Conflict):
 class DisputeOpen(Conflict):
     code = "dispute_open"
     title = "The trade already has an open dispute"
+
+
+class EvidenceDamaged(DataexError):
+    status = 500
+    code = "evidence_damaged"
+    title = "A stored evidence item is missing or changed"
 
 
 class ProposalPending(Conflict):
@@ -715,12 +732,27 @@ class DisputeService:
                     "SELECT * FROM dispute_approvals WHERE dispute_id = $1 ORDER BY approved_at",
                     dispute_id,
                 )
-                if any(a["reviewer"] == actor.label for a in approvals):
+                mine = next((a for a in approvals if a["reviewer"] == actor.label), None)
+                if mine is not None and mine["digest"] == digest:
                     raise Conflict(
                         "you have already approved a resolution of this dispute: a second,"
                         " different reviewer must approve it (four-eyes)",
                         extensions={"digest": approvals[0]["digest"]},
                     )
+                if mine is not None:
+                    # The proposer changes its own pending proposal (a deadline it named has
+                    # passed, say): the new one waits for a second reviewer in its place.
+                    await conn.execute(
+                        "UPDATE dispute_approvals SET resolution = $3, digest = $4, note = $5,"
+                        " approved_at = $6 WHERE dispute_id = $1 AND reviewer = $2",
+                        dispute_id, actor.label, msgspec.to_builtins(resolution), digest, note,
+                        now,
+                    )  # fmt: skip
+                    await record(conn, actor, at=now, action="dispute.proposal_replaced",
+                                 subject_type="dispute", subject_id=dispute_id,
+                                 detail={"digest": digest, "replaced": mine["digest"],
+                                         "note": note})  # fmt: skip
+                    return await self._view(conn, row), False
                 if approvals and approvals[0]["digest"] != digest:
                     raise ProposalPending(
                         f"reviewer {approvals[0]['reviewer']} proposed another resolution"
@@ -909,6 +941,22 @@ class DisputeService:
             proofs = await self.hooks.proofs(conn, sorted(set(seqs)), now)
             key = await self.keyring.current(conn)
         out = io.BytesIO()
+        try:
+            await self._write_bundle(out, row, items, proofs, key, now)
+        except (bundle.BundleInvalid, OSError) as error:
+            # A stored item gone or changed on disk: the evidence store is damaged, and no
+            # bundle is better than one that would not verify. Logged for the operator.
+            log.exception("dispute_evidence_damaged", dispute_id=str(dispute_id))
+            raise EvidenceDamaged(
+                f"the evidence of dispute {dispute_id} cannot be bundled: {error}",
+                extensions={"dispute_id": str(dispute_id)},
+            ) from error
+        return out.getvalue()
+
+    async def _write_bundle(
+        self, out: io.BytesIO, row: Any, items: Sequence[DisputeEvidenceItem],
+        proofs: LedgerProofs, key: SigningKey, now: datetime,
+    ) -> None:  # fmt: skip
         await asyncio.to_thread(
             bundle.write_bundle,
             out, exchange=self.settings.exchange_code, dispute=_bundle_dispute(row),
@@ -927,7 +975,6 @@ class DisputeService:
             sign=lambda payload: key.sign_detached(payload, typ=bundle.MANIFEST_JWS_TYPE),
             exported_at=_stamp(now),
         )  # fmt: skip
-        return out.getvalue()
 
 
 def _restored_due(row: Any, now: datetime) -> datetime:

@@ -301,6 +301,13 @@ async def test_four_eyes_one_reviewer_twice_is_refused_two_reviewers_resolve(
                               json={"resolution": {"kind": "refund_buyer"}, "note": "x"},
                               headers=bearer(trade["bob"]))  # fmt: skip
     assert assert_problem(other, 409, "resolution_pending")["pending_digest"] == digest
+    # The proposer may change its own pending proposal (it then waits for a second reviewer).
+    refund = {"resolution": {"kind": "refund_buyer"}, "note": "改为退款"}
+    replaced = await client.post(f"{base}/resolution", json=refund, headers=bearer(trade["alice"]))
+    assert replaced.status_code == 202, replaced.text
+    assert replaced.json()["pending"]["digest"] != digest
+    back = await client.post(f"{base}/resolution", json=release, headers=bearer(trade["alice"]))
+    assert back.status_code == 202 and back.json()["pending"]["digest"] == digest
     resolved = await client.post(f"{base}/resolution", json=release, headers=bearer(trade["bob"]))
     assert resolved.status_code == 200, resolved.text
     body = resolved.json()
@@ -672,3 +679,21 @@ def _replace_member(archive: bytes, name: str, body: bytes) -> bytes:
             member.size = len(data)
             target.addfile(member, io.BytesIO(data))
     return out.getvalue()
+
+
+async def test_a_damaged_evidence_store_is_a_problem_naming_the_item_not_a_bundle(
+    client, trade, admin_token, settings, pool, clock
+):
+    (trade_id,) = await reserved_trade(client, trade, admin_token, settings, pool, clock)
+    dispute = (await open_dispute(client, trade["buyer"], trade_id)).json()
+    base = f"/v1/disputes/{dispute['id']}"
+    added = await client.post(f"{base}/evidence?type=screenshot&name=t.png", content=PNG,
+                              headers={**bearer(trade["buyer"]), "content-type": "image/png"})  # fmt: skip
+    assert added.status_code == 201, added.text
+    sha = hashlib.sha256(PNG).hexdigest()
+    stored = settings.state_dir / "evidence" / sha[:2] / sha
+    stored.chmod(0o644)
+    stored.write_bytes(PNG + b"changed on disk")
+    broken = await client.get(f"{base}/bundle", headers=bearer(trade["buyer"]))
+    problem = assert_problem(broken, 500, "evidence_damaged")
+    assert "t.png" in problem["detail"] and problem["dispute_id"] == dispute["id"]
