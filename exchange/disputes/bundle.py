@@ -168,6 +168,7 @@ class EntryView(msgspec.Struct, frozen=True, kw_only=True):
     statement_digest: str | None = None
     dispute_id: str | None = None
     refund_fen: int | None = None
+    at: str | None = None
 
 
 _SORTED = msgspec.json.Encoder(order="sorted")
@@ -607,4 +608,7 @@ def _check_item(item: ManifestItem, body: memoryview, ledger: _Ledger) -> None:
     if entry.step != "evidence" or entry.statement_digest != evidence_digest(item.sha256):
         raise BundleInvalid(f"{what}: ledger entry {item.ledger_seq} in {LEDGER_NAME} does not"
                             " register it (step evidence, its sha256)")  # fmt: skip
+    if entry.at != item.submitted_at:  # the time it was submitted is the ledger's, not a claim
+        raise BundleInvalid(f"{what}: submitted at {item.submitted_at}, but registered in the"
+                            f" ledger at {entry.at}")  # fmt: skip
     ledger.claimed[item.ledger_seq] = item.index

@@ -687,13 +687,14 @@ async def test_a_damaged_evidence_store_is_a_problem_naming_the_item_not_a_bundl
     (trade_id,) = await reserved_trade(client, trade, admin_token, settings, pool, clock)
     dispute = (await open_dispute(client, trade["buyer"], trade_id)).json()
     base = f"/v1/disputes/{dispute['id']}"
-    added = await client.post(f"{base}/evidence?type=screenshot&name=t.png", content=PNG,
+    png = PNG + uuid.uuid4().bytes  # its own bytes: the store is shared by content
+    added = await client.post(f"{base}/evidence?type=screenshot&name=t.png", content=png,
                               headers={**bearer(trade["buyer"]), "content-type": "image/png"})  # fmt: skip
     assert added.status_code == 201, added.text
-    sha = hashlib.sha256(PNG).hexdigest()
+    sha = hashlib.sha256(png).hexdigest()
     stored = settings.state_dir / "evidence" / sha[:2] / sha
     stored.chmod(0o644)
-    stored.write_bytes(PNG + b"changed on disk")
+    stored.write_bytes(png + b"changed on disk")
     broken = await client.get(f"{base}/bundle", headers=bearer(trade["buyer"]))
     problem = assert_problem(broken, 500, "evidence_damaged")
     assert "t.png" in problem["detail"] and problem["dispute_id"] == dispute["id"]

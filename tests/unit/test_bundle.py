@@ -91,7 +91,7 @@ class Case:
 
 def ledger_entry(
     seq: int, prev: str, trade_id: str, step: str, *, digest: str | None = None,
-    dispute_id: str | None = None,
+    dispute_id: str | None = None, at: str | None = None,
 ) -> bytes:  # fmt: skip
     """A ledger entry as settlement.ledger writes it (its canonical bytes); evidence and
     resolution entries carry the dispute's id."""
@@ -101,7 +101,7 @@ def ledger_entry(
         "contract_digest": "sha256:" + "ab" * 32, "product_code": "DX-1", "buyer": party,
         "seller": party, "price_fen": 9_709 if step == "reserved" else 0,
         "fee_fen": 291 if step == "reserved" else 0, "movement_id": None,
-        "at": ledger.timestamp(datetime(2026, 2, 1, tzinfo=UTC)),
+        "at": at or ledger.timestamp(datetime(2026, 2, 1, tzinfo=UTC)),
     }  # fmt: skip
     if digest is not None:
         entry["statement_digest"] = digest
@@ -150,13 +150,15 @@ def build_case(tmp_path: Path, files: list[tuple[str, str, str, str, bytes]] = F
         sha = hashlib.sha256(content).hexdigest()
         path = tmp_path / f"stored-{index}"
         path.write_bytes(content)
-        seq = append(trade_id, "evidence", digest=evidence_digest(sha), dispute_id=dispute_id)
+        submitted = f"2026-02-0{index + 2}T10:00:00.000000Z"  # the entry's time, as registered
+        seq = append(trade_id, "evidence", digest=evidence_digest(sha), dispute_id=dispute_id,
+                     at=submitted)  # fmt: skip
         seqs.append(seq)
         items.append(BundleItem(
             index=index, kind=kind, name=name, media_type=media, sha256=sha, size=len(content),
             submitter=submitter,
             submitter_org_id=None if submitter == "exchange" else str(uuid.uuid4()),
-            submitted_at=f"2026-02-0{index + 2}T10:00:00.000000Z", ledger_seq=seq, path=path,
+            submitted_at=submitted, ledger_seq=seq, path=path,
         ))  # fmt: skip
     seqs.append(append(trade_id, "resolution", digest="sha256:" + "cd" * 32, dispute_id=dispute_id))
     append(str(uuid.uuid4()), "settled")
