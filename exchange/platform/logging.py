@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import os
 import re
 import sys
 from collections.abc import MutableMapping
@@ -47,6 +48,31 @@ def redact_secrets(
     return event_dict
 
 
+class _Lines:
+    """Standard error, written a whole line per system call. The parts of `dataex up` share one
+    standard error: `print` writes a line and its newline separately, and the text layer splits
+    a long line (over 8 KiB) into several writes, so lines of different processes interleaved
+    mid-line. One `os.write` a line (looping on a short write) keeps each line whole in a file,
+    and in a pipe up to its atomic size (4 KiB on Linux)."""
+
+    def write(self, text: str) -> int:
+        stream = sys.stderr  # looked up each time: pytest's capture replaces it
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            stream.write(text)
+            stream.flush()
+            return len(text)
+        stream.flush()  # anything written through the text layer goes first
+        data = memoryview(text.encode("utf-8", "backslashreplace"))
+        while data:
+            data = data[os.write(fd, data) :]
+        return len(text)
+
+    def flush(self) -> None:
+        return None
+
+
 def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     """Configure structlog and route the standard library's logging through it."""
     use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
@@ -65,10 +91,10 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
         if use_json
         else [*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(_LINES),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_LINES)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
@@ -78,6 +104,9 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.INFO) if numeric < logging.INFO else numeric)
+
+
+_LINES = _Lines()
 
 
 def _console(colors: bool) -> Any:
