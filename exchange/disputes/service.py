@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import io
 import uuid
-from collections.abc import AsyncIterable, Collection, Sequence
+from collections.abc import AsyncIterable, Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -477,7 +477,7 @@ class DisputeService:
             raise _bad("reason", "over_metered is for a metered trade (billed by use)")
         if not periods:
             raise _bad("periods", "an over_metered dispute names the billing periods it disputes")
-        posted = {p.period: p for p in facts.periods}
+        posted = {p.period for p in facts.periods}
         unknown = sorted({p for p in periods if p not in posted})
         if unknown:
             raise InvalidInput(
@@ -487,7 +487,7 @@ class DisputeService:
                                    message=f"unknown periods {unknown}")],
                 extensions={"unknown_periods": unknown},
             )  # fmt: skip
-        return sum(posted[p].charge_fen for p in set(periods))
+        return _charged(facts, periods)
 
     # --- evidence --------------------------------------------------------------------------------
 
@@ -814,10 +814,7 @@ class DisputeService:
     def _refund_limit(self, row: Any, facts: TradeFacts) -> int:
         """The most a refund may be: what escrow holds; a metered trade's, what the disputed
         periods charged."""
-        if facts.metered:
-            posted = {p.period: p.charge_fen for p in facts.periods}
-            return sum(posted.get(p, 0) for p in row["periods"])
-        return facts.held_fen
+        return _charged(facts, row["periods"]) if facts.metered else facts.held_fen
 
     def _check(self, resolution: Resolution, row: Any, facts: TradeFacts, now: datetime) -> None:
         """422 for a resolution the trade cannot take."""
@@ -991,12 +988,15 @@ def _at_stake(facts: TradeFacts, data: DisputeIn) -> int:
     """What a resolution of the dispute could move, for the four-eyes rule: the claim or what
     escrow holds (a metered trade's: what the named periods charged), the larger. A small claim
     on a large trade still needs two reviewers, since one could refund it all."""
-    if facts.metered:
-        posted = {p.period: p.charge_fen for p in facts.periods}
-        held = sum(posted.get(p, 0) for p in set(data.periods or ()))
-    else:
-        held = facts.held_fen
+    held = _charged(facts, data.periods or ()) if facts.metered else facts.held_fen
     return max(data.claimed_fen, held)
+
+
+def _charged(facts: TradeFacts, periods: Iterable[int]) -> int:
+    """What the named posted billing periods of a metered trade charged: each period counted
+    once, one that is not posted as nothing (opening a dispute refuses those first)."""
+    posted = {p.period: p.charge_fen for p in facts.periods}
+    return sum(posted.get(p, 0) for p in set(periods))
 
 
 def _bundle_dispute(row: Any) -> dict[str, Any]:
