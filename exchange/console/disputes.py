@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Annotated, Any, Final, TypeVar, get_args
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.di import NamedDependency
+from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import File, Template
 
@@ -220,8 +221,55 @@ async def previews(
     return shown
 
 
+@dataclass(frozen=True, slots=True)
+class DisputeCase:
+    """A dispute's page and its forms, with who asks: the one dependency (``case``) of the
+    handlers of ``/console/disputes/{dispute_id}`` and its form posts."""
+
+    request: Request[Any, Any, Any]
+    dispute_id: uuid.UUID
+    disputes: DisputeService
+    actor: Actor
+    principal: Principal
+
+    async def page(
+        self, *, problem: DataexError | None = None, form: Any = None, formed: str | None = None,
+        done: str | None = None,
+    ) -> Template:  # fmt: skip
+        return await dispute_page(
+            self.request, self.dispute_id, self.disputes, self.principal, problem=problem,
+            form=form, formed=formed, done=done,
+        )  # fmt: skip
+
+    async def submit(
+        self, formed: str, roles: tuple[str, ...], action: Callable[[Any], Awaitable[str]]
+    ) -> Response[Any]:
+        """A form of the page (``formed``), for ``roles``: the API's own call (``action``, given
+        the form), then 303 back to the page saying what it did (its answer, one of `DONE`);
+        on a problem, the page again with the problem's text and the form as it was sent. The
+        CSRF token was checked by `console_guard`."""
+        form = await self.request.form()
+        try:
+            require_roles(self.principal, roles)
+            done = await action(form)
+        except DataexError as problem:
+            return await self.page(problem=problem, form=form, formed=formed)
+        return see_other(f"{ROOT}/disputes/{self.dispute_id}?done={done}")
+
+
+def dispute_case(
+    request: Request[Any, Any, Any],
+    dispute_id: FromPath[uuid.UUID],
+    disputes: NamedDependency[DisputeService],
+    actor: NamedDependency[Actor],
+    principal: NamedDependency[Principal],
+) -> DisputeCase:
+    return DisputeCase(request, dispute_id, disputes, actor, principal)
+
+
 class DisputePages(Controller):
     path = f"{ROOT}/disputes"
+    dependencies = {"case": Provide(dispute_case, sync_to_thread=False)}
 
     @get("/")
     async def dispute_list(
@@ -285,16 +333,9 @@ class DisputePages(Controller):
 
     @get("/{dispute_id:uuid}")
     async def dispute(
-        self,
-        request: Request[Any, Any, Any],
-        dispute_id: FromPath[uuid.UUID],
-        disputes: NamedDependency[DisputeService],
-        principal: NamedDependency[Principal],
-        done: FromQuery[str | None] = None,
+        self, case: NamedDependency[DisputeCase], done: FromQuery[str | None] = None
     ) -> Template:
-        return await dispute_page(
-            request, dispute_id, disputes, principal, done=done if done in DONE else None
-        )
+        return await case.page(done=done if done in DONE else None)
 
     @get("/{dispute_id:uuid}/evidence/{sha256:str}")
     async def evidence_file(
@@ -339,51 +380,27 @@ class DisputePages(Controller):
         )
 
     @post("/{dispute_id:uuid}/resolution")
-    async def resolve(
-        self,
-        request: Request[Any, Any, Any],
-        dispute_id: FromPath[uuid.UUID],
-        disputes: NamedDependency[DisputeService],
-        actor: NamedDependency[Actor],
-        principal: NamedDependency[Principal],
-    ) -> Response[Any]:
-        form = await request.form()
-        try:
-            require_roles(principal, RESOLVE_ROLES)
+    async def resolve(self, case: NamedDependency[DisputeCase]) -> Response[Any]:
+        async def act(form: Any) -> str:
             data = resolution_request(form)
-            _, resolved = await disputes.resolve(
-                actor, principal, dispute_id, data.resolution, data.note
+            _, resolved = await case.disputes.resolve(
+                case.actor, case.principal, case.dispute_id, data.resolution, data.note
             )
-        except DataexError as problem:
-            return await dispute_page(
-                request, dispute_id, disputes, principal, problem=problem, form=form,
-                formed="resolution",
-            )  # fmt: skip
-        done = "resolved" if resolved else "pending"
-        return see_other(f"{ROOT}/disputes/{dispute_id}?done={done}")
+            return "resolved" if resolved else "pending"
+
+        return await case.submit("resolution", RESOLVE_ROLES, act)
 
     @post("/{dispute_id:uuid}/award")
-    async def award(
-        self,
-        request: Request[Any, Any, Any],
-        dispute_id: FromPath[uuid.UUID],
-        disputes: NamedDependency[DisputeService],
-        actor: NamedDependency[Actor],
-        principal: NamedDependency[Principal],
-    ) -> Response[Any]:
-        form = await request.form()
-        try:
-            require_roles(principal, AWARD_ROLES)
+    async def award(self, case: NamedDependency[DisputeCase]) -> Response[Any]:
+        async def act(form: Any) -> str:
             data = award_request(form)
-            await disputes.award(
-                actor, principal, dispute_id, data.resolution, data.document_sha256, data.note
-            )
-        except DataexError as problem:
-            return await dispute_page(
-                request, dispute_id, disputes, principal, problem=problem, form=form,
-                formed="award",
+            await case.disputes.award(
+                case.actor, case.principal, case.dispute_id, data.resolution,
+                data.document_sha256, data.note,
             )  # fmt: skip
-        return see_other(f"{ROOT}/disputes/{dispute_id}?done=awarded")
+            return "awarded"
+
+        return await case.submit("award", AWARD_ROLES, act)
 
 
 async def dispute_page(
