@@ -13,6 +13,11 @@ the file in 8 MiB chunks. Then it measures:
 1. calls/s in a closed loop (N connections, D seconds) through the gateway to the upstream, for
    each plan and each gateway worker count, beside direct calls/s to the same upstream from the
    same client in the same run;
+   then two pass-through proxies that do none of the gateway's work (no token, grant, quota,
+   signature or usage record) beside direct calls: ``benchmarks.delivery_floor`` served the way
+   the gateway is (ASGI under granian) and ``benchmarks.delivery_rawfloor`` on a bare uvloop
+   protocol. A gateway does strictly more per call than either, so their ratios bound its ratio
+   on this machine;
 2. latency p50/p95/p99 in an open loop at a fixed rate (500/s), gateway beside direct;
 3. file download MB/s from the API (decrypting, metered), whole and in parallel ranges, beside
    the same plaintext from the static server;
@@ -86,11 +91,10 @@ def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
-def _granian(port: int, *extra: str) -> list[str]:
+def _granian(port: int, *extra: str, app: str = "benchmarks.delivery_upstream:app") -> list[str]:
     return [sys.executable, "-m", "granian", "--interface", "asgi", "--http", "1",
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--no-ws",
-            "--log-level", "warning", "--no-access-log", *extra,
-            "benchmarks.delivery_upstream:app"]  # fmt: skip
+            "--log-level", "warning", "--no-access-log", *extra, app]  # fmt: skip
 
 
 @dataclass
@@ -455,11 +459,24 @@ async def bench_delivery(live: Settings, args: Any, out: TextIO) -> int:
         api_url = f"http://127.0.0.1:{settings.http_port}"
         upstream_url = f"http://127.0.0.1:{up_port}"
         static_url = f"http://127.0.0.1:{static_port}"
+        floor_port, raw_port = free_port(), free_port()
+        procs.children["floor"] = _spawn(
+            _granian(floor_port, app="benchmarks.delivery_floor:app"),
+            env | {"DATAEX_BENCH_UPSTREAM": upstream_url},
+        )
+        procs.children["raw_floor"] = _spawn(
+            [sys.executable, "-m", "benchmarks.delivery_rawfloor", str(raw_port), upstream_url],
+            env,
+        )
         await _wait_answering(f"{api_url}/health/ready", procs.children["api"])
         await _wait_answering(f"{upstream_url}/api/ping", procs.children["upstream"])
         await _wait_answering(f"{static_url}/api/ping", procs.children["static"])
+        for name, port in (("floor", floor_port), ("raw_floor", raw_port)):
+            await _wait_answering(f"http://127.0.0.1:{port}/api/ping", procs.children[name])
         return await _measure(args, settings, admin, procs, env, api_url, upstream_url,
-                              static_url, static_dir / FILE_NAME, sha, out)  # fmt: skip
+                              static_url, (f"http://127.0.0.1:{floor_port}",
+                                           f"http://127.0.0.1:{raw_port}"),
+                              static_dir / FILE_NAME, sha, out)  # fmt: skip
     finally:
         procs.stop()
         await drop_scratch(live, settings)
@@ -468,7 +485,8 @@ async def bench_delivery(live: Settings, args: Any, out: TextIO) -> int:
 
 async def _measure(
     args: Any, settings: Settings, admin: str, procs: Processes, env: dict[str, str],
-    api_url: str, upstream_url: str, static_url: str, file: Path, sha: str, out: TextIO,
+    api_url: str, upstream_url: str, static_url: str, floor_urls: tuple[str, str], file: Path,
+    sha: str, out: TextIO,
 ) -> int:  # fmt: skip
     api = _Http(api_url, 8)
     try:
@@ -493,6 +511,7 @@ async def _measure(
         with Steps(out) as steps:
             report["calls"] = await _calls(args, settings, market, procs, env, api, upstream_url,
                                            steps)  # fmt: skip
+            report["calls"]["floor"] = await _floor(args, floor_urls, upstream_url, steps)
             report["files"] = await _files(args, market, api, api_url, static_url, size, steps)
             report["tokens"] = await _tokens(args, market, api, steps)
             report["suspension"] = await _suspension(args, settings, market, procs, env, api,
@@ -570,6 +589,42 @@ async def _calls(
     finally:
         await direct.close()
     return results
+
+
+async def _floor(
+    args: Any, floor_urls: tuple[str, str], upstream_url: str, steps: Steps
+) -> dict[str, Any]:
+    """Two pass-through proxies that do none of the gateway's work, beside direct calls, in turn:
+    ``floor`` served the way the gateway is (ASGI under granian), ``raw_floor`` on a bare uvloop
+    protocol (no HTTP server at all). A gateway does strictly more per call than either, so their
+    ratios to the direct calls bound its ratio on this machine."""
+    clients = {"direct": _Http(upstream_url, args.connections),
+               "floor": _Http(floor_urls[0], args.connections),
+               "raw_floor": _Http(floor_urls[1], args.connections)}  # fmt: skip
+    try:
+        raws = {name: _get(client, "/api/v1/rows") for name, client in clients.items()}
+        for name, client in clients.items():
+            await closed_loop(client, raws[name], args.connections, min(2.0, args.duration))
+        result: dict[str, Any] = {
+            "floor_is": "a pass-through ASGI proxy under granian (1 worker), the gateway's HTTP "
+            "client: no token, grant, quota, signature or usage record",
+            "raw_floor_is": "the same pass-through on a bare uvloop protocol, no HTTP server",
+        }
+        for name, client in clients.items():
+            tally = Tally()
+            async with steps.step(f"closed loop {name} (pass-through floors)", args.duration,
+                                  tally):  # fmt: skip
+                result[name] = _tally(await closed_loop(client, raws[name], args.connections,
+                                                        args.duration))  # fmt: skip
+        direct = result["direct"]["calls_per_s"]
+        for name in ("floor", "raw_floor"):
+            result[name]["ratio_to_direct"] = (
+                round(result[name]["calls_per_s"] / direct, 3) if direct else None
+            )
+        return result
+    finally:
+        for client in clients.values():
+            await client.close()
 
 
 async def _open(
@@ -776,6 +831,12 @@ def _print(report: dict[str, Any], out: TextIO) -> None:
                 f"{r['ratio_to_direct']}x",
                 mark("metered / direct >= 0.5") if plan == "meter" else "",
             )  # fmt: skip
+    fl = report["calls"]["floor"]
+    for name, what in (("floor", "pass-through floor, ASGI under granian"),
+                       ("raw_floor", "pass-through floor, bare uvloop protocol")):  # fmt: skip
+        table.add_row(f"calls/s {what} (no checks)", f"{fl[name]['calls_per_s']:,.0f}",
+                      f"direct {fl['direct']['calls_per_s']:,.0f}",
+                      f"{fl[name]['ratio_to_direct']}x", "bounds the gateway's ratio")  # fmt: skip
     o = report["calls"]["open"]
     for q in ("p50_ms", "p95_ms", "p99_ms"):
         table.add_row(
@@ -824,6 +885,7 @@ def _chart(report: dict[str, Any], path: Path) -> None:
     for offset, values, name in ((-0.27, direct, "direct"), (0, quota, "gateway, quota plan"),
                                  (0.27, meter, "gateway, metered plan")):  # fmt: skip
         calls.bar([x + offset for x in xs], values, width=0.27, label=name)
+    _floor_bars(calls, report["calls"]["floor"], labels, xs)
     calls.axhline(2000, color="grey", linestyle=":", label="target 2,000/s")
     calls.set_xticks(xs, labels)
     calls.set_ylabel("calls/s (closed loop)")
@@ -831,7 +893,6 @@ def _chart(report: dict[str, Any], path: Path) -> None:
     calls.grid(alpha=0.3, axis="y")
     o = report["calls"]["open"]
     qs = ["p50_ms", "p95_ms", "p99_ms"]
-    files.set_title("")
     f = report["files"]
     names = ["whole (median)", f"{report['config']['ranges']} ranges"]
     ex = [f["whole"]["exchange_median"], f["ranged"]["exchange_mb_per_s"]]
@@ -868,6 +929,16 @@ def _chart(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _floor_bars(calls: Any, floor: dict[str, Any], labels: list[str], xs: list[int]) -> None:
+    labels.append("pass-through floors")
+    xs.append(len(xs))
+    calls.bar([xs[-1] - 0.27], [floor["direct"]["calls_per_s"]], width=0.27, color="C0")
+    calls.bar([xs[-1]], [floor["floor"]["calls_per_s"]], width=0.27, color="C3",
+              label="pass-through, ASGI under granian (no checks)")  # fmt: skip
+    calls.bar([xs[-1] + 0.27], [floor["raw_floor"]["calls_per_s"]], width=0.27, color="C4",
+              label="pass-through, bare uvloop protocol (no checks)")  # fmt: skip
 
 
 def susp_rows(report: dict[str, Any], kind: str) -> list[dict[str, Any]]:

@@ -36,6 +36,12 @@ async def test_the_delivery_benchmark_reports_every_figure_beside_its_baseline(s
         assert row[name]["refused"] == {} and row[name]["client_errors"] == {}
     for plan in ("quota", "meter"):
         assert row[plan]["ratio_to_direct"] > 0
+    # The pass-through floors answered every call with the upstream's 200, beside direct calls.
+    floors = report["calls"]["floor"]
+    for name in ("direct", "floor", "raw_floor"):
+        assert floors[name]["calls"] > 0 and floors[name]["client_errors"] == {}
+        assert floors[name]["refused"] == {}
+    assert floors["floor"]["ratio_to_direct"] > 0 and floors["raw_floor"]["ratio_to_direct"] > 0
     opened = report["calls"]["open"]
     for name in ("direct", "gateway"):
         assert opened[name]["n"] > 0 and opened[name]["refused"] == {}
