@@ -42,6 +42,7 @@ from exchange.platform.signing import KeyRing
 
 PERIOD: Final = timedelta(hours=1)
 STATEMENT_TYPE: Final = "dataex-usage-statement+jws"
+HELD_REMEMBERED: Final = 10_000
 
 # Settlement posts a metered period (returns the ledger seq) / releases the rest at the end.
 PostUsage = Callable[[Connection, UsageStatement, str, str, datetime], Awaitable[int | None]]
@@ -77,24 +78,31 @@ class Billing:
         self.hooks = hooks or BillingHooks()
         self.period = period
         self.settle_delay = settle_delay
+        # Grants whose close a dispute held (`TradeDisputed`): a round takes them after every
+        # other due grant, so a batch full of held grants cannot keep the rest from closing.
+        self._held: set[uuid.UUID] = set()
 
     async def close_due(self, limit: int = 200) -> int:
-        """Close every due period (each in its own transaction); returns how many closed."""
+        """Close due periods, `limit` grants a round (each in its own transaction); returns how
+        many closed. Grants a dispute held last time go after the others."""
         now = self.clock.now()
         rows = await self.pool.fetch(
             """
-            SELECT id FROM grants
-             WHERE NOT books_closed AND activated_at IS NOT NULL
-               AND coalesce(billed_until, activated_at) <= $1
-            UNION
-            SELECT g.id FROM grants g
-             WHERE NOT g.books_closed AND g.activated_at IS NOT NULL AND g.state <> 'active'
-               AND (g.state IN ('expired', 'revoked')
-                    OR EXISTS (SELECT 1 FROM usage_records r
-                                WHERE r.grant_id = g.id AND r.period_seq IS NULL))
+            SELECT id FROM (
+                SELECT id FROM grants
+                 WHERE NOT books_closed AND activated_at IS NOT NULL
+                   AND coalesce(billed_until, activated_at) <= $1
+                UNION
+                SELECT g.id FROM grants g
+                 WHERE NOT g.books_closed AND g.activated_at IS NOT NULL AND g.state <> 'active'
+                   AND (g.state IN ('expired', 'revoked')
+                        OR EXISTS (SELECT 1 FROM usage_records r
+                                    WHERE r.grant_id = g.id AND r.period_seq IS NULL))
+            ) due
+             ORDER BY id = ANY($3::uuid[]), id
              LIMIT $2
             """,
-            now - self.period, limit,
+            now - self.period, limit, list(self._held),
         )  # fmt: skip
         closed = 0
         for row in rows:
@@ -108,9 +116,14 @@ class Billing:
         release the trade, `TradeDisputed`): the whole close rolls back, its records stay
         unposted, and a later round closes the period once the dispute is resolved."""
         try:
-            return await self._close(grant_id)
+            statement = await self._close(grant_id)
         except TradeDisputed:
+            if len(self._held) >= HELD_REMEMBERED:  # ones no longer due are never discarded
+                self._held.clear()
+            self._held.add(grant_id)
             return None
+        self._held.discard(grant_id)
+        return statement
 
     async def _close(self, grant_id: uuid.UUID) -> UsageStatement | None:
         async with self.pool.acquire() as conn, conn.transaction():

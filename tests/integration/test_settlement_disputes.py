@@ -331,9 +331,8 @@ async def test_a_metered_trade_is_refunded_from_named_periods_and_waits_meanwhil
     await verified(settings)
 
 
-async def test_billing_leaves_a_disputed_metered_grants_period_for_a_later_round(
-    client, trade, settings, pool, clock, admin_token
-):
+async def _metered_trades(client, trade, admin_token, n: int) -> list[uuid.UUID]:
+    """`n` trades of a metered plan (1,500 milli-fen a request, a 1,000 fen cap each)."""
     plan = {
         "id": "meter", "name": "按量计费", "pricing": "metered", "price_fen": 1, "free": False,
         "purposes": ["research"], "territory": ["CN"], "max_term_days": 365,
@@ -346,25 +345,42 @@ async def test_billing_leaves_a_disputed_metered_grants_period_for_a_later_round
         await client.post("/v1/keys/custodial", headers=bearer(trade["buyer"]))
     ).status_code == 201
     await deposit(client, admin_token, trade["buyer_org"]["id"], 5_000, "bank-dispute")
-    placed = await place(
-        client, trade, order_body(product_id, plan_id="meter", quantity=1, spend_cap_fen=1_000)
-    )
-    assert placed.status_code == 201, placed.text
-    trade_id = uuid.UUID(placed.json()["contract_id"])
+    trades = []
+    for _ in range(n):
+        placed = await place(
+            client, trade, order_body(product_id, plan_id="meter", quantity=1, spend_cap_fen=1_000)
+        )
+        assert placed.status_code == 201, placed.text
+        trades.append(uuid.UUID(placed.json()["contract_id"]))
+    return trades
+
+
+async def _used(pool, clock, grant_id: uuid.UUID) -> None:
+    """Two requests served under the grant, not yet in a period (3,000 milli-fen: 3 fen)."""
+    await pool.execute(
+        "INSERT INTO usage_records (id, grant_id, served_at, units, leases, cost_millifen,"
+        " detail) VALUES ($1, $2, $3, '{\"requests\": 2}', '{}', 3000, '{}')",
+        uuid.uuid4(), grant_id, clock.now(),
+    )  # fmt: skip
+
+
+def _billing(pool, clock, settings):
+    billing = wiring.billing(pool, clock, settings, KeyRing(load_master_key(settings.state_dir)))
+    billing.period, billing.settle_delay = timedelta(0), timedelta(0)
+    return billing
+
+
+async def test_billing_leaves_a_disputed_metered_grants_period_for_a_later_round(
+    client, trade, settings, pool, clock, admin_token
+):
+    [trade_id] = await _metered_trades(client, trade, admin_token, 1)
     grants = grant_service(pool, clock, settings)
     async with worker(settings, pool, clock) as w:
         await w.drain()
         await _relay_to_delivery(pool, grants, set())
         grant_id = await pool.fetchval("SELECT id FROM grants WHERE trade_id = $1", trade_id)
-        await pool.execute(
-            "INSERT INTO usage_records (id, grant_id, served_at, units, leases, cost_millifen,"
-            " detail) VALUES ($1, $2, $3, '{\"requests\": 2}', '{}', 3000, '{}')",
-            uuid.uuid4(), grant_id, clock.now(),
-        )  # fmt: skip
-        billing = wiring.billing(
-            pool, clock, settings, KeyRing(load_master_key(settings.state_dir))
-        )
-        billing.period, billing.settle_delay = timedelta(0), timedelta(0)
+        await _used(pool, clock, grant_id)
+        billing = _billing(pool, clock, settings)
         dispute = uuid.uuid4()
         async with pool.acquire() as conn, conn.transaction():
             await w.service.disputes.hold(conn, trade_id, dispute, clock.now(), None)
@@ -382,6 +398,45 @@ async def test_billing_leaves_a_disputed_metered_grants_period_for_a_later_round
             "SELECT posted_fen FROM settlement_trades WHERE trade_id = $1", trade_id
         )
         assert posted == 3
+    await verified(settings)
+
+
+async def test_grants_a_dispute_holds_do_not_keep_other_grants_from_closing(
+    client, trade, settings, pool, clock, admin_token
+):
+    """A round of `close_due` is a batch; a grant whose close a dispute held goes after every
+    other due grant in the next rounds, so held grants filling a batch cannot starve the rest.
+    With a batch of one: the held grant (the first by id) is tried once, then the other closes,
+    then the held one again, still held."""
+    trade_ids = await _metered_trades(client, trade, admin_token, 2)
+    grants = grant_service(pool, clock, settings)
+    async with worker(settings, pool, clock) as w:
+        await w.drain()
+        await _relay_to_delivery(pool, grants, set())
+        rows = await pool.fetch(
+            "SELECT id, trade_id FROM grants WHERE trade_id = ANY($1::uuid[]) ORDER BY id",
+            trade_ids,
+        )
+        (held_grant, held_trade), (free_grant, _) = [(r["id"], r["trade_id"]) for r in rows]
+        for grant_id in (held_grant, free_grant):
+            await _used(pool, clock, grant_id)
+        billing = _billing(pool, clock, settings)
+        async with pool.acquire() as conn, conn.transaction():
+            await w.service.disputes.hold(conn, held_trade, uuid.uuid4(), clock.now(), None)
+        clock.advance(timedelta(seconds=1))
+
+        async def periods(grant_id: uuid.UUID) -> int:
+            return int(
+                await pool.fetchval(
+                    "SELECT count(*) FROM usage_periods WHERE grant_id = $1", grant_id
+                )
+            )
+
+        assert await billing.close_due(limit=1) == 0  # the held one, first by id
+        assert await billing.close_due(limit=1) == 1  # then the other
+        assert (await periods(free_grant), await periods(held_grant)) == (1, 0)
+        assert await billing.close_due(limit=1) == 0  # only the held one is left, still held
+        assert await periods(held_grant) == 0
     await verified(settings)
 
 
