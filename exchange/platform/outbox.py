@@ -118,9 +118,9 @@ async def enqueue(
         at=at, request_id=request_id, traceparent=traceparent,
     )  # fmt: skip
     await conn.execute(
-        "INSERT INTO outbox (id, subject, payload, request_id, created_at, traceparent)"
-        " VALUES ($1, $2, $3, $4, $5, $6)",
-        event_id, subject, payload, request_id, at, traceparent,
+        "INSERT INTO outbox (id, subject, payload, request_id, created_at, traceparent,"
+        " event_subject) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        event_id, subject, payload, request_id, at, traceparent, event_subject,
     )  # fmt: skip
     return str(event_id)
 
@@ -163,10 +163,10 @@ async def enqueue_many(
         in zip(ids, events, traces, strict=True)
     ]  # fmt: skip
     await conn.execute(
-        "INSERT INTO outbox (id, subject, payload, request_id, created_at, traceparent)"
-        " SELECT i, s, p, $4, $5, t"
-        " FROM unnest($1::uuid[], $2::text[], $3::bytea[], $6::text[]) AS x(i, s, p, t)",
-        ids, [e[0] for e in events], payloads, request_id, at, traces,
+        "INSERT INTO outbox (id, subject, payload, request_id, created_at, traceparent,"
+        " event_subject) SELECT i, s, p, $4, $5, t, e FROM unnest($1::uuid[], $2::text[],"
+        " $3::bytea[], $6::text[], $7::text[]) AS x(i, s, p, t, e)",
+        ids, [e[0] for e in events], payloads, request_id, at, traces, [e[2] for e in events],
     )  # fmt: skip
     return [str(i) for i in ids]
 
@@ -236,11 +236,10 @@ async def stored(conn: Executor, ids: list[uuid.UUID]) -> list[StoredEvent]:
 async def about(conn: Executor, aggregate: str, event_subjects: Sequence[str]) -> list[StoredEvent]:
     """Every event of one kind of aggregate (NATS subjects ``<prefix>.<aggregate>.<event>``)
     whose CloudEvent subject is one of ``event_subjects``: an aggregate's history, as published
-    (a dispute's evidence of a trade's grants). No index serves it: the aggregate's events are
-    scanned, so it is for rare reads of few subjects, never a request's hot path."""
+    (a dispute's evidence of a trade's grants), through the index of event subjects."""
     rows = await conn.fetch(
-        "SELECT id, subject, payload, request_id FROM outbox WHERE subject LIKE $1"
-        " AND convert_from(payload, 'UTF8')::json ->> 'subject' = ANY($2::text[])"
+        "SELECT id, subject, payload, request_id FROM outbox"
+        " WHERE event_subject = ANY($2::text[]) AND subject LIKE $1"
         " ORDER BY created_at, id",
         f"%.{aggregate}.%", list(event_subjects),
     )  # fmt: skip

@@ -244,3 +244,54 @@ async def test_0017_counts_only_what_earlier_orders_exported(scratch_db):
         assert counted == {label: expected for label, (_, expected) in cases.items()}
     finally:
         await conn.close()
+
+
+async def test_0024_gives_events_written_before_it_their_subject_and_about_reads_the_index(
+    scratch_db,
+):
+    """Events written before 0024 get their CloudEvent subject out of the payload (a job's
+    message, not an event, keeps NULL); `outbox.about` then finds them, through the index."""
+    from datetime import UTC, datetime
+
+    from exchange.platform.outbox import about, envelope
+
+    migrations = load_migrations()
+    conn = await asyncpg.connect(scratch_db)
+    try:
+        await migrate(conn, [m for m in migrations if m.version < 24])
+        at = datetime(2026, 12, 1, tzinfo=UTC)
+        grant = str(uuid.uuid4())
+        old = {
+            "event": (uuid.uuid4(), "dx.grant.activated", envelope(
+                uuid.uuid4(), source="urn:dataex:exchange:DX", event_type="dx.grant.activated",
+                event_subject=grant, data={"grant_id": grant}, at=at, request_id=None,
+            )),
+            "other": (uuid.uuid4(), "dx.grant.suspended", envelope(
+                uuid.uuid4(), source="urn:dataex:exchange:DX", event_type="dx.grant.suspended",
+                event_subject=str(uuid.uuid4()), data={}, at=at, request_id=None,
+            )),
+            "job": (uuid.uuid4(), "dx.jobs.compute", str(uuid.uuid4()).encode()),
+        }  # fmt: skip
+        for event_id, subject, payload in old.values():
+            await conn.execute(
+                "INSERT INTO outbox (id, subject, payload, created_at) VALUES ($1, $2, $3, $4)",
+                event_id, subject, payload, at,
+            )  # fmt: skip
+        await migrate(conn, migrations)
+        subjects = {
+            label: await conn.fetchval("SELECT event_subject FROM outbox WHERE id = $1", row[0])
+            for label, row in old.items()
+        }
+        assert subjects["event"] == grant and subjects["other"] not in (None, grant)
+        assert subjects["job"] is None
+        [found] = await about(conn, "grant", [grant])
+        assert found.id == old["event"][0]
+        await conn.execute("SET enable_seqscan = off")  # a table this small is scanned anyway
+        plan = await conn.fetch(
+            "EXPLAIN SELECT id FROM outbox WHERE event_subject = ANY($1::text[])"
+            " AND subject LIKE '%.grant.%'",
+            [grant],
+        )
+        assert "outbox_event_subject" in " ".join(row[0] for row in plan)
+    finally:
+        await conn.close()
