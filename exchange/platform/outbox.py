@@ -195,7 +195,7 @@ def published_sql(kind: str, *, exact_subject: bool) -> str:
     with ``exact_subject`` the subject)."""
     predicate = PUBLISHED_INDEXES[kind]
     return (
-        "SELECT id, convert_from(payload, 'UTF8')::json ->> 'subject' AS event_subject,"
+        "SELECT id, event_subject,"
         f" published_at FROM outbox WHERE {predicate}"
         + (" AND subject = $5" if exact_subject else "")
         + " AND (published_at, id) > ($1, $2) AND published_at < $3"

@@ -264,11 +264,11 @@ async def test_the_executed_events_are_read_through_the_outbox_index(settings, p
     over the executed trades' partial index, never a scan of the table."""
     subject = settings.subject("trade", "executed")
     await pool.execute(
-        "INSERT INTO outbox (id, subject, payload, created_at, published_at)"
+        "INSERT INTO outbox (id, subject, payload, created_at, published_at, event_subject)"
         " SELECT gen_random_uuid(), CASE WHEN g % 5 = 0 THEN $1 ELSE 'dx.listing.published' END,"
-        " convert_to(json_build_object('subject', gen_random_uuid())::text, 'UTF8'),"
-        " now() - make_interval(secs => g), now() - make_interval(secs => g)"
-        " FROM generate_series(1, 100000) AS g",
+        " convert_to(json_build_object('subject', e)::text, 'UTF8'),"
+        " now() - make_interval(secs => g), now() - make_interval(secs => g), e::text"
+        " FROM (SELECT g, gen_random_uuid() AS e FROM generate_series(1, 100000) AS g) AS x",
         subject,
     )
     await pool.execute("ANALYZE outbox")
