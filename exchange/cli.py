@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -348,57 +348,60 @@ def _online(args: argparse.Namespace) -> int:
 
 
 def _server_task(args: argparse.Namespace, settings: Settings) -> int:
+    bench = getattr(args, "bench_command", None)
     if args.command == "grants":
-        import asyncio
-
-        from exchange import runtime, wiring
+        from exchange import wiring
         from exchange.delivery.cli import run as grants_task
 
-        with runtime.servers(settings) as live:
-            return asyncio.run(grants_task(live, args, wiring.grants))
+        return _on_servers(settings, lambda live: grants_task(live, args, wiring.grants))
     if args.command == "peers":
-        import asyncio
-
-        from exchange import runtime, wiring
+        from exchange import wiring
         from exchange.recognition.cli import run as peers_task
 
-        with runtime.servers(settings) as live:
-            return asyncio.run(peers_task(live, args, wiring.recognition))
-    if getattr(args, "bench_command", None) == "disputes":
-        import asyncio
-
-        from benchmarks.disputes import bench_disputes
-        from exchange import runtime
-
-        with runtime.servers(settings) as live:
-            return asyncio.run(bench_disputes(live, args, sys.stdout))
-    if getattr(args, "bench_command", None) == "jobs":
-        import asyncio
-
-        from benchmarks.jobs import bench_jobs
-        from exchange import runtime
-
-        with runtime.servers(settings) as live:
-            return asyncio.run(bench_jobs(live, args, sys.stdout))
-    if getattr(args, "bench_command", None) == "delivery":
-        import uvloop
-
-        from benchmarks.delivery import bench_delivery
-        from exchange import runtime
-
-        with runtime.servers(settings) as live:
-            return uvloop.run(bench_delivery(live, args, sys.stdout))
-    if getattr(args, "bench_command", None) == "console":
-        import uvloop
-
-        from benchmarks.console import bench_console
-        from exchange import runtime
-
-        with runtime.servers(settings) as live:
-            return uvloop.run(bench_console(live, args, sys.stdout))
-    if args.command in ("seed", "catalog") or getattr(args, "bench_command", None) == "catalog":
+        return _on_servers(settings, lambda live: peers_task(live, args, wiring.recognition))
+    if bench in ("disputes", "jobs", "delivery", "console"):
+        return _bench_task(args, settings)
+    if args.command in ("seed", "catalog") or bench == "catalog":
         return _catalog_task(args, settings)
     return _settlement_task(args, settings)
+
+
+def _bench_task(args: argparse.Namespace, settings: Settings) -> int:
+    """``bench disputes|jobs|delivery|console``: the bench on the servers (delivery's and the
+    console's on uvloop)."""
+    if args.bench_command == "disputes":
+        from benchmarks.disputes import bench_disputes as bench
+    elif args.bench_command == "jobs":
+        from benchmarks.jobs import bench_jobs as bench
+    elif args.bench_command == "delivery":
+        from benchmarks.delivery import bench_delivery as bench
+    else:
+        from benchmarks.console import bench_console as bench
+    on_uvloop = args.bench_command in ("delivery", "console")
+    return _on_servers(settings, lambda live: bench(live, args, sys.stdout), on_uvloop=on_uvloop)
+
+
+def _on_servers(
+    settings: Settings,
+    task: Callable[[Settings], Coroutine[Any, Any, int]],
+    *,
+    on_uvloop: bool = False,
+) -> int:
+    """``task`` on the servers a one-off command needs (`runtime.servers`), in an event loop of
+    asyncio's own or of uvloop."""
+    run: Callable[[Coroutine[Any, Any, int]], int]
+    if on_uvloop:
+        import uvloop
+
+        run = uvloop.run
+    else:
+        import asyncio
+
+        run = asyncio.run
+    from exchange import runtime
+
+    with runtime.servers(settings) as live:
+        return run(task(live))
 
 
 def _catalog_task(args: argparse.Namespace, settings: Settings) -> int:

@@ -48,6 +48,15 @@ REPLAYED = (
 )
 
 
+def _replayed(kind: Literal["deposit", "withdrawal"]) -> dict[int, ResponseSpec]:
+    """The 200 answer of a deposit or withdrawal: the one made earlier with the same reference."""
+    return {
+        200: ResponseSpec(
+            MovementView, generate_examples=False, description=REPLAYED.format(kind=kind)
+        )
+    }
+
+
 class ReasonIn(msgspec.Struct, forbid_unknown_fields=True):
     reason: Reason
 
@@ -196,9 +205,8 @@ class AccountController(Controller):
         "/{org_id:uuid}/deposits",
         operation_id="deposit",
         opt=requires("admin"),
-        responses={200: ResponseSpec(MovementView, generate_examples=False,
-                                     description=REPLAYED.format(kind="deposit"))},
-    )  # fmt: skip
+        responses=_replayed("deposit"),
+    )
     async def deposit(
         self,
         org_id: FromPath[uuid.UUID],
@@ -214,9 +222,8 @@ class AccountController(Controller):
         "/{org_id:uuid}/withdrawals",
         operation_id="withdraw",
         opt=requires("admin"),
-        responses={200: ResponseSpec(MovementView, generate_examples=False,
-                                     description=REPLAYED.format(kind="withdrawal"))},
-    )  # fmt: skip
+        responses=_replayed("withdrawal"),
+    )
     async def withdraw(
         self,
         org_id: FromPath[uuid.UUID],

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, Final, get_args
 
@@ -130,13 +131,10 @@ class GrantPages(Controller):
         actor: NamedDependency[Actor],
         principal: NamedDependency[Principal],
     ) -> Response[Any]:
-        form = await request.form()
-
-        async def act() -> None:
-            require_roles(principal, STAFF_ACTION_ROLES)
-            await grants.suspend(actor, grant_id, suspension_of(form).reason)
-
-        return await _act(request, grant_id, grants, act, form)
+        return await _act(
+            request, grant_id, grants, principal,
+            lambda form: grants.suspend(actor, grant_id, suspension_of(form).reason),
+        )  # fmt: skip
 
     @post("/{grant_id:uuid}/resume")
     async def resume(
@@ -147,26 +145,30 @@ class GrantPages(Controller):
         actor: NamedDependency[Actor],
         principal: NamedDependency[Principal],
     ) -> Response[Any]:
-        form = await request.form()
-
-        async def act() -> None:
-            require_roles(principal, STAFF_ACTION_ROLES)
-            await grants.resume(actor, grant_id)
-
-        return await _act(request, grant_id, grants, act, form)
+        return await _act(
+            request, grant_id, grants, principal, lambda _form: grants.resume(actor, grant_id)
+        )
 
 
 async def _act(
     request: Request[Any, Any, Any],
     grant_id: uuid.UUID,
     grants: GrantService,
-    action: Any,
-    form: Any,
+    principal: Principal,
+    action: Callable[[Any], Awaitable[Any]],
 ) -> Response[Any]:
+    """A staff action on the grant with the form sent, for the roles of the API's own route;
+    then back to the grant's page, or on a problem, the page again with it (and the form)."""
+    form = await request.form()
+
+    async def act() -> None:
+        require_roles(principal, STAFF_ACTION_ROLES)
+        await action(form)
+
     async def page(problem: DataexError) -> Template:
         return await _grant_page(request, grant_id, grants, problem=problem, form=form)
 
-    return await attempt(request, action, then=f"{ROOT}/grants/{grant_id}", page=page)
+    return await attempt(request, act, then=f"{ROOT}/grants/{grant_id}", page=page)
 
 
 async def _grant_page(

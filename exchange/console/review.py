@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -181,7 +182,7 @@ class ReviewPages(Controller):
     ) -> Response[Any]:
         return await self._act(
             request, case_id, reviews, listings, orders,
-            lambda: reviews.claim(actor, principal, case_id),
+            lambda _form: reviews.claim(actor, principal, case_id),
         )  # fmt: skip
 
     @post("/{case_id:uuid}/release")
@@ -197,7 +198,7 @@ class ReviewPages(Controller):
     ) -> Response[Any]:
         return await self._act(
             request, case_id, reviews, listings, orders,
-            lambda: reviews.release(actor, principal, case_id),
+            lambda _form: reviews.release(actor, principal, case_id),
         )  # fmt: skip
 
     @post("/{case_id:uuid}/decide")
@@ -211,12 +212,10 @@ class ReviewPages(Controller):
         actor: NamedDependency[Actor],
         principal: NamedDependency[Principal],
     ) -> Response[Any]:
-        form = await request.form()
-
-        async def act() -> None:
-            await reviews.decide(actor, principal, case_id, decision_of(form))
-
-        return await self._act(request, case_id, reviews, listings, orders, act, form=form)
+        return await self._act(
+            request, case_id, reviews, listings, orders,
+            lambda form: reviews.decide(actor, principal, case_id, decision_of(form)),
+        )  # fmt: skip
 
     @staticmethod
     async def _act(
@@ -225,10 +224,11 @@ class ReviewPages(Controller):
         reviews: ReviewService,
         listings: ListingService,
         orders: OrderService,
-        action: Any,
-        form: Any = None,
+        action: Callable[[Any], Awaitable[Any]],
     ) -> Response[Any]:
-        form = form if form is not None else await request.form()
+        """The review service's call with the form sent; then back where the form says (the
+        case's page by default), or on a problem, the case's page again with it."""
+        form = await request.form()
         back = safe_next(form.get("next") if isinstance(form.get("next"), str) else None)
         if back == f"{ROOT}/":
             back = f"{ROOT}/reviews/{case_id}"
@@ -238,7 +238,7 @@ class ReviewPages(Controller):
                 request, case_id, reviews, listings, orders, problem=problem, form=form
             )
 
-        return await attempt(request, action, then=back, page=page)
+        return await attempt(request, lambda: action(form), then=back, page=page)
 
 
 def decision_of(form: Any) -> DecisionCreate:

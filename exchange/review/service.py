@@ -263,12 +263,7 @@ class ReviewService:
     async def claim(self, actor: Actor, principal: Principal, case_id: uuid.UUID) -> ReviewCase:
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT * FROM review_cases WHERE id = $1 FOR UPDATE", case_id
-            )
-            if row is None:
-                raise NotFound(f"no review case {case_id}")
-            self._check_may_review(row, principal)
+            row = await self._locked_case(conn, principal, case_id)
             if row["state"] != "open":
                 raise Conflict(f"the case is {row['state']}; only open cases can be claimed")
             await self._check_not_decided_by(conn, case_id, principal)
@@ -283,49 +278,30 @@ class ReviewService:
                     f" {(row['claimed_at'] + CLAIM_TIMEOUT).isoformat()}",
                     extensions={"claimed_by": str(holder)},
                 )
-            await conn.execute(
-                "UPDATE review_cases SET claimed_by = $2, claimed_at = $3 WHERE id = $1",
-                case_id,
-                principal.token_id,
-                now,
-            )
-            await record(
-                conn,
-                actor,
-                at=now,
-                action="review.claimed",
-                subject_type="review_case",
-                subject_id=case_id,
-            )
+            await _set_claim(conn, actor, case_id, principal.token_id, now)
         return await self.get(case_id)
 
     async def release(self, actor: Actor, principal: Principal, case_id: uuid.UUID) -> ReviewCase:
         """Give back a case this reviewer claimed, for another to take."""
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT * FROM review_cases WHERE id = $1 FOR UPDATE", case_id
-            )
-            if row is None:
-                raise NotFound(f"no review case {case_id}")
-            self._check_may_review(row, principal)
+            row = await self._locked_case(conn, principal, case_id)
             if row["state"] != "open":
                 raise Conflict(f"the case is {row['state']}; only open cases are claimed")
             if row["claimed_by"] != principal.token_id:
                 raise Conflict("the case is not claimed by this reviewer; nothing to release")
-            await conn.execute(
-                "UPDATE review_cases SET claimed_by = NULL, claimed_at = NULL WHERE id = $1",
-                case_id,
-            )
-            await record(
-                conn,
-                actor,
-                at=now,
-                action="review.released",
-                subject_type="review_case",
-                subject_id=case_id,
-            )
+            await _set_claim(conn, actor, case_id, None, now)
         return await self.get(case_id)
+
+    @classmethod
+    async def _locked_case(cls, conn: Connection, principal: Principal, case_id: uuid.UUID) -> Any:
+        """The case's row, locked until the transaction ends: 404 when there is none, 403 when
+        it is about the reviewer's own organisation."""
+        row = await conn.fetchrow("SELECT * FROM review_cases WHERE id = $1 FOR UPDATE", case_id)
+        if row is None:
+            raise NotFound(f"no review case {case_id}")
+        cls._check_may_review(row, principal)
+        return row
 
     @staticmethod
     async def _check_not_decided_by(
@@ -351,12 +327,7 @@ class ReviewService:
     ) -> ReviewCase:
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT * FROM review_cases WHERE id = $1 FOR UPDATE", case_id
-            )
-            if row is None:
-                raise NotFound(f"no review case {case_id}")
-            self._check_may_review(row, principal)
+            row = await self._locked_case(conn, principal, case_id)
             CASE.next(row["state"], data.verdict)  # a closed case takes no more decisions
             if row["claimed_by"] != principal.token_id:
                 raise Conflict("claim the case before deciding it (POST …/claim)")
@@ -419,6 +390,27 @@ class ReviewService:
                 )[0]
                 await self.handlers[case.kind](conn, case, data.verdict, actor, now)
         return await self.get(case_id)
+
+
+async def _set_claim(
+    conn: Connection, actor: Actor, case_id: uuid.UUID, holder: uuid.UUID | None, at: datetime
+) -> None:
+    """The case claimed by reviewer token ``holder`` from ``at`` (``None``: released), audited
+    as ``review.claimed`` or ``review.released``."""
+    await conn.execute(
+        "UPDATE review_cases SET claimed_by = $2, claimed_at = $3 WHERE id = $1",
+        case_id,
+        holder,
+        None if holder is None else at,
+    )
+    await record(
+        conn,
+        actor,
+        at=at,
+        action="review.released" if holder is None else "review.claimed",
+        subject_type="review_case",
+        subject_id=case_id,
+    )
 
 
 def _check_evidence(row: Any, evidence: list[EvidenceGiven]) -> None:
