@@ -222,10 +222,12 @@ class Book:
         self.ids: dict[AccountKey, int] = {}
         self.balances: dict[AccountKey, int] = {}
 
-    async def lock(self, movements: Sequence[Movement]) -> None:
-        """Create missing accounts and lock every touched one, in id order (no deadlocks)."""
+    async def lock(self, movements: Sequence[Movement], also: Sequence[AccountKey] = ()) -> None:
+        """Create missing accounts and lock every touched one, in id order (no deadlocks); with
+        ``also``, the accounts a later step of the same transaction will move."""
         keys = sorted(
-            {(leg.owner, leg.kind) for m in movements for leg in m.legs} - set(self.ids),
+            ({(leg.owner, leg.kind) for m in movements for leg in m.legs} | set(also))
+            - set(self.ids),
             key=lambda k: (str(k[0]), k[1]),
         )
         if not keys:

@@ -21,8 +21,9 @@ Each runs inside the caller's transaction (the delivery room closes a period, or
 top-up, in its own), so a period is posted if and only if the delivery room's close commits.
 Each takes the same locks in the same order as every settlement step (the trade's row, the
 accounts it moves in id order, the ledger's append lock), so they never deadlock with the
-worker, and each registers itself in the ledger. Which transitions a metered trade allows is
-`settlement.states.METERED_TRADE`.
+worker, and each registers itself in the ledger. A final period, which the release follows in
+the same transaction, locks the accounts the release moves with its own, before the ledger.
+Which transitions a metered trade allows is `settlement.states.METERED_TRADE`.
 """
 
 from __future__ import annotations
@@ -166,18 +167,28 @@ class MeteredSettlement:
                             "posted_fen": row["posted_fen"]},
             )  # fmt: skip
         fee = fee_fen(charge, row["fee_bps"])
+        # The final period is followed in the same transaction by `release`, which moves the
+        # buyer's escrow and available accounts: they are locked now, with the period's own,
+        # so the ledger's append lock below is still taken after every account. (Locked by
+        # the release, after the ledger, a step holding one of them while it waits for the
+        # ledger deadlocks with it: even a final period of 0 fen takes the ledger's lock.)
+        ending: list[book.AccountKey] = []
+        if statement.final:
+            ending = [(row["buyer_org_id"], "escrow"), (row["buyer_org_id"], "available")]
         movement = None
         if charge > 0:
             movement = book.usage(
                 trade_id, row["buyer_org_id"], row["seller_org_id"], charge, fee,
                 usage_step_key(statement),
             )  # fmt: skip
-            await _write(conn, movement, at, request_id)
+            await _write(conn, movement, at, request_id, ending)
             await conn.execute(
                 "UPDATE settlement_trades SET posted_fen = posted_fen + $2, updated_at = $3"
                 " WHERE trade_id = $1",
                 trade_id, charge, at,
             )  # fmt: skip
+        elif ending:
+            await book.Book(conn).lock([], ending)
         [seq] = await ledger.append(
             conn, self.settings.exchange_code,
             [draft_row(row, "usage", movement.id if movement else None, price_fen=charge - fee,
@@ -341,12 +352,17 @@ def _not_disputed(row: Any, what: str) -> None:
 
 
 async def _write(
-    conn: Connection, movement: book.Movement, at: datetime, request_id: str | None
+    conn: Connection,
+    movement: book.Movement,
+    at: datetime,
+    request_id: str | None,
+    also: list[book.AccountKey] | None = None,
 ) -> None:
     """A movement out of the trade's escrow, which always holds what the trade reserved and
-    has not posted: a shortfall there is a broken book, never the buyer's."""
+    has not posted: a shortfall there is a broken book, never the buyer's. ``also``: accounts
+    locked with the movement's, for a later step of the transaction."""
     accounts = book.Book(conn)
-    await accounts.lock([movement])
+    await accounts.lock([movement], also or ())
     made, short = accounts.plan([movement])
     if short:
         raise RuntimeError(f"escrow does not cover trade {movement.trade_id}: {short[0].reason}")
