@@ -326,7 +326,7 @@ async def test_0025_keeps_reviewers_approvals_as_the_review_stage_and_awards_nee
         await conn.execute(approval.format("", ""), dispute_id, at)
         await migrate(conn, migrations)
         old = await conn.fetchrow("SELECT stage, document_sha256 FROM dispute_approvals")
-        assert (old["stage"], old["document_sha256"]) == ("review", None)
+        assert old is not None and (old["stage"], old["document_sha256"]) == ("review", None)
         award = approval.format(", stage, document_sha256", ", 'award', $3")
         await conn.execute(award, dispute_id, at, "ab" * 32)  # the same token, the other stage
         with pytest.raises(asyncpg.UniqueViolationError):
