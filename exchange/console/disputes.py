@@ -2,8 +2,9 @@
 with an overdue badge), a dispute's page (parties, statements, deadlines, four-eyes progress,
 its transitions, the resolution and the money it moved), the evidence viewer (every item, a
 download and an inline preview of text and images), the resolution form (reviewers, as
-``POST /v1/disputes/{id}/resolution``), the award form (admins, as ``POST …/award``) and the
-evidence bundle (as ``GET …/bundle``).
+``POST /v1/disputes/{id}/resolution``), the award form (admins, as ``POST …/award``; at or above
+the four-eyes amount it shows the pending award, for a second admin to record the same one) and
+the evidence bundle (as ``GET …/bundle``).
 
 Evidence is served as an attachment with ``X-Content-Type-Options: nosniff`` and, unless it is
 one of the accepted evidence types, as ``application/octet-stream``: never as a page of the
@@ -63,7 +64,7 @@ AWARD_ROLES: Final = ("admin",)
 OPEN_FILTER: Final = "open"
 ANY_FILTER: Final = "any"
 # What a redirect after a form may say on the page (a flash carried in the address).
-DONE: Final = ("resolved", "pending", "awarded")
+DONE: Final = ("resolved", "pending", "awarded", "award_pending")
 PREVIEW_BYTES: Final = 64 * 1024
 TEXT_TYPES: Final = frozenset(
     {"text/plain", "text/csv", "application/json", "application/jsonl", "application/x-ndjson"}
@@ -394,11 +395,11 @@ class DisputePages(Controller):
     async def award(self, case: NamedDependency[DisputeCase]) -> Response[Any]:
         async def act(form: Any) -> str:
             data = award_request(form)
-            await case.disputes.award(
+            _, recorded = await case.disputes.award(
                 case.actor, case.principal, case.dispute_id, data.resolution,
                 data.document_sha256, data.note,
             )  # fmt: skip
-            return "awarded"
+            return "awarded" if recorded else "award_pending"
 
         return await case.submit("award", AWARD_ROLES, act)
 
@@ -424,21 +425,31 @@ async def dispute_page(
     session = session_of(request)
     may_resolve = principal.has(*RESOLVE_ROLES) and DISPUTE.allows(dispute.state, "resolve")
     may_award = principal.has(*AWARD_ROLES) and DISPUTE.allows(dispute.state, "record_award")
+    # The proposal waiting for a second reviewer (under review) or a second admin (escalated).
+    pending = dispute.pending
+    review_pending = pending if pending is not None and pending.stage == "review" else None
+    award_pending = pending if pending is not None and pending.stage == "award" else None
     # The form's values: what was sent (a refused form), else the pending proposal for the
-    # second reviewer to approve as it is.
+    # second reviewer (or admin) to approve as it is.
     resolution_form: dict[str, Any] = {}
     award_form: dict[str, Any] = {}
     if form is not None and formed == "resolution":
         resolution_form = dict(form)
     elif form is not None and formed == "award":
         award_form = dict(form)
-    if not resolution_form and dispute.pending is not None:
-        resolution_form = form_of(dispute.pending.resolution)
+    if not resolution_form and review_pending is not None:
+        resolution_form = form_of(review_pending.resolution)
+    if not award_form and award_pending is not None:
+        award_form = form_of(award_pending.resolution) | {
+            "document_sha256": award_pending.document_sha256
+        }
     approvals = (
         dispute.approvals_needed
         if dispute.resolution is not None
-        else (1 if dispute.pending is not None else 0)
+        else (1 if review_pending is not None else 0)
     )
+    awarded = dispute.escalation is not None and dispute.escalation.award_sha256 is not None
+    me = _label(session.principal)
     return render(
         request,
         "dispute.html",
@@ -458,11 +469,14 @@ async def dispute_page(
         describe=describe,
         kind_of=kind_of,
         approvals=approvals,
+        award_approvals=dispute.approvals_needed if awarded else (1 if award_pending else 0),
         may_resolve=may_resolve,
         may_award=may_award,
         reviewer=principal.has(*RESOLVE_ROLES),
-        proposed_by_me=dispute.pending is not None
-        and dispute.pending.proposed_by == _label(session.principal),
+        review_pending=review_pending,
+        award_pending=award_pending,
+        proposed_by_me=review_pending is not None and review_pending.proposed_by == me,
+        award_proposed_by_me=award_pending is not None and award_pending.proposed_by == me,
         award_items=[i for i in evidence.items if i.kind == "award"],
         kinds=KINDS,
         resolution_form=resolution_form,

@@ -247,17 +247,32 @@ class DisputeController(Controller):
         """A party takes the dispute to arbitration outside the exchange; escrow stays held."""
         return await disputes.escalate(actor, principal, dispute_id, data.forum, data.note)
 
-    @post("/{dispute_id:uuid}/award", operation_id="recordDisputeAward", opt=requires("admin"),
-          status_code=200)  # fmt: skip
+    @post(
+        "/{dispute_id:uuid}/award",
+        operation_id="recordDisputeAward",
+        opt=requires("admin"),
+        status_code=200,
+        responses={
+            202: ResponseSpec(
+                Dispute,
+                description="Four-eyes: the award waits for a second admin (pending, stage"
+                " award); nothing has moved",
+            )
+        },
+    )
     async def award(
         self, dispute_id: FromPath[uuid.UUID], data: JSONBody[AwardIn], disputes: Disputes,
         actor: ActorDep, principal: PrincipalDep,
-    ) -> Dispute:  # fmt: skip
-        """Staff record an escalated dispute's award and its document (an ``award`` evidence
-        item): resolved, the money moved, closed."""
-        return await disputes.award(
+    ) -> Response[Dispute]:  # fmt: skip
+        """An admin records an escalated dispute's award and its document (an ``award``
+        evidence item): resolved, the money moved, closed (200). At or above
+        DATAEX_DISPUTE_FOUR_EYES_FEN at stake, the first admin's award waits (202) for a second
+        admin with the same resolution and document; the same admin again, or another
+        resolution or document, is 409."""
+        dispute, done = await disputes.award(
             actor, principal, dispute_id, data.resolution, data.document_sha256, data.note
         )
+        return Response(dispute, status_code=200 if done else 202)
 
     @post("/{dispute_id:uuid}/withdrawal", operation_id="withdrawDispute",
           opt=requires("buyer", "seller"), status_code=200)  # fmt: skip

@@ -23,6 +23,9 @@ Statement = Annotated[str, Meta(min_length=1, max_length=20_000)]
 Note = Annotated[str, Meta(min_length=1, max_length=2000)]
 Sha256Hex = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
 Party = Literal["buyer", "seller"]
+# The two four-eyes stages: a reviewer's resolution of a case under review, an admin's award of
+# an escalated one.
+Stage = Literal["review", "award"]
 Submitter = Literal["buyer", "seller", "exchange", "staff"]
 EvidenceType = Literal[
     "statement", "screenshot", "report", "correspondence", "data_sample", "expert_report",
@@ -148,12 +151,17 @@ class AwardIn(Struct, forbid_unknown_fields=True):
 
 
 class Proposal(Struct, frozen=True):
-    """A reviewer's resolution waiting for a second reviewer (four-eyes)."""
+    """A resolution waiting for a second, different member of staff (four-eyes): at ``stage``
+    review a reviewer's, for a second reviewer; at ``stage`` award (the dispute escalated) an
+    admin's award, for a second admin naming the same resolution and the same award document
+    (``document_sha256``, none at review)."""
 
     resolution: Resolution
     digest: str
     proposed_by: str
     proposed_at: datetime
+    stage: Stage
+    document_sha256: str | None
 
 
 class AgreementSignature(Struct, frozen=True):
@@ -203,8 +211,8 @@ class Dispute(Struct, frozen=True, kw_only=True):
     acceptance_due: datetime  # the trade's, when the dispute opened
     grants_suspended: bool
     four_eyes: bool
-    approvals_needed: int
-    pending: Proposal | None
+    approvals_needed: int  # reviewers to resolve it, or admins to record its award
+    pending: Proposal | None  # the stage of its state's (under review, escalated)
     signatures: list[AgreementSignature]
     resolution: Resolution | None
     resolution_digest: str | None

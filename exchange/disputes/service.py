@@ -1,9 +1,9 @@
 """Disputes: open one over a trade, bring evidence, answer, resolve (four-eyes at or above
-``dispute_four_eyes_fen``), agree, escalate, record an award, withdraw; and the respondent's
-deadline sweep. Every change goes through the one transition table
-(`exchange.disputes.states.DISPUTE`) with its ``dx.dispute.<state>`` event and an audit row,
-in the transaction that makes it; so do the money (settlement, through `DisputeHooks`) and the
-grants' suspension (delivery).
+``dispute_four_eyes_fen``: two reviewers), agree, escalate, record an award (four-eyes too: two
+admins), withdraw; and the respondent's deadline sweep. Every change goes through the one
+transition table (`exchange.disputes.states.DISPUTE`) with its ``dx.dispute.<state>`` event and
+an audit row, in the transaction that makes it; so do the money (settlement, through
+`DisputeHooks`) and the grants' suspension (delivery).
 
 Who may open: the buyer, for any reason but ``terms_breach_by_buyer``, while the trade is
 reserved and its acceptance period runs; the seller, for ``terms_breach_by_buyer`` only, while
@@ -23,7 +23,7 @@ import uuid
 from collections.abc import AsyncIterable, Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import asyncpg
 import msgspec
@@ -51,6 +51,7 @@ from exchange.disputes.schemas import (
     ReleaseToSeller,
     Resolution,
     Split,
+    Stage,
     kind_of,
     normalised,
     resolution_digest,
@@ -82,11 +83,30 @@ SUSPENDING: Final = frozenset({"not_as_described", "quality_below_report", "term
 DISPUTE_EVIDENCE_TOTAL_BYTES: Final = 64 * 1024 * 1024
 AGREEMENT_TYPE: Final = "dataex-dispute-agreement+jws"
 _RESOLUTION: Final = msgspec.json.Decoder(Resolution)
+# The four-eyes stage of the state a dispute decided by staff waits in.
+_STAGE_OF: Final[dict[str, Stage]] = {"under_review": "review", "escalated": "award"}
 _CONCLUDED: Final[dict[str, str]] = {
     "resolve": "dispute.resolved",
     "record_award": "dispute.award_recorded",
     "agree": "dispute.settled_by_agreement",
 }
+
+
+class _Actions(NamedTuple):
+    """The audit actions of a four-eyes stage: the first approval (the proposal), the second
+    (which concludes), the proposer's replacement of its own."""
+
+    proposed: str
+    approved: str
+    replaced: str
+
+
+_AUDIT: Final[dict[Stage, _Actions]] = {
+    "review": _Actions("dispute.resolution_approved", "dispute.resolution_approved",
+                       "dispute.proposal_replaced"),
+    "award": _Actions("dispute.award_proposed", "dispute.award_approved",
+                      "dispute.award_proposal_replaced"),
+}  # fmt: skip
 
 
 log = get_logger(__name__)
@@ -113,6 +133,10 @@ class ProposalPending(Conflict):
     title = "Another resolution waits for a second reviewer"
 
 
+class AwardPending(ProposalPending):
+    title = "Another award waits for a second admin"
+
+
 def _bad(path: str, message: str) -> InvalidInput:
     return InvalidInput(message, errors=[FieldError(path=path, message=message, source="body")])
 
@@ -130,6 +154,14 @@ def _resolution(raw: Any) -> Resolution | None:
         raw.encode() if isinstance(raw, str) else canonical_json(raw)
     )
     return resolution
+
+
+def _proposed(approval: Any, digest: str, document: str) -> dict[str, str]:
+    """An approval's digest (and, at the award stage, its document) under these names."""
+    named = {digest: approval["digest"]}
+    if approval["document_sha256"] is not None:
+        named[document] = approval["document_sha256"]
+    return named
 
 
 def _stamp(at: datetime) -> str:
@@ -225,10 +257,14 @@ class DisputeService:
             raise NotFound(f"no dispute {dispute_id}")
 
     async def _view(self, conn: Executor, row: Any) -> Dispute:
-        approvals = await conn.fetch(
-            "SELECT * FROM dispute_approvals WHERE dispute_id = $1 ORDER BY approved_at",
-            row["id"],
-        )
+        # The proposal waiting at its state's four-eyes stage, if any (an escalated dispute's
+        # award; one under review, its resolution); after it, approvals are history.
+        stage = _STAGE_OF.get(row["state"])
+        first = None if stage is None else await conn.fetchrow(
+            "SELECT * FROM dispute_approvals WHERE dispute_id = $1 AND stage = $2"
+            " ORDER BY approved_at LIMIT 1",
+            row["id"], stage,
+        )  # fmt: skip
         signatures = await conn.fetch(
             "SELECT * FROM dispute_signatures WHERE dispute_id = $1 ORDER BY party", row["id"]
         )
@@ -236,12 +272,12 @@ class DisputeService:
             "SELECT count(*) FROM dispute_evidence WHERE dispute_id = $1", row["id"]
         )
         pending = None
-        if row["state"] == "under_review" and approvals:
-            first = approvals[0]
+        if first is not None:
             pending = Proposal(
                 resolution=_resolution(first["resolution"]),  # type: ignore[arg-type]
                 digest=first["digest"], proposed_by=first["reviewer"],
-                proposed_at=first["approved_at"],
+                proposed_at=first["approved_at"], stage=first["stage"],
+                document_sha256=first["document_sha256"],
             )  # fmt: skip
         money = _json(row["money"])
         escalation = None
@@ -727,49 +763,10 @@ class DisputeService:
             facts = await self._facts(conn, row)
             self._check(resolution, row, facts, now)
             digest = resolution_digest(row["id"], row["trade_id"], resolution)
-            if row["four_eyes"]:
-                approvals = await conn.fetch(
-                    "SELECT * FROM dispute_approvals WHERE dispute_id = $1 ORDER BY approved_at",
-                    dispute_id,
-                )
-                mine = next((a for a in approvals if a["reviewer"] == actor.label), None)
-                if mine is not None and mine["digest"] == digest:
-                    raise Conflict(
-                        "you have already approved a resolution of this dispute: a second,"
-                        " different reviewer must approve it (four-eyes)",
-                        extensions={"digest": approvals[0]["digest"]},
-                    )
-                if mine is not None:
-                    # The proposer changes its own pending proposal (a deadline it named has
-                    # passed, say): the new one waits for a second reviewer in its place.
-                    await conn.execute(
-                        "UPDATE dispute_approvals SET resolution = $3, digest = $4, note = $5,"
-                        " approved_at = $6 WHERE dispute_id = $1 AND reviewer = $2",
-                        dispute_id, actor.label, msgspec.to_builtins(resolution), digest, note,
-                        now,
-                    )  # fmt: skip
-                    await record(conn, actor, at=now, action="dispute.proposal_replaced",
-                                 subject_type="dispute", subject_id=dispute_id,
-                                 detail={"digest": digest, "replaced": mine["digest"],
-                                         "note": note})  # fmt: skip
-                    return await self._view(conn, row), False
-                if approvals and approvals[0]["digest"] != digest:
-                    raise ProposalPending(
-                        f"reviewer {approvals[0]['reviewer']} proposed another resolution"
-                        f" ({approvals[0]['digest']}): approve that one, or have it withdrawn",
-                        extensions={"pending_digest": approvals[0]["digest"]},
-                    )
-                await conn.execute(
-                    "INSERT INTO dispute_approvals (dispute_id, reviewer, resolution, digest,"
-                    " note, approved_at) VALUES ($1, $2, $3, $4, $5, $6)",
-                    dispute_id, actor.label, msgspec.to_builtins(resolution), digest, note,
-                    now,
-                )  # fmt: skip
-                await record(conn, actor, at=now, action="dispute.resolution_approved",
-                             subject_type="dispute", subject_id=dispute_id,
-                             detail={"digest": digest, "note": note})  # fmt: skip
-                if not approvals:
-                    return await self._view(conn, row), False
+            if row["four_eyes"] and not await self._approve(
+                conn, actor, row, "review", resolution, digest, None, note, now
+            ):
+                return await self._view(conn, row), False
             row = await self._conclude(conn, row, "resolve", resolution, digest, note,
                                        actor.label, actor, now)  # fmt: skip
             return await self._view(conn, row), True
@@ -777,9 +774,12 @@ class DisputeService:
     async def award(
         self, actor: Actor, principal: Principal, dispute_id: uuid.UUID, resolution: Resolution,
         document_sha256: str, note: str,
-    ) -> Dispute:  # fmt: skip
-        """Staff record an escalated dispute's award (its document an evidence item of type
-        ``award``): resolved as the award says, money moved, closed."""
+    ) -> tuple[Dispute, bool]:  # fmt: skip
+        """An admin records an escalated dispute's award (its document an evidence item of type
+        ``award``): resolved as the award says, money moved, closed (True). At or above the
+        four-eyes amount the first admin's award waits (False), moving nothing, for a second,
+        distinct admin with the same resolution and the same document (409 for the same admin
+        again, or another resolution or document)."""
         now = self.clock.now()
         resolution = normalised(resolution)
         async with self.pool.acquire() as conn, conn.transaction():
@@ -797,13 +797,83 @@ class DisputeService:
             facts = await self._facts(conn, row)
             self._check(resolution, row, facts, now)
             digest = resolution_digest(row["id"], row["trade_id"], resolution)
+            if row["four_eyes"] and not await self._approve(
+                conn, actor, row, "award", resolution, digest, document_sha256, note, now
+            ):
+                return await self._view(conn, row), False
             row = await conn.fetchrow(
                 "UPDATE disputes SET award_sha256 = $2 WHERE id = $1 RETURNING *",
                 dispute_id, document_sha256,
             )  # fmt: skip
             row = await self._conclude(conn, row, "record_award", resolution, digest, note,
                                        f"award:{document_sha256}", actor, now)  # fmt: skip
-            return await self._view(conn, row)
+            return await self._view(conn, row), True
+
+    async def _approve(
+        self, conn: Connection, actor: Actor, row: Any, stage: Stage, resolution: Resolution,
+        digest: str, document: str | None, note: str, now: datetime,
+    ) -> bool:  # fmt: skip
+        """Four-eyes at ``stage``, the dispute row locked (nothing else is touched): keep the
+        actor's approval of ``resolution`` (at award, with its ``document``). True when it is
+        a second, different member of staff's approval of the pending one (the caller then
+        concludes); False while it waits. 409 for the proposer's own again, or for another one
+        than the pending proposal; the proposer may replace its own."""
+        approvals = await conn.fetch(
+            "SELECT * FROM dispute_approvals WHERE dispute_id = $1 AND stage = $2"
+            " ORDER BY approved_at",
+            row["id"], stage,
+        )  # fmt: skip
+        detail: dict[str, Any] = {"stage": stage, "digest": digest, "note": note}
+        if document is not None:
+            detail["document_sha256"] = document
+        mine = next((a for a in approvals if a["reviewer"] == actor.label), None)
+        if mine is not None and (mine["digest"], mine["document_sha256"]) == (digest, document):
+            raise Conflict(
+                "you have already approved a resolution of this dispute: a second, different"
+                " reviewer must approve it (four-eyes)" if stage == "review" else
+                "you have already proposed this award: a second, different admin must record it"
+                " (four-eyes)",
+                extensions=_proposed(mine, "digest", "document_sha256"),
+            )  # fmt: skip
+        if mine is not None:
+            # The proposer changes its own pending proposal (a deadline it named has passed,
+            # say): the new one waits for a second member of staff in its place.
+            await conn.execute(
+                "UPDATE dispute_approvals SET resolution = $4, digest = $5, document_sha256 = $6,"
+                " note = $7, approved_at = $8"
+                " WHERE dispute_id = $1 AND stage = $2 AND reviewer = $3",
+                row["id"], stage, actor.label, msgspec.to_builtins(resolution), digest, document,
+                note, now,
+            )  # fmt: skip
+            await record(conn, actor, at=now, action=_AUDIT[stage].replaced,
+                         subject_type="dispute", subject_id=row["id"],
+                         detail=detail | _proposed(mine, "replaced",
+                                                   "replaced_document_sha256"))  # fmt: skip
+            return False
+        first = approvals[0] if approvals else None
+        if first is not None and (first["digest"], first["document_sha256"]) != (digest, document):
+            pending = _proposed(first, "pending_digest", "pending_document_sha256")
+            if stage == "review":
+                raise ProposalPending(
+                    f"reviewer {first['reviewer']} proposed another resolution"
+                    f" ({first['digest']}): approve that one, or have it withdrawn",
+                    extensions=pending,
+                )
+            raise AwardPending(
+                f"admin {first['reviewer']} proposed another award ({first['digest']}, document"
+                f" {first['document_sha256']}): record that one, or have its proposer replace it",
+                extensions=pending,
+            )
+        await conn.execute(
+            "INSERT INTO dispute_approvals (dispute_id, stage, reviewer, resolution, digest,"
+            " document_sha256, note, approved_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            row["id"], stage, actor.label, msgspec.to_builtins(resolution), digest, document,
+            note, now,
+        )  # fmt: skip
+        await record(conn, actor, at=now,
+                     action=_AUDIT[stage].approved if first else _AUDIT[stage].proposed,
+                     subject_type="dispute", subject_id=row["id"], detail=detail)  # fmt: skip
+        return first is not None
 
     async def _facts(self, conn: Connection, row: Any) -> TradeFacts:
         facts = await self.hooks.facts(conn, row["trade_id"], True)

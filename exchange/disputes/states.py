@@ -6,7 +6,8 @@ deadline passed: ``respondent_deadline``) → ``resolved`` (staff; two reviewers
 ``dispute_four_eyes_fen``) → ``closed``. From awaiting_response or under_review the parties may
 also settle (``agree``: both signed the same resolution digest) → ``settled_by_agreement`` →
 ``closed``; a party may ``escalate`` to arbitration outside the exchange → ``escalated`` (escrow
-stays frozen) → ``record_award`` → ``resolved``; the claimant may ``withdraw`` → ``closed``.
+stays frozen) → ``record_award`` → ``resolved`` (staff; two admins at or above the same
+amount); the claimant may ``withdraw`` → ``closed``.
 ``resolved`` and ``settled_by_agreement`` are closed in the transaction that moves the money.
 Every step is a CloudEvent ``dx.dispute.<state>``.
 """

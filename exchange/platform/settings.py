@@ -93,8 +93,9 @@ class Settings:
     # `dataex ledger verify` names it if it still has none).
     reconcile_after_seconds: int = 60
     # Disputes: the respondent's days to answer before the case goes to review on its own; the
-    # claimed amount (fen) from which a resolution needs two reviewers; the largest evidence
-    # upload (bytes; a dispute holds at most DISPUTE_EVIDENCE_TOTAL_BYTES of party uploads).
+    # amount at stake (fen) from which a resolution needs two reviewers and an arbitration award
+    # two admins; the largest evidence upload (bytes; a dispute holds at most
+    # DISPUTE_EVIDENCE_TOTAL_BYTES of party uploads).
     dispute_response_days: int = 7
     dispute_four_eyes_fen: int = 100_000
     dispute_evidence_max_bytes: int = 10 * 1024 * 1024

@@ -53,10 +53,12 @@ def _png() -> bytes:
     )
 
 
-def _dispute(console: Console, staff: dict[str, Any]) -> str:
-    """A reserved trade the buyer disputes, with a text and an image item: its dispute's id."""
+def _disputes(console: Console, staff: dict[str, Any]) -> tuple[str, str]:
+    """A reserved trade the buyer disputes, with a text and an image item; and a trade at the
+    four-eyes amount whose dispute is escalated, with an award proposed by the admin that waits
+    for a second admin: the two disputes' ids."""
 
-    async def run() -> str:
+    async def run() -> tuple[str, str]:
         assert console.settings.database_url
         pool = await create_pool(console.settings.database_url, max_size=2)
         try:
@@ -78,12 +80,39 @@ def _dispute(console: Console, staff: dict[str, Any]) -> str:
                         headers={**bearer(trade["buyer"]), "content-type": media_type},
                     )
                     assert added.status_code == 201, added.text
-                return dispute_id
+                waiting = await _award_waiting(client, staff, trade, console.settings, pool)
+                return dispute_id, waiting
         finally:
             await pool.close()
 
-    dispute_id: str = console.run(run())
-    return dispute_id
+    ids: tuple[str, str] = console.run(run())
+    return ids
+
+
+async def _award_waiting(
+    client: Any, staff: dict[str, Any], trade: dict[str, Any], settings: Any, pool: Any
+) -> str:
+    """An escalated dispute at the four-eyes amount whose award the admin proposed: its id."""
+    (trade_id,) = await reserved_trade(
+        client, trade, staff["admin"], settings, pool, SystemClock(), quantity=2
+    )
+    opened = await open_dispute(client, trade["buyer"], trade_id, claimed_fen=200_000)
+    assert opened.status_code == 201 and opened.json()["four_eyes"], opened.text
+    base = f"/v1/disputes/{opened.json()['id']}"
+    escalated = await client.post(f"{base}/escalation", headers=bearer(trade["seller"]),
+                                  json={"forum": "上海仲裁委员会", "note": "申请仲裁"})  # fmt: skip
+    assert escalated.status_code == 200, escalated.text
+    document = await client.post(f"{base}/evidence?type=award&name=award.pdf",
+                                 content=b"%PDF-1 award",
+                                 headers={**bearer(staff["admin"]),
+                                          "content-type": "application/pdf"})  # fmt: skip
+    assert document.status_code == 201, document.text
+    proposed = await client.post(f"{base}/award", headers=bearer(staff["admin"]), json={
+        "resolution": {"kind": "release_to_seller"},
+        "document_sha256": document.json()["sha256"], "note": "裁决",
+    })  # fmt: skip
+    assert proposed.status_code == 202, proposed.text
+    return str(opened.json()["id"])
 
 
 def _pages(console: Console, staff: dict[str, Any]) -> list[str]:
@@ -92,10 +121,11 @@ def _pages(console: Console, staff: dict[str, Any]) -> list[str]:
     submitted(console, staff["other"], metadata(name_zh="第二个产品"))
     case = f"/console/reviews/{listing['review']['case_id']}"
     product = f"/console/products/{listing['id']}"
-    dispute = f"/console/disputes/{_dispute(console, staff)}"
+    dispute, awaiting_award = _disputes(console, staff)
     objected, objection = console.run(_objection(console, staff))
     return [
-        *(href for _, href in NAV), "/console/reviews/?kind=listing", case, product, dispute,
+        *(href for _, href in NAV), "/console/reviews/?kind=listing", case, product,
+        f"/console/disputes/{dispute}", f"/console/disputes/{awaiting_award}",
         f"/console/objections/{objection}", f"/console/products/{objected}",
     ]  # fmt: skip
 
@@ -135,7 +165,7 @@ def test_no_serious_accessibility_violation_on_any_page(
         page.locator("details").evaluate_all("all => all.forEach(d => { d.open = true; })")
         found[path] = violations(page)
     # The evidence viewer's image preview loads from the console's own route under the CSP.
-    [dispute] = [p for p in paths if p.startswith("/console/disputes/") and p.count("/") == 3]
+    dispute, awaiting = [p for p in paths if p.startswith("/console/disputes/")]
     page.goto(console.url + dispute)
     page.locator("details").evaluate_all("all => all.forEach(d => { d.open = true; })")
     image = page.locator("img.evidence-image")
@@ -143,6 +173,10 @@ def test_no_serious_accessibility_violation_on_any_page(
     image.scroll_into_view_if_needed()  # loading="lazy": fetched once in view
     expect(image).to_have_js_property("complete", True)
     assert image.evaluate("i => i.naturalWidth") == 2
+    # The award waiting for a second admin is on its page (checked above like every page).
+    page.goto(console.url + awaiting)
+    expect(page.locator("#award-pending")).to_be_visible()
+    expect(page.locator("#record-award")).to_have_attribute("aria-describedby", "award-help")
     # An error page, too.
     page.goto(f"{console.url}/console/reviews/00000000-0000-0000-0000-000000000000")
     found["404"] = violations(page)

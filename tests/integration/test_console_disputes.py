@@ -1,6 +1,7 @@
 """The console's dispute pages over HTTP against real disputes: the list and its filters, a
 dispute's deadlines, evidence (downloads, previews) and history, the resolution form (a split
-that moves the money; four-eyes with two reviewers), the admins' award form, the bundle; and
+that moves the money; four-eyes with two reviewers), the admins' award form (four-eyes with two
+admins at or above the amount), the bundle; and
 the disputes service's oldest-first list and transitions they read."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from exchange.disputes.schemas import ReleaseToSeller, resolution_digest
 from exchange.disputes.states import OPEN
 from exchange.platform.auth import principal_for
 from exchange.platform.signing import jwks
-from tests.kit.api import bearer
+from tests.kit.api import bearer, issue_token
 from tests.kit.console import hidden_fields, sign_in
 from tests.kit.disputes import HELD, PNG, open_dispute, reserved_trade, service, trade_state
 
@@ -375,3 +376,80 @@ async def test_the_award_form_is_for_admins_only(client, trade, admin_token, set
     shown = await client.get(done.headers["location"])
     assert 'id="flash" data-done="awarded"' in shown.text
     assert f'id="award-sha256">{award["sha256"]}<' in shown.text
+
+
+async def test_four_eyes_award_in_the_console_one_admin_twice_then_a_second_one(
+    client, trade, admin_token, settings, pool, clock
+):
+    (dispute,) = await _disputed(client, trade, admin_token, settings, pool, clock,
+                                 quantity=2, claimed_fen=200_000)  # fmt: skip
+    assert dispute["four_eyes"]
+    base = f"/console/disputes/{dispute['id']}"
+    escalated = await client.post(f"/v1/disputes/{dispute['id']}/escalation",
+                                  json={"forum": "上海仲裁委员会", "note": "申请仲裁"},
+                                  headers=bearer(trade["seller"]))  # fmt: skip
+    assert escalated.status_code == 200, escalated.text
+    award = await _upload(client, admin_token, dispute["id"], "award", "award.pdf",
+                          "application/pdf", b"%PDF-1 award")  # fmt: skip
+    corrected = await _upload(client, admin_token, dispute["id"], "award", "corrected.pdf",
+                              "application/pdf", b"%PDF-1 award, corrected")  # fmt: skip
+    operator = (await client.get("/v1/me", headers=bearer(admin_token))).json()["organisation"]
+    second_admin = await issue_token(client, admin_token, operator["id"], ["admin"])
+    body = {"kind": "release_to_seller", "document_sha256": award["sha256"], "note": "裁决"}
+    digest = resolution_digest(
+        uuid.UUID(dispute["id"]), uuid.UUID(dispute["trade_id"]), ReleaseToSeller()
+    )
+
+    await sign_in(client, admin_token)
+    page = await client.get(base)
+    assert 'id="award-progress" data-approvals="0" data-needed="2"' in page.text
+    assert 'id="award-pending"' not in page.text
+    assert "争议所涉金额达到四眼原则门槛" in page.text
+    assert 'aria-describedby="award-help"' in page.text
+    proposed = await client.post(f"{base}/award", data={**hidden_fields(page.text), **body},
+                                 follow_redirects=False)  # fmt: skip
+    assert proposed.status_code == 303
+    assert proposed.headers["location"] == f"{base}?done=award_pending"
+    assert await trade_state(client, trade["buyer"], dispute["trade_id"]) == "disputed"
+    shown = await client.get(proposed.headers["location"])
+    assert 'id="flash" data-done="award_pending"' in shown.text and digest in shown.text
+    assert (f'id="award-pending" data-digest="{digest}" data-document="{award["sha256"]}"'
+            in shown.text)  # fmt: skip
+    assert 'id="award-progress" data-approvals="1" data-needed="2"' in shown.text
+    pending = re.search(r'<dl class="facts" id="award-pending".*?</dl>', shown.text, re.S)
+    assert pending is not None and award["sha256"] in pending.group(0)
+    assert f"第 {award['index']} 项" in pending.group(0) and "award.pdf" in pending.group(0)
+    assert "须由另一位管理员记录相同的裁决" in shown.text and "(我)" in shown.text
+    assert 'id="pending"' not in shown.text  # not a reviewer's resolution
+    assert 'id="dispute-state" data-state="escalated"' in shown.text
+    twice = await client.post(f"{base}/award", data={**hidden_fields(shown.text), **body})
+    assert twice.status_code == 409
+    assert "a second, different admin must record it" in html.unescape(twice.text)
+
+    await sign_in(client, second_admin)
+    second = await client.get(base)
+    assert _selected(second.text, "kind") == "release_to_seller"  # the proposal, prefilled
+    assert _selected(second.text, "document_sha256") == award["sha256"]
+    assert "原样提交即作为第二位管理员完成记录" in second.text and "(我)" not in second.text
+    await client.get("/console/language", params={"to": "en", "next": "/console/"})
+    english = await client.get(base)
+    assert "Pending award" in english.text and "1 / 2 admins recorded" in english.text
+    assert "a second, different admin records the same award" in english.text
+    other = await client.post(f"{base}/award", data={
+        **hidden_fields(second.text), **body, "document_sha256": corrected["sha256"],
+    })  # fmt: skip
+    assert other.status_code == 409 and 'data-code="resolution_pending"' in other.text
+    assert award["sha256"] in other.text
+    assert _selected(other.text, "document_sha256") == corrected["sha256"]  # as it was sent
+    recorded = await client.post(
+        f"{base}/award", data={**hidden_fields(second.text), **body, "note": "复核同意"},
+        follow_redirects=False,
+    )  # fmt: skip
+    assert recorded.status_code == 303
+    assert recorded.headers["location"] == f"{base}?done=awarded"
+    assert await trade_state(client, trade["buyer"], dispute["trade_id"]) == "settled"
+    final = await client.get(recorded.headers["location"])
+    assert 'id="flash" data-done="awarded"' in final.text
+    assert 'id="award-progress" data-approvals="2" data-needed="2"' in final.text
+    assert f'id="award-sha256">{award["sha256"]}<' in final.text
+    assert 'id="dispute-state" data-state="closed"' in final.text

@@ -14,11 +14,12 @@ from exchange.delivery.worker import apply
 from exchange.disputes.schemas import RefundBuyer, ReleaseToSeller, resolution_digest
 from exchange.platform.canonical import canonical_json
 from exchange.platform.events import DisputeEvent
-from tests.kit.api import assert_problem, bearer
+from tests.kit.api import assert_problem, bearer, issue_token
 from tests.kit.delivery import grant_service
 from tests.kit.disputes import (
     HELD,
     PNG,
+    balances,
     open_dispute,
     reserved_trade,
     service,
@@ -394,6 +395,7 @@ async def test_escalation_keeps_escrow_until_staff_record_the_award(
 ):
     (trade_id,) = await reserved_trade(client, trade, admin_token, settings, pool, clock)
     dispute = (await open_dispute(client, trade["buyer"], trade_id)).json()
+    assert dispute["four_eyes"] is False  # below the amount: one admin records the award
     base = f"/v1/disputes/{dispute['id']}"
     escalated = await client.post(f"{base}/escalation", headers=bearer(trade["seller"]),
                                   json={"forum": "上海仲裁委员会", "note": "申请仲裁"})  # fmt: skip
@@ -427,6 +429,118 @@ async def test_escalation_keeps_escrow_until_staff_record_the_award(
         and body["escalation"]["award_sha256"] == (award_body["document_sha256"])
     )
     assert body["money"]["state"] == "settled"
+
+
+async def test_four_eyes_an_award_at_the_amount_waits_for_a_second_admin(
+    client, trade, admin_token, settings, pool, clock
+):
+    """An award moves the money as a resolution does: at or above the four-eyes amount the
+    first admin's award is a proposal that moves nothing; the same admin again is a 409, and so
+    is another admin's award on another document; a second admin naming the same resolution and
+    document records it, and the money moves once. A reviewer's pending resolution from before
+    the escalation counts for nothing here (and the same token may take part in both stages)."""
+    (trade_id,) = await reserved_trade(client, trade, admin_token, settings, pool, clock,
+                                       quantity=2)  # fmt: skip
+    dispute = (await open_dispute(client, trade["buyer"], trade_id, claimed_fen=200_000)).json()
+    assert dispute["four_eyes"] and dispute["approvals_needed"] == 2
+    base = f"/v1/disputes/{dispute['id']}"
+    operator = (await client.get("/v1/me", headers=bearer(admin_token))).json()["organisation"]
+    second = await issue_token(client, admin_token, operator["id"], ["admin"])
+    await client.post(f"{base}/response", json={"statement": "已交付"},
+                      headers=bearer(trade["seller"]))  # fmt: skip
+    release = {"kind": "release_to_seller"}
+    reviewed = await client.post(f"{base}/resolution", json={"resolution": release, "note": "x"},
+                                 headers=bearer(admin_token))  # fmt: skip
+    assert reviewed.status_code == 202 and reviewed.json()["pending"]["stage"] == "review"
+    escalated = await client.post(f"{base}/escalation", headers=bearer(trade["seller"]),
+                                  json={"forum": "上海仲裁委员会", "note": "申请仲裁"})  # fmt: skip
+    assert escalated.status_code == 200 and escalated.json()["pending"] is None
+    documents = []
+    for pdf in (b"%PDF award", b"%PDF award, corrected"):
+        uploaded = await client.post(f"{base}/evidence?type=award&name=award.pdf", content=pdf,
+                                     headers={**bearer(admin_token),
+                                              "content-type": "application/pdf"})  # fmt: skip
+        assert uploaded.status_code == 201, uploaded.text
+        documents.append(uploaded.json()["sha256"])
+    award, other_document = documents
+    seller_before = await balances(client, trade["seller"])
+    buyer_before = await balances(client, trade["buyer"])
+    assert buyer_before[1] == 2 * HELD
+
+    body = {"resolution": release, "document_sha256": award, "note": "裁决"}
+    digest = resolution_digest(uuid.UUID(dispute["id"]), uuid.UUID(trade_id), ReleaseToSeller())
+    proposed = await client.post(f"{base}/award", json=body, headers=bearer(admin_token))
+    assert proposed.status_code == 202, proposed.text
+    view = proposed.json()
+    assert view["state"] == "escalated" and view["money"] is None and view["resolution"] is None
+    assert view["escalation"]["award_sha256"] is None
+    pending = view["pending"]
+    assert (pending["stage"], pending["digest"], pending["document_sha256"]) == (
+        "award", digest, award,
+    )  # fmt: skip
+    assert pending["resolution"] == release and pending["proposed_by"].startswith("token:")
+    got = (await client.get(base, headers=bearer(trade["buyer"]))).json()
+    assert got["pending"] == pending  # the parties see it too
+    assert await trade_state(client, trade["buyer"], trade_id) == "disputed"
+    assert await balances(client, trade["seller"]) == seller_before
+    assert await balances(client, trade["buyer"]) == buyer_before
+
+    twice = await client.post(f"{base}/award", json=body, headers=bearer(admin_token))
+    problem = assert_problem(twice, 409, "conflict")
+    assert "a second, different admin must record it" in problem["detail"]
+    assert (problem["digest"], problem["document_sha256"]) == (digest, award)
+    other = await client.post(f"{base}/award", headers=bearer(second),
+                              json=body | {"document_sha256": other_document})  # fmt: skip
+    problem = assert_problem(other, 409, "resolution_pending")
+    assert (problem["pending_digest"], problem["pending_document_sha256"]) == (digest, award)
+    assert digest in problem["detail"] and award in problem["detail"]
+    refund = await client.post(f"{base}/award", headers=bearer(second),
+                               json=body | {"resolution": {"kind": "refund_buyer"}})  # fmt: skip
+    assert assert_problem(refund, 409, "resolution_pending")["pending_digest"] == digest
+    # The proposer may replace its own proposal (another document, say) and it waits again.
+    replaced = await client.post(f"{base}/award", headers=bearer(admin_token),
+                                 json=body | {"document_sha256": other_document})  # fmt: skip
+    assert replaced.status_code == 202, replaced.text
+    assert replaced.json()["pending"]["document_sha256"] == other_document
+    back = await client.post(f"{base}/award", json=body, headers=bearer(admin_token))
+    assert back.status_code == 202 and back.json()["pending"]["document_sha256"] == award
+    assert await balances(client, trade["buyer"]) == buyer_before
+
+    recorded = await client.post(f"{base}/award", json=body | {"note": "复核同意"},
+                                 headers=bearer(second))  # fmt: skip
+    assert recorded.status_code == 200, recorded.text
+    done = recorded.json()
+    assert done["state"] == "closed" and done["resolution_digest"] == digest
+    assert done["resolved_by"] == f"award:{award}" and done["pending"] is None
+    assert done["escalation"]["award_sha256"] == award
+    assert done["money"]["state"] == "settled" and done["money"]["refund_fen"] == 0
+    assert await trade_state(client, trade["buyer"], trade_id) == "settled"
+    seller_after = await balances(client, trade["seller"])
+    assert seller_after[0] == seller_before[0] + done["money"]["seller_fen"]
+    assert await balances(client, trade["buyer"]) == (buyer_before[0], 0)
+    again = await client.post(f"{base}/award", json=body, headers=bearer(admin_token))
+    assert_problem(again, 409, "illegal_transition")
+    assert await balances(client, trade["seller"]) == seller_after  # moved once
+    audit = await pool.fetch(
+        "SELECT action, detail FROM audit_log WHERE subject_id = $1 ORDER BY id",
+        dispute["id"],
+    )
+    staff_steps = [
+        (a["action"], a["detail"].get("stage"))
+        for a in audit
+        if a["action"].startswith(("dispute.award", "dispute.resolution", "dispute.proposal"))
+    ]
+    assert staff_steps == [
+        ("dispute.resolution_approved", "review"),
+        ("dispute.award_proposed", "award"),
+        ("dispute.award_proposal_replaced", "award"),
+        ("dispute.award_proposal_replaced", "award"),
+        ("dispute.award_approved", "award"),
+        ("dispute.award_recorded", None),
+    ]
+    assert [t for t, _ in await dispute_events(pool, dispute["id"])][-3:] == [
+        "dx.dispute.escalated", "dx.dispute.resolved", "dx.dispute.closed",
+    ]  # fmt: skip
 
 
 async def test_the_claimant_withdraws_and_the_hold_is_released(

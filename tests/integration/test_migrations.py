@@ -295,3 +295,55 @@ async def test_0024_gives_events_written_before_it_their_subject_and_about_reads
         assert "outbox_event_subject" in " ".join(row[0] for row in plan)
     finally:
         await conn.close()
+
+
+async def test_0025_keeps_reviewers_approvals_as_the_review_stage_and_awards_need_a_document(
+    scratch_db,
+):
+    """Approvals written before 0025 are the review stage's; an award proposal names its
+    document (and a review approval none); one token may approve in both stages, once each."""
+    from datetime import UTC, datetime
+
+    migrations = load_migrations()
+    conn = await asyncpg.connect(scratch_db)
+    try:
+        await migrate(conn, [m for m in migrations if m.version < 25])
+        at = datetime(2026, 12, 1, tzinfo=UTC)
+        dispute_id = uuid.uuid4()
+        await conn.execute(
+            "INSERT INTO disputes (id, trade_id, buyer_org_id, seller_org_id, claimant, reason,"
+            " claimed_fen, held_fen, metered, statement, state, respond_by, acceptance_due,"
+            " grants_suspended, four_eyes, opened_by, opened_at, updated_at) VALUES ($1, $2, $3,"
+            " $4, 'buyer', 'other', 1, 1, false, 's', 'escalated', $5, $5, false, true, 't', $5,"
+            " $5)",
+            dispute_id, uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), at,
+        )  # fmt: skip
+        approval = (
+            "INSERT INTO dispute_approvals (dispute_id, reviewer, resolution, digest, note,"
+            " approved_at{}) VALUES ($1, 'token:a', '{{\"kind\": \"refund_buyer\"}}', 'sha256:x',"
+            " 'n', $2{})"
+        )
+        await conn.execute(approval.format("", ""), dispute_id, at)
+        await migrate(conn, migrations)
+        old = await conn.fetchrow("SELECT stage, document_sha256 FROM dispute_approvals")
+        assert old is not None and (old["stage"], old["document_sha256"]) == ("review", None)
+        award = approval.format(", stage, document_sha256", ", 'award', $3")
+        await conn.execute(award, dispute_id, at, "ab" * 32)  # the same token, the other stage
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(award, dispute_id, at, "cd" * 32)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(
+                approval.format(", stage", ", 'award'").replace("'token:a'", "'token:b'"),
+                dispute_id, at,
+            )  # fmt: skip
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(
+                approval.format(", document_sha256", ", $3").replace("'token:a'", "'token:b'"),
+                dispute_id, at, "ab" * 32,
+            )  # fmt: skip
+        stages = await conn.fetch(
+            "SELECT stage FROM dispute_approvals WHERE dispute_id = $1 ORDER BY stage", dispute_id
+        )
+        assert [r["stage"] for r in stages] == ["award", "review"]
+    finally:
+        await conn.close()

@@ -1,5 +1,5 @@
 """Disputes in tests: reserved trades to dispute, opening one through the API, the disputes
-service as the API's wiring builds it, a trade's settlement state."""
+service as the API's wiring builds it, a trade's settlement state, an organisation's balances."""
 
 from __future__ import annotations
 
@@ -52,3 +52,10 @@ async def trade_state(client, token, trade_id) -> str:
     assert view.status_code == 200, view.text
     state: str = view.json()["state"]
     return state
+
+
+async def balances(client, token) -> tuple[int, int]:
+    """The token's organisation's available and escrowed fen."""
+    view = await client.get("/v1/accounts/me", headers=bearer(token))
+    assert view.status_code == 200, view.text
+    return view.json()["available_fen"], view.json()["escrow_fen"]
