@@ -27,13 +27,14 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, QueryParameter
-from litestar.response import File, Template
+from litestar.response import File, Stream, Template
 
 from exchange.console.i18n import Translator
 from exchange.console.products import keyset, page_link
 from exchange.console.review import age_class, age_text
 from exchange.console.trades import money
 from exchange.console.web import ROOT, SECURITY_HEADERS, render, see_other, session_of
+from exchange.disputes.export import bundle_response
 from exchange.disputes.schemas import (
     MEDIA_TYPES,
     AwardIn,
@@ -367,18 +368,10 @@ class DisputePages(Controller):
         dispute_id: FromPath[uuid.UUID],
         disputes: NamedDependency[DisputeService],
         principal: NamedDependency[Principal],
-    ) -> Response[bytes]:
+    ) -> Stream:
         """The evidence bundle, as ``GET /v1/disputes/{id}/bundle`` gives it (a browser's link
-        cannot carry the bearer token, so the console serves it)."""
-        body = await disputes.bundle(principal, dispute_id)
-        return Response(
-            content=body,
-            media_type="application/x-tar",
-            headers={
-                **SECURITY_HEADERS,
-                "Content-Disposition": f'attachment; filename="dispute-{dispute_id}.tar"',
-            },
-        )
+        cannot carry the bearer token, so the console serves it), streamed as it does."""
+        return bundle_response(await disputes.bundle(principal, dispute_id), SECURITY_HEADERS)
 
     @post("/{dispute_id:uuid}/resolution")
     async def resolve(self, case: NamedDependency[DisputeCase]) -> Response[Any]:

@@ -21,8 +21,9 @@ from litestar.openapi.spec import (
     Schema,
 )
 from litestar.params import FromPath, JSONBody, Parameter, QueryParameter
-from litestar.response import File
+from litestar.response import File, Stream
 
+from exchange.disputes.export import bundle_response
 from exchange.disputes.schemas import (
     MEDIA_TYPES,
     AgreementIn,
@@ -294,15 +295,11 @@ class DisputeController(Controller):
     )  # fmt: skip
     async def bundle(
         self, dispute_id: FromPath[uuid.UUID], disputes: Disputes, principal: PrincipalDep
-    ) -> Response[bytes]:
+    ) -> Stream:
         """The evidence bundle: a manifest signed by the exchange, every item, and the ledger's
         signed tree head with each item's inclusion proof. Verify it offline with `dataex
         dispute verify-bundle FILE --jwks FILE|URL`."""
-        body = await disputes.bundle(principal, dispute_id)
-        return Response(
-            body, media_type=TAR,
-            headers={"Content-Disposition": f'attachment; filename="dispute-{dispute_id}.tar"'},
-        )  # fmt: skip
+        return bundle_response(await disputes.bundle(principal, dispute_id))
 
 
 async def _body(request: Request[Any, Any, Any]) -> AsyncIterator[bytes]:

@@ -22,8 +22,11 @@ item by its index and name). Pure: no database, and no import of settlement (the
 the inclusion check are `exchange.platform.merkle`'s).
 
 Writing streams each file into the archive in 1 MiB chunks, hashing as it goes (a stored file
-that no longer matches its digest stops the export); verifying hashes the members where they
-lie (a memory map of the file), so a 50 MiB bundle is read once and copied never.
+that no longer matches its digest stops the export); the archive's length is known before
+(`bundle_size`, `PreparedBundle.size`), and `PreparedBundle.pieces` gives its bytes to whoever
+pulls them (the API streams them: `exchange.disputes.export`). `check_item` reads an item's file
+once to check it before an export starts. Verifying hashes the members where they lie (a memory
+map of the file), so a 50 MiB bundle is read once and copied never.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ import contextlib
 import hashlib
 import io
 import mmap
+import os
 import re
 import tarfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -205,14 +209,102 @@ def write_bundle(
     item's ``ledger_seq`` among them) against one signed tree head; ``sign`` makes the detached
     JWS over the manifest (``functools.partial(key.sign_detached, typ=MANIFEST_JWS_TYPE)``);
     ``exported_at`` RFC 3339 UTC, also the members' mtime. Raises `BundleInvalid` naming the
-    item whose stored file no longer has its size or SHA-256 (the archive is then cut short)."""
+    item whose stored file is gone or no longer has its size or SHA-256 (the archive is then
+    cut short if it had begun). The same as `prepare_bundle` and then `PreparedBundle.write`."""
+    prepare_bundle(
+        exchange=exchange, dispute=dispute, items=items, proofs=proofs, sign=sign,
+        exported_at=exported_at,
+    ).write(out)  # fmt: skip
+
+
+def bundle_size(
+    *,
+    exchange: str,
+    dispute: Mapping[str, Any],
+    items: Sequence[BundleItem],
+    proofs: LedgerProofs,
+    sign: Callable[[bytes], str],
+    exported_at: str,
+) -> int:
+    """How many bytes `write_bundle` writes for these arguments (a whole number of tar
+    records), known before any item is read: the Content-Length of an export."""
+    return prepare_bundle(
+        exchange=exchange, dispute=dispute, items=items, proofs=proofs, sign=sign,
+        exported_at=exported_at,
+    ).size  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBundle:
+    """A bundle whose manifest is signed and whose ledger part is made: all of it but the
+    items' bytes, which `pieces` reads from their files as it goes. Made by `prepare_bundle`."""
+
+    items: tuple[BundleItem, ...]
+    manifest: bytes
+    signature: str
+    ledger: bytes
+    mtime: int
+
+    @property
+    def size(self) -> int:
+        """The archive's length in bytes: what `pieces` yields in all."""
+        written = self._members_size() + 2 * tarfile.BLOCKSIZE  # two zero blocks end it
+        return written + (-written % tarfile.RECORDSIZE)  # then zeros to a whole record
+
+    def _members_size(self) -> int:
+        return _archive_size(self.items, self.manifest, self.signature, self.ledger)
+
+    def pieces(self) -> Generator[bytes | memoryview]:
+        """The archive's bytes in order, each item's file read in `CHUNK`s and hashed on the
+        way. A piece that is a memoryview is valid only until the next one is asked for (its
+        buffer is reused): copy it or consume it first. Raises `BundleInvalid` naming the item
+        whose stored file no longer has its size or SHA-256 (after its bytes, before its
+        padding: the archive is cut short); closing the iterator early closes the file read."""
+        for name, body in (
+            (README_NAME, README),
+            (MANIFEST_NAME, self.manifest),
+            (SIGNATURE_NAME, self.signature.encode()),
+            (LEDGER_NAME, self.ledger),
+        ):
+            yield _header(name, len(body), self.mtime)
+            yield body
+            yield _padding(len(body))
+        buffer = memoryview(bytearray(CHUNK))
+        for item in self.items:
+            yield _header(item_path(item.index, item.sha256), item.size, self.mtime)
+            yield from _item_chunks(item, buffer)
+            yield _padding(item.size)
+        yield b"\0" * (self.size - self._members_size())
+
+    def write(self, out: BinaryIO) -> None:
+        """Write the archive to ``out`` sequentially (see `write_bundle`)."""
+        for piece in self.pieces():
+            out.write(piece)
+
+
+def prepare_bundle(
+    *,
+    exchange: str,
+    dispute: Mapping[str, Any],
+    items: Sequence[BundleItem],
+    proofs: LedgerProofs,
+    sign: Callable[[bytes], str],
+    exported_at: str,
+) -> PreparedBundle:
+    """Check the arguments (see `write_bundle`), each stored file's size among them (a
+    `BundleInvalid` naming the item, or one gone), make and sign the manifest and make the
+    ledger part. Nothing of the items' bytes is read yet."""
     if not isinstance(dispute.get("id"), str) or not isinstance(dispute.get("trade_id"), str):
         raise TypeError("the dispute needs its id and trade_id (strings)")
     entries = [_ledger_proof(body, proof) for body, proof in proofs.entries]
     for position, item in enumerate(items):
         if item.index != position or not _HEX64.fullmatch(item.sha256):
             raise ValueError(f"item {position} ({item.name}): bad index or sha256")
-        if item.path.stat().st_size != item.size:
+        try:
+            size = item.path.stat().st_size
+        except OSError as error:
+            raise _unreadable(item, error) from error
+        if size != item.size:
             raise BundleInvalid(f"item {item.index} ({item.name}): the stored file's size is not"
                                 f" {item.size} bytes")  # fmt: skip
     manifest = canonical_json(
@@ -225,23 +317,28 @@ def write_bundle(
         raise ValueError(f"sign must return a detached JWS of typ {MANIFEST_JWS_TYPE}")
     ledger = _SORTED.encode(LedgerDocument(entries=entries, tree_head=proofs.tree_head))
     mtime = int(datetime.fromisoformat(exported_at).timestamp())
-    for name, body in (
-        (README_NAME, README),
-        (MANIFEST_NAME, manifest),
-        (SIGNATURE_NAME, signature.encode()),
-        (LEDGER_NAME, ledger),
-    ):
-        out.write(_header(name, len(body), mtime))
-        out.write(body)
-        out.write(_padding(len(body)))
-    buffer = memoryview(bytearray(CHUNK))
-    for item in items:
-        out.write(_header(item_path(item.index, item.sha256), item.size, mtime))
-        _copy(item, out, buffer)
-        out.write(_padding(item.size))
-    end = 2 * tarfile.BLOCKSIZE  # two zero blocks, then zeros to a whole record
-    written = _archive_size(items, manifest, signature, ledger) + end
-    out.write(b"\0" * (end + (-written % tarfile.RECORDSIZE)))
+    return PreparedBundle(tuple(items), manifest, signature, ledger, mtime)
+
+
+def check_item(item: BundleItem) -> None:
+    """Read an item's stored file once, in `CHUNK`s: `BundleInvalid` naming the item unless it
+    has the item's size and SHA-256 (or if it cannot be read). Checking every item before an
+    export starts answers a damaged store before the first byte is sent."""
+    try:
+        with item.path.open("rb", buffering=0) as source:
+            if os.fstat(source.fileno()).st_size != item.size:
+                raise BundleInvalid(f"item {item.index} ({item.name}): the stored file's size"
+                                    f" is not {item.size} bytes")  # fmt: skip
+            buffer = memoryview(bytearray(min(CHUNK, item.size)))
+            for _chunk in _read_hashed(source, item, buffer):
+                pass
+    except OSError as error:
+        raise _unreadable(item, error) from error
+
+
+def _unreadable(item: BundleItem, error: OSError) -> BundleInvalid:
+    return BundleInvalid(f"item {item.index} ({item.name}): the stored file cannot be read:"
+                         f" {error.strerror or error}")  # fmt: skip
 
 
 def _manifest_item(item: BundleItem) -> ManifestItem:
@@ -280,20 +377,25 @@ def _archive_size(
     return sum(map(_blocks, fixed)) + sum(_blocks(item.size) for item in items)
 
 
-def _copy(item: BundleItem, out: BinaryIO, buffer: memoryview) -> None:
-    """Stream an item's file into ``out`` in chunks, checking its SHA-256 on the way."""
+def _item_chunks(item: BundleItem, buffer: memoryview) -> Iterator[memoryview]:
+    """An item's file in chunks of at most ``buffer``'s size (views of it), its SHA-256 checked
+    on the way: `BundleInvalid` after the last chunk if it is not the item's."""
+    with item.path.open("rb", buffering=0) as source:
+        yield from _read_hashed(source, item, buffer)
+
+
+def _read_hashed(source: io.FileIO, item: BundleItem, buffer: memoryview) -> Iterator[memoryview]:
     digest = hashlib.sha256()
     remaining = item.size
-    with item.path.open("rb", buffering=0) as source:
-        while remaining:
-            count = source.readinto(buffer[: min(CHUNK, remaining)])
-            if not count:
-                raise BundleInvalid(f"item {item.index} ({item.name}): the stored file is"
-                                    f" shorter than {item.size} bytes")  # fmt: skip
-            chunk = buffer[:count]
-            digest.update(chunk)
-            out.write(chunk)
-            remaining -= count
+    while remaining:
+        count = source.readinto(buffer[: min(len(buffer), remaining)])
+        if not count:
+            raise BundleInvalid(f"item {item.index} ({item.name}): the stored file is shorter"
+                                f" than {item.size} bytes")  # fmt: skip
+        chunk = buffer[:count]
+        digest.update(chunk)
+        yield chunk
+        remaining -= count
     if digest.hexdigest() != item.sha256:
         raise BundleInvalid(
             f"item {item.index} ({item.name}): the stored file no longer has its sha256"

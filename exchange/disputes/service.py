@@ -18,7 +18,6 @@ Grants by reason: suspended for ``not_as_described``, ``quality_below_report`` a
 from __future__ import annotations
 
 import asyncio
-import io
 import uuid
 from collections.abc import AsyncIterable, Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -29,7 +28,7 @@ import asyncpg
 import msgspec
 
 from contracts.agreements.signatures import custodial_key, verify_detached
-from exchange.disputes import bundle
+from exchange.disputes import bundle, export
 from exchange.disputes.evidence import EvidenceStore, EvidenceTooLarge
 from exchange.disputes.hooks import DisputeHooks
 from exchange.disputes.schemas import (
@@ -986,9 +985,10 @@ class DisputeService:
 
     # --- the bundle ------------------------------------------------------------------------------
 
-    async def bundle(self, principal: Principal, dispute_id: uuid.UUID) -> bytes:
+    async def bundle(self, principal: Principal, dispute_id: uuid.UUID) -> export.BundleExport:
         """The dispute's evidence bundle (`exchange.disputes.bundle`): a signed manifest of
-        every item, the items, and the ledger's inclusion proofs of their entries."""
+        every item, the items, and the ledger's inclusion proofs of their entries; ready to
+        stream (`exchange.disputes.export`), every item's file checked first."""
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow("SELECT * FROM disputes WHERE id = $1", dispute_id)
@@ -1007,9 +1007,8 @@ class DisputeService:
                 seqs.append(money["ledger_seq"])
             proofs = await self.hooks.proofs(conn, sorted(set(seqs)), now)
             key = await self.keyring.current(conn)
-        out = io.BytesIO()
         try:
-            await self._write_bundle(out, row, items, proofs, key, now)
+            return await self._export_bundle(row, items, proofs, key, now)
         except (bundle.BundleInvalid, OSError) as error:
             # A stored item gone or changed on disk: the evidence store is damaged, and no
             # bundle is better than one that would not verify. Logged for the operator.
@@ -1018,15 +1017,17 @@ class DisputeService:
                 f"the evidence of dispute {dispute_id} cannot be bundled: {error}",
                 extensions={"dispute_id": str(dispute_id)},
             ) from error
-        return out.getvalue()
 
-    async def _write_bundle(
-        self, out: io.BytesIO, row: Any, items: Sequence[DisputeEvidenceItem],
-        proofs: LedgerProofs, key: SigningKey, now: datetime,
-    ) -> None:  # fmt: skip
-        await asyncio.to_thread(
-            bundle.write_bundle,
-            out, exchange=self.settings.exchange_code, dispute=_bundle_dispute(row),
+    async def _export_bundle(
+        self, row: Any, items: Sequence[DisputeEvidenceItem], proofs: LedgerProofs,
+        key: SigningKey, now: datetime,
+    ) -> export.BundleExport:  # fmt: skip
+        """The bundle with its manifest signed and its ledger part made, every item's file read
+        once to check it before the answer starts (it streams, and a status sent cannot be
+        taken back: a file changed after this cuts the stream short instead)."""
+        prepared = await export.in_thread(
+            bundle.prepare_bundle,
+            exchange=self.settings.exchange_code, dispute=_bundle_dispute(row),
             items=[
                 bundle.BundleItem(
                     index=i.index, kind=i.kind, name=i.name, media_type=i.media_type,
@@ -1042,6 +1043,8 @@ class DisputeService:
             sign=lambda payload: key.sign_detached(payload, typ=bundle.MANIFEST_JWS_TYPE),
             exported_at=_stamp(now),
         )  # fmt: skip
+        await export.check(prepared.items)
+        return export.BundleExport(prepared, row["id"])
 
 
 def _restored_due(row: Any, now: datetime) -> datetime:

@@ -233,6 +233,7 @@ async def test_the_bundle_downloads_and_verifies_offline(
         f'attachment; filename="dispute-{dispute["id"]}.tar"'
     )
     assert tar.headers["x-content-type-options"] == "nosniff"
+    assert int(tar.headers["content-length"]) == len(tar.content)
     verified = verify_bundle(tar.content, await jwks(pool))
     assert verified is not None
 

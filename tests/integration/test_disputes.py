@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import msgspec
 import pytest
+from structlog.testing import capture_logs
 
 from exchange.delivery.worker import apply
 from exchange.disputes.schemas import RefundBuyer, ReleaseToSeller, resolution_digest
@@ -649,6 +650,10 @@ async def test_the_exchange_attaches_its_evidence_and_the_bundle_verifies(
                       headers={**bearer(trade["buyer"]), "content-type": "image/png"})  # fmt: skip
     tar = await client.get(f"{base}/bundle", headers=bearer(trade["seller"]))
     assert tar.status_code == 200 and tar.headers["content-type"] == "application/x-tar"
+    assert int(tar.headers["content-length"]) == len(tar.content)
+    assert tar.headers["content-disposition"] == (
+        f'attachment; filename="dispute-{dispute["id"]}.tar"'
+    )
     verified = verify_bundle(tar.content, await jwks(pool))
     assert verified is not None
 
@@ -812,3 +817,17 @@ async def test_a_damaged_evidence_store_is_a_problem_naming_the_item_not_a_bundl
     broken = await client.get(f"{base}/bundle", headers=bearer(trade["buyer"]))
     problem = assert_problem(broken, 500, "evidence_damaged")
     assert "t.png" in problem["detail"] and problem["dispute_id"] == dispute["id"]
+    # Its size kept, one byte changed: found by reading it before the answer starts (it
+    # streams); and gone from the store.
+    stored.write_bytes(bytes([png[0] ^ 1]) + png[1:])
+    with capture_logs() as logs:
+        broken = await client.get(f"{base}/bundle", headers=bearer(trade["buyer"]))
+    problem = assert_problem(broken, 500, "evidence_damaged")
+    assert "(t.png): the stored file no longer has its sha256" in problem["detail"]
+    assert [e["dispute_id"] for e in logs if e["event"] == "dispute_evidence_damaged"] == [
+        dispute["id"]
+    ]
+    stored.unlink()
+    broken = await client.get(f"{base}/bundle", headers=bearer(trade["buyer"]))
+    problem = assert_problem(broken, 500, "evidence_damaged")
+    assert "(t.png): the stored file cannot be read" in problem["detail"]

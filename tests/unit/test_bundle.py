@@ -27,8 +27,10 @@ from exchange.disputes.bundle import (
     README,
     BundleInvalid,
     BundleItem,
+    bundle_size,
     evidence_digest,
     item_path,
+    prepare_bundle,
     verify_bundle,
     write_bundle,
 )
@@ -257,6 +259,23 @@ def test_writing_is_the_same_bytes_every_time(case):
     assert case.write() == case.write()
 
 
+@pytest.mark.parametrize(
+    "sizes", [(), (0,), (1, 511, 512, 513), (10_240,), (10_239, 1), (3 * 10_240 + 7, 4_000)]
+)
+def test_the_archive_size_is_known_before_writing(tmp_path, sizes):
+    """`bundle_size` (an export's Content-Length) is the length of what `write_bundle` writes,
+    whatever the items' sizes against the tar's blocks (512) and records (10240)."""
+    files = [("other", f"f{n}.bin", "application/octet-stream", "buyer", bytes([n % 251]) * size)
+             for n, size in enumerate(sizes)]  # fmt: skip
+    case = build_case(tmp_path, files)
+    arguments: dict[str, Any] = {
+        "exchange": EXCHANGE, "dispute": case.dispute, "items": case.items,
+        "proofs": case.proofs(), "exported_at": EXPORTED_AT,
+        "sign": functools.partial(case.key.sign_detached, typ=MANIFEST_JWS_TYPE),
+    }  # fmt: skip
+    assert bundle_size(**arguments) == len(case.write()) == prepare_bundle(**arguments).size
+
+
 def test_a_bundle_with_no_items_verifies(tmp_path):
     case = build_case(tmp_path, [])
     assert verify_bundle(case.write(), case.jwks).items == 0
@@ -470,4 +489,8 @@ def test_writing_refuses_a_stored_file_that_changed(case):
     item.path.write_bytes(content[:-1])
     with pytest.raises(BundleInvalid, match=r"item 1 \(usage-records.jsonl\): the stored"
                        " file's size"):  # fmt: skip
+        case.write()
+    item.path.unlink()
+    with pytest.raises(BundleInvalid, match=r"item 1 \(usage-records.jsonl\): the stored"
+                       " file cannot be read"):  # fmt: skip
         case.write()
