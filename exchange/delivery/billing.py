@@ -42,7 +42,7 @@ from exchange.platform.signing import KeyRing
 
 PERIOD: Final = timedelta(hours=1)
 STATEMENT_TYPE: Final = "dataex-usage-statement+jws"
-HELD_REMEMBERED: Final = 10_000
+STALLED_REMEMBERED: Final = 10_000
 
 # Settlement posts a metered period (returns the ledger seq) / releases the rest at the end.
 PostUsage = Callable[[Connection, UsageStatement, str, str, datetime], Awaitable[int | None]]
@@ -78,17 +78,22 @@ class Billing:
         self.hooks = hooks or BillingHooks()
         self.period = period
         self.settle_delay = settle_delay
-        # Grants whose close a dispute held (`TradeDisputed`): a round takes them after every
-        # other due grant, so a batch full of held grants cannot keep the rest from closing.
-        self._held: set[uuid.UUID] = set()
+        # Grants whose last close made no progress (a dispute held it, `TradeDisputed`, or a
+        # suspended grant's period is not over yet), with the round it was tried in: a round
+        # takes them after every other due grant, the least recently tried first, so neither
+        # a batch full of them nor the first of them by id keeps the rest from closing.
+        self._stalled: dict[uuid.UUID, int] = {}
+        self._round = 0
 
     async def close_due(self, limit: int = 200) -> int:
         """Close due periods, `limit` grants a round (each in its own transaction); returns how
-        many closed. Grants a dispute held last time go after the others."""
+        many closed. Grants whose last close made no progress go after the others, in turn."""
         now = self.clock.now()
+        self._round += 1
+        stalled = list(self._stalled.items())
         rows = await self.pool.fetch(
             """
-            SELECT id FROM (
+            SELECT due.id FROM (
                 SELECT id FROM grants
                  WHERE NOT books_closed AND activated_at IS NOT NULL
                    AND coalesce(billed_until, activated_at) <= $1
@@ -99,10 +104,12 @@ class Billing:
                         OR EXISTS (SELECT 1 FROM usage_records r
                                     WHERE r.grant_id = g.id AND r.period_seq IS NULL))
             ) due
-             ORDER BY id = ANY($3::uuid[]), id
+              LEFT JOIN unnest($3::uuid[], $4::bigint[]) AS stalled (id, tried)
+                ON stalled.id = due.id
+             ORDER BY stalled.tried NULLS FIRST, due.id
              LIMIT $2
             """,
-            now - self.period, limit, list(self._held),
+            now - self.period, limit, [g for g, _ in stalled], [t for _, t in stalled],
         )  # fmt: skip
         closed = 0
         for row in rows:
@@ -118,12 +125,14 @@ class Billing:
         try:
             statement = await self._close(grant_id)
         except TradeDisputed:
-            if len(self._held) >= HELD_REMEMBERED:  # ones no longer due are never discarded
-                self._held.clear()
-            self._held.add(grant_id)
-            return None
-        self._held.discard(grant_id)
-        return statement
+            statement = None
+        if statement is not None:
+            self._stalled.pop(grant_id, None)
+            return statement
+        if len(self._stalled) >= STALLED_REMEMBERED:  # ones no longer due are never dropped
+            self._stalled.clear()
+        self._stalled[grant_id] = self._round
+        return None
 
     async def _close(self, grant_id: uuid.UUID) -> UsageStatement | None:
         async with self.pool.acquire() as conn, conn.transaction():

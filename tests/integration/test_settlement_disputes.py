@@ -440,6 +440,47 @@ async def test_grants_a_dispute_holds_do_not_keep_other_grants_from_closing(
     await verified(settings)
 
 
+async def test_grants_a_dispute_holds_are_tried_in_turn(
+    client, trade, settings, pool, clock, admin_token
+):
+    """Among grants whose close made no progress, the least recently tried goes first: with
+    three held and a batch of one, the last of them by id is tried in its turn, and closes
+    once its dispute is over (ordered by id alone, the first would be tried for ever)."""
+    trade_ids = await _metered_trades(client, trade, admin_token, 3)
+    grants = grant_service(pool, clock, settings)
+    async with worker(settings, pool, clock) as w:
+        await w.drain()
+        await _relay_to_delivery(pool, grants, set())
+        rows = await pool.fetch(
+            "SELECT id, trade_id FROM grants WHERE trade_id = ANY($1::uuid[]) ORDER BY id",
+            trade_ids,
+        )
+        holds = {}
+        for row in rows:
+            await _used(pool, clock, row["id"])
+            holds[row["trade_id"]] = uuid.uuid4()
+            async with pool.acquire() as conn, conn.transaction():
+                await w.service.disputes.hold(
+                    conn, row["trade_id"], holds[row["trade_id"]], clock.now(), None
+                )
+        billing = _billing(pool, clock, settings)
+        clock.advance(timedelta(seconds=1))
+        assert [await billing.close_due(limit=1) for _ in range(3)] == [0, 0, 0]  # each once
+        last_grant, last_trade = rows[-1]["id"], rows[-1]["trade_id"]
+        async with pool.acquire() as conn, conn.transaction():
+            await w.service.disputes.unhold(
+                conn, last_trade, holds[last_trade], None, clock.now(), None
+            )
+        assert sum([await billing.close_due(limit=1) for _ in range(3)]) == 1
+        assert (
+            await pool.fetchval(
+                "SELECT count(*) FROM usage_periods WHERE grant_id = $1", last_grant
+            )
+            == 1
+        )
+    await verified(settings)
+
+
 async def test_an_over_metered_dispute_names_its_periods_and_refunds_from_them(
     settings, pool, clock
 ):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import io
+import tarfile
 import threading
 import uuid
 from pathlib import Path
@@ -18,9 +20,14 @@ from structlog.testing import capture_logs
 from exchange.disputes import export
 from exchange.disputes.bundle import (
     CHUNK,
+    LEDGER_NAME,
     MANIFEST_JWS_TYPE,
+    MANIFEST_NAME,
+    README_NAME,
+    SIGNATURE_NAME,
     BundleInvalid,
     PreparedBundle,
+    item_path,
     prepare_bundle,
 )
 from tests.unit.test_bundle import EXCHANGE, EXPORTED_AT, FILES, Case, build_case
@@ -151,9 +158,20 @@ async def test_an_export_never_streamed_is_closed_all_the_same(tmp_path):
         aiter(streamed)
 
 
-def test_the_pieces_hash_like_the_archive(large):
-    """`PreparedBundle.pieces` is the archive: the same digest as the bytes written."""
-    digest = hashlib.sha256()
-    for piece in prepared(large).pieces():
-        digest.update(piece)
-    assert digest.hexdigest() == hashlib.sha256(large.write()).hexdigest()
+def test_the_pieces_are_a_tar_that_python_reads_back(large):
+    """`PreparedBundle.pieces` read by an independent reader (Python's `tarfile`): every member
+    in order, each item's bytes its file's, the archive whole records, its length the size
+    announced."""
+    data = b"".join(bytes(piece) for piece in prepared(large).pieces())
+    assert len(data) == prepared(large).size and len(data) % tarfile.RECORDSIZE == 0
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+        members = archive.getmembers()
+        names = [m.name for m in members]
+        assert names[:4] == [README_NAME, MANIFEST_NAME, SIGNATURE_NAME, LEDGER_NAME]
+        assert names[4:] == [item_path(i.index, i.sha256) for i in large.items]
+        for item, member in zip(large.items, members[4:], strict=True):
+            body = archive.extractfile(member)
+            assert body is not None
+            content = body.read()
+            assert content == item.path.read_bytes()
+            assert hashlib.sha256(content).hexdigest() == item.sha256
