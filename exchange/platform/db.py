@@ -22,6 +22,7 @@ MIGRATIONS_DIR = SCHEMAS_DIR / "migrations"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # Any fixed 64-bit number; every dataex process migrating the same database takes this lock.
 _MIGRATION_LOCK = 0x64617461_6578_01
+MIGRATION_TIMEOUT_S = 3600
 
 
 # A connection of our own or one borrowed from a pool; and anything that runs a query.
@@ -170,7 +171,8 @@ async def migrate(conn: Connection, migrations: list[Migration] | None = None) -
             if migration.version in applied:
                 continue
             async with conn.transaction():
-                await conn.execute(migration.sql)
+                # Not the connection's 60 s: a data migration on a large table takes its time.
+                await conn.execute(migration.sql, timeout=MIGRATION_TIMEOUT_S)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
                     migration.version,

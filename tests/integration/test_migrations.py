@@ -249,8 +249,10 @@ async def test_0017_counts_only_what_earlier_orders_exported(scratch_db):
 async def test_0024_gives_events_written_before_it_their_subject_and_about_reads_the_index(
     scratch_db,
 ):
-    """Events written before 0024 get their CloudEvent subject out of the payload (a job's
-    message, not an event, keeps NULL); `outbox.about` then finds them, through the index."""
+    """Events written before 0024 get their CloudEvent subject out of the payload (0026; a
+    job's message, not an event, and a payload that cannot be read keep NULL, failing nothing);
+    so does an event written afterwards by a writer that does not name it (0024's trigger);
+    `outbox.about` then finds them, through the index."""
     from datetime import UTC, datetime
 
     from exchange.platform.outbox import about, envelope
@@ -271,6 +273,8 @@ async def test_0024_gives_events_written_before_it_their_subject_and_about_reads
                 event_subject=str(uuid.uuid4()), data={}, at=at, request_id=None,
             )),
             "job": (uuid.uuid4(), "dx.jobs.compute", str(uuid.uuid4()).encode()),
+            "not_json": (uuid.uuid4(), "dx.grant.activated", b'{"subject": '),
+            "not_utf8": (uuid.uuid4(), "dx.grant.activated", b'{"subject": "\xff"}'),
         }  # fmt: skip
         for event_id, subject, payload in old.values():
             await conn.execute(
@@ -283,9 +287,16 @@ async def test_0024_gives_events_written_before_it_their_subject_and_about_reads
             for label, row in old.items()
         }
         assert subjects["event"] == grant and subjects["other"] not in (None, grant)
-        assert subjects["job"] is None
-        [found] = await about(conn, "grant", [grant])
-        assert found.id == old["event"][0]
+        assert subjects["job"] is subjects["not_json"] is subjects["not_utf8"] is None
+        later = uuid.uuid4()  # an old release's insert, naming no subject
+        await conn.execute(
+            "INSERT INTO outbox (id, subject, payload, created_at) VALUES ($1, $2, $3, $4)",
+            later, "dx.grant.suspended", envelope(
+                uuid.uuid4(), source="urn:dataex:exchange:DX", event_type="dx.grant.suspended",
+                event_subject=grant, data={}, at=at, request_id=None,
+            ), at,
+        )  # fmt: skip
+        assert {e.id for e in await about(conn, "grant", [grant])} == {old["event"][0], later}
         await conn.execute("SET enable_seqscan = off")  # a table this small is scanned anyway
         plan = await conn.fetch(
             "EXPLAIN SELECT id FROM outbox WHERE event_subject = ANY($1::text[])"
